@@ -1,0 +1,3 @@
+"""cumulo: a self-hosted AI model platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Admin API (`/admin/*`): keys and usage. Needs an admin key."""

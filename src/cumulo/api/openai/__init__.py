@@ -1,0 +1,1 @@
+"""OpenAI-compatible front door (`/v1/*`)."""

@@ -1,0 +1,320 @@
+"""OpenAI front door: wire ⇄ canonical translation and the endpoint logic.
+
+Implements https://platform.openai.com/docs/api-reference: Chat Completions
+(create, streaming), Embeddings (create) and Models (list, retrieve).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from cumulo.api.http import JSONResponse, read_body
+from cumulo.api.openai import protocol as wire
+from cumulo.config import ModelConfig
+from cumulo.errors import CumuloError, InvalidRequest
+from cumulo.gateway import CallInfo, Gateway
+from cumulo.governance.auth import Authenticator
+from cumulo.platform import Platform
+from cumulo.types import (
+    JSON,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    Message,
+    SamplingParams,
+    StreamEnd,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
+
+log = logging.getLogger(__name__)
+
+
+# -- errors -------------------------------------------------------------------
+
+
+def error_body(exc: CumuloError) -> JSON:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def error_response(exc: CumuloError) -> Response:
+    """The one place a cumulo error becomes an OpenAI-shaped HTTP response."""
+    headers = {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+
+
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def validation_error(exc: ValidationError) -> InvalidRequest:
+    """The first validation error as an InvalidRequest whose `param` names the field."""
+    err = exc.errors()[0]
+    loc: list[str] = []
+    for part in err["loc"]:
+        text = str(part)
+        # Union members appear in the path by their tag or type; the caller never wrote them.
+        if text in _ROLES or text.startswith(("function-", "str", "list[", "NamedToolChoice")):
+            continue
+        loc.append(text)
+    msg = err["msg"]
+    if err["type"] == "union_tag_invalid":
+        loc.append("role")
+        tag = (err.get("ctx") or {}).get("tag")
+        msg = f"Invalid role {tag!r}; expected one of {', '.join(_ROLES)}"
+    elif err["type"] == "union_tag_not_found":
+        loc.append("role")
+        msg = "Field required"
+    param = ".".join(loc) or None
+    return InvalidRequest(f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param=param)
+
+
+def _parse(model: type[wire._Wire], body: bytes) -> Any:
+    if not body:
+        raise InvalidRequest("The request body is empty; a JSON object is required.")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] in ("json_invalid", "json_type"):
+            raise InvalidRequest(f"The request body is not valid JSON: {exc.errors()[0]['msg']}.") from exc
+        raise validation_error(exc) from exc
+
+
+# -- wire → canonical -----------------------------------------------------------
+
+
+def _text(content: wire.Content | None, param: str) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    parts = []
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise InvalidRequest(
+                f"Content part type {part.type!r} is not supported; only 'text' parts are.",
+                param=f"{param}.{j}.type",
+            )
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def to_chat_request(w: wire.ChatCompletionRequest, max_messages: int) -> ChatRequest:
+    if w.n not in (None, 1):
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+    if len(w.messages) > max_messages:
+        raise InvalidRequest(
+            f"Too many messages: {len(w.messages)}; the limit is {max_messages}.", param="messages"
+        )
+    messages: list[Message] = []
+    for i, m in enumerate(w.messages):
+        text = _text(m.content, f"messages.{i}.content")
+        if isinstance(m, wire.SystemMessage):
+            messages.append(Message("system", text, name=m.name))
+        elif isinstance(m, wire.UserMessage):
+            messages.append(Message("user", text, name=m.name))
+        elif isinstance(m, wire.AssistantMessage):
+            calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()]
+            messages.append(Message("assistant", text, name=m.name, tool_calls=calls or None))
+        else:
+            messages.append(Message("tool", text, tool_call_id=m.tool_call_id))
+    stop = [w.stop] if isinstance(w.stop, str) else list(w.stop or ())
+    if len(stop) > 4:
+        raise InvalidRequest("At most 4 stop sequences are allowed.", param="stop")
+    tool_choice = None
+    if isinstance(w.tool_choice, str):
+        tool_choice = ToolChoice(w.tool_choice)
+    elif w.tool_choice is not None:
+        tool_choice = ToolChoice("tool", w.tool_choice.function.name)
+    tools = [Tool(t.function.name, t.function.description, t.function.parameters) for t in w.tools or ()]
+    return ChatRequest(
+        model=w.model,
+        messages=messages,
+        params=SamplingParams(
+            temperature=w.temperature,
+            top_p=w.top_p,
+            top_k=w.top_k,
+            max_tokens=w.max_completion_tokens or w.max_tokens,
+            stop=[s for s in stop if s],
+            seed=w.seed,
+            presence_penalty=w.presence_penalty,
+            frequency_penalty=w.frequency_penalty,
+        ),
+        tools=tools or None,
+        tool_choice=tool_choice,
+        response_format=w.response_format,
+        stream=w.stream,
+        user=w.user,
+    )
+
+
+# -- canonical → wire -------------------------------------------------------------
+
+
+def _tool_calls(calls: list[ToolCall]) -> list[JSON]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+
+
+def render_chat(resp: ChatResponse) -> JSON:
+    message: JSON = {"role": "assistant", "content": resp.message.content, "refusal": None}
+    if resp.message.tool_calls:
+        message["tool_calls"] = _tool_calls(resp.message.tool_calls)
+    return {
+        "id": resp.id or f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": resp.created or int(time.time()),
+        "model": resp.model,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": resp.finish_reason}
+        ],
+        "usage": {
+            "prompt_tokens": resp.usage.prompt_tokens,
+            "completion_tokens": resp.usage.completion_tokens,
+            "total_tokens": resp.usage.total_tokens,
+        },
+    }
+
+
+def _headers(info: CallInfo) -> dict[str, str]:
+    return {"x-cumulo-deployment": info.deployment} if info.deployment else {}
+
+
+class OpenAIService:
+    def __init__(self, platform: Platform, gateway: Gateway) -> None:
+        self.platform = platform
+        self.gateway = gateway
+        self.auth: Authenticator = platform.auth
+        self.limits = platform.config.server
+
+    async def chat_completions(self, request: Request) -> Response:
+        """POST /v1/chat/completions."""
+        who = await self.auth.authenticate(request.headers.get("authorization"))
+        w = _parse(wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
+        req = to_chat_request(w, self.limits.max_messages)
+        if not req.stream:
+            resp, info = await self.gateway.chat(who, req, "chat.completions")
+            return JSONResponse(render_chat(resp), headers=_headers(info))
+        include_usage = bool(w.stream_options and w.stream_options.include_usage)
+        stream = await self.gateway.stream(who, req, "chat.completions")
+        return StreamingResponse(
+            self._sse(stream.events(), req.model, include_usage),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", **_headers(stream.info)},
+        )
+
+    async def _sse(self, events: AsyncIterator[Any], model: str, include_usage: bool) -> AsyncIterator[bytes]:
+        """Chat completion chunks as server-sent events, ending with `data: [DONE]`."""
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model}
+
+        def chunk(delta: JSON, finish: str | None = None) -> bytes:
+            body = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                         "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(body) + b"\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            async for ev in events:
+                if isinstance(ev, TextDelta):
+                    yield chunk({"content": ev.text})
+                elif isinstance(ev, StreamEnd):
+                    yield chunk({}, ev.finish_reason)
+                    if include_usage:
+                        u = ev.usage
+                        usage = {"prompt_tokens": u.prompt_tokens if u else 0,
+                                 "completion_tokens": u.completion_tokens if u else 0,
+                                 "total_tokens": u.total_tokens if u else 0}
+                        yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+                else:
+                    call: JSON = {"index": ev.index, "function": {"arguments": ev.arguments}}
+                    if ev.id:
+                        call["id"], call["type"] = ev.id, "function"
+                    if ev.name:
+                        call["function"]["name"] = ev.name
+                    yield chunk({"tool_calls": [call]})
+        except CumuloError as exc:
+            # Headers are sent: the error travels as an event the SDKs raise on.
+            yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings."""
+        who = await self.auth.authenticate(request.headers.get("authorization"))
+        w = _parse(wire.EmbeddingRequestWire, await read_body(request, self.limits.max_body_bytes))
+        inputs = [w.input] if isinstance(w.input, str) else w.input
+        if not inputs:
+            raise InvalidRequest("'input' must not be empty.", param="input")
+        if any(not isinstance(x, str) for x in inputs):
+            raise InvalidRequest(
+                "Token-array input is not supported; send the input as strings.", param="input"
+            )
+        texts = [x for x in inputs if isinstance(x, str)]
+        if any(not x for x in texts):
+            raise InvalidRequest("'input' must not contain empty strings.", param="input")
+        if len(texts) > self.limits.max_embedding_inputs:
+            raise InvalidRequest(
+                f"Too many inputs: {len(texts)}; the limit is {self.limits.max_embedding_inputs}.",
+                param="input",
+            )
+        req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
+        resp, info = await self.gateway.embed(who, req, "embeddings")
+        data = [
+            {"object": "embedding", "index": i,
+             "embedding": _b64(v) if w.encoding_format == "base64" else v}
+            for i, v in enumerate(resp.vectors)
+        ]
+        body = {
+            "object": "list",
+            "data": data,
+            "model": resp.model,
+            "usage": {"prompt_tokens": resp.usage.prompt_tokens, "total_tokens": resp.usage.prompt_tokens},
+        }
+        return JSONResponse(body, headers=_headers(info))
+
+    async def list_models(self, request: Request) -> Response:
+        """GET /v1/models."""
+        await self.auth.authenticate(request.headers.get("authorization"))
+        data = [render_model(e.config, e.ready) for e in self.platform.models.entries()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_model(self, request: Request) -> Response:
+        """GET /v1/models/{model}."""
+        await self.auth.authenticate(request.headers.get("authorization"))
+        entry = self.platform.models.get(request.path_params["model"])
+        return JSONResponse(render_model(entry.config, entry.ready))
+
+
+def render_model(m: ModelConfig, ready: bool) -> JSON:
+    """OpenAI's model object, plus cumulo's own fields (documented in the README)."""
+    return {
+        "id": m.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "cumulo",
+        "kind": m.kind,
+        "untrained": m.untrained,
+        "ready": ready,
+        "context_window": m.context_window,
+        "description": m.description,
+        "providers": sorted({d.provider for d in m.deployments}),
+    }
+
+
+def _b64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -1,0 +1,74 @@
+"""Assembles the ASGI app: front doors, admin API and health over one Platform."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cumulo.api.admin.router import routes as admin_routes
+from cumulo.api.admin.service import AdminService
+from cumulo.api.http import JSONResponse
+from cumulo.api.openai.router import routes as openai_routes
+from cumulo.api.openai.service import OpenAIService, error_response
+from cumulo.config import Config, load_config
+from cumulo.errors import CumuloError, NotFound
+from cumulo.gateway import Gateway
+from cumulo.platform import Platform
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config | None = None, home: Path | None = None) -> Starlette:
+    """The app for `config` (default: `CUMULO_CONFIG` or the embedded default)."""
+    platform = Platform(config or load_config(), home)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await platform.store.migrate()
+        await platform.start()
+        gateway = Gateway(platform.models, platform.usage)
+        app.router.routes.extend(openai_routes(OpenAIService(platform, gateway)))
+        app.router.routes.extend(admin_routes(AdminService(platform)))
+        try:
+            yield
+        finally:
+            await platform.close()
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        checks = await platform.readiness()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
+        err = CumuloError(str(exc.detail))
+        err.status = exc.status_code
+        err.type = "invalid_request_error"
+        return error_response(err)
+
+    app = Starlette(
+        routes=[Route("/health/live", live), Route("/health/ready", ready)],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.platform = platform
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for uvicorn workers: config from `CUMULO_CONFIG`, home from `CUMULO_HOME`."""
+    return create_app()

@@ -1,0 +1,247 @@
+"""The `cumulo` command.
+
+`serve` and `models build-demo` work locally; every other command is a client
+of a running platform (`--url`, default http://127.0.0.1:8080) authenticated
+with `--key` or `CUMULO_API_KEY`. Errors become one line on stderr and exit
+code 1, in `main()` only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cumulo.client import Client
+from cumulo.config import cumulo_home, demo_model_dir, load_config
+from cumulo.errors import CumuloError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class _Ctx:
+    def __init__(self, url: str, key: str | None) -> None:
+        self.url = url
+        self.key = key
+
+    def client(self) -> Client:
+        return Client(self.url, self.key)
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="CUMULO_URL", default=DEFAULT_URL, show_default=True,
+              help="Base URL of a running cumulo (env CUMULO_URL).")
+@click.option("--key", envvar="CUMULO_API_KEY", default=None,
+              help="API key for client commands (env CUMULO_API_KEY).")
+@click.version_option(package_name="cumulo")
+@click.pass_context
+def cli(ctx: click.Context, url: str, key: str | None) -> None:
+    """cumulo: a self-hosted AI model platform."""
+    ctx.obj = _Ctx(url, key or os.environ.get("CUMULO_ADMIN_KEY"))
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="CUMULO_CONFIG",
+              help="cumulo.yaml (env CUMULO_CONFIG); default: the embedded config.")
+@click.option("--host", default=None, help="Bind address [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: 8080].")
+@click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None,
+          log_level: str) -> None:
+    """Start the platform."""
+    import uvicorn
+
+    from cumulo.bootstrap import prepare
+
+    config = load_config(config_path)
+    home = cumulo_home()
+    admin_key = prepare(config, home)
+    if admin_key:
+        click.echo(
+            "Created the first admin key. It is shown once only; keep it safe:\n\n"
+            f"    {admin_key}\n\n"
+            "Use it as CUMULO_API_KEY for the cumulo CLI, or create tenant keys with "
+            "'cumulo keys create NAME'.\n"
+        )
+    os.environ["CUMULO_HOME"] = str(home)
+    if config_path:
+        os.environ["CUMULO_CONFIG"] = str(Path(config_path).resolve())
+    server = config.server
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["cumulo"] = {
+        "handlers": ["default"], "level": log_level.upper(), "propagate": False,
+    }
+    uvicorn.run(
+        "cumulo.app:create_app_from_env",
+        factory=True,
+        host=host or server.host,
+        port=server.port if port is None else port,
+        workers=workers or server.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=server.access_log,
+        log_level=log_level,
+        log_config=log_config,
+        timeout_graceful_shutdown=30,
+    )
+
+
+# -- keys -------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """Create, list and revoke API keys (needs an admin key)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["caller", "admin"]), default="caller", show_default=True)
+@pass_ctx
+def keys_create(ctx: _Ctx, name: str, role: str) -> None:
+    """Create a key; its secret is printed once."""
+    data = ctx.client().request("POST", "/admin/keys", json={"name": name, "role": role})
+    click.echo(f"id:   {data['id']}\nname: {data['name']}\nrole: {data['role']}\nkey:  {data['key']}")
+    click.echo("The key is shown once only.", err=True)
+
+
+@keys.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@pass_ctx
+def keys_list(ctx: _Ctx, include_revoked: bool) -> None:
+    """List keys (never their secrets)."""
+    data = ctx.client().request("GET", "/admin/keys", params={"include_revoked": include_revoked})
+    rows = [[k["id"], k["name"], k["role"], "revoked" if k["revoked_at"] else "active"]
+            for k in data["data"]]
+    _table(["ID", "NAME", "ROLE", "STATE"], rows)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+def keys_revoke(ctx: _Ctx, key_id: str) -> None:
+    """Revoke a key by id."""
+    ctx.client().request("DELETE", f"/admin/keys/{key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+# -- models -------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """List models; build the demo model."""
+
+
+@models.command("list")
+@pass_ctx
+def models_list(ctx: _Ctx) -> None:
+    """Models the running platform serves."""
+    data = ctx.client().request("GET", "/v1/models")
+    rows = []
+    for m in data["data"]:
+        notes = [n for n, on in (("UNTRAINED: random weights", m.get("untrained")),
+                                 ("loading", not m.get("ready", True))) if on]
+        rows.append([m["id"], m.get("kind", ""), ",".join(m.get("providers", [])), "; ".join(notes)])
+    _table(["MODEL", "KIND", "PROVIDERS", "NOTES"], rows)
+
+
+@models.command("build-demo")
+@click.option("--path", type=click.Path(file_okay=False), default=None,
+              help="Target directory [default: $CUMULO_HOME/models/demo-tiny].")
+@click.option("--seed", type=int, default=0, show_default=True)
+def models_build_demo(path: str | None, seed: int) -> None:
+    """Build the tiny untrained demo chat model offline."""
+    from cumulo.engine.demo import build_demo_model
+
+    target = build_demo_model(Path(path) if path else demo_model_dir(), seed=seed)
+    click.echo(f"built {target} (untrained: random weights, for trying the platform only)")
+
+
+# -- chat, embed, usage -------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("prompt", required=False)
+@click.option("--system", default=None, help="A system prompt.")
+@click.option("--max-tokens", type=int, default=None)
+@click.option("--temperature", type=float, default=None)
+@pass_ctx
+def chat(ctx: _Ctx, model: str, prompt: str | None, system: str | None, max_tokens: int | None,
+         temperature: float | None) -> None:
+    """Send PROMPT (or stdin) to MODEL and stream the reply."""
+    if prompt is None:
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise click.UsageError("empty prompt")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+    for piece in ctx.client().stream_chat(body):
+        click.echo(piece, nl=False)
+    click.echo()
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("texts", nargs=-1, required=True)
+@pass_ctx
+def embed(ctx: _Ctx, model: str, texts: tuple[str, ...]) -> None:
+    """Print embeddings of TEXTS as JSON lines."""
+    data = ctx.client().request("POST", "/v1/embeddings", json={"model": model, "input": list(texts)})
+    for item in data["data"]:
+        click.echo(json.dumps(item["embedding"]))
+
+
+@cli.command()
+@pass_ctx
+def usage(ctx: _Ctx) -> None:
+    """Usage totals per key and per model."""
+    data = ctx.client().request("GET", "/admin/usage")
+    for group, title in (("by_key", "KEY"), ("by_model", "MODEL")):
+        rows = [[r[group.removeprefix("by_")] or "-", r["requests"], r["errors"], r["prompt_tokens"],
+                 r["completion_tokens"], f"{r['avg_latency_ms'] or 0:.1f}"] for r in data[group]]
+        _table([title, "REQUESTS", "ERRORS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "AVG_MS"], rows)
+        click.echo()
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> None:
+    cells = [header, *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def main() -> None:
+    """Entry point: the one place errors become a message and an exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CumuloError as exc:
+        click.echo(f"cumulo: error: {exc.message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

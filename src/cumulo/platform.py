@@ -1,0 +1,80 @@
+"""The running platform: every long-lived object of one process, built at start.
+
+State lives here and is passed down; there are no module-level globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import aiohttp
+
+from cumulo.config import Config, cumulo_home, database_url
+from cumulo.governance.auth import Authenticator
+from cumulo.governance.usage import UsageRecorder
+from cumulo.providers.base import ProviderContext
+from cumulo.providers.registry import ProviderRegistry
+from cumulo.routing.catalog import Catalog
+from cumulo.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+class Platform:
+    def __init__(self, config: Config, home: Path | None = None) -> None:
+        self.config = config
+        self.home = home or cumulo_home()
+        self.store = Store(database_url(config, self.home))
+        self.auth = Authenticator(self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"))
+        self.usage = UsageRecorder(self.store, config.usage)
+        self.registry = ProviderRegistry()
+        self.http: aiohttp.ClientSession | None = None
+        self.catalog: Catalog | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # One pooled upstream client per process; per-call timeouts come from each deployment.
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+        )
+        self.catalog = Catalog(self.config, self.registry, ProviderContext(self.http, self.home))
+        await self.auth.start()
+        self.usage.start()
+        self._loading = asyncio.create_task(self.catalog.start(), name="cumulo-model-load")
+
+    async def close(self) -> None:
+        if self._loading and not self._loading.done():
+            self._loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loading
+        await self.usage.close()
+        await self.auth.close()
+        if self.catalog:
+            await self.catalog.close()
+        if self.http:
+            await self.http.close()
+        await self.store.close()
+
+    @property
+    def models(self) -> Catalog:
+        assert self.catalog is not None, "Platform.start() was not called"
+        return self.catalog
+
+    async def readiness(self) -> dict[str, bool]:
+        store_ok = True
+        try:
+            await asyncio.wait_for(self.store.ping(), 2.0)
+        except Exception:  # any failure means not ready; the reason is logged
+            log.exception("store ping failed")
+            store_ok = False
+        return {
+            "config": True,
+            "store": store_ok,
+            "models": self.catalog is not None and self.catalog.ready,
+        }

@@ -1,0 +1,86 @@
+"""The provider interface: one backend kind, bound to one deployment.
+
+A provider is built once per deployment at start (`Provider.create`), kept for
+the life of the process, and closed at shutdown. It must:
+
+- translate canonical requests to its upstream and the replies back to
+  canonical types (`cumulo.types`), and nothing else;
+- stream unbuffered: yield each event as soon as the upstream produces it,
+  ending every successful stream with exactly one `StreamEnd`;
+- stop work for a stream whose consumer goes away (the async generator is
+  closed: release the upstream connection or the local slot in `finally`);
+- raise only `cumulo.errors` types: `InvalidRequest` when the upstream rejects
+  the request as malformed, `RateLimited` (with `retry_after`) on upstream 429,
+  `UpstreamTimeout` when a deadline passes, `UpstreamError` for anything else
+  that went wrong upstream (connect errors, 5xx, malformed replies).
+
+Methods a provider does not support raise `InvalidRequest`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cumulo.errors import InvalidRequest
+from cumulo.types import (
+    ChatRequest,
+    ChatResponse,
+    ChatStream,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelKind,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from cumulo.config import DeploymentConfig
+
+
+@dataclass(slots=True)
+class ProviderContext:
+    """What the process shares with every provider."""
+
+    http: aiohttp.ClientSession
+    home: Path
+
+
+class Provider(ABC):
+    """Base class of every provider; see the module docstring for the contract."""
+
+    def __init__(self, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> None:
+        self.deployment = deployment
+        self.kind = kind
+        self.ctx = ctx
+
+    @classmethod
+    def create(cls, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> Provider:
+        return cls(deployment, kind, ctx)
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load weights, warm connections. Called once before the first request."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. Called once at shutdown."""
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        raise InvalidRequest(f"{self.deployment.provider} deployments do not serve chat", param="model")
+
+    def stream(self, request: ChatRequest) -> ChatStream:
+        raise InvalidRequest(f"{self.deployment.provider} deployments do not serve chat", param="model")
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        raise InvalidRequest(
+            f"{self.deployment.provider} deployments do not serve embeddings", param="model"
+        )
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for logs and `/admin` views; never contains a secret."""

@@ -1,0 +1,299 @@
+"""`openai`: any upstream speaking OpenAI's chat-completions and embeddings API.
+
+OpenAI itself, Azure OpenAI (`auth_header: api-key` and `api_version`; the
+`base_url` is the deployment's URL), vLLM, Ollama, TGI and other compatible
+servers. Spec: https://platform.openai.com/docs/api-reference/chat
+
+Streams are passed through line by line as the upstream sends them; the
+upstream is always asked for a final usage chunk so that usage is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from cumulo.errors import (
+    CumuloError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from cumulo.providers.base import Provider
+from cumulo.types import (
+    JSON,
+    ChatRequest,
+    ChatResponse,
+    ChatStream,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    FinishReason,
+    Message,
+    StreamEnd,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+class OpenAIProvider(Provider):
+    def describe(self) -> str:
+        d = self.deployment
+        return f"openai-compatible {d.model} at {d.base_url}"
+
+    # -- request building ----------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        url = f"{(self.deployment.base_url or '').rstrip('/')}/{path}"
+        if self.deployment.api_version:
+            url += f"?api-version={self.deployment.api_version}"
+        return url
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self.deployment.headers}
+        key = self.deployment.api_key()
+        if key:
+            if self.deployment.auth_header == "api-key":
+                headers["api-key"] = key
+            else:
+                headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        d = self.deployment
+        return aiohttp.ClientTimeout(total=d.timeout_s, sock_connect=d.connect_timeout_s)
+
+    def _chat_body(self, req: ChatRequest, stream: bool) -> JSON:
+        p = req.params
+        body: JSON = {"model": self.deployment.model, "messages": [_message(m) for m in req.messages]}
+        optional = {
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
+            "seed": p.seed,
+            "presence_penalty": p.presence_penalty,
+            "frequency_penalty": p.frequency_penalty,
+            "stop": p.stop or None,
+            "response_format": req.response_format,
+            "user": req.user,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if req.tools:
+            body["tools"] = [
+                {"type": "function", "function": {k: v for k, v in (
+                    ("name", t.name), ("description", t.description), ("parameters", t.parameters)
+                ) if v is not None}}
+                for t in req.tools
+            ]
+        if req.tool_choice:
+            tc = req.tool_choice
+            body["tool_choice"] = (
+                {"type": "function", "function": {"name": tc.name}} if tc.mode == "tool" else tc.mode
+            )
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    # -- calls -----------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        data = await self._post_json("chat/completions", self._chat_body(request, stream=False))
+        try:
+            choice = data["choices"][0]
+            msg = choice["message"]
+            tool_calls = [
+                ToolCall(tc["id"], tc["function"]["name"], tc["function"].get("arguments") or "")
+                for tc in msg.get("tool_calls") or ()
+            ]
+            return ChatResponse(
+                id=str(data.get("id") or ""),
+                model=request.model,
+                created=int(data.get("created") or 0),
+                message=Message("assistant", msg.get("content"), tool_calls=tool_calls or None),
+                finish_reason=_FINISH.get(choice.get("finish_reason") or "stop", "stop"),
+                usage=_usage(data.get("usage")),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise UpstreamError("Upstream returned a malformed chat completion.") from exc
+
+    async def stream(self, request: ChatRequest) -> ChatStream:
+        body = self._chat_body(request, stream=True)
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        async with self._request("chat/completions", body) as resp:
+            try:
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        yield StreamEnd(finish or "stop", usage)
+                        return
+                    chunk = orjson.loads(payload)
+                    if chunk.get("error"):
+                        raise UpstreamError(f"Upstream stream error: {_error_message(chunk)}")
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield TextDelta(delta["content"])
+                        for tc in delta.get("tool_calls") or ():
+                            fn = tc.get("function") or {}
+                            yield ToolCallDelta(
+                                index=int(tc.get("index", 0)),
+                                id=tc.get("id"),
+                                name=fn.get("name"),
+                                arguments=fn.get("arguments") or "",
+                            )
+                        if choice.get("finish_reason"):
+                            finish = _FINISH.get(choice["finish_reason"], "stop")
+            except TimeoutError as exc:
+                raise UpstreamTimeout("Upstream timed out during the stream.") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"Upstream connection failed mid-stream: {type(exc).__name__}.") from exc
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+                raise UpstreamError("Upstream sent a malformed stream chunk.") from exc
+        if finish is None:
+            raise UpstreamError("Upstream closed the stream before it finished.")
+        yield StreamEnd(finish, usage)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        body: JSON = {"model": self.deployment.model, "input": request.inputs, "encoding_format": "float"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user:
+            body["user"] = request.user
+        data = await self._post_json("embeddings", body)
+        try:
+            items = sorted(data["data"], key=lambda d: d.get("index", 0))
+            vectors = [[float(x) for x in item["embedding"]] for item in items]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError("Upstream returned malformed embeddings.") from exc
+        return EmbeddingResponse(model=request.model, vectors=vectors, usage=_usage(data.get("usage")))
+
+    # -- transport -------------------------------------------------------------
+
+    def _request(self, path: str, body: JSON) -> _Call:
+        return _Call(self, path, body)
+
+    async def _post_json(self, path: str, body: JSON) -> Any:
+        async with self._request(path, body) as resp:
+            try:
+                raw = await resp.read()
+            except TimeoutError as exc:
+                raise UpstreamTimeout("Upstream timed out.") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from exc
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("Upstream returned malformed JSON.") from exc
+
+
+class _Call:
+    """POST to the upstream; raises a cumulo error unless the status is 2xx."""
+
+    def __init__(self, provider: OpenAIProvider, path: str, body: JSON) -> None:
+        self.provider = provider
+        self.path = path
+        self.body = body
+        self._resp: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        p = self.provider
+        try:
+            resp = await p.ctx.http.post(
+                p._url(self.path),
+                data=orjson.dumps(self.body),
+                headers=p._headers(),
+                timeout=p._timeout(),
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout("Upstream did not answer in time.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
+        if resp.status >= 300:
+            try:
+                await _raise_for_status(resp)
+            finally:
+                resp.release()
+        self._resp = resp
+        return resp
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._resp is not None:
+            self._resp.release()
+
+
+async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+    try:
+        detail = _error_message(orjson.loads(await resp.read()))
+    except (TimeoutError, orjson.JSONDecodeError, aiohttp.ClientError):
+        detail = resp.reason or ""
+    status = resp.status
+    err: CumuloError
+    if status in (400, 422):
+        err = InvalidRequest(f"Upstream rejected the request: {detail}")
+    elif status == 429:
+        err = RateLimited(f"Upstream rate limit: {detail}", retry_after=_retry_after(resp))
+    elif status in (408, 504):
+        err = UpstreamTimeout(f"Upstream timed out ({status}).")
+    elif status in (401, 403):
+        err = UpstreamError(f"Upstream refused cumulo's credentials ({status}).")
+    else:
+        err = UpstreamError(f"Upstream returned {status}: {detail}")
+    raise err
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    value = resp.headers.get("retry-after")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _error_message(data: Any) -> str:
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or "")[:500]
+        if isinstance(err, str):
+            return err[:500]
+    return ""
+
+
+def _usage(data: Any) -> Usage:
+    if not isinstance(data, dict):
+        return Usage()
+    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+
+
+def _message(m: Message) -> JSON:
+    out: JSON = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}
+            for tc in m.tool_calls
+        ]
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+

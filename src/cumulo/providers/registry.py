@@ -1,0 +1,44 @@
+"""Maps provider kind names to provider classes.
+
+Providers are found through the `cumulo.providers` entry-point group, so the
+built-in ones register exactly as a third-party package would:
+
+    [project.entry-points."cumulo.providers"]
+    myprovider = "my_package.module:MyProvider"
+
+A provider module is imported only when a deployment names it, so torch is
+never imported by a gateway that serves only remote models.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from cumulo.errors import ConfigError
+from cumulo.providers.base import Provider
+
+GROUP = "cumulo.providers"
+
+
+class ProviderRegistry:
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Provider]] = {}
+        self._entry_points = {ep.name: ep for ep in entry_points(group=GROUP)}
+
+    def register(self, name: str, cls: type[Provider]) -> None:
+        self._classes[name] = cls
+
+    def names(self) -> list[str]:
+        return sorted(set(self._classes) | set(self._entry_points))
+
+    def get(self, name: str) -> type[Provider]:
+        if name in self._classes:
+            return self._classes[name]
+        ep = self._entry_points.get(name)
+        if ep is None:
+            raise ConfigError(f"unknown provider {name!r}; known: {', '.join(self.names())}")
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Provider)):
+            raise ConfigError(f"entry point {ep.value} for provider {name!r} is not a Provider")
+        self._classes[name] = cls
+        return cls

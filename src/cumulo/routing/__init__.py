@@ -1,0 +1,1 @@
+"""Which deployment serves a request for a model."""

@@ -1,0 +1,49 @@
+"""Table definitions. The schema is changed only by migrations (`migrations/versions`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("deployment", String(256), nullable=True),
+    Column("stream", Boolean, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("error_type", String(64), nullable=True),
+    Index("ix_usage_ts", "ts"),
+    Index("ix_usage_key_model", "key_id", "model"),
+)

@@ -1,0 +1,138 @@
+"""Canonical request, response and stream types shared by every layer.
+
+Front doors translate their wire format into these types and back; providers
+translate them to and from their upstream. Nothing in between knows a wire
+format. They are plain slotted dataclasses: cheap to build on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
+ModelKind: TypeAlias = Literal["chat", "embedding"]
+FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter"]
+JSON: TypeAlias = dict[str, Any]
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A function call requested by the assistant; `arguments` is a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Message:
+    role: Role
+    content: str | None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: JSON | None = None
+
+
+@dataclass(slots=True)
+class ToolChoice:
+    """`auto`, `none`, `required`, or `tool` with the tool's `name`."""
+
+    mode: Literal["auto", "none", "required", "tool"]
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: str
+    messages: list[Message]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: JSON | None = None
+    stream: bool = False
+    user: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    id: str
+    model: str
+    created: int
+    message: Message
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass(slots=True)
+class TextDelta:
+    """A piece of assistant text, in order."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of the tool call at `index`; `id` and `name` come with its first piece."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    """The last event of every successful stream."""
+
+    finish_reason: FinishReason
+    usage: Usage | None = None
+
+
+StreamEvent: TypeAlias = TextDelta | ToolCallDelta | StreamEnd
+ChatStream: TypeAlias = AsyncIterator[StreamEvent]
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: list[str]
+    dimensions: int | None = None
+    user: str | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingResponse:
+    model: str
+    vectors: list[list[float]]
+    usage: Usage
