@@ -1,0 +1,209 @@
+"""The `local` provider: models served in-process from a directory on disk.
+
+A chat deployment loads a Hugging Face causal LM and serves it with a
+generation worker (`cumulo.engine.generate`); an embedding deployment loads a
+sentence-transformers model (`cumulo.engine.embeddings`). torch and
+transformers are imported by `start()`, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from cumulo.errors import InvalidRequest, Unavailable, UpstreamError
+from cumulo.providers.base import Provider, ProviderContext
+from cumulo.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    FinishReason,
+    Message,
+    ModelKind,
+    SamplingParams,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from cumulo.config import DeploymentConfig
+    from cumulo.engine.embeddings import Embedder
+    from cumulo.engine.generate import GenerationParams, GenerationWorker
+
+
+class LocalProvider(Provider):
+    """Serves one local model (chat or embedding) in this process.
+
+    Chat requests are rendered with the model's chat template and generated
+    one at a time by a dedicated worker thread. Local models do not call
+    tools: `tools` and `tool_choice` are ignored, and the reply is plain
+    text. `response_format` is ignored as well. A prompt that does not fit
+    the context window is an `InvalidRequest`; `max_tokens` beyond the room
+    left in the window is cut to that room (finish reason `length`).
+    """
+
+    def __init__(self, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> None:
+        super().__init__(deployment, kind, ctx)
+        self._worker: GenerationWorker | None = None
+        self._embedder: Embedder | None = None
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self._worker is not None or self._embedder is not None
+
+    @property
+    def worker(self) -> GenerationWorker | None:
+        """The generation worker of a started chat deployment."""
+        return self._worker
+
+    async def start(self) -> None:
+        from cumulo.engine.hf import resolve_model_path
+
+        if self.ready:
+            return
+        if self._closed:
+            raise Unavailable("this local deployment has been shut down")
+        path = resolve_model_path(self.deployment.path or "")
+        if self.kind == "chat":
+            from cumulo.engine.generate import GenerationWorker
+            from cumulo.engine.loader import load_causal_lm
+
+            lm = await asyncio.to_thread(load_causal_lm, path, self.deployment.dtype)
+            self._worker = GenerationWorker(lm, name=f"cumulo-generate-{path.name}")
+        else:
+            from cumulo.engine.embeddings import Embedder
+
+            self._embedder = await asyncio.to_thread(Embedder.load, path, self.deployment.dtype)
+
+    async def close(self) -> None:
+        worker, embedder = self._worker, self._embedder
+        self._worker = self._embedder = None
+        self._closed = True
+        if worker is not None:
+            await asyncio.to_thread(worker.close)
+        if embedder is not None:
+            await asyncio.to_thread(embedder.close)
+
+    def describe(self) -> str:
+        if self._worker is not None:
+            return f"local chat {self._worker.lm.describe()}"
+        if self._embedder is not None:
+            return f"local embedding {self._embedder.describe()}"
+        return f"local {self.kind} {self.deployment.path} (not loaded)"
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        parts: list[str] = []
+        end: StreamEnd | None = None
+        async with aclosing(self.stream(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, StreamEnd):
+                    end = event
+        if end is None or end.usage is None:  # the stream contract guarantees both
+            raise UpstreamError("the local model stopped before finishing the reply")
+        return ChatResponse(
+            id=f"chatcmpl-{secrets.token_hex(12)}",
+            model=request.model,
+            created=int(time.time()),
+            message=Message(role="assistant", content="".join(parts)),
+            finish_reason=end.finish_reason,
+            usage=end.usage,
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        from cumulo.engine.generate import Finished
+
+        worker = self._chat_worker()
+        prompt_ids = self._encode_prompt(worker, request.messages)
+        params = self._generation_params(worker, request.params, len(prompt_ids))
+        # Closing this generator closes the worker's, which cancels the request.
+        async with aclosing(worker.generate(prompt_ids, params)) as events:
+            async for event in events:
+                if isinstance(event, Finished):
+                    reason: FinishReason = event.finish_reason
+                    usage = Usage(event.prompt_tokens, event.completion_tokens)
+                    yield StreamEnd(finish_reason=reason, usage=usage)
+                else:
+                    yield TextDelta(event.text)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        if self.kind != "embedding":
+            return await super().embed(request)
+        if self._embedder is None:
+            raise self._not_serving()
+        vectors, tokens = await self._embedder.embed(request.inputs, request.dimensions)
+        return EmbeddingResponse(model=request.model, vectors=vectors, usage=Usage(tokens, 0))
+
+    def _chat_worker(self) -> GenerationWorker:
+        if self.kind != "chat":
+            raise InvalidRequest("this local deployment serves embeddings, not chat", param="model")
+        if self._worker is None:
+            raise self._not_serving()
+        return self._worker
+
+    def _not_serving(self) -> Unavailable:
+        if self._closed:
+            return Unavailable("the local model has been shut down")
+        return Unavailable("the local model is still loading")
+
+    @staticmethod
+    def _encode_prompt(worker: GenerationWorker, messages: list[Message]) -> list[int]:
+        from jinja2 import TemplateError
+
+        if not messages:
+            raise InvalidRequest("messages must not be empty", param="messages")
+        tokenizer, window = worker.lm.tokenizer, worker.lm.context_window
+        chat = [{"role": m.role, "content": m.content or ""} for m in messages]
+        try:
+            text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        except (TemplateError, ValueError) as exc:  # the template's raise_exception()
+            raise InvalidRequest(
+                f"the model's chat template rejected the messages: {exc}", param="messages"
+            ) from exc
+        ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= window:
+            raise InvalidRequest(
+                f"this model's context window is {window} tokens; the messages use {len(ids)} "
+                "tokens, leaving no room for a reply",
+                param="messages",
+            )
+        return ids
+
+    @staticmethod
+    def _generation_params(
+        worker: GenerationWorker, p: SamplingParams, prompt_tokens: int
+    ) -> GenerationParams:
+        from cumulo.engine.generate import GenerationParams
+        from cumulo.engine.sampling import SamplingConfig
+
+        if p.temperature is not None and p.temperature < 0:
+            raise InvalidRequest("temperature must be at least 0", param="temperature")
+        if p.top_p is not None and not 0 <= p.top_p <= 1:
+            raise InvalidRequest("top_p must be between 0 and 1", param="top_p")
+        if p.top_k is not None and p.top_k < 0:
+            raise InvalidRequest("top_k must be at least 0", param="top_k")
+        if p.max_tokens is not None and p.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+        room = worker.lm.context_window - prompt_tokens
+        sampling = SamplingConfig(
+            temperature=1.0 if p.temperature is None else float(p.temperature),
+            top_p=1.0 if p.top_p is None else float(p.top_p),
+            top_k=p.top_k or 0,
+            seed=p.seed,
+            presence_penalty=p.presence_penalty or 0.0,
+            frequency_penalty=p.frequency_penalty or 0.0,
+        )
+        return GenerationParams(
+            max_new_tokens=min(p.max_tokens or room, room),
+            sampling=sampling,
+            stop=tuple(p.stop),
+        )
