@@ -63,8 +63,10 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     import uvicorn
 
     from cumulo.bootstrap import prepare
+    from cumulo.providers.registry import ProviderRegistry
 
     config = load_config(config_path)
+    ProviderRegistry().check(config, config_path or "<default config>")
     home = cumulo_home()
     admin_key = prepare(config, home)
     if admin_key:

@@ -24,14 +24,19 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def _not_cumulo(self) -> ClientError:
+        return ClientError(f"{self.url} did not answer like cumulo; check --url")
+
     def _check(self, resp: httpx.Response) -> None:
         if resp.status_code < 400:
             return
         try:
-            err = resp.json().get("error") or {}
-            message = err.get("message") if isinstance(err, dict) else str(err)
-        except ValueError:
-            message = resp.text[:200]
+            err = resp.json()["error"]
+            message = err["message"] if isinstance(err, dict) else str(err)
+        except (ValueError, KeyError, TypeError) as exc:  # not an error from cumulo
+            raise ClientError(
+                f"{resp.status_code} {resp.reason_phrase}: {self._not_cumulo().message}"
+            ) from exc
         raise ClientError(f"{resp.status_code}: {message or resp.reason_phrase}")
 
     def request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
@@ -40,7 +45,10 @@ class Client:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
         self._check(resp)
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise self._not_cumulo() from exc
 
     def stream_chat(self, body: dict[str, Any]) -> Iterator[str]:
         """Yield the text pieces of a streamed chat completion."""
@@ -49,18 +57,24 @@ class Client:
                 if resp.status_code >= 400:
                     resp.read()
                     self._check(resp)
+                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise self._not_cumulo()
                 for line in resp.iter_lines():
                     if not line.startswith("data:"):
                         continue
                     payload = line[5:].strip()
                     if payload == "[DONE]":
                         return
-                    chunk = orjson.loads(payload)
+                    try:
+                        chunk = orjson.loads(payload)
+                    except orjson.JSONDecodeError as exc:
+                        raise self._not_cumulo() from exc
                     if chunk.get("error"):
                         raise ClientError(chunk["error"].get("message") or "stream failed")
                     for choice in chunk.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
                         if text:
                             yield text
+                raise ClientError("the stream ended before the reply was complete")
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc

@@ -78,9 +78,9 @@ class Gateway:
             _, provider = self.catalog.resolve(req.model, "chat")
             deployment = provider.deployment.label
             resp = await provider.chat(req)
-        except CumuloError as exc:
+        except Exception as exc:  # recorded, then re-raised for the front door to render
             self._record(who, endpoint, req.model, deployment, stream=False, started=started,
-                         status=exc.status, error=exc.type)
+                         status=_status(exc), error=_error_type(exc))
             raise
         self._record(who, endpoint, req.model, deployment, stream=False, started=started,
                      usage=resp.usage)
@@ -99,12 +99,12 @@ class Gateway:
             deployment = provider.deployment.label
             inner = provider.stream(req)
             first = await anext(inner)
-        except CumuloError as exc:
-            self._record(who, endpoint, req.model, deployment, stream=True, started=started,
-                         status=exc.status, error=exc.type)
-            raise
         except StopAsyncIteration:
             first = StreamEnd("stop", None)
+        except Exception as exc:  # recorded, then re-raised for the front door to render
+            self._record(who, endpoint, req.model, deployment, stream=True, started=started,
+                         status=_status(exc), error=_error_type(exc))
+            raise
         return MeteredStream(self, who, endpoint, req.model, deployment, started, first, inner)
 
     async def embed(
@@ -116,13 +116,21 @@ class Gateway:
             _, provider = self.catalog.resolve(req.model, "embedding")
             deployment = provider.deployment.label
             resp = await provider.embed(req)
-        except CumuloError as exc:
+        except Exception as exc:  # recorded, then re-raised for the front door to render
             self._record(who, endpoint, req.model, deployment, stream=False, started=started,
-                         status=exc.status, error=exc.type)
+                         status=_status(exc), error=_error_type(exc))
             raise
         self._record(who, endpoint, req.model, deployment, stream=False, started=started,
                      usage=resp.usage)
         return resp, CallInfo(deployment)
+
+
+def _status(exc: BaseException) -> int:
+    return exc.status if isinstance(exc, CumuloError) else 500
+
+
+def _error_type(exc: BaseException) -> str:
+    return exc.type if isinstance(exc, CumuloError) else "internal_error"
 
 
 class MeteredStream:
@@ -171,8 +179,8 @@ class MeteredStream:
                     status, error, usage = 200, None, event.usage
                     return
             status, error = 502, "upstream_error"
-        except CumuloError as exc:
-            status, error = exc.status, exc.type
+        except Exception as exc:  # recorded in `finally`, then re-raised
+            status, error = _status(exc), _error_type(exc)
             raise
         finally:
             aclose = getattr(self._inner, "aclose", None)

@@ -1,10 +1,11 @@
 """Authentication from an in-memory key cache: no I/O on the request path.
 
 The cache is loaded at start and reloaded in the background whenever the keys
-table changes (another worker or replica created or revoked a key). A key this
-process has never seen triggers at most one coalesced reload per second, so a
-key created through another worker works at once and a flood of bad keys
-cannot turn into a flood of queries.
+table changes (another worker or replica created or revoked a key). A request
+with a key this process has never seen waits for a reload that starts after it
+arrived; all such requests share one, and there is at most one per `poll_s`.
+So a key created through another worker works on its first request, and a
+flood of bad keys cannot turn into a flood of queries.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Authenticator:
         self._env_admin = keys.hash_secret(env_admin_key) if env_admin_key else None
         self._keys: dict[str, KeyRow] = {}
         self._version: tuple[int, float] | None = None
-        self._last_reload = 0.0
+        self._last_miss_reload = 0.0
+        self._miss_reload: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._last_used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -53,10 +55,11 @@ class Authenticator:
         self._task = asyncio.create_task(self._poll(), name="cumulo-key-poll")
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._miss_reload):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._flush_last_used()
 
     async def reload(self) -> None:
@@ -66,7 +69,6 @@ class Authenticator:
                 rows = await self.store.list_keys()
                 self._keys = {r.id: r for r in rows}
                 self._version = version
-            self._last_reload = time.monotonic()
 
     def add(self, row: KeyRow) -> None:
         self._keys[row.id] = row
@@ -110,14 +112,29 @@ class Authenticator:
         if parts is not None:
             key_id, secret = parts
             row = self._keys.get(key_id)
-            if row is None and time.monotonic() - self._last_reload > self.poll_s:
-                await self.reload()
+            if row is None:
+                await self._reload_for_unknown_key()
                 row = self._keys.get(key_id)
             if row is not None and keys.matches(secret, row.secret_hash):
                 self._last_used[key_id] = time.time()
                 role: keys.Role = "admin" if row.role == "admin" else "caller"
                 return Principal(row.id, row.name, role)
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+
+    async def _reload_for_unknown_key(self) -> None:
+        """Wait for the shared reload for unknown keys (see the module docstring)."""
+        if self._miss_reload is None:
+            delay = self._last_miss_reload + self.poll_s - time.monotonic()
+            self._miss_reload = asyncio.create_task(self._reload_after(delay))
+        await asyncio.shield(self._miss_reload)
+
+    async def _reload_after(self, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # From here on, a new miss needs a reload that starts after it: the next task.
+        self._miss_reload = None
+        self._last_miss_reload = time.monotonic()
+        await self.reload()
 
     @staticmethod
     def require_admin(principal: Principal) -> None:

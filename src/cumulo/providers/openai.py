@@ -217,9 +217,13 @@ class _Call:
     async def __aenter__(self) -> aiohttp.ClientResponse:
         p = self.provider
         try:
+            data = orjson.dumps(self.body)
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in `tools`
+            raise InvalidRequest(f"The request cannot be encoded as JSON: {exc}.") from exc
+        try:
             resp = await p.ctx.http.post(
                 p._url(self.path),
-                data=orjson.dumps(self.body),
+                data=data,
                 headers=p._headers(),
                 timeout=p._timeout(),
             )

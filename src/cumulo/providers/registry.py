@@ -13,9 +13,13 @@ never imported by a gateway that serves only remote models.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from cumulo.errors import ConfigError
 from cumulo.providers.base import Provider
+
+if TYPE_CHECKING:
+    from cumulo.config import Config
 
 GROUP = "cumulo.providers"
 
@@ -30,6 +34,20 @@ class ProviderRegistry:
 
     def names(self) -> list[str]:
         return sorted(set(self._classes) | set(self._entry_points))
+
+    def check(self, config: Config, source: str) -> None:
+        """Raise ConfigError, naming the key path, if a deployment names an unknown provider.
+
+        Checks names only: no provider module is imported.
+        """
+        known = self.names()
+        for i, m in enumerate(config.models):
+            for j, d in enumerate(m.deployments):
+                if d.provider not in known:
+                    raise ConfigError(
+                        f"{source}: models.{i}.deployments.{j}.provider: unknown provider "
+                        f"{d.provider!r}; known: {', '.join(known)}"
+                    )
 
     def get(self, name: str) -> type[Provider]:
         if name in self._classes:

@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Integers are forwarded to upstreams as JSON, which carries at most 64-bit integers.
+_INT64_MAX = 2**63 - 1
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -94,12 +97,14 @@ class ChatCompletionRequest(_Wire):
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=1, description="Beyond OpenAI's spec: top-k sampling.")
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    top_k: int | None = Field(
+        None, ge=1, le=_INT64_MAX, description="Beyond OpenAI's spec: top-k sampling."
+    )
+    max_tokens: int | None = Field(None, ge=1, le=_INT64_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=_INT64_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=-_INT64_MAX - 1, le=_INT64_MAX)
+    n: int | None = Field(None, ge=1, le=_INT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     stream: bool = False
@@ -114,5 +119,5 @@ class EmbeddingRequestWire(_Wire):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=_INT64_MAX)
     user: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import re
 import struct
 import time
 import uuid
@@ -60,16 +61,23 @@ def error_response(exc: CumuloError) -> Response:
 
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
+# How pydantic labels union members in an error's path: `str`, `list[str]`,
+# `literal['auto',...]`, `function-after[...]`, or a model's class name.
+_UNION_MEMBER = re.compile(r"^(?:str|int|float|bool|[a-z]+(?:-[a-z]+)?\[.*|[A-Z]\w*)$")
 
 
 def validation_error(exc: ValidationError) -> InvalidRequest:
     """The first validation error as an InvalidRequest whose `param` names the field."""
     err = exc.errors()[0]
     loc: list[str] = []
+    previous: object = None
     for part in err["loc"]:
         text = str(part)
-        # Union members appear in the path by their tag or type; the caller never wrote them.
-        if text in _ROLES or text.startswith(("function-", "str", "list[", "NamedToolChoice")):
+        # Union members appear in the path by their type, and messages by their role tag
+        # after the index; the caller never wrote those. Field names are snake_case.
+        role_tag = text in _ROLES and isinstance(previous, int)
+        previous = part
+        if role_tag or (isinstance(part, str) and _UNION_MEMBER.match(text)):
             continue
         loc.append(text)
     msg = err["msg"]
@@ -251,6 +259,10 @@ class OpenAIService:
         except CumuloError as exc:
             # Headers are sent: the error travels as an event the SDKs raise on.
             yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+        except Exception:  # logged; the client still gets a well-formed error event
+            log.exception("stream failed")
+            internal = CumuloError("The server had an error while streaming the response.")
+            yield b"data: " + orjson.dumps(error_body(internal)) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     async def embeddings(self, request: Request) -> Response:

@@ -1,0 +1,252 @@
+"""The `cumulo` command, run as a user runs it: a subprocess against a running server."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeOpenAIUpstream, embedding_of
+from support import CUMULO_BIN, ApiKey, CumuloServer, clean_env, free_port, write_config
+
+
+def cumulo_cli(*args: str, url: str, key: str | None = None, stdin: str | None = None,
+               **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = clean_env(CUMULO_URL=url, **env)
+    if key is not None:
+        full_env["CUMULO_API_KEY"] = key
+    return subprocess.run([str(CUMULO_BIN), *args], env=full_env, input=stdin, text=True,
+                          capture_output=True, timeout=60, check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cumulo: error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+# -- keys ---------------------------------------------------------------------------
+
+
+def test_keys_create_list_revoke(cumulo: CumuloServer) -> None:
+    created = cumulo_cli("keys", "create", "cli-app", url=cumulo.url, key=cumulo.admin_key)
+    assert created.returncode == 0, created.stderr
+    fields = dict(line.split(":", 1) for line in created.stdout.splitlines())
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    assert fields["name"] == "cli-app" and fields["role"] == "caller"
+    token, key_id = fields["key"], fields["id"]
+    assert token.startswith(f"ck-{key_id}.")
+    assert "shown once" in created.stderr
+
+    listed = cumulo_cli("keys", "list", url=cumulo.url, key=cumulo.admin_key)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == ["ID", "NAME", "ROLE", "STATE"]
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith(key_id)]
+    assert row == [key_id, "cli-app", "caller", "active"]
+    assert token.split(".", 1)[1] not in listed.stdout
+
+    # The new key works as CUMULO_API_KEY ...
+    assert cumulo_cli("models", "list", url=cumulo.url, key=token).returncode == 0
+    revoked = cumulo_cli("keys", "revoke", key_id, url=cumulo.url, key=cumulo.admin_key)
+    assert revoked.returncode == 0 and revoked.stdout.strip() == f"revoked {key_id}"
+    # ... and not once revoked.
+    assert_one_line_error(cumulo_cli("models", "list", url=cumulo.url, key=token), "401")
+
+    listed = cumulo_cli("keys", "list", url=cumulo.url, key=cumulo.admin_key)
+    assert key_id not in listed.stdout
+    listed_all = cumulo_cli("keys", "list", "--all", url=cumulo.url, key=cumulo.admin_key)
+    [row] = [line.split() for line in listed_all.stdout.splitlines() if line.startswith(key_id)]
+    assert row[-1] == "revoked"
+
+    again = cumulo_cli("keys", "revoke", key_id, url=cumulo.url, key=cumulo.admin_key)
+    assert_one_line_error(again, "404")
+
+
+def test_admin_role_and_key_option(cumulo: CumuloServer) -> None:
+    # --key wins over CUMULO_API_KEY.
+    created = cumulo_cli("--key", cumulo.admin_key, "keys", "create", "ops", "--role", "admin",
+                         url=cumulo.url, key="ck-wrong.wrong")
+    assert created.returncode == 0, created.stderr
+    assert "role: admin" in created.stdout
+
+
+def test_caller_key_cannot_manage_keys(cumulo: CumuloServer, caller_key: ApiKey) -> None:
+    result = cumulo_cli("keys", "list", url=cumulo.url, key=caller_key.token)
+    assert_one_line_error(result, "403")
+
+
+# -- models, chat, embed, usage -------------------------------------------------------
+
+
+def test_models_list(cumulo: CumuloServer, caller_key: ApiKey) -> None:
+    result = cumulo_cli("models", "list", url=cumulo.url, key=caller_key.token)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["MODEL", "KIND", "PROVIDERS", "NOTES"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["chat-echo"] == ["chat", "openai"]
+    assert rows["embed"] == ["embedding", "openai"]
+    assert "team/chat-echo" in rows
+
+
+def test_chat_streams_the_reply(cumulo: CumuloServer, caller_key: ApiKey,
+                                upstream: FakeOpenAIUpstream, marker: str) -> None:
+    result = cumulo_cli("chat", "chat-echo", f"hello {marker}", "--system", "be terse",
+                        "--max-tokens", "20", "--temperature", "0.3",
+                        url=cumulo.url, key=caller_key.token)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"echo: hello {marker}\n"
+    body = upstream.one(marker).body
+    assert body["stream"] is True
+    assert body["messages"] == [{"role": "system", "content": "be terse"},
+                                {"role": "user", "content": f"hello {marker}"}]
+    assert (body["max_tokens"], body["temperature"]) == (20, 0.3)
+    [row] = cumulo.usage_rows(caller_key.id)
+    assert (row["stream"], row["status"]) == (1, 200)
+
+
+def test_chat_reads_the_prompt_from_stdin(cumulo: CumuloServer, caller_key: ApiKey,
+                                          marker: str) -> None:
+    result = cumulo_cli("chat", "chat-echo", url=cumulo.url, key=caller_key.token,
+                        stdin=f"piped {marker}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"echo: piped {marker}\n"
+
+
+def test_chat_with_an_empty_prompt_is_a_usage_error(cumulo: CumuloServer, caller_key: ApiKey) -> None:
+    result = cumulo_cli("chat", "chat-echo", url=cumulo.url, key=caller_key.token, stdin="  \n")
+    assert result.returncode == 2
+    assert "empty prompt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chat_failing_mid_stream_keeps_the_text_and_reports_one_line(
+    cumulo: CumuloServer, caller_key: ApiKey
+) -> None:
+    result = cumulo_cli("chat", "chat-disconnect", "one two three four", url=cumulo.url,
+                        key=caller_key.token)
+    assert result.stdout == "echo: one "
+    assert_one_line_error(result, "mid-stream")
+
+
+@pytest.mark.parametrize(
+    ("model", "fragment"),
+    [("no-such-model", "404"), ("chat-500", "502"), ("chat-timeout", "504"), ("embed", "400")],
+)
+def test_chat_errors_are_one_line(cumulo: CumuloServer, caller_key: ApiKey, model: str,
+                                  fragment: str) -> None:
+    result = cumulo_cli("chat", model, "hi", url=cumulo.url, key=caller_key.token)
+    assert result.stdout == ""
+    assert_one_line_error(result, fragment)
+
+
+def test_embed_prints_one_json_vector_per_text(cumulo: CumuloServer, caller_key: ApiKey) -> None:
+    result = cumulo_cli("embed", "embed", "first text", "second", url=cumulo.url,
+                        key=caller_key.token)
+    assert result.returncode == 0, result.stderr
+    vectors = [json.loads(line) for line in result.stdout.splitlines()]
+    assert vectors == [embedding_of("first text"), embedding_of("second")]
+
+
+def test_usage_prints_totals_per_key_and_model(cumulo: CumuloServer, caller_key: ApiKey) -> None:
+    assert cumulo_cli("chat", "chat-echo", "count me", url=cumulo.url,
+                      key=caller_key.token).returncode == 0
+    result = cumulo_cli("usage", url=cumulo.url, key=cumulo.admin_key)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["KEY", "REQUESTS", "ERRORS"]
+    assert any(line.startswith("MODEL ") for line in lines)
+    [mine] = [line.split() for line in lines if line.startswith(caller_key.id)]
+    assert mine[1:5] == ["1", "0", "2", "3"]
+
+
+def test_bad_key_is_one_line_and_nonzero(cumulo: CumuloServer) -> None:
+    result = cumulo_cli("models", "list", url=cumulo.url, key="ck-0000.bad")
+    assert result.stdout == ""
+    assert_one_line_error(result, "401", "Incorrect API key")
+
+
+def test_missing_key_is_one_line_and_nonzero(cumulo: CumuloServer) -> None:
+    result = cumulo_cli("usage", url=cumulo.url)
+    assert_one_line_error(result, "401")
+
+
+def test_server_down_is_one_line_and_nonzero() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (("models", "list"), ("chat", "m", "hi"), ("embed", "m", "x")):
+        result = cumulo_cli(*args, url=url, key="ck-0000.any")
+        assert_one_line_error(result, "cannot reach cumulo", url)
+
+
+@pytest.fixture
+def not_cumulo(tmp_path: Path) -> Iterator[str]:
+    """A plain web server (HTML for GET /v1/models, HTML errors elsewhere) at a URL."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "models").write_text("<html><body>\n<h1>Welcome</h1>\n</body></html>\n")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    "args", [("models", "list"), ("usage",), ("chat", "m", "hi"), ("embed", "m", "x")],
+    ids=["html-200", "html-404", "html-501-stream", "html-501"],
+)
+def test_a_url_that_is_not_cumulo_is_one_line(not_cumulo: str, args: tuple[str, ...]) -> None:
+    result = cumulo_cli(*args, url=not_cumulo, key="ck-0000.any")
+    assert_one_line_error(result, "did not answer like cumulo")
+
+
+# -- serve with a bad config --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "fragments"),
+    [
+        ({"models": [{"name": "m", "deployments": [{"provider": "openai", "model": "x"}]}]},
+         ["models.0.deployments.0", "base_url"]),
+        ({"models": [{"name": "m", "deployments": [{"provider": "nosuch"}]}]},
+         ["models.0.deployments.0.provider", "nosuch"]),
+    ],
+    ids=["missing-base-url", "unknown-provider"],
+)
+def test_serve_with_a_bad_config_says_why_in_one_line(
+    tmp_path: Path, config: dict[str, object], fragments: list[str]
+) -> None:
+    path = write_config(tmp_path / "bad.yaml", config)
+    result = subprocess.run(
+        [str(CUMULO_BIN), "serve", "--config", str(path), "--port", str(free_port())],
+        env=clean_env(CUMULO_HOME=str(tmp_path / "home"), CUMULO_ADMIN_KEY="x"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert_one_line_error(result, str(path), *fragments)
+
+
+def test_serve_with_a_missing_config_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(CUMULO_BIN), "serve", "--config", str(tmp_path / "nope.yaml")],
+        env=clean_env(CUMULO_HOME=str(tmp_path / "home")),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert_one_line_error(result, "nope.yaml", "cannot read")
