@@ -15,6 +15,10 @@ from starlette.routing import Route
 
 from cumulo.api.admin.router import routes as admin_routes
 from cumulo.api.admin.service import AdminService
+from cumulo.api.anthropic.router import routes as anthropic_routes
+from cumulo.api.anthropic.service import AnthropicService
+from cumulo.api.bedrock.router import routes as bedrock_routes
+from cumulo.api.bedrock.service import BedrockService
 from cumulo.api.http import JSONResponse
 from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService, error_response
@@ -34,8 +38,11 @@ def create_app(config: Config | None = None, home: Path | None = None) -> Starle
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.store.migrate()
         await platform.start()
-        gateway = Gateway(platform.models, platform.usage)
+        assert platform.router is not None
+        gateway = Gateway(platform.router, platform.usage)
         app.router.routes.extend(openai_routes(OpenAIService(platform, gateway)))
+        app.router.routes.extend(bedrock_routes(BedrockService(platform, gateway)))
+        app.router.routes.extend(anthropic_routes(AnthropicService(platform, gateway)))
         app.router.routes.extend(admin_routes(AdminService(platform)))
         try:
             yield

@@ -1,7 +1,8 @@
 """First-start preparation, run once by `cumulo serve` before workers start.
 
-Migrates the store, creates the first admin key (unless `CUMULO_ADMIN_KEY` is
-set) and builds the demo model when the config needs it and it is missing.
+Migrates the store, creates the master key (unless `CUMULO_MASTER_KEY` is set)
+and the first admin key (unless `CUMULO_ADMIN_KEY` is set), and builds the demo
+model when the config needs it and it is missing.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from pathlib import Path
 
 from cumulo.config import DEMO_MODEL, Config, database_url, demo_model_dir
 from cumulo.governance import keys
+from cumulo.governance.masterkey import MasterKey
 from cumulo.store.db import Store
 
 
 async def _prepare_store(config: Config, home: Path) -> str | None:
+    master = MasterKey.load(home)
     store = Store(database_url(config, home))
     try:
         await store.migrate()
         if os.environ.get("CUMULO_ADMIN_KEY") or await store.has_admin_key():
             return None
         new = keys.generate()
-        await store.add_key(new.id, "admin", "admin", keys.hash_secret(new.secret))
+        await store.add_key(
+            new.id, "admin", "admin", keys.hash_secret(new.secret), master.encrypt(new.id, new.secret)
+        )
         return new.token
     finally:
         await store.close()

@@ -29,6 +29,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PriceConfig(_Strict):
+    """Price override in USD per million tokens (else `genai-prices` is consulted)."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
 class DeploymentConfig(_Strict):
     """One concrete place a model runs."""
 
@@ -45,8 +52,22 @@ class DeploymentConfig(_Strict):
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="Local weights.")
     connect_timeout_s: float = Field(10.0, gt=0)
     timeout_s: float = Field(120.0, gt=0, description="Total time allowed for one upstream call.")
+    weight: float = Field(1.0, gt=0, description="Share of traffic under the `weighted` strategy.")
+    price: PriceConfig | None = Field(None, description="Overrides the genai-prices table.")
+    region: str | None = Field(None, description="Bedrock: the AWS region, e.g. us-east-1.")
+    aws_access_key_id_env: str | None = Field(
+        None, description="Bedrock: env var holding the access key id (else the AWS chain)."
+    )
+    aws_secret_access_key_env: str | None = Field(
+        None, description="Bedrock: env var holding the secret access key."
+    )
+    aws_session_token_env: str | None = Field(
+        None, description="Bedrock: env var holding the session token, if any."
+    )
 
-    @field_validator("api_key_env")
+    @field_validator(
+        "api_key_env", "aws_access_key_id_env", "aws_secret_access_key_env", "aws_session_token_env"
+    )
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
@@ -59,6 +80,17 @@ class DeploymentConfig(_Strict):
             raise ValueError("a local deployment needs `path`")
         if self.provider == "openai" and not (self.model and self.base_url):
             raise ValueError("an openai deployment needs `model` and `base_url`")
+        if self.provider == "anthropic" and not self.model:
+            raise ValueError("an anthropic deployment needs `model`")
+        if self.provider == "bedrock" and not (self.model and (self.region or self.base_url)):
+            raise ValueError("a bedrock deployment needs `model` and `region` (or `base_url`)")
+        if self.provider == "bedrock" and (
+            bool(self.aws_access_key_id_env) != bool(self.aws_secret_access_key_env)
+        ):
+            raise ValueError(
+                "a bedrock deployment needs both `aws_access_key_id_env` and "
+                "`aws_secret_access_key_env`, or neither"
+            )
         return self
 
     def api_key(self) -> str | None:
@@ -71,6 +103,29 @@ class DeploymentConfig(_Strict):
         return f"{self.provider}:{self.model or self.path}"
 
 
+class BreakerConfig(_Strict):
+    """When a deployment's circuit opens, and how long until it is probed again."""
+
+    consecutive_failures: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, gt=0, le=1)
+    window: int = Field(20, ge=2)
+    cooldown_s: float = Field(10.0, gt=0)
+
+
+class RoutingConfig(_Strict):
+    strategy: Literal["priority", "weighted", "least-latency", "least-busy", "lowest-cost"] = (
+        "priority"
+    )
+    retries: int = Field(2, ge=0, le=20, description="Further attempts after the first.")
+    timeout_s: float = Field(120.0, gt=0, description="Deadline for all attempts together.")
+    ttft_timeout_s: float | None = Field(
+        None, gt=0, description="Give up on an attempt whose first token takes longer."
+    )
+    backoff_s: float = Field(0.05, ge=0, description="First retry delay; doubles, with jitter.")
+    backoff_max_s: float = Field(2.0, ge=0)
+    breaker: BreakerConfig = BreakerConfig()
+
+
 class ModelConfig(_Strict):
     name: str
     kind: ModelKind = "chat"
@@ -80,6 +135,10 @@ class ModelConfig(_Strict):
         False, description="Random weights: marked as untrained in /v1/models and the CLI."
     )
     deployments: Annotated[list[DeploymentConfig], Field(min_length=1)]
+    routing: RoutingConfig = RoutingConfig()
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Models tried, in order, when this one fails."
+    )
 
     @field_validator("name")
     @classmethod
@@ -120,6 +179,13 @@ class Config(_Strict):
             if m.name in seen:
                 raise ValueError(f"models.{i}.name: duplicate model name {m.name!r}")
             seen.add(m.name)
+        kinds = {m.name: m.kind for m in self.models}
+        for i, m in enumerate(self.models):
+            for j, fb in enumerate(m.fallbacks):
+                if fb not in kinds or fb == m.name:
+                    raise ValueError(f"models.{i}.fallbacks.{j}: {fb!r} is not another configured model")
+                if kinds[fb] != m.kind:
+                    raise ValueError(f"models.{i}.fallbacks.{j}: {fb!r} is not a {m.kind} model")
         return self
 
     def model(self, name: str) -> ModelConfig | None:
@@ -185,6 +251,13 @@ def _check_env(config: Config, source: str) -> None:
                     f"{source}: models.{i}.deployments.{j}.api_key_env: "
                     f"environment variable {d.api_key_env} is not set"
                 )
+            for key in ("aws_access_key_id_env", "aws_secret_access_key_env"):
+                name = getattr(d, key)
+                if name and name not in os.environ:
+                    raise ConfigError(
+                        f"{source}: models.{i}.deployments.{j}.{key}: "
+                        f"environment variable {name} is not set"
+                    )
 
 
 # Remote models offered by the embedded default when their key is in the environment.

@@ -23,6 +23,7 @@ from __future__ import annotations
 class CumuloError(Exception):
     status: int = 500
     type: str = "internal_error"
+    attempts: int = 0  # upstream attempts made before this error (set by the router)
 
     def __init__(
         self,

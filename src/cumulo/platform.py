@@ -16,10 +16,12 @@ import aiohttp
 
 from cumulo.config import Config, cumulo_home, database_url
 from cumulo.governance.auth import Authenticator
+from cumulo.governance.masterkey import MasterKey
 from cumulo.governance.usage import UsageRecorder
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.registry import ProviderRegistry
 from cumulo.routing.catalog import Catalog
+from cumulo.routing.router import Router
 from cumulo.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,15 @@ class Platform:
         self.config = config
         self.home = home or cumulo_home()
         self.store = Store(database_url(config, self.home))
-        self.auth = Authenticator(self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"))
+        self.master_key = MasterKey.load(self.home)
+        self.auth = Authenticator(
+            self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"), master_key=self.master_key
+        )
         self.usage = UsageRecorder(self.store, config.usage)
         self.registry = ProviderRegistry()
         self.http: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
+        self.router: Router | None = None
         self._loading: asyncio.Task[None] | None = None
         self._gc_threshold: tuple[int, int, int] | None = None
 
@@ -53,6 +59,7 @@ class Platform:
             auto_decompress=True,
         )
         self.catalog = Catalog(self.config, self.registry, ProviderContext(self.http, self.home))
+        self.router = Router(self.catalog)
         await self.auth.start()
         self.usage.start()
         self._loading = asyncio.create_task(self.catalog.start(), name="cumulo-model-load")

@@ -285,7 +285,10 @@ class FakeOpenAIUpstream:
             await resp.write(event({"role": "assistant", "content": "", "refusal": None}))
             for n, piece in enumerate(_pieces(content)):
                 if behaviour == "disconnect" and n == int(arg):
-                    # Drop the connection mid-stream: no finish_reason, no [DONE].
+                    # Drop the connection mid-stream: no finish_reason, no [DONE]. The
+                    # pause lets the chunks already sent be read first, as they would be
+                    # from a real upstream that dies between tokens.
+                    await asyncio.sleep(0.2)
                     assert request.transport is not None
                     request.transport.abort()
                     return resp

@@ -162,9 +162,16 @@ def openai_deployment(upstream: FakeOpenAIUpstream, model: str, **extra: Any) ->
 
 
 def gateway_config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
-    """One cumulo model per upstream behaviour."""
+    """One cumulo model per upstream behaviour.
+
+    These models test how one upstream's faults reach the client, so routing
+    neither retries nor opens circuits on them (tests/routing covers that).
+    """
+    no_routing = {"retries": 0, "breaker": {"consecutive_failures": 1_000_000, "error_rate": 1.0}}
+
     def chat(name: str, model: str, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "kind": "chat", "deployments": [openai_deployment(upstream, model, **extra)]}
+        return {"name": name, "kind": "chat", "routing": no_routing,
+                "deployments": [openai_deployment(upstream, model, **extra)]}
 
     return {
         "server": {"max_body_bytes": TEST_MAX_BODY, "max_messages": TEST_MAX_MESSAGES,
@@ -182,7 +189,7 @@ def gateway_config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
             chat("chat-upstream-400", "status:400"),
             chat("chat-429", "ratelimit:7"),
             chat("chat-malformed", "malformed"),
-            {"name": "chat-down", "deployments": [{
+            {"name": "chat-down", "routing": no_routing, "deployments": [{
                 "provider": "openai", "model": "echo", "base_url": f"http://127.0.0.1:{free_port()}/v1",
                 "connect_timeout_s": 2}]},
             {"name": "azure-chat", "deployments": [{

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 from cumulo.errors import AuthenticationFailed, PermissionDenied
-from cumulo.governance import keys
+from cumulo.governance import keys, sigv4
+from cumulo.governance.masterkey import MasterKey
 from cumulo.store.db import KeyRow, Store
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,16 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, store: Store, env_admin_key: str | None = None, poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        env_admin_key: str | None = None,
+        poll_s: float = 1.0,
+        master_key: MasterKey | None = None,
+    ) -> None:
         self.store = store
+        self.master_key = master_key
+        self._signing: dict[str, str] = {}  # key id → secret, for SigV4 (decrypted once)
         self.poll_s = poll_s
         self._env_admin = keys.hash_secret(env_admin_key) if env_admin_key else None
         self._keys: dict[str, KeyRow] = {}
@@ -68,13 +77,30 @@ class Authenticator:
             if version != self._version:
                 rows = await self.store.list_keys()
                 self._keys = {r.id: r for r in rows}
+                self._signing = {r.id: s for r in rows if (s := self._signing_secret(r))}
                 self._version = version
 
     def add(self, row: KeyRow) -> None:
         self._keys[row.id] = row
+        if secret := self._signing_secret(row):
+            self._signing[row.id] = secret
 
     def remove(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
+        self._signing.pop(key_id, None)
+
+    def _signing_secret(self, row: KeyRow) -> str | None:
+        """The key's secret for SigV4: decrypted on the first load only (secrets never change)."""
+        if row.id in self._signing:
+            return self._signing[row.id]
+        if row.secret_enc is None or self.master_key is None:
+            return None
+        try:
+            return self.master_key.decrypt(row.id, row.secret_enc)
+        except ValueError:
+            log.warning("key %s: cannot decrypt its secret (another master key?); "
+                        "it can be used as a bearer token only", row.id)
+            return None
 
     async def _poll(self) -> None:
         while True:
@@ -135,6 +161,29 @@ class Authenticator:
         self._miss_reload = None
         self._last_miss_reload = time.monotonic()
         await self.reload()
+
+    async def authenticate_sigv4(self, req: sigv4.SignedRequest, service: str) -> Principal:
+        """The principal whose key signed `req` with AWS Signature V4 (see `governance.sigv4`)."""
+        sig = sigv4.parse(req.header("authorization") or "")
+        key_id = sig.key_id.removeprefix(keys.PREFIX)
+        row = self._keys.get(key_id)
+        if row is None:
+            await self._reload_for_unknown_key()
+            row = self._keys.get(key_id)
+        if row is None:
+            raise AuthenticationFailed(
+                "The security token included in the request is invalid.", code="invalid_api_key"
+            )
+        secret = self._signing.get(key_id)
+        if secret is None:
+            raise AuthenticationFailed(
+                "This key predates SigV4 support: send it as 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+            )
+        sigv4.verify(req, sig, secret, service)
+        self._last_used[key_id] = time.time()
+        role: keys.Role = "admin" if row.role == "admin" else "caller"
+        return Principal(row.id, row.name, role)
 
     @staticmethod
     def require_admin(principal: Principal) -> None:

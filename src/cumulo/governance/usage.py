@@ -34,6 +34,8 @@ class UsageRecord:
     ttft_ms: float | None
     status: int
     error_type: str | None
+    served_model: str | None = None
+    attempts: int = 0
     ts: float = 0.0
 
 

@@ -175,6 +175,7 @@ class LocalProvider(Provider):
                 f"this model's context window is {window} tokens; the messages use {len(ids)} "
                 "tokens, leaving no room for a reply",
                 param="messages",
+                code="context_length_exceeded",
             )
         return ids
 

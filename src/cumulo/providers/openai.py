@@ -245,14 +245,17 @@ class _Call:
 
 
 async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+    code = None
     try:
-        detail = _error_message(orjson.loads(await resp.read()))
+        data = orjson.loads(await resp.read())
+        detail = _error_message(data)
+        code = _error_code(data)
     except (TimeoutError, orjson.JSONDecodeError, aiohttp.ClientError):
         detail = resp.reason or ""
     status = resp.status
     err: CumuloError
     if status in (400, 422):
-        err = InvalidRequest(f"Upstream rejected the request: {detail}")
+        err = InvalidRequest(f"Upstream rejected the request: {detail}", code=code)
     elif status == 429:
         err = RateLimited(f"Upstream rate limit: {detail}", retry_after=_retry_after(resp))
     elif status in (408, 504):
@@ -280,6 +283,13 @@ def _error_message(data: Any) -> str:
         if isinstance(err, str):
             return err[:500]
     return ""
+
+
+def _error_code(data: Any) -> str | None:
+    """OpenAI's error code, e.g. `context_length_exceeded` (drives context-window fallback)."""
+    err = data.get("error") if isinstance(data, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _usage(data: Any) -> Usage:

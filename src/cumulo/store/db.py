@@ -33,6 +33,7 @@ class KeyRow:
     created_at: float
     revoked_at: float | None
     last_used_at: float | None
+    secret_enc: str | None = None  # the secret under the master key (SigV4), since 0002
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -82,15 +83,18 @@ class Store:
 
     # -- keys ---------------------------------------------------------------
 
-    async def add_key(self, id: str, name: str, role: str, secret_hash: str) -> KeyRow:
+    async def add_key(
+        self, id: str, name: str, role: str, secret_hash: str, secret_enc: str | None = None
+    ) -> KeyRow:
         now = time.time()
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(api_keys).values(
-                    id=id, name=name, role=role, secret_hash=secret_hash, created_at=now
+                    id=id, name=name, role=role, secret_hash=secret_hash, created_at=now,
+                    secret_enc=secret_enc,
                 )
             )
-        return KeyRow(id, name, role, secret_hash, now, None, None)
+        return KeyRow(id, name, role, secret_hash, now, None, None, secret_enc)
 
     async def list_keys(self, include_revoked: bool = False) -> list[KeyRow]:
         q = select(api_keys).order_by(api_keys.c.created_at)

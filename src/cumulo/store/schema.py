@@ -26,6 +26,7 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
+    Column("secret_enc", String(256), nullable=True),  # 0002: for SigV4 (governance/masterkey)
 )
 
 usage = Table(
@@ -44,6 +45,8 @@ usage = Table(
     Column("ttft_ms", Float, nullable=True),
     Column("status", Integer, nullable=False),
     Column("error_type", String(64), nullable=True),
+    Column("served_model", String(128), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
 )

@@ -52,7 +52,10 @@ class AdminService:
         except ValidationError as exc:
             raise validation_error(exc) from exc
         new = keys.generate()
-        row = await self.store.add_key(new.id, spec.name, spec.role, keys.hash_secret(new.secret))
+        sealed = self.platform.master_key.encrypt(new.id, new.secret)  # for SigV4 (bedrock)
+        row = await self.store.add_key(
+            new.id, spec.name, spec.role, keys.hash_secret(new.secret), sealed
+        )
         self.auth.add(row)
         return JSONResponse({**_key_view(row), "key": new.token}, status_code=201)
 

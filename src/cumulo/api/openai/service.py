@@ -200,7 +200,7 @@ def render_chat(resp: ChatResponse) -> JSON:
 
 
 def _headers(info: CallInfo) -> dict[str, str]:
-    return {"x-cumulo-deployment": info.deployment} if info.deployment else {}
+    return info.headers()
 
 
 class OpenAIService:

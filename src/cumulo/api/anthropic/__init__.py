@@ -1,0 +1,1 @@
+"""Anthropic-compatible front door (`POST /v1/messages`)."""

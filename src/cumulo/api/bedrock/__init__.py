@@ -1,0 +1,1 @@
+"""Bedrock-runtime-compatible front door (`/model/{modelId}/converse[-stream]`)."""

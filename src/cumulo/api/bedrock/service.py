@@ -1,0 +1,376 @@
+"""Bedrock front door: Converse wire ⇄ canonical translation and the endpoint logic.
+
+Implements the Amazon Bedrock Runtime API reference
+(https://docs.aws.amazon.com/bedrock/latest/APIReference/): `Converse` and
+`ConverseStream`, the latter framed as AWS's binary event stream. The model id
+in the path is a cumulo model name. Callers authenticate as with Bedrock:
+AWS Signature V4 with access key id = cumulo key id and secret = the key's
+secret (`governance.sigv4`), or a key as `Authorization: Bearer`.
+
+Translation notes: text blocks of one message are concatenated; a
+`toolResult` with `status: error` reaches the model as text prefixed `Error: `
+(the canonical tool message has no status); `cachePoint` blocks are ignored;
+image, document and other block kinds are refused with a ValidationException.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from cumulo import eventstream as es
+from cumulo.api.bedrock import protocol as wire
+from cumulo.api.http import JSONResponse, read_body
+from cumulo.errors import (
+    AuthenticationFailed,
+    CumuloError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from cumulo.gateway import Gateway, MeteredStream
+from cumulo.governance import sigv4
+from cumulo.governance.auth import Principal
+from cumulo.platform import Platform
+from cumulo.types import (
+    JSON,
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    SamplingParams,
+    StreamEnd,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
+
+log = logging.getLogger(__name__)
+SIGNING_SERVICE = "bedrock"
+_STOP: dict[FinishReason, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "content_filtered",
+}
+_AUTH_CODES = {
+    "missing_api_key": "MissingAuthenticationTokenException",
+    "invalid_signature": "InvalidSignatureException",
+    "signature_expired": "InvalidSignatureException",
+    "incomplete_signature": "IncompleteSignatureException",
+}
+
+# -- errors -------------------------------------------------------------------------
+
+
+def error_type(exc: CumuloError) -> tuple[str, int]:
+    """The Bedrock exception name and HTTP status for a cumulo error."""
+    if isinstance(exc, AuthenticationFailed):
+        return _AUTH_CODES.get(exc.code or "", "UnrecognizedClientException"), 403
+    if isinstance(exc, UpstreamTimeout):
+        return "ModelTimeoutException", 408
+    for cls, name, status in (
+        (InvalidRequest, "ValidationException", 400),
+        (PayloadTooLarge, "ValidationException", 400),
+        (PermissionDenied, "AccessDeniedException", 403),
+        (NotFound, "ResourceNotFoundException", 404),
+        (RateLimited, "ThrottlingException", 429),
+        (Unavailable, "ServiceUnavailableException", 503),
+        (UpstreamError, "ModelErrorException", 424),
+    ):
+        if isinstance(exc, cls):
+            return name, status
+    return "InternalServerException", 500
+
+
+def error_response(exc: CumuloError) -> Response:
+    """The one place a cumulo error becomes a Bedrock-shaped HTTP response."""
+    name, status = error_type(exc)
+    headers = {"x-amzn-errortype": name, "x-amzn-requestid": str(uuid.uuid4())}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return JSONResponse({"message": exc.message}, status_code=status, headers=headers)
+
+
+def stream_exception(exc: CumuloError) -> bytes:
+    """An error after the stream started: an exception frame of ConverseStreamOutput."""
+    name, _ = error_type(exc)
+    if name in ("ModelTimeoutException", "ModelErrorException"):
+        name = "ModelStreamErrorException"
+    elif name not in ("ValidationException", "ThrottlingException", "ServiceUnavailableException"):
+        name = "InternalServerException"
+    return es.exception(name[0].lower() + name[1:], exc.message)
+
+
+def _parse(body: bytes) -> wire.ConverseRequest:
+    if not body:
+        raise InvalidRequest("The request body is empty; a JSON object is required.")
+    try:
+        return wire.ConverseRequest.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if err["type"] in ("json_invalid", "json_type"):
+            raise InvalidRequest(f"The request body is not valid JSON: {err['msg']}.") from exc
+        param = ".".join(str(p) for p in err["loc"]) or None
+        msg = f"Value at '{param}' failed to satisfy constraint: {err['msg']}."
+        raise InvalidRequest(msg if param else f"{err['msg']}.", param=param) from exc
+
+
+# -- wire → canonical ---------------------------------------------------------------
+
+
+def _kinds(block: wire.ContentBlock) -> list[str]:
+    known = [k for k in ("text", "toolUse", "toolResult") if getattr(block, k) is not None]
+    return known + list(block.model_extra or {})
+
+
+def _result_text(result: wire.ToolResultBlock, param: str) -> str:
+    parts = []
+    for k, c in enumerate(result.content):
+        if c.text is not None:
+            parts.append(c.text)
+        elif c.json_ is not None:
+            parts.append(orjson.dumps(c.json_).decode())
+        else:
+            kind = next(iter(c.model_extra or {}), "empty")
+            raise InvalidRequest(
+                f"Tool result content of type '{kind}' is not supported; send text or json.",
+                param=f"{param}.content.{k}",
+            )
+    text = "".join(parts)
+    return f"Error: {text}" if result.status == "error" else text
+
+
+def _message(m: wire.Message, i: int) -> list[Message]:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    results: list[Message] = []
+    for j, block in enumerate(m.content):
+        param = f"messages.{i}.content.{j}"
+        kinds = _kinds(block)
+        if len(kinds) != 1:
+            raise InvalidRequest("A content block must have exactly one member.", param=param)
+        if block.text is not None:
+            texts.append(block.text)
+        elif block.toolUse is not None:
+            if m.role != "assistant":
+                raise InvalidRequest("toolUse blocks belong to assistant messages.", param=param)
+            use = block.toolUse
+            args = orjson.dumps(use.input if use.input is not None else {}).decode()
+            calls.append(ToolCall(use.toolUseId, use.name, args))
+        elif block.toolResult is not None:
+            if m.role != "user":
+                raise InvalidRequest("toolResult blocks belong to user messages.", param=param)
+            result = block.toolResult
+            text = _result_text(result, f"{param}.toolResult")
+            results.append(Message("tool", text, tool_call_id=result.toolUseId))
+        elif kinds[0] != "cachePoint":
+            raise InvalidRequest(
+                f"Content block type '{kinds[0]}' is not supported; send text, toolUse or toolResult.",
+                param=f"{param}.{kinds[0]}",
+            )
+    if m.role == "assistant":
+        return [Message("assistant", "".join(texts) or None, tool_calls=calls or None)]
+    return results + ([Message("user", "".join(texts))] if texts or not results else [])
+
+
+def to_chat_request(
+    model: str, w: wire.ConverseRequest, stream: bool, max_messages: int
+) -> ChatRequest:
+    if len(w.messages) > max_messages:
+        raise InvalidRequest(
+            f"Too many messages: {len(w.messages)}; the limit is {max_messages}.", param="messages"
+        )
+    messages = [Message("system", s.text) for s in w.system or () if s.text is not None]
+    for i, m in enumerate(w.messages):
+        messages.extend(_message(m, i))
+    tools: list[Tool] = []
+    tool_choice = None
+    if w.toolConfig is not None:
+        tools = [
+            Tool(t.toolSpec.name, t.toolSpec.description, t.toolSpec.inputSchema.json_)
+            for t in w.toolConfig.tools
+            if t.toolSpec is not None
+        ]
+        choice = w.toolConfig.toolChoice
+        if choice is not None and choice.tool is not None:
+            tool_choice = ToolChoice("tool", choice.tool.name)
+        elif choice is not None and choice.any is not None:
+            tool_choice = ToolChoice("required")
+        elif choice is not None and choice.auto is not None:
+            tool_choice = ToolChoice("auto")
+    cfg = w.inferenceConfig or wire.InferenceConfiguration()
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        params=SamplingParams(
+            temperature=cfg.temperature,
+            top_p=cfg.topP,
+            max_tokens=cfg.maxTokens,
+            stop=[s for s in cfg.stopSequences or () if s],
+        ),
+        tools=tools or None,
+        tool_choice=tool_choice,
+        stream=stream,
+    )
+
+
+# -- canonical → wire ---------------------------------------------------------------
+
+
+def _tool_input(arguments: str) -> Any:
+    if not arguments.strip():
+        return {}
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments  # not JSON: passed on as a JSON string rather than dropped
+
+
+def _usage(prompt: int, completion: int) -> JSON:
+    return {"inputTokens": prompt, "outputTokens": completion, "totalTokens": prompt + completion}
+
+
+def render_converse(resp: ChatResponse, latency_ms: int) -> JSON:
+    content: list[JSON] = [{"text": resp.message.content}] if resp.message.content else []
+    for call in resp.message.tool_calls or ():
+        use = {"toolUseId": call.id, "name": call.name, "input": _tool_input(call.arguments)}
+        content.append({"toolUse": use})
+    return {
+        "output": {"message": {"role": "assistant", "content": content or [{"text": ""}]}},
+        "stopReason": _STOP[resp.finish_reason],
+        "usage": _usage(resp.usage.prompt_tokens, resp.usage.completion_tokens),
+        "metrics": {"latencyMs": latency_ms},
+    }
+
+
+def _headers(deployment: str | None) -> dict[str, str]:
+    headers = {"x-amzn-requestid": str(uuid.uuid4())}
+    if deployment:
+        headers["x-cumulo-deployment"] = deployment
+    return headers
+
+
+class BedrockService:
+    def __init__(self, platform: Platform, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.auth = platform.auth
+        self.limits = platform.config.server
+
+    async def _request(self, request: Request, stream: bool) -> tuple[Principal, ChatRequest]:
+        """Authenticate (SigV4 or bearer), read and translate the body."""
+        authorization = request.headers.get("authorization")
+        if sigv4.is_sigv4(authorization):  # the signature covers the body: read it first
+            body = await read_body(request, self.limits.max_body_bytes)
+            signed = sigv4.SignedRequest(
+                request.method,
+                request.scope["raw_path"].decode("latin-1"),
+                request.scope["query_string"].decode("latin-1"),
+                list(request.headers.items()),
+                body,
+            )
+            who = await self.auth.authenticate_sigv4(signed, SIGNING_SERVICE)
+        else:
+            who = await self.auth.authenticate(authorization)
+            body = await read_body(request, self.limits.max_body_bytes)
+        model = request.path_params["model_id"]
+        return who, to_chat_request(model, _parse(body), stream, self.limits.max_messages)
+
+    async def converse(self, request: Request) -> Response:
+        """POST /model/{modelId}/converse: API_runtime_Converse."""
+        started = time.perf_counter()
+        who, req = await self._request(request, stream=False)
+        resp, info = await self.gateway.chat(who, req, "bedrock.converse")
+        latency = round((time.perf_counter() - started) * 1000)
+        return JSONResponse(render_converse(resp, latency), headers=_headers(info.deployment))
+
+    async def converse_stream(self, request: Request) -> Response:
+        """POST /model/{modelId}/converse-stream: API_runtime_ConverseStream."""
+        started = time.perf_counter()
+        who, req = await self._request(request, stream=True)
+        stream = await self.gateway.stream(who, req, "bedrock.converse_stream")
+        return StreamingResponse(
+            self._events(stream, started),
+            media_type=es.CONTENT_TYPE,
+            headers=_headers(stream.info.deployment),
+        )
+
+    async def _events(self, stream: MeteredStream, started: float) -> AsyncIterator[bytes]:
+        """ConverseStreamOutput events: messageStart, content blocks, messageStop, metadata."""
+        yield es.event("messageStart", {"role": "assistant"})
+        blocks = 0  # content blocks opened so far
+        current: int | None = None  # the open block
+        text_block: int | None = None
+        tool_blocks: dict[int, int] = {}  # canonical tool-call index → block index
+
+        def stop(index: int | None) -> list[bytes]:
+            return (
+                []
+                if index is None
+                else [es.event("contentBlockStop", {"contentBlockIndex": index})]
+            )
+
+        try:
+            async for ev in stream.events():
+                if isinstance(ev, TextDelta):
+                    if text_block is None or current != text_block:
+                        for frame in stop(current):
+                            yield frame
+                        text_block = current = blocks
+                        blocks += 1
+                    delta = {"delta": {"text": ev.text}, "contentBlockIndex": text_block}
+                    yield es.event("contentBlockDelta", delta)
+                elif isinstance(ev, StreamEnd):
+                    for frame in stop(current):
+                        yield frame
+                    u = ev.usage
+                    yield es.event("messageStop", {"stopReason": _STOP[ev.finish_reason]})
+                    yield es.event(
+                        "metadata",
+                        {
+                            "usage": _usage(
+                                u.prompt_tokens if u else 0, u.completion_tokens if u else 0
+                            ),
+                            "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
+                        },
+                    )
+                else:
+                    index = tool_blocks.get(ev.index)
+                    if index is None:
+                        for frame in stop(current):
+                            yield frame
+                        index = tool_blocks[ev.index] = current = blocks
+                        blocks += 1
+                        use = {
+                            "toolUseId": ev.id or f"tooluse_{uuid.uuid4().hex[:22]}",
+                            "name": ev.name or "",
+                        }
+                        start = {"start": {"toolUse": use}, "contentBlockIndex": index}
+                        yield es.event("contentBlockStart", start)
+                    if ev.arguments:
+                        delta = {
+                            "delta": {"toolUse": {"input": ev.arguments}},
+                            "contentBlockIndex": index,
+                        }
+                        yield es.event("contentBlockDelta", delta)
+        except CumuloError as exc:
+            # Headers are sent: the error travels as an exception frame the SDKs raise on.
+            yield stream_exception(exc)
+        except Exception:  # logged; the client still gets a well-formed exception frame
+            log.exception("stream failed")
+            yield stream_exception(CumuloError("The server had an error while streaming."))

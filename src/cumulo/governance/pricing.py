@@ -1,0 +1,59 @@
+"""Prices per million tokens, from the config or the `genai-prices` package.
+
+`genai-prices` is a maintained price table covering the major providers; it
+works offline from the snapshot it ships. A deployment's `price` in the config
+overrides it (and is the only source for local or self-hosted models).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import Literal
+
+from cumulo.config import DeploymentConfig
+
+log = logging.getLogger(__name__)
+
+_MILLION = 1_000_000
+# cumulo provider kind → genai-prices provider id (None: let it infer from the model).
+_PROVIDER_IDS: dict[str, str | None] = {"openai": None, "anthropic": "anthropic", "bedrock": "aws"}
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_mtok: float
+    output_per_mtok: float
+    source: Literal["config", "genai-prices"]
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / _MILLION
+
+    @property
+    def blended(self) -> float:
+        """One number to rank deployments by: a 3:1 input:output token mix."""
+        return (3 * self.input_per_mtok + self.output_per_mtok) / 4
+
+
+def price_of(deployment: DeploymentConfig) -> Price | None:
+    if deployment.price is not None:
+        return Price(deployment.price.input_per_mtok, deployment.price.output_per_mtok, "config")
+    if deployment.provider not in _PROVIDER_IDS or not deployment.model:
+        return None
+    provider_id = _PROVIDER_IDS[deployment.provider]
+    if deployment.provider == "openai" and deployment.auth_header == "api-key":
+        provider_id = "azure"
+    return _table_price(deployment.model, provider_id)
+
+
+@lru_cache(maxsize=1024)
+def _table_price(model: str, provider_id: str | None) -> Price | None:
+    from genai_prices import Usage, calc_price
+
+    try:
+        calc = calc_price(Usage(input_tokens=_MILLION, output_tokens=_MILLION), model, provider_id=provider_id)
+    except LookupError:
+        return None
+    return Price(float(Decimal(calc.input_price)), float(Decimal(calc.output_price)), "genai-prices")
