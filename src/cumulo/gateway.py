@@ -138,7 +138,8 @@ class Gateway:
         async def attempt(model: str, provider: Provider) -> tuple[StreamEvent, ChatStream]:
             inner = provider.stream(_for_model(req, model))
             try:
-                first = await asyncio.wait_for(anext(inner), ttft_timeout)
+                async with asyncio.timeout(ttft_timeout):
+                    first = await anext(inner)
             except StopAsyncIteration:
                 first = StreamEnd("stop", None)
             except TimeoutError as exc:

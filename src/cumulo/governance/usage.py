@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from cumulo.config import UsageConfig
 from cumulo.store.db import Store
@@ -37,6 +37,10 @@ class UsageRecord:
     served_model: str | None = None
     attempts: int = 0
     ts: float = 0.0
+
+    def as_row(self) -> dict[str, object]:
+        # Shallow, unlike dataclasses.asdict: every field is a scalar.
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class UsageRecorder:
@@ -87,7 +91,7 @@ class UsageRecorder:
             while self._pending:
                 batch = self._pending[: self.config.batch_size]
                 try:
-                    await self.store.insert_usage([asdict(r) for r in batch])
+                    await self.store.insert_usage([r.as_row() for r in batch])
                 except BaseException:
                     self._trim()
                     raise
