@@ -110,6 +110,12 @@ def test_duplicate_model_names(tmp_path: Path) -> None:
     assert "models.2.name" in message and "duplicate" in message and "twin" in message
 
 
+def test_duplicate_deployment_names_within_a_model(tmp_path: Path) -> None:
+    message = error_for(tmp_path, {"models": [
+        {"name": "m", "deployments": [openai_dep(name="east"), openai_dep(name="east")]}]})
+    assert "models.0.deployments.1.name: duplicate" in message and "east" in message
+
+
 @pytest.mark.parametrize(
     ("data", "path"),
     [
@@ -126,6 +132,10 @@ def test_duplicate_model_names(tmp_path: Path) -> None:
          "models.0.deployments.0.auth_header"),
         ({"models": [{"name": "m", "deployments": [openai_dep(api_key="sk-x")]}]},
          "models.0.deployments.0.api_key"),
+        ({"models": [{"name": "m", "deployments": [openai_dep(name="a\nb")]}]},
+         "models.0.deployments.0.name"),
+        ({"models": [{"name": "m", "routing": {"strategy": "fastest"}, "deployments": [openai_dep()]}]},
+         "models.0.routing.strategy"),
     ],
 )
 def test_errors_name_the_key_path(tmp_path: Path, data: dict[str, Any], path: str) -> None:

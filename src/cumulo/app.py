@@ -1,4 +1,4 @@
-"""Assembles the ASGI app: front doors, admin API and health over one Platform."""
+"""Assembles the ASGI app: front doors, admin API, health and metrics over one Platform."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def create_app(config: Config | None = None, home: Path | None = None) -> Starle
         await platform.store.migrate()
         await platform.start()
         assert platform.router is not None
-        gateway = Gateway(platform.router, platform.usage)
+        gateway = Gateway(platform.router, platform.usage, platform.metrics)
         app.router.routes.extend(openai_routes(OpenAIService(platform, gateway)))
         app.router.routes.extend(bedrock_routes(BedrockService(platform, gateway)))
         app.router.routes.extend(anthropic_routes(AnthropicService(platform, gateway)))
@@ -55,8 +55,15 @@ def create_app(config: Config | None = None, home: Path | None = None) -> Starle
     async def ready(request: Request) -> Response:
         checks = await platform.readiness()
         ok = all(checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        """Prometheus exposition of this process's metrics (no key, like health)."""
+        body, content_type = platform.metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -68,7 +75,11 @@ def create_app(config: Config | None = None, home: Path | None = None) -> Starle
         return error_response(err)
 
     app = Starlette(
-        routes=[Route("/health/live", live), Route("/health/ready", ready)],
+        routes=[
+            Route("/health/live", live),
+            Route("/health/ready", ready),
+            Route("/metrics", metrics),
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )

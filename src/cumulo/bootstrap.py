@@ -26,7 +26,11 @@ async def _prepare_store(config: Config, home: Path) -> str | None:
             return None
         new = keys.generate()
         await store.add_key(
-            new.id, "admin", "admin", keys.hash_secret(new.secret), master.encrypt(new.id, new.secret)
+            new.id,
+            "admin",
+            "admin",
+            keys.hash_secret(new.secret),
+            master.encrypt(new.id, new.secret),
         )
         return new.token
     finally:

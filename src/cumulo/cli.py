@@ -38,10 +38,19 @@ pass_ctx = click.make_pass_decorator(_Ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="CUMULO_URL", default=DEFAULT_URL, show_default=True,
-              help="Base URL of a running cumulo (env CUMULO_URL).")
-@click.option("--key", envvar="CUMULO_API_KEY", default=None,
-              help="API key for client commands (env CUMULO_API_KEY).")
+@click.option(
+    "--url",
+    envvar="CUMULO_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Base URL of a running cumulo (env CUMULO_URL).",
+)
+@click.option(
+    "--key",
+    envvar="CUMULO_API_KEY",
+    default=None,
+    help="API key for client commands (env CUMULO_API_KEY).",
+)
 @click.version_option(package_name="cumulo")
 @click.pass_context
 def cli(ctx: click.Context, url: str, key: str | None) -> None:
@@ -50,15 +59,25 @@ def cli(ctx: click.Context, url: str, key: str | None) -> None:
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="CUMULO_CONFIG",
-              help="cumulo.yaml (env CUMULO_CONFIG); default: the embedded config.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="CUMULO_CONFIG",
+    help="cumulo.yaml (env CUMULO_CONFIG); default: the embedded config.",
+)
 @click.option("--host", default=None, help="Bind address [default: 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [default: 8080].")
 @click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None,
-          log_level: str) -> None:
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    config_path: str | None, host: str | None, port: int | None, workers: int | None, log_level: str
+) -> None:
     """Start the platform."""
     import uvicorn
 
@@ -82,7 +101,9 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     server = config.server
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["cumulo"] = {
-        "handlers": ["default"], "level": log_level.upper(), "propagate": False,
+        "handlers": ["default"],
+        "level": log_level.upper(),
+        "propagate": False,
     }
     uvicorn.run(
         "cumulo.app:create_app_from_env",
@@ -114,7 +135,9 @@ def keys() -> None:
 def keys_create(ctx: _Ctx, name: str, role: str) -> None:
     """Create a key; its secret is printed once."""
     data = ctx.client().request("POST", "/admin/keys", json={"name": name, "role": role})
-    click.echo(f"id:   {data['id']}\nname: {data['name']}\nrole: {data['role']}\nkey:  {data['key']}")
+    click.echo(
+        f"id:   {data['id']}\nname: {data['name']}\nrole: {data['role']}\nkey:  {data['key']}"
+    )
     click.echo("The key is shown once only.", err=True)
 
 
@@ -124,8 +147,10 @@ def keys_create(ctx: _Ctx, name: str, role: str) -> None:
 def keys_list(ctx: _Ctx, include_revoked: bool) -> None:
     """List keys (never their secrets)."""
     data = ctx.client().request("GET", "/admin/keys", params={"include_revoked": include_revoked})
-    rows = [[k["id"], k["name"], k["role"], "revoked" if k["revoked_at"] else "active"]
-            for k in data["data"]]
+    rows = [
+        [k["id"], k["name"], k["role"], "revoked" if k["revoked_at"] else "active"]
+        for k in data["data"]
+    ]
     _table(["ID", "NAME", "ROLE", "STATE"], rows)
 
 
@@ -153,15 +178,27 @@ def models_list(ctx: _Ctx) -> None:
     data = ctx.client().request("GET", "/v1/models")
     rows = []
     for m in data["data"]:
-        notes = [n for n, on in (("UNTRAINED: random weights", m.get("untrained")),
-                                 ("loading", not m.get("ready", True))) if on]
-        rows.append([m["id"], m.get("kind", ""), ",".join(m.get("providers", [])), "; ".join(notes)])
+        notes = [
+            n
+            for n, on in (
+                ("UNTRAINED: random weights", m.get("untrained")),
+                ("loading", not m.get("ready", True)),
+            )
+            if on
+        ]
+        rows.append(
+            [m["id"], m.get("kind", ""), ",".join(m.get("providers", [])), "; ".join(notes)]
+        )
     _table(["MODEL", "KIND", "PROVIDERS", "NOTES"], rows)
 
 
 @models.command("build-demo")
-@click.option("--path", type=click.Path(file_okay=False), default=None,
-              help="Target directory [default: $CUMULO_HOME/models/demo-tiny].")
+@click.option(
+    "--path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Target directory [default: $CUMULO_HOME/models/demo-tiny].",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def models_build_demo(path: str | None, seed: int) -> None:
     """Build the tiny untrained demo chat model offline."""
@@ -181,8 +218,14 @@ def models_build_demo(path: str | None, seed: int) -> None:
 @click.option("--max-tokens", type=int, default=None)
 @click.option("--temperature", type=float, default=None)
 @pass_ctx
-def chat(ctx: _Ctx, model: str, prompt: str | None, system: str | None, max_tokens: int | None,
-         temperature: float | None) -> None:
+def chat(
+    ctx: _Ctx,
+    model: str,
+    prompt: str | None,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+) -> None:
     """Send PROMPT (or stdin) to MODEL and stream the reply."""
     if prompt is None:
         prompt = sys.stdin.read()
@@ -207,7 +250,9 @@ def chat(ctx: _Ctx, model: str, prompt: str | None, system: str | None, max_toke
 @pass_ctx
 def embed(ctx: _Ctx, model: str, texts: tuple[str, ...]) -> None:
     """Print embeddings of TEXTS as JSON lines."""
-    data = ctx.client().request("POST", "/v1/embeddings", json={"model": model, "input": list(texts)})
+    data = ctx.client().request(
+        "POST", "/v1/embeddings", json={"model": model, "input": list(texts)}
+    )
     for item in data["data"]:
         click.echo(json.dumps(item["embedding"]))
 
@@ -218,8 +263,17 @@ def usage(ctx: _Ctx) -> None:
     """Usage totals per key and per model."""
     data = ctx.client().request("GET", "/admin/usage")
     for group, title in (("by_key", "KEY"), ("by_model", "MODEL")):
-        rows = [[r[group.removeprefix("by_")] or "-", r["requests"], r["errors"], r["prompt_tokens"],
-                 r["completion_tokens"], f"{r['avg_latency_ms'] or 0:.1f}"] for r in data[group]]
+        rows = [
+            [
+                r[group.removeprefix("by_")] or "-",
+                r["requests"],
+                r["errors"],
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                f"{r['avg_latency_ms'] or 0:.1f}",
+            ]
+            for r in data[group]
+        ]
         _table([title, "REQUESTS", "ERRORS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "AVG_MS"], rows)
         click.echo()
 

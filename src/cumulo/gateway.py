@@ -1,9 +1,9 @@
 """The gateway: what every front door calls with canonical requests.
 
 It hands the request to the router (deployment choice, retries, failover,
-fallbacks), times the call and queues exactly one usage record per request.
-Front doors only translate their wire format to and from the canonical types
-and call these methods.
+fallbacks), times the call and, for each request, queues exactly one usage
+record and counts it in the metrics. Front doors only translate their wire
+format to and from the canonical types and call these methods.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cumulo.errors import CumuloError, UpstreamTimeout
 from cumulo.governance.auth import Principal
 from cumulo.governance.usage import UsageRecord, UsageRecorder
+from cumulo.observability.metrics import Metrics
 from cumulo.providers.base import Provider
 from cumulo.routing.router import Lease, Router
 from cumulo.types import (
@@ -26,11 +27,13 @@ from cumulo.types import (
     ChatStream,
     EmbeddingRequest,
     EmbeddingResponse,
+    ModelKind,
     StreamEnd,
     StreamEvent,
     Usage,
 )
 
+T = TypeVar("T")
 CLIENT_CLOSED = 499  # the client went away before the response finished
 
 
@@ -43,6 +46,7 @@ class CallInfo:
     model: str | None = None  # the model that served it, after any fallback
 
     def headers(self) -> dict[str, str]:
+        """`x-cumulo-deployment`, `x-cumulo-attempts` and `x-cumulo-model`."""
         out = {"x-cumulo-attempts": str(self.attempts)}
         if self.deployment:
             out["x-cumulo-deployment"] = self.deployment
@@ -58,17 +62,24 @@ def estimate_prompt_tokens(req: ChatRequest) -> int:
 
 
 def _status(exc: BaseException) -> int:
+    if isinstance(exc, asyncio.CancelledError):
+        return CLIENT_CLOSED
     return exc.status if isinstance(exc, CumuloError) else 500
 
 
 def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "client_closed"
     return exc.type if isinstance(exc, CumuloError) else "internal_error"
 
 
 class Gateway:
-    def __init__(self, router: Router, usage: UsageRecorder) -> None:
+    def __init__(
+        self, router: Router, usage: UsageRecorder, metrics: Metrics | None = None
+    ) -> None:
         self.router = router
         self.usage = usage
+        self.metrics = metrics
 
     def _record(
         self,
@@ -84,24 +95,69 @@ class Gateway:
         ttft: float | None = None,
         status: int = 200,
         error: str | None = None,
+        queue_ms: float | None = None,
     ) -> None:
+        """Queue the request's usage record and count it in the metrics (no I/O)."""
+        latency = time.perf_counter() - started
+        deployment = lease.deployment.label if lease else None
+        prompt = usage.prompt_tokens if usage else 0
+        completion = usage.completion_tokens if usage else 0
         self.usage.record(
             UsageRecord(
                 key_id=who.key_id,
                 endpoint=endpoint,
                 model=model,
-                deployment=lease.deployment.label if lease else None,
+                deployment=deployment,
                 stream=stream,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                latency_ms=latency * 1000.0,
                 ttft_ms=None if ttft is None else (ttft - started) * 1000.0,
                 status=status,
                 error_type=error,
                 served_model=lease.model if lease else None,
                 attempts=lease.attempts if lease else attempts,
+                queue_ms=queue_ms,
             )
         )
+        if self.metrics is not None:
+            self.metrics.observe(
+                model,
+                deployment,
+                status,
+                prompt,
+                completion,
+                latency,
+                None if ttft is None else ttft - started,
+            )
+
+    async def _route(
+        self,
+        who: Principal,
+        endpoint: str,
+        model: str,
+        kind: ModelKind,
+        attempt: Callable[[str, Provider], Awaitable[T]],
+        *,
+        stream: bool,
+        started: float,
+        prompt_tokens: int = 0,
+    ) -> Lease[T]:
+        """`router.run`, recording the request if it fails (or the client leaves) before a lease."""
+        try:
+            return await self.router.run(model, kind, attempt, prompt_tokens)
+        except (Exception, asyncio.CancelledError) as exc:  # recorded, then re-raised
+            self._record(
+                who,
+                endpoint,
+                model,
+                stream=stream,
+                started=started,
+                attempts=getattr(exc, "attempts", 0),
+                status=_status(exc),
+                error=_error_type(exc),
+            )
+            raise
 
     async def chat(
         self, who: Principal, req: ChatRequest, endpoint: str
@@ -111,54 +167,69 @@ class Gateway:
         async def attempt(model: str, provider: Provider) -> ChatResponse:
             return await provider.chat(_for_model(req, model))
 
-        try:
-            lease = await self.router.run(req.model, "chat", attempt, estimate_prompt_tokens(req))
-        except Exception as exc:  # recorded, then re-raised for the front door to render
-            self._record(who, endpoint, req.model, stream=False, started=started,
-                         attempts=getattr(exc, "attempts", 0), status=_status(exc),
-                         error=_error_type(exc))
-            raise
+        lease = await self._route(
+            who,
+            endpoint,
+            req.model,
+            "chat",
+            attempt,
+            stream=False,
+            started=started,
+            prompt_tokens=estimate_prompt_tokens(req),
+        )
         lease.finish(True)
         resp = lease.value
-        self._record(who, endpoint, req.model, stream=False, started=started, lease=lease,
-                     usage=resp.usage)
+        self._record(
+            who,
+            endpoint,
+            req.model,
+            stream=False,
+            started=started,
+            lease=lease,
+            usage=resp.usage,
+            queue_ms=resp.queue_ms,
+        )
         return resp, _info(lease)
 
     async def stream(self, who: Principal, req: ChatRequest, endpoint: str) -> MeteredStream:
         """A stream whose first event has already arrived.
 
-        Failover happens until that first event; errors before it are raised
-        here, so the front door can still answer with a plain HTTP error.
-        Later ones come from iteration.
+        Failover happens until that first event (each attempt bounded by its
+        model's `routing.ttft_timeout_s`); errors before it are raised here, so
+        the front door can still answer with a plain HTTP error. Later ones
+        come from iteration.
         """
         started = time.perf_counter()
-        route = self.router.route(req.model, "chat")
-        ttft_timeout = route.config.routing.ttft_timeout_s
 
         async def attempt(model: str, provider: Provider) -> tuple[StreamEvent, ChatStream]:
+            ttft_timeout = self.router.routes[model].config.routing.ttft_timeout_s
             inner = provider.stream(_for_model(req, model))
+            timeout = asyncio.timeout(ttft_timeout)
             try:
-                async with asyncio.timeout(ttft_timeout):
+                async with timeout:
                     first = await anext(inner)
             except StopAsyncIteration:
                 first = StreamEnd("stop", None)
-            except TimeoutError as exc:
+            except BaseException as exc:
                 await _aclose(inner)
-                raise UpstreamTimeout(
-                    f"No first token within {ttft_timeout:g} s (routing.ttft_timeout_s)."
-                ) from exc
-            except BaseException:
-                await _aclose(inner)
+                if isinstance(exc, TimeoutError) and timeout.expired():
+                    raise UpstreamTimeout(
+                        f"No first token from '{model}' within {ttft_timeout:g} s "
+                        "(routing.ttft_timeout_s)."
+                    ) from exc
                 raise
             return first, inner
 
-        try:
-            lease = await self.router.run(req.model, "chat", attempt, estimate_prompt_tokens(req))
-        except Exception as exc:  # recorded, then re-raised for the front door to render
-            self._record(who, endpoint, req.model, stream=True, started=started,
-                         attempts=getattr(exc, "attempts", 0), status=_status(exc),
-                         error=_error_type(exc))
-            raise
+        lease = await self._route(
+            who,
+            endpoint,
+            req.model,
+            "chat",
+            attempt,
+            stream=True,
+            started=started,
+            prompt_tokens=estimate_prompt_tokens(req),
+        )
         return MeteredStream(self, who, endpoint, req.model, started, lease)
 
     async def embed(
@@ -171,16 +242,19 @@ class Gateway:
                 req if model == req.model else dataclasses.replace(req, model=model)
             )
 
-        try:
-            lease = await self.router.run(req.model, "embedding", attempt)
-        except Exception as exc:  # recorded, then re-raised for the front door to render
-            self._record(who, endpoint, req.model, stream=False, started=started,
-                         attempts=getattr(exc, "attempts", 0), status=_status(exc),
-                         error=_error_type(exc))
-            raise
+        lease = await self._route(
+            who, endpoint, req.model, "embedding", attempt, stream=False, started=started
+        )
         lease.finish(True)
-        self._record(who, endpoint, req.model, stream=False, started=started, lease=lease,
-                     usage=lease.value.usage)
+        self._record(
+            who,
+            endpoint,
+            req.model,
+            stream=False,
+            started=started,
+            lease=lease,
+            usage=lease.value.usage,
+        )
         return lease.value, _info(lease)
 
 
@@ -204,6 +278,8 @@ class MeteredStream:
     Ends normally (200), with an upstream error (its status, re-raised to the
     front door to render as an error event), or because the client went away
     (499; the upstream stream is closed so its connection or slot is freed).
+    A stream the front door never iterates (the client left before the
+    response started) is settled as 499 once it is garbage-collected.
     """
 
     def __init__(
@@ -215,14 +291,10 @@ class MeteredStream:
         started: float,
         lease: Lease[tuple[StreamEvent, ChatStream]],
     ) -> None:
-        self.gateway = gateway
-        self.who = who
-        self.endpoint = endpoint
-        self.model = model
-        self.started = started
-        self.ttft = time.perf_counter()
-        self.lease = lease
         self.info = _info(lease)
+        self.lease = lease
+        self._meter = _StreamMeter(gateway, who, endpoint, model, started, lease)
+        self._loop = asyncio.get_running_loop()
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         first, inner = self.lease.value
@@ -234,11 +306,13 @@ class MeteredStream:
             yield first
             if isinstance(first, StreamEnd):
                 status, error, usage, ok = 200, None, first.usage, True
+                self._meter.queue_ms = first.queue_ms
                 return
             async for event in inner:
                 yield event
                 if isinstance(event, StreamEnd):
                     status, error, usage, ok = 200, None, event.usage, True
+                    self._meter.queue_ms = event.queue_ms
                     return
             status, error, ok = 502, "upstream_error", False
         except Exception as exc:  # recorded in `finally`, then re-raised
@@ -246,9 +320,52 @@ class MeteredStream:
             ok = False
             raise
         finally:
-            await _aclose(inner)
-            self.lease.finish(ok, self.ttft)
-            self.gateway._record(
-                self.who, self.endpoint, self.model, stream=True, started=self.started,
-                lease=self.lease, usage=usage, ttft=self.ttft, status=status, error=error,
+            try:
+                await _aclose(inner)
+            finally:
+                self._meter.settle(ok, status, error, usage)
+
+    def __del__(self) -> None:
+        # Never iterated: free the deployment's in-flight slot (and its breaker probe, if this
+        # was one) and record the request, soon, on the loop (not inside whatever code the
+        # collector interrupted). The provider stream, already started, is closed by the
+        # event loop's async-generator finalizer.
+        meter = getattr(self, "_meter", None)
+        if meter is not None and not meter.settled and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(
+                meter.settle, None, CLIENT_CLOSED, "client_closed", None
             )
+
+
+@dataclass(slots=True)
+class _StreamMeter:
+    """Settles a stream's lease and records its usage, once."""
+
+    gateway: Gateway
+    who: Principal
+    endpoint: str
+    model: str
+    started: float
+    lease: Lease[Any]
+    ttft: float = dataclasses.field(default_factory=time.perf_counter)
+    settled: bool = False
+    queue_ms: float | None = None  # from the provider's StreamEnd, when it tells
+
+    def settle(self, ok: bool | None, status: int, error: str | None, usage: Usage | None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.lease.finish(ok, self.ttft)
+        self.gateway._record(
+            self.who,
+            self.endpoint,
+            self.model,
+            stream=True,
+            started=self.started,
+            lease=self.lease,
+            usage=usage,
+            ttft=self.ttft,
+            status=status,
+            error=error,
+            queue_ms=self.queue_ms,
+        )

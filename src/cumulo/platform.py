@@ -18,6 +18,7 @@ from cumulo.config import Config, cumulo_home, database_url
 from cumulo.governance.auth import Authenticator
 from cumulo.governance.masterkey import MasterKey
 from cumulo.governance.usage import UsageRecorder
+from cumulo.observability.metrics import Metrics
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.registry import ProviderRegistry
 from cumulo.routing.catalog import Catalog
@@ -44,6 +45,7 @@ class Platform:
             self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"), master_key=self.master_key
         )
         self.usage = UsageRecorder(self.store, config.usage)
+        self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.registry = ProviderRegistry()
         self.http: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
@@ -60,6 +62,7 @@ class Platform:
         )
         self.catalog = Catalog(self.config, self.registry, ProviderContext(self.http, self.home))
         self.router = Router(self.catalog)
+        self.metrics.watch(self.router)
         await self.auth.start()
         self.usage.start()
         self._loading = asyncio.create_task(self.catalog.start(), name="cumulo-model-load")

@@ -92,6 +92,7 @@ class ChatResponse:
     message: Message
     finish_reason: FinishReason
     usage: Usage
+    queue_ms: float | None = None  # time spent waiting for a local engine slot
 
 
 @dataclass(slots=True)
@@ -117,6 +118,7 @@ class StreamEnd:
 
     finish_reason: FinishReason
     usage: Usage | None = None
+    queue_ms: float | None = None  # time spent waiting for a local engine slot
 
 
 StreamEvent: TypeAlias = TextDelta | ToolCallDelta | StreamEnd

@@ -13,6 +13,8 @@ chosen by the upstream model id the request names (a deployment's `model`):
     disconnect:<n>    stream n content chunks, then drop the connection (no [DONE])
     status:<code>     answer <code> with an OpenAI error body
     ratelimit:<s>     429 with `Retry-After: <s>`
+    ratelimit-once:<s>  429 with `Retry-After: <s>` the first time a prompt (last user
+                      text) is seen, then like echo
     malformed         200 with a body that is not JSON (a broken chunk when streaming)
     embed             embeddings: a deterministic 8-float vector per input
     embed-reversed    the same, listed in reverse order (each item keeps its index)
@@ -99,8 +101,10 @@ def _pieces(text: str) -> list[str]:
 class FakeOpenAIUpstream:
     """Start with `start()` (or as a context manager); `url` is the server root."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: any free port; a fixed one lets a stopped upstream come back
         self.requests: list[Recorded] = []
+        self._once: set[str] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -129,10 +133,10 @@ class FakeOpenAIUpstream:
         self._gate = asyncio.Event()
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        host, self.port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{self.port}"
 
     def stop(self) -> None:
         if self._loop is None or self._thread is None:
@@ -215,6 +219,13 @@ class FakeOpenAIUpstream:
             return _error(int(arg), f"fake upstream failure {arg}")
         elif behaviour == "ratelimit":
             return _error(429, "Rate limit reached.", headers={"Retry-After": arg})
+        elif behaviour == "ratelimit-once":
+            prompt = last_user_text(body)
+            with self._lock:
+                first = prompt not in self._once
+                self._once.add(prompt)
+            if first:
+                return _error(429, "Rate limit reached.", headers={"Retry-After": arg})
         if request.path.endswith("/embeddings"):
             return self._embeddings(body, behaviour)
         if not request.path.endswith("/chat/completions"):

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from cumulo.config import DeploymentConfig
 from cumulo.engine.demo import build_demo_model
-from cumulo.errors import ConfigError, InvalidRequest, Unavailable
+from cumulo.errors import ConfigError, InvalidRequest, RateLimited, Unavailable
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.local import LocalProvider
 from cumulo.types import (
@@ -245,3 +245,58 @@ def test_embedding_dimensions(embedder: LocalProvider) -> None:
 def test_embedding_deployment_does_not_chat(embedder: LocalProvider) -> None:
     with pytest.raises(InvalidRequest):
         run(embedder.chat(request(max_tokens=2)))
+
+
+def make_limited(demo_path: Path, **limits: Any) -> LocalProvider:
+    ctx = ProviderContext(http=None, home=demo_path.parent)  # type: ignore[arg-type]
+    deployment = DeploymentConfig(provider="local", path=str(demo_path), **limits)
+    return LocalProvider(deployment, "chat", ctx)
+
+
+def test_requests_are_batched_with_their_own_settings(chat: LocalProvider) -> None:
+    alone = greedy_text(chat, 16)
+
+    async def scenario() -> list[ChatResponse]:
+        reqs = [request(temperature=0, max_tokens=16), request(temperature=0, max_tokens=4),
+                request(temperature=1.0, seed=5, max_tokens=16), request("Hi", temperature=0)]
+        return list(await asyncio.gather(*(chat.chat(r) for r in reqs)))
+
+    same, short, sampled, other = run(scenario())
+    assert same.message.content == alone.message.content  # float32 on this CPU, or tie-free
+    assert short.usage.completion_tokens == 4 and short.finish_reason == "length"
+    assert sampled.usage.completion_tokens <= 16 and other.message.content is not None
+    assert same.queue_ms is not None and same.queue_ms >= 0
+
+
+def test_cancelling_a_stream_lets_the_waiting_request_start(demo_path: Path) -> None:
+    async def scenario() -> None:
+        provider = make_limited(demo_path, max_running=1, max_queue=1)
+        await provider.start()
+        try:
+            first = provider.stream(request(temperature=0))  # would fill the whole window
+            assert isinstance(await anext(first), TextDelta)
+            waiting = asyncio.create_task(provider.chat(request(temperature=0, max_tokens=3)))
+            for _ in range(500):
+                stats = provider.engine_stats()
+                if stats is not None and stats.waiting == 1:
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(RateLimited) as info:  # one running, one waiting: full
+                await provider.chat(request(max_tokens=2))
+            assert info.value.retry_after is not None and info.value.retry_after >= 1
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            await first.aclose()  # the client went away: its slot is freed at the next token
+            resp = await asyncio.wait_for(waiting, 60)
+            assert resp.usage.completion_tokens == 3
+            assert resp.queue_ms is not None and resp.queue_ms >= 200
+            for _ in range(500):  # the finished request leaves the batch right after its step
+                stats = provider.engine_stats()
+                if stats is not None and (stats.running, stats.waiting) == (0, 0):
+                    break
+                await asyncio.sleep(0.01)
+            assert stats is not None and (stats.running, stats.waiting) == (0, 0)
+        finally:
+            await provider.close()
+
+    run(scenario())

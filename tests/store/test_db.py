@@ -46,7 +46,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
     assert {"api_keys", "usage", "alembic_version"} <= tables
-    assert version == [("0003",)]
+    assert version == [("0004",)]
 
 
 def test_keys_add_list_revoke(tmp_path: Path) -> None:

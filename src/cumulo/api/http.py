@@ -1,18 +1,63 @@
-"""HTTP helpers shared by every front door: bounded body reads, JSON responses."""
+"""HTTP helpers shared by every front door: bounded body reads, JSON responses,
+cancelling work when the client goes away."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.errors import CumuloError, InvalidRequest, PayloadTooLarge
+from cumulo.gateway import CLIENT_CLOSED
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its response was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T], after_s: float = 0.05) -> T:
+    """Await `work`, cancelling it if the client disconnects first (`ClientDisconnected`).
+
+    Call it once the request body has been read: it then listens for the
+    ASGI `http.disconnect` message, so that an upstream call whose client is
+    gone is cancelled instead of running to its end. Listening starts only
+    once `work` has taken `after_s`: fast calls pay for a timer, not a task.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.create_task(watch())
+
+    timer = asyncio.get_running_loop().call_later(after_s, start)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientDisconnected from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -64,7 +109,8 @@ def guarded(handler: Handler, render: ErrorRenderer) -> Handler:
     """Wrap an endpoint so every error leaves in the front door's wire format.
 
     Cumulo errors keep their status; anything unforeseen is logged with its
-    traceback and answered as a 500 without one.
+    traceback and answered as a 500 without one. A client that went away
+    (`unless_disconnected`) gets an empty 499 that nobody reads.
     """
 
     async def endpoint(request: Request) -> Response:
@@ -72,6 +118,8 @@ def guarded(handler: Handler, render: ErrorRenderer) -> Handler:
             return await handler(request)
         except CumuloError as exc:
             return render(exc)
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED)  # nobody is listening
         except Exception:  # the last line of defence: log it, never leak it
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return render(CumuloError("The server had an error while processing the request."))

@@ -4,13 +4,20 @@ Picks the device (`cuda` when available, else `cpu`) and the weight dtype
 (`auto`: bfloat16 where the hardware computes it natively, else float32),
 configures torch's CPU threads once per process, and returns the model in
 eval mode with its tokenizer and the facts the generation worker needs.
+
+`check_memory` refuses a model before loading it when its weights (read from
+the safetensors headers, at the dtype it will be loaded in) plus any KV cache
+budget exceed the memory available or the deployment's `max_memory_gb`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from cumulo.engine.hf import quiet_progress
-from cumulo.errors import ConfigError
+from cumulo.errors import ConfigError, Unavailable
 
 DTypeName = Literal["auto", "bfloat16", "float32"]
 
@@ -155,3 +162,114 @@ def _is_untrained(path: Path) -> bool:
         return bool(json.loads(marker.read_text(encoding="utf-8")).get("untrained"))
     except (OSError, ValueError):
         return False
+
+
+# Bytes per element of each safetensors dtype.
+_SAFETENSORS_SIZES = {
+    **dict.fromkeys(("F64", "I64", "U64"), 8),
+    **dict.fromkeys(("F32", "I32", "U32"), 4),
+    **dict.fromkeys(("F16", "BF16", "I16", "U16"), 2),
+    **dict.fromkeys(("F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL"), 1),
+}
+_FLOAT_TYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+def weight_bytes(path: Path, dtype: torch.dtype | None = None) -> int:
+    """Bytes the weights in `path` take once loaded, floating tensors cast to `dtype`.
+
+    Read from the safetensors headers (the tensors themselves are not read); a
+    directory without safetensors files counts its `*.bin`/`*.pt` files' sizes.
+    """
+    files = sorted(path.rglob("*.safetensors"))
+    if not files:
+        return sum(f.stat().st_size for pattern in ("*.bin", "*.pt") for f in path.rglob(pattern))
+    target = None if dtype is None else torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for file in files:
+        try:
+            with file.open("rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                if length > 100 * 2**20:
+                    raise ValueError(f"a header of {length} bytes is not credible")
+                header = json.loads(fh.read(length))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                kind = info["dtype"]
+                size = target if target is not None and kind in _FLOAT_TYPES else None
+                total += math.prod(info["shape"]) * (size or _SAFETENSORS_SIZES.get(kind, 4))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+            raise ConfigError(f"cannot read the safetensors header of {file}: {exc}") from exc
+    return total
+
+
+def kv_cache_bytes(path: Path, dtype: torch.dtype, tokens: int) -> int:
+    """Bytes of a KV cache of `tokens` tokens for the causal LM in `path` (0 when unknown)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = config.get("text_config", config)
+        layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return 0
+    per_token = 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    return per_token * tokens
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, capped by a cgroup v2 limit."""
+    available: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        return None
+    # Without a cgroup v2 memory controller (or limit), MemAvailable stands.
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            room = max(0, int(limit) - used)
+            available = room if available is None else min(available, room)
+    return available
+
+
+def load_dtype(kind: str, requested: DTypeName) -> torch.dtype:
+    """The dtype a local model of `kind` is loaded in (embeddings keep float32 on `auto`)."""
+    if kind == "embedding":
+        return torch.bfloat16 if requested == "bfloat16" else torch.float32
+    return choose_dtype(requested, choose_device())
+
+
+def check_memory(
+    model: str,
+    path: Path,
+    dtype: torch.dtype | None,
+    *,
+    max_memory_gb: float | None = None,
+    kv_bytes: int = 0,
+) -> int:
+    """The bytes `model` needs (weights + `kv_bytes`); raise when they do not fit.
+
+    `ConfigError` when they exceed the configured `max_memory_gb`, `Unavailable`
+    when they exceed the memory available now.
+    """
+    weights = weight_bytes(path, dtype)
+    needed = weights + kv_bytes
+    what = f"model {model!r} ({path}) needs {_size(needed)}"
+    if kv_bytes:
+        what += f" (weights {_size(weights)} + KV cache {_size(kv_bytes)})"
+    if max_memory_gb is not None and needed > max_memory_gb * 2**30:
+        cap = int(max_memory_gb * 2**30)
+        raise ConfigError(f"{what}, more than its max_memory_gb allows ({_size(cap)}); not loaded")
+    available = available_memory()
+    if available is not None and needed > available:
+        raise Unavailable(f"{what}, but only {_size(available)} of memory is available; not loaded")
+    return needed
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes ({n / 2**30:.2f} GiB)"

@@ -98,8 +98,11 @@ class Authenticator:
         try:
             return self.master_key.decrypt(row.id, row.secret_enc)
         except ValueError:
-            log.warning("key %s: cannot decrypt its secret (another master key?); "
-                        "it can be used as a bearer token only", row.id)
+            log.warning(
+                "key %s: cannot decrypt its secret (another master key?); "
+                "it can be used as a bearer token only",
+                row.id,
+            )
             return None
 
     async def _poll(self) -> None:

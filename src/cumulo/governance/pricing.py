@@ -18,7 +18,7 @@ from cumulo.config import DeploymentConfig
 log = logging.getLogger(__name__)
 
 _MILLION = 1_000_000
-# cumulo provider kind → genai-prices provider id (None: let it infer from the model).
+# cumulo provider kind → genai-prices provider id (`openai`: found from the base URL).
 _PROVIDER_IDS: dict[str, str | None] = {"openai": None, "anthropic": "anthropic", "bedrock": "aws"}
 
 
@@ -29,7 +29,9 @@ class Price:
     source: Literal["config", "genai-prices"]
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / _MILLION
+        return (
+            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+        ) / _MILLION
 
     @property
     def blended(self) -> float:
@@ -38,22 +40,33 @@ class Price:
 
 
 def price_of(deployment: DeploymentConfig) -> Price | None:
+    """The deployment's price: its config override, else the table's, else None (unknown).
+
+    An `openai` deployment is priced by its `base_url` (OpenAI, Azure OpenAI, and the
+    other OpenAI-compatible APIs the table knows); a self-hosted server is not in the
+    table, so it has no price unless the config gives one.
+    """
     if deployment.price is not None:
         return Price(deployment.price.input_per_mtok, deployment.price.output_per_mtok, "config")
     if deployment.provider not in _PROVIDER_IDS or not deployment.model:
         return None
-    provider_id = _PROVIDER_IDS[deployment.provider]
-    if deployment.provider == "openai" and deployment.auth_header == "api-key":
-        provider_id = "azure"
-    return _table_price(deployment.model, provider_id)
+    if deployment.provider == "openai":
+        return _table_price(deployment.model, None, deployment.base_url)
+    return _table_price(deployment.model, _PROVIDER_IDS[deployment.provider], None)
 
 
 @lru_cache(maxsize=1024)
-def _table_price(model: str, provider_id: str | None) -> Price | None:
+def _table_price(model: str, provider_id: str | None, api_url: str | None) -> Price | None:
     from genai_prices import Usage, calc_price
 
+    usage = Usage(input_tokens=_MILLION, output_tokens=_MILLION)
     try:
-        calc = calc_price(Usage(input_tokens=_MILLION, output_tokens=_MILLION), model, provider_id=provider_id)
+        if api_url is not None:
+            calc = calc_price(usage, model, provider_api_url=api_url)
+        else:
+            calc = calc_price(usage, model, provider_id=provider_id)
     except LookupError:
         return None
-    return Price(float(Decimal(calc.input_price)), float(Decimal(calc.output_price)), "genai-prices")
+    return Price(
+        float(Decimal(calc.input_price)), float(Decimal(calc.output_price)), "genai-prices"
+    )

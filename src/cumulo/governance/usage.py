@@ -36,6 +36,7 @@ class UsageRecord:
     error_type: str | None
     served_model: str | None = None
     attempts: int = 0
+    queue_ms: float | None = None  # time waiting for a local engine slot
     ts: float = 0.0
 
     def as_row(self) -> dict[str, object]:

@@ -57,7 +57,9 @@ class Provider(ABC):
         self.ctx = ctx
 
     @classmethod
-    def create(cls, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> Provider:
+    def create(
+        cls, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext
+    ) -> Provider:
         return cls(deployment, kind, ctx)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -71,10 +73,14 @@ class Provider(ABC):
         return True
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
-        raise InvalidRequest(f"{self.deployment.provider} deployments do not serve chat", param="model")
+        raise InvalidRequest(
+            f"{self.deployment.provider} deployments do not serve chat", param="model"
+        )
 
     def stream(self, request: ChatRequest) -> ChatStream:
-        raise InvalidRequest(f"{self.deployment.provider} deployments do not serve chat", param="model")
+        raise InvalidRequest(
+            f"{self.deployment.provider} deployments do not serve chat", param="model"
+        )
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         raise InvalidRequest(

@@ -1,7 +1,7 @@
 """The `local` provider: models served in-process from a directory on disk.
 
-A chat deployment loads a Hugging Face causal LM and serves it with a
-generation worker (`cumulo.engine.generate`); an embedding deployment loads a
+A chat deployment loads a Hugging Face causal LM and serves it with the
+continuous-batching engine (`cumulo.engine.generate`); an embedding deployment loads a
 sentence-transformers model (`cumulo.engine.embeddings`). torch and
 transformers are imported by `start()`, so importing this module is cheap.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cumulo.errors import InvalidRequest, Unavailable, UpstreamError
@@ -35,23 +37,30 @@ from cumulo.types import (
 if TYPE_CHECKING:
     from cumulo.config import DeploymentConfig
     from cumulo.engine.embeddings import Embedder
-    from cumulo.engine.generate import GenerationParams, GenerationWorker
+    from cumulo.engine.generate import ChatEngine, GenerationParams
+    from cumulo.engine.stats import EngineStats
+
+_LOADS = threading.Lock()  # see LocalProvider._load
 
 
 class LocalProvider(Provider):
     """Serves one local model (chat or embedding) in this process.
 
     Chat requests are rendered with the model's chat template and generated
-    one at a time by a dedicated worker thread. Local models do not call
+    by the model's engine thread, batched continuously with the other requests
+    (`max_running` at once, `max_queue` waiting; a full queue is `RateLimited`).
+    Local models do not call
     tools: `tools` and `tool_choice` are ignored, and the reply is plain
     text. `response_format` is ignored as well. A prompt that does not fit
-    the context window is an `InvalidRequest`; `max_tokens` beyond the room
-    left in the window is cut to that room (finish reason `length`).
+    the context window (or one KV cache slot, if smaller) is an
+    `InvalidRequest`; `max_tokens` beyond the room left is cut to that room
+    (finish reason `length`). The reply's `queue_ms` is the time it waited for
+    a slot.
     """
 
     def __init__(self, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> None:
         super().__init__(deployment, kind, ctx)
-        self._worker: GenerationWorker | None = None
+        self._worker: ChatEngine | None = None
         self._embedder: Embedder | None = None
         self._closed = False
 
@@ -60,8 +69,8 @@ class LocalProvider(Provider):
         return self._worker is not None or self._embedder is not None
 
     @property
-    def worker(self) -> GenerationWorker | None:
-        """The generation worker of a started chat deployment."""
+    def worker(self) -> ChatEngine | None:
+        """The engine of a started chat deployment."""
         return self._worker
 
     async def start(self) -> None:
@@ -72,16 +81,28 @@ class LocalProvider(Provider):
         if self._closed:
             raise Unavailable("this local deployment has been shut down")
         path = resolve_model_path(self.deployment.path or "")
-        if self.kind == "chat":
-            from cumulo.engine.generate import GenerationWorker
-            from cumulo.engine.loader import load_causal_lm
+        await asyncio.to_thread(self._load, path)
 
-            lm = await asyncio.to_thread(load_causal_lm, path, self.deployment.dtype)
-            self._worker = GenerationWorker(lm, name=f"cumulo-generate-{path.name}")
-        else:
-            from cumulo.engine.embeddings import Embedder
+    def _load(self, path: Path) -> None:
+        """Check memory, load the weights, start the engine (on a worker thread).
 
-            self._embedder = await asyncio.to_thread(Embedder.load, path, self.deployment.dtype)
+        One load at a time per process: transformers' lazy imports are not
+        thread-safe, and each memory check must see the models loaded before it.
+        """
+        with _LOADS:
+            self._check_memory(path)
+            if self.kind == "chat":
+                from cumulo.engine.generate import ChatEngine, EngineLimits
+                from cumulo.engine.loader import load_causal_lm
+
+                dep = self.deployment
+                limits = EngineLimits(dep.max_running, dep.max_tokens_in_flight, dep.max_queue)
+                lm = load_causal_lm(path, dep.dtype)
+                self._worker = ChatEngine(lm, limits, name=f"cumulo-engine-{path.name}")
+            else:
+                from cumulo.engine.embeddings import Embedder
+
+                self._embedder = Embedder.load(path, self.deployment.dtype)
 
     async def close(self) -> None:
         worker, embedder = self._worker, self._embedder
@@ -98,6 +119,10 @@ class LocalProvider(Provider):
         if self._embedder is not None:
             return f"local embedding {self._embedder.describe()}"
         return f"local {self.kind} {self.deployment.path} (not loaded)"
+
+    def engine_stats(self) -> EngineStats | None:
+        """The chat engine's figures (for `GET /admin/engine`); None before it starts."""
+        return None if self._worker is None else self._worker.stats()
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         parts: list[str] = []
@@ -117,6 +142,7 @@ class LocalProvider(Provider):
             message=Message(role="assistant", content="".join(parts)),
             finish_reason=end.finish_reason,
             usage=end.usage,
+            queue_ms=end.queue_ms,
         )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -131,7 +157,7 @@ class LocalProvider(Provider):
                 if isinstance(event, Finished):
                     reason: FinishReason = event.finish_reason
                     usage = Usage(event.prompt_tokens, event.completion_tokens)
-                    yield StreamEnd(finish_reason=reason, usage=usage)
+                    yield StreamEnd(finish_reason=reason, usage=usage, queue_ms=event.queue_ms)
                 else:
                     yield TextDelta(event.text)
 
@@ -143,7 +169,20 @@ class LocalProvider(Provider):
         vectors, tokens = await self._embedder.embed(request.inputs, request.dimensions)
         return EmbeddingResponse(model=request.model, vectors=vectors, usage=Usage(tokens, 0))
 
-    def _chat_worker(self) -> GenerationWorker:
+    def _check_memory(self, path: Path) -> None:
+        """Refuse, before loading, a model whose weights do not fit in memory."""
+        from cumulo.engine.loader import check_memory, kv_cache_bytes, load_dtype
+
+        dep = self.deployment
+        dtype = load_dtype(self.kind, dep.dtype)
+        kv = 0
+        if self.kind == "chat":  # the engine allocates its whole KV cache at start
+            kv = kv_cache_bytes(path, dtype, dep.max_tokens_in_flight + dep.max_running)
+        check_memory(
+            dep.name or path.name, path, dtype, max_memory_gb=dep.max_memory_gb, kv_bytes=kv
+        )
+
+    def _chat_worker(self) -> ChatEngine:
         if self.kind != "chat":
             raise InvalidRequest("this local deployment serves embeddings, not chat", param="model")
         if self._worker is None:
@@ -156,12 +195,12 @@ class LocalProvider(Provider):
         return Unavailable("the local model is still loading")
 
     @staticmethod
-    def _encode_prompt(worker: GenerationWorker, messages: list[Message]) -> list[int]:
+    def _encode_prompt(worker: ChatEngine, messages: list[Message]) -> list[int]:
         from jinja2 import TemplateError
 
         if not messages:
             raise InvalidRequest("messages must not be empty", param="messages")
-        tokenizer, window = worker.lm.tokenizer, worker.lm.context_window
+        tokenizer, window = worker.lm.tokenizer, worker.max_context
         chat = [{"role": m.role, "content": m.content or ""} for m in messages]
         try:
             text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
@@ -181,7 +220,7 @@ class LocalProvider(Provider):
 
     @staticmethod
     def _generation_params(
-        worker: GenerationWorker, p: SamplingParams, prompt_tokens: int
+        worker: ChatEngine, p: SamplingParams, prompt_tokens: int
     ) -> GenerationParams:
         from cumulo.engine.generate import GenerationParams
         from cumulo.engine.sampling import SamplingConfig
@@ -194,7 +233,7 @@ class LocalProvider(Provider):
             raise InvalidRequest("top_k must be at least 0", param="top_k")
         if p.max_tokens is not None and p.max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
-        room = worker.lm.context_window - prompt_tokens
+        room = worker.max_context - prompt_tokens
         sampling = SamplingConfig(
             temperature=1.0 if p.temperature is None else float(p.temperature),
             top_p=1.0 if p.top_p is None else float(p.top_p),

@@ -77,7 +77,10 @@ class OpenAIProvider(Provider):
 
     def _chat_body(self, req: ChatRequest, stream: bool) -> JSON:
         p = req.params
-        body: JSON = {"model": self.deployment.model, "messages": [_message(m) for m in req.messages]}
+        body: JSON = {
+            "model": self.deployment.model,
+            "messages": [_message(m) for m in req.messages],
+        }
         optional = {
             "temperature": p.temperature,
             "top_p": p.top_p,
@@ -92,15 +95,26 @@ class OpenAIProvider(Provider):
         body.update({k: v for k, v in optional.items() if v is not None})
         if req.tools:
             body["tools"] = [
-                {"type": "function", "function": {k: v for k, v in (
-                    ("name", t.name), ("description", t.description), ("parameters", t.parameters)
-                ) if v is not None}}
+                {
+                    "type": "function",
+                    "function": {
+                        k: v
+                        for k, v in (
+                            ("name", t.name),
+                            ("description", t.description),
+                            ("parameters", t.parameters),
+                        )
+                        if v is not None
+                    },
+                }
                 for t in req.tools
             ]
         if req.tool_choice:
             tc = req.tool_choice
             body["tool_choice"] = (
-                {"type": "function", "function": {"name": tc.name}} if tc.mode == "tool" else tc.mode
+                {"type": "function", "function": {"name": tc.name}}
+                if tc.mode == "tool"
+                else tc.mode
             )
         if stream:
             body["stream"] = True
@@ -165,7 +179,9 @@ class OpenAIProvider(Provider):
             except TimeoutError as exc:
                 raise UpstreamTimeout("Upstream timed out during the stream.") from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamError(f"Upstream connection failed mid-stream: {type(exc).__name__}.") from exc
+                raise UpstreamError(
+                    f"Upstream connection failed mid-stream: {type(exc).__name__}."
+                ) from exc
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
                 raise UpstreamError("Upstream sent a malformed stream chunk.") from exc
         if finish is None:
@@ -173,7 +189,11 @@ class OpenAIProvider(Provider):
         yield StreamEnd(finish, usage)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        body: JSON = {"model": self.deployment.model, "input": request.inputs, "encoding_format": "float"}
+        body: JSON = {
+            "model": self.deployment.model,
+            "input": request.inputs,
+            "encoding_format": "float",
+        }
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         if request.user:
@@ -184,7 +204,9 @@ class OpenAIProvider(Provider):
             vectors = [[float(x) for x in item["embedding"]] for item in items]
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamError("Upstream returned malformed embeddings.") from exc
-        return EmbeddingResponse(model=request.model, vectors=vectors, usage=_usage(data.get("usage")))
+        return EmbeddingResponse(
+            model=request.model, vectors=vectors, usage=_usage(data.get("usage"))
+        )
 
     # -- transport -------------------------------------------------------------
 
@@ -304,10 +326,13 @@ def _message(m: Message) -> JSON:
         out["name"] = m.name
     if m.tool_calls:
         out["tool_calls"] = [
-            {"id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}
+            {
+                "id": tc.id,
+                "type": "function",
+                "function": {"name": tc.name, "arguments": tc.arguments},
+            }
             for tc in m.tool_calls
         ]
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
     return out
-

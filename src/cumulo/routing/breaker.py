@@ -3,6 +3,12 @@
     closed ──(N consecutive failures, or error rate ≥ R over the last W calls)──► open
     open ──(cooldown elapsed)──► half-open: one probe at a time is let through
     half-open ──(probe succeeds)──► closed      half-open ──(probe fails)──► open
+
+`allow()` admits a call and says whether it is the half-open probe; the
+caller hands that back to `record()` (or `release()` when the call ended
+without a verdict, e.g. the client went away). Only the probe's outcome moves a
+half-open breaker: calls admitted before the circuit opened may still finish
+while it is half-open, and must neither close it nor free the probe's slot.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 State: TypeAlias = Literal["closed", "open", "half_open"]
+Admission: TypeAlias = Literal["call", "probe"]
+
+# For gauges: the numeric value of each state (documented with the metric).
+STATE_VALUES: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,34 +52,41 @@ class CircuitBreaker:
             return now - self._opened_at >= self.policy.cooldown_s
         return not self._probing
 
-    def allow(self, now: float | None = None) -> bool:
-        """May a call go to this deployment now? (A half-open breaker admits one probe.)"""
+    def allow(self, now: float | None = None) -> Admission | None:
+        """Admit a call now: `"call"`, `"probe"` (the one half-open trial), or None."""
         if self.state == "closed":
-            return True
+            return "call"
         now = time.monotonic() if now is None else now
         if self.state == "open":
             if now - self._opened_at < self.policy.cooldown_s:
-                return False
+                return None
             self.state = "half_open"
             self._probing = False
         if self._probing:
-            return False
+            return None
         self._probing = True
-        return True
+        return "probe"
 
-    def record(self, ok: bool, now: float | None = None) -> None:
+    def record(self, ok: bool, admission: Admission = "call", now: float | None = None) -> None:
+        """The outcome of a call `allow()` admitted as `admission`."""
         now = time.monotonic() if now is None else now
-        if self.state == "half_open":
+        if admission == "probe":
             self._probing = False
-            if ok:
-                self._close()
-            else:
-                self._open(now)
+            if self.state == "half_open":
+                if ok:
+                    self._close()
+                else:
+                    self._open(now)
             return
         self._recent.append(ok)
         self._consecutive = 0 if ok else self._consecutive + 1
         if self.state == "closed" and not ok and self._should_open():
             self._open(now)
+
+    def release(self, admission: Admission) -> None:
+        """A call that ended without a verdict; a probe frees its slot for the next one."""
+        if admission == "probe":
+            self._probing = False
 
     def _should_open(self) -> bool:
         p = self.policy
@@ -89,7 +106,3 @@ class CircuitBreaker:
         self.state = "closed"
         self._consecutive = 0
         self._recent.clear()
-
-    def release_probe(self) -> None:
-        """A probe that ended without a verdict (e.g. the client went away) frees its slot."""
-        self._probing = False

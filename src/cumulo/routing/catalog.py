@@ -1,7 +1,7 @@
 """The catalog: every configured model with its deployments' providers.
 
-For now a request goes to the first deployment whose provider is ready;
-strategies, retries and failover build on `ModelEntry.deployments`.
+It builds, starts and closes the providers; which deployment serves a request
+is the router's business (`routing.router`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import logging
 from dataclasses import dataclass
 
 from cumulo.config import Config, ModelConfig
-from cumulo.errors import InvalidRequest, NotFound, Unavailable
+from cumulo.errors import NotFound
 from cumulo.providers.base import Provider, ProviderContext
 from cumulo.providers.registry import ProviderRegistry
-from cumulo.types import ModelKind
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,7 @@ class Catalog:
     def __init__(self, config: Config, registry: ProviderRegistry, ctx: ProviderContext) -> None:
         self._entries: dict[str, ModelEntry] = {}
         for m in config.models:
-            providers = [
-                registry.get(d.provider).create(d, m.kind, ctx) for d in m.deployments
-            ]
+            providers = [registry.get(d.provider).create(d, m.kind, ctx) for d in m.deployments]
             self._entries[m.name] = ModelEntry(m, providers)
 
     def entries(self) -> list[ModelEntry]:
@@ -51,7 +48,9 @@ class Catalog:
         A provider that fails to start is logged and stays not ready; the
         others serve on.
         """
-        await asyncio.gather(*(self._start(p) for e in self._entries.values() for p in e.deployments))
+        await asyncio.gather(
+            *(self._start(p) for e in self._entries.values() for p in e.deployments)
+        )
 
     @staticmethod
     async def _start(provider: Provider) -> None:
@@ -82,17 +81,3 @@ class Catalog:
                 code="model_not_found",
             )
         return entry
-
-    def resolve(self, name: str, kind: ModelKind) -> tuple[ModelEntry, Provider]:
-        """The model named `name` of `kind`, and the deployment that serves this request."""
-        entry = self.get(name)
-        if entry.config.kind != kind:
-            raise InvalidRequest(
-                f"The model '{name}' is a {entry.config.kind} model, not a {kind} model.",
-                param="model",
-                code="wrong_model_kind",
-            )
-        for provider in entry.deployments:
-            if provider.ready:
-                return entry, provider
-        raise Unavailable(f"The model '{name}' is still loading.", code="model_loading")

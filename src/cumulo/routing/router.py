@@ -1,11 +1,15 @@
 """The router: picks deployments, retries, fails over and falls back.
 
-For a request to model M it walks M's deployments in the order its strategy
-gives, skipping open circuits. A retryable failure (connect error, timeout,
-429, 5xx, a model still loading) moves on at once to the next untried
-deployment; once all were tried it retries after an exponential backoff with
-jitter, honouring Retry-After. When M's attempts are spent it tries M's
-`fallbacks` in order. One deadline (`routing.timeout_s`) bounds everything.
+For a request to model M it walks M's ready deployments in the order its
+strategy gives, skipping open circuits (a 429 is not held against a breaker:
+the deployment is busy, not broken). A retryable failure (connect error,
+timeout, 429, 5xx, a model still loading) moves on at once to the next untried
+deployment; once all were tried it retries the one free soonest after an
+exponential backoff with jitter, and never before that deployment's
+Retry-After. `routing.retries` bounds the attempts on M (moving on to another
+deployment is one). When M's attempts are spent it tries M's `fallbacks` in
+order. One deadline (M's `routing.timeout_s`) bounds everything, backoffs
+included. Any other error (a 400, say) is the caller's and is raised at once.
 
 A prompt longer than a model's context window skips that model for a
 fallback with a larger window (estimated before the call, or reported by the
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -32,12 +37,13 @@ from cumulo.errors import (
 )
 from cumulo.governance.pricing import Price, price_of
 from cumulo.providers.base import Provider
-from cumulo.routing.breaker import BreakerPolicy, CircuitBreaker
+from cumulo.routing.breaker import Admission, BreakerPolicy, CircuitBreaker
 from cumulo.routing.catalog import Catalog, ModelEntry
 from cumulo.routing.strategies import STRATEGIES
 from cumulo.types import ModelKind
 
 T = TypeVar("T")
+Attempt = Callable[[str, Provider], Awaitable[T]]
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 _EWMA = 0.2
 
@@ -51,6 +57,7 @@ class DeploymentState:
     """A deployment with what routing knows about it."""
 
     provider: Provider
+    label: str  # unique within its model
     breaker: CircuitBreaker
     price: Price | None
     in_flight: int = 0
@@ -60,32 +67,31 @@ class DeploymentState:
     failures: int = 0
 
     @property
-    def label(self) -> str:
-        return self.provider.deployment.label
-
-    @property
     def weight(self) -> float:
         return self.provider.deployment.weight
+
+    @property
+    def ready(self) -> bool:
+        return self.provider.ready
 
     def latency_score(self) -> float:
         if self.ttft_ewma is not None:
             return self.ttft_ewma
         return self.latency_ewma if self.latency_ewma is not None else 0.0
 
-
-
-    def settle(self, ok: bool | None, started: float, ttft: float | None = None) -> None:
+    def settle(
+        self, ok: bool | None, started: float, admission: Admission, ttft: float | None = None
+    ) -> None:
         """Account one finished attempt: ok, a deployment failure, or no verdict (None)."""
         self.in_flight -= 1
         if ok is None:
-            self.breaker.release_probe()
+            self.breaker.release(admission)
             return
-        self.breaker.record(ok)
+        self.breaker.record(ok, admission)
         if not ok:
             self.failures += 1
             return
-        latency = time.perf_counter() - started
-        self.latency_ewma = _ewma(self.latency_ewma, latency)
+        self.latency_ewma = _ewma(self.latency_ewma, time.perf_counter() - started)
         if ttft is not None:
             self.ttft_ewma = _ewma(self.ttft_ewma, ttft - started)
 
@@ -103,13 +109,14 @@ class Lease(Generic[T]):
     model: str
     attempts: int
     started: float
+    admission: Admission = "call"
     _done: bool = False
 
     def finish(self, ok: bool | None, ttft: float | None = None) -> None:
         """Report the outcome once: True, False (a deployment failure) or None (no verdict)."""
         if not self._done:
             self._done = True
-            self.deployment.settle(ok, self.started, ttft)
+            self.deployment.settle(ok, self.started, self.admission, ttft)
 
 
 @dataclass(slots=True)
@@ -117,6 +124,13 @@ class Route:
     config: ModelConfig
     entry: ModelEntry
     deployments: list[DeploymentState]
+
+
+def _labels(entry: ModelEntry) -> list[str]:
+    """Each deployment's label, made unique within the model by its position if need be."""
+    labels = [p.deployment.label for p in entry.deployments]
+    counts = Counter(labels)
+    return [f"{label}#{i + 1}" if counts[label] > 1 else label for i, label in enumerate(labels)]
 
 
 class Router:
@@ -128,8 +142,8 @@ class Router:
             b = entry.config.routing.breaker
             policy = BreakerPolicy(b.consecutive_failures, b.error_rate, b.window, b.cooldown_s)
             states = [
-                DeploymentState(p, CircuitBreaker(policy), price_of(p.deployment))
-                for p in entry.deployments
+                DeploymentState(p, label, CircuitBreaker(policy), price_of(p.deployment))
+                for p, label in zip(entry.deployments, _labels(entry), strict=True)
             ]
             self.routes[entry.name] = Route(entry.config, entry, states)
 
@@ -144,31 +158,21 @@ class Router:
         return self.routes[name]
 
     async def run(
-        self,
-        model: str,
-        kind: ModelKind,
-        attempt: Callable[[str, Provider], Awaitable[T]],
-        prompt_tokens: int = 0,
+        self, model: str, kind: ModelKind, attempt: Attempt[T], prompt_tokens: int = 0
     ) -> Lease[T]:
         """Call `attempt(model_name, provider)` until one succeeds; see the module docstring.
 
         The caller must `finish()` the returned lease when the response is complete.
+        A raised `CumuloError` carries the number of attempts made in `attempts`.
         """
         first = self.route(model, kind)
         chain = [first] + [self.routes[f] for f in first.config.fallbacks]
         deadline = time.monotonic() + first.config.routing.timeout_s
-        return await self._run_chain(chain, attempt, deadline, prompt_tokens)
-
-    async def _run_chain(
-        self,
-        chain: list[Route],
-        attempt: Callable[[str, Provider], Awaitable[T]],
-        deadline: float,
-        prompt_tokens: int,
-    ) -> Lease[T]:
         attempts = 0
         last: CumuloError | None = None
         for route in chain:
+            if time.monotonic() >= deadline:
+                break
             window = route.config.context_window
             if window is not None and prompt_tokens > window:
                 last = InvalidRequest(
@@ -181,76 +185,92 @@ class Router:
             try:
                 return await self._run_model(route, attempt, deadline, attempts)
             except _Exhausted as ex:
-                attempts = ex.attempts
-                last = ex.error
-                last.attempts = attempts
+                attempts, last = ex.attempts, ex.error
                 if not (retryable(last) or last.code == CONTEXT_LENGTH_EXCEEDED):
-                    raise last from None
-                if time.monotonic() >= deadline:
                     break
-        assert last is not None
+        if last is None:
+            last = UpstreamTimeout(f"The deadline for '{model}' passed (routing.timeout_s).")
+        last.attempts = attempts
         raise last
 
     async def _run_model(
-        self,
-        route: Route,
-        attempt: Callable[[str, Provider], Awaitable[T]],
-        deadline: float,
-        attempts: int,
+        self, route: Route, attempt: Attempt[T], deadline: float, attempts: int
     ) -> Lease[T]:
         policy = route.config.routing
         strategy = STRATEGIES[policy.strategy]
-        tried: set[int] = set()
+        name = route.config.name
+        # Deployments tried for this request → the earliest time to try again (Retry-After).
+        tried: dict[int, float] = {}
         last: CumuloError | None = None
-        last_state: DeploymentState | None = None
-        for i in range(policy.retries + 1):
-            order = [d for d in strategy(route.deployments, self.rng) if d.breaker.available()]
+        used = rounds = 0
+        while used <= policy.retries:
+            ready = [d for d in route.deployments if d.ready]
+            order = [d for d in strategy(ready, self.rng) if d.breaker.available()]
             if not order:
-                last = last or Unavailable(
-                    f"Every deployment of '{route.config.name}' is unavailable (circuit open).",
-                    code="circuit_open",
+                last = last or (
+                    Unavailable(f"The model '{name}' is still loading.", code="model_loading")
+                    if not ready
+                    else Unavailable(
+                        f"Every deployment of '{name}' is unavailable (circuit open).",
+                        code="circuit_open",
+                    )
                 )
                 break
             fresh = [d for d in order if id(d) not in tried]
-            state = fresh[0] if fresh else order[0]
-            if i > 0 and not fresh:
-                delay = min(policy.backoff_max_s, policy.backoff_s * 2 ** (i - 1))
+            if fresh:
+                state, delay = fresh[0], 0.0
+            else:  # all tried: back off, then retry the one free soonest, in strategy order
+                state = min(order, key=lambda d: tried[id(d)])
+                rounds += 1
+                delay = min(policy.backoff_max_s, policy.backoff_s * 2 ** (rounds - 1))
                 delay *= 0.5 + self.rng.random() / 2
-                if last is not None and last.retry_after and state is last_state:
-                    delay = max(delay, last.retry_after)
-                if time.monotonic() + delay >= deadline:
-                    break
+                delay = max(delay, tried[id(state)] - time.monotonic())
+            if time.monotonic() + delay >= deadline:
+                break
+            if delay > 0:
                 await asyncio.sleep(delay)
-            if not state.breaker.allow():
-                continue
-            tried.add(id(state))
+            admission = state.breaker.allow()
+            if admission is None:
+                continue  # another request took the half-open probe while this one slept
+            used += 1
             attempts += 1
             state.in_flight += 1
             state.requests += 1
             started = time.perf_counter()
             try:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise UpstreamTimeout(f"The deadline for '{route.config.name}' passed.")
-                try:
-                    value = await asyncio.wait_for(attempt(route.config.name, state.provider), remaining)
-                except TimeoutError as exc:
-                    raise UpstreamTimeout(
-                        f"No answer for '{route.config.name}' within {policy.timeout_s:g} s."
-                    ) from exc
+                value = await _call(attempt, name, state.provider, deadline)
             except CumuloError as exc:
-                failed = retryable(exc)
-                state.settle(not failed, started)
-                last, last_state = exc, state
-                if not failed:
+                if not retryable(exc):
+                    state.settle(True, started, admission)  # it answered; the caller erred
                     raise _Exhausted(exc, attempts) from exc
+                if isinstance(exc, RateLimited):
+                    state.failures += 1  # busy, not broken: no verdict for its breaker
+                    state.settle(None, started, admission)
+                else:
+                    state.settle(False, started, admission)
+                last = exc
+                tried[id(state)] = time.monotonic() + (exc.retry_after or 0.0)
                 continue
             except BaseException:
-                state.settle(None, started)  # cancelled (client gone) or a bug: no verdict
+                state.settle(None, started, admission)  # cancelled (client gone) or a bug
                 raise
-            return Lease(value, state, route.config.name, attempts, started)
-        error = last or Unavailable(f"No deployment of '{route.config.name}' answered.")
+            return Lease(value, state, name, attempts, started, admission)
+        error = last or UpstreamTimeout(f"The deadline for '{name}' passed (routing.timeout_s).")
         raise _Exhausted(error, attempts)
+
+
+async def _call(attempt: Attempt[T], name: str, provider: Provider, deadline: float) -> T:
+    """One attempt, cut short at the deadline (an `UpstreamTimeout`, retryable)."""
+    timeout = asyncio.timeout(deadline - time.monotonic())
+    try:
+        async with timeout:
+            return await attempt(name, provider)
+    except TimeoutError as exc:
+        if not timeout.expired():
+            raise
+        raise UpstreamTimeout(
+            f"No answer from '{name}' before the request's deadline (routing.timeout_s)."
+        ) from exc
 
 
 class _Exhausted(Exception):

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, TypeAlias
 if TYPE_CHECKING:
     from cumulo.routing.router import DeploymentState
 
-Strategy: TypeAlias = Callable[[Sequence["DeploymentState"], random.Random], list["DeploymentState"]]
+Strategy: TypeAlias = Callable[
+    [Sequence["DeploymentState"], random.Random], list["DeploymentState"]
+]
 
 
 def priority(ds: Sequence[DeploymentState], rng: random.Random) -> list[DeploymentState]:

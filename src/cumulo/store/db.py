@@ -90,7 +90,11 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(api_keys).values(
-                    id=id, name=name, role=role, secret_hash=secret_hash, created_at=now,
+                    id=id,
+                    name=name,
+                    role=role,
+                    secret_hash=secret_hash,
+                    created_at=now,
                     secret_enc=secret_enc,
                 )
             )
@@ -114,8 +118,10 @@ class Store:
         return bool(res.rowcount)
 
     async def has_admin_key(self) -> bool:
-        q = select(func.count()).select_from(api_keys).where(
-            api_keys.c.role == "admin", api_keys.c.revoked_at.is_(None)
+        q = (
+            select(func.count())
+            .select_from(api_keys)
+            .where(api_keys.c.role == "admin", api_keys.c.revoked_at.is_(None))
         )
         async with self.engine.connect() as conn:
             return bool((await conn.execute(q)).scalar_one())
@@ -168,4 +174,3 @@ class Store:
     async def count_usage(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(usage))).scalar_one())
-

@@ -32,7 +32,9 @@ api_keys = Table(
 usage = Table(
     "usage",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("ts", Float, nullable=False),
     Column("key_id", String(32), nullable=True),
     Column("endpoint", String(64), nullable=False),
@@ -47,6 +49,7 @@ usage = Table(
     Column("error_type", String(64), nullable=True),
     Column("served_model", String(128), nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("queue_ms", Float, nullable=True),  # 0004: wait for a local engine slot
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
 )

@@ -1,1 +1,1 @@
-"""Admin API (`/admin/*`): keys and usage. Needs an admin key."""
+"""Admin API (`/admin/*`): keys, usage and deployments. Needs an admin key."""

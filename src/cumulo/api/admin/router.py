@@ -13,6 +13,10 @@ def routes(service: AdminService) -> list[Route]:
     return [
         Route("/admin/keys", guarded(service.create_key, error_response), methods=["POST"]),
         Route("/admin/keys", guarded(service.list_keys, error_response), methods=["GET"]),
-        Route("/admin/keys/{key_id}", guarded(service.revoke_key, error_response), methods=["DELETE"]),
+        Route(
+            "/admin/keys/{key_id}", guarded(service.revoke_key, error_response), methods=["DELETE"]
+        ),
         Route("/admin/usage", guarded(service.usage, error_response), methods=["GET"]),
+        Route("/admin/engine", guarded(service.engine, error_response), methods=["GET"]),
+        Route("/admin/deployments", guarded(service.deployments, error_response), methods=["GET"]),
     ]

@@ -1,4 +1,4 @@
-"""Admin endpoints: keys (create, list, revoke) and usage summaries.
+"""Admin endpoints: keys (create, list, revoke), usage summaries, deployments' routing state.
 
 Every endpoint needs an admin key; errors use the OpenAI error shape.
 """
@@ -18,6 +18,8 @@ from cumulo.errors import InvalidRequest, NotFound
 from cumulo.governance import keys
 from cumulo.governance.auth import Principal
 from cumulo.platform import Platform
+from cumulo.providers.local import LocalProvider
+from cumulo.routing.router import DeploymentState, Route
 from cumulo.store.db import KeyRow
 
 
@@ -29,6 +31,48 @@ def _key_view(row: KeyRow) -> dict[str, Any]:
         "created_at": row.created_at,
         "revoked_at": row.revoked_at,
         "last_used_at": row.last_used_at,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _deployment_view(d: DeploymentState) -> dict[str, Any]:
+    dep = d.provider.deployment
+    price = None
+    if d.price is not None:
+        price = {
+            "input_per_mtok": d.price.input_per_mtok,
+            "output_per_mtok": d.price.output_per_mtok,
+            "source": d.price.source,
+        }
+    return {
+        "label": d.label,
+        "provider": dep.provider,
+        "upstream_model": dep.model or dep.path,
+        "state": d.breaker.state,
+        "opened_count": d.breaker.opened_count,
+        "in_flight": d.in_flight,
+        "requests": d.requests,
+        "failures": d.failures,
+        "latency_ewma_ms": _ms(d.latency_ewma),
+        "ttft_ewma_ms": _ms(d.ttft_ewma),
+        "price": price,
+        "weight": dep.weight,
+        "ready": d.ready,
+    }
+
+
+def _route_view(route: Route) -> dict[str, Any]:
+    routing = route.config.routing
+    return {
+        "model": route.config.name,
+        "kind": route.config.kind,
+        "strategy": routing.strategy,
+        "fallbacks": list(route.config.fallbacks),
+        "context_window": route.config.context_window,
+        "deployments": [_deployment_view(d) for d in route.deployments],
     }
 
 
@@ -85,3 +129,39 @@ class AdminService:
             raise InvalidRequest("'since' must be a Unix time in seconds.", param="since") from exc
         await self.platform.usage.flush()
         return JSONResponse(await self.store.usage_summary(since))
+
+    async def deployments(self, request: Request) -> Response:
+        """GET /admin/deployments: each model's routing and its deployments' live state.
+
+        The state is this process's: with `--workers N` each worker routes on its own.
+        """
+        await self._admin(request)
+        router = self.platform.router
+        assert router is not None, "Platform.start() was not called"
+        data = [_route_view(r) for r in router.routes.values()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def engine(self, request: Request) -> Response:
+        """GET /admin/engine: each local chat deployment's batching engine, in this process.
+
+        Per deployment: running and waiting requests, slots and queue capacity, KV cache
+        size, tokens in flight, total tokens and requests, recent tokens/s and the p50 of
+        recent queue times and times to first token (ms).
+        """
+        await self._admin(request)
+        router = self.platform.router
+        assert router is not None, "Platform.start() was not called"
+        data = []
+        for route in router.routes.values():
+            for d in route.deployments:
+                if isinstance(d.provider, LocalProvider) and d.provider.kind == "chat":
+                    stats = d.provider.engine_stats()
+                    data.append(
+                        {
+                            "model": route.config.name,
+                            "deployment": d.label,
+                            "loaded": stats is not None,
+                            **(stats.as_dict() if stats is not None else {}),
+                        }
+                    )
+        return JSONResponse({"object": "list", "data": data})

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cumulo.api.anthropic import protocol as wire
-from cumulo.api.http import JSONResponse, read_body
+from cumulo.api.http import JSONResponse, read_body, unless_disconnected
 from cumulo.errors import AuthenticationFailed, CumuloError, InvalidRequest, UpstreamError
 from cumulo.gateway import CallInfo, Gateway
 from cumulo.governance.auth import Authenticator, Principal
@@ -352,7 +352,7 @@ class _MessageStream:
 
 
 def _headers(info: CallInfo) -> dict[str, str]:
-    return {"x-cumulo-deployment": info.deployment} if info.deployment else {}
+    return info.headers()
 
 
 class AnthropicService:
@@ -380,9 +380,9 @@ class AnthropicService:
         w = _parse(await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            resp, info = await self.gateway.chat(who, req, "messages")
+            resp, info = await unless_disconnected(request, self.gateway.chat(who, req, "messages"))
             return JSONResponse(render_message(resp), headers=_headers(info))
-        stream = await self.gateway.stream(who, req, "messages")
+        stream = await unless_disconnected(request, self.gateway.stream(who, req, "messages"))
         return StreamingResponse(
             self._sse(stream.events(), req.model),
             media_type="text/event-stream",

@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cumulo import eventstream as es
 from cumulo.api.bedrock import protocol as wire
-from cumulo.api.http import JSONResponse, read_body
+from cumulo.api.http import JSONResponse, read_body, unless_disconnected
 from cumulo.errors import (
     AuthenticationFailed,
     CumuloError,
@@ -42,7 +42,7 @@ from cumulo.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cumulo.gateway import Gateway, MeteredStream
+from cumulo.gateway import CallInfo, Gateway, MeteredStream
 from cumulo.governance import sigv4
 from cumulo.governance.auth import Principal
 from cumulo.platform import Platform
@@ -259,11 +259,8 @@ def render_converse(resp: ChatResponse, latency_ms: int) -> JSON:
     }
 
 
-def _headers(deployment: str | None) -> dict[str, str]:
-    headers = {"x-amzn-requestid": str(uuid.uuid4())}
-    if deployment:
-        headers["x-cumulo-deployment"] = deployment
-    return headers
+def _headers(info: CallInfo) -> dict[str, str]:
+    return {"x-amzn-requestid": str(uuid.uuid4()), **info.headers()}
 
 
 class BedrockService:
@@ -295,19 +292,23 @@ class BedrockService:
         """POST /model/{modelId}/converse: API_runtime_Converse."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=False)
-        resp, info = await self.gateway.chat(who, req, "bedrock.converse")
+        resp, info = await unless_disconnected(
+            request, self.gateway.chat(who, req, "bedrock.converse")
+        )
         latency = round((time.perf_counter() - started) * 1000)
-        return JSONResponse(render_converse(resp, latency), headers=_headers(info.deployment))
+        return JSONResponse(render_converse(resp, latency), headers=_headers(info))
 
     async def converse_stream(self, request: Request) -> Response:
         """POST /model/{modelId}/converse-stream: API_runtime_ConverseStream."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=True)
-        stream = await self.gateway.stream(who, req, "bedrock.converse_stream")
+        stream = await unless_disconnected(
+            request, self.gateway.stream(who, req, "bedrock.converse_stream")
+        )
         return StreamingResponse(
             self._events(stream, started),
             media_type=es.CONTENT_TYPE,
-            headers=_headers(stream.info.deployment),
+            headers=_headers(stream.info),
         )
 
     async def _events(self, stream: MeteredStream, started: float) -> AsyncIterator[bytes]:

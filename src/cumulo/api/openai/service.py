@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cumulo.api.http import JSONResponse, read_body
+from cumulo.api.http import JSONResponse, read_body, unless_disconnected
 from cumulo.api.openai import protocol as wire
 from cumulo.config import ModelConfig
 from cumulo.errors import CumuloError, InvalidRequest
@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 
 
 def error_body(exc: CumuloError) -> JSON:
-    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    return {
+        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    }
 
 
 def error_response(exc: CumuloError) -> Response:
@@ -89,7 +91,9 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
         loc.append("role")
         msg = "Field required"
     param = ".".join(loc) or None
-    return InvalidRequest(f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param=param)
+    return InvalidRequest(
+        f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param=param
+    )
 
 
 def _parse(model: type[wire._Wire], body: bytes) -> Any:
@@ -99,7 +103,9 @@ def _parse(model: type[wire._Wire], body: bytes) -> Any:
         return model.model_validate_json(body)
     except ValidationError as exc:
         if exc.errors()[0]["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest(f"The request body is not valid JSON: {exc.errors()[0]['msg']}.") from exc
+            raise InvalidRequest(
+                f"The request body is not valid JSON: {exc.errors()[0]['msg']}."
+            ) from exc
         raise validation_error(exc) from exc
 
 
@@ -135,7 +141,9 @@ def to_chat_request(w: wire.ChatCompletionRequest, max_messages: int) -> ChatReq
         elif isinstance(m, wire.UserMessage):
             messages.append(Message("user", text, name=m.name))
         elif isinstance(m, wire.AssistantMessage):
-            calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()]
+            calls = [
+                ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()
+            ]
             messages.append(Message("assistant", text, name=m.name, tool_calls=calls or None))
         else:
             messages.append(Message("tool", text, tool_call_id=m.tool_call_id))
@@ -147,7 +155,9 @@ def to_chat_request(w: wire.ChatCompletionRequest, max_messages: int) -> ChatReq
         tool_choice = ToolChoice(w.tool_choice)
     elif w.tool_choice is not None:
         tool_choice = ToolChoice("tool", w.tool_choice.function.name)
-    tools = [Tool(t.function.name, t.function.description, t.function.parameters) for t in w.tools or ()]
+    tools = [
+        Tool(t.function.name, t.function.description, t.function.parameters) for t in w.tools or ()
+    ]
     return ChatRequest(
         model=w.model,
         messages=messages,
@@ -216,24 +226,38 @@ class OpenAIService:
         w = _parse(wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            resp, info = await self.gateway.chat(who, req, "chat.completions")
+            resp, info = await unless_disconnected(
+                request, self.gateway.chat(who, req, "chat.completions")
+            )
             return JSONResponse(render_chat(resp), headers=_headers(info))
         include_usage = bool(w.stream_options and w.stream_options.include_usage)
-        stream = await self.gateway.stream(who, req, "chat.completions")
+        stream = await unless_disconnected(
+            request, self.gateway.stream(who, req, "chat.completions")
+        )
         return StreamingResponse(
             self._sse(stream.events(), req.model, include_usage),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", **_headers(stream.info)},
         )
 
-    async def _sse(self, events: AsyncIterator[Any], model: str, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _sse(
+        self, events: AsyncIterator[Any], model: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
         """Chat completion chunks as server-sent events, ending with `data: [DONE]`."""
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model}
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
 
         def chunk(delta: JSON, finish: str | None = None) -> bytes:
-            body = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                         "finish_reason": finish}]}
+            body = {
+                **head,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
             return b"data: " + orjson.dumps(body) + b"\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
@@ -245,10 +269,16 @@ class OpenAIService:
                     yield chunk({}, ev.finish_reason)
                     if include_usage:
                         u = ev.usage
-                        usage = {"prompt_tokens": u.prompt_tokens if u else 0,
-                                 "completion_tokens": u.completion_tokens if u else 0,
-                                 "total_tokens": u.total_tokens if u else 0}
-                        yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+                        usage = {
+                            "prompt_tokens": u.prompt_tokens if u else 0,
+                            "completion_tokens": u.completion_tokens if u else 0,
+                            "total_tokens": u.total_tokens if u else 0,
+                        }
+                        yield (
+                            b"data: "
+                            + orjson.dumps({**head, "choices": [], "usage": usage})
+                            + b"\n\n"
+                        )
                 else:
                     call: JSON = {"index": ev.index, "function": {"arguments": ev.arguments}}
                     if ev.id:
@@ -285,17 +315,23 @@ class OpenAIService:
                 param="input",
             )
         req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
-        resp, info = await self.gateway.embed(who, req, "embeddings")
+        resp, info = await unless_disconnected(request, self.gateway.embed(who, req, "embeddings"))
         data = [
-            {"object": "embedding", "index": i,
-             "embedding": _b64(v) if w.encoding_format == "base64" else v}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _b64(v) if w.encoding_format == "base64" else v,
+            }
             for i, v in enumerate(resp.vectors)
         ]
         body = {
             "object": "list",
             "data": data,
             "model": resp.model,
-            "usage": {"prompt_tokens": resp.usage.prompt_tokens, "total_tokens": resp.usage.prompt_tokens},
+            "usage": {
+                "prompt_tokens": resp.usage.prompt_tokens,
+                "total_tokens": resp.usage.prompt_tokens,
+            },
         }
         return JSONResponse(body, headers=_headers(info))
 

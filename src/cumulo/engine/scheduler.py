@@ -1,0 +1,347 @@
+"""Continuous batching: one thread per model runs every admitted request together.
+
+Requests wait in a bounded FIFO queue (`max_queue`; beyond it `submit` raises
+`RateLimited`) until one of the `max_running` slots of the KV cache is free.
+Each engine step, at a token boundary:
+
+1. drops finished and cancelled sequences, freeing their slots; running
+   sequences always occupy slots `0..n-1` (the last one moves into a hole), so
+   a batched forward reads the cache as one contiguous view;
+2. admits waiting requests into free slots;
+3. runs one prefill chunk (at most `prefill_chunk` prompt tokens, several new
+   requests right-padded into one batch), so a long prompt never stalls the
+   running sequences for long;
+4. runs one batched decode forward for every sequence that has a token to feed.
+
+The model gets the static `SlotCache` as `past_key_values`, explicit
+`position_ids` and a ready 4D mask, so each row attends only to its own
+positions (sliding-window attention is therefore not applied: such models
+are served as full-attention ones). Tokens are sampled per request (`Sampler`: its own settings and
+generator), detokenized incrementally with stop strings (`IncrementalText`) and
+handed to the request's `sink`, which must not block.
+
+Greedy results do not depend on the batch up to floating-point rounding: a row
+computed in a batch of 8 may differ in the last bits from the same row alone,
+which bf16 can turn into a different token after many steps (fp32 agrees in
+practice; see tests/engine/test_scheduler.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import torch
+
+from cumulo.engine.detok import IncrementalText
+from cumulo.engine.kvcache import KVLayout, SlotCache
+from cumulo.engine.loader import CausalLM
+from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
+from cumulo.engine.sampling import Sampler
+from cumulo.engine.stats import EngineStats, Recent, p50
+from cumulo.errors import RateLimited, Unavailable
+
+logger = logging.getLogger(__name__)
+
+Posted: TypeAlias = GenerationEvent | BaseException
+Sink: TypeAlias = Callable[[Posted], bool]  # False when nobody listens any more
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """Capacity of one model's engine (see `DeploymentConfig`)."""
+
+    max_running: int = 16
+    max_tokens_in_flight: int = 32768
+    max_queue: int = 64
+    prefill_chunk: int = 256
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """One request inside the engine."""
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    sink: Sink
+    submitted: float = field(default_factory=time.perf_counter)
+    sampler: Sampler | None = None
+    text: IncrementalText | None = None
+    slot: int = -1
+    length: int = 0  # positions written in the cache
+    prefilled: int = 0  # prompt tokens written in the cache
+    next_input: int | None = None  # sampled, not yet fed to the model
+    tokens: list[int] = field(default_factory=list)  # sampled so far
+    queue_ms: float = 0.0
+    cancelled: bool = False
+    done: bool = False
+
+
+def shutting_down() -> Unavailable:
+    return Unavailable("the local model is shutting down")
+
+
+class Scheduler:
+    """The batching engine of one `CausalLM`, on its own thread."""
+
+    def __init__(self, lm: CausalLM, limits: EngineLimits, *, name: str = "cumulo-engine") -> None:
+        self.lm = lm
+        self.limits = limits
+        slot_len = min(lm.context_window, limits.max_tokens_in_flight // limits.max_running)
+        if slot_len < 2:
+            raise ValueError("max_tokens_in_flight leaves less than 2 tokens per running sequence")
+        self.layout = KVLayout.for_model(lm.model.config, limits.max_running, slot_len, lm.dtype)
+        self.cache = SlotCache(self.layout, lm.device)
+        self.recent = Recent()
+        self._decoder: Any = lm.model.get_decoder()
+        self._head: Any = lm.model.get_output_embeddings()
+        self._vocab = int(self._head.weight.shape[0])
+        self._running: list[Sequence] = []
+        self._waiting: deque[Sequence] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def max_context(self) -> int:
+        """The most positions (prompt + reply) one request may use."""
+        return self.layout.slot_len
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue `seq`; raise `RateLimited` when the queue is full, `Unavailable` when closed."""
+        with self._lock:
+            if self._closing:
+                raise shutting_down()
+            if len(self._waiting) >= self.limits.max_queue:
+                raise RateLimited(
+                    f"the local model's queue is full ({self.limits.max_queue} waiting requests)",
+                    retry_after=self._retry_after(),
+                )
+            self._waiting.append(seq)
+        self._wake.set()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Forget `seq`: dropped from the queue now, or from the batch at the next token."""
+        with self._lock:
+            seq.cancelled = True
+            if seq.slot < 0 and seq in self._waiting:
+                self._waiting.remove(seq)
+        self._wake.set()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Fail queued and running requests with `Unavailable`; end the thread."""
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def stats(self) -> EngineStats:
+        running = list(self._running)
+        return EngineStats(
+            running=len(running),
+            waiting=len(self._waiting),
+            max_running=self.limits.max_running,
+            max_queue=self.limits.max_queue,
+            slot_tokens=self.layout.slot_len,
+            max_tokens_in_flight=self.layout.slots * self.layout.slot_len,
+            tokens_in_flight=sum(s.length for s in running),
+            kv_cache_bytes=self.layout.nbytes,
+            total_tokens=self.recent.total_tokens,
+            total_requests=self.recent.total_requests,
+            tokens_per_s=round(self.recent.tokens_per_s(), 2),
+            queue_ms_p50=p50(self.recent.queue_ms),
+            ttft_ms_p50=p50(self.recent.ttft_ms),
+        )
+
+    def _retry_after(self) -> float:
+        """Seconds until a queued request is likely to start: the queue drained at the
+        recent pace, at least one."""
+        mean = self.recent.mean_service_s() or 1.0
+        return max(1.0, mean * (len(self._waiting) + 1) / self.limits.max_running)
+
+    # ------------------------------------------------------------------ the engine thread
+
+    def _serve(self) -> None:
+        with torch.inference_mode():
+            while self._next_batch():
+                try:
+                    self._step()
+                except Exception as exc:
+                    logger.exception("generation failed on %s", self.lm.path.name)
+                    for seq in self._running:
+                        self._post(seq, exc)
+                    self._running.clear()
+        with self._lock:
+            left = [*self._running, *self._waiting]
+            self._running.clear()
+            self._waiting.clear()
+        for seq in left:
+            if not seq.cancelled:
+                self._post(seq, shutting_down())
+        logger.debug("engine for %s stopped", self.lm.path.name)
+
+    def _next_batch(self) -> bool:
+        """Admit waiting requests into free slots; sleep while idle. False once closing."""
+        while True:
+            with self._lock:
+                if self._closing:
+                    return False
+                self._reap()
+                now = time.perf_counter()
+                while self._waiting and len(self._running) < self.limits.max_running:
+                    self._admit(self._waiting.popleft(), now)
+                if self._running:
+                    return True
+                self._wake.clear()
+            self._wake.wait()
+
+    def _admit(self, seq: Sequence, now: float) -> None:
+        seq.queue_ms = (now - seq.submitted) * 1000.0
+        self.recent.queue_ms.append(seq.queue_ms)
+        seq.sampler = Sampler(seq.params.sampling, self._vocab, self.lm.device)
+        seq.text = IncrementalText(self.lm.tokenizer, seq.params.stop)
+        seq.slot = len(self._running)
+        self._running.append(seq)
+
+    def _reap(self) -> None:
+        """Free the slots of finished and cancelled sequences; keep the rest in 0..n-1."""
+        running, i = self._running, 0
+        while i < len(running):
+            seq = running[i]
+            if not (seq.done or seq.cancelled):
+                i += 1
+                continue
+            last = running.pop()
+            if last is not seq:
+                self.cache.move(last.slot, seq.slot, last.length)
+                last.slot, running[i] = seq.slot, last
+            self.recent.total_requests += 1
+            self.recent.service_s.append(time.perf_counter() - seq.submitted - seq.queue_ms / 1e3)
+
+    def _step(self) -> None:
+        prefilling = [s for s in self._running if s.prefilled < len(s.prompt_ids)]
+        if prefilling:
+            self._prefill(prefilling)
+        if any(s.next_input is not None for s in self._running):
+            self._decode()
+        self._reap()
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """One chunk of prompt tokens, one forward per run of adjacent slots."""
+        budget, chosen = self.limits.prefill_chunk, []
+        for seq in sorted(seqs, key=lambda s: s.slot):
+            if budget <= 0:
+                break
+            n = min(len(seq.prompt_ids) - seq.prefilled, budget)
+            chosen.append((seq, n))
+            budget -= n
+        runs: list[list[tuple[Sequence, int]]] = [[chosen[0]]]
+        for item in chosen[1:]:
+            if item[0].slot == runs[-1][-1][0].slot + 1:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        for run in runs:
+            width = max(n for _, n in run)
+            ids = torch.zeros(len(run), width, dtype=torch.long)
+            pos = torch.zeros(len(run), width, dtype=torch.long)
+            for b, (seq, n) in enumerate(run):
+                ids[b, :n] = torch.tensor(seq.prompt_ids[seq.prefilled : seq.prefilled + n])
+                pos[b] = torch.arange(seq.prefilled, seq.prefilled + width)
+            counts = torch.tensor([n for _, n in run])
+            hidden = self._forward(run[0][0].slot, run[-1][0].slot + 1, ids, pos, counts)
+            last_rows, ready = [], []
+            for b, (seq, n) in enumerate(run):
+                seq.prefilled += n
+                seq.length += n
+                if seq.prefilled == len(seq.prompt_ids):
+                    last_rows.append(hidden[b, n - 1])
+                    ready.append(seq)
+            if ready:
+                self._sample(ready, self._head(torch.stack(last_rows)))
+
+    def _decode(self) -> None:
+        """One token for every running sequence that has one to feed."""
+        n = len(self._running)
+        ids = torch.zeros(n, 1, dtype=torch.long)
+        pos = torch.zeros(n, 1, dtype=torch.long)
+        counts = torch.zeros(n, dtype=torch.long)
+        active = []
+        for seq in self._running:
+            if seq.next_input is not None:
+                ids[seq.slot, 0], pos[seq.slot, 0], counts[seq.slot] = seq.next_input, seq.length, 1
+                active.append(seq)
+            else:  # still prefilling: a padding row that reads what it has
+                pos[seq.slot, 0] = max(seq.length - 1, 0)
+        hidden = self._forward(0, n, ids, pos, counts)
+        for seq in active:
+            seq.length += 1
+            seq.next_input = None
+        rows = torch.tensor([seq.slot for seq in active], device=hidden.device)
+        self._sample(active, self._head(hidden[rows, 0]))
+
+    def _forward(
+        self, lo: int, hi: int, ids: torch.Tensor, pos: torch.Tensor, counts: torch.Tensor
+    ) -> torch.Tensor:
+        """Run rows lo..hi-1 on `ids` [batch, width] at positions `pos` (right-padded: row b
+        has `counts[b]` real tokens). Returns the last hidden states [batch, width, hidden]."""
+        device = self.lm.device
+        ids, pos, counts = ids.to(device), pos.to(device), counts.to(device)
+        width = ids.shape[1]
+        real = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)
+        write_cols = torch.where(real, pos, torch.full_like(pos, self.cache.scratch))
+        read = int(pos.masked_fill(~real, 0).max()) + 1
+        keys = torch.arange(read, device=device)
+        mask = (keys.view(1, 1, read) <= pos.unsqueeze(-1)).unsqueeze(1)  # [batch, 1, width, read]
+        self.cache.prepare(lo, hi, write_cols, read)
+        out = self._decoder(
+            input_ids=ids,
+            position_ids=pos,
+            past_key_values=self.cache,
+            attention_mask=mask,  # a 4D mask is used as it is, by every attention layer
+            use_cache=True,
+        )
+        hidden: torch.Tensor = out.last_hidden_state
+        return hidden
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        now = time.perf_counter()
+        self.recent.tokens(len(seqs), now)
+        for seq, row in zip(seqs, logits, strict=True):
+            assert seq.sampler is not None and seq.text is not None
+            token = seq.sampler(row)
+            if not seq.tokens:
+                self.recent.ttft_ms.append((now - seq.submitted) * 1000.0)
+            seq.tokens.append(token)
+            if token in self.lm.stop_token_ids:
+                self._finish(seq, "stop")
+                continue
+            piece = seq.text.push(token)
+            if piece:
+                self._post(seq, TextPiece(piece))
+            if seq.text.stopped:
+                self._finish(seq, "stop")
+            elif len(seq.tokens) >= seq.params.max_new_tokens:
+                self._finish(seq, "length")
+            else:
+                seq.next_input = token
+
+    def _finish(self, seq: Sequence, reason: Literal["stop", "length"]) -> None:
+        assert seq.text is not None
+        piece = seq.text.flush()
+        if piece:
+            self._post(seq, TextPiece(piece))
+        self._post(seq, Finished(reason, len(seq.prompt_ids), len(seq.tokens), seq.queue_ms))
+        seq.done = True
+
+    @staticmethod
+    def _post(seq: Sequence, item: Posted) -> None:
+        if not seq.cancelled and not seq.sink(item):
+            seq.cancelled = True
