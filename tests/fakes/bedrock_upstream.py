@@ -128,7 +128,7 @@ def last_user_text(body: dict[str, Any]) -> str:
 
 def count_words(body: dict[str, Any]) -> int:
     blocks = [b for m in body.get("messages") or [] for b in m.get("content") or []]
-    return len(_texts(blocks + list(body.get("system") or [])).split())
+    return sum(len(_texts([b]).split()) for b in blocks + list(body.get("system") or []))
 
 
 def chosen_tool(body: dict[str, Any]) -> str:

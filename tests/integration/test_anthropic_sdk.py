@@ -1,9 +1,10 @@
-"""The official anthropic SDK against `cumulo serve`, in front of both provider kinds.
+"""The official anthropic SDK against `cumulo serve`, in front of every provider kind.
 
 One cumulo subprocess serves models backed by a fake Anthropic upstream
-(`claude-*`) and by the fake OpenAI upstream (`gpt-*`), so each wire format
-is exercised through each provider: Anthropic front door → Anthropic and
-OpenAI providers, and OpenAI front door → Anthropic provider.
+(`claude-*`), by the fake OpenAI upstream (`gpt-*`) and by a fake Bedrock
+runtime (`br-*`), so each wire format is exercised through each provider:
+Anthropic front door → Anthropic, OpenAI and Bedrock providers, and OpenAI
+front door → Anthropic provider.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from anthropic.types import (
 
 from fakes import FakeOpenAIUpstream
 from fakes.anthropic_upstream import FakeAnthropicUpstream
+from fakes.bedrock_upstream import (
+    ACCESS_KEY_ID,
+    REGION,
+    SECRET_KEY,
+    BedrockRecorded,
+    FakeBedrockUpstream,
+)
 from support import ApiKey, CumuloServer, openai_deployment
 
 ANTHROPIC_KEY = "sk-ant-fake-upstream-" + "2" * 20
@@ -50,7 +58,20 @@ def fake() -> Iterator[FakeAnthropicUpstream]:
 
 
 @pytest.fixture(scope="module")
+def fake_bedrock() -> Iterator[FakeBedrockUpstream]:
+    with FakeBedrockUpstream() as server:
+        yield server
+
+
+def _bedrock(fake: FakeBedrockUpstream, name: str, model: str) -> dict[str, Any]:
+    return {"name": name, "deployments": [{
+        "provider": "bedrock", "model": model, "base_url": fake.url, "region": REGION,
+        "aws_access_key_id_env": "T_AWS_KEY_ID", "aws_secret_access_key_env": "T_AWS_SECRET"}]}
+
+
+@pytest.fixture(scope="module")
 def server(fake: FakeAnthropicUpstream, upstream: FakeOpenAIUpstream,
+           fake_bedrock: FakeBedrockUpstream,
            cumulo_factory: Callable[..., CumuloServer]) -> Iterator[CumuloServer]:
     models = [_claude(fake, name, model) for name, model in [
         ("claude-echo", "echo"), ("claude-tools", "tools"), ("claude-hold", "hold"),
@@ -59,10 +80,12 @@ def server(fake: FakeAnthropicUpstream, upstream: FakeOpenAIUpstream,
     for m in models[3:]:
         m["routing"] = {"retries": 0}  # failures are the point: no retry, no waiting for one
     models += [{"name": "gpt-echo", "deployments": [openai_deployment(upstream, "echo")]},
-               {"name": "gpt-tools", "deployments": [openai_deployment(upstream, "tools")]}]
+               {"name": "gpt-tools", "deployments": [openai_deployment(upstream, "tools")]},
+               _bedrock(fake_bedrock, "br-echo", "echo"), _bedrock(fake_bedrock, "br-tools", "tools")]
     config = {"server": {"max_body_bytes": MAX_BODY}, "usage": {"flush_interval_s": 0.1},
               "models": models}
-    cumulo = cumulo_factory(config, FAKE_ANTHROPIC_KEY=ANTHROPIC_KEY)
+    cumulo = cumulo_factory(config, FAKE_ANTHROPIC_KEY=ANTHROPIC_KEY,
+                            T_AWS_KEY_ID=ACCESS_KEY_ID, T_AWS_SECRET=SECRET_KEY)
     yield cumulo
     cumulo.stop()
 
@@ -81,6 +104,10 @@ def client(server: CumuloServer, key: ApiKey) -> Iterator[anthropic.Anthropic]:
 
 def user(text: str) -> list[Any]:
     return [{"role": "user", "content": text}]
+
+
+def bedrock_received(fake: FakeBedrockUpstream, marker: str) -> list[BedrockRecorded]:
+    return [r for r in fake.received(marker) if isinstance(r, BedrockRecorded)]
 
 
 # -- messages.create --------------------------------------------------------------
@@ -132,6 +159,34 @@ def test_create_through_the_openai_provider(
     assert body["max_tokens"] == 20
 
 
+def test_create_through_the_bedrock_provider(
+    client: anthropic.Anthropic, fake_bedrock: FakeBedrockUpstream, server: CumuloServer,
+    key: ApiKey, marker: str,
+) -> None:
+    raw = client.messages.with_raw_response.create(
+        model="br-echo", max_tokens=50, system="be brief", messages=user(f"hello {marker}"),
+        stop_sequences=["NEVER"], extra_body={"temperature": 0.5},
+    )
+    msg = raw.parse()
+    assert raw.headers["x-cumulo-deployment"] == "bedrock:echo"
+    assert msg.id.startswith("msg_") and msg.role == "assistant" and msg.model == "br-echo"
+    assert [(b.type, getattr(b, "text", None)) for b in msg.content] == [("text", f"echo: hello {marker}")]
+    assert (msg.stop_reason, msg.stop_sequence) == ("end_turn", None)
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (4, 3)
+
+    [got] = bedrock_received(fake_bedrock, marker)
+    assert (got.model_id, got.operation, got.auth) == ("echo", "converse", "sigv4")
+    assert key.token not in json.dumps(got.headers)
+    assert got.body == {"messages": [{"role": "user", "content": [{"text": f"hello {marker}"}]}],
+                        "system": [{"text": "be brief"}],
+                        "inferenceConfig": {"maxTokens": 50, "temperature": 0.5,
+                                            "stopSequences": ["NEVER"]}}
+
+    [row] = server.usage_rows(key.id)
+    assert (row["endpoint"], row["model"], row["deployment"]) == ("messages", "br-echo", "bedrock:echo")
+    assert (row["status"], row["stream"], row["prompt_tokens"], row["completion_tokens"]) == (200, 0, 4, 3)
+
+
 def test_max_tokens_stop_reason(client: anthropic.Anthropic) -> None:
     msg = client.messages.create(model="claude-echo", max_tokens=2, messages=user("one two three"))
     assert msg.stop_reason == "max_tokens"
@@ -141,7 +196,7 @@ def test_max_tokens_stop_reason(client: anthropic.Anthropic) -> None:
 # -- streaming --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["claude-echo", "gpt-echo"])
+@pytest.mark.parametrize("model", ["claude-echo", "gpt-echo", "br-echo"])
 def test_stream_event_sequence(client: anthropic.Anthropic, server: CumuloServer, key: ApiKey,
                                model: str, marker: str) -> None:
     events = list(client.messages.create(model=model, max_tokens=50, stream=True,
@@ -159,7 +214,7 @@ def test_stream_event_sequence(client: anthropic.Anthropic, server: CumuloServer
     assert (row["endpoint"], row["stream"], row["status"], row["completion_tokens"]) == ("messages", 1, 200, 4)
 
 
-@pytest.mark.parametrize("model", ["claude-echo", "gpt-echo"])
+@pytest.mark.parametrize("model", ["claude-echo", "gpt-echo", "br-echo"])
 def test_stream_helper_final_message(client: anthropic.Anthropic, model: str, marker: str) -> None:
     with client.messages.stream(model=model, max_tokens=50, system="be brief",
                                 messages=user(f"stream {marker}")) as stream:
@@ -196,9 +251,11 @@ def test_first_token_arrives_before_the_upstream_finishes(
 @pytest.mark.parametrize(("tools_model", "answer_model", "answer"), [
     ("claude-tools", "claude-tools", "result: sunny"),
     ("gpt-tools", "gpt-echo", "echo: thanks"),
+    ("br-tools", "br-echo", "echo: thanks"),
 ])
 def test_tool_use_round_trip(client: anthropic.Anthropic, fake: FakeAnthropicUpstream,
-                             upstream: FakeOpenAIUpstream, tools_model: str, answer_model: str,
+                             upstream: FakeOpenAIUpstream, fake_bedrock: FakeBedrockUpstream,
+                             tools_model: str, answer_model: str,
                              answer: str, marker: str) -> None:
     first = client.messages.create(
         model=tools_model, max_tokens=100, messages=user(marker), tools=[SEARCH, CLOCK],
@@ -226,6 +283,19 @@ def test_tool_use_round_trip(client: anthropic.Anthropic, fake: FakeAnthropicUps
             {"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": call.id, "content": "sunny"},
                 {"type": "text", "text": "thanks"}]}]
+    elif tools_model.startswith("br"):
+        [asked, answered] = bedrock_received(fake_bedrock, marker)
+        assert asked.body["toolConfig"] == {
+            "tools": [{"toolSpec": {"name": "search", "description": "Search the web",
+                                    "inputSchema": {"json": SEARCH["input_schema"]}}},
+                      {"toolSpec": {"name": "clock", "inputSchema": {"json": CLOCK["input_schema"]}}}],
+            "toolChoice": {"tool": {"name": "search"}}}
+        assert answered.body["messages"][1:] == [
+            {"role": "assistant", "content": [
+                {"toolUse": {"toolUseId": call.id, "name": "search", "input": {"query": marker}}}]},
+            {"role": "user", "content": [
+                {"toolResult": {"toolUseId": call.id, "content": [{"text": "sunny"}]}},
+                {"text": "thanks"}]}]
     else:
         [_, sent] = upstream.received(marker)
         assert sent.body["messages"][1:] == [
@@ -236,7 +306,7 @@ def test_tool_use_round_trip(client: anthropic.Anthropic, fake: FakeAnthropicUps
             {"role": "user", "content": "thanks"}]
 
 
-@pytest.mark.parametrize(("model", "calls"), [("claude-tools", 2), ("gpt-tools", 1)])
+@pytest.mark.parametrize(("model", "calls"), [("claude-tools", 2), ("gpt-tools", 1), ("br-tools", 1)])
 def test_streamed_tool_use(client: anthropic.Anthropic, model: str, calls: int, marker: str) -> None:
     with client.messages.stream(model=model, max_tokens=100, messages=user(marker),
                                 tools=[SEARCH, CLOCK], tool_choice={"type": "any"}) as stream:

@@ -1,8 +1,8 @@
 """boto3's bedrock-runtime client, unchanged, against `cumulo serve`.
 
 One cumulo for the module, serving models from a fake Bedrock runtime (the
-`bedrock` provider, SigV4 or bearer upstream) and from the fake OpenAI
-upstream. boto3 signs with SigV4 using a cumulo key's id and secret, or sends
+`bedrock` provider, SigV4 or bearer upstream), from the fake OpenAI upstream
+and from a fake Anthropic upstream (`cl-*`). boto3 signs with SigV4 using a cumulo key's id and secret, or sends
 the key as a bearer token (`AWS_BEARER_TOKEN_BEDROCK`).
 """
 
@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError, EventStreamError
 
 from cumulo.governance import keys
 from fakes import FakeOpenAIUpstream
+from fakes.anthropic_upstream import FakeAnthropicUpstream
 from fakes.bedrock_upstream import (
     ACCESS_KEY_ID,
     API_KEY,
@@ -43,6 +44,13 @@ TOOLS = {"tools": [
         "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}},
     {"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}},
 ]}
+ANTHROPIC_KEY = "sk-ant-fake-upstream-" + "3" * 20
+
+
+@pytest.fixture(scope="module")
+def fake_anthropic() -> Iterator[FakeAnthropicUpstream]:
+    with FakeAnthropicUpstream() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def fake_bedrock() -> Iterator[FakeBedrockUpstream]:
 
 @pytest.fixture(scope="module")
 def server(fake_bedrock: FakeBedrockUpstream, upstream: FakeOpenAIUpstream,
-           cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
+           fake_anthropic: FakeAnthropicUpstream, cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
     def bedrock(name: str, model: str, **auth: str) -> dict[str, Any]:
         auth = auth or {"aws_access_key_id_env": "T_AWS_KEY_ID",
                         "aws_secret_access_key_env": "T_AWS_SECRET"}
@@ -64,15 +72,21 @@ def server(fake_bedrock: FakeBedrockUpstream, upstream: FakeOpenAIUpstream,
     def oa(name: str, model: str) -> dict[str, Any]:
         return {"name": name, "deployments": [openai_deployment(upstream, model)]}
 
+    def claude(name: str, model: str) -> dict[str, Any]:
+        return {"name": name, "deployments": [{"provider": "anthropic", "model": model,
+                                               "base_url": fake_anthropic.url,
+                                               "api_key_env": "T_ANTHROPIC_KEY"}]}
+
     config = {"usage": {"flush_interval_s": 0.1}, "models": [
         bedrock("br-echo", "echo"), bedrock("br-tools", "tools"),
         bedrock("br-bearer", "echo", api_key_env="T_BEDROCK_API_KEY"),
         bedrock("br-throttled", "stream-error:throttlingException"),
         bedrock("br-500", "status:500"),
         oa("oa-echo", "echo"), oa("oa-tools", "tools"), oa("team/echo:v1", "echo"),
+        claude("cl-echo", "echo"), claude("cl-tools", "tools"),
     ]}
     return cumulo_factory(config, T_AWS_KEY_ID=ACCESS_KEY_ID, T_AWS_SECRET=SECRET_KEY,
-                          T_BEDROCK_API_KEY=API_KEY)
+                          T_BEDROCK_API_KEY=API_KEY, T_ANTHROPIC_KEY=ANTHROPIC_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +128,7 @@ def received(fake: FakeBedrockUpstream, marker: str) -> list[BedrockRecorded]:
     return [r for r in fake.received(marker) if isinstance(r, BedrockRecorded)]
 
 
-@pytest.mark.parametrize("model", ["br-echo", "oa-echo", "team/echo:v1"])
+@pytest.mark.parametrize("model", ["br-echo", "oa-echo", "team/echo:v1", "cl-echo"])
 def test_converse(br: Any, model: str, marker: str) -> None:
     reply = br.converse(modelId=model, messages=[user(f"hello {marker}")],
                         system=[{"text": "be brief"}], inferenceConfig={"maxTokens": 50})
@@ -125,7 +139,7 @@ def test_converse(br: Any, model: str, marker: str) -> None:
     assert reply["usage"]["totalTokens"] == reply["usage"]["inputTokens"] + 3
     assert reply["metrics"]["latencyMs"] >= 0
     headers = reply["ResponseMetadata"]["HTTPHeaders"]
-    assert headers["x-cumulo-deployment"] in ("bedrock:echo", "openai:echo")
+    assert headers["x-cumulo-deployment"] in ("bedrock:echo", "openai:echo", "anthropic:echo")
 
 
 def test_converse_reaches_bedrock_translated(br: Any, fake_bedrock: FakeBedrockUpstream,
@@ -167,6 +181,75 @@ def test_tool_use_round_trip(br: Any, fake_bedrock: FakeBedrockUpstream, upstrea
         assert body["tools"][0]["function"]["parameters"]["required"] == ["query"]
 
 
+def test_converse_reaches_anthropic_translated(br: Any, fake_anthropic: FakeAnthropicUpstream,
+                                               marker: str) -> None:
+    reply = br.converse(modelId="cl-echo", messages=[user(marker)], system=[{"text": "be brief"}],
+                        inferenceConfig={"maxTokens": 50, "temperature": 0.25,
+                                         "stopSequences": ["END"]})
+    assert reply["output"]["message"]["content"] == [{"text": f"echo: {marker}"}]
+    assert reply["ResponseMetadata"]["HTTPHeaders"]["x-cumulo-deployment"] == "anthropic:echo"
+    got = fake_anthropic.one(marker)
+    assert got.headers["x-api-key"] == ANTHROPIC_KEY
+    assert {k: got.body.get(k) for k in ("model", "system", "max_tokens", "temperature",
+                                         "stop_sequences")} == {
+        "model": "echo", "system": "be brief", "max_tokens": 50, "temperature": 0.25,
+        "stop_sequences": ["END"]}
+    assert got.body["messages"] == [{"role": "user", "content": [{"type": "text", "text": marker}]}]
+
+
+def test_tool_use_round_trip_through_anthropic(br: Any, fake_anthropic: FakeAnthropicUpstream,
+                                               marker: str) -> None:
+    question = user(f"weather {marker}")
+    reply = br.converse(modelId="cl-tools", messages=[question], system=[{"text": "be brief"}],
+                        toolConfig={**TOOLS, "toolChoice": {"tool": {"name": "search"}}})
+    assert reply["stopReason"] == "tool_use"
+    message = reply["output"]["message"]
+    assert message["content"][0] == {"text": "Let me check."}
+    [use] = [b["toolUse"] for b in message["content"] if "toolUse" in b]
+    assert use["name"] == "search" and use["input"] == {"query": f"weather {marker}"}
+    first = fake_anthropic.one(marker).body
+    assert first["tools"] == [
+        {"name": "search", "description": "Search the web",
+         "input_schema": TOOLS["tools"][0]["toolSpec"]["inputSchema"]["json"]},
+        {"name": "weather", "input_schema": {"type": "object"}}]
+    assert first["tool_choice"] == {"type": "tool", "name": "search"}
+
+    result = {"role": "user", "content": [{"toolResult": {
+        "toolUseId": use["toolUseId"], "content": [{"text": "sunny"}], "status": "success"}}]}
+    final = br.converse(modelId="cl-tools", messages=[question, message, result], toolConfig=TOOLS)
+    assert final["stopReason"] == "end_turn"
+    assert final["output"]["message"]["content"] == [{"text": "result: sunny"}]
+    [_, sent] = fake_anthropic.received(marker)
+    assert sent.body["messages"][1:] == [
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Let me check."},
+            {"type": "tool_use", "id": use["toolUseId"], "name": "search",
+             "input": {"query": f"weather {marker}"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": use["toolUseId"], "content": "sunny"}]}]
+
+
+def test_converse_stream_tool_use_through_anthropic(br: Any, fake_anthropic: FakeAnthropicUpstream,
+                                                    marker: str) -> None:
+    events = stream_events(br, modelId="cl-tools", messages=[user(marker)],
+                           toolConfig={**TOOLS, "toolChoice": {"any": {}}})
+    assert fake_anthropic.one(marker).body["tool_choice"] == {"type": "any"}
+    texts = [e["contentBlockDelta"]["delta"]["text"] for e in events
+             if "text" in e.get("contentBlockDelta", {}).get("delta", {})]
+    assert "".join(texts) == "Let me check."
+    starts = [e["contentBlockStart"] for e in events if "contentBlockStart" in e]
+    assert [(s["contentBlockIndex"], s["start"]["toolUse"]["name"]) for s in starts] == [
+        (1, "search"), (2, "weather")]
+    assert all(s["start"]["toolUse"]["toolUseId"] for s in starts)
+    inputs = ["".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events
+                      if e.get("contentBlockDelta", {}).get("contentBlockIndex") == i)
+              for i in (1, 2)]
+    assert json.loads(inputs[0]) == {"query": marker} and json.loads(inputs[1] or "{}") == {}
+    stops = [e["contentBlockStop"]["contentBlockIndex"] for e in events if "contentBlockStop" in e]
+    assert stops == [0, 1, 2]
+    assert events[-2] == {"messageStop": {"stopReason": "tool_use"}}
+
+
 def stream_events(br: Any, **kwargs: Any) -> list[dict[str, Any]]:
     response = br.converse_stream(**kwargs)
     assert response["ResponseMetadata"]["HTTPHeaders"]["content-type"] == (
@@ -174,7 +257,7 @@ def stream_events(br: Any, **kwargs: Any) -> list[dict[str, Any]]:
     return list(response["stream"])
 
 
-@pytest.mark.parametrize("model", ["br-echo", "oa-echo"])
+@pytest.mark.parametrize("model", ["br-echo", "oa-echo", "cl-echo"])
 def test_converse_stream_text(br: Any, model: str, marker: str) -> None:
     events = stream_events(br, modelId=model, messages=[user(f"a b {marker}")])
     names = [next(iter(e)) for e in events]
