@@ -30,8 +30,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from cumulo.errors import CumuloError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from cumulo.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from cumulo.providers.base import Provider
+from cumulo.providers.http import retry_after, status_error
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -330,29 +331,7 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
         detail = _error_message(orjson.loads(await resp.read()))
     except (TimeoutError, orjson.JSONDecodeError, aiohttp.ClientError):
         detail = resp.reason or ""
-    status = resp.status
-    err: CumuloError
-    if status in (400, 413, 422):
-        err = InvalidRequest(f"Upstream rejected the request: {detail}")
-    elif status == 429:
-        err = RateLimited(f"Upstream rate limit: {detail}", retry_after=_retry_after(resp))
-    elif status in (408, 504):
-        err = UpstreamTimeout(f"Upstream timed out ({status}).")
-    elif status in (401, 403):
-        err = UpstreamError(f"Upstream refused cumulo's credentials ({status}).")
-    elif status == 529:
-        err = UpstreamError(f"Upstream is overloaded (529): {detail}")
-    else:
-        err = UpstreamError(f"Upstream returned {status}: {detail}")
-    raise err
-
-
-def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    value = resp.headers.get("retry-after")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+    raise status_error(resp.status, detail, retry_after=retry_after(resp.headers))
 
 
 def _error_message(data: Any) -> str:

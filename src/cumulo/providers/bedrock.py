@@ -43,6 +43,7 @@ from cumulo.errors import (
 from cumulo.eventstream import Decoder, FramingError
 from cumulo.eventstream import Message as Frame
 from cumulo.providers.base import Provider
+from cumulo.providers.http import retry_after, status_error
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -325,15 +326,15 @@ def _usage(data: Any) -> Usage:
 def _error(code: str, status: int, detail: str, retry_after: float | None = None) -> CumuloError:
     """A Bedrock error type (or, failing that, HTTP status) as a cumulo error."""
     code = code[:1].upper() + code[1:]  # stream exceptions are camelCase
-    if code == "ValidationException" or (not code and status == 400):
+    if code == "ValidationException":
         return InvalidRequest(f"Upstream rejected the request: {detail}")
-    if code in ("ThrottlingException", "ServiceQuotaExceededException") or status == 429:
+    if code in ("ThrottlingException", "ServiceQuotaExceededException"):
         return RateLimited(f"Upstream rate limit: {detail}", retry_after=retry_after)
-    if code == "ModelTimeoutException" or status in (408, 504):
+    if code == "ModelTimeoutException":
         return UpstreamTimeout(f"Upstream model timed out: {detail}")
-    if status in (401, 403):
-        return UpstreamError(f"Upstream refused cumulo's credentials ({status} {code}).")
-    return UpstreamError(f"Upstream returned {status or 'an error'} {code}: {detail}".strip())
+    if status:
+        return status_error(status, f"{code} {detail}".strip(), retry_after=retry_after)
+    return UpstreamError(f"Upstream sent {code or 'an error'}: {detail}".strip())
 
 
 async def _status_error(resp: aiohttp.ClientResponse) -> CumuloError:
@@ -344,11 +345,7 @@ async def _status_error(resp: aiohttp.ClientResponse) -> CumuloError:
         code = code or str(data.get("__type") or "").rsplit("#", 1)[-1]
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
         detail = resp.reason or ""
-    try:
-        retry_after = float(resp.headers.get("retry-after") or "") or None
-    except ValueError:
-        retry_after = None
-    return _error(code, resp.status, detail, retry_after)
+    return _error(code, resp.status, detail, retry_after(resp.headers))
 
 
 def _stream_error(message: Frame) -> CumuloError:

@@ -16,13 +16,12 @@ import aiohttp
 import orjson
 
 from cumulo.errors import (
-    CumuloError,
     InvalidRequest,
-    RateLimited,
     UpstreamError,
     UpstreamTimeout,
 )
 from cumulo.providers.base import Provider
+from cumulo.providers.http import retry_after, status_error
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -274,27 +273,7 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
         code = _error_code(data)
     except (TimeoutError, orjson.JSONDecodeError, aiohttp.ClientError):
         detail = resp.reason or ""
-    status = resp.status
-    err: CumuloError
-    if status in (400, 422):
-        err = InvalidRequest(f"Upstream rejected the request: {detail}", code=code)
-    elif status == 429:
-        err = RateLimited(f"Upstream rate limit: {detail}", retry_after=_retry_after(resp))
-    elif status in (408, 504):
-        err = UpstreamTimeout(f"Upstream timed out ({status}).")
-    elif status in (401, 403):
-        err = UpstreamError(f"Upstream refused cumulo's credentials ({status}).")
-    else:
-        err = UpstreamError(f"Upstream returned {status}: {detail}")
-    raise err
-
-
-def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    value = resp.headers.get("retry-after")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+    raise status_error(resp.status, detail, retry_after=retry_after(resp.headers), code=code)
 
 
 def _error_message(data: Any) -> str:
