@@ -10,6 +10,7 @@ upstream is always asked for a final usage chunk so that usage is exact.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import aiohttp
@@ -60,6 +61,8 @@ class OpenAIProvider(Provider):
             url += f"?api-version={self.deployment.api_version}"
         return url
 
+    # Built once: the deployment is immutable and a process's environment does not change.
+    @cached_property
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **self.deployment.headers}
         key = self.deployment.api_key()
@@ -70,6 +73,7 @@ class OpenAIProvider(Provider):
                 headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    @cached_property
     def _timeout(self) -> aiohttp.ClientTimeout:
         d = self.deployment
         return aiohttp.ClientTimeout(total=d.timeout_s, sock_connect=d.connect_timeout_s)
@@ -245,8 +249,8 @@ class _Call:
             resp = await p.ctx.http.post(
                 p._url(self.path),
                 data=data,
-                headers=p._headers(),
-                timeout=p._timeout(),
+                headers=p._headers,
+                timeout=p._timeout,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("Upstream did not answer in time.") from exc

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+@lru_cache(maxsize=4)
+def _sqlite_insert(columns: tuple[str, ...]) -> str:
+    known = set(usage.c.keys())
+    if not set(columns) <= known:
+        raise ValueError(f"unknown usage columns: {sorted(set(columns) - known)}")
+    return f"INSERT INTO usage ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def _alembic_config(url: str) -> AlembicConfig:
@@ -148,8 +158,17 @@ class Store:
     # -- usage --------------------------------------------------------------
 
     async def insert_usage(self, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            async with self.engine.begin() as conn:
+        if not rows:
+            return
+        async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "sqlite":
+                # The driver's own executemany: about half the CPU per row of Core's
+                # parameter processing, which matters at thousands of requests/s.
+                columns = list(rows[0])
+                sql = _sqlite_insert(tuple(columns))
+                pick = itemgetter(*columns)
+                await conn.exec_driver_sql(sql, [pick(r) for r in rows])
+            else:
                 await conn.execute(insert(usage), list(rows))
 
     async def usage_summary(self, since: float | None = None) -> dict[str, list[dict[str, Any]]]:
