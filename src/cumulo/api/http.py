@@ -89,18 +89,6 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise InvalidRequest("The request body is empty; a JSON object is required.")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
-
-
 Handler = Callable[[Request], Awaitable[Response]]
 ErrorRenderer = Callable[[CumuloError], Response]
 

@@ -28,11 +28,6 @@ class Price:
     output_per_mtok: float
     source: Literal["config", "genai-prices"]
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (
-            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
-        ) / _MILLION
-
     @property
     def blended(self) -> float:
         """One number to rank deployments by: a 3:1 input:output token mix."""

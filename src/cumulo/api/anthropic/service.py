@@ -30,7 +30,7 @@ from starlette.responses import Response, StreamingResponse
 from cumulo.api.anthropic import protocol as wire
 from cumulo.api.http import JSONResponse, read_body, unless_disconnected
 from cumulo.errors import AuthenticationFailed, CumuloError, InvalidRequest, UpstreamError
-from cumulo.gateway import CallInfo, Gateway
+from cumulo.gateway import Gateway
 from cumulo.governance.auth import Authenticator, Principal
 from cumulo.platform import Platform
 from cumulo.types import (
@@ -351,10 +351,6 @@ class _MessageStream:
         ]
 
 
-def _headers(info: CallInfo) -> dict[str, str]:
-    return info.headers()
-
-
 class AnthropicService:
     def __init__(self, platform: Platform, gateway: Gateway) -> None:
         self.platform = platform
@@ -381,12 +377,12 @@ class AnthropicService:
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
             resp, info = await unless_disconnected(request, self.gateway.chat(who, req, "messages"))
-            return JSONResponse(render_message(resp), headers=_headers(info))
+            return JSONResponse(render_message(resp), headers=info.headers())
         stream = await unless_disconnected(request, self.gateway.stream(who, req, "messages"))
         return StreamingResponse(
             self._sse(stream.events(), req.model),
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", **_headers(stream.info)},
+            headers={"cache-control": "no-cache", **stream.info.headers()},
         )
 
     async def _sse(self, events: AsyncIterator[StreamEvent], model: str) -> AsyncIterator[bytes]:

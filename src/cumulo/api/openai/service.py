@@ -25,7 +25,7 @@ from cumulo.api.http import JSONResponse, read_body, unless_disconnected
 from cumulo.api.openai import protocol as wire
 from cumulo.config import ModelConfig
 from cumulo.errors import CumuloError, InvalidRequest
-from cumulo.gateway import CallInfo, Gateway
+from cumulo.gateway import Gateway
 from cumulo.governance.auth import Authenticator
 from cumulo.platform import Platform
 from cumulo.types import (
@@ -209,10 +209,6 @@ def render_chat(resp: ChatResponse) -> JSON:
     }
 
 
-def _headers(info: CallInfo) -> dict[str, str]:
-    return info.headers()
-
-
 class OpenAIService:
     def __init__(self, platform: Platform, gateway: Gateway) -> None:
         self.platform = platform
@@ -229,7 +225,7 @@ class OpenAIService:
             resp, info = await unless_disconnected(
                 request, self.gateway.chat(who, req, "chat.completions")
             )
-            return JSONResponse(render_chat(resp), headers=_headers(info))
+            return JSONResponse(render_chat(resp), headers=info.headers())
         include_usage = bool(w.stream_options and w.stream_options.include_usage)
         stream = await unless_disconnected(
             request, self.gateway.stream(who, req, "chat.completions")
@@ -237,7 +233,7 @@ class OpenAIService:
         return StreamingResponse(
             self._sse(stream.events(), req.model, include_usage),
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", **_headers(stream.info)},
+            headers={"cache-control": "no-cache", **stream.info.headers()},
         )
 
     async def _sse(
@@ -333,7 +329,7 @@ class OpenAIService:
                 "total_tokens": resp.usage.prompt_tokens,
             },
         }
-        return JSONResponse(body, headers=_headers(info))
+        return JSONResponse(body, headers=info.headers())
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models."""
