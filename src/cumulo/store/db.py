@@ -36,6 +36,12 @@ class KeyRow:
     revoked_at: float | None
     last_used_at: float | None
     secret_enc: str | None = None  # the secret under the master key (SigV4), since 0002
+    tenant_id: str | None = None  # since 0005: None for platform admins and pre-0005 keys
+    models: list[str] | None = None  # narrower than the tenant's (None: not narrowed)
+    limits: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    expires_at: float | None = None  # set on the old key when it is rotated
+    updated_at: float | None = None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

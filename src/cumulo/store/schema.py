@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -12,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 
 metadata = MetaData()
@@ -27,6 +29,29 @@ api_keys = Table(
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
     Column("secret_enc", String(256), nullable=True),  # 0002: for SigV4 (governance/masterkey)
+    # 0005: tenancy and scopes (NULL: not narrowed)
+    Column("tenant_id", String(32), nullable=True),
+    Column("models", JSON, nullable=True),
+    Column("limits", JSON, nullable=True),
+    Column("budget", JSON, nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=True),
+    Index("ix_api_keys_tenant", "tenant_id"),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("models", JSON, nullable=True),
+    Column("limits", JSON, nullable=True),
+    Column("budget", JSON, nullable=True),
+    Column("guardrails", JSON, nullable=True),
+    Column("log_invocations", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("deleted_at", Float, nullable=True),
 )
 
 usage = Table(
@@ -50,6 +75,10 @@ usage = Table(
     Column("served_model", String(128), nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("queue_ms", Float, nullable=True),  # 0004: wait for a local engine slot
+    Column("tenant_id", String(32), nullable=True),  # 0005
+    Column("cost_usd", Float, nullable=True),  # 0005
+    Column("guardrail_interventions", Integer, nullable=False, server_default="0"),  # 0005
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
+    Index("ix_usage_tenant_ts", "tenant_id", "ts"),
 )
