@@ -49,6 +49,7 @@ tenants = Table(
     Column("budget", JSON, nullable=True),
     Column("guardrails", JSON, nullable=True),
     Column("log_invocations", Boolean, nullable=False, server_default=false()),
+    Column("log_retention_days", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("deleted_at", Float, nullable=True),

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("budget", sa.JSON, nullable=True),
         sa.Column("guardrails", sa.JSON, nullable=True),
         sa.Column("log_invocations", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("log_retention_days", sa.Integer, nullable=True),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("deleted_at", sa.Float, nullable=True),
