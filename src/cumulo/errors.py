@@ -8,6 +8,7 @@
     ├── NotFound                     404  unknown model, key or route
     ├── PayloadTooLarge              413  body over the configured limit
     ├── RateLimited                  429  a limit or a full queue; carries Retry-After seconds
+    │   └── BudgetExceeded           429  a tenant's or key's spend reached its budget for the period
     ├── Unavailable                  503  not ready (models still loading, shutting down)
     └── UpstreamError                502  a provider failed: connect error, 5xx, malformed reply
         └── UpstreamTimeout          504  a provider did not answer in time
@@ -72,6 +73,12 @@ class PayloadTooLarge(CumuloError):
 class RateLimited(CumuloError):
     status = 429
     type = "rate_limit_error"
+    # OpenAI's x-ratelimit-* headers of the limit that refused, when a limiter set them.
+    headers: dict[str, str] | None = None
+
+
+class BudgetExceeded(RateLimited):
+    type = "insufficient_quota"
 
 
 class Unavailable(CumuloError):
