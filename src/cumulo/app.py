@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from cumulo.api.admin.router import routes as admin_routes
 from cumulo.api.admin.service import AdminService
+from cumulo.api.admin.tenants import TenantService
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
 from cumulo.api.bedrock.router import routes as bedrock_routes
@@ -77,7 +78,7 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
             *openai_routes(OpenAIService(platform, gateway)),
             *bedrock_routes(BedrockService(platform, gateway)),
             *anthropic_routes(AnthropicService(platform, gateway)),
-            *admin_routes(AdminService(platform)),
+            *admin_routes(AdminService(platform), TenantService(platform)),
         ]
         app.router.routes.extend(routes)
         hot.add([r for r in routes if r.path.startswith("/v1/")])

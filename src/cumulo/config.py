@@ -211,12 +211,31 @@ class UsageConfig(_Strict):
     max_queue: int = Field(200_000, gt=0)
 
 
+class PricingConfig(_Strict):
+    local: PriceConfig | None = Field(
+        None,
+        description="Compute rate for local models, in USD per million tokens (a deployment's "
+        "own `price` wins). Unset: local requests cost nothing in usage and budgets.",
+    )
+
+
 class Config(_Strict):
     database_url: str | None = Field(
         None, description="SQLAlchemy async URL; default: SQLite under CUMULO_HOME."
     )
     server: ServerConfig = ServerConfig()
     usage: UsageConfig = UsageConfig()
+    pricing: PricingConfig = PricingConfig()
+    redis_url: str | None = Field(
+        None,
+        description="Redis for several replicas: shared limits and budgets, and key/tenant "
+        "cache invalidation (e.g. redis://127.0.0.1:6379/0).",
+    )
+    redis_prefix: str = Field(
+        "cumulo",
+        pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+        description="Prefix of every Redis key and channel (several platforms on one Redis).",
+    )
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cumulo.errors import CumuloError, UpstreamTimeout
+from cumulo.errors import CumuloError, NotFound, UpstreamTimeout
 from cumulo.governance.auth import Principal
 from cumulo.governance.usage import UsageRecord, UsageRecorder
 from cumulo.observability.metrics import Metrics
@@ -102,6 +102,8 @@ class Gateway:
         deployment = lease.deployment.label if lease else None
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
+        price = lease.deployment.price if lease else None
+        cost = price.cost(prompt, completion) if price is not None else None
         self.usage.record(
             UsageRecord(
                 key_id=who.key_id,
@@ -118,6 +120,8 @@ class Gateway:
                 served_model=lease.model if lease else None,
                 attempts=lease.attempts if lease else attempts,
                 queue_ms=queue_ms,
+                tenant_id=who.tenant_id,
+                cost_usd=cost,
             )
         )
         if self.metrics is not None:
@@ -145,7 +149,15 @@ class Gateway:
     ) -> Lease[T]:
         """`router.run`, recording the request if it fails (or the client leaves) before a lease."""
         try:
-            return await self.router.run(model, kind, attempt, prompt_tokens)
+            if not who.may_use(model):
+                raise NotFound(  # OpenAI's answer: no hint whether the model exists
+                    f"The model '{model}' does not exist or you do not have access to it.",
+                    param="model",
+                    code="model_not_found",
+                )
+            return await self.router.run(
+                model, kind, attempt, prompt_tokens, None if who.models is None else who.may_use
+            )
         except (Exception, asyncio.CancelledError) as exc:  # recorded, then re-raised
             self._record(
                 who,

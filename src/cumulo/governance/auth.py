@@ -16,11 +16,12 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cumulo.errors import AuthenticationFailed, PermissionDenied
 from cumulo.governance import keys, sigv4
 from cumulo.governance.masterkey import MasterKey
-from cumulo.store.db import KeyRow, Store
+from cumulo.store.db import KeyRow, Store, TenantRow
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,56 @@ ADMIN_ENV_ID = "admin-env"
 
 @dataclass(slots=True, frozen=True)
 class Principal:
+    """Who is calling, with everything the request path needs to know about them.
+
+    Built once per key (and rebuilt when the key or its tenant changes), so that
+    authenticating a request is a dictionary lookup and one hash.
+    """
+
     key_id: str
     name: str
     role: keys.Role
+    tenant_id: str | None = None
+    tenant_name: str | None = None
+    models: frozenset[str] | None = None  # the models it may use (None: all)
+    key_limits: dict[str, Any] | None = None
+    tenant_limits: dict[str, Any] | None = None
+    key_budget: dict[str, Any] | None = None
+    tenant_budget: dict[str, Any] | None = None
+    guardrails: tuple[str, ...] = ()  # the tenant's guardrail ids
+    log_invocations: bool = False
+    expires_at: float | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+def principal_for(row: KeyRow, tenant: TenantRow | None) -> Principal:
+    """The principal of a key row and its tenant: the key narrows what its tenant allows."""
+    role: keys.Role = row.role if row.role in keys.ROLES else "caller"
+    models: frozenset[str] | None = None
+    for allowed in (tenant.models if tenant else None, row.models):
+        if allowed is not None:
+            models = frozenset(allowed) if models is None else models & frozenset(allowed)
+    return Principal(
+        key_id=row.id,
+        name=row.name,
+        role=role,
+        tenant_id=row.tenant_id,
+        tenant_name=tenant.name if tenant else None,
+        models=models,
+        key_limits=row.limits,
+        tenant_limits=tenant.limits if tenant else None,
+        key_budget=row.budget,
+        tenant_budget=tenant.budget if tenant else None,
+        guardrails=tuple(tenant.guardrails or ()) if tenant else (),
+        log_invocations=bool(tenant and tenant.log_invocations),
+        expires_at=row.expires_at,
+    )
 
 
 class Authenticator:
@@ -52,7 +96,9 @@ class Authenticator:
         self.poll_s = poll_s
         self._env_admin = keys.hash_secret(env_admin_key) if env_admin_key else None
         self._keys: dict[str, KeyRow] = {}
-        self._version: tuple[int, float] | None = None
+        self._tenants: dict[str, TenantRow] = {}
+        self._principals: dict[str, Principal] = {}
+        self._version: tuple[int, float, int, float] | None = None
         self._last_miss_reload = 0.0
         self._miss_reload: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -71,23 +117,48 @@ class Authenticator:
                     await task
         await self._flush_last_used()
 
-    async def reload(self) -> None:
+    async def reload(self, force: bool = False) -> None:
         async with self._reload_lock:
             version = await self.store.keys_version()
-            if version != self._version:
+            if force or version != self._version:
                 rows = await self.store.list_keys()
+                tenants = await self.store.list_tenants()
+                self._tenants = {t.id: t for t in tenants}
                 self._keys = {r.id: r for r in rows}
                 self._signing = {r.id: s for r in rows if (s := self._signing_secret(r))}
+                self._principals = {r.id: self._principal(r) for r in rows}
                 self._version = version
+
+    def _principal(self, row: KeyRow) -> Principal:
+        tenant = self._tenants.get(row.tenant_id) if row.tenant_id else None
+        return principal_for(row, tenant)
 
     def add(self, row: KeyRow) -> None:
         self._keys[row.id] = row
+        self._principals[row.id] = self._principal(row)
         if secret := self._signing_secret(row):
             self._signing[row.id] = secret
 
     def remove(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
+        self._principals.pop(key_id, None)
         self._signing.pop(key_id, None)
+
+    def set_tenant(self, tenant: TenantRow) -> None:
+        """A tenant was created or changed here: its keys' principals follow at once."""
+        self._tenants[tenant.id] = tenant
+        for key_id, row in self._keys.items():
+            if row.tenant_id == tenant.id:
+                self._principals[key_id] = self._principal(row)
+
+    def drop_tenant(self, tenant_id: str) -> None:
+        self._tenants.pop(tenant_id, None)
+        for key_id in [k for k, r in self._keys.items() if r.tenant_id == tenant_id]:
+            self.remove(key_id)
+
+    def principal(self, key_id: str) -> Principal | None:
+        """The cached principal of an active key (admin views; no authentication)."""
+        return self._principals.get(key_id)
 
     def _signing_secret(self, row: KeyRow) -> str | None:
         """The key's secret for SigV4: decrypted on the first load only (secrets never change)."""
@@ -148,10 +219,20 @@ class Authenticator:
                 await self._reload_for_unknown_key()
                 row = self._keys.get(key_id)
             if row is not None and keys.matches(secret, row.secret_hash):
-                self._last_used[key_id] = time.time()
-                role: keys.Role = "admin" if row.role == "admin" else "caller"
-                return Principal(row.id, row.name, role)
+                return self._admit(key_id)
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+
+    def _admit(self, key_id: str) -> Principal:
+        """The principal of a key whose secret checked out, unless it has expired."""
+        who = self._principals[key_id]
+        now = time.time()
+        if who.expires_at is not None and now >= who.expires_at:
+            raise AuthenticationFailed(
+                "This API key has expired (it was rotated); use its replacement.",
+                code="expired_api_key",
+            )
+        self._last_used[key_id] = now
+        return who
 
     async def _reload_for_unknown_key(self) -> None:
         """Wait for the shared reload for unknown keys (see the module docstring)."""
@@ -187,9 +268,7 @@ class Authenticator:
                 code="invalid_api_key",
             )
         sigv4.verify(req, sig, secret, service)
-        self._last_used[key_id] = time.time()
-        role: keys.Role = "admin" if row.role == "admin" else "caller"
-        return Principal(row.id, row.name, role)
+        return self._admit(key_id)
 
     @staticmethod
     def require_admin(principal: Principal) -> None:

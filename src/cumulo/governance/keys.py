@@ -13,7 +13,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-Role: TypeAlias = Literal["admin", "caller"]
+# admin: the whole platform; tenant_admin: its own tenant's keys and usage; caller: /v1 only.
+Role: TypeAlias = Literal["admin", "tenant_admin", "caller"]
+ROLES: tuple[Role, ...] = ("admin", "tenant_admin", "caller")
 PREFIX = "ck-"
 
 

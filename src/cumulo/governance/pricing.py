@@ -2,7 +2,9 @@
 
 `genai-prices` is a maintained price table covering the major providers; it
 works offline from the snapshot it ships. A deployment's `price` in the config
-overrides it (and is the only source for local or self-hosted models).
+overrides it. Local models are priced at the configured compute rate
+(`pricing.local`), unless their deployment names its own price; self-hosted
+OpenAI-compatible servers have no price unless the config gives one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Literal
 
-from cumulo.config import DeploymentConfig
+from cumulo.config import DeploymentConfig, PriceConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,13 @@ _PROVIDER_IDS: dict[str, str | None] = {"openai": None, "anthropic": "anthropic"
 class Price:
     input_per_mtok: float
     output_per_mtok: float
-    source: Literal["config", "genai-prices"]
+    source: Literal["config", "genai-prices", "compute-rate"]
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for one request."""
+        return (
+            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+        ) / _MILLION
 
     @property
     def blended(self) -> float:
@@ -34,7 +42,7 @@ class Price:
         return (3 * self.input_per_mtok + self.output_per_mtok) / 4
 
 
-def price_of(deployment: DeploymentConfig) -> Price | None:
+def price_of(deployment: DeploymentConfig, local_rate: PriceConfig | None = None) -> Price | None:
     """The deployment's price: its config override, else the table's, else None (unknown).
 
     An `openai` deployment is priced by its `base_url` (OpenAI, Azure OpenAI, and the
@@ -43,6 +51,10 @@ def price_of(deployment: DeploymentConfig) -> Price | None:
     """
     if deployment.price is not None:
         return Price(deployment.price.input_per_mtok, deployment.price.output_per_mtok, "config")
+    if deployment.provider == "local":
+        if local_rate is None:
+            return None
+        return Price(local_rate.input_per_mtok, local_rate.output_per_mtok, "compute-rate")
     if deployment.provider not in _PROVIDER_IDS or not deployment.model:
         return None
     if deployment.provider == "openai":

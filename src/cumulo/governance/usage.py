@@ -37,6 +37,9 @@ class UsageRecord:
     served_model: str | None = None
     attempts: int = 0
     queue_ms: float | None = None  # time waiting for a local engine slot
+    tenant_id: str | None = None
+    cost_usd: float | None = None  # None: the deployment has no known price
+    guardrail_interventions: int = 0
     ts: float = 0.0
 
     def as_row(self) -> dict[str, object]:

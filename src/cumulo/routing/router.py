@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from cumulo.config import ModelConfig
+from cumulo.config import ModelConfig, PriceConfig
 from cumulo.errors import (
     CumuloError,
     InvalidRequest,
@@ -134,7 +134,12 @@ def _labels(entry: ModelEntry) -> list[str]:
 
 
 class Router:
-    def __init__(self, catalog: Catalog, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        rng: random.Random | None = None,
+        local_rate: PriceConfig | None = None,
+    ) -> None:
         self.catalog = catalog
         self.rng = rng or random.Random()
         self.routes: dict[str, Route] = {}
@@ -142,7 +147,9 @@ class Router:
             b = entry.config.routing.breaker
             policy = BreakerPolicy(b.consecutive_failures, b.error_rate, b.window, b.cooldown_s)
             states = [
-                DeploymentState(p, label, CircuitBreaker(policy), price_of(p.deployment))
+                DeploymentState(
+                    p, label, CircuitBreaker(policy), price_of(p.deployment, local_rate)
+                )
                 for p, label in zip(entry.deployments, _labels(entry), strict=True)
             ]
             self.routes[entry.name] = Route(entry.config, entry, states)
@@ -158,15 +165,24 @@ class Router:
         return self.routes[name]
 
     async def run(
-        self, model: str, kind: ModelKind, attempt: Attempt[T], prompt_tokens: int = 0
+        self,
+        model: str,
+        kind: ModelKind,
+        attempt: Attempt[T],
+        prompt_tokens: int = 0,
+        allowed: Callable[[str], bool] | None = None,
     ) -> Lease[T]:
         """Call `attempt(model_name, provider)` until one succeeds; see the module docstring.
 
+        Fallbacks for which `allowed(name)` is false (the caller may not use them) are skipped.
         The caller must `finish()` the returned lease when the response is complete.
         A raised `CumuloError` carries the number of attempts made in `attempts`.
         """
         first = self.route(model, kind)
-        chain = [first] + [self.routes[f] for f in first.config.fallbacks]
+        fallbacks = first.config.fallbacks
+        if allowed is not None:
+            fallbacks = [f for f in fallbacks if allowed(f)]
+        chain = [first] + [self.routes[f] for f in fallbacks]
         deadline = time.monotonic() + first.config.routing.timeout_s
         attempts = 0
         last: CumuloError | None = None

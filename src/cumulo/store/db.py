@@ -3,12 +3,15 @@
 Nothing here runs on the request path: keys are loaded into memory at start
 and refreshed in the background, and usage is written in batches by the
 usage recorder.
+
+Every operation works on SQLite (the default, one file) and on PostgreSQL
+(asyncpg; several replicas share one database). URLs: see `cumulo.store.url`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -18,12 +21,21 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import case, event, func, insert, select, text, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from cumulo.store.schema import api_keys, usage
+from cumulo.errors import ConfigError, Unavailable
+from cumulo.store.schema import api_keys, tenants, usage
+from cumulo.store.url import parse_url, safe_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Serialises migrations of replicas starting at once on one PostgreSQL database
+# (pg_advisory_xact_lock; released when the migration's transaction ends).
+MIGRATION_LOCK = 0x63756D756C6F  # "cumulo"
+# PostgreSQL connections per process: the store is used by background tasks and the
+# admin API only, so a few suffice; pre-ping replaces connections the server closed.
+PG_POOL = {"pool_size": 5, "max_overflow": 5, "pool_pre_ping": True, "pool_recycle": 1800}
 
 
 @dataclass(slots=True, frozen=True)
@@ -44,6 +56,32 @@ class KeyRow:
     updated_at: float | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class TenantRow:
+    id: str
+    name: str
+    models: list[str] | None
+    limits: dict[str, Any] | None
+    budget: dict[str, Any] | None
+    guardrails: list[str] | None
+    log_invocations: bool
+    log_retention_days: int | None
+    created_at: float
+    updated_at: float
+    deleted_at: float | None
+
+
+_TENANT_FIELDS = (
+    "models",
+    "limits",
+    "budget",
+    "guardrails",
+    "log_invocations",
+    "log_retention_days",
+)
+_KEY_SCOPE_FIELDS = ("models", "limits", "budget")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -60,38 +98,92 @@ def _sqlite_insert(columns: tuple[str, ...]) -> str:
     return f"INSERT INTO usage ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
-def _alembic_config(url: str) -> AlembicConfig:
+def _alembic_config(url: str | URL) -> AlembicConfig:
+    """Alembic's config for cumulo's migrations on `url` (also for tests and tools)."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    rendered = parse_url(url).render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     return cfg
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
+    """The database at `url`: any form `cumulo.store.url.parse_url` accepts.
+
+    Raises ConfigError if the URL is invalid or names a database cumulo cannot use.
+    """
+
+    def __init__(self, url: str | URL) -> None:
+        self.url: URL = parse_url(url)
+        options: dict[str, Any] = {}
+        if self.url.get_backend_name() == "sqlite":
+            path = self.url.database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(url)
+        elif self.url.get_backend_name() == "postgresql":
+            options = dict(PG_POOL)
+            if self.url.get_driver_name() == "asyncpg":
+                options["connect_args"] = {
+                    "timeout": 10,
+                    "server_settings": {"application_name": "cumulo"},
+                }
+        try:
+            self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        except (NoSuchModuleError, InvalidRequestError, ImportError) as exc:
+            raise ConfigError(
+                f"database_url: cannot use {self.safe_url} ({exc}); "
+                "use sqlite:///path or postgresql://user@host:5432/db"
+            ) from exc
         if self.engine.dialect.name == "sqlite":
             sync_engine: Engine = self.engine.sync_engine
             event.listen(sync_engine, "connect", _sqlite_pragmas)
 
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages and logs."""
+        return safe_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"Store({self.safe_url})"
+
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def migrate(self) -> None:
-        """Upgrade the schema to the newest migration."""
+    async def _connect(self) -> AsyncConnection:
+        """A connection; Unavailable (naming the database, never its password) if none."""
+        try:
+            return await self.engine.connect()
+        except (OSError, TimeoutError, DBAPIError) as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+            raise Unavailable(f"cannot connect to the database {self.safe_url}: {reason}") from exc
+
+    async def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to `revision` (default: the newest migration).
+
+        On PostgreSQL, replicas starting at once take turns (an advisory lock).
+        """
+        await self._alembic(command.upgrade, revision)
+
+    async def downgrade(self, revision: str) -> None:
+        """Downgrade the schema to `revision` (data in dropped columns is lost)."""
+        await self._alembic(command.downgrade, revision)
+
+    async def _alembic(self, step: Callable[[AlembicConfig, str], None], revision: str) -> None:
         cfg = _alembic_config(self.url)
-        async with self.engine.begin() as conn:
 
-            def run(sync_conn: Any) -> None:
-                cfg.attributes["connection"] = sync_conn
-                command.upgrade(cfg, "head")
+        def run(sync_conn: Any) -> None:
+            cfg.attributes["connection"] = sync_conn
+            step(cfg, revision)
 
-            await conn.run_sync(run)
+        conn = await self._connect()
+        try:
+            async with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    lock = text("SELECT pg_advisory_xact_lock(:key)")
+                    await conn.execute(lock, {"key": MIGRATION_LOCK})
+                await conn.run_sync(run)
+        finally:
+            await conn.close()
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -100,8 +192,21 @@ class Store:
     # -- keys ---------------------------------------------------------------
 
     async def add_key(
-        self, id: str, name: str, role: str, secret_hash: str, secret_enc: str | None = None
+        self,
+        id: str,
+        name: str,
+        role: str,
+        secret_hash: str,
+        secret_enc: str | None = None,
+        *,
+        tenant_id: str | None = None,
+        models: list[str] | None = None,
+        limits: dict[str, Any] | None = None,
+        budget: dict[str, Any] | None = None,
+        expire_key: tuple[str, float] | None = None,
     ) -> KeyRow:
+        """Add a key; `expire_key=(old_id, at)` also sets the old key's expiry (rotation),
+        in the same transaction."""
         now = time.time()
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -112,14 +217,50 @@ class Store:
                     secret_hash=secret_hash,
                     created_at=now,
                     secret_enc=secret_enc,
+                    tenant_id=tenant_id,
+                    models=models,
+                    limits=limits,
+                    budget=budget,
+                    updated_at=now,
                 )
             )
-        return KeyRow(id, name, role, secret_hash, now, None, None, secret_enc)
+            if expire_key is not None:
+                old_id, at = expire_key
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.id == old_id)
+                    .values(expires_at=at, updated_at=now)
+                )
+        return KeyRow(
+            id,
+            name,
+            role,
+            secret_hash,
+            now,
+            None,
+            None,
+            secret_enc,
+            tenant_id,
+            models,
+            limits,
+            budget,
+            None,
+            now,
+        )
 
-    async def list_keys(self, include_revoked: bool = False) -> list[KeyRow]:
+    async def get_key(self, id: str) -> KeyRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == id))).first()
+        return KeyRow(*row) if row is not None else None
+
+    async def list_keys(
+        self, include_revoked: bool = False, tenant_id: str | None = None
+    ) -> list[KeyRow]:
         q = select(api_keys).order_by(api_keys.c.created_at)
         if not include_revoked:
             q = q.where(api_keys.c.revoked_at.is_(None))
+        if tenant_id is not None:
+            q = q.where(api_keys.c.tenant_id == tenant_id)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [KeyRow(*r) for r in rows]
@@ -133,6 +274,79 @@ class Store:
             )
         return bool(res.rowcount)
 
+    async def revoke_tenant_keys(self, tenant_id: str) -> int:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+        return int(res.rowcount)
+
+    # -- tenants --------------------------------------------------------------
+
+    async def add_tenant(self, id: str, name: str, **fields: Any) -> TenantRow:
+        unknown = set(fields) - set(_TENANT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown tenant fields: {sorted(unknown)}")
+        now = time.time()
+        values = {"log_invocations": False, **fields}
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(tenants).values(id=id, name=name, created_at=now, updated_at=now, **values)
+            )
+        return await self._tenant(id)  # type: ignore[return-value]
+
+    async def _tenant(self, id: str) -> TenantRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(tenants).where(tenants.c.id == id))).first()
+        return TenantRow(*row) if row is not None else None
+
+    async def get_tenant(self, id: str) -> TenantRow | None:
+        row = await self._tenant(id)
+        return row if row is not None and row.deleted_at is None else None
+
+    async def tenant_by_name(self, name: str) -> TenantRow | None:
+        q = select(tenants).where(tenants.c.name == name, tenants.c.deleted_at.is_(None))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return TenantRow(*row) if row is not None else None
+
+    async def list_tenants(self) -> list[TenantRow]:
+        q = select(tenants).where(tenants.c.deleted_at.is_(None)).order_by(tenants.c.created_at)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [TenantRow(*r) for r in rows]
+
+    async def update_tenant(self, id: str, **fields: Any) -> TenantRow | None:
+        unknown = set(fields) - set(_TENANT_FIELDS) - {"name"}
+        if unknown:
+            raise ValueError(f"unknown tenant fields: {sorted(unknown)}")
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                update(tenants)
+                .where(tenants.c.id == id, tenants.c.deleted_at.is_(None))
+                .values(updated_at=time.time(), **fields)
+            )
+        return await self.get_tenant(id) if res.rowcount else None
+
+    async def delete_tenant(self, id: str) -> bool:
+        """Soft delete (usage and ledger entries keep naming it); its keys are revoked."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                update(tenants)
+                .where(tenants.c.id == id, tenants.c.deleted_at.is_(None))
+                .values(deleted_at=now, updated_at=now, name=tenants.c.name + "#deleted-" + id)
+            )
+            if res.rowcount:
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.tenant_id == id, api_keys.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+        return bool(res.rowcount)
+
     async def has_admin_key(self) -> bool:
         q = (
             select(func.count())
@@ -142,15 +356,19 @@ class Store:
         async with self.engine.connect() as conn:
             return bool((await conn.execute(q)).scalar_one())
 
-    async def keys_version(self) -> tuple[int, float]:
-        """Changes whenever a key is added or revoked (cheap; polled in the background)."""
-        q = select(
-            func.count(),
-            func.coalesce(func.max(func.coalesce(api_keys.c.revoked_at, api_keys.c.created_at)), 0),
-        ).select_from(api_keys)
+    async def keys_version(self) -> tuple[int, float, int, float]:
+        """Changes whenever a key or tenant is added, changed or revoked (cheap; polled)."""
+        latest_key = func.max(
+            func.coalesce(api_keys.c.revoked_at, api_keys.c.updated_at, api_keys.c.created_at)
+        )
+        qk = select(func.count(), func.coalesce(latest_key, 0)).select_from(api_keys)
+        qt = select(func.count(), func.coalesce(func.max(tenants.c.updated_at), 0)).select_from(
+            tenants
+        )
         async with self.engine.connect() as conn:
-            n, latest = (await conn.execute(q)).one()
-        return int(n), float(latest)
+            nk, lk = (await conn.execute(qk)).one()
+            nt, lt = (await conn.execute(qt)).one()
+        return int(nk), float(lk), int(nt), float(lt)
 
     async def touch_keys(self, last_used: dict[str, float]) -> None:
         if not last_used:
@@ -177,23 +395,51 @@ class Store:
             else:
                 await conn.execute(insert(usage), list(rows))
 
-    async def usage_summary(self, since: float | None = None) -> dict[str, list[dict[str, Any]]]:
-        """Totals per key and per model (optionally since a Unix time)."""
+    async def usage_summary(
+        self, since: float | None = None, tenant_id: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Totals per key, per model and per tenant (optionally since a Unix time, for one
+        tenant)."""
         cols = [
             func.count().label("requests"),
             func.coalesce(func.sum(usage.c.prompt_tokens), 0).label("prompt_tokens"),
             func.coalesce(func.sum(usage.c.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(case((usage.c.status >= 400, 1), else_=0)), 0).label("errors"),
             func.avg(usage.c.latency_ms).label("avg_latency_ms"),
+            func.coalesce(func.sum(usage.c.cost_usd), 0.0).label("cost_usd"),
+            func.coalesce(func.sum(usage.c.guardrail_interventions), 0).label(
+                "guardrail_interventions"
+            ),
         ]
+        groups = (
+            ("by_key", usage.c.key_id),
+            ("by_model", usage.c.model),
+            ("by_tenant", usage.c.tenant_id),
+        )
         out: dict[str, list[dict[str, Any]]] = {}
         async with self.engine.connect() as conn:
-            for group, column in (("by_key", usage.c.key_id), ("by_model", usage.c.model)):
+            for group, column in groups:
                 q = select(column.label(group.removeprefix("by_")), *cols).group_by(column)
                 if since is not None:
                     q = q.where(usage.c.ts >= since)
+                if tenant_id is not None:
+                    q = q.where(usage.c.tenant_id == tenant_id)
                 rows = (await conn.execute(q.order_by(column))).mappings().all()
                 out[group] = [dict(r) for r in rows]
+        return out
+
+    async def spend_since(self, since: float) -> dict[tuple[str, str], float]:
+        """Cost in USD since `since`, per ("tenant", id) and per ("key", id): seeds budgets."""
+        out: dict[tuple[str, str], float] = {}
+        async with self.engine.connect() as conn:
+            for scope, column in (("tenant", usage.c.tenant_id), ("key", usage.c.key_id)):
+                q = (
+                    select(column, func.sum(usage.c.cost_usd))
+                    .where(usage.c.ts >= since, column.is_not(None))
+                    .group_by(column)
+                )
+                for ident, total in (await conn.execute(q)).all():
+                    out[(scope, ident)] = float(total or 0.0)
         return out
 
     async def count_usage(self) -> int:

@@ -5,18 +5,27 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from cumulo.api.admin.service import AdminService
-from cumulo.api.http import guarded
+from cumulo.api.admin.tenants import TenantService
+from cumulo.api.http import Handler, guarded
 from cumulo.api.openai.service import error_response
 
 
-def routes(service: AdminService) -> list[Route]:
+def _route(path: str, handler: Handler, method: str) -> Route:
+    return Route(path, guarded(handler, error_response), methods=[method])
+
+
+def routes(service: AdminService, tenants: TenantService) -> list[Route]:
     return [
-        Route("/admin/keys", guarded(service.create_key, error_response), methods=["POST"]),
-        Route("/admin/keys", guarded(service.list_keys, error_response), methods=["GET"]),
-        Route(
-            "/admin/keys/{key_id}", guarded(service.revoke_key, error_response), methods=["DELETE"]
-        ),
-        Route("/admin/usage", guarded(service.usage, error_response), methods=["GET"]),
-        Route("/admin/engine", guarded(service.engine, error_response), methods=["GET"]),
-        Route("/admin/deployments", guarded(service.deployments, error_response), methods=["GET"]),
+        _route("/admin/keys", service.create_key, "POST"),
+        _route("/admin/keys", service.list_keys, "GET"),
+        _route("/admin/keys/{key_id}", service.revoke_key, "DELETE"),
+        _route("/admin/keys/{key_id}/rotate", service.rotate_key, "POST"),
+        _route("/admin/tenants", tenants.create, "POST"),
+        _route("/admin/tenants", tenants.list, "GET"),
+        _route("/admin/tenants/{tenant_id}", tenants.get, "GET"),
+        _route("/admin/tenants/{tenant_id}", tenants.update, "PATCH"),
+        _route("/admin/tenants/{tenant_id}", tenants.delete, "DELETE"),
+        _route("/admin/usage", service.usage, "GET"),
+        _route("/admin/engine", service.engine, "GET"),
+        _route("/admin/deployments", service.deployments, "GET"),
     ]

@@ -1,20 +1,25 @@
-"""Admin endpoints: keys (create, list, revoke), usage summaries, deployments' routing state.
+"""Admin endpoints: keys (create, list, revoke, rotate), usage summaries, deployments' routing
+and engine state.
 
-Every endpoint needs an admin key; errors use the OpenAI error shape.
+Who may call what is in `access`; every change is appended to the audit ledger. Errors use
+the OpenAI error shape.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import time
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cumulo.api.admin.protocol import CreateKey
+from cumulo.api.admin import access
+from cumulo.api.admin.protocol import CreateKey, RotateKey
 from cumulo.api.http import JSONResponse, read_body
 from cumulo.api.openai.service import validation_error
-from cumulo.errors import InvalidRequest, NotFound
+from cumulo.errors import InvalidRequest, NotFound, PermissionDenied
 from cumulo.governance import keys
 from cumulo.governance.auth import Principal
 from cumulo.platform import Platform
@@ -22,16 +27,44 @@ from cumulo.providers.local import LocalProvider
 from cumulo.routing.router import DeploymentState, Route
 from cumulo.store.db import KeyRow
 
+M = TypeVar("M", bound=BaseModel)
+
 
 def _key_view(row: KeyRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
         "role": row.role,
+        "tenant_id": row.tenant_id,
+        "models": row.models,
+        "limits": row.limits,
+        "budget": row.budget,
         "created_at": row.created_at,
+        "expires_at": row.expires_at,
         "revoked_at": row.revoked_at,
         "last_used_at": row.last_used_at,
     }
+
+
+def parse(model: type[M], body: bytes) -> M:
+    """A wire model from a JSON body, or a 400 naming the field."""
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] in ("json_invalid", "json_type"):
+            raise InvalidRequest("The request body is not valid JSON.") from exc
+        raise validation_error(exc) from exc
+
+
+def check_models(platform: Platform, models: list[str] | None, param: str = "models") -> None:
+    """Every name in `models` is a configured model (400 naming the first that is not)."""
+    for i, name in enumerate(models or ()):
+        if platform.config.model(name) is None:
+            raise InvalidRequest(
+                f"Unknown model '{name}' in '{param}'.",
+                param=f"{param}.{i}",
+                code="model_not_found",
+            )
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -82,60 +115,155 @@ class AdminService:
         self.store = platform.store
         self.auth = platform.auth
 
-    async def _admin(self, request: Request) -> Principal:
-        who = await self.auth.authenticate(request.headers.get("authorization"))
-        self.auth.require_admin(who)
-        return who
+    async def _key_in_scope(self, who: Principal, key_id: str) -> KeyRow:
+        row = await self.store.get_key(key_id)
+        if row is None or row.revoked_at is not None or not access.owns(who, row.tenant_id):
+            raise NotFound(f"No active key with id '{key_id}'.", param="id", code="key_not_found")
+        return row
 
     async def create_key(self, request: Request) -> Response:
-        """POST /admin/keys: the secret is in this response and nowhere else, ever."""
-        await self._admin(request)
-        body = await read_body(request, 64 * 1024)
-        try:
-            spec = CreateKey.model_validate_json(body or b"{}")
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
+        """POST /admin/keys: the secret is in this response and nowhere else, ever.
+
+        A tenant admin creates keys in its own tenant only, never `admin` ones; a key's
+        `models` must be within its tenant's.
+        """
+        who = await access.manager(self.auth, request)
+        spec = parse(CreateKey, await read_body(request, 64 * 1024))
+        tenant_id = access.scope(who, spec.tenant_id)
+        if spec.role == "admin" and (not who.is_admin or tenant_id is not None):
+            raise PermissionDenied(
+                "Only a platform admin creates admin keys, and they belong to no tenant.",
+                param="role",
+                code="role_not_allowed",
+            )
+        if spec.role == "tenant_admin" and tenant_id is None:
+            raise InvalidRequest(
+                "A tenant admin key needs a tenant.", param="tenant_id", code="tenant_required"
+            )
+        check_models(self.platform, spec.models)
+        if tenant_id is not None:
+            tenant = await self.store.get_tenant(tenant_id)
+            if tenant is None:
+                raise NotFound(
+                    f"No tenant with id '{tenant_id}'.", param="tenant_id", code="not_found"
+                )
+            outside = sorted(set(spec.models or ()) - set(tenant.models or spec.models or ()))
+            if outside:
+                raise InvalidRequest(
+                    f"The tenant may not use {', '.join(repr(m) for m in outside)}.",
+                    param="models",
+                    code="model_not_allowed",
+                )
+        row = await self._issue(
+            who,
+            spec.name,
+            spec.role,
+            tenant_id=tenant_id,
+            models=spec.models,
+            limits=spec.limits.model_dump() if spec.limits else None,
+            budget=spec.budget.model_dump() if spec.budget else None,
+        )
+        return JSONResponse({**_key_view(row[0]), "key": row[1]}, status_code=201)
+
+    async def _issue(
+        self,
+        who: Principal,
+        name: str,
+        role: str,
+        *,
+        tenant_id: str | None,
+        models: list[str] | None,
+        limits: dict[str, Any] | None,
+        budget: dict[str, Any] | None,
+        replaces: tuple[str, float] | None = None,
+    ) -> tuple[KeyRow, str]:
         new = keys.generate()
         sealed = self.platform.master_key.encrypt(new.id, new.secret)  # for SigV4 (bedrock)
         row = await self.store.add_key(
-            new.id, spec.name, spec.role, keys.hash_secret(new.secret), sealed
+            new.id,
+            name,
+            role,
+            keys.hash_secret(new.secret),
+            sealed,
+            tenant_id=tenant_id,
+            models=models,
+            limits=limits,
+            budget=budget,
+            expire_key=replaces,
         )
         self.auth.add(row)
-        return JSONResponse({**_key_view(row), "key": new.token}, status_code=201)
+        data: dict[str, Any] = {"name": name, "role": role, "models": models}
+        data |= {"limits": limits, "budget": budget}
+        if replaces is None:
+            await self.platform.audit(who, "key.create", new.id, tenant_id, data)
+        else:
+            data |= {"replaces": replaces[0], "old_expires_at": replaces[1]}
+            await self.platform.audit(who, "key.rotate", new.id, tenant_id, data)
+        return row, new.token
 
     async def list_keys(self, request: Request) -> Response:
-        """GET /admin/keys[?include_revoked=true]."""
-        await self._admin(request)
+        """GET /admin/keys[?include_revoked=true][&tenant_id=...]."""
+        who = await access.manager(self.auth, request)
+        tenant_id = access.scope(who, request.query_params.get("tenant_id"))
         revoked = request.query_params.get("include_revoked", "false").lower() in ("1", "true")
-        rows = await self.store.list_keys(include_revoked=revoked)
+        rows = await self.store.list_keys(include_revoked=revoked, tenant_id=tenant_id)
         return JSONResponse({"object": "list", "data": [_key_view(r) for r in rows]})
 
     async def revoke_key(self, request: Request) -> Response:
         """DELETE /admin/keys/{id}."""
-        await self._admin(request)
+        who = await access.manager(self.auth, request)
         key_id = request.path_params["key_id"]
+        row = await self._key_in_scope(who, key_id)
         if not await self.store.revoke_key(key_id):
             raise NotFound(f"No active key with id '{key_id}'.", param="id", code="key_not_found")
         self.auth.remove(key_id)
+        await self.platform.audit(who, "key.revoke", key_id, row.tenant_id, {"name": row.name})
         return JSONResponse({"id": key_id, "revoked": True})
 
+    async def rotate_key(self, request: Request) -> Response:
+        """POST /admin/keys/{id}/rotate {"grace_s": 86400}: a new key with the same name,
+        tenant, role and scopes; the old one keeps working for `grace_s` seconds."""
+        who = await access.manager(self.auth, request)
+        old = await self._key_in_scope(who, request.path_params["key_id"])
+        spec = parse(RotateKey, await read_body(request, 64 * 1024))
+        if old.role == "admin" and not who.is_admin:
+            raise NotFound(f"No active key with id '{old.id}'.", param="id", code="key_not_found")
+        expires = time.time() + spec.grace_s
+        if old.expires_at is not None:
+            expires = min(expires, old.expires_at)
+        row, token = await self._issue(
+            who,
+            old.name,
+            old.role,
+            tenant_id=old.tenant_id,
+            models=old.models,
+            limits=old.limits,
+            budget=old.budget,
+            replaces=(old.id, expires),
+        )
+        self.auth.add(dataclasses.replace(old, expires_at=expires))
+        body = {**_key_view(row), "key": token, "replaces": old.id, "old_expires_at": expires}
+        return JSONResponse(body, status_code=201)
+
     async def usage(self, request: Request) -> Response:
-        """GET /admin/usage[?since=<unix seconds>]: totals per key and per model."""
-        await self._admin(request)
+        """GET /admin/usage[?since=<unix seconds>][&tenant_id=...]: totals per key, model and
+        tenant (a tenant admin sees its own tenant's only)."""
+        who = await access.manager(self.auth, request)
+        tenant_id = access.scope(who, request.query_params.get("tenant_id"))
         since_raw = request.query_params.get("since")
         try:
             since = float(since_raw) if since_raw else None
         except ValueError as exc:
             raise InvalidRequest("'since' must be a Unix time in seconds.", param="since") from exc
         await self.platform.usage.flush()
-        return JSONResponse(await self.store.usage_summary(since))
+        return JSONResponse(await self.store.usage_summary(since, tenant_id))
 
     async def deployments(self, request: Request) -> Response:
         """GET /admin/deployments: each model's routing and its deployments' live state.
 
         The state is this process's: with `--workers N` each worker routes on its own.
         """
-        await self._admin(request)
+        await access.admin(self.auth, request)
         router = self.platform.router
         assert router is not None, "Platform.start() was not called"
         data = [_route_view(r) for r in router.routes.values()]
@@ -148,7 +276,7 @@ class AdminService:
         size, tokens in flight, total tokens and requests, recent tokens/s and the p50 of
         recent queue times and times to first token (ms).
         """
-        await self._admin(request)
+        await access.admin(self.auth, request)
         router = self.platform.router
         assert router is not None, "Platform.start() was not called"
         data = []

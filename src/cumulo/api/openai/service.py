@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from cumulo.api.http import JSONResponse, read_body, unless_disconnected
 from cumulo.api.openai import protocol as wire
 from cumulo.config import ModelConfig
-from cumulo.errors import CumuloError, InvalidRequest
+from cumulo.errors import CumuloError, InvalidRequest, NotFound
 from cumulo.gateway import Gateway
 from cumulo.governance.auth import Authenticator
 from cumulo.platform import Platform
@@ -333,14 +333,20 @@ class OpenAIService:
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models."""
-        await self.auth.authenticate(request.headers.get("authorization"))
-        data = [render_model(e.config, e.ready) for e in self.platform.models.entries()]
+        who = await self.auth.authenticate(request.headers.get("authorization"))
+        entries = self.platform.models.entries()
+        data = [render_model(e.config, e.ready) for e in entries if who.may_use(e.name)]
         return JSONResponse({"object": "list", "data": data})
 
     async def get_model(self, request: Request) -> Response:
         """GET /v1/models/{model}."""
-        await self.auth.authenticate(request.headers.get("authorization"))
-        entry = self.platform.models.get(request.path_params["model"])
+        who = await self.auth.authenticate(request.headers.get("authorization"))
+        name = request.path_params["model"]
+        if not who.may_use(name):  # as if it did not exist: no probing of other tenants' models
+            raise NotFound(
+                f"The model '{name}' does not exist.", param="model", code="model_not_found"
+            )
+        entry = self.platform.models.get(name)
         return JSONResponse(render_model(entry.config, entry.ready))
 
 
