@@ -179,3 +179,45 @@ def test_usage_since_must_be_a_number(admin: httpx.Client) -> None:
     resp = admin.get("/admin/usage", params={"since": "yesterday"})
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "since"
+
+
+def test_rotation_issues_a_new_key_and_the_old_one_expires_after_its_grace(
+    cumulo: CumuloServer, admin: httpx.Client
+) -> None:
+    tenant = admin.post("/admin/tenants", json={"name": f"rotating-{time.time_ns()}"}).json()
+    old = admin.post("/admin/keys", json={"name": "svc", "tenant_id": tenant["id"],
+                                          "models": ["chat-echo"]}).json()
+    resp = admin.post(f"/admin/keys/{old['id']}/rotate", json={"grace_s": 3600})
+    assert resp.status_code == 201, resp.text
+    new = resp.json()
+    assert new["id"] != old["id"] and new["replaces"] == old["id"]
+    assert (new["name"], new["tenant_id"], new["models"]) == ("svc", tenant["id"], ["chat-echo"])
+    for token in (old["key"], new["key"]):  # both work during the grace period
+        with as_key(cumulo, token) as c:
+            assert c.post("/v1/chat/completions", json={
+                "model": "chat-echo", "messages": HELLO}).status_code == 200
+    listed = {k["id"]: k for k in admin.get("/admin/keys").json()["data"]}
+    assert listed[old["id"]]["expires_at"] == pytest.approx(new["old_expires_at"])
+
+    # Rotating again with no grace: the previous key stops at once.
+    newer = admin.post(f"/admin/keys/{new['id']}/rotate", json={"grace_s": 0}).json()
+    with as_key(cumulo, new["key"]) as c:
+        resp = c.get("/v1/models")
+        assert resp.status_code == 401 and "expired" in resp.json()["error"]["message"]
+    with as_key(cumulo, newer["key"]) as c:
+        assert c.get("/v1/models").status_code == 200
+
+
+def test_a_key_narrowed_to_some_models_sees_and_uses_only_those(
+    cumulo: CumuloServer, admin: httpx.Client
+) -> None:
+    key = admin.post("/admin/keys", json={"name": "narrow", "models": ["chat-echo"]}).json()
+    with as_key(cumulo, key["key"]) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["chat-echo"]
+        assert c.get("/v1/models/chat-tools").status_code == 404
+        resp = c.post("/v1/chat/completions", json={"model": "chat-tools", "messages": HELLO})
+        assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
+        assert c.post("/v1/chat/completions", json={
+            "model": "chat-echo", "messages": HELLO}).status_code == 200
+    resp = admin.post("/admin/keys", json={"name": "bad", "models": ["no-such-model"]})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "models.0"
