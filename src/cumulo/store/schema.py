@@ -13,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     false,
 )
 
@@ -82,4 +83,41 @@ usage = Table(
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
     Index("ix_usage_tenant_ts", "tenant_id", "ts"),
+)
+
+# 0007: alerts (anomalies, budget thresholds) and logged invocations (tenants that opt in)
+alerts = Table(
+    "alerts",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("tenant_id", String(32), nullable=True),
+    Column("key_id", String(32), nullable=True),
+    Column("message", Text, nullable=False),
+    Column("details", JSON, nullable=True),
+    Index("ix_alerts_ts", "ts"),
+    Index("ix_alerts_tenant_ts", "tenant_id", "ts"),
+)
+
+invocation_logs = Table(
+    "invocation_logs",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("ts", Float, nullable=False),
+    Column("tenant_id", String(32), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("request_json", Text, nullable=False),  # the request's messages/prompt, as JSON
+    Column("response_text", Text, nullable=True),
+    Index("ix_invocation_logs_tenant_ts", "tenant_id", "ts"),
 )
