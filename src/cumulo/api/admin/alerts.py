@@ -1,0 +1,145 @@
+"""Admin endpoints for alerts and logged invocations.
+
+    GET /admin/alerts       ?tenant_id ?key_id ?kind ?since ?before_id ?limit
+    GET /admin/invocations  ?tenant_id ?key_id ?model ?since ?until ?before_id ?limit
+
+A platform admin sees every tenant's (or the one `tenant_id` names); a tenant
+admin sees its own tenant's only (another tenant's id is answered 404, as in
+`api/admin/access.py`); a caller key gets 403. Both answer `{"object": "list", "data": [...],
+"has_more": bool}`, newest first; the next page is `before_id=<last id>`.
+Errors use the OpenAI error shape, as the rest of the admin API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cumulo.api.http import JSONResponse, guarded
+from cumulo.api.openai.service import error_response
+from cumulo.errors import InvalidRequest, NotFound, PermissionDenied
+from cumulo.governance.alerts import AlertSink
+from cumulo.governance.invocations import InvocationLog
+
+MAX_LIMIT = 1000
+
+
+class Scoped(Protocol):
+    """What these endpoints need to know about the caller."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def tenant_id(self) -> str | None: ...
+
+
+Authenticate = Callable[[Request], Awaitable[Scoped]]
+
+
+def routes(
+    authenticate: Authenticate, alerts: AlertSink, invocations: InvocationLog
+) -> list[Route]:
+    """The routes, for the integrator to mount; `authenticate` raises on a bad key."""
+    service = AlertsService(authenticate, alerts, invocations)
+    return [
+        Route("/admin/alerts", guarded(service.alerts, error_response), methods=["GET"]),
+        Route("/admin/invocations", guarded(service.invocations, error_response), methods=["GET"]),
+    ]
+
+
+class AlertsService:
+    def __init__(
+        self, authenticate: Authenticate, alerts: AlertSink, invocations: InvocationLog
+    ) -> None:
+        self.authenticate = authenticate
+        self.sink = alerts
+        self.log = invocations
+
+    async def _tenant_scope(self, request: Request) -> str | None:
+        """The tenant the caller may see (None: all), narrowed by `?tenant_id`.
+
+        The same rules as the other admin endpoints: a caller key is refused, and
+        another tenant is reported as not found, so no tenant learns others' ids.
+        """
+        who = await self.authenticate(request)
+        asked = request.query_params.get("tenant_id") or None
+        if who.role == "admin":
+            return asked
+        if who.role != "tenant_admin" or who.tenant_id is None:
+            raise PermissionDenied(
+                "This endpoint needs an admin or tenant admin key.", code="admin_required"
+            )
+        if asked is not None and asked != who.tenant_id:
+            raise NotFound(f"No tenant with id '{asked}'.", param="tenant_id", code="not_found")
+        return who.tenant_id
+
+    async def alerts(self, request: Request) -> Response:
+        """GET /admin/alerts: alerts raised by any replica, newest first."""
+        tenant_id = await self._tenant_scope(request)
+        q = request.query_params
+        limit = _limit(q.get("limit"))
+        found = await self.sink.recent(
+            tenant_id,
+            _float(q.get("since"), "since"),
+            limit + 1,
+            kind=q.get("kind") or None,
+            key_id=q.get("key_id") or None,
+            before_id=_int(q.get("before_id"), "before_id"),
+        )
+        return _page([a.as_dict() for a in found], limit)
+
+    async def invocations(self, request: Request) -> Response:
+        """GET /admin/invocations: logged prompts and responses, newest first."""
+        tenant_id = await self._tenant_scope(request)
+        q = request.query_params
+        limit = _limit(q.get("limit"))
+        found = await self.log.entries(
+            tenant_id,
+            key_id=q.get("key_id") or None,
+            model=q.get("model") or None,
+            since=_float(q.get("since"), "since"),
+            until=_float(q.get("until"), "until"),
+            before_id=_int(q.get("before_id"), "before_id"),
+            limit=limit + 1,
+        )
+        return _page([e.as_dict() for e in found], limit)
+
+
+def _page(data: list[dict[str, Any]], limit: int) -> Response:
+    return JSONResponse({"object": "list", "data": data[:limit], "has_more": len(data) > limit})
+
+
+def _float(raw: str | None, name: str) -> float | None:
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InvalidRequest(f"'{name}' must be a Unix time in seconds.", param=name)
+    return value
+
+
+def _int(raw: str | None, name: str) -> int | None:
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"'{name}' must be an integer.", param=name) from exc
+
+
+def _limit(raw: str | None) -> int:
+    limit = _int(raw, "limit")
+    if limit is None:
+        return 100
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"'limit' must be between 1 and {MAX_LIMIT}.", param="limit")
+    return limit
