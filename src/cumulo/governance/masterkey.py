@@ -24,7 +24,9 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cumulo.errors import ConfigError
 
@@ -74,6 +76,7 @@ class MasterKey:
         if len(key) != 32:
             raise ValueError("the master key must be 32 bytes")
         self._aead = AESGCM(key)
+        self._key = key
 
     @classmethod
     def load(cls, home: Path) -> MasterKey:
@@ -85,6 +88,12 @@ class MasterKey:
 
     def __repr__(self) -> str:
         return "MasterKey(<hidden>)"
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for `purpose` (HKDF-SHA256): the same on every replica, and
+        independent of the encryption key and of every other purpose's."""
+        info = b"cumulo:" + purpose.encode()
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(self._key)
 
     def encrypt(self, key_id: str, secret: str) -> str:
         nonce = os.urandom(_NONCE)

@@ -121,3 +121,31 @@ invocation_logs = Table(
     Column("response_text", Text, nullable=True),
     Index("ix_invocation_logs_tenant_ts", "tenant_id", "ts"),
 )
+
+# 0006: the audit ledger, hash-chained (governance/ledger.py), and its MAC'd head checkpoint
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(64), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=True),
+    Column("tenant_id", String(32), nullable=True),
+    Column("data", Text, nullable=False),  # canonical JSON of an object
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("mac", String(64), nullable=False),
+    Index("ix_ledger_hash", "hash"),
+    Index("ix_ledger_tenant_seq", "tenant_id", "seq"),
+)
+
+ledger_head = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("mac", String(64), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
