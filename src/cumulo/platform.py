@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from cumulo.config import Config, cumulo_home, database_url
 from cumulo.governance.auth import Authenticator, Principal
 from cumulo.governance.invalidation import Invalidator
+from cumulo.governance.ledger import Ledger
 from cumulo.governance.masterkey import MasterKey
 from cumulo.governance.usage import UsageRecorder
 from cumulo.observability.metrics import Metrics
@@ -48,6 +49,7 @@ class Platform:
             self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"), master_key=self.master_key
         )
         self.usage = UsageRecorder(self.store, config.usage)
+        self.ledger = Ledger(self.store, self.master_key)  # the audit ledger
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.registry = ProviderRegistry()
         self.redis: aioredis.Redis | None = None
@@ -77,6 +79,7 @@ class Platform:
         if self.invalidator is not None:
             await self.invalidator.start()
         self.usage.start()
+        await self.ledger.start()
         self._loading = asyncio.create_task(self.catalog.start(), name="cumulo-model-load")
         self._tune_gc()
 
@@ -102,6 +105,7 @@ class Platform:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loading
         await self.usage.close()
+        await self.ledger.close()
         if self.invalidator is not None:
             await self.invalidator.close()
         await self.auth.close()
@@ -126,7 +130,7 @@ class Platform:
     ) -> None:
         """Record an admin action: appended to the audit ledger (durable before this
         returns), and other replicas told to reload their key and tenant caches."""
-        log.info("audit %s %s %s", who.key_id, action, target)  # ledger wiring pending
+        await self.ledger.append(who.key_id, action, target, tenant_id, data)
         if self.invalidator is not None:
             await self.invalidator.publish(action)
 

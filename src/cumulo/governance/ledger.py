@@ -1,0 +1,394 @@
+"""The audit ledger: every admin action, appended to a hash chain that can be verified.
+
+Each entry has a `seq` (1, 2, 3 ... with no gaps), a time, the actor (key id), an action
+(`key.create`, `tenant.update`, `guardrail.block` ...), a target, a tenant and a JSON
+object of details (never secrets). Its hash is
+
+    SHA-256(prev_hash + canonical JSON of {seq, ts, actor, action, target, tenant_id, data})
+
+with `prev_hash` the previous entry's hash ("0" * 64 for the first) as hex, and canonical
+JSON meaning sorted keys, no whitespace, UTF-8, no NaN. Each entry also carries a MAC of
+(seq, hash), and the `ledger_head` row a MAC of the newest (seq, hash): HMAC-SHA256 under a
+key derived from the platform's master key (`MasterKey.derive`), which every replica shares
+and the database does not hold.
+
+Two ways in:
+- `await append(...)`: admin actions. Written (committed) before it returns.
+- `record(...)`: events seen on the request path (guardrail interventions). No I/O: queued
+  in memory, written in batches by a background task, and on `close()`.
+
+`verify()` walks the chain and names the first bad entry and why:
+- edited:       an entry's contents, hash or MAC were changed
+- missing:      an entry was deleted (seq has a gap)
+- out_of_order: an entry sits at another entry's place (entries swapped or moved)
+- truncated:    the newest entries were deleted (the chain ends before the checkpoint)
+- checkpoint:   the head checkpoint was deleted, edited or rolled back
+
+What it protects against: anyone who can write to the database but does not hold the
+master key cannot edit, delete, reorder, insert or truncate entries without `verify()`
+noticing, even by recomputing the hashes (the MACs cannot be recomputed). It names the
+first place the chain breaks; later entries are not checked past it.
+
+What it does not protect against:
+- Someone holding the master key (it can re-MAC anything).
+- A rollback: restoring the ledger and its checkpoint together as they were at an
+  earlier time (from a backup, or from rows copied earlier) leaves a valid, shorter
+  chain. A process notices a rollback below an entry it wrote or verified itself; for
+  the rest, keep the head (`seq`, `hash`) that `verify()` reports somewhere the
+  database's writers cannot reach, and compare.
+- Wiping every entry and the checkpoint: that looks like a ledger never written to.
+- If the checkpoint is found missing, bad or behind the newest entry when appending,
+  the chain is resumed from the newest entry and a `ledger.head_repaired` entry records
+  it; `verify()` then reports it among its warnings.
+- Entries still queued by `record()` when a process dies are lost (as usage records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cumulo.governance.ledger_verify import (
+    GENESIS,
+    REPAIR_ACTION,
+    Problem,
+    Reason,
+    Verification,
+    verify_chain,
+)
+from cumulo.governance.masterkey import MasterKey
+from cumulo.store import ledger as sql
+from cumulo.store.db import Store
+from cumulo.store.ledger import Head, Tail
+
+log = logging.getLogger(__name__)
+__all__ = ["Entry", "Ledger", "Problem", "Reason", "Verification", "canonical", "entry_hash"]
+
+# Field names that would hold a secret: refused in `data` at any depth.
+SECRET_FIELDS = frozenset(
+    {"secret", "secret_key", "token", "password", "api_key", "authorization", "master_key"}
+)
+_LIMITS = {"actor": 64, "action": 64, "target": 256, "tenant_id": 32}  # the column sizes
+_ENTRY_MAC = b"cumulo-ledger-entry\x00"
+_HEAD_MAC = b"cumulo-ledger-head\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger entry, as stored (`data` parsed)."""
+
+    seq: int
+    ts: float
+    actor: str | None
+    action: str
+    target: str | None
+    tenant_id: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    ts: float
+    actor: str | None
+    action: str
+    target: str | None
+    tenant_id: str | None
+    data: str  # canonical JSON
+
+
+def canonical(value: Any) -> bytes:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8; ValueError for NaN or infinity."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def entry_hash(prev_hash: str, seq: int, fields: Mapping[str, Any]) -> str:
+    """The hash of the entry at `seq` with `fields` (ts, actor, action, target, tenant_id
+    and data as JSON text), chained to `prev_hash`."""
+    body = {name: fields[name] for name in ("actor", "action", "target", "tenant_id")}
+    body |= {"seq": seq, "ts": float(fields["ts"]), "data": json.loads(fields["data"])}
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(body)).hexdigest()
+
+
+def _secret_field(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if str(k).lower() in SECRET_FIELDS:
+                return str(k)
+            if (found := _secret_field(v)) is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for v in value:
+            if (found := _secret_field(v)) is not None:
+                return found
+    return None
+
+
+def _pending(
+    actor: str | None,
+    action: str,
+    target: str | None,
+    tenant_id: str | None,
+    data: dict[str, Any] | None,
+) -> _Pending:
+    """An entry to write, checked now so that a bad one fails its caller, not a batch."""
+    values = {"actor": actor, "action": action, "target": target, "tenant_id": tenant_id}
+    for name, value in values.items():
+        if value is not None and (len(value) > _LIMITS[name] or "\x00" in value):
+            raise ValueError(f"ledger {name} must be at most {_LIMITS[name]} characters")
+    if not action:
+        raise ValueError("a ledger entry needs an action")
+    if data is not None and not isinstance(data, dict):
+        raise ValueError("ledger data must be a JSON object")
+    if (secret := _secret_field(data)) is not None:
+        raise ValueError(f"ledger data must not hold secrets (field '{secret}')")
+    try:
+        text = canonical(data or {}).decode()
+    except TypeError as exc:
+        raise ValueError(f"ledger data must be JSON: {exc}") from exc
+    return _Pending(time.time(), actor, action, target, tenant_id, text)
+
+
+class Ledger:
+    """The audit ledger of the database in `store`, MAC'd under a key from `master_key`.
+
+    `start()` runs the writer of `record()`ed entries; `close()` writes what is queued.
+    `append`, `entries` and `verify` work without `start()` (as the CLI uses them).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        master_key: MasterKey,
+        *,
+        flush_interval_s: float = 1.0,
+        batch_size: int = 500,
+        max_queue: int = 100_000,
+    ) -> None:
+        self.store = store
+        self._key = master_key.derive("audit-ledger")
+        self.flush_interval_s = flush_interval_s
+        self.batch_size = batch_size
+        self.max_queue = max_queue
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._closed = False
+        self._high = 0  # the highest seq this process wrote or verified
+        self.dropped = 0
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def append(
+        self,
+        actor: str | None,
+        action: str,
+        target: str | None = None,
+        tenant_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Entry:
+        """Append one entry; it is committed when this returns.
+
+        Raises ValueError for an entry that cannot be written (a field too long, data that
+        is not a JSON object or names a secret field), Unavailable if the database fails.
+        """
+        [row] = await self._write([_pending(actor, action, target, tenant_id, data)])
+        return _entry(row)
+
+    def record(
+        self,
+        actor: str | None,
+        action: str,
+        target: str | None = None,
+        tenant_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue one entry (no I/O; for the request path). ValueError as `append`."""
+        item = _pending(actor, action, target, tenant_id, data)
+        if self._closed:
+            log.error("ledger closed: entry %s not recorded", action)
+            return
+        self._pending.append(item)
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="cumulo-ledger-writer")
+
+    async def close(self) -> None:
+        """Stop the writer and write every queued entry."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+        self._closed = True
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # the entries stay queued; the next tick retries
+                log.exception("writing audit ledger entries failed; will retry")
+
+    async def flush(self) -> None:
+        """Write every queued entry, in batches of `batch_size`, one transaction each."""
+        async with self._flush_lock:
+            while self._pending:
+                batch = self._pending[: self.batch_size]
+                try:
+                    await self._write(batch)
+                except BaseException:
+                    self._trim()
+                    raise
+                del self._pending[: len(batch)]
+
+    def _trim(self) -> None:
+        excess = len(self._pending) - self.max_queue
+        if excess > 0:
+            del self._pending[:excess]
+            self.dropped += excess
+            log.error("audit ledger queue full: dropped %d oldest entries", excess)
+
+    async def _write(self, items: list[_Pending]) -> list[dict[str, Any]]:
+        rows = await sql.append(self.store, lambda tail: self._seal(tail, items))
+        self._high = max(self._high, rows[-1]["seq"])
+        return rows[-len(items) :]
+
+    def _seal(self, tail: Tail, items: list[_Pending]) -> tuple[list[dict[str, Any]], Head]:
+        """The rows for `items` chained after `tail` (under the append lock), and the head."""
+        seq, prev, repair = self._resume(tail)
+        if repair is not None:
+            items = [_Pending(time.time(), None, REPAIR_ACTION, None, None, repair), *items]
+        rows = []
+        for item in items:
+            seq += 1
+            row: dict[str, Any] = {"seq": seq, "ts": item.ts, "actor": item.actor}
+            row |= {"action": item.action, "target": item.target, "tenant_id": item.tenant_id}
+            row["data"] = item.data
+            digest = entry_hash(prev, seq, row)
+            row |= {"prev_hash": prev, "hash": digest, "mac": self._mac(_ENTRY_MAC, seq, digest)}
+            rows.append(row)
+            prev = digest
+        return rows, Head(seq, prev, self._mac(_HEAD_MAC, seq, prev))
+
+    def _resume(self, tail: Tail) -> tuple[int, str, str | None]:
+        """Where the chain goes on: (seq, hash) of the entry to follow, and the details of
+        a `ledger.head_repaired` entry if the checkpoint is missing, bad or behind."""
+        head, last = tail.head, tail.last
+        if head is not None and self._head_ok(head):
+            if last is None or last.seq <= head.seq:
+                return head.seq, head.hash, None  # a gap stays for verify() to report
+            problem = "behind the newest entry"
+        elif head is not None:
+            problem = "invalid (its MAC does not match)"
+        elif last is not None:
+            problem = "missing"
+        else:
+            return 0, GENESIS, None  # the first entry ever
+        details = {"checkpoint": problem, "head_seq": head.seq if head else None}
+        details["last_seq"] = last.seq if last else None
+        log.error(
+            "audit ledger checkpoint %s; resuming after entry %s", problem, details["last_seq"]
+        )
+        repair = canonical(details).decode()
+        return (last.seq, last.hash, repair) if last else (0, GENESIS, repair)
+
+    def _mac(self, label: bytes, seq: int, digest: str) -> str:
+        return hmac.new(self._key, label + f"{seq}:{digest}".encode(), hashlib.sha256).hexdigest()
+
+    def _head_ok(self, head: Head) -> bool:
+        return hmac.compare_digest(head.mac, self._mac(_HEAD_MAC, head.seq, head.hash))
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def entries(
+        self,
+        after_seq: int | None = None,
+        limit: int = 100,
+        tenant_id: str | None = None,
+        *,
+        before_seq: int | None = None,
+        action: str | None = None,
+    ) -> list[Entry]:
+        """Entries oldest first after `after_seq` if given, else newest first (below
+        `before_seq` if given); optionally of one tenant or action. Not verified."""
+        rows = await sql.entries(
+            self.store,
+            after_seq=after_seq,
+            before_seq=before_seq,
+            tenant_id=tenant_id,
+            action=action,
+            limit=limit,
+        )
+        return [_entry(r) for r in rows]
+
+    async def verify(self, page_size: int = 1000) -> Verification:
+        """Check every entry and the checkpoint (after writing what is queued)."""
+        await self.flush()
+        result = await verify_chain(self, page_size)
+        if result.ok and result.head is not None:
+            self._high = max(self._high, result.head.seq)
+        return result
+
+    def authentic(self, row: dict[str, Any]) -> str | None:
+        """None if the row's hash matches its contents and its MAC matches, else why not."""
+        try:
+            data = json.loads(row["data"])
+            if not isinstance(data, dict) or canonical(data).decode() != row["data"]:
+                return "its data is not a canonical JSON object"
+            digest = entry_hash(row["prev_hash"], int(row["seq"]), row)
+        except (ValueError, TypeError):
+            return "its fields cannot be read"
+        if not hmac.compare_digest(digest, row["hash"]):
+            return "its hash does not match its contents"
+        if not hmac.compare_digest(row["mac"], self._mac(_ENTRY_MAC, int(row["seq"]), digest)):
+            return "its MAC does not match (the hash was recomputed without the key)"
+        return None
+
+    def head_ok(self, head: Head) -> bool:
+        """Is the checkpoint's MAC right?"""
+        return self._head_ok(head)
+
+    @property
+    def high_water(self) -> int:
+        """The highest seq this process wrote or verified."""
+        return self._high
+
+
+def _entry(row: dict[str, Any]) -> Entry:
+    return Entry(
+        seq=int(row["seq"]),
+        ts=float(row["ts"]),
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        tenant_id=row["tenant_id"],
+        data=json.loads(row["data"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
