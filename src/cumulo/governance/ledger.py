@@ -158,7 +158,7 @@ def _pending(
         raise ValueError(f"ledger data must not hold secrets (field '{secret}')")
     try:
         text = canonical(data or {}).decode()
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"ledger data must be JSON: {exc}") from exc
     return _Pending(time.time(), actor, action, target, tenant_id, text)
 
