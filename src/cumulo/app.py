@@ -14,6 +14,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from cumulo.api.admin import access
+from cumulo.api.admin.alerts import routes as alert_routes
 from cumulo.api.admin.router import routes as admin_routes
 from cumulo.api.admin.service import AdminService
 from cumulo.api.admin.tenants import TenantService
@@ -73,12 +75,15 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
         await platform.store.migrate()
         await platform.start()
         assert platform.router is not None
-        gateway = Gateway(platform.router, platform.usage, platform.metrics)
+        gateway = Gateway(platform.router, platform.usage, platform.metrics, platform.governance)
         routes = [
             *openai_routes(OpenAIService(platform, gateway)),
             *bedrock_routes(BedrockService(platform, gateway)),
             *anthropic_routes(AnthropicService(platform, gateway)),
             *admin_routes(AdminService(platform), TenantService(platform)),
+            *alert_routes(
+                lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations
+            ),
         ]
         app.router.routes.extend(routes)
         hot.add([r for r in routes if r.path.startswith("/v1/")])

@@ -36,6 +36,14 @@ class PriceConfig(_Strict):
     output_per_mtok: float = Field(ge=0)
 
 
+class LimitsConfig(_Strict):
+    """Requests per minute, tokens per minute, requests at once (unset: unlimited)."""
+
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    concurrency: int | None = Field(None, ge=1)
+
+
 class DeploymentConfig(_Strict):
     """One concrete place a model runs."""
 
@@ -87,6 +95,11 @@ class DeploymentConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0, description="Total time allowed for one upstream call.")
     weight: float = Field(1.0, gt=0, description="Share of traffic under the `weighted` strategy.")
     price: PriceConfig | None = Field(None, description="Overrides the genai-prices table.")
+    limits: LimitsConfig | None = Field(
+        None,
+        description="This deployment's own limits, shared by every caller; when they refuse, "
+        "routing moves on to another deployment.",
+    )
     region: str | None = Field(None, description="Bedrock: the AWS region, e.g. us-east-1.")
     aws_access_key_id_env: str | None = Field(
         None, description="Bedrock: env var holding the access key id (else the AWS chain)."

@@ -25,6 +25,8 @@ class CumuloError(Exception):
     status: int = 500
     type: str = "internal_error"
     attempts: int = 0  # upstream attempts made before this error (set by the router)
+    # Extra response headers, e.g. OpenAI's x-ratelimit-* of the limit that refused.
+    headers: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -73,8 +75,6 @@ class PayloadTooLarge(CumuloError):
 class RateLimited(CumuloError):
     status = 429
     type = "rate_limit_error"
-    # OpenAI's x-ratelimit-* headers of the limit that refused, when a limiter set them.
-    headers: dict[str, str] | None = None
 
 
 class BudgetExceeded(RateLimited):

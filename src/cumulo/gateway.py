@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from cumulo.errors import CumuloError, NotFound, UpstreamTimeout
 from cumulo.governance.auth import Principal
+from cumulo.governance.chain import Admission, Governance
+from cumulo.governance.limits import Limits
 from cumulo.governance.usage import UsageRecord, UsageRecorder
 from cumulo.observability.metrics import Metrics
 from cumulo.providers.base import Provider
@@ -30,6 +32,7 @@ from cumulo.types import (
     ModelKind,
     StreamEnd,
     StreamEvent,
+    TextDelta,
     Usage,
 )
 
@@ -44,10 +47,13 @@ class CallInfo:
     deployment: str | None = None
     attempts: int = 0
     model: str | None = None  # the model that served it, after any fallback
+    limits: dict[str, str] | None = None  # OpenAI's x-ratelimit-* of the tightest limit
 
     def headers(self) -> dict[str, str]:
-        """`x-cumulo-deployment`, `x-cumulo-attempts` and `x-cumulo-model`."""
+        """`x-cumulo-deployment`, `x-cumulo-attempts`, `x-cumulo-model`, `x-ratelimit-*`."""
         out = {"x-cumulo-attempts": str(self.attempts)}
+        if self.limits:
+            out.update(self.limits)
         if self.deployment:
             out["x-cumulo-deployment"] = self.deployment
         if self.model:
@@ -75,11 +81,16 @@ def _error_type(exc: BaseException) -> str:
 
 class Gateway:
     def __init__(
-        self, router: Router, usage: UsageRecorder, metrics: Metrics | None = None
+        self,
+        router: Router,
+        usage: UsageRecorder,
+        metrics: Metrics | None = None,
+        governance: Governance | None = None,
     ) -> None:
         self.router = router
         self.usage = usage
         self.metrics = metrics
+        self.governance = governance
 
     def _record(
         self,
@@ -96,34 +107,42 @@ class Gateway:
         status: int = 200,
         error: str | None = None,
         queue_ms: float | None = None,
+        adm: Admission | None = None,
+        interventions: int = 0,
+        request: ChatRequest | None = None,
+        response: str | None = None,
     ) -> None:
-        """Queue the request's usage record and count it in the metrics (no I/O)."""
+        """Queue the request's usage record, count it in the metrics and settle its
+        governance (limits, budget, anomaly baseline, invocation log): no I/O."""
         latency = time.perf_counter() - started
         deployment = lease.deployment.label if lease else None
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
         price = lease.deployment.price if lease else None
         cost = price.cost(prompt, completion) if price is not None else None
-        self.usage.record(
-            UsageRecord(
-                key_id=who.key_id,
-                endpoint=endpoint,
-                model=model,
-                deployment=deployment,
-                stream=stream,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                latency_ms=latency * 1000.0,
-                ttft_ms=None if ttft is None else (ttft - started) * 1000.0,
-                status=status,
-                error_type=error,
-                served_model=lease.model if lease else None,
-                attempts=lease.attempts if lease else attempts,
-                queue_ms=queue_ms,
-                tenant_id=who.tenant_id,
-                cost_usd=cost,
-            )
+        rec = UsageRecord(
+            key_id=who.key_id,
+            endpoint=endpoint,
+            model=model,
+            deployment=deployment,
+            stream=stream,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=latency * 1000.0,
+            ttft_ms=None if ttft is None else (ttft - started) * 1000.0,
+            status=status,
+            error_type=error,
+            served_model=lease.model if lease else None,
+            attempts=lease.attempts if lease else attempts,
+            queue_ms=queue_ms,
+            tenant_id=who.tenant_id,
+            cost_usd=cost,
+            guardrail_interventions=interventions,
         )
+        self.usage.record(rec)
+        if self.governance is not None:
+            logged = _logged(request) if request is not None and who.log_invocations else None
+            self.governance.finished(adm, rec, logged, response)
         if self.metrics is not None:
             self.metrics.observe(
                 model,
@@ -146,8 +165,11 @@ class Gateway:
         stream: bool,
         started: float,
         prompt_tokens: int = 0,
-    ) -> Lease[T]:
-        """`router.run`, recording the request if it fails (or the client leaves) before a lease."""
+        client: str | None = None,
+    ) -> tuple[Lease[T], Admission | None]:
+        """Governance admission, then `router.run`; the request is recorded if either fails
+        (or the client leaves) before a lease."""
+        adm: Admission | None = None
         try:
             if not who.may_use(model):
                 raise NotFound(  # OpenAI's answer: no hint whether the model exists
@@ -155,9 +177,13 @@ class Gateway:
                     param="model",
                     code="model_not_found",
                 )
-            return await self.router.run(
+            if self.governance is not None:
+                adm = await self.governance.admit(who, prompt_tokens, client)
+                attempt = self._limited(attempt, adm)
+            lease = await self.router.run(
                 model, kind, attempt, prompt_tokens, None if who.models is None else who.may_use
             )
+            return lease, adm
         except (Exception, asyncio.CancelledError) as exc:  # recorded, then re-raised
             self._record(
                 who,
@@ -168,18 +194,41 @@ class Gateway:
                 attempts=getattr(exc, "attempts", 0),
                 status=_status(exc),
                 error=_error_type(exc),
+                adm=adm,
             )
             raise
 
+    def _limited(
+        self, attempt: Callable[[str, Provider], Awaitable[T]], adm: Admission
+    ) -> Callable[[str, Provider], Awaitable[T]]:
+        """`attempt`, admitted first on the deployment's own limits when it has any."""
+        governance = self.governance
+        assert governance is not None
+
+        async def limited(model: str, provider: Provider) -> T:
+            dep = provider.deployment
+            if dep.limits is None:
+                return await attempt(model, provider)
+            limits = Limits(dep.limits.rpm, dep.limits.tpm, dep.limits.concurrency)
+            permit = await governance.hold_deployment(adm, dep.label, limits)
+            try:
+                return await attempt(model, provider)
+            except BaseException:
+                adm.permits.remove(permit)
+                permit.release()
+                raise
+
+        return limited
+
     async def chat(
-        self, who: Principal, req: ChatRequest, endpoint: str
+        self, who: Principal, req: ChatRequest, endpoint: str, client: str | None = None
     ) -> tuple[ChatResponse, CallInfo]:
         started = time.perf_counter()
 
         async def attempt(model: str, provider: Provider) -> ChatResponse:
             return await provider.chat(_for_model(req, model))
 
-        lease = await self._route(
+        lease, adm = await self._route(
             who,
             endpoint,
             req.model,
@@ -188,6 +237,7 @@ class Gateway:
             stream=False,
             started=started,
             prompt_tokens=estimate_prompt_tokens(req),
+            client=client,
         )
         lease.finish(True)
         resp = lease.value
@@ -200,10 +250,15 @@ class Gateway:
             lease=lease,
             usage=resp.usage,
             queue_ms=resp.queue_ms,
+            adm=adm,
+            request=req,
+            response=resp.message.content,
         )
-        return resp, _info(lease)
+        return resp, _info(lease, adm)
 
-    async def stream(self, who: Principal, req: ChatRequest, endpoint: str) -> MeteredStream:
+    async def stream(
+        self, who: Principal, req: ChatRequest, endpoint: str, client: str | None = None
+    ) -> MeteredStream:
         """A stream whose first event has already arrived.
 
         Failover happens until that first event (each attempt bounded by its
@@ -232,7 +287,7 @@ class Gateway:
                 raise
             return first, inner
 
-        lease = await self._route(
+        lease, adm = await self._route(
             who,
             endpoint,
             req.model,
@@ -241,11 +296,12 @@ class Gateway:
             stream=True,
             started=started,
             prompt_tokens=estimate_prompt_tokens(req),
+            client=client,
         )
-        return MeteredStream(self, who, endpoint, req.model, started, lease)
+        return MeteredStream(self, who, endpoint, req, started, lease, adm)
 
     async def embed(
-        self, who: Principal, req: EmbeddingRequest, endpoint: str
+        self, who: Principal, req: EmbeddingRequest, endpoint: str, client: str | None = None
     ) -> tuple[EmbeddingResponse, CallInfo]:
         started = time.perf_counter()
 
@@ -254,8 +310,16 @@ class Gateway:
                 req if model == req.model else dataclasses.replace(req, model=model)
             )
 
-        lease = await self._route(
-            who, endpoint, req.model, "embedding", attempt, stream=False, started=started
+        lease, adm = await self._route(
+            who,
+            endpoint,
+            req.model,
+            "embedding",
+            attempt,
+            stream=False,
+            started=started,
+            prompt_tokens=sum(len(t) for t in req.inputs) // 4,
+            client=client,
         )
         lease.finish(True)
         self._record(
@@ -266,16 +330,23 @@ class Gateway:
             started=started,
             lease=lease,
             usage=lease.value.usage,
+            adm=adm,
         )
-        return lease.value, _info(lease)
+        return lease.value, _info(lease, adm)
 
 
 def _for_model(req: ChatRequest, model: str) -> ChatRequest:
     return req if model == req.model else dataclasses.replace(req, model=model)
 
 
-def _info(lease: Lease[Any]) -> CallInfo:
-    return CallInfo(lease.deployment.label, lease.attempts, lease.model)
+def _info(lease: Lease[Any], adm: Admission | None = None) -> CallInfo:
+    limits = adm.permits[0].headers() if adm is not None and adm.permits else None
+    return CallInfo(lease.deployment.label, lease.attempts, lease.model, limits)
+
+
+def _logged(req: ChatRequest) -> list[dict[str, Any]]:
+    """What the invocation log keeps of a request: its messages."""
+    return [{"role": m.role, "content": m.content} for m in req.messages]
 
 
 async def _aclose(stream: ChatStream) -> None:
@@ -299,13 +370,14 @@ class MeteredStream:
         gateway: Gateway,
         who: Principal,
         endpoint: str,
-        model: str,
+        req: ChatRequest,
         started: float,
         lease: Lease[tuple[StreamEvent, ChatStream]],
+        adm: Admission | None = None,
     ) -> None:
-        self.info = _info(lease)
+        self.info = _info(lease, adm)
         self.lease = lease
-        self._meter = _StreamMeter(gateway, who, endpoint, model, started, lease)
+        self._meter = _StreamMeter(gateway, who, endpoint, req, started, lease, adm)
         self._loop = asyncio.get_running_loop()
 
     async def events(self) -> AsyncIterator[StreamEvent]:
@@ -314,18 +386,21 @@ class MeteredStream:
         error: str | None = "client_closed"
         usage: Usage | None = None
         ok: bool | None = None
+        meter = self._meter
         try:
-            yield first
-            if isinstance(first, StreamEnd):
-                status, error, usage, ok = 200, None, first.usage, True
-                self._meter.queue_ms = first.queue_ms
-                return
-            async for event in inner:
+            event = first
+            while True:
+                if isinstance(event, TextDelta):
+                    meter.produced(event.text)
                 yield event
                 if isinstance(event, StreamEnd):
                     status, error, usage, ok = 200, None, event.usage, True
-                    self._meter.queue_ms = event.queue_ms
+                    meter.queue_ms = event.queue_ms
                     return
+                try:
+                    event = await anext(inner)
+                except StopAsyncIteration:
+                    break
             status, error, ok = 502, "upstream_error", False
         except Exception as exc:  # recorded in `finally`, then re-raised
             status, error = _status(exc), _error_type(exc)
@@ -335,7 +410,7 @@ class MeteredStream:
             try:
                 await _aclose(inner)
             finally:
-                self._meter.settle(ok, status, error, usage)
+                meter.settle(ok, status, error, usage)
 
     def __del__(self) -> None:
         # Never iterated: free the deployment's in-flight slot (and its breaker probe, if this
@@ -351,17 +426,30 @@ class MeteredStream:
 
 @dataclass(slots=True)
 class _StreamMeter:
-    """Settles a stream's lease and records its usage, once."""
+    """Settles a stream's lease and governance and records its usage, once."""
 
     gateway: Gateway
     who: Principal
     endpoint: str
-    model: str
+    req: ChatRequest
     started: float
     lease: Lease[Any]
+    adm: Admission | None
     ttft: float = dataclasses.field(default_factory=time.perf_counter)
     settled: bool = False
     queue_ms: float | None = None  # from the provider's StreamEnd, when it tells
+    text: list[str] | None = None  # the reply so far, kept only for the invocation log
+
+    def __post_init__(self) -> None:
+        if self.who.log_invocations:
+            self.text = []
+
+    def produced(self, text: str) -> None:
+        """A text delta went out: about one token, charged to the limits now."""
+        if self.adm is not None:
+            self.adm.produced(1)
+        if self.text is not None:
+            self.text.append(text)
 
     def settle(self, ok: bool | None, status: int, error: str | None, usage: Usage | None) -> None:
         if self.settled:
@@ -371,7 +459,7 @@ class _StreamMeter:
         self.gateway._record(
             self.who,
             self.endpoint,
-            self.model,
+            self.req.model,
             stream=True,
             started=self.started,
             lease=self.lease,
@@ -380,4 +468,7 @@ class _StreamMeter:
             status=status,
             error=error,
             queue_ms=self.queue_ms,
+            adm=self.adm,
+            request=self.req,
+            response="".join(self.text) if self.text is not None else None,
         )

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,20 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from cumulo.config import Config, cumulo_home, database_url
+from cumulo.governance.alerts import Alert, AlertSink
+from cumulo.governance.anomaly import AnomalyDetector
 from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.budgets import (
+    BudgetScope,
+    BudgetSpec,
+    make_budget_tracker,
+    period_bounds,
+)
+from cumulo.governance.chain import Governance, budget_alert
 from cumulo.governance.invalidation import Invalidator
+from cumulo.governance.invocations import InvocationLog
 from cumulo.governance.ledger import Ledger
+from cumulo.governance.limits import make_limiter
 from cumulo.governance.masterkey import MasterKey
 from cumulo.governance.usage import UsageRecorder
 from cumulo.observability.metrics import Metrics
@@ -59,6 +71,21 @@ class Platform:
             self.invalidator = Invalidator(
                 self.redis, f"{config.redis_prefix}:invalidate", self._reload_caches
             )
+        prefix = config.redis_prefix
+        self.limiter = make_limiter(config.redis_url, prefix=prefix)
+        self.alerts = AlertSink(self.store, on_alert=self._count_alert)
+        self.budgets = make_budget_tracker(
+            config.redis_url, prefix=prefix, on_alert=lambda a: self.alerts.emit(budget_alert(a))
+        )
+        self.invocations = InvocationLog(self.store, retention_days=self._retention_days)
+        self.governance = Governance(
+            self.limiter,
+            self.budgets,
+            AnomalyDetector(),
+            self.alerts,
+            self.invocations,
+            on_cost=self.metrics.cost_usd,
+        )
         self.http: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
         self.router: Router | None = None
@@ -80,6 +107,11 @@ class Platform:
             await self.invalidator.start()
         self.usage.start()
         await self.ledger.start()
+        await self._seed_budgets()
+        self.limiter.start()
+        self.budgets.start()
+        self.alerts.start()
+        self.invocations.start()
         self._loading = asyncio.create_task(self.catalog.start(), name="cumulo-model-load")
         self._tune_gc()
 
@@ -106,6 +138,10 @@ class Platform:
                 await self._loading
         await self.usage.close()
         await self.ledger.close()
+        await self.limiter.close()
+        await self.budgets.close()
+        await self.alerts.close()
+        await self.invocations.close()
         if self.invalidator is not None:
             await self.invalidator.close()
         await self.auth.close()
@@ -119,6 +155,33 @@ class Platform:
 
     async def _reload_caches(self) -> None:
         await self.auth.reload(force=True)
+
+    def _count_alert(self, alert: Alert) -> None:
+        self.metrics.alerts.labels(alert.kind).inc()
+
+    def _retention_days(self, tenant_id: str) -> float | None:
+        tenant = self.auth.tenant(tenant_id)
+        return tenant.log_retention_days if tenant is not None else None
+
+    async def _seed_budgets(self) -> None:
+        """This period's spend of every tenant and key with a budget, from the usage table.
+
+        Only in memory: with Redis the spend lives there, shared by the replicas.
+        """
+        if self.config.redis_url:
+            return
+        now = time.time()
+        spend = {
+            period: await self.store.spend_since(period_bounds(period, now)[0])
+            for period in ("day", "month")
+        }
+        seeds = []
+        for kind, ident, label, raw in self.auth.budgets():
+            spec = BudgetSpec.from_mapping(raw)
+            if spec is not None:
+                usd = spend[spec.period].get((kind, ident), 0.0)
+                seeds.append((BudgetScope(kind, ident, spec, label), usd))
+        self.budgets.load(seeds)
 
     async def audit(
         self,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -23,6 +25,7 @@ from support.pg import postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HELLO = {"model": "chat-echo", "messages": [{"role": "user", "content": "hello"}]}
+PRICED = {**HELLO, "model": "chat-priced"}  # $1 a token
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,11 @@ def replicas(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloS
             "redis_url": REDIS_URL,
             "redis_prefix": prefix,
             "usage": {"flush_interval_s": 0.1},
-            "models": [{"name": "chat-echo",
-                        "deployments": [openai_deployment(upstream, "echo")]}],
+            "models": [
+                {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
+                {"name": "chat-priced", "deployments": [openai_deployment(
+                    upstream, "echo", price={"input_per_mtok": 1e6, "output_per_mtok": 1e6})]},
+            ],
         }
         # Replicas sharing a database share the master key (key secrets for SigV4, ledger).
         env = {"CUMULO_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
@@ -95,3 +101,36 @@ def test_a_tenant_change_on_one_replica_applies_on_the_other(
         assert call(b, token, body=HELLO).status_code == 200
         admin.patch(f"/admin/tenants/{tenant['id']}", json={"models": []})
     assert wait_until(lambda: call(b, token, body=HELLO).status_code == 404, timeout=1.0)
+
+
+def test_both_replicas_enforce_one_shared_limit(
+        replicas: tuple[CumuloServer, CumuloServer]) -> None:
+    a, b = replicas
+    with a.admin() as admin:
+        tenant = admin.post("/admin/tenants", json={"name": "limited",
+                                                    "limits": {"rpm": 20}}).json()
+        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}
+                           ).json()["key"]
+
+    def one(i: int) -> int:
+        return call(a if i % 2 else b, token, body=HELLO).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = Counter(pool.map(one, range(60)))
+    assert set(statuses) <= {200, 429}
+    assert 19 <= statuses[200] <= 21, statuses  # one limit of 20, not 20 per replica
+
+
+def test_both_replicas_refuse_once_the_shared_budget_is_spent(
+        replicas: tuple[CumuloServer, CumuloServer]) -> None:
+    a, b = replicas
+    with a.admin() as admin:
+        tenant = admin.post("/admin/tenants", json={
+            "name": "budgeted", "budget": {"usd": 10, "period": "day"}}).json()
+        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}
+                           ).json()["key"]
+    spent = 0
+    while call(a, token, body=PRICED).status_code == 200:
+        spent += 1
+        assert spent < 20
+    assert wait_until(lambda: call(b, token, body=PRICED).status_code == 429, timeout=2.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cumulo.errors import CumuloError, InvalidRequest, PayloadTooLarge
+from cumulo.errors import BudgetExceeded, CumuloError, InvalidRequest, PayloadTooLarge
 from cumulo.gateway import CLIENT_CLOSED
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,25 @@ async def unless_disconnected(request: Request, work: Awaitable[T], after_s: flo
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
+
+
+def error_headers(exc: CumuloError) -> dict[str, str]:
+    """Headers every front door sends with an error: Retry-After and the x-ratelimit-*
+    of the limit that refused; a spent budget asks SDKs not to retry."""
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.headers:
+        headers.update(exc.headers)
+    if isinstance(exc, BudgetExceeded):
+        headers["x-should-retry"] = "false"
+    return headers
+
+
+def client_host(request: Request) -> str | None:
+    """The client's address (behind a proxy: as uvicorn's `--forwarded-allow-ips` trusts it)."""
+    client = request.scope.get("client")
+    return client[0] if client else None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

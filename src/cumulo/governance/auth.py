@@ -156,6 +156,15 @@ class Authenticator:
         for key_id in [k for k, r in self._keys.items() if r.tenant_id == tenant_id]:
             self.remove(key_id)
 
+    def tenant(self, tenant_id: str) -> TenantRow | None:
+        return self._tenants.get(tenant_id)
+
+    def budgets(self) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """(scope kind, id, name, budget) of every tenant and active key with a budget."""
+        out = [("tenant", t.id, t.name, t.budget) for t in self._tenants.values() if t.budget]
+        out += [("key", k.id, k.name, k.budget) for k in self._keys.values() if k.budget]
+        return out
+
     def principal(self, key_id: str) -> Principal | None:
         """The cached principal of an active key (admin views; no authentication)."""
         return self._principals.get(key_id)

@@ -10,6 +10,9 @@
     cumulo_deployment_failures_total{model,deployment}       attempts that failed (retryable)
     cumulo_circuit_state{model,deployment}                   0 closed, 1 half-open, 2 open
     cumulo_circuit_opened_total{model,deployment}            times the circuit opened
+    cumulo_alerts_total{kind}                                anomaly and budget alerts raised
+    cumulo_guardrail_interventions_total{guardrail,source,action}  source: input | output
+    cumulo_cost_usd_total{model}                             priced spend, by requested model
 
 In the request metrics `model` is the model the client asked for (an
 unconfigured name counts as `_unknown`, so callers cannot grow the label set)
@@ -93,6 +96,18 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=reg,
         )
+        self.alerts = Counter(
+            "cumulo_alerts", "Anomaly and budget alerts raised.", ("kind",), registry=reg
+        )
+        self.guardrail_interventions = Counter(
+            "cumulo_guardrail_interventions",
+            "Guardrail interventions (blocked or anonymized).",
+            ("guardrail", "source", "action"),
+            registry=reg,
+        )
+        self.cost = Counter(
+            "cumulo_cost_usd", "Priced spend in USD, by requested model.", ("model",), registry=reg
+        )
         self._models: frozenset[str] = frozenset()
         self._children: dict[tuple[str, str, int], _Children] = {}
 
@@ -128,6 +143,11 @@ class Metrics:
         c.duration.observe(latency_s)
         if ttft_s is not None:
             c.ttft.observe(ttft_s)
+
+    def cost_usd(self, model: str, usd: float) -> None:
+        if model not in self._models:
+            model = UNKNOWN_MODEL
+        self.cost.labels(model).inc(usd)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition body and its content type, as the `Accept` header asks."""

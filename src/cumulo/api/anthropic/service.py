@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cumulo.api.anthropic import protocol as wire
-from cumulo.api.http import JSONResponse, read_body, unless_disconnected
+from cumulo.api.http import JSONResponse, client_host, error_headers, read_body, unless_disconnected
 from cumulo.errors import AuthenticationFailed, CumuloError, InvalidRequest, UpstreamError
 from cumulo.gateway import Gateway
 from cumulo.governance.auth import Authenticator, Principal
@@ -72,10 +71,7 @@ def error_body(exc: CumuloError) -> JSON:
 
 def error_response(exc: CumuloError) -> Response:
     """The one place a cumulo error becomes an Anthropic-shaped HTTP response ("Errors")."""
-    headers = {}
-    if exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=error_headers(exc))
 
 
 # How pydantic labels union members in an error's path: `str`, `list[...]`,
@@ -376,9 +372,13 @@ class AnthropicService:
         w = _parse(await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            resp, info = await unless_disconnected(request, self.gateway.chat(who, req, "messages"))
+            resp, info = await unless_disconnected(
+                request, self.gateway.chat(who, req, "messages", client_host(request))
+            )
             return JSONResponse(render_message(resp), headers=info.headers())
-        stream = await unless_disconnected(request, self.gateway.stream(who, req, "messages"))
+        stream = await unless_disconnected(
+            request, self.gateway.stream(who, req, "messages", client_host(request))
+        )
         return StreamingResponse(
             self._sse(stream.events(), req.model),
             media_type="text/event-stream",

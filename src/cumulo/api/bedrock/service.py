@@ -16,7 +16,6 @@ image, document and other block kinds are refused with a ValidationException.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cumulo import eventstream as es
 from cumulo.api.bedrock import protocol as wire
-from cumulo.api.http import JSONResponse, read_body, unless_disconnected
+from cumulo.api.http import JSONResponse, client_host, error_headers, read_body, unless_disconnected
 from cumulo.errors import (
     AuthenticationFailed,
     CumuloError,
@@ -102,8 +101,7 @@ def error_response(exc: CumuloError) -> Response:
     """The one place a cumulo error becomes a Bedrock-shaped HTTP response."""
     name, status = error_type(exc)
     headers = {"x-amzn-errortype": name, "x-amzn-requestid": str(uuid.uuid4())}
-    if exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    headers.update(error_headers(exc))
     return JSONResponse({"message": exc.message}, status_code=status, headers=headers)
 
 
@@ -293,7 +291,7 @@ class BedrockService:
         started = time.perf_counter()
         who, req = await self._request(request, stream=False)
         resp, info = await unless_disconnected(
-            request, self.gateway.chat(who, req, "bedrock.converse")
+            request, self.gateway.chat(who, req, "bedrock.converse", client_host(request))
         )
         latency = round((time.perf_counter() - started) * 1000)
         return JSONResponse(render_converse(resp, latency), headers=_headers(info))
@@ -303,7 +301,7 @@ class BedrockService:
         started = time.perf_counter()
         who, req = await self._request(request, stream=True)
         stream = await unless_disconnected(
-            request, self.gateway.stream(who, req, "bedrock.converse_stream")
+            request, self.gateway.stream(who, req, "bedrock.converse_stream", client_host(request))
         )
         return StreamingResponse(
             self._events(stream, started),

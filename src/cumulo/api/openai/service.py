@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import re
 import struct
 import time
@@ -21,7 +20,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cumulo.api.http import JSONResponse, read_body, unless_disconnected
+from cumulo.api.http import JSONResponse, client_host, error_headers, read_body, unless_disconnected
 from cumulo.api.openai import protocol as wire
 from cumulo.config import ModelConfig
 from cumulo.errors import CumuloError, InvalidRequest, NotFound
@@ -56,10 +55,7 @@ def error_body(exc: CumuloError) -> JSON:
 
 def error_response(exc: CumuloError) -> Response:
     """The one place a cumulo error becomes an OpenAI-shaped HTTP response."""
-    headers = {}
-    if exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=error_headers(exc))
 
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -223,12 +219,12 @@ class OpenAIService:
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
             resp, info = await unless_disconnected(
-                request, self.gateway.chat(who, req, "chat.completions")
+                request, self.gateway.chat(who, req, "chat.completions", client_host(request))
             )
             return JSONResponse(render_chat(resp), headers=info.headers())
         include_usage = bool(w.stream_options and w.stream_options.include_usage)
         stream = await unless_disconnected(
-            request, self.gateway.stream(who, req, "chat.completions")
+            request, self.gateway.stream(who, req, "chat.completions", client_host(request))
         )
         return StreamingResponse(
             self._sse(stream.events(), req.model, include_usage),
@@ -311,7 +307,9 @@ class OpenAIService:
                 param="input",
             )
         req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
-        resp, info = await unless_disconnected(request, self.gateway.embed(who, req, "embeddings"))
+        resp, info = await unless_disconnected(
+            request, self.gateway.embed(who, req, "embeddings", client_host(request))
+        )
         data = [
             {
                 "object": "embedding",
