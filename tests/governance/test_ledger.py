@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Awaitable, Callable, Iterator
@@ -337,4 +338,4 @@ def test_two_replicas_appending_at_once_do_not_fork_the_chain(url: str) -> None:
     assert [e.seq for e in entries] == list(range(1, 121))
     assert {e.target for e in entries} == {
         f"{n}-{g}{i}" for n in "abcd" for g in ("", "g") for i in range(15)}  # fmt: skip
-    assert all(later.prev_hash == earlier.hash for earlier, later in zip(entries, entries[1:]))
+    assert all(later.prev_hash == earlier.hash for earlier, later in itertools.pairwise(entries))

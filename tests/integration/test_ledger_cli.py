@@ -1,0 +1,80 @@
+"""`cumulo ledger verify` and `cumulo ledger list`, run as a user runs them: a subprocess
+reading the platform's database directly, with no server running."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from cumulo.governance.ledger import Ledger
+from cumulo.governance.masterkey import MasterKey
+from cumulo.store.db import Store
+from support import CUMULO_BIN, clean_env
+
+
+def cumulo_ledger(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CUMULO_BIN), "ledger", *args], env=clean_env(CUMULO_HOME=str(home)),
+                          text=True, capture_output=True, timeout=60, check=False)
+
+
+def write_entries(home: Path, n: int) -> None:
+    """What a running platform would have written: the default database under the home."""
+
+    async def main() -> None:
+        store = Store(f"sqlite:///{home / 'cumulo.db'}")
+        try:
+            await store.migrate()
+            ledger = Ledger(store, MasterKey.load(home))
+            for i in range(1, n + 1):
+                await ledger.append("k-admin", "key.create", f"key{i}", "t1", {"name": f"app{i}"})
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_verify_passes_then_names_the_first_bad_entry(tmp_path: Path) -> None:
+    write_entries(tmp_path, 5)
+    ok = cumulo_ledger(tmp_path, "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "entries checked: 5" in ok.stdout and ok.stdout.strip().endswith("ok")
+    assert "head: entry 5 " in ok.stdout
+
+    listed = cumulo_ledger(tmp_path, "list", "--limit", "2")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "TENANT"]
+    assert [line.split()[0] for line in lines[1:]] == ["5", "4"]
+    assert lines[1].split()[2:] == ["k-admin", "key.create", "key5", "t1"]
+
+    with sqlite3.connect(tmp_path / "cumulo.db") as db:
+        db.execute("UPDATE ledger SET target = 'key-x' WHERE seq = 3")
+    bad = cumulo_ledger(tmp_path, "verify")
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (
+        "cumulo: ledger: FAILED at entry 3 (edited): "
+        "entry 3 was edited: its hash does not match its contents"
+    )
+    assert "entries checked: 2" in bad.stdout
+
+
+def test_verify_names_truncation_in_json(tmp_path: Path) -> None:
+    write_entries(tmp_path, 4)
+    with sqlite3.connect(tmp_path / "cumulo.db") as db:
+        db.execute("DELETE FROM ledger WHERE seq >= 3")
+    result = cumulo_ledger(tmp_path, "verify", "--json")
+    assert result.returncode == 1
+    assert '"reason": "truncated"' in result.stdout and '"seq": 3' in result.stdout
+    assert "FAILED at entry 3 (truncated)" in result.stderr
+
+
+def test_without_the_master_key_or_database_nothing_is_created(tmp_path: Path) -> None:
+    no_key = cumulo_ledger(tmp_path, "verify")
+    assert no_key.returncode == 1
+    assert no_key.stderr.startswith("cumulo: error: no master key")
+    MasterKey.load(tmp_path)  # creates the key file
+    no_db = cumulo_ledger(tmp_path, "verify")
+    assert no_db.returncode == 1 and "no database at" in no_db.stderr
+    assert not (tmp_path / "cumulo.db").exists()
