@@ -4,6 +4,7 @@ reading the platform's database directly, with no server running."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from cumulo.governance.ledger import Ledger
 from cumulo.governance.masterkey import MasterKey
 from cumulo.store.db import Store
-from support import CUMULO_BIN, clean_env
+from support import CUMULO_BIN, CumuloServer, clean_env
 
 
 def cumulo_ledger(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,3 +79,20 @@ def test_without_the_master_key_or_database_nothing_is_created(tmp_path: Path) -
     no_db = cumulo_ledger(tmp_path, "verify")
     assert no_db.returncode == 1 and "no database at" in no_db.stderr
     assert not (tmp_path / "cumulo.db").exists()
+
+
+def test_admin_actions_of_a_running_platform_are_in_its_ledger(cumulo: CumuloServer) -> None:
+    key = cumulo.create_key("ledger-app")
+    with cumulo.admin() as http:
+        assert http.delete(f"/admin/keys/{key.id}").status_code == 200
+
+    listed = cumulo_ledger(cumulo.home, "list", "--limit", "1000", "--json")
+    assert listed.returncode == 0, listed.stderr
+    mine = [e for e in map(json.loads, listed.stdout.splitlines()) if e["target"] == key.id]
+    assert [(e["action"], e["actor"]) for e in mine] == [
+        ("key.revoke", "admin-env"), ("key.create", "admin-env")]  # fmt: skip
+    assert mine[1]["data"]["name"] == "ledger-app" and "key" not in mine[1]["data"]
+    assert key.token.split(".", 1)[1] not in listed.stdout
+
+    verified = cumulo_ledger(cumulo.home, "verify")
+    assert verified.returncode == 0, verified.stderr
