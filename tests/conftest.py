@@ -19,6 +19,7 @@ import pytest
 
 from fakes import FakeOpenAIUpstream
 from support import AZURE_KEY, UPSTREAM_KEY, ApiKey, CumuloServer, gateway_config, start_cumulo
+from support.pg import postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,11 @@ def caller_key(cumulo: CumuloServer, request: pytest.FixtureRequest) -> ApiKey:
 def marker() -> str:
     """A unique word to put in a prompt and find again at the upstream."""
     return "m" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test (`postgresql+asyncpg://` URL), dropped
+    afterwards; the test is skipped if PostgreSQL is not reachable (see `support.pg`)."""
+    with postgres_database() as url:
+        yield url

@@ -234,7 +234,11 @@ class PricingConfig(_Strict):
 
 class Config(_Strict):
     database_url: str | None = Field(
-        None, description="SQLAlchemy async URL; default: SQLite under CUMULO_HOME."
+        None,
+        description="Default: SQLite under CUMULO_HOME. PostgreSQL (several replicas): "
+        "`postgresql://user@host:5432/db` (or `postgres://`), run on asyncpg; the password "
+        "may come from PGPASSWORD or ~/.pgpass and is never logged. Any SQLAlchemy async URL "
+        "works.",
     )
     server: ServerConfig = ServerConfig()
     usage: UsageConfig = UsageConfig()
