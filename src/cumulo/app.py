@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from cumulo.api.admin import access
 from cumulo.api.admin.alerts import routes as alert_routes
+from cumulo.api.admin.ledger import ledger_routes
 from cumulo.api.admin.router import routes as admin_routes
 from cumulo.api.admin.service import AdminService
 from cumulo.api.admin.tenants import TenantService
@@ -75,12 +76,19 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
         await platform.store.migrate()
         await platform.start()
         assert platform.router is not None
-        gateway = Gateway(platform.router, platform.usage, platform.metrics, platform.governance)
+        gateway = Gateway(
+            platform.router,
+            platform.usage,
+            platform.metrics,
+            platform.governance,
+            platform.guarding,
+        )
         routes = [
             *openai_routes(OpenAIService(platform, gateway)),
             *bedrock_routes(BedrockService(platform, gateway)),
             *anthropic_routes(AnthropicService(platform, gateway)),
             *admin_routes(AdminService(platform), TenantService(platform)),
+            *ledger_routes(platform, lambda r: access.admin(platform.auth, r)),
             *alert_routes(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations
             ),

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cumulo.errors import ConfigError
+from cumulo.governance.guardrails.config import GuardrailConfig, default_guardrails
 from cumulo.types import ModelKind
 
 DEMO_MODEL = "demo-tiny"
@@ -199,6 +200,11 @@ class ModelConfig(_Strict):
     fallbacks: list[str] = Field(
         default_factory=list, description="Models tried, in order, when this one fails."
     )
+    guardrails: list[str] = Field(
+        default_factory=list,
+        description="Ids of guardrails applied to every request for this model (before the "
+        "caller's tenant's).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -254,6 +260,17 @@ class Config(_Strict):
         description="Prefix of every Redis key and channel (several platforms on one Redis).",
     )
     models: list[ModelConfig] = Field(default_factory=list)
+    guardrails: list[GuardrailConfig] = Field(
+        default_factory=list,
+        description="Named guardrails, attached to models here or to tenants through the admin "
+        "API. The built-in `pii-anonymize` is always there unless one with its id is defined.",
+    )
+
+    @property
+    def all_guardrails(self) -> list[GuardrailConfig]:
+        """The configured guardrails, and the built-in ones whose ids they do not take."""
+        ids = {g.id for g in self.guardrails}
+        return [g for g in default_guardrails() if g.id not in ids] + list(self.guardrails)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -276,6 +293,15 @@ class Config(_Strict):
                     )
                 if kinds[fb] != m.kind:
                     raise ValueError(f"models.{i}.fallbacks.{j}: {fb!r} is not a {m.kind} model")
+        guardrail_ids = [g.id for g in self.guardrails]
+        for i, gid in enumerate(guardrail_ids):
+            if gid in guardrail_ids[:i]:
+                raise ValueError(f"guardrails.{i}.id: duplicate guardrail id {gid!r}")
+        known = {g.id for g in self.all_guardrails}
+        for i, m in enumerate(self.models):
+            for j, gid in enumerate(m.guardrails):
+                if gid not in known:
+                    raise ValueError(f"models.{i}.guardrails.{j}: unknown guardrail {gid!r}")
         return self
 
     def model(self, name: str) -> ModelConfig | None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cumulo.errors import CumuloError, NotFound, UpstreamTimeout
 from cumulo.governance.auth import Principal
 from cumulo.governance.chain import Admission, Governance
+from cumulo.governance.guarding import Guarding, blocked_reply, guard_stream
+from cumulo.governance.guardrails import GuardrailSet, Verdict
+from cumulo.governance.guardrails.chain import ChainedStreamChecker
 from cumulo.governance.limits import Limits
 from cumulo.governance.usage import UsageRecord, UsageRecorder
 from cumulo.observability.metrics import Metrics
@@ -86,11 +89,26 @@ class Gateway:
         usage: UsageRecorder,
         metrics: Metrics | None = None,
         governance: Governance | None = None,
+        guarding: Guarding | None = None,
     ) -> None:
         self.router = router
         self.usage = usage
         self.metrics = metrics
         self.governance = governance
+        self.guarding = guarding
+
+    def _guards(self, who: Principal, req: ChatRequest) -> GuardrailSet | None:
+        if self.guarding is None or not who.may_use(req.model):
+            return None  # a model the key may not use is refused by `_route`, unguarded
+        return self.guarding.for_request(who, req.model)
+
+    def _blocked(
+        self, who: Principal, endpoint: str, req: ChatRequest, started: float, verdict: Verdict,
+        stream: bool,
+    ) -> ChatResponse:  # fmt: skip
+        """A request an input guardrail blocked: recorded, answered without any model."""
+        self._record(who, endpoint, req.model, stream=stream, started=started, interventions=1)
+        return blocked_reply(req, verdict)
 
     def _record(
         self,
@@ -224,6 +242,15 @@ class Gateway:
         self, who: Principal, req: ChatRequest, endpoint: str, client: str | None = None
     ) -> tuple[ChatResponse, CallInfo]:
         started = time.perf_counter()
+        guards = self._guards(who, req)
+        interventions = 0
+        if guards is not None:
+            assert self.guarding is not None
+            req, verdict = self.guarding.check_input(guards, who, req)
+            if verdict is not None:
+                interventions = 1
+                if verdict.blocked:
+                    return self._blocked(who, endpoint, req, started, verdict, False), CallInfo()
 
         async def attempt(model: str, provider: Provider) -> ChatResponse:
             return await provider.chat(_for_model(req, model))
@@ -241,6 +268,10 @@ class Gateway:
         )
         lease.finish(True)
         resp = lease.value
+        if guards is not None:
+            assert self.guarding is not None
+            resp, verdict = self.guarding.check_output(guards, who, req.model, resp)
+            interventions += verdict is not None
         self._record(
             who,
             endpoint,
@@ -251,6 +282,7 @@ class Gateway:
             usage=resp.usage,
             queue_ms=resp.queue_ms,
             adm=adm,
+            interventions=interventions,
             request=req,
             response=resp.message.content,
         )
@@ -258,7 +290,7 @@ class Gateway:
 
     async def stream(
         self, who: Principal, req: ChatRequest, endpoint: str, client: str | None = None
-    ) -> MeteredStream:
+    ) -> MeteredStream | BlockedStream:
         """A stream whose first event has already arrived.
 
         Failover happens until that first event (each attempt bounded by its
@@ -267,6 +299,15 @@ class Gateway:
         come from iteration.
         """
         started = time.perf_counter()
+        guards = self._guards(who, req)
+        interventions = 0
+        if guards is not None:
+            assert self.guarding is not None
+            req, verdict = self.guarding.check_input(guards, who, req)
+            if verdict is not None:
+                interventions = 1
+                if verdict.blocked:
+                    return BlockedStream(self._blocked(who, endpoint, req, started, verdict, True))
 
         async def attempt(model: str, provider: Provider) -> tuple[StreamEvent, ChatStream]:
             ttft_timeout = self.router.routes[model].config.routing.ttft_timeout_s
@@ -298,7 +339,9 @@ class Gateway:
             prompt_tokens=estimate_prompt_tokens(req),
             client=client,
         )
-        return MeteredStream(self, who, endpoint, req, started, lease, adm)
+        stream = MeteredStream(self, who, endpoint, req, started, lease, adm)
+        stream.guard(guards, interventions)
+        return stream
 
     async def embed(
         self, who: Principal, req: EmbeddingRequest, endpoint: str, client: str | None = None
@@ -380,6 +423,29 @@ class MeteredStream:
         self._meter = _StreamMeter(gateway, who, endpoint, req, started, lease, adm)
         self._loop = asyncio.get_running_loop()
 
+    def guard(self, guards: GuardrailSet | None, interventions: int) -> None:
+        """Check the output with `guards` as it streams (after input checks made
+        `interventions`)."""
+        self._meter.interventions = interventions
+        if guards is not None and self._meter.gateway.guarding is not None:
+            self._meter.checker = guards.stream_checker()
+
+    async def _upstream(
+        self, first: StreamEvent, inner: ChatStream
+    ) -> AsyncGenerator[StreamEvent, None]:
+        meter = self._meter
+        event = first
+        while True:
+            if isinstance(event, TextDelta):
+                meter.produced(event.text)
+            yield event
+            if isinstance(event, StreamEnd):
+                return
+            try:
+                event = await anext(inner)
+            except StopAsyncIteration:
+                return
+
     async def events(self) -> AsyncIterator[StreamEvent]:
         first, inner = self.lease.value
         status: int = CLIENT_CLOSED
@@ -387,20 +453,18 @@ class MeteredStream:
         usage: Usage | None = None
         ok: bool | None = None
         meter = self._meter
+        source = self._upstream(first, inner)
+        if meter.checker is not None:
+            source = guard_stream(source, meter.checker)
         try:
-            event = first
-            while True:
-                if isinstance(event, TextDelta):
-                    meter.produced(event.text)
+            async for event in source:
+                if isinstance(event, TextDelta) and meter.text is not None:
+                    meter.text.append(event.text)
                 yield event
                 if isinstance(event, StreamEnd):
                     status, error, usage, ok = 200, None, event.usage, True
                     meter.queue_ms = event.queue_ms
                     return
-                try:
-                    event = await anext(inner)
-                except StopAsyncIteration:
-                    break
             status, error, ok = 502, "upstream_error", False
         except Exception as exc:  # recorded in `finally`, then re-raised
             status, error = _status(exc), _error_type(exc)
@@ -408,6 +472,7 @@ class MeteredStream:
             raise
         finally:
             try:
+                await source.aclose()
                 await _aclose(inner)
             finally:
                 meter.settle(ok, status, error, usage)
@@ -439,23 +504,27 @@ class _StreamMeter:
     settled: bool = False
     queue_ms: float | None = None  # from the provider's StreamEnd, when it tells
     text: list[str] | None = None  # the reply so far, kept only for the invocation log
+    checker: ChainedStreamChecker | None = None  # the output guardrails, if any
+    interventions: int = 0
 
     def __post_init__(self) -> None:
         if self.who.log_invocations:
             self.text = []
 
     def produced(self, text: str) -> None:
-        """A text delta went out: about one token, charged to the limits now."""
+        """The upstream sent a text delta: about one token, charged to the limits now."""
         if self.adm is not None:
             self.adm.produced(1)
-        if self.text is not None:
-            self.text.append(text)
 
     def settle(self, ok: bool | None, status: int, error: str | None, usage: Usage | None) -> None:
         if self.settled:
             return
         self.settled = True
         self.lease.finish(ok, self.ttft)
+        if self.checker is not None and self.checker.intervened:
+            self.interventions += 1
+            assert self.gateway.guarding is not None
+            self.gateway.guarding.stream_verdict(self.who, self.req.model, self.checker)
         self.gateway._record(
             self.who,
             self.endpoint,
@@ -469,6 +538,19 @@ class _StreamMeter:
             error=error,
             queue_ms=self.queue_ms,
             adm=self.adm,
+            interventions=self.interventions,
             request=self.req,
             response="".join(self.text) if self.text is not None else None,
         )
+
+
+class BlockedStream:
+    """The stream of a request an input guardrail blocked: its message, then the end."""
+
+    def __init__(self, reply: ChatResponse) -> None:
+        self.info = CallInfo()
+        self.reply = reply
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        yield TextDelta(self.reply.message.content or "")
+        yield StreamEnd("content_filter", self.reply.usage)

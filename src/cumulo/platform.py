@@ -28,6 +28,8 @@ from cumulo.governance.budgets import (
     period_bounds,
 )
 from cumulo.governance.chain import Governance, budget_alert
+from cumulo.governance.guarding import Guarding
+from cumulo.governance.guardrails import Verdict, build_guardrails
 from cumulo.governance.invalidation import Invalidator
 from cumulo.governance.invocations import InvocationLog
 from cumulo.governance.ledger import Ledger
@@ -85,6 +87,12 @@ class Platform:
             self.alerts,
             self.invocations,
             on_cost=self.metrics.cost_usd,
+        )
+        self.guardrails = build_guardrails(config.all_guardrails)
+        self.guarding = Guarding(
+            self.guardrails,
+            {m.name: m.guardrails for m in config.models},
+            on_intervention=self._guardrail_intervened,
         )
         self.http: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
@@ -199,7 +207,18 @@ class Platform:
 
     def guardrail_ids(self) -> set[str]:
         """The ids of the configured guardrails."""
-        return set()
+        return set(self.guardrails)
+
+    def _guardrail_intervened(
+        self, who: Principal, model: str, source: str, verdict: Verdict
+    ) -> None:
+        """Count an intervention in the metrics and queue it for the ledger (no I/O)."""
+        summary = verdict.summary()
+        action = "blocked" if verdict.blocked else "anonymized"
+        for gid in {f.guardrail_id for f in verdict.findings}:
+            self.metrics.guardrail_interventions.labels(gid, source.lower(), action).inc()
+        data = {"model": model, "source": source, **summary}
+        self.ledger.record(who.key_id, "guardrail.intervened", model, who.tenant_id, data)
 
     @property
     def models(self) -> Catalog:

@@ -96,19 +96,27 @@ ENDPOINTS: list[tuple[str, str, Builder]] = [
     ("create tenant", ADMIN,
      lambda a, t: ("POST", "/admin/tenants", {"name": f"new-{next(_names)}-{id(a)}"})),
     ("usage", MANAGER, lambda a, t: ("GET", f"/admin/usage?tenant_id={t}", None)),
+    ("guardrails", MANAGER, lambda a, t: ("GET", "/admin/guardrails", None)),
+    ("alerts", MANAGER, lambda a, t: ("GET", f"/admin/alerts?tenant_id={t}", None)),
+    ("invocations", MANAGER, lambda a, t: ("GET", f"/admin/invocations?tenant_id={t}", None)),
+    ("ledger", ADMIN, lambda a, t: ("GET", "/admin/ledger", None)),
+    ("verify ledger", ADMIN, lambda a, t: ("GET", "/admin/ledger/verify", None)),
     ("deployments", ADMIN, lambda a, t: ("GET", "/admin/deployments", None)),
     ("engine", ADMIN, lambda a, t: ("GET", "/admin/engine", None)),
 ]
 
 
-def expected(role: str, own: bool, who_may: str) -> set[int]:
+UNSCOPED = {"guardrails"}  # the same for every tenant: no other tenant to probe
+
+
+def expected(role: str, own: bool, who_may: str, name: str = "") -> set[int]:
     if role == "admin":
         return {200, 201}
     if role == "caller":
         return {403}
     if who_may == ADMIN:
         return {403}
-    return {200, 201} if own else {404}
+    return {200, 201} if own or name in UNSCOPED else {404}
 
 
 @pytest.mark.parametrize("role", ["admin", "tenant_admin", "caller"])
@@ -122,7 +130,8 @@ def test_matrix(cumulo: CumuloServer, admin: httpx.Client, tenants: dict[str, Te
              "caller": tenants["A"].caller}[role]
     with client(cumulo, token) as http:
         resp = http.request(method, path, json=body)
-    assert resp.status_code in expected(role, own, who_may), (name, resp.status_code, resp.text)
+    assert resp.status_code in expected(role, own, who_may, name), (
+        name, resp.status_code, resp.text)
     if resp.status_code >= 400:
         assert resp.json()["error"]["message"]
     if role == "tenant_admin" and not own:

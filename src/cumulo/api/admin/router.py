@@ -26,6 +26,7 @@ def routes(service: AdminService, tenants: TenantService) -> list[Route]:
         _route("/admin/tenants/{tenant_id}", tenants.update, "PATCH"),
         _route("/admin/tenants/{tenant_id}", tenants.delete, "DELETE"),
         _route("/admin/usage", service.usage, "GET"),
+        _route("/admin/guardrails", service.guardrails, "GET"),
         _route("/admin/engine", service.engine, "GET"),
         _route("/admin/deployments", service.deployments, "GET"),
     ]

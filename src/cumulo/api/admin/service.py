@@ -258,6 +258,12 @@ class AdminService:
         await self.platform.usage.flush()
         return JSONResponse(await self.store.usage_summary(since, tenant_id))
 
+    async def guardrails(self, request: Request) -> Response:
+        """GET /admin/guardrails: every configured guardrail with its id and policies."""
+        await access.manager(self.auth, request)
+        data = [g.describe() for g in self.platform.guardrails.values()]
+        return JSONResponse({"object": "list", "data": data})
+
     async def deployments(self, request: Request) -> Response:
         """GET /admin/deployments: each model's routing and its deployments' live state.
 

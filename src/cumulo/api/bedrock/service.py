@@ -41,7 +41,7 @@ from cumulo.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cumulo.gateway import CallInfo, Gateway, MeteredStream
+from cumulo.gateway import BlockedStream, CallInfo, Gateway, MeteredStream
 from cumulo.governance import sigv4
 from cumulo.governance.auth import Principal
 from cumulo.platform import Platform
@@ -309,7 +309,9 @@ class BedrockService:
             headers=_headers(stream.info),
         )
 
-    async def _events(self, stream: MeteredStream, started: float) -> AsyncIterator[bytes]:
+    async def _events(
+        self, stream: MeteredStream | BlockedStream, started: float
+    ) -> AsyncIterator[bytes]:
         """ConverseStreamOutput events: messageStart, content blocks, messageStop, metadata."""
         yield es.event("messageStart", {"role": "assistant"})
         blocks = 0  # content blocks opened so far
