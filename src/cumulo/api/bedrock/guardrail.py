@@ -117,7 +117,7 @@ def _texts(req: ApplyGuardrailRequest) -> list[str]:
         if block.text is None:
             kind = next(iter(block.model_extra or {}), "empty")
             raise InvalidRequest(
-                f"Content block type '{kind}' is not supported; send text.",
+                f"Content block type '{kind}' at 'content.{i}' is not supported; send text.",
                 param=f"content.{i}.{kind}",
             )
         texts.append(block.text if isinstance(block.text, str) else block.text.text)
