@@ -199,6 +199,27 @@ def test_usage_records_as_the_recorder_writes_them(db_url: str) -> None:
     assert second == (None, False, None, None, 0, None, None, 0)
 
 
+def test_values_longer_than_their_column_do_not_fail_the_write(db_url: str) -> None:
+    """PostgreSQL refuses what SQLite would store; the store keeps both the same."""
+    long_model = "m" * 300  # a model name a caller made up (answered 404, still metered)
+
+    async def scenario(store: Store) -> None:
+        await store.insert_usage([
+            usage_row(key_id="k1", model=long_model, status=404, error_type="not_found_error"),
+            usage_row(key_id="k1", model="a"),
+        ])
+        by_model = {r["model"]: r["requests"] for r in (await store.usage_summary())["by_model"]}
+        assert by_model == {"m" * 128: 1, "a": 1}
+
+        longest = "n" * 200  # the longest name the admin API accepts
+        await store.add_tenant("t1", longest)
+        assert await store.delete_tenant("t1")
+        assert await store.tenant_by_name(longest) is None
+        assert (await store.add_tenant("t2", longest)).name == longest
+
+    with_store(db_url, scenario)
+
+
 MIGRATE = "import asyncio, sys; from cumulo.store.db import Store; " \
           "s = Store(sys.argv[1]); asyncio.run(s.migrate()); asyncio.run(s.close())"
 

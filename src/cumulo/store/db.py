@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import case, event, func, insert, select, text, update
+from sqlalchemy import String, Table, case, event, func, insert, select, text, update
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -90,6 +90,35 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+@lru_cache(maxsize=16)
+def _string_limits(table: Table, columns: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """(column, length) of the bounded string columns among `columns`."""
+    out = []
+    for name in columns:
+        col = table.c.get(name)
+        if col is not None and isinstance(col.type, String) and col.type.length:
+            out.append((name, col.type.length))
+    return tuple(out)
+
+
+def fit_to_columns(table: Table, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    """`rows` with strings cut to their column's length (rows sharing the first's keys).
+
+    PostgreSQL refuses a value longer than its VARCHAR (SQLite stores it), and one
+    such value, e.g. a model name a caller made up, would fail its whole batch; cut,
+    it is kept the same way on both. Rows that fit are returned as they are.
+    """
+    limits = _string_limits(table, tuple(rows[0])) if rows else ()
+    out = list(rows)
+    for i, row in enumerate(out):
+        for name, length in limits:
+            value = row[name]
+            if value is not None and len(value) > length:
+                row = {**row, name: value[:length]}
+                out[i] = row
+    return out
+
+
 @lru_cache(maxsize=4)
 def _sqlite_insert(columns: tuple[str, ...]) -> str:
     known = set(usage.c.keys())
@@ -105,6 +134,13 @@ def _alembic_config(url: str | URL) -> AlembicConfig:
     rendered = parse_url(url).render_as_string(hide_password=False)
     cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     return cfg
+
+
+def _deleted_name(tenant_id: str) -> Any:
+    """A deleted tenant's name: frees the name, and still fits the column on PostgreSQL."""
+    suffix = "#deleted-" + tenant_id
+    room = cast(String, tenants.c.name.type).length or 200
+    return func.substr(tenants.c.name, 1, room - len(suffix)) + suffix
 
 
 class Store:
@@ -337,7 +373,7 @@ class Store:
             res = await conn.execute(
                 update(tenants)
                 .where(tenants.c.id == id, tenants.c.deleted_at.is_(None))
-                .values(deleted_at=now, updated_at=now, name=tenants.c.name + "#deleted-" + id)
+                .values(deleted_at=now, updated_at=now, name=_deleted_name(id))
             )
             if res.rowcount:
                 await conn.execute(
@@ -384,6 +420,7 @@ class Store:
     async def insert_usage(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
+        rows = fit_to_columns(usage, rows)
         async with self.engine.begin() as conn:
             if self.engine.dialect.name == "sqlite":
                 # The driver's own executemany: about half the CPU per row of Core's
