@@ -200,16 +200,18 @@ def test_usage_records_as_the_recorder_writes_them(db_url: str) -> None:
 
 
 def test_values_longer_than_their_column_do_not_fail_the_write(db_url: str) -> None:
-    """PostgreSQL refuses what SQLite would store; the store keeps both the same."""
+    """PostgreSQL refuses what SQLite would store (too long, NUL); the store keeps both the
+    same, and the rest of the batch is written."""
     long_model = "m" * 300  # a model name a caller made up (answered 404, still metered)
 
     async def scenario(store: Store) -> None:
         await store.insert_usage([
             usage_row(key_id="k1", model=long_model, status=404, error_type="not_found_error"),
             usage_row(key_id="k1", model="a"),
+            usage_row(key_id="k1", model="nul\x00model", status=404),  # JSON allows "\u0000"
         ])
         by_model = {r["model"]: r["requests"] for r in (await store.usage_summary())["by_model"]}
-        assert by_model == {"m" * 128: 1, "a": 1}
+        assert by_model == {"m" * 128: 1, "a": 1, "nul\ufffdmodel": 1}
 
         longest = "n" * 200  # the longest name the admin API accepts
         await store.add_tenant("t1", longest)

@@ -91,30 +91,36 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 @lru_cache(maxsize=16)
-def _string_limits(table: Table, columns: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    """(column, length) of the bounded string columns among `columns`."""
+def _string_columns(table: Table, columns: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """(column, its length or 0 if unbounded) of the string columns among `columns`."""
     out = []
     for name in columns:
         col = table.c.get(name)
-        if col is not None and isinstance(col.type, String) and col.type.length:
-            out.append((name, col.type.length))
+        if col is not None and isinstance(col.type, String):
+            out.append((name, col.type.length or 0))
     return tuple(out)
 
 
-def fit_to_columns(table: Table, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
-    """`rows` with strings cut to their column's length (rows sharing the first's keys).
+def _fit(value: str, length: int) -> str:
+    value = value.replace("\x00", "\ufffd")
+    return value[:length] if length else value
 
-    PostgreSQL refuses a value longer than its VARCHAR (SQLite stores it), and one
-    such value, e.g. a model name a caller made up, would fail its whole batch; cut,
-    it is kept the same way on both. Rows that fit are returned as they are.
+
+def fit_to_columns(table: Table, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    """`rows` with strings made storable everywhere (rows sharing the first's keys).
+
+    PostgreSQL refuses what SQLite stores: a value longer than its VARCHAR, or a NUL
+    character. One such value, e.g. a model name a caller made up, would fail its
+    whole batch; instead it is cut to the column's length and NUL becomes U+FFFD, the
+    same on both. Rows that need nothing are returned as they are.
     """
-    limits = _string_limits(table, tuple(rows[0])) if rows else ()
+    columns = _string_columns(table, tuple(rows[0])) if rows else ()
     out = list(rows)
     for i, row in enumerate(out):
-        for name, length in limits:
+        for name, length in columns:
             value = row[name]
-            if value is not None and len(value) > length:
-                row = {**row, name: value[:length]}
+            if value is not None and ((length and len(value) > length) or "\x00" in value):
+                row = {**row, name: _fit(value, length)}
                 out[i] = row
     return out
 
