@@ -22,6 +22,7 @@ from cumulo.api.admin.service import AdminService
 from cumulo.api.admin.tenants import TenantService
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
+from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
 from cumulo.api.http import Handler, JSONResponse
@@ -89,6 +90,11 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
             *anthropic_routes(AnthropicService(platform, gateway)),
             *admin_routes(AdminService(platform), TenantService(platform)),
             *ledger_routes(platform, lambda r: access.admin(platform.auth, r)),
+            *guardrail_routes(
+                platform.guardrails,
+                bedrock_authenticator(platform.auth, platform.config.server.max_body_bytes),
+                platform.guardrail_applied,
+            ),
             *alert_routes(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations
             ),

@@ -29,7 +29,7 @@ from cumulo.governance.budgets import (
 )
 from cumulo.governance.chain import Governance, budget_alert
 from cumulo.governance.guarding import Guarding
-from cumulo.governance.guardrails import Verdict, build_guardrails
+from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
 from cumulo.governance.invalidation import Invalidator
 from cumulo.governance.invocations import InvocationLog
 from cumulo.governance.ledger import Ledger
@@ -208,6 +208,13 @@ class Platform:
     def guardrail_ids(self) -> set[str]:
         """The ids of the configured guardrails."""
         return set(self.guardrails)
+
+    def guardrail_applied(
+        self, who: Principal, guard: Guardrail, source: str, verdict: Verdict
+    ) -> None:
+        """ApplyGuardrail checked a text: interventions count like the gateway's."""
+        if verdict.intervened:
+            self._guardrail_intervened(who, f"apply:{guard.id}", source, verdict)
 
     def _guardrail_intervened(
         self, who: Principal, model: str, source: str, verdict: Verdict

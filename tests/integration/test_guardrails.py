@@ -132,3 +132,22 @@ def test_interventions_are_counted_in_usage_and_written_to_the_ledger(
         assert admin.get("/admin/ledger/verify").json()["ok"] is True
         listed = admin.get("/admin/guardrails").json()["data"]
         assert {"pii-anonymize", "strict", "no-codenames"} <= {g["id"] for g in listed}
+
+
+def test_apply_guardrail_on_the_default_pii_guardrail(server: CumuloServer) -> None:
+    token = key(server)
+    with httpx.Client(base_url=server.url, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        resp = http.post("/guardrail/pii-anonymize/version/DRAFT/apply", json={
+            "source": "OUTPUT",
+            "content": [{"text": {"text": "Write to jane.doe@example.com today."}}]})
+        missing = http.post("/guardrail/no-such/apply", json={
+            "source": "INPUT", "content": [{"text": {"text": "hi"}}]})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["action"] == "GUARDRAIL_INTERVENED"
+    assert body["outputs"] == [{"text": "Write to {EMAIL} today."}]
+    [entity] = body["assessments"][0]["sensitiveInformationPolicy"]["piiEntities"]
+    assert entity["type"] == "EMAIL" and entity["action"] == "ANONYMIZED"
+    assert missing.status_code == 404
+    assert missing.headers["x-amzn-errortype"] == "ResourceNotFoundException"

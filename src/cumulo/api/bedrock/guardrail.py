@@ -45,7 +45,7 @@ from cumulo.types import JSON
 
 Authenticate = Callable[[Request], Awaitable[tuple[Principal, bytes]]]
 """Authenticates a request and returns its principal and body (SigV4 signs the body)."""
-OnApply = Callable[[Principal, Guardrail, Verdict], None]
+OnApply = Callable[[Principal, Guardrail, Source, Verdict], None]
 """Called after each check (usage, ledger); must not block, nor log matched text."""
 
 _VERSION = re.compile(r"^(?:[1-9][0-9]{0,7}|DRAFT)$")
@@ -277,7 +277,7 @@ def guardrail_routes(
         texts = _texts(req)
         verdict = guard.check_blocks(texts, req.source)
         if on_apply is not None:
-            on_apply(who, guard, verdict)
+            on_apply(who, guard, req.source, verdict)
         latency = round((time.perf_counter() - started) * 1000)
         full = req.outputScope == "FULL"
         return JSONResponse(
