@@ -58,7 +58,7 @@ STRICT = GuardrailConfig(
 class Server:
     url: str
     key: keys.NewKey
-    applied: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
+    applied: list[tuple[str, str, str, dict[str, object]]] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server("", key)
     guards = build_guardrails([*default_guardrails(), STRICT])
 
-    def on_apply(who: Principal, guard: Guardrail, verdict: Verdict) -> None:
+    def on_apply(who: Principal, guard: Guardrail, source: str, verdict: Verdict) -> None:
         srv.applied.append((who.key_id, guard.id, verdict.summary()))
 
     @asynccontextmanager
