@@ -70,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     guards = build_guardrails([*default_guardrails(), STRICT])
 
     def on_apply(who: Principal, guard: Guardrail, source: str, verdict: Verdict) -> None:
-        srv.applied.append((who.key_id, guard.id, verdict.summary()))
+        srv.applied.append((who.key_id, guard.id, source, verdict.summary()))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -141,7 +141,7 @@ def test_boto3_apply_guardrail_anonymizes_pii(server: Server) -> None:
     assert r["usage"]["sensitiveInformationPolicyUnits"] == 1
     chars = sum(map(len, texts))
     assert r["guardrailCoverage"]["textCharacters"] == {"guarded": chars, "total": chars}
-    assert server.applied[-1][:2] == (server.key.id, "pii-anonymize")
+    assert server.applied[-1][:3] == (server.key.id, "pii-anonymize", "INPUT")
     assert "bob@example.com" not in repr(server.applied)
 
 

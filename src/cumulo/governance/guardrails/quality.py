@@ -59,21 +59,35 @@ def attack_scores(path: Path, threshold: float = attacks.STRENGTH_THRESHOLD["hig
     return s
 
 
-def pii_scores(path: Path, scanner: PiiScanner | None = None) -> Scores:
-    """The sensitive-information detectors (all types) on a labelled set of texts."""
+def pii_scores_by_type(path: Path, scanner: PiiScanner | None = None) -> dict[str, Scores]:
+    """The sensitive-information detectors on a labelled set of texts, type by type."""
     scanner = scanner or PiiScanner(PII_TYPES)
-    s = Scores()
+    by_type: dict[str, Scores] = {}
     for row in _lines(path):
         text = str(row["text"])
         entities = row["entities"]
         assert isinstance(entities, list)
         gold = Counter((str(kind), str(value)) for kind, value in entities)
         found = Counter((sp.type, text[sp.start : sp.end]) for sp in scanner.scan(text))
-        s.tp += sum((gold & found).values())
+        for (kind, _), n in (gold & found).items():
+            by_type.setdefault(kind, Scores()).tp += n
         for (kind, value), n in (found - gold).items():
+            s = by_type.setdefault(kind, Scores())
             s.fp += n
             s.errors.append(f"FP {kind} {value!r}")
         for (kind, value), n in (gold - found).items():
+            s = by_type.setdefault(kind, Scores())
             s.fn += n
             s.errors.append(f"FN {kind} {value!r}")
-    return s
+    return dict(sorted(by_type.items()))
+
+
+def pii_scores(path: Path, scanner: PiiScanner | None = None) -> Scores:
+    """The sensitive-information detectors (all types together) on a labelled set of texts."""
+    total = Scores()
+    for s in pii_scores_by_type(path, scanner).values():
+        total.tp += s.tp
+        total.fp += s.fp
+        total.fn += s.fn
+        total.errors += s.errors
+    return total

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from cumulo.governance.guardrails.policy import Finding, Guardrail
 
 _SPACES = (" ", "\n", "\t", "\r")
+# Characters let out that are scanned again with the next ones: enough for the "not preceded
+# by" checks at the start of a match (values and phrases are never split: see `_scan`).
+CONTEXT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ class StreamChecker:
             parts.append("{" + f.type + "}")
             pos = f.end
         parts.append(window[pos:cut])
-        self._context = window[max(0, cut - self.hold) : cut]
+        self._context = window[max(0, cut - CONTEXT) : cut]
         self._pending = window[cut:]
         self.findings.extend(emitted)
         return StreamCheck("".join(parts), findings=tuple(emitted))
