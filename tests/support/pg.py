@@ -4,7 +4,9 @@
 database (`CUMULO_TEST_POSTGRES`, default `postgresql://postgres@127.0.0.1:5432/postgres`),
 yields its `postgresql+asyncpg://` URL and drops it afterwards, also when the test
 failed and left connections open (`DROP DATABASE ... WITH (FORCE)`).
-If the server cannot be reached, the test is skipped with the reason (shown by `-ra`).
+If the server cannot be reached the test fails, saying so: PostgreSQL is a required
+service of the test suite (it runs on every development machine and in CI), and a
+skip would let the PostgreSQL half of the suite vanish unnoticed.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def postgres_database(prefix: str = "cumulo_test") -> Iterator[str]:
     """Create a fresh database; yield its async SQLAlchemy URL; drop it at the end."""
     problem = _reachable()
     if problem is not None:
-        pytest.skip(f"PostgreSQL not reachable at {make_url(ADMIN_URL).render_as_string()}: "
+        pytest.fail(f"PostgreSQL not reachable at {make_url(ADMIN_URL).render_as_string()}: "
                     f"{problem} (set CUMULO_TEST_POSTGRES)")
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))

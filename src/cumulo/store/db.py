@@ -400,11 +400,13 @@ class Store:
 
     async def keys_version(self) -> tuple[int, float, int, float]:
         """Changes whenever a key or tenant is added, changed or revoked (cheap; polled)."""
-        latest_key = func.max(
+        # Sums, not maxima: a change stamped earlier than the latest one (replicas' clocks
+        # differ) still changes the version.
+        stamps = func.sum(
             func.coalesce(api_keys.c.revoked_at, api_keys.c.updated_at, api_keys.c.created_at)
         )
-        qk = select(func.count(), func.coalesce(latest_key, 0)).select_from(api_keys)
-        qt = select(func.count(), func.coalesce(func.max(tenants.c.updated_at), 0)).select_from(
+        qk = select(func.count(), func.coalesce(stamps, 0)).select_from(api_keys)
+        qt = select(func.count(), func.coalesce(func.sum(tenants.c.updated_at), 0)).select_from(
             tenants
         )
         async with self.engine.connect() as conn:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cumulo.store.db import Store
+from cumulo.store.db import Store, fit_to_columns
 from cumulo.store.schema import alerts, invocation_logs
 
 Engine = Store | AsyncEngine
@@ -33,7 +33,7 @@ async def _insert(target: Engine, table: Any, rows: Sequence[dict[str, Any]]) ->
     if not rows:
         return
     async with _engine(target).begin() as conn:
-        await conn.execute(insert(table), list(rows))
+        await conn.execute(insert(table), list(fit_to_columns(table, rows)))
 
 
 async def _select(target: Engine, query: Select[Any]) -> list[dict[str, Any]]:

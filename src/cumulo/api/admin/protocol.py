@@ -11,6 +11,11 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A name is printable text: no control characters (PostgreSQL refuses NUL; logs would mangle).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+_TENANT_NAME = r"^[^\x00-\x1f\x7f#]+$"  # and no '#': deleted tenants' names use it
+
+
 class LimitsSpec(_Wire):
     """Limits of a tenant, a key or a deployment (omitted or null: unlimited)."""
 
@@ -32,7 +37,9 @@ class BudgetSpec(_Wire):
 
 
 class CreateKey(_Wire):
-    name: str = Field(min_length=1, max_length=200, description="A label for the key.")
+    name: str = Field(
+        min_length=1, max_length=200, pattern=_PRINTABLE, description="A label for the key."
+    )
     role: Literal["caller", "tenant_admin", "admin"] = Field(
         "caller",
         description="`caller` (the /v1 API), `tenant_admin` (its tenant's keys and usage) or "
@@ -77,13 +84,13 @@ class TenantFields(_Wire):
 
 
 class CreateTenant(TenantFields):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^#]+$")
+    name: str = Field(min_length=1, max_length=200, pattern=_TENANT_NAME)
 
 
 class UpdateTenant(_Wire):
     """PATCH: only the fields given change (null clears models, limits or budget)."""
 
-    name: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^#]+$")
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=_TENANT_NAME)
     models: list[str] | None = Field(None, max_length=1000)
     limits: LimitsSpec | None = None
     budget: BudgetSpec | None = None
