@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from cumulo.governance.guardrails import (
 from cumulo.governance.guardrails.chain import ChainedStreamChecker
 from cumulo.governance.guardrails.stream import StreamChecker
 
+DATA = Path(__file__).parents[2] / "data" / "guardrails"
 PII = Guardrail(GuardrailConfig(id="pii", pii=PiiConfig()))
 WORDS = Guardrail(
     GuardrailConfig(id="words", denied_words=["project falcon"],
@@ -119,3 +123,44 @@ def test_chained_checkers_anonymize_then_block() -> None:
     sent, blocked = run(checker, chunks("mail a@b.io now. " * 10 + "about project falcon. " * 3, 6))
     assert blocked is not None and "falcon" not in sent and "a@b.io" not in sent
     assert checker.blocked and {f.guardrail_id for f in checker.findings} == {"pii", "words"}
+
+
+def test_a_secret_arriving_after_its_name_is_still_recognised() -> None:
+    """`Authorization: Bearer` and its token are held together: the token is only a secret
+    next to its name, so the name is not let out before the value has been seen."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlF"
+    for head in ("curl -H 'Authorization: Bearer ", "DATABASE_PRODUCTION_CLIENT_SECRET =\n    "):
+        checker = PII.stream_checker()
+        sent = [checker.feed("Run this: " + "word " * 20 + head)]
+        sent += [checker.feed(token[i : i + 5]) for i in range(0, len(token), 5)]
+        sent += [checker.feed("' and retry. " + "more " * 20), checker.finish()]
+        out = "".join(s.text for s in sent)
+        assert token[:12] not in out and out.count("{SECRET}") == 1, out
+
+
+def test_random_chunkings_of_the_labelled_texts_give_the_whole_text_verdict() -> None:
+    """Any cut of any mix of the labelled texts: the same text out as checking it whole, or a
+    block where the whole text blocks, with nothing blocked or anonymized let out before."""
+    g = Guardrail(GuardrailConfig(
+        id="mix", pii=PiiConfig(overrides={"IN_AADHAAR": "block"}),
+        denied_words=["project falcon", "blue harbor"],
+        denied_topics=[DeniedTopicConfig(name="shares", keywords=["buy shares", "which stock*"])],
+    ))  # fmt: skip
+    lines = [json.loads(line)["text"] for name in ("pii.dev.jsonl", "pii.test.jsonl")
+             for line in (DATA / name).read_text().splitlines()]  # fmt: skip
+    lines += ["we discussed Project\nFalcon", "blue harbors", "the Blue Harbor.", "buy shares"]
+    rng = random.Random(7)
+    for _ in range(200):
+        text = " ".join(rng.sample(lines, 4))
+        whole = g.check(text, "OUTPUT")
+        pieces, i = [], 0
+        while i < len(text):
+            n = rng.randint(1, 15)
+            pieces.append(text[i : i + n])
+            i += n
+        sent, blocked = run(g.stream_checker(), iter(pieces))
+        assert (blocked is not None) == whole.blocked, text
+        if blocked is None:
+            assert sent == whole.text, text
+        for f in whole.findings:
+            assert not f.match or f.match not in sent, (f.type, text)

@@ -50,6 +50,13 @@ _ASSIGNMENT = re.compile(
     r"(?P<value>(?:[^\s\"'<>,;(){}\[\]&`]|&(?!\w+=)){8,})",
     re.IGNORECASE,
 )
+# A name and its assignment with no value yet: `api_key = `, `Authorization: Bearer `.
+_OPEN_ASSIGNMENT = re.compile(
+    rf"[\w.-]*(?:{_KEY_NAME.pattern})[\w.-]*[\"']?\s*(?:=>|=|:)\s*[\"']?"
+    r"(?:(?:bearer|basic|token)\b\s*)?\Z",
+    re.IGNORECASE,
+)
+_OPENER_REACH = 120  # characters looked back for an open assignment
 _PASSWORD_NAME = re.compile(r"(?i)passw|pwd|passphrase")
 _AWS_SECRET_NAME = re.compile(r"(?i)secret[_.-]?access[_.-]?key|aws[_.-]?secret")
 _AWS_SECRET_VALUE = re.compile(r"[A-Za-z0-9/+]{40}")
@@ -124,6 +131,16 @@ def looks_secret(key: str, value: str) -> bool:
         and _classes(value) >= 2
         and entropy(value) >= 3.0
     )
+
+
+def open_assignment(text: str, end: int) -> int | None:
+    """Where a key-like name starts, if `text[:end]` ends with it and its assignment but no
+    value yet (the value may come in the next chunk of a stream); else None."""
+    start = max(0, end - _OPENER_REACH)
+    if not any(hint in text[start:end].lower() for hint in _KEY_HINTS):
+        return None
+    m = _OPEN_ASSIGNMENT.search(text, start, end)
+    return None if m is None else m.start()
 
 
 def find_assigned_secrets(text: str) -> Iterator[tuple[int, int, str]]:

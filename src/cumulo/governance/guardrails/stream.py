@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cumulo.governance.guardrails import credentials
+
 if TYPE_CHECKING:
     from cumulo.governance.guardrails.policy import Finding, Guardrail
 
@@ -33,6 +35,7 @@ _SPACES = (" ", "\n", "\t", "\r")
 # Characters let out that are scanned again with the next ones: enough for the "not preceded
 # by" checks at the start of a match (values and phrases are never split: see `_scan`).
 CONTEXT = 16
+_ASSIGNED = frozenset({"SECRET", "AWS_SECRET_KEY"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +102,14 @@ class StreamChecker:
             self._pending = ""
             return self._blocked_check(blocking)
         cut = n if final else self._safe_cut(window, offset, n - self.hold)
+        if not final and (opener := credentials.open_assignment(window, cut)) is not None:
+            cut = max(offset, opener)  # `api_key = ` waits for its value, to be seen together
         for f in sorted(found, key=lambda f: f.start, reverse=True):
-            if f.start < cut < f.end:  # never let out part of a match
-                cut = max(offset, f.start)
+            start = f.start
+            if f.type in _ASSIGNED:  # recognised by the name it is assigned to: keep them together
+                start = credentials.open_assignment(window, f.start) or start
+            if start < cut < f.end:  # never let out part of a match
+                cut = max(offset, start)
         emitted = [f for f in found if f.action == "ANONYMIZED" and f.start < cut]
         parts: list[str] = []
         pos = offset
