@@ -320,6 +320,22 @@ def test_redis_keys_expire_once_buckets_are_full_again(prefix: str) -> None:
         client.close()
 
 
+def test_close_returns_even_when_the_flusher_is_mid_write(prefix: str) -> None:
+    # Releases wake the flusher, so close() often lands during a script call; redis-py
+    # then swallows a cancellation, so the flusher must stop on a flag instead.
+    scope = Scope("key", "k1", Limits(concurrency=1000))
+
+    async def scenario() -> None:
+        for _ in range(10):
+            limiter = RedisLimiter.from_url(REDIS_URL, prefix=prefix)
+            limiter.start()
+            for _ in range(50):
+                (await limiter.acquire([scope])).release()
+            await asyncio.wait_for(limiter.close(), 10)
+
+    asyncio.run(scenario())
+
+
 def test_redis_down_refuses_with_unavailable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -105,11 +105,13 @@ class RedisBudgetTracker(BudgetTracker):
         self._exhausted: dict[SpendKey, float] = {}  # every scope spent out, as last read
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisBudgetTracker:
+    def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> RedisBudgetTracker:
         """A tracker with its own connection pool to `url` (closed by `close()`)."""
-        return cls(aioredis.from_url(url), owns_client=True, **kwargs)
+        client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return cls(client, owns_client=True, **kwargs)
 
     def _redis_key(self, key: SpendKey) -> str:
         return f"{self.prefix}:budget:{key[0]}:{key[1]}:{key[2]}"
@@ -148,12 +150,17 @@ class RedisBudgetTracker(BudgetTracker):
         self._task = asyncio.create_task(self._run(), name="cumulo-budgets-sync")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        # Stopped by an event, not by cancellation, which redis-py may swallow.
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                break
             try:
                 await self.flush()
-            except RedisError:
-                log.warning("syncing budget spend with Redis failed; will retry")
+            except Exception:  # queued costs are kept for the next tick
+                log.exception("syncing budget spend with Redis failed; will retry")
 
     async def flush(self) -> None:
         """Send queued costs and seeds, read back watched totals and exhausted scopes.
@@ -216,9 +223,8 @@ class RedisBudgetTracker(BudgetTracker):
     async def close(self) -> None:
         """Stop the background task, send what is queued and close the connections we opened."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stop.set()
+            await self._task
             self._task = None
         try:
             await self.flush()

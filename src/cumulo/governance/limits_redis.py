@@ -224,11 +224,17 @@ class RedisLimiter:
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisLimiter:
-        """A limiter with its own connection pool to `url` (closed by `close()`)."""
-        return cls(aioredis.from_url(url), owns_client=True, **kwargs)
+    def from_url(cls, url: str, *, timeout_s: float = 2.0, **kwargs: Any) -> RedisLimiter:
+        """A limiter with its own connection pool to `url` (closed by `close()`).
+
+        `timeout_s` bounds connecting and each reply, so a Redis that hangs fails
+        requests with `Unavailable` instead of holding them.
+        """
+        client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return cls(client, owns_client=True, **kwargs)
 
     def _scope_keys(self, scope: Scope) -> tuple[str, str, str]:
         keys = self._keys.get((scope.kind, scope.id))
@@ -323,14 +329,19 @@ class RedisLimiter:
         self._task = asyncio.create_task(self._run(), name="cumulo-limits-flusher")
 
     async def _run(self) -> None:
-        while True:
+        # Stopped by a flag, not by cancellation: redis-py lets a command in flight complete
+        # and swallows the task's cancellation, which would leave close() waiting forever.
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                break
             try:
                 await self.flush()
-            except Unavailable:  # kept for the next tick
-                log.warning("sending rate limit usage to Redis failed; will retry")
+            except Exception:  # what was pending stays queued for the next tick
+                log.exception("sending rate limit usage to Redis failed; will retry")
 
     async def flush(self) -> None:
         """Send every pending token charge, release and due lease renewal in one round trip."""
@@ -368,9 +379,9 @@ class RedisLimiter:
     async def close(self) -> None:
         """Stop the flusher, send what is pending and close the connections we opened."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._wake.set()
+            await self._task
             self._task = None
         try:
             await self.flush()
