@@ -136,17 +136,71 @@ def keys() -> None:
     """Create, list and revoke API keys (needs an admin key)."""
 
 
+def _limits(rpm: int | None, tpm: int | None, concurrency: int | None) -> dict[str, int] | None:
+    given = {"rpm": rpm, "tpm": tpm, "concurrency": concurrency}
+    return {k: v for k, v in given.items() if v is not None} or None
+
+
+_limit_options = [
+    click.option("--rpm", type=int, help="Requests per minute."),
+    click.option("--tpm", type=int, help="Tokens per minute."),
+    click.option("--concurrency", type=int, help="Requests at once."),
+    click.option("--model", "models", multiple=True, help="A model it may use (repeatable)."),
+]
+
+
+def limit_options(f: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_limit_options):
+        f = option(f)
+    return f
+
+
 @keys.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["caller", "admin"]), default="caller", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(["caller", "tenant_admin", "admin"]),
+    default="caller",
+    show_default=True,
+)
+@click.option("--tenant", "tenant_id", help="The key's tenant (id).")
+@limit_options
 @pass_ctx
-def keys_create(ctx: _Ctx, name: str, role: str) -> None:
+def keys_create(
+    ctx: _Ctx,
+    name: str,
+    role: str,
+    tenant_id: str | None,
+    rpm: int | None,
+    tpm: int | None,
+    concurrency: int | None,
+    models: tuple[str, ...],
+) -> None:
     """Create a key; its secret is printed once."""
-    data = ctx.client().request("POST", "/admin/keys", json={"name": name, "role": role})
+    body: dict[str, Any] = {"name": name, "role": role, "tenant_id": tenant_id}
+    body["limits"] = _limits(rpm, tpm, concurrency)
+    body["models"] = list(models) or None
+    data = ctx.client().request("POST", "/admin/keys", json=body)
+    _show_key(data)
+
+
+def _show_key(data: dict[str, Any]) -> None:
     click.echo(
-        f"id:   {data['id']}\nname: {data['name']}\nrole: {data['role']}\nkey:  {data['key']}"
+        f"id:     {data['id']}\nname:   {data['name']}\nrole:   {data['role']}\n"
+        f"tenant: {data.get('tenant_id') or '-'}\nkey:    {data['key']}"
     )
     click.echo("The key is shown once only.", err=True)
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option("--grace", type=float, default=86400.0, show_default=True,
+              help="Seconds the old key keeps working.")  # fmt: skip
+@pass_ctx
+def keys_rotate(ctx: _Ctx, key_id: str, grace: float) -> None:
+    """Issue a replacement key; the old one expires after the grace period."""
+    data = ctx.client().request("POST", f"/admin/keys/{key_id}/rotate", json={"grace_s": grace})
+    _show_key(data)
 
 
 @keys.command("list")
@@ -156,10 +210,22 @@ def keys_list(ctx: _Ctx, include_revoked: bool) -> None:
     """List keys (never their secrets)."""
     data = ctx.client().request("GET", "/admin/keys", params={"include_revoked": include_revoked})
     rows = [
-        [k["id"], k["name"], k["role"], "revoked" if k["revoked_at"] else "active"]
-        for k in data["data"]
+        [k["id"], k["name"], k["role"], k.get("tenant_id") or "-", _state(k)] for k in data["data"]
     ]
-    _table(["ID", "NAME", "ROLE", "STATE"], rows)
+    _table(["ID", "NAME", "ROLE", "TENANT", "STATE"], rows)
+
+
+def _state(key: dict[str, Any]) -> str:
+    if key["revoked_at"]:
+        return "revoked"
+    expires = key.get("expires_at")
+    if expires is not None:
+        return (
+            "expired"
+            if expires <= time.time()
+            else "expires " + time.strftime("%Y-%m-%d %H:%M", time.gmtime(expires))
+        )
+    return "active"
 
 
 @keys.command("revoke")
@@ -169,6 +235,57 @@ def keys_revoke(ctx: _Ctx, key_id: str) -> None:
     """Revoke a key by id."""
     ctx.client().request("DELETE", f"/admin/keys/{key_id}")
     click.echo(f"revoked {key_id}")
+
+
+# -- tenants ------------------------------------------------------------------------
+
+
+@cli.group()
+def tenants() -> None:
+    """Create and list tenants (needs an admin key)."""
+
+
+@tenants.command("create")
+@click.argument("name")
+@limit_options
+@click.option("--budget-usd", type=float, help="Budget in USD per period.")
+@click.option("--budget-period", type=click.Choice(["day", "month"]), default="month",
+              show_default=True)  # fmt: skip
+@click.option("--guardrail", "guardrails", multiple=True, help="A guardrail id (repeatable).")
+@click.option("--log-invocations", is_flag=True, help="Store its prompts and responses.")
+@pass_ctx
+def tenants_create(
+    ctx: _Ctx,
+    name: str,
+    rpm: int | None,
+    tpm: int | None,
+    concurrency: int | None,
+    models: tuple[str, ...],
+    budget_usd: float | None,
+    budget_period: str,
+    guardrails: tuple[str, ...],
+    log_invocations: bool,
+) -> None:
+    """Create a tenant."""
+    body: dict[str, Any] = {"name": name, "models": list(models) or None}
+    body["limits"] = _limits(rpm, tpm, concurrency)
+    if budget_usd is not None:
+        body["budget"] = {"usd": budget_usd, "period": budget_period}
+    body |= {"guardrails": list(guardrails), "log_invocations": log_invocations}
+    data = ctx.client().request("POST", "/admin/tenants", json=body)
+    click.echo(f"id:   {data['id']}\nname: {data['name']}")
+
+
+@tenants.command("list")
+@pass_ctx
+def tenants_list(ctx: _Ctx) -> None:
+    """List tenants."""
+    data = ctx.client().request("GET", "/admin/tenants")
+    rows = [
+        [t["id"], t["name"], ",".join(t["models"] or ["*"]), ",".join(t["guardrails"]) or "-"]
+        for t in data["data"]
+    ]
+    _table(["ID", "NAME", "MODELS", "GUARDRAILS"], rows)
 
 
 # -- models -------------------------------------------------------------------------

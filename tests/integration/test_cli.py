@@ -39,6 +39,40 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 # -- keys ---------------------------------------------------------------------------
 
 
+def fields_of(stdout: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in stdout.splitlines())}
+
+
+def test_tenants_and_their_keys_from_the_cli(cumulo: CumuloServer) -> None:
+    made = cumulo_cli("tenants", "create", "cli-team", "--model", "chat-echo", "--rpm", "5",
+                      "--budget-usd", "3", "--budget-period", "day",
+                      url=cumulo.url, key=cumulo.admin_key)
+    assert made.returncode == 0, made.stderr
+    tenant_id = fields_of(made.stdout)["id"]
+    listed = cumulo_cli("tenants", "list", url=cumulo.url, key=cumulo.admin_key)
+    assert [tenant_id, "cli-team", "chat-echo", "-"] in [
+        line.split() for line in listed.stdout.splitlines()]
+
+    key = cumulo_cli("keys", "create", "cli-team-admin", "--role", "tenant_admin",
+                     "--tenant", tenant_id, url=cumulo.url, key=cumulo.admin_key)
+    assert key.returncode == 0, key.stderr
+    admin = fields_of(key.stdout)
+    assert admin["tenant"] == tenant_id and admin["role"] == "tenant_admin"
+    # The tenant admin makes and rotates its own keys; it cannot make admin keys.
+    own = fields_of(cumulo_cli("keys", "create", "svc", url=cumulo.url, key=admin["key"]).stdout)
+    assert own["tenant"] == tenant_id
+    rotated = cumulo_cli("keys", "rotate", own["id"], "--grace", "60",
+                         url=cumulo.url, key=admin["key"])
+    assert rotated.returncode == 0, rotated.stderr
+    assert fields_of(rotated.stdout)["key"] != own["key"]
+    listed = cumulo_cli("keys", "list", url=cumulo.url, key=admin["key"])
+    states = {line.split()[0]: line.split()[4] for line in listed.stdout.splitlines()[1:]}
+    assert states[own["id"]] == "expires"
+    refused = cumulo_cli("keys", "create", "root", "--role", "admin",
+                         url=cumulo.url, key=admin["key"])
+    assert_one_line_error(refused, "403")
+
+
 def test_keys_create_list_revoke(cumulo: CumuloServer) -> None:
     created = cumulo_cli("keys", "create", "cli-app", url=cumulo.url, key=cumulo.admin_key)
     assert created.returncode == 0, created.stderr
@@ -51,9 +85,9 @@ def test_keys_create_list_revoke(cumulo: CumuloServer) -> None:
 
     listed = cumulo_cli("keys", "list", url=cumulo.url, key=cumulo.admin_key)
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.splitlines()[0].split() == ["ID", "NAME", "ROLE", "STATE"]
+    assert listed.stdout.splitlines()[0].split() == ["ID", "NAME", "ROLE", "TENANT", "STATE"]
     [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith(key_id)]
-    assert row == [key_id, "cli-app", "caller", "active"]
+    assert row == [key_id, "cli-app", "caller", "-", "active"]
     assert token.split(".", 1)[1] not in listed.stdout
 
     # The new key works as CUMULO_API_KEY ...
@@ -78,7 +112,7 @@ def test_admin_role_and_key_option(cumulo: CumuloServer) -> None:
     created = cumulo_cli("--key", cumulo.admin_key, "keys", "create", "ops", "--role", "admin",
                          url=cumulo.url, key="ck-wrong.wrong")
     assert created.returncode == 0, created.stderr
-    assert "role: admin" in created.stdout
+    assert fields_of(created.stdout)["role"] == "admin"
 
 
 def test_caller_key_cannot_manage_keys(cumulo: CumuloServer, caller_key: ApiKey) -> None:
