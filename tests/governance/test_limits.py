@@ -300,19 +300,24 @@ def test_redis_keys_expire_once_buckets_are_full_again(prefix: str) -> None:
     client = redis.Redis.from_url(REDIS_URL)
 
     def ttls() -> dict[str, int]:
-        return {k.decode().rsplit(":", 1)[1]: client.pttl(k) for k in client.scan_iter(f"{prefix}:*")}
+        return {k.decode(): client.pttl(k) for k in client.scan_iter(f"{prefix}:*")}
 
     async def scenario() -> None:
         async with replicas("redis", prefix) as (a, _):
-            permit = await a.acquire([Scope("key", "k1", Limits(60, 6000, 3))], prompt_tokens=60)
+            scope = Scope("key", "k1", Limits(rpm=60, tpm=6000, concurrency=3))
+            permit = await a.acquire([scope], prompt_tokens=60)
+            buckets, slots = f"{prefix}:rl:key:k1", f"{prefix}:rl:key:k1:conc"
             after_admission = ttls()
-            assert set(after_admission) == {"rpm", "tpm", "conc"}
-            assert 0 < after_admission["rpm"] <= 2000  # 1 request to refill at 1/s, plus 1 s
-            assert 0 < after_admission["tpm"] <= 1600  # 60 tokens at 100/s, plus 1 s
-            assert 0 < after_admission["conc"] <= 61_000  # the lease, plus 1 s
+            assert set(after_admission) == {buckets, slots}
+            # Full again after 1 s (one request at 1/s; 60 tokens at 100/s take 0.6 s), plus 1 s.
+            assert 1000 < after_admission[buckets] <= 2000
+            assert 0 < after_admission[slots] <= 61_000  # the lease, plus 1 s
+            permit.consume(6000)  # 100 s of tokens: the buckets now live longer
             permit.release()
             await a.flush()
-            assert set(ttls()) == {"rpm", "tpm"}  # the emptied set is gone
+            after_release = ttls()
+            assert set(after_release) == {buckets}  # the emptied set is gone
+            assert 60_000 < after_release[buckets] <= 61_600
 
     try:
         asyncio.run(scenario())

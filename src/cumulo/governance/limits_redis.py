@@ -9,14 +9,16 @@ from one limit:
   in batches by a background flusher every `flush_interval_s` (0.1 s), together
   with releases and lease renewals: one round trip per batch, whatever the
   number of requests;
-- a released concurrency slot wakes the flusher at once, so other replicas can
-  reuse it without waiting for the next tick.
+- releasing a slot of a concurrency limit that was at least half used at
+  admission wakes the flusher at once, so a contended slot is reused without
+  waiting for the next tick (an uncontended one waits for the tick).
 
 Keys, under a configurable `prefix` (tests use a unique one):
 
-    {prefix}:rl:{kind}:{id}:rpm|tpm   hash {l: level, t: time of level}; it expires when the
-                                      bucket would be full again (no key = a full bucket)
-    {prefix}:rl:{kind}:{id}:conc      sorted set: permit id -> end of its lease (epoch s)
+    {prefix}:rl:{kind}:{id}        hash {r, rt: requests level and its time; t, tt: tokens};
+                                   it expires when both buckets would be full again
+                                   (no key = full buckets)
+    {prefix}:rl:{kind}:{id}:conc   sorted set: permit id -> end of its lease (epoch s)
 
 Leaked slots: a concurrency slot is a lease, not a bare counter. Each permit's
 member is scored with the time its lease ends (`lease_s`, 60 s by default); the
@@ -51,11 +53,11 @@ from cumulo.governance.limits import (
     CONCURRENCY_RETRY_S,
     NO_LIMITS,
     Gauge,
+    Limits,
     Permit,
     Scope,
     ratelimit_headers,
     refusal,
-    tightest,
 )
 
 log = logging.getLogger(__name__)
@@ -67,68 +69,97 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function fmt(x) return string.format('%.17g', x) end
-local function level_of(key, cap, rate)
-  local h = redis.call('HMGET', key, 'l', 't')
-  if not h[1] then return cap end
-  local level = tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * rate
+local function refill(level, at, cap)
+  if not level then return cap end
+  level = tonumber(level) + math.max(0, now - tonumber(at)) * cap / 60
   if level > cap then return cap end
   return level
 end
-local function store(key, cap, rate, level)
-  redis.call('HSET', key, 'l', fmt(level), 't', fmt(now))
-  redis.call('PEXPIRE', key, math.ceil((cap - level) / rate * 1000) + 1000)
+local function expire_when_full(key, ms)
+  if ms > redis.call('PTTL', key) then redis.call('PEXPIRE', key, ms) end
 end
 """
 
+# KEYS: per scope, its bucket hash then its concurrency set.
 # ARGV: now ('' = server time), permit id, lease s, prompt tokens, concurrency retry s,
-# then per key: kind ('r' requests, 't' tokens, 'c' concurrency) and limit.
-# Returns {index of the refusing key (0: admitted), wait s, level or count per key}.
+#       then per scope "rpm tpm concurrency" (0: unlimited).
+# Returns {refusing scope (0: admitted), its dimension ('r', 't', 'c'), wait s,
+#          then per scope: requests level, tokens level, slots in use}.
 _ACQUIRE = (
     _NOW
     + """
-local id, lease, prompt = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local levels, worst, wait_max = {}, 0, -1
-for i, key in ipairs(KEYS) do
-  local kind, cap = ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
-  local wait = -1
-  if kind == 'c' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    local n = redis.call('ZCARD', key)
-    levels[i] = n
-    if n >= cap then wait = tonumber(ARGV[5]) end
-  else
-    local rate = cap / 60
-    local level = level_of(key, cap, rate)
-    levels[i] = level
-    local need = 1
-    if kind == 't' then need = math.max(1, math.min(prompt, cap)) end
-    if level < need then wait = (need - level) / rate end
+local id, lease, prompt, retry = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = #KEYS / 2
+local caps, state = {}, {}
+local worst, worst_dim, wait_max = 0, '', -1
+for i = 1, n do
+  local r, t, c = string.match(ARGV[5 + i], '(%d+) (%d+) (%d+)')
+  r, t, c = tonumber(r), tonumber(t), tonumber(c)
+  caps[i] = {r, t, c}
+  local rl, tl, used, waits = 0, 0, 0, {}
+  if r > 0 or t > 0 then
+    local h = redis.call('HMGET', KEYS[2 * i - 1], 'r', 'rt', 't', 'tt')
+    if r > 0 then
+      rl = refill(h[1], h[2], r)
+      if rl < 1 then waits.r = (1 - rl) * 60 / r end
+    end
+    if t > 0 then
+      tl = refill(h[3], h[4], t)
+      local need = math.max(1, math.min(prompt, t))
+      if tl < need then waits.t = (need - tl) * 60 / t end
+    end
   end
-  if wait > wait_max then worst, wait_max = i, wait end
+  if c > 0 then
+    used = redis.call('ZCARD', KEYS[2 * i])
+    if used >= c then
+      redis.call('ZREMRANGEBYSCORE', KEYS[2 * i], '-inf', now)
+      used = redis.call('ZCARD', KEYS[2 * i])
+      if used >= c then waits.c = retry end
+    end
+  end
+  for dim, wait in pairs(waits) do
+    if wait > wait_max then worst, worst_dim, wait_max = i, dim, wait end
+  end
+  state[i] = {rl, tl, used}
 end
 if worst == 0 then
-  for i, key in ipairs(KEYS) do
-    local kind, cap = ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
-    if kind == 'c' then
-      redis.call('ZADD', key, now + lease, id)
-      redis.call('EXPIRE', key, math.ceil(lease) + 1)
-      levels[i] = levels[i] + 1
-    else
-      local charge = 1
-      if kind == 't' then charge = prompt end
-      levels[i] = levels[i] - charge
-      store(key, cap, cap / 60, levels[i])
+  for i = 1, n do
+    local r, t, c = caps[i][1], caps[i][2], caps[i][3]
+    local st = state[i]
+    if r > 0 or t > 0 then
+      local fields, full_s = {}, 0
+      if r > 0 then
+        st[1] = st[1] - 1
+        fields[#fields + 1] = 'r'; fields[#fields + 1] = fmt(st[1])
+        fields[#fields + 1] = 'rt'; fields[#fields + 1] = fmt(now)
+        full_s = math.max(full_s, (r - st[1]) * 60 / r)
+      end
+      if t > 0 then
+        st[2] = st[2] - prompt
+        fields[#fields + 1] = 't'; fields[#fields + 1] = fmt(st[2])
+        fields[#fields + 1] = 'tt'; fields[#fields + 1] = fmt(now)
+        full_s = math.max(full_s, (t - st[2]) * 60 / t)
+      end
+      redis.call('HSET', KEYS[2 * i - 1], unpack(fields))
+      expire_when_full(KEYS[2 * i - 1], math.ceil(full_s * 1000) + 1000)
+    end
+    if c > 0 then
+      redis.call('ZADD', KEYS[2 * i], now + lease, id)
+      redis.call('EXPIRE', KEYS[2 * i], math.ceil(lease) + 1)
+      st[3] = st[3] + 1
     end
   end
 end
-local out = {worst, fmt(wait_max)}
-for i = 1, #KEYS do out[i + 2] = fmt(levels[i]) end
+local out = {worst, worst_dim, fmt(wait_max)}
+for i = 1, n do
+  out[#out + 1] = fmt(state[i][1]); out[#out + 1] = fmt(state[i][2]); out[#out + 1] = state[i][3]
+end
 return out
 """
 )
 
 # ARGV: now, lease s, then per key: op and two values:
-#   't' capacity amount: charge tokens;  'r' id: release a slot;  'l' id: renew a lease.
+#   't' capacity amount: charge tokens to a hash;  'r' id: release a slot;  'l' id: renew a lease.
 _SETTLE = (
     _NOW
     + """
@@ -137,8 +168,10 @@ for i, key in ipairs(KEYS) do
   local op, a, b = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
   if op == 't' then
     local cap = tonumber(a)
-    local rate = cap / 60
-    store(key, cap, rate, level_of(key, cap, rate) - tonumber(b))
+    local h = redis.call('HMGET', key, 't', 'tt')
+    local level = refill(h[1], h[2], cap) - tonumber(b)
+    redis.call('HSET', key, 't', fmt(level), 'tt', fmt(now))
+    expire_when_full(key, math.ceil((cap - level) * 60 / cap * 1000) + 1000)
   elseif op == 'r' then
     redis.call('ZREM', key, a)
   else
@@ -150,11 +183,23 @@ return #KEYS
 """
 )
 
+_DIMS = {b"r": "rpm", b"t": "tpm", b"c": "concurrency"}
+
 
 class RedisPermit:
     """A permit of the Redis limiter: token charges and the release are batched."""
 
-    __slots__ = ("_limiter", "_requests", "_tokens", "conc", "id", "pending", "released", "tpm")
+    __slots__ = (
+        "_limiter",
+        "_requests",
+        "_tokens",
+        "conc",
+        "contended",
+        "id",
+        "pending",
+        "released",
+        "tpm",
+    )
 
     def __init__(
         self,
@@ -162,13 +207,15 @@ class RedisPermit:
         permit_id: str,
         tpm: list[tuple[str, int]],
         conc: list[str],
+        contended: bool,
         requests: Gauge | None,
         tokens: Gauge | None,
     ) -> None:
         self._limiter = limiter
         self.id = permit_id
-        self.tpm = tpm  # (bucket key, capacity) of each token-limited scope
+        self.tpm = tpm  # (bucket hash, capacity) of each token-limited scope
         self.conc = conc  # the sorted sets holding this permit's slots
+        self.contended = contended  # a concurrency limit was half used or more at admission
         self.pending = 0  # tokens consumed and not yet sent
         self.released = False
         self._requests = requests
@@ -214,7 +261,8 @@ class RedisLimiter:
         self._owns_client = owns_client
         self._acquire_script = client.register_script(_ACQUIRE)
         self._settle_script = client.register_script(_SETTLE)
-        self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._caps: dict[Limits, str] = {}
         self._live: dict[str, RedisPermit] = {}  # permits holding a slot or owing tokens
         self._charges: dict[str, list[int]] = {}  # bucket key -> [capacity, tokens]
         self._releases: list[tuple[str, str]] = []  # (sorted set, permit id)
@@ -236,16 +284,20 @@ class RedisLimiter:
         client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         return cls(client, owns_client=True, **kwargs)
 
-    def _scope_keys(self, scope: Scope) -> tuple[str, str, str]:
+    def _scope_keys(self, scope: Scope) -> tuple[str, str]:
         keys = self._keys.get((scope.kind, scope.id))
         if keys is None:
             base = f"{self.prefix}:rl:{scope.kind}:{scope.id}"
-            keys = self._keys[(scope.kind, scope.id)] = (
-                f"{base}:rpm",
-                f"{base}:tpm",
-                f"{base}:conc",
-            )
+            keys = self._keys[(scope.kind, scope.id)] = (base, f"{base}:conc")
         return keys
+
+    def _caps_arg(self, limits: Limits) -> str:
+        caps = self._caps.get(limits)
+        if caps is None:
+            caps = self._caps[limits] = (
+                f"{limits.rpm or 0} {limits.tpm or 0} {limits.concurrency or 0}"
+            )
+        return caps
 
     def _tick(self) -> float:
         """This process's clock for scheduling lease renewals."""
@@ -256,56 +308,55 @@ class RedisLimiter:
 
     async def acquire(self, scopes: Sequence[Scope], prompt_tokens: int = 0) -> Permit:
         """Admit the request against every scope or none, in one round trip to Redis."""
+        limited = [scope for scope in scopes if not scope.limits.unlimited]
+        if not limited:
+            return NO_LIMITS
+        permit_id = f"{self._replica}:{next(self._ids)}"
         keys: list[str] = []
         args: list[str | int | float] = [
             self._now_arg(),
-            f"{self._replica}:{next(self._ids)}",
+            permit_id,
             self.lease_s,
             prompt_tokens,
             CONCURRENCY_RETRY_S,
         ]
-        dims: list[tuple[Scope, str, int]] = []
-        for scope in scopes:
-            limits = scope.limits
-            if limits.unlimited:
-                continue
-            rpm_key, tpm_key, conc_key = self._scope_keys(scope)
-            for key, kind, dim, cap in (
-                (rpm_key, "r", "rpm", limits.rpm),
-                (tpm_key, "t", "tpm", limits.tpm),
-                (conc_key, "c", "concurrency", limits.concurrency),
-            ):
-                if cap is not None:
-                    keys.append(key)
-                    args += (kind, cap)
-                    dims.append((scope, dim, cap))
-        if not keys:
-            return NO_LIMITS
+        for scope in limited:
+            keys += self._scope_keys(scope)
+            args.append(self._caps_arg(scope.limits))
         try:
             reply = await self._acquire_script(keys=keys, args=args)
         except RedisError as exc:
             raise Unavailable("Rate limits are unavailable: Redis did not answer.") from exc
-        levels = [float(x) for x in reply[2:]]
-        requests = tightest(
-            Gauge(cap, lvl) for (_, dim, cap), lvl in zip(dims, levels, strict=True) if dim == "rpm"
-        )
-        tokens = tightest(
-            Gauge(cap, lvl) for (_, dim, cap), lvl in zip(dims, levels, strict=True) if dim == "tpm"
-        )
+        requests: Gauge | None = None
+        tokens: Gauge | None = None
+        tpm: list[tuple[str, int]] = []
+        conc: list[str] = []
+        contended = False
+        for i, scope in enumerate(limited):
+            limits = scope.limits
+            if limits.rpm is not None:
+                gauge = Gauge(limits.rpm, float(reply[3 + 3 * i]))
+                if requests is None or (gauge.level, gauge.limit) < (
+                    requests.level,
+                    requests.limit,
+                ):
+                    requests = gauge
+            if limits.tpm is not None:
+                gauge = Gauge(limits.tpm, float(reply[4 + 3 * i]))
+                if tokens is None or (gauge.level, gauge.limit) < (tokens.level, tokens.limit):
+                    tokens = gauge
+                tpm.append((keys[2 * i], limits.tpm))
+            if limits.concurrency is not None:
+                conc.append(keys[2 * i + 1])
+                contended = contended or 2 * int(reply[5 + 3 * i]) >= limits.concurrency
         worst = int(reply[0])
         if worst:
-            scope, dim, _ = dims[worst - 1]
-            raise refusal(scope, dim, float(reply[1]), ratelimit_headers(requests, tokens))
-        permit = RedisPermit(
-            self,
-            str(args[1]),
-            [(k, cap) for k, (_, dim, cap) in zip(keys, dims, strict=True) if dim == "tpm"],
-            [k for k, (_, dim, _) in zip(keys, dims, strict=True) if dim == "concurrency"],
-            requests,
-            tokens,
-        )
-        if permit.tpm or permit.conc:
-            self._live[permit.id] = permit
+            scope = limited[worst - 1]
+            dim = _DIMS[reply[1]]
+            raise refusal(scope, dim, float(reply[2]), ratelimit_headers(requests, tokens))
+        permit = RedisPermit(self, permit_id, tpm, conc, contended, requests, tokens)
+        if tpm or conc:
+            self._live[permit_id] = permit
         return permit
 
     def _release(self, permit: RedisPermit) -> None:
@@ -313,7 +364,8 @@ class RedisLimiter:
         self._take_pending(permit, self._charges)
         if permit.conc:
             self._releases += [(key, permit.id) for key in permit.conc]
-            self._wake.set()
+            if permit.contended:
+                self._wake.set()
 
     @staticmethod
     def _take_pending(permit: RedisPermit, charges: dict[str, list[int]]) -> None:
