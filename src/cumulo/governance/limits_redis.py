@@ -23,8 +23,9 @@ Keys, under a configurable `prefix` (tests use a unique one):
 Leaked slots: a concurrency slot is a lease, not a bare counter. Each permit's
 member is scored with the time its lease ends (`lease_s`, 60 s by default); the
 flusher renews the leases of this replica's live permits every `lease_s / 3`,
-and every admission first drops expired members. A replica that crashes thus
-holds its slots for at most `lease_s`.
+and an admission that finds a set full first drops its expired members. A
+replica that crashes thus holds its slots for at most `lease_s`; a live one
+holds a slot until the permit is released, so callers release in `finally`.
 
 Time is the Redis server's clock (TIME inside the scripts), so replicas with
 skewed clocks agree; tests may inject one clock instead. The scripts touch keys
