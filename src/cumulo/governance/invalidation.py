@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 1.0
+CLOSE_WAIT_S = 2.0
 
 
 class Invalidator:
@@ -45,8 +46,11 @@ class Invalidator:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # redis-py may swallow a cancellation that lands inside a command: do not wait
+            # on the listener forever.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), CLOSE_WAIT_S)
+            self._task = None
 
     async def publish(self, what: str) -> None:
         try:
