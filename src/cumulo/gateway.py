@@ -137,7 +137,11 @@ class Gateway:
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
         price = lease.deployment.price if lease else None
-        cost = price.cost(prompt, completion) if price is not None else None
+        cost: float | None = None  # unknown: a remote deployment the price table does not know
+        if price is not None:
+            cost = price.cost(prompt, completion)
+        elif lease is not None and lease.deployment.provider.deployment.provider == "local":
+            cost = 0.0  # local compute with no `pricing.local` rate set
         rec = UsageRecord(
             key_id=who.key_id,
             endpoint=endpoint,
