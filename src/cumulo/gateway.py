@@ -96,6 +96,12 @@ class Gateway:
         self.metrics = metrics
         self.governance = governance
         self.guarding = guarding
+        # Whether any deployment has limits of its own (else attempts need no wrapper).
+        self._deployment_limits = any(
+            d.provider.deployment.limits is not None
+            for route in router.routes.values()
+            for d in route.deployments
+        )
 
     def _guards(self, who: Principal, req: ChatRequest) -> GuardrailSet | None:
         if self.guarding is None or not who.may_use(req.model):
@@ -201,7 +207,8 @@ class Gateway:
                 )
             if self.governance is not None:
                 adm = await self.governance.admit(who, prompt_tokens, client)
-                attempt = self._limited(attempt, adm)
+                if self._deployment_limits:
+                    attempt = self._limited(attempt, adm)
             lease = await self.router.run(
                 model, kind, attempt, prompt_tokens, None if who.models is None else who.may_use
             )
