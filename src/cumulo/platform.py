@@ -174,10 +174,9 @@ class Platform:
     async def _seed_budgets(self) -> None:
         """This period's spend of every tenant and key with a budget, from the usage table.
 
-        Only in memory: with Redis the spend lives there, shared by the replicas.
+        With Redis, only counters it does not hold yet are seeded (it lost them, or this is
+        the first replica): the shared counter of running replicas wins.
         """
-        if self.config.redis_url:
-            return
         now = time.time()
         spend = {
             period: await self.store.spend_since(period_bounds(period, now)[0])

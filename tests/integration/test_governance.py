@@ -8,13 +8,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from fakes import FakeOpenAIUpstream
-from support import CumuloServer, openai_deployment, wait_until
+from support import UPSTREAM_KEY, CumuloServer, openai_deployment, start_cumulo, wait_until
 
 HELLO = [{"role": "user", "content": "hello there"}]
 _n = itertools.count()
@@ -166,3 +167,24 @@ def test_invocations_are_logged_only_for_tenants_that_turn_it_on(server: CumuloS
         assert entry["request"] == [{"role": "user", "content": marker}]
         assert entry["response"] == f"echo: {marker}"
         assert logged(off) == []
+
+
+def test_a_spent_budget_stays_spent_after_a_restart(
+        upstream: FakeOpenAIUpstream, tmp_path: Path) -> None:
+    config = {"usage": {"flush_interval_s": 0.1}, "models": [
+        {"name": "chat-priced", "deployments": [
+            openai_deployment(upstream, "echo", price=EXPENSIVE)]}]}
+    env = {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}
+    first = start_cumulo(config, tmp_path, **env)
+    try:
+        _, token = tenant(first, budget={"usd": 5, "period": "month"})
+        while chat(first, token, "chat-priced").status_code == 200:
+            pass
+    finally:
+        first.stop()
+    second = start_cumulo(config, tmp_path, **env)  # the same home: the same database
+    try:
+        resp = chat(second, token, "chat-priced")
+        assert resp.status_code == 429 and resp.json()["error"]["code"] == "budget_exceeded"
+    finally:
+        second.stop()
