@@ -308,17 +308,25 @@ class RedisLimiter:
     async def _admit(self, keys: list[str], args: list[str | int | float]) -> Any:
         """Run the admission script; concurrent admissions share one round trip.
 
-        While one batch is on its way to Redis, the admissions that arrive queue up
-        and go together in the next (a pipeline of EVALSHA calls: each stays atomic
-        and all-or-nothing on its own). Under load this spreads the client's fixed
-        cost per call over many requests; alone, a request goes at once.
+        A request that finds no call on its way goes at once, inline. The admissions
+        that arrive while a call is on its way queue up and go together in the next
+        one (a pipeline of EVALSHA calls: each stays atomic and all-or-nothing on its
+        own), which spreads the client's fixed cost per call over many requests.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, args, future))
-        if not self._sending:
-            self._sending = True
-            asyncio.get_running_loop().create_task(self._send())
-        return await future
+        if self._sending:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queue.append((keys, args, future))
+            return await future
+        self._sending = True
+        try:
+            return await self._acquire_script(keys=keys, args=args)
+        except RedisError as exc:
+            raise Unavailable("Rate limits are unavailable: Redis did not answer.") from exc
+        finally:
+            if self._queue:  # those that came meanwhile go next, together
+                asyncio.get_running_loop().create_task(self._send())
+            else:
+                self._sending = False
 
     async def _send(self) -> None:
         try:
