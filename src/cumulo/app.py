@@ -25,7 +25,7 @@ from cumulo.api.anthropic.service import AnthropicService
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
-from cumulo.api.http import Handler, JSONResponse
+from cumulo.api.http import DisconnectWatch, Handler, JSONResponse
 from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService, error_response
 from cumulo.config import Config, load_config
@@ -84,10 +84,11 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
             platform.governance,
             platform.guarding,
         )
+        disconnects = DisconnectWatch()
         routes = [
-            *openai_routes(OpenAIService(platform, gateway)),
-            *bedrock_routes(BedrockService(platform, gateway)),
-            *anthropic_routes(AnthropicService(platform, gateway)),
+            *openai_routes(OpenAIService(platform, gateway, disconnects)),
+            *bedrock_routes(BedrockService(platform, gateway, disconnects)),
+            *anthropic_routes(AnthropicService(platform, gateway, disconnects)),
             *admin_routes(AdminService(platform), TenantService(platform)),
             *ledger_routes(platform, lambda r: access.admin(platform.auth, r)),
             *guardrail_routes(
@@ -104,6 +105,7 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
         try:
             yield
         finally:
+            await disconnects.close()
             await platform.close()
 
     async def live(request: Request) -> Response:

@@ -153,6 +153,8 @@ class Platform:
         if self.invalidator is not None:
             await self.invalidator.close()
         await self.auth.close()
+        if self.router is not None:
+            await self.router.deadlines.close()
         if self.catalog:
             await self.catalog.close()
         if self.http:

@@ -39,6 +39,7 @@ from cumulo.governance.pricing import Price, price_of
 from cumulo.providers.base import Provider
 from cumulo.routing.breaker import Admission, BreakerPolicy, CircuitBreaker
 from cumulo.routing.catalog import Catalog, ModelEntry
+from cumulo.routing.deadlines import DeadlinePassed, Deadlines
 from cumulo.routing.strategies import STRATEGIES
 from cumulo.types import ModelKind
 
@@ -142,6 +143,7 @@ class Router:
     ) -> None:
         self.catalog = catalog
         self.rng = rng or random.Random()
+        self.deadlines = Deadlines()
         self.routes: dict[str, Route] = {}
         for entry in catalog.entries():
             b = entry.config.routing.breaker
@@ -254,7 +256,7 @@ class Router:
             state.requests += 1
             started = time.perf_counter()
             try:
-                value = await _call(attempt, name, state.provider, deadline)
+                value = await _call(attempt, name, state.provider, deadline, self.deadlines)
             except CumuloError as exc:
                 if not retryable(exc):
                     state.settle(True, started, admission)  # it answered; the caller erred
@@ -275,15 +277,13 @@ class Router:
         raise _Exhausted(error, attempts)
 
 
-async def _call(attempt: Attempt[T], name: str, provider: Provider, deadline: float) -> T:
+async def _call(
+    attempt: Attempt[T], name: str, provider: Provider, deadline: float, deadlines: Deadlines
+) -> T:
     """One attempt, cut short at the deadline (an `UpstreamTimeout`, retryable)."""
-    timeout = asyncio.timeout(deadline - time.monotonic())
     try:
-        async with timeout:
-            return await attempt(name, provider)
-    except TimeoutError as exc:
-        if not timeout.expired():
-            raise
+        return await deadlines.run(attempt(name, provider), deadline)
+    except DeadlinePassed as exc:
         raise UpstreamTimeout(
             f"No answer from '{name}' before the request's deadline (routing.timeout_s)."
         ) from exc

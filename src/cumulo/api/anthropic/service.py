@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cumulo.api.anthropic import protocol as wire
-from cumulo.api.http import JSONResponse, client_host, error_headers, read_body, unless_disconnected
+from cumulo.api.http import DisconnectWatch, JSONResponse, client_host, error_headers, read_body
 from cumulo.errors import AuthenticationFailed, CumuloError, InvalidRequest, UpstreamError
 from cumulo.gateway import Gateway
 from cumulo.governance.auth import Authenticator, Principal
@@ -348,7 +348,10 @@ class _MessageStream:
 
 
 class AnthropicService:
-    def __init__(self, platform: Platform, gateway: Gateway) -> None:
+    def __init__(
+        self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
+    ) -> None:
+        self.disconnects = disconnects or DisconnectWatch()
         self.platform = platform
         self.gateway = gateway
         self.auth: Authenticator = platform.auth
@@ -372,11 +375,11 @@ class AnthropicService:
         w = _parse(await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            resp, info = await unless_disconnected(
+            resp, info = await self.disconnects.guard(
                 request, self.gateway.chat(who, req, "messages", client_host(request))
             )
             return JSONResponse(render_message(resp), headers=info.headers())
-        stream = await unless_disconnected(
+        stream = await self.disconnects.guard(
             request, self.gateway.stream(who, req, "messages", client_host(request))
         )
         return StreamingResponse(

@@ -28,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cumulo import eventstream as es
 from cumulo.api.bedrock import protocol as wire
-from cumulo.api.http import JSONResponse, client_host, error_headers, read_body, unless_disconnected
+from cumulo.api.http import DisconnectWatch, JSONResponse, client_host, error_headers, read_body
 from cumulo.errors import (
     AuthenticationFailed,
     CumuloError,
@@ -262,7 +262,10 @@ def _headers(info: CallInfo) -> dict[str, str]:
 
 
 class BedrockService:
-    def __init__(self, platform: Platform, gateway: Gateway) -> None:
+    def __init__(
+        self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
+    ) -> None:
+        self.disconnects = disconnects or DisconnectWatch()
         self.gateway = gateway
         self.auth = platform.auth
         self.limits = platform.config.server
@@ -290,7 +293,7 @@ class BedrockService:
         """POST /model/{modelId}/converse: API_runtime_Converse."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=False)
-        resp, info = await unless_disconnected(
+        resp, info = await self.disconnects.guard(
             request, self.gateway.chat(who, req, "bedrock.converse", client_host(request))
         )
         latency = round((time.perf_counter() - started) * 1000)
@@ -300,7 +303,7 @@ class BedrockService:
         """POST /model/{modelId}/converse-stream: API_runtime_ConverseStream."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=True)
-        stream = await unless_disconnected(
+        stream = await self.disconnects.guard(
             request, self.gateway.stream(who, req, "bedrock.converse_stream", client_host(request))
         )
         return StreamingResponse(

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cumulo.api.http import JSONResponse, client_host, error_headers, read_body, unless_disconnected
+from cumulo.api.http import DisconnectWatch, JSONResponse, client_host, error_headers, read_body
 from cumulo.api.openai import protocol as wire
 from cumulo.config import ModelConfig
 from cumulo.errors import CumuloError, InvalidRequest, NotFound
@@ -206,7 +206,10 @@ def render_chat(resp: ChatResponse) -> JSON:
 
 
 class OpenAIService:
-    def __init__(self, platform: Platform, gateway: Gateway) -> None:
+    def __init__(
+        self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
+    ) -> None:
+        self.disconnects = disconnects or DisconnectWatch()
         self.platform = platform
         self.gateway = gateway
         self.auth: Authenticator = platform.auth
@@ -218,12 +221,12 @@ class OpenAIService:
         w = _parse(wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            resp, info = await unless_disconnected(
+            resp, info = await self.disconnects.guard(
                 request, self.gateway.chat(who, req, "chat.completions", client_host(request))
             )
             return JSONResponse(render_chat(resp), headers=info.headers())
         include_usage = bool(w.stream_options and w.stream_options.include_usage)
-        stream = await unless_disconnected(
+        stream = await self.disconnects.guard(
             request, self.gateway.stream(who, req, "chat.completions", client_host(request))
         )
         return StreamingResponse(
@@ -307,7 +310,7 @@ class OpenAIService:
                 param="input",
             )
         req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
-        resp, info = await unless_disconnected(
+        resp, info = await self.disconnects.guard(
             request, self.gateway.embed(who, req, "embeddings", client_host(request))
         )
         data = [
