@@ -95,6 +95,7 @@ class Platform:
             on_intervention=self._guardrail_intervened,
         )
         self.http: aiohttp.ClientSession | None = None
+        self.provider_ctx: ProviderContext | None = None
         self.catalog: Catalog | None = None
         self.router: Router | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -107,7 +108,8 @@ class Platform:
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
         )
-        self.catalog = Catalog(self.config, self.registry, ProviderContext(self.http, self.home))
+        self.provider_ctx = ProviderContext(self.http, self.home)
+        self.catalog = Catalog(self.config, self.registry, self.provider_ctx)
         self.router = Router(self.catalog, local_rate=self.config.pricing.local)
         self.metrics.watch(self.router)
         await self.auth.start()
@@ -155,6 +157,8 @@ class Platform:
         await self.auth.close()
         if self.router is not None:
             await self.router.deadlines.close()
+        if self.provider_ctx is not None:
+            await self.provider_ctx.deadlines.close()
         if self.catalog:
             await self.catalog.close()
         if self.http:

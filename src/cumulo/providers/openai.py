@@ -10,12 +10,14 @@ upstream is always asked for a final usage chunk so that usage is exact.
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 from typing import Any
 
 import aiohttp
 import orjson
 
+from cumulo.deadlines import DeadlinePassed
 from cumulo.errors import (
     InvalidRequest,
     UpstreamError,
@@ -75,8 +77,14 @@ class OpenAIProvider(Provider):
 
     @cached_property
     def _timeout(self) -> aiohttp.ClientTimeout:
+        """A stream's: the whole stream within `timeout_s`."""
         d = self.deployment
         return aiohttp.ClientTimeout(total=d.timeout_s, sock_connect=d.connect_timeout_s)
+
+    @cached_property
+    def _connect_timeout(self) -> aiohttp.ClientTimeout:
+        """A single call's: `timeout_s` is kept by `_post_json` (no event-loop timer each)."""
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.deployment.connect_timeout_s)
 
     def _chat_body(self, req: ChatRequest, stream: bool) -> JSON:
         p = req.params
@@ -213,11 +221,19 @@ class OpenAIProvider(Provider):
 
     # -- transport -------------------------------------------------------------
 
-    def _request(self, path: str, body: JSON) -> _Call:
-        return _Call(self, path, body)
+    def _request(self, path: str, body: JSON, stream: bool = True) -> _Call:
+        return _Call(self, path, body, self._timeout if stream else self._connect_timeout)
 
     async def _post_json(self, path: str, body: JSON) -> Any:
-        async with self._request(path, body) as resp:
+        """POST and parse the JSON answer, all within the deployment's `timeout_s`."""
+        deadline = time.monotonic() + self.deployment.timeout_s
+        try:
+            return await self.ctx.deadlines.run(self._post_json_now(path, body), deadline)
+        except DeadlinePassed as exc:
+            raise UpstreamTimeout("Upstream did not answer in time.") from exc
+
+    async def _post_json_now(self, path: str, body: JSON) -> Any:
+        async with self._request(path, body, stream=False) as resp:
             try:
                 raw = await resp.read()
             except TimeoutError as exc:
@@ -233,10 +249,13 @@ class OpenAIProvider(Provider):
 class _Call:
     """POST to the upstream; raises a cumulo error unless the status is 2xx."""
 
-    def __init__(self, provider: OpenAIProvider, path: str, body: JSON) -> None:
+    def __init__(
+        self, provider: OpenAIProvider, path: str, body: JSON, timeout: aiohttp.ClientTimeout
+    ) -> None:
         self.provider = provider
         self.path = path
         self.body = body
+        self.timeout = timeout
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
@@ -250,7 +269,7 @@ class _Call:
                 p._url(self.path),
                 data=data,
                 headers=p._headers,
-                timeout=p._timeout,
+                timeout=self.timeout,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("Upstream did not answer in time.") from exc

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from cumulo.config import ModelConfig, PriceConfig
+from cumulo.deadlines import DeadlinePassed, Deadlines
 from cumulo.errors import (
     CumuloError,
     InvalidRequest,
@@ -39,7 +40,6 @@ from cumulo.governance.pricing import Price, price_of
 from cumulo.providers.base import Provider
 from cumulo.routing.breaker import Admission, BreakerPolicy, CircuitBreaker
 from cumulo.routing.catalog import Catalog, ModelEntry
-from cumulo.routing.deadlines import DeadlinePassed, Deadlines
 from cumulo.routing.strategies import STRATEGIES
 from cumulo.types import ModelKind
 

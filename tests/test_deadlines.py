@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cumulo.routing.deadlines import DeadlinePassed, Deadlines
+from cumulo.deadlines import DeadlinePassed, Deadlines
 
 
 def test_a_call_past_its_deadline_raises_deadline_passed() -> None:
