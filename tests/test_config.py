@@ -188,3 +188,11 @@ def test_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     names = [m.name for m in default_config().models]
     assert "gpt-4o-mini" in names and "text-embedding-3-small" in names
+
+
+def test_forwarded_headers_are_trusted_only_from_named_proxies() -> None:
+    from cumulo.config import parse_config
+
+    assert parse_config({}, "t").server.forwarded_allow_ips == []
+    cfg = parse_config({"server": {"forwarded_allow_ips": ["10.0.0.0/8"]}}, "t")
+    assert cfg.server.forwarded_allow_ips == ["10.0.0.0/8"]

@@ -222,6 +222,11 @@ class ServerConfig(_Strict):
     max_messages: int = Field(2048, gt=0)
     max_embedding_inputs: int = Field(2048, gt=0)
     access_log: bool = False
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="Proxies (IPs or networks, or '*') whose X-Forwarded-For/-Proto headers are "
+        "trusted for the client's address (anomaly alerts, logs). Empty: the socket's peer.",
+    )
 
 
 class UsageConfig(_Strict):
