@@ -28,11 +28,25 @@ class DeadlinePassed(TimeoutError):
 
 
 class _Call:
-    __slots__ = ("expired", "task")
+    """One call under a deadline: a context manager, so it adds no coroutine to the chain
+    every resumption of the call passes through."""
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    __slots__ = ("deadlines", "expired", "task")
+
+    def __init__(self, deadlines: Deadlines, task: asyncio.Task[object]) -> None:
+        self.deadlines = deadlines
         self.task = task
         self.expired = False
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self.deadlines._live.discard(self)
+        if kind is asyncio.CancelledError and self.expired and self.task.uncancel() == 0:
+            raise DeadlinePassed from None
 
 
 class Deadlines:
@@ -43,23 +57,22 @@ class Deadlines:
         self._seq = itertools.count()
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def run(self, work: Awaitable[T], deadline: float) -> T:
-        """Await `work`; `DeadlinePassed` once `time.monotonic()` passes `deadline`."""
+    def at(self, deadline: float) -> _Call:
+        """`with deadlines.at(t): await ...` raises `DeadlinePassed` once
+        `time.monotonic()` passes `t` (in the current task)."""
         task = asyncio.current_task()
         assert task is not None
-        call = _Call(task)
+        call = _Call(self, task)
         self._live.add(call)
         heapq.heappush(self._heap, (deadline, next(self._seq), call))
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        try:
+        return call
+
+    async def run(self, work: Awaitable[T], deadline: float) -> T:
+        """Await `work`; `DeadlinePassed` once `time.monotonic()` passes `deadline`."""
+        with self.at(deadline):
             return await work
-        except asyncio.CancelledError:
-            if call.expired and task.uncancel() == 0:
-                raise DeadlinePassed from None
-            raise
-        finally:
-            self._live.discard(call)
 
     async def _sweep(self) -> None:
         try:

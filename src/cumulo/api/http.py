@@ -27,21 +27,38 @@ class ClientDisconnected(Exception):
 
 
 class _Watched:
-    __slots__ = ("gone", "listener", "request", "started", "task")
+    """One request under watch: a context manager, so it adds no coroutine to the chain."""
 
-    def __init__(self, task: asyncio.Task[object], request: Request, started: float) -> None:
+    __slots__ = ("gone", "listener", "request", "started", "task", "watch")
+
+    def __init__(
+        self, watch: DisconnectWatch, task: asyncio.Task[object], request: Request
+    ) -> None:
+        self.watch = watch
         self.task = task
         self.request = request
-        self.started = started
+        self.started = time.monotonic()
         self.gone = False
         self.listener: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> _Watched:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self.watch._inflight.discard(self)
+        if self.listener is not None:
+            self.listener.cancel()
+        if kind is asyncio.CancelledError and self.gone and self.task.uncancel() == 0:
+            raise ClientDisconnected from None
 
 
 class DisconnectWatch:
     """Cancels work whose client went away, without a timer per request.
 
-    `guard(request, work)` awaits `work` (once the request body has been read),
-    cancelling it with `ClientDisconnected` if the client disconnects first, so an
+    `with watch.request(request): await work` (once the request body has been read)
+    cancels `work` with `ClientDisconnected` if the client disconnects first, so an
     upstream call nobody waits for is not run to its end. A request only registers
     itself; one sweeper task, awake while requests are in flight, starts listening
     for the ASGI `http.disconnect` of those that have run longer than `after_s`:
@@ -54,23 +71,19 @@ class DisconnectWatch:
         self._inflight: set[_Watched] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def guard(self, request: Request, work: Awaitable[T]) -> T:
+    def request(self, request: Request) -> _Watched:
         task = asyncio.current_task()
         assert task is not None
-        watched = _Watched(task, request, time.monotonic())
+        watched = _Watched(self, task, request)
         self._inflight.add(watched)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        try:
+        return watched
+
+    async def guard(self, request: Request, work: Awaitable[T]) -> T:
+        """Await `work` under watch (see the class docstring)."""
+        with self.request(request):
             return await work
-        except asyncio.CancelledError:
-            if watched.gone and task.uncancel() == 0:
-                raise ClientDisconnected from None
-            raise
-        finally:
-            self._inflight.discard(watched)
-            if watched.listener is not None:
-                watched.listener.cancel()
 
     async def _sweep(self) -> None:
         try:

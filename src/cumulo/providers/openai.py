@@ -226,20 +226,19 @@ class OpenAIProvider(Provider):
 
     async def _post_json(self, path: str, body: JSON) -> Any:
         """POST and parse the JSON answer, all within the deployment's `timeout_s`."""
-        deadline = time.monotonic() + self.deployment.timeout_s
         try:
-            return await self.ctx.deadlines.run(self._post_json_now(path, body), deadline)
+            with self.ctx.deadlines.at(time.monotonic() + self.deployment.timeout_s):
+                async with self._request(path, body, stream=False) as resp:
+                    try:
+                        raw = await resp.read()
+                    except TimeoutError as exc:
+                        raise UpstreamTimeout("Upstream timed out.") from exc
+                    except aiohttp.ClientError as exc:
+                        raise UpstreamError(
+                            f"Upstream connection failed: {type(exc).__name__}."
+                        ) from exc
         except DeadlinePassed as exc:
             raise UpstreamTimeout("Upstream did not answer in time.") from exc
-
-    async def _post_json_now(self, path: str, body: JSON) -> Any:
-        async with self._request(path, body, stream=False) as resp:
-            try:
-                raw = await resp.read()
-            except TimeoutError as exc:
-                raise UpstreamTimeout("Upstream timed out.") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from exc
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -256,7 +256,14 @@ class Router:
             state.requests += 1
             started = time.perf_counter()
             try:
-                value = await _call(attempt, name, state.provider, deadline, self.deadlines)
+                try:
+                    with self.deadlines.at(deadline):
+                        value = await attempt(name, state.provider)
+                except DeadlinePassed as exc:
+                    raise UpstreamTimeout(
+                        f"No answer from '{name}' before the request's deadline "
+                        "(routing.timeout_s)."
+                    ) from exc
             except CumuloError as exc:
                 if not retryable(exc):
                     state.settle(True, started, admission)  # it answered; the caller erred
@@ -275,18 +282,6 @@ class Router:
             return Lease(value, state, name, attempts, started, admission)
         error = last or UpstreamTimeout(f"The deadline for '{name}' passed (routing.timeout_s).")
         raise _Exhausted(error, attempts)
-
-
-async def _call(
-    attempt: Attempt[T], name: str, provider: Provider, deadline: float, deadlines: Deadlines
-) -> T:
-    """One attempt, cut short at the deadline (an `UpstreamTimeout`, retryable)."""
-    try:
-        return await deadlines.run(attempt(name, provider), deadline)
-    except DeadlinePassed as exc:
-        raise UpstreamTimeout(
-            f"No answer from '{name}' before the request's deadline (routing.timeout_s)."
-        ) from exc
 
 
 class _Exhausted(Exception):

@@ -375,13 +375,11 @@ class AnthropicService:
         w = _parse(await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            resp, info = await self.disconnects.guard(
-                request, self.gateway.chat(who, req, "messages", client_host(request))
-            )
+            with self.disconnects.request(request):
+                resp, info = await self.gateway.chat(who, req, "messages", client_host(request))
             return JSONResponse(render_message(resp), headers=info.headers())
-        stream = await self.disconnects.guard(
-            request, self.gateway.stream(who, req, "messages", client_host(request))
-        )
+        with self.disconnects.request(request):
+            stream = await self.gateway.stream(who, req, "messages", client_host(request))
         return StreamingResponse(
             self._sse(stream.events(), req.model),
             media_type="text/event-stream",

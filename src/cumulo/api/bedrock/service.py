@@ -293,9 +293,8 @@ class BedrockService:
         """POST /model/{modelId}/converse: API_runtime_Converse."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=False)
-        resp, info = await self.disconnects.guard(
-            request, self.gateway.chat(who, req, "bedrock.converse", client_host(request))
-        )
+        with self.disconnects.request(request):
+            resp, info = await self.gateway.chat(who, req, "bedrock.converse", client_host(request))
         latency = round((time.perf_counter() - started) * 1000)
         return JSONResponse(render_converse(resp, latency), headers=_headers(info))
 
@@ -303,9 +302,10 @@ class BedrockService:
         """POST /model/{modelId}/converse-stream: API_runtime_ConverseStream."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=True)
-        stream = await self.disconnects.guard(
-            request, self.gateway.stream(who, req, "bedrock.converse_stream", client_host(request))
-        )
+        with self.disconnects.request(request):
+            stream = await self.gateway.stream(
+                who, req, "bedrock.converse_stream", client_host(request)
+            )
         return StreamingResponse(
             self._events(stream, started),
             media_type=es.CONTENT_TYPE,

@@ -221,14 +221,14 @@ class OpenAIService:
         w = _parse(wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            resp, info = await self.disconnects.guard(
-                request, self.gateway.chat(who, req, "chat.completions", client_host(request))
-            )
+            with self.disconnects.request(request):
+                resp, info = await self.gateway.chat(
+                    who, req, "chat.completions", client_host(request)
+                )
             return JSONResponse(render_chat(resp), headers=info.headers())
         include_usage = bool(w.stream_options and w.stream_options.include_usage)
-        stream = await self.disconnects.guard(
-            request, self.gateway.stream(who, req, "chat.completions", client_host(request))
-        )
+        with self.disconnects.request(request):
+            stream = await self.gateway.stream(who, req, "chat.completions", client_host(request))
         return StreamingResponse(
             self._sse(stream.events(), req.model, include_usage),
             media_type="text/event-stream",
@@ -310,9 +310,8 @@ class OpenAIService:
                 param="input",
             )
         req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
-        resp, info = await self.disconnects.guard(
-            request, self.gateway.embed(who, req, "embeddings", client_host(request))
-        )
+        with self.disconnects.request(request):
+            resp, info = await self.gateway.embed(who, req, "embeddings", client_host(request))
         data = [
             {
                 "object": "embedding",
