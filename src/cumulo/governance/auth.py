@@ -165,10 +165,6 @@ class Authenticator:
         out += [("key", k.id, k.name, k.budget) for k in self._keys.values() if k.budget]
         return out
 
-    def principal(self, key_id: str) -> Principal | None:
-        """The cached principal of an active key (admin views; no authentication)."""
-        return self._principals.get(key_id)
-
     def _signing_secret(self, row: KeyRow) -> str | None:
         """The key's secret for SigV4: decrypted on the first load only (secrets never change)."""
         if row.id in self._signing:

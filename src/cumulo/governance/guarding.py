@@ -103,9 +103,6 @@ class Guarding:
             ), verdict
         return dataclasses.replace(resp, message=message), verdict
 
-    def stream_checker(self, guards: GuardrailSet) -> ChainedStreamChecker:
-        return guards.stream_checker()
-
     def stream_verdict(self, who: Principal, model: str, checker: ChainedStreamChecker) -> None:
         """Report a finished stream's interventions (once, when it ends)."""
         if checker.intervened:

@@ -79,7 +79,6 @@ _TENANT_FIELDS = (
     "log_invocations",
     "log_retention_days",
 )
-_KEY_SCOPE_FIELDS = ("models", "limits", "budget")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -315,15 +314,6 @@ class Store:
                 .values(revoked_at=time.time())
             )
         return bool(res.rowcount)
-
-    async def revoke_tenant_keys(self, tenant_id: str) -> int:
-        async with self.engine.begin() as conn:
-            res = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            )
-        return int(res.rowcount)
 
     # -- tenants --------------------------------------------------------------
 
