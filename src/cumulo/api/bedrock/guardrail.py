@@ -33,10 +33,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cumulo.api.bedrock.service import SIGNING_SERVICE, error_response
-from cumulo.api.http import JSONResponse, guarded, read_body
+from cumulo.api.bedrock.service import authenticate as bedrock_authenticate
+from cumulo.api.bedrock.service import error_response
+from cumulo.api.http import JSONResponse, guarded
 from cumulo.errors import InvalidRequest, NotFound
-from cumulo.governance import sigv4
 from cumulo.governance.auth import Authenticator, Principal
 from cumulo.governance.guardrails import attacks
 from cumulo.governance.guardrails.config import Source
@@ -80,19 +80,7 @@ def bedrock_authenticator(auth: Authenticator, max_body_bytes: int) -> Authentic
     """SigV4 (service `bedrock`) or bearer authentication, as the Converse endpoints do."""
 
     async def authenticate(request: Request) -> tuple[Principal, bytes]:
-        authorization = request.headers.get("authorization")
-        if sigv4.is_sigv4(authorization):  # the signature covers the body: read it first
-            body = await read_body(request, max_body_bytes)
-            signed = sigv4.SignedRequest(
-                request.method,
-                request.scope["raw_path"].decode("latin-1"),
-                request.scope["query_string"].decode("latin-1"),
-                list(request.headers.items()),
-                body,
-            )
-            return await auth.authenticate_sigv4(signed, SIGNING_SERVICE), body
-        who = await auth.authenticate(authorization)
-        return who, await read_body(request, max_body_bytes)
+        return await bedrock_authenticate(auth, request, max_body_bytes)
 
     return authenticate
 

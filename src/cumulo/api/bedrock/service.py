@@ -43,7 +43,7 @@ from cumulo.errors import (
 )
 from cumulo.gateway import BlockedStream, CallInfo, Gateway, MeteredStream
 from cumulo.governance import sigv4
-from cumulo.governance.auth import Principal
+from cumulo.governance.auth import Authenticator, Principal
 from cumulo.platform import Platform
 from cumulo.types import (
     JSON,
@@ -261,6 +261,25 @@ def _headers(info: CallInfo) -> dict[str, str]:
     return {"x-amzn-requestid": str(uuid.uuid4()), **info.headers()}
 
 
+async def authenticate(
+    auth: Authenticator, request: Request, max_body_bytes: int
+) -> tuple[Principal, bytes]:
+    """The caller, by AWS SigV4 (service `bedrock`) or a bearer key, and the request body."""
+    authorization = request.headers.get("authorization")
+    if sigv4.is_sigv4(authorization):  # the signature covers the body: read it first
+        body = await read_body(request, max_body_bytes)
+        signed = sigv4.SignedRequest(
+            request.method,
+            request.scope["raw_path"].decode("latin-1"),
+            request.scope["query_string"].decode("latin-1"),
+            list(request.headers.items()),
+            body,
+        )
+        return await auth.authenticate_sigv4(signed, SIGNING_SERVICE), body
+    who = await auth.authenticate(authorization)
+    return who, await read_body(request, max_body_bytes)
+
+
 class BedrockService:
     def __init__(
         self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
@@ -272,20 +291,7 @@ class BedrockService:
 
     async def _request(self, request: Request, stream: bool) -> tuple[Principal, ChatRequest]:
         """Authenticate (SigV4 or bearer), read and translate the body."""
-        authorization = request.headers.get("authorization")
-        if sigv4.is_sigv4(authorization):  # the signature covers the body: read it first
-            body = await read_body(request, self.limits.max_body_bytes)
-            signed = sigv4.SignedRequest(
-                request.method,
-                request.scope["raw_path"].decode("latin-1"),
-                request.scope["query_string"].decode("latin-1"),
-                list(request.headers.items()),
-                body,
-            )
-            who = await self.auth.authenticate_sigv4(signed, SIGNING_SERVICE)
-        else:
-            who = await self.auth.authenticate(authorization)
-            body = await read_body(request, self.limits.max_body_bytes)
+        who, body = await authenticate(self.auth, request, self.limits.max_body_bytes)
         model = request.path_params["model_id"]
         return who, to_chat_request(model, _parse(body), stream, self.limits.max_messages)
 
