@@ -10,6 +10,8 @@ tenant admin cannot even learn which ids exist elsewhere.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from starlette.requests import Request
 
 from cumulo.errors import NotFound, PermissionDenied
@@ -27,30 +29,45 @@ async def admin(auth: Authenticator, request: Request) -> Principal:
     return who
 
 
+class Scoped(Protocol):
+    """What these rules need to know of a caller (a `Principal` is one)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def tenant_id(self) -> str | None: ...
+
+
 async def manager(auth: Authenticator, request: Request) -> Principal:
     """A platform admin or a tenant admin, else 403."""
     who = await principal(auth, request)
-    if who.role == "caller":
+    require_manager(who)
+    return who
+
+
+def require_manager(who: Scoped) -> None:
+    """403 unless `who` is a platform admin or a tenant admin with a tenant."""
+    if who.role not in ("admin", "tenant_admin"):
         raise PermissionDenied(
             "This endpoint needs an admin or tenant admin key.", code="admin_required"
         )
     if who.role == "tenant_admin" and who.tenant_id is None:
         raise PermissionDenied("This tenant admin key has no tenant.", code="admin_required")
-    return who
 
 
-def scope(who: Principal, tenant_id: str | None) -> str | None:
+def scope(who: Scoped, tenant_id: str | None) -> str | None:
     """The tenant a request may act on: a tenant admin's own only, whatever it asks for.
 
     A platform admin gets `tenant_id` as asked (None: all tenants).
     """
-    if who.is_admin:
+    if who.role == "admin":
         return tenant_id
     if tenant_id is not None and tenant_id != who.tenant_id:
         raise NotFound(f"No tenant with id '{tenant_id}'.", param="tenant_id", code="not_found")
     return who.tenant_id
 
 
-def owns(who: Principal, tenant_id: str | None) -> bool:
+def owns(who: Scoped, tenant_id: str | None) -> bool:
     """May `who` act on an object that belongs to `tenant_id`?"""
-    return who.is_admin or (tenant_id is not None and tenant_id == who.tenant_id)
+    return who.role == "admin" or (tenant_id is not None and tenant_id == who.tenant_id)

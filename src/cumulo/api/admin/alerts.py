@@ -14,32 +14,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cumulo.api.admin import access
 from cumulo.api.http import JSONResponse, guarded
 from cumulo.api.openai.service import error_response
-from cumulo.errors import InvalidRequest, NotFound, PermissionDenied
+from cumulo.errors import InvalidRequest
 from cumulo.governance.alerts import AlertSink
 from cumulo.governance.invocations import InvocationLog
 
 MAX_LIMIT = 1000
 
 
-class Scoped(Protocol):
-    """What these endpoints need to know about the caller."""
-
-    @property
-    def role(self) -> str: ...
-
-    @property
-    def tenant_id(self) -> str | None: ...
-
-
-Authenticate = Callable[[Request], Awaitable[Scoped]]
+Authenticate = Callable[[Request], Awaitable[access.Scoped]]
 
 
 def routes(
@@ -62,22 +53,11 @@ class AlertsService:
         self.log = invocations
 
     async def _tenant_scope(self, request: Request) -> str | None:
-        """The tenant the caller may see (None: all), narrowed by `?tenant_id`.
-
-        The same rules as the other admin endpoints: a caller key is refused, and
-        another tenant is reported as not found, so no tenant learns others' ids.
-        """
+        """The tenant the caller may see (None: all), narrowed by `?tenant_id`: the rules
+        of every admin endpoint (`access`)."""
         who = await self.authenticate(request)
-        asked = request.query_params.get("tenant_id") or None
-        if who.role == "admin":
-            return asked
-        if who.role != "tenant_admin" or who.tenant_id is None:
-            raise PermissionDenied(
-                "This endpoint needs an admin or tenant admin key.", code="admin_required"
-            )
-        if asked is not None and asked != who.tenant_id:
-            raise NotFound(f"No tenant with id '{asked}'.", param="tenant_id", code="not_found")
-        return who.tenant_id
+        access.require_manager(who)
+        return access.scope(who, request.query_params.get("tenant_id") or None)
 
     async def alerts(self, request: Request) -> Response:
         """GET /admin/alerts: alerts raised by any replica, newest first."""
