@@ -95,7 +95,7 @@ class Gateway:
         self.usage = usage
         self.metrics = metrics
         self.governance = governance
-        self.guarding = guarding
+        self.guarding = guarding or Guarding({}, {})  # none configured: checks nothing
         # Whether any deployment has limits of its own (else attempts need no wrapper).
         self._deployment_limits = any(
             d.provider.deployment.limits is not None
@@ -103,10 +103,18 @@ class Gateway:
             for d in route.deployments
         )
 
-    def _guards(self, who: Principal, req: ChatRequest) -> GuardrailSet | None:
-        if self.guarding is None or not who.may_use(req.model):
-            return None  # a model the key may not use is refused by `_route`, unguarded
-        return self.guarding.for_request(who, req.model)
+    def _guard_input(
+        self, who: Principal, req: ChatRequest
+    ) -> tuple[GuardrailSet | None, ChatRequest, Verdict | None]:
+        """The guardrails of this request, the request as it may go on, and the input
+        verdict if a guardrail intervened."""
+        if not who.may_use(req.model):
+            return None, req, None  # refused by `_route`, unguarded
+        guards = self.guarding.for_request(who, req.model)
+        if guards is None:
+            return None, req, None
+        req, verdict = self.guarding.check_input(guards, who, req)
+        return guards, req, verdict
 
     def _blocked(
         self, who: Principal, endpoint: str, req: ChatRequest, started: float, verdict: Verdict,
@@ -253,15 +261,10 @@ class Gateway:
         self, who: Principal, req: ChatRequest, endpoint: str, client: str | None = None
     ) -> tuple[ChatResponse, CallInfo]:
         started = time.perf_counter()
-        guards = self._guards(who, req)
-        interventions = 0
-        if guards is not None:
-            assert self.guarding is not None
-            req, verdict = self.guarding.check_input(guards, who, req)
-            if verdict is not None:
-                interventions = 1
-                if verdict.blocked:
-                    return self._blocked(who, endpoint, req, started, verdict, False), CallInfo()
+        guards, req, verdict = self._guard_input(who, req)
+        if verdict is not None and verdict.blocked:
+            return self._blocked(who, endpoint, req, started, verdict, False), CallInfo()
+        interventions = int(verdict is not None)
 
         async def attempt(model: str, provider: Provider) -> ChatResponse:
             return await provider.chat(_for_model(req, model))
@@ -280,7 +283,6 @@ class Gateway:
         lease.finish(True)
         resp = lease.value
         if guards is not None:
-            assert self.guarding is not None
             resp, verdict = self.guarding.check_output(guards, who, req.model, resp)
             interventions += verdict is not None
         self._record(
@@ -310,15 +312,10 @@ class Gateway:
         come from iteration.
         """
         started = time.perf_counter()
-        guards = self._guards(who, req)
-        interventions = 0
-        if guards is not None:
-            assert self.guarding is not None
-            req, verdict = self.guarding.check_input(guards, who, req)
-            if verdict is not None:
-                interventions = 1
-                if verdict.blocked:
-                    return BlockedStream(self._blocked(who, endpoint, req, started, verdict, True))
+        guards, req, verdict = self._guard_input(who, req)
+        if verdict is not None and verdict.blocked:
+            return BlockedStream(self._blocked(who, endpoint, req, started, verdict, True))
+        interventions = int(verdict is not None)
 
         async def attempt(model: str, provider: Provider) -> tuple[StreamEvent, ChatStream]:
             ttft_timeout = self.router.routes[model].config.routing.ttft_timeout_s
@@ -438,7 +435,7 @@ class MeteredStream:
         """Check the output with `guards` as it streams (after input checks made
         `interventions`)."""
         self._meter.interventions = interventions
-        if guards is not None and self._meter.gateway.guarding is not None:
+        if guards is not None:
             self._meter.checker = guards.stream_checker()
 
     async def _upstream(
@@ -534,7 +531,6 @@ class _StreamMeter:
         self.lease.finish(ok, self.ttft)
         if self.checker is not None and self.checker.intervened:
             self.interventions += 1
-            assert self.gateway.guarding is not None
             self.gateway.guarding.stream_verdict(self.who, self.req.model, self.checker)
         self.gateway._record(
             self.who,
