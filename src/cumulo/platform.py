@@ -116,7 +116,7 @@ class Platform:
         if self.invalidator is not None:
             await self.invalidator.start()
         self.usage.start()
-        await self.ledger.start()
+        self.ledger.start()
         await self._seed_budgets()
         self.limiter.start()
         self.budgets.start()

@@ -15,14 +15,13 @@ are deleted by the same background task, once per `purge_interval_s`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cumulo.governance.batches import BatchWriter
 from cumulo.store import records
 
 log = logging.getLogger(__name__)
@@ -82,12 +81,15 @@ class AlertSinkConfig:
     purge_interval_s: float = 3600.0
 
 
-class AlertSink:
+class AlertSink(BatchWriter[Alert]):
     """Collects alerts in memory and writes them to the store in the background.
 
     `on_alert` (optional) is called with each alert as it is emitted, on the
     request path: it must not block (e.g. increment a Prometheus counter).
     """
+
+    what = "alerts"
+    task_name = "cumulo-alert-writer"
 
     def __init__(
         self,
@@ -96,18 +98,17 @@ class AlertSink:
         on_alert: Callable[[Alert], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.config = config = config or AlertSinkConfig()
+        super().__init__(
+            flush_interval_s=config.flush_interval_s,
+            batch_size=config.batch_size,
+            max_queue=config.max_queue,
+        )
         self.store = store
-        self.config = config or AlertSinkConfig()
         self.on_alert = on_alert
         self.clock = clock
-        self._pending: list[Alert] = []
         self._counts: dict[str, int] = {}
-        self._wake = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
         self._last_purge = 0.0
-        self.dropped = 0
-        self.written = 0
 
     def emit(self, alert: Alert) -> None:
         """Queue one alert. No I/O; safe to call on the request path."""
@@ -115,9 +116,7 @@ class AlertSink:
         log.warning("alert %s (%s): %s", alert.kind, alert.severity, alert.message)
         if self.on_alert is not None:
             self.on_alert(alert)
-        self._pending.append(alert)
-        if len(self._pending) >= self.config.batch_size:
-            self._wake.set()
+        self._queue(alert)
 
     def emit_all(self, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -126,10 +125,6 @@ class AlertSink:
     def counts(self) -> dict[str, int]:
         """Alerts emitted by this process since it started, per kind (for metrics)."""
         return dict(self._counts)
-
-    @property
-    def queued(self) -> int:
-        return len(self._pending)
 
     async def recent(
         self,
@@ -154,49 +149,14 @@ class AlertSink:
         )
         return [Alert.from_row(r) for r in rows]
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cumulo-alert-writer")
-
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.flush()
-
-    async def flush(self) -> None:
-        async with self._flush_lock:
-            while self._pending:
-                batch = self._pending[: self.config.batch_size]
-                try:
-                    await records.insert_alerts(self.store, [a.as_row() for a in batch])
-                except BaseException:
-                    self._trim()
-                    raise
-                del self._pending[: len(batch)]
-                self.written += len(batch)
+    async def _write(self, batch: list[Alert]) -> None:
+        await records.insert_alerts(self.store, [a.as_row() for a in batch])
 
     async def purge(self) -> int:
         """Delete alerts older than the retention; the number deleted."""
         self._last_purge = self.clock()
         return await records.purge_alerts(self.store, self._last_purge - self.config.retention_s)
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s)
-            self._wake.clear()
-            try:
-                await self.flush()
-                if self.clock() - self._last_purge >= self.config.purge_interval_s:
-                    await self.purge()
-            except Exception:  # the alerts stay queued; the next tick retries
-                log.exception("writing alerts failed; will retry")
-
-    def _trim(self) -> None:
-        excess = len(self._pending) - self.config.max_queue
-        if excess > 0:
-            del self._pending[:excess]
-            self.dropped += excess
-            log.error("alert queue full: dropped %d oldest alerts", excess)
+    async def housekeeping(self) -> None:
+        if self.clock() - self._last_purge >= self.config.purge_interval_s:
+            await self.purge()

@@ -16,8 +16,6 @@ retention, once per `purge_interval_s` (and once at start). The retention is
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from cumulo.governance.batches import BatchWriter
 from cumulo.store import records
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,14 @@ class Invocation:
         }
 
 
-class InvocationLog:
-    """Queues invocations in memory, writes them in batches, purges past retention."""
+class InvocationLog(BatchWriter[dict[str, Any]]):
+    """Queues invocations in memory, writes them in batches, purges past retention.
+
+    The queue is bounded by its size in bytes (`max_queue_bytes`), not by a count.
+    """
+
+    what = "invocation log entries"
+    task_name = "cumulo-invocation-writer"
 
     def __init__(
         self,
@@ -101,18 +106,17 @@ class InvocationLog:
         retention_days: Callable[[str], float | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.config = config = config or InvocationLogConfig()
+        super().__init__(
+            flush_interval_s=config.flush_interval_s,
+            batch_size=config.batch_size,
+            max_queue=0,  # unused: bounded by bytes (`_trim`)
+        )
         self.store = store
-        self.config = config or InvocationLogConfig()
         self.retention_days = retention_days
         self.clock = clock
-        self._pending: list[dict[str, Any]] = []
         self._pending_bytes = 0
-        self._wake = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
         self._last_purge: float | None = None
-        self.dropped = 0
-        self.written = 0
         self.purged = 0
 
     def record(
@@ -137,29 +141,22 @@ class InvocationLog:
         request_json = orjson.dumps(request, default=str).decode()
         if response is not None and "\x00" in response:
             response = response.replace("\x00", "\ufffd")  # PostgreSQL text refuses NUL
-        self._pending.append(
-            {
-                "ts": self.clock() if ts is None else ts,
-                "tenant_id": tenant_id,
-                "key_id": key_id,
-                "endpoint": endpoint,
-                "model": model,
-                "status": status,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "request_json": request_json,
-                "response_text": response,
-            }
-        )
-        self._pending_bytes += _size(self._pending[-1])
-        if len(self._pending) >= self.config.batch_size:
-            self._wake.set()
+        row = {
+            "ts": self.clock() if ts is None else ts,
+            "tenant_id": tenant_id,
+            "key_id": key_id,
+            "endpoint": endpoint,
+            "model": model,
+            "status": status,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "request_json": request_json,
+            "response_text": response,
+        }
+        self._pending_bytes += _size(row)
+        self._queue(row)
         if self._pending_bytes > self.config.max_queue_bytes:
             self._trim()
-
-    @property
-    def queued(self) -> int:
-        return len(self._pending)
 
     async def entries(
         self,
@@ -203,18 +200,8 @@ class InvocationLog:
             log.info("invocation log: deleted %d entries past retention", deleted)
         return deleted
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cumulo-invocation-writer")
-
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.flush()
-
     async def flush(self) -> None:
+        """Write everything queued (taken off the queue first, put back if the write fails)."""
         async with self._flush_lock:
             while self._pending:
                 # Taken off the queue first: `record()` may trim it while the write awaits.
@@ -232,20 +219,11 @@ class InvocationLog:
                     raise
                 self.written += len(batch)
 
-    async def _run(self) -> None:
-        while True:
-            due = self._last_purge is None or (
-                self.clock() - self._last_purge >= self.config.purge_interval_s
-            )
-            try:
-                if due:
-                    await self.purge()
-                await self.flush()
-            except Exception:  # the entries stay queued; the next tick retries
-                log.exception("writing or purging the invocation log failed; will retry")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s)
-            self._wake.clear()
+    async def housekeeping(self) -> None:
+        if self._last_purge is None or (
+            self.clock() - self._last_purge >= self.config.purge_interval_s
+        ):
+            await self.purge()
 
     def _trim(self) -> None:
         dropped = freed = 0

@@ -45,8 +45,6 @@ What it does not protect against:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -56,6 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cumulo.governance.batches import BatchWriter
 from cumulo.governance.ledger_verify import (
     GENESIS,
     REPAIR_ACTION,
@@ -163,12 +162,15 @@ def _pending(
     return _Pending(time.time(), actor, action, target, tenant_id, text)
 
 
-class Ledger:
+class Ledger(BatchWriter[_Pending]):
     """The audit ledger of the database in `store`, MAC'd under a key from `master_key`.
 
     `start()` runs the writer of `record()`ed entries; `close()` writes what is queued.
     `append`, `entries` and `verify` work without `start()` (as the CLI uses them).
     """
+
+    what = "audit ledger entries"
+    task_name = "cumulo-ledger-writer"
 
     def __init__(
         self,
@@ -179,18 +181,13 @@ class Ledger:
         batch_size: int = 500,
         max_queue: int = 100_000,
     ) -> None:
+        super().__init__(
+            flush_interval_s=flush_interval_s, batch_size=batch_size, max_queue=max_queue
+        )
         self.store = store
         self._key = master_key.derive("audit-ledger")
-        self.flush_interval_s = flush_interval_s
-        self.batch_size = batch_size
-        self.max_queue = max_queue
-        self._pending: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._flush_lock = asyncio.Lock()
         self._closed = False
         self._high = 0  # the highest seq this process wrote or verified
-        self.dropped = 0
 
     # -- writing ----------------------------------------------------------------------
 
@@ -223,56 +220,12 @@ class Ledger:
         if self._closed:
             log.error("ledger closed: entry %s not recorded", action)
             return
-        self._pending.append(item)
-        if len(self._pending) >= self.batch_size:
-            self._wake.set()
-
-    @property
-    def queued(self) -> int:
-        return len(self._pending)
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="cumulo-ledger-writer")
+        self._queue(item)
 
     async def close(self) -> None:
         """Stop the writer and write every queued entry."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.flush()
+        await super().close()
         self._closed = True
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except Exception:  # the entries stay queued; the next tick retries
-                log.exception("writing audit ledger entries failed; will retry")
-
-    async def flush(self) -> None:
-        """Write every queued entry, in batches of `batch_size`, one transaction each."""
-        async with self._flush_lock:
-            while self._pending:
-                batch = self._pending[: self.batch_size]
-                try:
-                    await self._write(batch)
-                except BaseException:
-                    self._trim()
-                    raise
-                del self._pending[: len(batch)]
-
-    def _trim(self) -> None:
-        excess = len(self._pending) - self.max_queue
-        if excess > 0:
-            del self._pending[:excess]
-            self.dropped += excess
-            log.error("audit ledger queue full: dropped %d oldest entries", excess)
 
     async def _write(self, items: list[_Pending]) -> list[dict[str, Any]]:
         rows = await sql.append(self.store, lambda tail: self._seal(tail, items))
