@@ -11,14 +11,14 @@ import dataclasses
 import time
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.api.admin import access
 from cumulo.api.admin.protocol import CreateKey, RotateKey
 from cumulo.api.http import JSONResponse, read_body
-from cumulo.api.openai.service import validation_error
+from cumulo.api.openai.service import parse_body
 from cumulo.errors import InvalidRequest, NotFound, PermissionDenied
 from cumulo.governance import keys
 from cumulo.governance.auth import Principal
@@ -47,13 +47,8 @@ def _key_view(row: KeyRow) -> dict[str, Any]:
 
 
 def parse(model: type[M], body: bytes) -> M:
-    """A wire model from a JSON body, or a 400 naming the field."""
-    try:
-        return model.model_validate_json(body or b"{}")
-    except ValidationError as exc:
-        if exc.errors()[0]["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest("The request body is not valid JSON.") from exc
-        raise validation_error(exc) from exc
+    """A wire model from a JSON body (none: `{}`), or a 400 naming the field."""
+    return parse_body(model, body or b"{}")
 
 
 def check_models(platform: Platform, models: list[str] | None, param: str = "models") -> None:

@@ -13,10 +13,10 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -42,6 +42,7 @@ from cumulo.types import (
 )
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 # -- errors -------------------------------------------------------------------
@@ -92,7 +93,8 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     )
 
 
-def _parse(model: type[wire._Wire], body: bytes) -> Any:
+def parse_body(model: type[M], body: bytes) -> M:
+    """A wire model from a JSON body, or a 400 naming the field (the admin API's too)."""
     if not body:
         raise InvalidRequest("The request body is empty; a JSON object is required.")
     try:
@@ -218,7 +220,7 @@ class OpenAIService:
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
         who = await self.auth.authenticate(request.headers.get("authorization"))
-        w = _parse(wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
+        w = parse_body(wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
             with self.disconnects.request(request):
@@ -293,7 +295,7 @@ class OpenAIService:
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings."""
         who = await self.auth.authenticate(request.headers.get("authorization"))
-        w = _parse(wire.EmbeddingRequestWire, await read_body(request, self.limits.max_body_bytes))
+        w = parse_body(wire.EmbeddingRequestWire, await read_body(request, self.limits.max_body_bytes))
         inputs = [w.input] if isinstance(w.input, str) else w.input
         if not inputs:
             raise InvalidRequest("'input' must not be empty.", param="input")
