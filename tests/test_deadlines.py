@@ -14,10 +14,11 @@ def test_a_call_past_its_deadline_raises_deadline_passed() -> None:
     async def main() -> None:
         d = Deadlines(tick_s=0.005)
         started = time.monotonic()
-        with pytest.raises(DeadlinePassed):
-            await d.run(asyncio.sleep(5), started + 0.05)
+        with pytest.raises(DeadlinePassed), d.at(started + 0.05):
+            await asyncio.sleep(5)
         assert time.monotonic() - started < 1
-        assert await d.run(asyncio.sleep(0, "done"), time.monotonic() + 1) == "done"
+        with d.at(time.monotonic() + 1):
+            assert await asyncio.sleep(0, "done") == "done"
         await d.close()
 
     asyncio.run(main())
@@ -26,7 +27,11 @@ def test_a_call_past_its_deadline_raises_deadline_passed() -> None:
 def test_an_outside_cancellation_stays_a_cancellation() -> None:
     async def main() -> None:
         d = Deadlines(tick_s=0.005)
-        task = asyncio.create_task(d.run(asyncio.sleep(5), time.monotonic() + 10))
+        async def sleep_under_deadline() -> None:
+            with d.at(time.monotonic() + 10):
+                await asyncio.sleep(5)
+
+        task = asyncio.create_task(sleep_under_deadline())
         await asyncio.sleep(0.02)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -43,7 +48,8 @@ def test_many_calls_each_keep_their_own_deadline() -> None:
 
         async def one(i: int) -> str:
             try:
-                await d.run(asyncio.sleep(0.2), now + (0.05 if i % 2 else 5))
+                with d.at(now + (0.05 if i % 2 else 5)):
+                    await asyncio.sleep(0.2)
                 return "finished"
             except DeadlinePassed:
                 return "expired"
@@ -52,7 +58,8 @@ def test_many_calls_each_keep_their_own_deadline() -> None:
         assert results.count("expired") == 100 and results.count("finished") == 100
         # Quick calls leave nothing behind once the sweeper has run.
         for _ in range(2000):
-            await d.run(asyncio.sleep(0), time.monotonic() + 60)
+            with d.at(time.monotonic() + 60):
+                await asyncio.sleep(0)
         await asyncio.sleep(0.05)
         assert len(d._heap) < 1000
         await d.close()

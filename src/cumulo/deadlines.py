@@ -17,14 +17,10 @@ import contextlib
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class DeadlinePassed(TimeoutError):
-    """The deadline given to `Deadlines.run` passed (not a timeout from inside the work)."""
+    """The deadline given to `Deadlines.at` passed (not a timeout from inside the work)."""
 
 
 class _Call:
@@ -68,11 +64,6 @@ class Deadlines:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return call
-
-    async def run(self, work: Awaitable[T], deadline: float) -> T:
-        """Await `work`; `DeadlinePassed` once `time.monotonic()` passes `deadline`."""
-        with self.at(deadline):
-            return await work
 
     async def _sweep(self) -> None:
         try:

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -19,7 +19,6 @@ from cumulo.errors import BudgetExceeded, CumuloError, InvalidRequest, PayloadTo
 from cumulo.gateway import CLIENT_CLOSED
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class ClientDisconnected(Exception):
@@ -79,11 +78,6 @@ class DisconnectWatch:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return watched
-
-    async def guard(self, request: Request, work: Awaitable[T]) -> T:
-        """Await `work` under watch (see the class docstring)."""
-        with self.request(request):
-            return await work
 
     async def _sweep(self) -> None:
         try:

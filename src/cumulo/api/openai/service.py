@@ -220,7 +220,9 @@ class OpenAIService:
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
         who = await self.auth.authenticate(request.headers.get("authorization"))
-        w = parse_body(wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes))
+        w = parse_body(
+            wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes)
+        )
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
             with self.disconnects.request(request):
@@ -295,7 +297,9 @@ class OpenAIService:
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings."""
         who = await self.auth.authenticate(request.headers.get("authorization"))
-        w = parse_body(wire.EmbeddingRequestWire, await read_body(request, self.limits.max_body_bytes))
+        w = parse_body(
+            wire.EmbeddingRequestWire, await read_body(request, self.limits.max_body_bytes)
+        )
         inputs = [w.input] if isinstance(w.input, str) else w.input
         if not inputs:
             raise InvalidRequest("'input' must not be empty.", param="input")
