@@ -16,6 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from cumulo.governance.usage import UsageRecord
+from cumulo.store import db
 from cumulo.store.db import MIGRATIONS, Store
 from support.pg import database_names, postgres_database
 
@@ -197,6 +198,22 @@ def test_usage_records_as_the_recorder_writes_them(db_url: str) -> None:
     first, second = with_store(db_url, scenario)
     assert first == ("k1", True, 3.25, 0.5, 1, "m", 0.001, 1)
     assert second == (None, False, None, None, 0, None, None, 0)
+
+
+def test_a_batch_larger_than_one_statement_is_written_whole_and_in_order(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite writes a batch as multi-row INSERTs of as many rows as its parameter limit
+    allows; here the limit is lowered so that 1,000 rows take several statements."""
+    monkeypatch.setattr(db, "_SQLITE_MAX_VARIABLES", 999)  # SQLite's before 3.32: 66 rows
+
+    async def scenario(store: Store) -> list[tuple[Any, ...]]:
+        await store.insert_usage([usage_row(ts=i, prompt_tokens=i) for i in range(1000)])
+        async with store.engine.connect() as conn:
+            rows = await conn.execute(text("SELECT ts, prompt_tokens FROM usage ORDER BY id"))
+            return [tuple(r) for r in rows]
+
+    assert with_store(db_url, scenario) == [(float(i), i) for i in range(1000)]
 
 
 def test_values_longer_than_their_column_do_not_fail_the_write(db_url: str) -> None:

@@ -68,16 +68,20 @@ class BatchWriter(Generic[T]):
     async def _tick(self, flush: bool) -> None:
         try:
             if flush:
-                await self.flush()
+                # Only what is queued now: under load, chasing the items that arrive while
+                # a batch is written turned into a stream of small batches.
+                await self.flush(len(self._pending))
             await self.housekeeping()
         except Exception:  # what is queued stays queued; the next tick retries
             log.exception("writing %s failed; will retry", self.what)
 
-    async def flush(self) -> None:
-        """Write everything queued, `batch_size` at a time."""
+    async def flush(self, limit: int | None = None) -> None:
+        """Write everything queued (at most `limit` items), `batch_size` at a time."""
         async with self._flush_lock:
-            while self._pending:
-                batch = self._pending[: self.batch_size]
+            left = len(self._pending) if limit is None else limit
+            while self._pending and left > 0:
+                batch = self._pending[: min(self.batch_size, left)]
+                left -= len(batch)
                 try:
                     await self._write(batch)
                 except BaseException:

@@ -200,12 +200,15 @@ class InvocationLog(BatchWriter[dict[str, Any]]):
             log.info("invocation log: deleted %d entries past retention", deleted)
         return deleted
 
-    async def flush(self) -> None:
-        """Write everything queued (taken off the queue first, put back if the write fails)."""
+    async def flush(self, limit: int | None = None) -> None:
+        """Write everything queued, at most `limit` entries (taken off the queue first, put
+        back if the write fails)."""
         async with self._flush_lock:
-            while self._pending:
+            left = len(self._pending) if limit is None else limit
+            while self._pending and left > 0:
                 # Taken off the queue first: `record()` may trim it while the write awaits.
-                batch = self._pending[: self.config.batch_size]
+                batch = self._pending[: min(self.config.batch_size, left)]
+                left -= len(batch)
                 del self._pending[: len(batch)]
                 size = sum(_size(r) for r in batch)
                 self._pending_bytes -= size
