@@ -27,20 +27,24 @@ registered in prometheus_client's global registry.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from cumulo.routing.breaker import STATE_VALUES
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics import Counter as _Counter
-    from prometheus_client.metrics import Histogram as _Histogram
-
     from cumulo.routing.router import Router
 
 UNKNOWN_MODEL = "_unknown"
@@ -48,54 +52,51 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class _Children:
-    """The labelled series one (model, deployment, status) updates, looked up once."""
+class _Histogram:
+    """Observations per bucket (not cumulative; the last is +Inf) and their sum."""
 
-    __slots__ = ("completion", "duration", "errors", "prompt", "requests", "ttft")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self, m: Metrics, model: str, deployment: str, status: int) -> None:
-        code = str(status)
-        self.requests: _Counter = m.requests.labels(model, deployment, code)
-        self.errors: _Counter | None = (
-            m.errors.labels(model, deployment, code) if status >= 400 else None
-        )
-        self.prompt: _Counter = m.tokens.labels(model, deployment, "prompt")
-        self.completion: _Counter = m.tokens.labels(model, deployment, "completion")
-        self.duration: _Histogram = m.duration.labels(model, deployment)
-        self.ttft: _Histogram = m.ttft.labels(model, deployment)
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # `le` bounds are inclusive
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+        return out
+
+
+class _Series:
+    """What one (model, deployment, status) has counted: plain numbers on the request
+    path, turned into Prometheus samples when scraped."""
+
+    __slots__ = ("completion", "duration", "prompt", "requests", "ttft")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.prompt = 0
+        self.completion = 0
+        self.duration = _Histogram(_LATENCY_BUCKETS)
+        self.ttft = _Histogram(_TTFT_BUCKETS)
 
 
 class Metrics:
+    """The request metrics are plain counters updated without locks (each process serves
+    requests on one event loop, which also answers scrapes); the rarer ones (alerts,
+    guardrail interventions) are prometheus_client counters."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        labels = ("model", "deployment", "status")
-        self.requests = Counter(
-            "cumulo_requests", "Requests, by final status.", labels, registry=reg
-        )
-        self.errors = Counter(
-            "cumulo_request_errors", "Requests that failed (status >= 400).", labels, registry=reg
-        )
-        self.tokens = Counter(
-            "cumulo_tokens",
-            "Tokens, prompt or completion.",
-            ("model", "deployment", "type"),
-            registry=reg,
-        )
-        self.duration = Histogram(
-            "cumulo_request_duration_seconds",
-            "Time to serve a request.",
-            ("model", "deployment"),
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.ttft = Histogram(
-            "cumulo_time_to_first_token_seconds",
-            "Time to the first streamed event.",
-            ("model", "deployment"),
-            buckets=_TTFT_BUCKETS,
-            registry=reg,
-        )
         self.alerts = Counter(
             "cumulo_alerts", "Anomaly and budget alerts raised.", ("kind",), registry=reg
         )
@@ -105,11 +106,10 @@ class Metrics:
             ("guardrail", "source", "action"),
             registry=reg,
         )
-        self.cost = Counter(
-            "cumulo_cost_usd", "Priced spend in USD, by requested model.", ("model",), registry=reg
-        )
         self._models: frozenset[str] = frozenset()
-        self._children: dict[tuple[str, str, int], _Children] = {}
+        self._series: dict[tuple[str, str, int], _Series] = {}
+        self._cost: dict[str, float] = {}
+        reg.register(_RequestCollector(self))
 
     def watch(self, router: Router) -> None:
         """Expose `router`'s deployments (circuit state, in flight) at every scrape."""
@@ -130,29 +130,89 @@ class Metrics:
         if model not in self._models:
             model = UNKNOWN_MODEL
         key = (model, deployment or "", status)
-        c = self._children.get(key)
-        if c is None:
-            c = self._children[key] = _Children(self, *key)
-        c.requests.inc()
-        if c.errors is not None:
-            c.errors.inc()
-        if prompt_tokens:
-            c.prompt.inc(prompt_tokens)
-        if completion_tokens:
-            c.completion.inc(completion_tokens)
-        c.duration.observe(latency_s)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series()
+        s.requests += 1
+        s.prompt += prompt_tokens
+        s.completion += completion_tokens
+        s.duration.observe(latency_s)
         if ttft_s is not None:
-            c.ttft.observe(ttft_s)
+            s.ttft.observe(ttft_s)
 
     def cost_usd(self, model: str, usd: float) -> None:
         if model not in self._models:
             model = UNKNOWN_MODEL
-        self.cost.labels(model).inc(usd)
+        self._cost[model] = self._cost.get(model, 0.0) + usd
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition body and its content type, as the `Accept` header asks."""
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type
+
+
+class _RequestCollector(Collector):
+    """The request metrics, from `Metrics`' counters at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["model", "deployment", "status"]
+        requests = CounterMetricFamily(
+            "cumulo_requests", "Requests, by final status.", labels=labels
+        )
+        errors = CounterMetricFamily(
+            "cumulo_request_errors", "Requests that failed (status >= 400).", labels=labels
+        )
+        tokens = CounterMetricFamily(
+            "cumulo_tokens", "Tokens, prompt or completion.", labels=["model", "deployment", "type"]
+        )
+        duration = HistogramMetricFamily(
+            "cumulo_request_duration_seconds",
+            "Time to serve a request.",
+            labels=["model", "deployment"],
+        )
+        ttft = HistogramMetricFamily(
+            "cumulo_time_to_first_token_seconds",
+            "Time to the first streamed event.",
+            labels=["model", "deployment"],
+        )
+        cost = CounterMetricFamily(
+            "cumulo_cost_usd", "Priced spend in USD, by requested model.", labels=["model"]
+        )
+        # Tokens and histograms are per (model, deployment), summed over statuses.
+        by_deployment: dict[tuple[str, str], list[_Series]] = {}
+        for (model, deployment, status), s in list(self.metrics._series.items()):
+            key = [model, deployment, str(status)]
+            requests.add_metric(key, s.requests)
+            if status >= 400:
+                errors.add_metric(key, s.requests)
+            by_deployment.setdefault((model, deployment), []).append(s)
+        for (model, deployment), group in by_deployment.items():
+            pair = [model, deployment]
+            prompt = sum(s.prompt for s in group)
+            completion = sum(s.completion for s in group)
+            tokens.add_metric([*pair, "prompt"], prompt)
+            tokens.add_metric([*pair, "completion"], completion)
+            for family, hists in (
+                (duration, [s.duration for s in group]),
+                (ttft, [s.ttft for s in group]),
+            ):
+                merged = _merge(hists)
+                family.add_metric(pair, merged.buckets(), merged.sum)
+        for model, usd in list(self.metrics._cost.items()):
+            cost.add_metric([model], usd)
+        return [requests, errors, tokens, duration, ttft, cost]
+
+
+def _merge(hists: list[_Histogram]) -> _Histogram:
+    """The sum of histograms with the same buckets."""
+    out = _Histogram(hists[0].bounds)
+    for h in hists:
+        out.counts = [a + b for a, b in zip(out.counts, h.counts, strict=True)]
+        out.sum += h.sum
+    return out
 
 
 class _RouterCollector(Collector):
