@@ -6,8 +6,8 @@ It is allocated once when the engine starts, so its size is the memory budget
 (`KVLayout.nbytes`). The extra column at `slot_len` is a scratch position: the
 padding tokens of a batched forward write there and nothing ever reads it.
 
-`SlotCache` is handed to a Hugging Face model as `past_key_values`. Attention
-layers only call `update(keys, values, layer_idx)` and attend over what it
+`SlotCache` is handed to a Hugging Face model as its cache (`cache`, `past_key_values`
+before transformers 5.2x). Attention layers only call `update(keys, values, layer_idx)` and attend over what it
 returns; the engine says beforehand which rows take part, where each query
 token's key goes, and how many key columns to read (`prepare`).
 """
@@ -86,9 +86,11 @@ class SlotCache:
         value_states: torch.Tensor,
         layer_idx: int,
         cache_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values ([batch, kv_heads, queries, head_dim]); return the
-        rows' keys and values to attend over."""
+        rows' keys and values to attend over. (What else the model passes, as
+        `cache_kwargs` before transformers 5.2x and `kwargs` since, is not needed.)"""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         keys[self._rows, :, self._cols] = key_states.transpose(1, 2)
         values[self._rows, :, self._cols] = value_states.transpose(1, 2)

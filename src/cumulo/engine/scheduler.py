@@ -13,7 +13,7 @@ Each engine step, at a token boundary:
    running sequences for long;
 4. runs one batched decode forward for every sequence that has a token to feed.
 
-The model gets the static `SlotCache` as `past_key_values`, explicit
+The model gets the static `SlotCache` as its cache argument, explicit
 `position_ids` and a ready 4D mask, so each row attends only to its own
 positions (sliding-window attention is therefore not applied: such models
 are served as full-attention ones). Tokens are sampled per request (`Sampler`: its own settings and
@@ -28,6 +28,7 @@ practice; see tests/engine/test_scheduler.py).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -99,6 +100,9 @@ class Scheduler:
         self.cache = SlotCache(self.layout, lm.device)
         self.recent = Recent()
         self._decoder: Any = lm.model.get_decoder()
+        # The cache argument's name: `cache` since transformers 5.2x, `past_key_values` before.
+        forward = inspect.signature(self._decoder.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._head: Any = lm.model.get_output_embeddings()
         self._vocab = int(self._head.weight.shape[0])
         self._running: list[Sequence] = []
@@ -304,9 +308,9 @@ class Scheduler:
         out = self._decoder(
             input_ids=ids,
             position_ids=pos,
-            past_key_values=self.cache,
             attention_mask=mask,  # a 4D mask is used as it is, by every attention layer
             use_cache=True,
+            **{self._cache_arg: self.cache},
         )
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
