@@ -266,8 +266,8 @@ class Gateway:
             return self._blocked(who, endpoint, req, started, verdict, False), CallInfo()
         interventions = int(verdict is not None)
 
-        async def attempt(model: str, provider: Provider) -> ChatResponse:
-            return await provider.chat(_for_model(req, model))
+        def attempt(model: str, provider: Provider) -> Awaitable[ChatResponse]:
+            return provider.chat(_for_model(req, model))  # awaited by the router: no frame here
 
         lease, adm = await self._route(
             who,
@@ -356,8 +356,8 @@ class Gateway:
     ) -> tuple[EmbeddingResponse, CallInfo]:
         started = time.perf_counter()
 
-        async def attempt(model: str, provider: Provider) -> EmbeddingResponse:
-            return await provider.embed(
+        def attempt(model: str, provider: Provider) -> Awaitable[EmbeddingResponse]:
+            return provider.embed(
                 req if model == req.model else dataclasses.replace(req, model=model)
             )
 

@@ -58,10 +58,18 @@ class OpenAIProvider(Provider):
     # -- request building ----------------------------------------------------
 
     def _url(self, path: str) -> str:
-        url = f"{(self.deployment.base_url or '').rstrip('/')}/{path}"
-        if self.deployment.api_version:
-            url += f"?api-version={self.deployment.api_version}"
+        url = self._urls.get(path)
+        if url is None:
+            url = f"{(self.deployment.base_url or '').rstrip('/')}/{path}"
+            if self.deployment.api_version:
+                url += f"?api-version={self.deployment.api_version}"
+            self._urls[path] = url
         return url
+
+    @cached_property
+    def _urls(self) -> dict[str, str]:
+        """Each path's URL, built once (the deployment is immutable)."""
+        return {}
 
     # Built once: the deployment is immutable and a process's environment does not change.
     @cached_property
@@ -221,28 +229,52 @@ class OpenAIProvider(Provider):
 
     # -- transport -------------------------------------------------------------
 
-    def _request(self, path: str, body: JSON, stream: bool = True) -> _Call:
-        return _Call(self, path, body, self._timeout if stream else self._connect_timeout)
+    def _request(self, path: str, body: JSON) -> _Call:
+        """A streamed call (the whole stream within `timeout_s`)."""
+        return _Call(self, path, body, self._timeout)
 
     async def _post_json(self, path: str, body: JSON) -> Any:
-        """POST and parse the JSON answer, all within the deployment's `timeout_s`."""
+        """POST and parse the JSON answer, all within the deployment's `timeout_s`.
+
+        The same steps as `_Call` (a stream's), in one coroutine: every resumption of the
+        upstream call passes through each coroutine between it and the front door."""
+        data = _encode(body)
         try:
             with self.ctx.deadlines.at(time.monotonic() + self.deployment.timeout_s):
-                async with self._request(path, body, stream=False) as resp:
-                    try:
-                        raw = await resp.read()
-                    except TimeoutError as exc:
-                        raise UpstreamTimeout("Upstream timed out.") from exc
-                    except aiohttp.ClientError as exc:
-                        raise UpstreamError(
-                            f"Upstream connection failed: {type(exc).__name__}."
-                        ) from exc
+                try:
+                    resp = await self.ctx.http.post(
+                        self._url(path), data=data, headers=self._headers,
+                        timeout=self._connect_timeout,
+                    )  # fmt: skip
+                except TimeoutError as exc:
+                    raise UpstreamTimeout("Upstream did not answer in time.") from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
+                try:
+                    if resp.status >= 300:
+                        await _raise_for_status(resp)
+                    raw = await resp.read()
+                except TimeoutError as exc:
+                    raise UpstreamTimeout("Upstream timed out.") from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError(
+                        f"Upstream connection failed: {type(exc).__name__}."
+                    ) from exc
+                finally:
+                    resp.release()
         except DeadlinePassed as exc:
             raise UpstreamTimeout("Upstream did not answer in time.") from exc
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError("Upstream returned malformed JSON.") from exc
+
+
+def _encode(body: JSON) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in `tools`
+        raise InvalidRequest(f"The request cannot be encoded as JSON: {exc}.") from exc
 
 
 class _Call:
@@ -259,10 +291,7 @@ class _Call:
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         p = self.provider
-        try:
-            data = orjson.dumps(self.body)
-        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in `tools`
-            raise InvalidRequest(f"The request cannot be encoded as JSON: {exc}.") from exc
+        data = _encode(self.body)
         try:
             resp = await p.ctx.http.post(
                 p._url(self.path),
