@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 
 from cumulo.config import UsageConfig
 from cumulo.governance.batches import BatchWriter
@@ -37,8 +38,12 @@ class UsageRecord:
     ts: float = 0.0
 
     def as_row(self) -> dict[str, object]:
-        # Shallow, unlike dataclasses.asdict: every field is a scalar.
-        return {name: getattr(self, name) for name in self.__slots__}
+        return dict(zip(USAGE_COLUMNS, _values(self), strict=True))
+
+
+# The usage table's columns, as the recorder writes them (one tuple per record).
+USAGE_COLUMNS: tuple[str, ...] = tuple(UsageRecord.__slots__)
+_values = attrgetter(*USAGE_COLUMNS)
 
 
 class UsageRecorder(BatchWriter[UsageRecord]):
@@ -61,4 +66,4 @@ class UsageRecorder(BatchWriter[UsageRecord]):
         self._queue(rec)
 
     async def _write(self, batch: list[UsageRecord]) -> None:
-        await self.store.insert_usage([r.as_row() for r in batch])
+        await self.store.insert_usage_values(USAGE_COLUMNS, [_values(r) for r in batch])

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -99,6 +98,23 @@ def _string_columns(table: Table, columns: tuple[str, ...]) -> tuple[tuple[str, 
         if col is not None and isinstance(col.type, String):
             out.append((name, col.type.length or 0))
     return tuple(out)
+
+
+def fit_values(
+    table: Table, columns: tuple[str, ...], values: Sequence[tuple[Any, ...]]
+) -> Sequence[tuple[Any, ...]]:
+    """`fit_to_columns` for rows given as tuples of `columns`."""
+    strings = [(columns.index(name), length) for name, length in _string_columns(table, columns)]
+    out: list[tuple[Any, ...]] | None = None
+    for i, row in enumerate(values):
+        for j, length in strings:
+            value = row[j]
+            if value is not None and ((length and len(value) > length) or "\x00" in value):
+                if out is None:
+                    out = list(values)
+                row = (*row[:j], _fit(value, length), *row[j + 1 :])
+                out[i] = row
+    return values if out is None else out
 
 
 def _fit(value: str, length: int) -> str:
@@ -423,24 +439,33 @@ class Store:
     # -- usage --------------------------------------------------------------
 
     async def insert_usage(self, rows: Sequence[dict[str, Any]]) -> None:
-        if not rows:
+        """Usage rows as dicts (all with the first's keys)."""
+        if rows:
+            columns = tuple(rows[0])
+            await self.insert_usage_values(columns, [tuple(r[c] for c in columns) for r in rows])
+
+    async def insert_usage_values(
+        self, columns: tuple[str, ...], values: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Usage rows as tuples of `columns` (what the usage recorder writes)."""
+        if not values:
             return
-        rows = fit_to_columns(usage, rows)
+        values = fit_values(usage, columns, values)
         async with self.engine.begin() as conn:
             if self.engine.dialect.name == "sqlite":
                 # Multi-row INSERTs through the driver: no Core parameter processing,
                 # and one statement (one step, one release of the GIL by the driver's
                 # thread) per chunk instead of one per row, which under load cost a
                 # thread switch per row (bench/gateway.py).
-                columns = tuple(rows[0])
-                pick = itemgetter(*columns)
                 per = max(1, _SQLITE_MAX_VARIABLES // len(columns))
-                for start in range(0, len(rows), per):
-                    chunk = rows[start : start + per]
-                    params = tuple(v for r in chunk for v in pick(r))
+                for start in range(0, len(values), per):
+                    chunk = values[start : start + per]
+                    params = tuple(v for row in chunk for v in row)
                     await conn.exec_driver_sql(_sqlite_insert(columns, len(chunk)), params)
             else:
-                await conn.execute(insert(usage), list(rows))
+                await conn.execute(
+                    insert(usage), [dict(zip(columns, v, strict=True)) for v in values]
+                )
 
     async def usage_summary(
         self, since: float | None = None, tenant_id: str | None = None
