@@ -234,25 +234,11 @@ class OpenAIProvider(Provider):
         return _Call(self, path, body, self._timeout)
 
     async def _post_json(self, path: str, body: JSON) -> Any:
-        """POST and parse the JSON answer, all within the deployment's `timeout_s`.
-
-        The same steps as `_Call` (a stream's), in one coroutine: every resumption of the
-        upstream call passes through each coroutine between it and the front door."""
-        data = _encode(body)
+        """POST and parse the JSON answer, all within the deployment's `timeout_s`."""
         try:
             with self.ctx.deadlines.at(time.monotonic() + self.deployment.timeout_s):
+                resp = await _send(self, path, body, self._connect_timeout)
                 try:
-                    resp = await self.ctx.http.post(
-                        self._url(path), data=data, headers=self._headers,
-                        timeout=self._connect_timeout,
-                    )  # fmt: skip
-                except TimeoutError as exc:
-                    raise UpstreamTimeout("Upstream did not answer in time.") from exc
-                except aiohttp.ClientError as exc:
-                    raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
-                try:
-                    if resp.status >= 300:
-                        await _raise_for_status(resp)
                     raw = await resp.read()
                 except TimeoutError as exc:
                     raise UpstreamTimeout("Upstream timed out.") from exc
@@ -270,15 +256,31 @@ class OpenAIProvider(Provider):
             raise UpstreamError("Upstream returned malformed JSON.") from exc
 
 
-def _encode(body: JSON) -> bytes:
+async def _send(
+    p: OpenAIProvider, path: str, body: JSON, limits: aiohttp.ClientTimeout
+) -> aiohttp.ClientResponse:
+    """POST to the upstream; raises a cumulo error unless the status is 2xx (the response
+    is then released). The caller releases a response it gets."""
     try:
-        return orjson.dumps(body)
+        data = orjson.dumps(body)
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits in `tools`
         raise InvalidRequest(f"The request cannot be encoded as JSON: {exc}.") from exc
+    try:
+        resp = await p.ctx.http.post(p._url(path), data=data, headers=p._headers, timeout=limits)
+    except TimeoutError as exc:
+        raise UpstreamTimeout("Upstream did not answer in time.") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
+    if resp.status >= 300:
+        try:
+            await _raise_for_status(resp)
+        finally:
+            resp.release()
+    return resp
 
 
 class _Call:
-    """POST to the upstream; raises a cumulo error unless the status is 2xx."""
+    """`async with`: a streamed call's response (`_send`), released at the end."""
 
     def __init__(
         self, provider: OpenAIProvider, path: str, body: JSON, timeout: aiohttp.ClientTimeout
@@ -290,26 +292,8 @@ class _Call:
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
-        p = self.provider
-        data = _encode(self.body)
-        try:
-            resp = await p.ctx.http.post(
-                p._url(self.path),
-                data=data,
-                headers=p._headers,
-                timeout=self.timeout,
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout("Upstream did not answer in time.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
-        if resp.status >= 300:
-            try:
-                await _raise_for_status(resp)
-            finally:
-                resp.release()
-        self._resp = resp
-        return resp
+        self._resp = await _send(self.provider, self.path, self.body, self.timeout)
+        return self._resp
 
     async def __aexit__(self, *exc: object) -> None:
         if self._resp is not None:
