@@ -231,7 +231,12 @@ class ServerConfig(_Strict):
 
 class UsageConfig(_Strict):
     flush_interval_s: float = Field(0.5, gt=0)
-    batch_size: int = Field(500, gt=0)
+    batch_size: int = Field(
+        5000,
+        gt=0,
+        description="Write at once when this many records wait. A write costs about the same "
+        "for 500 records as for 5000 (bench/gateway.py), so under load fewer, larger ones.",
+    )
     max_queue: int = Field(200_000, gt=0)
 
 

@@ -157,8 +157,6 @@ class Platform:
         await self.auth.close()
         if self.router is not None:
             await self.router.deadlines.close()
-        if self.provider_ctx is not None:
-            await self.provider_ctx.deadlines.close()
         if self.catalog:
             await self.catalog.close()
         if self.http:

@@ -233,11 +233,6 @@ def test_upstream_refusing_our_key_is_502_and_does_not_leak_it(
     assert KEY not in info.value.message
 
 
-def test_slow_upstream_times_out_with_504(upstream: FakeOpenAIUpstream) -> None:
-    with pytest.raises(UpstreamTimeout):
-        call(upstream, "slow:3", lambda p: p.chat(user("hi")), timeout_s=0.3)
-
-
 def test_slow_first_byte_within_the_deadline_is_fine(upstream: FakeOpenAIUpstream) -> None:
     events = call(upstream, "slow:0.3", lambda p: collect(p, user("patience")), timeout_s=5)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "echo: patience"

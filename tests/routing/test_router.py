@@ -159,6 +159,32 @@ def test_the_deadline_bounds_all_attempts(upstream: FakeOpenAIUpstream, marker: 
                            routing={"timeout_s": 0.5, "retries": 5})], main)
 
 
+def test_an_attempt_ends_at_its_deployments_timeout_and_moves_on(
+    upstream: FakeOpenAIUpstream, marker: str
+) -> None:
+    async def main(router: Router) -> None:
+        started = time.monotonic()
+        lease = await chat(router, text=marker)
+        assert time.monotonic() - started < 1.5  # not the slow upstream's 5 s
+        assert (lease.deployment.label, lease.attempts) == ("fast", 2)
+
+    slow = {**named(upstream, "slow:5", "slow"), "timeout_s": 0.3}
+    run_with_router([model("m", slow, named(upstream, "echo", "fast"),
+                           routing={"strategy": "priority", "timeout_s": 10})], main)
+
+
+def test_a_deployment_timeout_is_a_504_naming_timeout_s(
+    upstream: FakeOpenAIUpstream, marker: str
+) -> None:
+    async def main(router: Router) -> None:
+        error = await failing(router, text=marker)
+        assert isinstance(error, UpstreamTimeout) and error.status == 504
+        assert "timeout_s (0.3 s)" in error.message
+
+    slow = {**named(upstream, "slow:5", "slow"), "timeout_s": 0.3}
+    run_with_router([model("m", slow, routing={"retries": 0, "timeout_s": 10})], main)
+
+
 # -- fallbacks ------------------------------------------------------------------------
 
 

@@ -20,11 +20,10 @@ Methods a provider does not support raise `InvalidRequest`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cumulo.deadlines import Deadlines
 from cumulo.errors import InvalidRequest
 from cumulo.types import (
     ChatRequest,
@@ -47,8 +46,6 @@ class ProviderContext:
 
     http: aiohttp.ClientSession
     home: Path
-    # Call deadlines without a timer per call (`cumulo.deadlines`).
-    deadlines: Deadlines = field(default_factory=Deadlines)
 
 
 class Provider(ABC):

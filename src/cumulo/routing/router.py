@@ -9,7 +9,8 @@ exponential backoff with jitter, and never before that deployment's
 Retry-After. `routing.retries` bounds the attempts on M (moving on to another
 deployment is one). When M's attempts are spent it tries M's `fallbacks` in
 order. One deadline (M's `routing.timeout_s`) bounds everything, backoffs
-included. Any other error (a 400, say) is the caller's and is raised at once.
+included, and each attempt ends at its deployment's `timeout_s` (a stream: at its
+first event; the provider bounds the rest). Any other error (a 400, say) is the caller's and is raised at once.
 
 A prompt longer than a model's context window skips that model for a
 fallback with a larger window (estimated before the call, or reported by the
@@ -234,7 +235,7 @@ class Router:
                     )
                 )
                 break
-            fresh = [d for d in order if id(d) not in tried]
+            fresh = [d for d in order if id(d) not in tried] if tried else order
             if fresh:
                 state, delay = fresh[0], 0.0
             else:  # all tried: back off, then retry the one free soonest, in strategy order
@@ -243,10 +244,12 @@ class Router:
                 delay = min(policy.backoff_max_s, policy.backoff_s * 2 ** (rounds - 1))
                 delay *= 0.5 + self.rng.random() / 2
                 delay = max(delay, tried[id(state)] - time.monotonic())
-            if time.monotonic() + delay >= deadline:
+            now = time.monotonic()
+            if now + delay >= deadline:
                 break
             if delay > 0:
                 await asyncio.sleep(delay)
+                now = time.monotonic()
             admission = state.breaker.allow()
             if admission is None:
                 continue  # another request took the half-open probe while this one slept
@@ -254,15 +257,21 @@ class Router:
             attempts += 1
             state.in_flight += 1
             state.requests += 1
+            # One deadline per attempt: the deployment's own `timeout_s`, within the route's.
+            timeout_s = state.provider.deployment.timeout_s
+            until = min(deadline, now + timeout_s)
             started = time.perf_counter()
             try:
                 try:
-                    with self.deadlines.at(deadline):
+                    with self.deadlines.at(until):
                         value = await attempt(name, state.provider)
                 except DeadlinePassed as exc:
                     raise UpstreamTimeout(
                         f"No answer from '{name}' before the request's deadline "
                         "(routing.timeout_s)."
+                        if until == deadline
+                        else f"No answer from '{state.label}' of '{name}' within its "
+                        f"timeout_s ({timeout_s:g} s)."
                     ) from exc
             except CumuloError as exc:
                 if not retryable(exc):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, cast
 
@@ -90,6 +91,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 @lru_cache(maxsize=16)
+@lru_cache(maxsize=64)
 def _string_columns(table: Table, columns: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     """(column, its length or 0 if unbounded) of the string columns among `columns`."""
     out = []
@@ -104,17 +106,23 @@ def fit_values(
     table: Table, columns: tuple[str, ...], values: Sequence[tuple[Any, ...]]
 ) -> Sequence[tuple[Any, ...]]:
     """`fit_to_columns` for rows given as tuples of `columns`."""
-    strings = [(columns.index(name), length) for name, length in _string_columns(table, columns)]
     out: list[tuple[Any, ...]] | None = None
-    for i, row in enumerate(values):
-        for j, length in strings:
+    for name, length in _string_columns(table, columns):
+        j = columns.index(name)
+        # A batch repeats few distinct strings (models, keys, endpoints): check each once.
+        distinct = {row[j] for row in values}
+        if not any(_unfit(v, length) for v in distinct):
+            continue
+        out = out if out is not None else list(values)
+        for i, row in enumerate(out):
             value = row[j]
-            if value is not None and ((length and len(value) > length) or "\x00" in value):
-                if out is None:
-                    out = list(values)
-                row = (*row[:j], _fit(value, length), *row[j + 1 :])
-                out[i] = row
+            if _unfit(value, length):
+                out[i] = (*row[:j], _fit(value, length), *row[j + 1 :])
     return values if out is None else out
+
+
+def _unfit(value: str | None, length: int) -> bool:
+    return value is not None and ((length > 0 and len(value) > length) or "\x00" in value)
 
 
 def _fit(value: str, length: int) -> str:
@@ -460,7 +468,7 @@ class Store:
                 per = max(1, _SQLITE_MAX_VARIABLES // len(columns))
                 for start in range(0, len(values), per):
                     chunk = values[start : start + per]
-                    params = tuple(v for row in chunk for v in row)
+                    params = tuple(chain.from_iterable(chunk))
                     await conn.exec_driver_sql(_sqlite_insert(columns, len(chunk)), params)
             else:
                 await conn.execute(

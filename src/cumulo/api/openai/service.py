@@ -20,7 +20,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cumulo.api.http import DisconnectWatch, JSONResponse, client_host, error_headers, read_body
+from cumulo.api.http import (
+    DisconnectWatch,
+    JSONResponse,
+    client_host,
+    error_headers,
+    header,
+    read_body,
+)
 from cumulo.api.openai import protocol as wire
 from cumulo.config import ModelConfig
 from cumulo.errors import CumuloError, InvalidRequest, NotFound
@@ -110,15 +117,17 @@ def parse_body(model: type[M], body: bytes) -> M:
 # -- wire → canonical -----------------------------------------------------------
 
 
-def _text(content: wire.Content | None, param: str) -> str | None:
+def _text(content: wire.Content | None, param: str | int) -> str | None:
+    """The text of a message's content; `param` names it in errors (an int: message i's)."""
     if content is None or isinstance(content, str):
         return content
     parts = []
     for j, part in enumerate(content):
         if part.type != "text" or part.text is None:
+            where = f"messages.{param}.content" if isinstance(param, int) else param
             raise InvalidRequest(
                 f"Content part type {part.type!r} is not supported; only 'text' parts are.",
-                param=f"{param}.{j}.type",
+                param=f"{where}.{j}.type",
             )
         parts.append(part.text)
     return "".join(parts)
@@ -133,11 +142,11 @@ def to_chat_request(w: wire.ChatCompletionRequest, max_messages: int) -> ChatReq
         )
     messages: list[Message] = []
     for i, m in enumerate(w.messages):
-        text = _text(m.content, f"messages.{i}.content")
-        if isinstance(m, wire.SystemMessage):
-            messages.append(Message("system", text, name=m.name))
-        elif isinstance(m, wire.UserMessage):
-            messages.append(Message("user", text, name=m.name))
+        text = _text(m.content, i)
+        if isinstance(m, wire.UserMessage):
+            messages.append(Message("user", text, m.name))
+        elif isinstance(m, wire.SystemMessage):
+            messages.append(Message("system", text, m.name))
         elif isinstance(m, wire.AssistantMessage):
             calls = [
                 ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()
@@ -219,7 +228,7 @@ class OpenAIService:
 
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
-        who = await self.auth.authenticate(request.headers.get("authorization"))
+        who = await self.auth.authenticate(header(request, b"authorization"))
         w = parse_body(
             wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes)
         )
@@ -296,7 +305,7 @@ class OpenAIService:
 
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings."""
-        who = await self.auth.authenticate(request.headers.get("authorization"))
+        who = await self.auth.authenticate(header(request, b"authorization"))
         w = parse_body(
             wire.EmbeddingRequestWire, await read_body(request, self.limits.max_body_bytes)
         )
@@ -339,14 +348,14 @@ class OpenAIService:
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models."""
-        who = await self.auth.authenticate(request.headers.get("authorization"))
+        who = await self.auth.authenticate(header(request, b"authorization"))
         entries = self.platform.models.entries()
         data = [render_model(e.config, e.ready) for e in entries if who.may_use(e.name)]
         return JSONResponse({"object": "list", "data": data})
 
     async def get_model(self, request: Request) -> Response:
         """GET /v1/models/{model}."""
-        who = await self.auth.authenticate(request.headers.get("authorization"))
+        who = await self.auth.authenticate(header(request, b"authorization"))
         name = request.path_params["model"]
         if not who.may_use(name):  # as if it did not exist: no probing of other tenants' models
             raise NotFound(
