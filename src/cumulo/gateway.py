@@ -51,6 +51,8 @@ class CallInfo:
     attempts: int = 0
     model: str | None = None  # the model that served it, after any fallback
     limits: dict[str, str] | None = None  # OpenAI's x-ratelimit-* of the tightest limit
+    # `deployment` and `model` as header lines, encoded once per deployment (`raw_headers`).
+    encoded: list[tuple[bytes, bytes]] | None = None
 
     def headers(self) -> dict[str, str]:
         """`x-cumulo-deployment`, `x-cumulo-attempts`, `x-cumulo-model`, `x-ratelimit-*`."""
@@ -62,6 +64,15 @@ class CallInfo:
         if self.model:
             out["x-cumulo-model"] = self.model
         return out
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as ASGI header lines."""
+        if self.encoded is None:
+            return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers().items()]
+        out = [(b"x-cumulo-attempts", str(self.attempts).encode())]
+        if self.limits:
+            out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.limits.items()]
+        return out + self.encoded
 
 
 def estimate_prompt_tokens(req: ChatRequest) -> int:
@@ -392,7 +403,8 @@ def _for_model(req: ChatRequest, model: str) -> ChatRequest:
 
 def _info(lease: Lease[Any], adm: Admission | None = None) -> CallInfo:
     limits = adm.permits[0].headers() if adm is not None and adm.permits else None
-    return CallInfo(lease.deployment.label, lease.attempts, lease.model, limits)
+    d = lease.deployment
+    return CallInfo(d.label, lease.attempts, lease.model, limits, d.header_lines(lease.model))
 
 
 def _logged(req: ChatRequest) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from cumulo.governance.usage import UsageRecord
-from cumulo.store import db
+from cumulo.store import sqlite_rows
 from cumulo.store.db import MIGRATIONS, Store
 from support.pg import database_names, postgres_database
 
@@ -205,7 +205,7 @@ def test_a_batch_larger_than_one_statement_is_written_whole_and_in_order(
 ) -> None:
     """SQLite writes a batch as multi-row INSERTs of as many rows as its parameter limit
     allows; here the limit is lowered so that 1,000 rows take several statements."""
-    monkeypatch.setattr(db, "_SQLITE_MAX_VARIABLES", 999)  # SQLite's before 3.32: 66 rows
+    monkeypatch.setattr(sqlite_rows, "MAX_VARIABLES", 999)  # SQLite's before 3.32: 66 rows
 
     async def scenario(store: Store) -> list[tuple[Any, ...]]:
         await store.insert_usage([usage_row(ts=i, prompt_tokens=i) for i in range(1000)])

@@ -164,22 +164,37 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class JSONResponse(Response):
-    """A JSON response serialised with orjson."""
+    """A JSON response serialised with orjson.
+
+    `headers` as Starlette takes them; `raw_headers`, already encoded, are added as
+    they are (the gateway's, built once per deployment).
+    """
 
     media_type = "application/json"
 
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         # Starlette's, minus its generality: our headers never set the length or the type.
+        self.status_code = status_code
+        self.background = None
+        self.body = body = orjson.dumps(content)
         raw = [
-            (b"content-length", str(len(self.body)).encode()),
+            (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),
         ]
         if headers:
             raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if raw_headers:
+            raw += raw_headers
         self.raw_headers = raw
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -98,18 +98,19 @@ class OpenAIProvider(Provider):
             "model": self.deployment.model,
             "messages": [_message(m) for m in req.messages],
         }
-        optional = {
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "max_tokens": p.max_tokens,
-            "seed": p.seed,
-            "presence_penalty": p.presence_penalty,
-            "frequency_penalty": p.frequency_penalty,
-            "stop": p.stop or None,
-            "response_format": req.response_format,
-            "user": req.user,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
+        for key, value in (
+            ("temperature", p.temperature),
+            ("top_p", p.top_p),
+            ("max_tokens", p.max_tokens),
+            ("seed", p.seed),
+            ("presence_penalty", p.presence_penalty),
+            ("frequency_penalty", p.frequency_penalty),
+            ("stop", p.stop or None),
+            ("response_format", req.response_format),
+            ("user", req.user),
+        ):
+            if value is not None:
+                body[key] = value
         if req.tools:
             body["tools"] = [
                 {

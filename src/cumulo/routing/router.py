@@ -24,7 +24,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from cumulo.config import ModelConfig, PriceConfig
@@ -67,6 +67,17 @@ class DeploymentState:
     ttft_ewma: float | None = None
     requests: int = 0
     failures: int = 0
+    _lines: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)
+
+    def header_lines(self, model: str) -> list[tuple[bytes, bytes]]:
+        """`x-cumulo-deployment` and `x-cumulo-model` (the model it served) as header lines."""
+        lines = self._lines.get(model)
+        if lines is None:
+            lines = self._lines[model] = [
+                (b"x-cumulo-deployment", self.label.encode("latin-1")),
+                (b"x-cumulo-model", model.encode("latin-1")),
+            ]
+        return lines
 
     @property
     def weight(self) -> float:

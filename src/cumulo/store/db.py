@@ -10,12 +10,10 @@ Every operation works on SQLite (the default, one file) and on PostgreSQL
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from cumulo.errors import ConfigError, Unavailable
 from cumulo.store.schema import api_keys, tenants, usage
+from cumulo.store.sqlite_rows import RowWriter
 from cumulo.store.url import parse_url, safe_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -91,7 +90,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 @lru_cache(maxsize=16)
-@lru_cache(maxsize=64)
 def _string_columns(table: Table, columns: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     """(column, its length or 0 if unbounded) of the string columns among `columns`."""
     out = []
@@ -150,19 +148,6 @@ def fit_to_columns(table: Table, rows: Sequence[dict[str, Any]]) -> Sequence[dic
 
 
 # Host parameters in one SQLite statement: 32766 since SQLite 3.32, 999 before.
-_SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-
-
-@lru_cache(maxsize=64)
-def _sqlite_insert(columns: tuple[str, ...], rows: int) -> str:
-    """INSERT of `rows` rows of `columns` into usage, in one statement."""
-    known = set(usage.c.keys())
-    if not set(columns) <= known:
-        raise ValueError(f"unknown usage columns: {sorted(set(columns) - known)}")
-    one = f"({', '.join('?' * len(columns))})"
-    return f"INSERT INTO usage ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
-
-
 def _alembic_config(url: str | URL) -> AlembicConfig:
     """Alembic's config for cumulo's migrations on `url` (also for tests and tools)."""
     cfg = AlembicConfig()
@@ -206,9 +191,14 @@ class Store:
                 f"database_url: cannot use {self.safe_url} ({exc}); "
                 "use sqlite:///path or postgresql://user@host:5432/db"
             ) from exc
+        # Usage rows, the one write made under load, skip the async adapter (`sqlite_rows`).
+        self._rows: RowWriter | None = None
         if self.engine.dialect.name == "sqlite":
             sync_engine: Engine = self.engine.sync_engine
             event.listen(sync_engine, "connect", _sqlite_pragmas)
+            path = self.url.database
+            if path and path != ":memory:":
+                self._rows = RowWriter(path, lambda conn: _sqlite_pragmas(conn, None))
 
     @property
     def safe_url(self) -> str:
@@ -219,6 +209,8 @@ class Store:
         return f"Store({self.safe_url})"
 
     async def close(self) -> None:
+        if self._rows is not None:
+            await self._rows.close()
         await self.engine.dispose()
 
     async def _connect(self) -> AsyncConnection:
@@ -458,22 +450,15 @@ class Store:
         """Usage rows as tuples of `columns` (what the usage recorder writes)."""
         if not values:
             return
+        unknown = set(columns) - set(usage.c.keys())
+        if unknown:
+            raise ValueError(f"unknown usage columns: {sorted(unknown)}")
         values = fit_values(usage, columns, values)
+        if self._rows is not None:
+            await self._rows.insert(usage.name, columns, values)
+            return
         async with self.engine.begin() as conn:
-            if self.engine.dialect.name == "sqlite":
-                # Multi-row INSERTs through the driver: no Core parameter processing,
-                # and one statement (one step, one release of the GIL by the driver's
-                # thread) per chunk instead of one per row, which under load cost a
-                # thread switch per row (bench/gateway.py).
-                per = max(1, _SQLITE_MAX_VARIABLES // len(columns))
-                for start in range(0, len(values), per):
-                    chunk = values[start : start + per]
-                    params = tuple(chain.from_iterable(chunk))
-                    await conn.exec_driver_sql(_sqlite_insert(columns, len(chunk)), params)
-            else:
-                await conn.execute(
-                    insert(usage), [dict(zip(columns, v, strict=True)) for v in values]
-                )
+            await conn.execute(insert(usage), [dict(zip(columns, v, strict=True)) for v in values])
 
     async def usage_summary(
         self, since: float | None = None, tenant_id: str | None = None

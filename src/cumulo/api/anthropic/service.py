@@ -377,7 +377,7 @@ class AnthropicService:
         if not req.stream:
             with self.disconnects.request(request):
                 resp, info = await self.gateway.chat(who, req, "messages", client_host(request))
-            return JSONResponse(render_message(resp), headers=info.headers())
+            return JSONResponse(render_message(resp), raw_headers=info.raw_headers())
         with self.disconnects.request(request):
             stream = await self.gateway.stream(who, req, "messages", client_host(request))
         return StreamingResponse(

@@ -238,7 +238,7 @@ class OpenAIService:
                 resp, info = await self.gateway.chat(
                     who, req, "chat.completions", client_host(request)
                 )
-            return JSONResponse(render_chat(resp), headers=info.headers())
+            return JSONResponse(render_chat(resp), raw_headers=info.raw_headers())
         include_usage = bool(w.stream_options and w.stream_options.include_usage)
         with self.disconnects.request(request):
             stream = await self.gateway.stream(who, req, "chat.completions", client_host(request))
@@ -344,7 +344,7 @@ class OpenAIService:
                 "total_tokens": resp.usage.prompt_tokens,
             },
         }
-        return JSONResponse(body, headers=info.headers())
+        return JSONResponse(body, raw_headers=info.raw_headers())
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models."""
