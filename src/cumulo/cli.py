@@ -125,6 +125,7 @@ def serve(
         log_level=log_level,
         log_config=log_config,
         timeout_graceful_shutdown=30,
+        server_header=False,  # no `server: uvicorn`: what it runs on is nobody's business
         # Forwarded headers only from proxies the config names (reading them costs ~2%).
         proxy_headers=bool(server.forwarded_allow_ips),
         forwarded_allow_ips=server.forwarded_allow_ips or None,

@@ -230,7 +230,9 @@ class ServerConfig(_Strict):
 
 
 class UsageConfig(_Strict):
-    flush_interval_s: float = Field(0.5, gt=0)
+    flush_interval_s: float = Field(
+        1.0, gt=0, description="Write what is queued this often (and on graceful shutdown)."
+    )
     batch_size: int = Field(
         5000,
         gt=0,

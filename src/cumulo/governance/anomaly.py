@@ -221,12 +221,14 @@ class AnomalyDetector:
 
         if model not in st.models and st.established:
             self._new_model(out, st, key_id, ts, model)
-        _remember(st.models, model, minute, p.max_models)
+        if st.models.get(model) != minute:  # usually noted already
+            _remember(st.models, model, minute, p.max_models)
         net = network_of(client_ip) if client_ip else None
         if net is not None:
             if net not in st.networks and st.established:
                 self._new_network(out, st, key_id, ts, client_ip or "", net)
-            _remember(st.networks, net, minute, p.max_networks)
+            if st.networks.get(net) != minute:
+                _remember(st.networks, net, minute, p.max_networks)
         return out
 
     # -- baseline -----------------------------------------------------------
@@ -365,11 +367,11 @@ class AnomalyDetector:
 
 
 def _remember(seen: dict[str, int], item: str, minute: int, cap: int) -> None:
-    """Note `item` as seen this minute; past `cap`, forget the least recently seen."""
-    if seen.get(item) != minute:
-        seen[item] = minute
-        if len(seen) > cap:
-            del seen[min(seen, key=seen.__getitem__)]
+    """Note `item`, not yet seen this minute, as seen; past `cap`, forget the least
+    recently seen."""
+    seen[item] = minute
+    if len(seen) > cap:
+        del seen[min(seen, key=seen.__getitem__)]
 
 
 def _num(x: float) -> str:
