@@ -147,3 +147,25 @@ def test_requests_are_recorded_and_counted_whatever_the_outcome() -> None:
 async def _slow_script(router: Router, main: Any) -> None:
     provider(router, "slow").script = [5.0]
     await main(router)
+
+
+def test_a_deferred_request_is_accounted_when_its_deferred_work_runs() -> None:
+    """A front door that sends first (`defer`) gets the response and its headers at once;
+    the usage record, the deployment's health and the metrics follow when it runs the
+    deferred work, exactly once."""
+    async def main(router: Router) -> None:
+        gw, records, metrics = gateway(router)
+        deferred: list[Any] = []
+        resp, info = await gw.chat(WHO, chat_request(), "chat.completions", defer=deferred.append)
+        assert resp.message.content and info.headers()["x-cumulo-deployment"] == "scripted:a"
+        assert records == [] and len(deferred) == 1
+        assert router.routes["m"].deployments[0].in_flight == 1  # held until it is settled
+        deferred.pop()()
+        [rec] = records
+        assert (rec.model, rec.status, rec.deployment) == ("m", 200, "scripted:a")
+        assert rec.latency_ms > 0
+        assert router.routes["m"].deployments[0].in_flight == 0
+        assert sample(metrics, "cumulo_requests_total", model="m", deployment="scripted:a",
+                      status="200") == 1
+
+    run_with_router(models({"name": "m", "deployments": [scripted("a")]}), main)

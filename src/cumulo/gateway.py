@@ -40,6 +40,8 @@ from cumulo.types import (
 )
 
 T = TypeVar("T")
+# Takes a request's accounting to run once its response is sent (`Gateway.chat`).
+Defer = Callable[[Callable[[], None]], None]
 CLIENT_CLOSED = 499  # the client went away before the response finished
 
 
@@ -269,8 +271,15 @@ class Gateway:
         return limited
 
     async def chat(
-        self, who: Principal, req: ChatRequest, endpoint: str, client: str | None = None
+        self,
+        who: Principal,
+        req: ChatRequest,
+        endpoint: str,
+        client: str | None = None,
+        defer: Defer | None = None,
     ) -> tuple[ChatResponse, CallInfo]:
+        """The response; its accounting (deployment health, usage, limits, metrics) is
+        done before returning, or handed to `defer` to run once the response is sent."""
         started = time.perf_counter()
         guards, req, verdict = self._guard_input(who, req)
         if verdict is not None and verdict.blocked:
@@ -291,26 +300,34 @@ class Gateway:
             prompt_tokens=estimate_prompt_tokens(req),
             client=client,
         )
-        lease.finish(True)
         resp = lease.value
         if guards is not None:
             resp, verdict = self.guarding.check_output(guards, who, req.model, resp)
             interventions += verdict is not None
-        self._record(
-            who,
-            endpoint,
-            req.model,
-            stream=False,
-            started=started,
-            lease=lease,
-            usage=resp.usage,
-            queue_ms=resp.queue_ms,
-            adm=adm,
-            interventions=interventions,
-            request=req,
-            response=resp.message.content,
-        )
-        return resp, _info(lease, adm)
+
+        def settle() -> None:
+            lease.finish(True)
+            self._record(
+                who,
+                endpoint,
+                req.model,
+                stream=False,
+                started=started,
+                lease=lease,
+                usage=resp.usage,
+                queue_ms=resp.queue_ms,
+                adm=adm,
+                interventions=interventions,
+                request=req,
+                response=resp.message.content,
+            )
+
+        info = _info(lease, adm)
+        if defer is None:
+            settle()
+        else:
+            defer(settle)
+        return resp, info
 
     async def stream(
         self, who: Principal, req: ChatRequest, endpoint: str, client: str | None = None
@@ -363,8 +380,14 @@ class Gateway:
         return stream
 
     async def embed(
-        self, who: Principal, req: EmbeddingRequest, endpoint: str, client: str | None = None
+        self,
+        who: Principal,
+        req: EmbeddingRequest,
+        endpoint: str,
+        client: str | None = None,
+        defer: Defer | None = None,
     ) -> tuple[EmbeddingResponse, CallInfo]:
+        """As `chat`."""
         started = time.perf_counter()
 
         def attempt(model: str, provider: Provider) -> Awaitable[EmbeddingResponse]:
@@ -383,18 +406,26 @@ class Gateway:
             prompt_tokens=sum(len(t) for t in req.inputs) // 4,
             client=client,
         )
-        lease.finish(True)
-        self._record(
-            who,
-            endpoint,
-            req.model,
-            stream=False,
-            started=started,
-            lease=lease,
-            usage=lease.value.usage,
-            adm=adm,
-        )
-        return lease.value, _info(lease, adm)
+
+        def settle() -> None:
+            lease.finish(True)
+            self._record(
+                who,
+                endpoint,
+                req.model,
+                stream=False,
+                started=started,
+                lease=lease,
+                usage=lease.value.usage,
+                adm=adm,
+            )
+
+        info = _info(lease, adm)
+        if defer is None:
+            settle()
+        else:
+            defer(settle)
+        return lease.value, info
 
 
 def _for_model(req: ChatRequest, model: str) -> ChatRequest:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import BudgetExceeded, CumuloError, InvalidRequest, PayloadTooLarge
 from cumulo.gateway import CLIENT_CLOSED
@@ -163,11 +164,35 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+class After:
+    """Work to run once the response is on its way: a request's accounting (usage,
+    limits, metrics) then costs its caller no latency. `run()` runs each callback
+    once, in order; `JSONResponse(after=...)` runs it after sending, also when sending
+    fails, and an endpoint that raises runs it itself."""
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def run(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # the response has gone; the others still run
+                log.exception("work after the response failed")
+
+
 class JSONResponse(Response):
     """A JSON response serialised with orjson.
 
     `headers` as Starlette takes them; `raw_headers`, already encoded, are added as
-    they are (the gateway's, built once per deployment).
+    they are (the gateway's, built once per deployment). `after` runs once the
+    response is sent (`After`).
     """
 
     media_type = "application/json"
@@ -178,10 +203,12 @@ class JSONResponse(Response):
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         raw_headers: list[tuple[bytes, bytes]] | None = None,
+        after: After | None = None,
     ) -> None:
         # Starlette's, minus its generality: our headers never set the length or the type.
         self.status_code = status_code
         self.background = None
+        self.after = after
         self.body = body = orjson.dumps(content)
         raw = [
             (b"content-length", str(len(body)).encode()),
@@ -195,6 +222,20 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
+            if self.after is not None:
+                self.after.run()
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -27,7 +27,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cumulo.api.anthropic import protocol as wire
-from cumulo.api.http import DisconnectWatch, JSONResponse, client_host, error_headers, read_body
+from cumulo.api.http import (
+    After,
+    DisconnectWatch,
+    JSONResponse,
+    client_host,
+    error_headers,
+    read_body,
+)
 from cumulo.errors import AuthenticationFailed, CumuloError, InvalidRequest, UpstreamError
 from cumulo.gateway import Gateway
 from cumulo.governance.auth import Authenticator, Principal
@@ -375,9 +382,18 @@ class AnthropicService:
         w = _parse(await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            with self.disconnects.request(request):
-                resp, info = await self.gateway.chat(who, req, "messages", client_host(request))
-            return JSONResponse(render_message(resp), raw_headers=info.raw_headers())
+            after = After()
+            try:
+                with self.disconnects.request(request):
+                    resp, info = await self.gateway.chat(
+                        who, req, "messages", client_host(request), after.add
+                    )
+                return JSONResponse(
+                    render_message(resp), raw_headers=info.raw_headers(), after=after
+                )
+            except BaseException:
+                after.run()
+                raise
         with self.disconnects.request(request):
             stream = await self.gateway.stream(who, req, "messages", client_host(request))
         return StreamingResponse(

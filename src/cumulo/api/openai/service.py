@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cumulo.api.http import (
+    After,
     DisconnectWatch,
     JSONResponse,
     client_host,
@@ -39,6 +40,7 @@ from cumulo.types import (
     ChatRequest,
     ChatResponse,
     EmbeddingRequest,
+    EmbeddingResponse,
     Message,
     SamplingParams,
     StreamEnd,
@@ -216,6 +218,26 @@ def render_chat(resp: ChatResponse) -> JSON:
     }
 
 
+def render_embeddings(resp: EmbeddingResponse, encoding_format: str) -> JSON:
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": _b64(v) if encoding_format == "base64" else v,
+        }
+        for i, v in enumerate(resp.vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": resp.model,
+        "usage": {
+            "prompt_tokens": resp.usage.prompt_tokens,
+            "total_tokens": resp.usage.prompt_tokens,
+        },
+    }
+
+
 class OpenAIService:
     def __init__(
         self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
@@ -234,11 +256,16 @@ class OpenAIService:
         )
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            with self.disconnects.request(request):
-                resp, info = await self.gateway.chat(
-                    who, req, "chat.completions", client_host(request)
-                )
-            return JSONResponse(render_chat(resp), raw_headers=info.raw_headers())
+            after = After()
+            try:
+                with self.disconnects.request(request):
+                    resp, info = await self.gateway.chat(
+                        who, req, "chat.completions", client_host(request), after.add
+                    )
+                return JSONResponse(render_chat(resp), raw_headers=info.raw_headers(), after=after)
+            except BaseException:
+                after.run()
+                raise
         include_usage = bool(w.stream_options and w.stream_options.include_usage)
         with self.disconnects.request(request):
             stream = await self.gateway.stream(who, req, "chat.completions", client_host(request))
@@ -325,26 +352,20 @@ class OpenAIService:
                 param="input",
             )
         req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
-        with self.disconnects.request(request):
-            resp, info = await self.gateway.embed(who, req, "embeddings", client_host(request))
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": _b64(v) if w.encoding_format == "base64" else v,
-            }
-            for i, v in enumerate(resp.vectors)
-        ]
-        body = {
-            "object": "list",
-            "data": data,
-            "model": resp.model,
-            "usage": {
-                "prompt_tokens": resp.usage.prompt_tokens,
-                "total_tokens": resp.usage.prompt_tokens,
-            },
-        }
-        return JSONResponse(body, raw_headers=info.raw_headers())
+        after = After()
+        try:
+            with self.disconnects.request(request):
+                resp, info = await self.gateway.embed(
+                    who, req, "embeddings", client_host(request), after.add
+                )
+            return JSONResponse(
+                render_embeddings(resp, w.encoding_format),
+                raw_headers=info.raw_headers(),
+                after=after,
+            )
+        except BaseException:
+            after.run()
+            raise
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models."""
