@@ -107,6 +107,9 @@ class Platform:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
+            # One session serves every caller: a cookie an upstream sets on one caller's
+            # request must not be sent on the next caller's.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self.provider_ctx = ProviderContext(self.http, self.home)
         self.catalog = Catalog(self.config, self.registry, self.provider_ctx)

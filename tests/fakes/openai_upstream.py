@@ -234,7 +234,10 @@ class FakeOpenAIUpstream:
             return web.Response(status=200, text="{this is not json", content_type="application/json")
         if body.get("stream"):
             return await self._stream(request, body, behaviour, arg)
-        return web.json_response(self._completion(body, behaviour))
+        resp = web.json_response(self._completion(body, behaviour))
+        if behaviour == "cookie":  # as a stateful upstream (or a load balancer's affinity) does
+            resp.set_cookie("session", "for-whoever-called-first")
+        return resp
 
     def _completion(self, body: dict[str, Any], behaviour: str) -> dict[str, Any]:
         message: dict[str, Any]

@@ -55,6 +55,21 @@ def test_chat(client: openai.OpenAI, upstream: FakeOpenAIUpstream, cumulo: Cumul
     assert (row["prompt_tokens"], row["completion_tokens"]) == (2, 3)
 
 
+def test_cookies_an_upstream_sets_are_not_sent_for_other_callers(
+    client: openai.OpenAI, upstream: FakeOpenAIUpstream, cumulo: CumuloServer, marker: str
+) -> None:
+    """One upstream session serves every caller: a cookie it was given on one caller's
+    request must not ride along on the next caller's."""
+    other = cumulo.create_key("cookie-other")
+    with openai.OpenAI(base_url=cumulo.url + "/v1", api_key=other.token, max_retries=0,
+                       timeout=30) as second:
+        for i, c in enumerate((client, second)):
+            c.chat.completions.create(
+                model="chat-cookie", messages=[{"role": "user", "content": f"{marker} {i}"}])
+    assert all("cookie" not in r.headers for r in upstream.received(marker))
+    assert len(upstream.received(marker)) == 2
+
+
 def test_chat_stream_with_usage(client: openai.OpenAI, upstream: FakeOpenAIUpstream,
                                 cumulo: CumuloServer, caller_key: ApiKey, marker: str) -> None:
     chunks = list(client.chat.completions.create(

@@ -180,6 +180,9 @@ def gateway_config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
         "models": [
             chat("chat-echo", "echo", headers={"X-Team": "search"}),
             chat("team/chat-echo", "echo"),
+            # By a host name: cookies from a bare IP address are refused anyway.
+            chat("chat-cookie", "cookie",
+                 base_url=upstream.base_url().replace("127.0.0.1", "localhost")),
             chat("chat-tools", "tools"),
             chat("chat-slow", "slow:0.6"),
             chat("chat-hold", "hold"),

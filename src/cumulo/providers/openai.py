@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
+from multidict import CIMultiDict
 
 from cumulo.errors import (
     InvalidRequest,
@@ -55,24 +57,25 @@ class OpenAIProvider(Provider):
 
     # -- request building ----------------------------------------------------
 
-    def _url(self, path: str) -> str:
+    def _url(self, path: str) -> yarl.URL:
         url = self._urls.get(path)
         if url is None:
-            url = f"{(self.deployment.base_url or '').rstrip('/')}/{path}"
+            text = f"{(self.deployment.base_url or '').rstrip('/')}/{path}"
             if self.deployment.api_version:
-                url += f"?api-version={self.deployment.api_version}"
-            self._urls[path] = url
+                text += f"?api-version={self.deployment.api_version}"
+            url = self._urls[path] = yarl.URL(text)
         return url
 
     @cached_property
-    def _urls(self) -> dict[str, str]:
-        """Each path's URL, built once (the deployment is immutable)."""
+    def _urls(self) -> dict[str, yarl.URL]:
+        """Each path's URL, built and parsed once (the deployment is immutable)."""
         return {}
 
     # Built once: the deployment is immutable and a process's environment does not change.
     @cached_property
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.deployment.headers}
+    def _headers(self) -> CIMultiDict[str]:
+        # As the client's own type, which it would otherwise build from a dict per call.
+        headers = CIMultiDict({"Content-Type": "application/json", **self.deployment.headers})
         key = self.deployment.api_key()
         if key:
             if self.deployment.auth_header == "api-key":
