@@ -323,10 +323,7 @@ class Gateway:
             )
 
         info = _info(lease, adm)
-        if defer is None:
-            settle()
-        else:
-            defer(settle)
+        _settle(settle, defer)
         return resp, info
 
     async def stream(
@@ -421,11 +418,16 @@ class Gateway:
             )
 
         info = _info(lease, adm)
-        if defer is None:
-            settle()
-        else:
-            defer(settle)
+        _settle(settle, defer)
         return lease.value, info
+
+
+def _settle(settle: Callable[[], None], defer: Defer | None) -> None:
+    """Run a request's accounting now, or hand it to `defer`."""
+    if defer is None:
+        settle()
+    else:
+        defer(settle)
 
 
 def _for_model(req: ChatRequest, model: str) -> ChatRequest:

@@ -32,7 +32,7 @@ import orjson
 
 from cumulo.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from cumulo.providers.base import Provider
-from cumulo.providers.http import retry_after, status_error
+from cumulo.providers.http import read_body, retry_after, status_error
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -86,12 +86,7 @@ class AnthropicProvider(Provider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         async with self._post(messages_body(request, self.deployment.model or "", False)) as resp:
-            try:
-                raw = await resp.read()
-            except TimeoutError as exc:
-                raise UpstreamTimeout("Upstream timed out.") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from exc
+            raw = await read_body(resp)
         try:
             return chat_response(orjson.loads(raw), request.model)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -43,7 +43,7 @@ from cumulo.errors import (
 from cumulo.eventstream import Decoder, FramingError
 from cumulo.eventstream import Message as Frame
 from cumulo.providers.base import Provider
-from cumulo.providers.http import retry_after, status_error
+from cumulo.providers.http import read_body, retry_after, status_error
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -154,11 +154,7 @@ class BedrockProvider(Provider):
     async def chat(self, request: ChatRequest) -> ChatResponse:
         resp = await self._post("converse", request, "application/json")
         try:
-            raw = await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout("Upstream timed out.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from exc
+            raw = await read_body(resp)
         finally:
             resp.release()
         try:

@@ -1,4 +1,4 @@
-"""What every HTTP upstream shares: its error statuses as cumulo errors.
+"""What every HTTP upstream shares: its error statuses and failures as cumulo errors.
 
 One mapping for all remote providers, so a 429 is `RateLimited` (with the
 upstream's Retry-After) and a 5xx is `UpstreamError` whatever the wire format.
@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import aiohttp
+
 from cumulo.errors import CumuloError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+
+
+async def read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """A response's whole body; a timeout or a broken connection as a cumulo error."""
+    try:
+        return await resp.read()
+    except TimeoutError as exc:
+        raise UpstreamTimeout("Upstream timed out.") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from exc
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -24,7 +24,7 @@ from cumulo.errors import (
     UpstreamTimeout,
 )
 from cumulo.providers.base import Provider
-from cumulo.providers.http import retry_after, status_error
+from cumulo.providers.http import read_body, retry_after, status_error
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -239,11 +239,7 @@ class OpenAIProvider(Provider):
         """POST and parse the JSON answer (the router ends the call at `timeout_s`)."""
         resp = await _send(self, path, body, self._connect_timeout)
         try:
-            raw = await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout("Upstream timed out.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from exc
+            raw = await read_body(resp)
         finally:
             resp.release()
         try:

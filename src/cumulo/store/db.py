@@ -147,7 +147,6 @@ def fit_to_columns(table: Table, rows: Sequence[dict[str, Any]]) -> Sequence[dic
     return out
 
 
-# Host parameters in one SQLite statement: 32766 since SQLite 3.32, 999 before.
 def _alembic_config(url: str | URL) -> AlembicConfig:
     """Alembic's config for cumulo's migrations on `url` (also for tests and tools)."""
     cfg = AlembicConfig()
