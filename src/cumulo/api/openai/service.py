@@ -12,7 +12,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -52,6 +52,7 @@ from cumulo.types import (
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 # -- errors -------------------------------------------------------------------
@@ -104,10 +105,15 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
 
 def parse_body(model: type[M], body: bytes) -> M:
     """A wire model from a JSON body, or a 400 naming the field (the admin API's too)."""
+    return validated(model.model_validate_json, body)
+
+
+def validated(validate: Callable[[bytes], T], body: bytes) -> T:
+    """`validate(body)`: a JSON body as pydantic validates it, or a 400 naming the field."""
     if not body:
         raise InvalidRequest("The request body is empty; a JSON object is required.")
     try:
-        return model.model_validate_json(body)
+        return validate(body)
     except ValidationError as exc:
         if exc.errors()[0]["type"] in ("json_invalid", "json_type"):
             raise InvalidRequest(
@@ -125,66 +131,73 @@ def _text(content: wire.Content | None, param: str | int) -> str | None:
         return content
     parts = []
     for j, part in enumerate(content):
-        if part.type != "text" or part.text is None:
+        text = part.get("text")
+        if part["type"] != "text" or text is None:
             where = f"messages.{param}.content" if isinstance(param, int) else param
             raise InvalidRequest(
-                f"Content part type {part.type!r} is not supported; only 'text' parts are.",
+                f"Content part type {part['type']!r} is not supported; only 'text' parts are.",
                 param=f"{where}.{j}.type",
             )
-        parts.append(part.text)
+        parts.append(text)
     return "".join(parts)
 
 
 def to_chat_request(w: wire.ChatCompletionRequest, max_messages: int) -> ChatRequest:
-    if w.n not in (None, 1):
+    if w.get("n") not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n")
-    if len(w.messages) > max_messages:
+    wire_messages = w["messages"]
+    if len(wire_messages) > max_messages:
         raise InvalidRequest(
-            f"Too many messages: {len(w.messages)}; the limit is {max_messages}.", param="messages"
+            f"Too many messages: {len(wire_messages)}; the limit is {max_messages}.",
+            param="messages",
         )
     messages: list[Message] = []
-    for i, m in enumerate(w.messages):
-        text = _text(m.content, i)
-        if isinstance(m, wire.UserMessage):
-            messages.append(Message("user", text, m.name))
-        elif isinstance(m, wire.SystemMessage):
-            messages.append(Message("system", text, m.name))
-        elif isinstance(m, wire.AssistantMessage):
+    for i, m in enumerate(wire_messages):
+        text = _text(m.get("content"), i)
+        if m["role"] == "user":
+            messages.append(Message("user", text, m.get("name")))
+        elif m["role"] == "assistant":
             calls = [
-                ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()
+                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments", ""))
+                for c in m.get("tool_calls") or ()
             ]
-            messages.append(Message("assistant", text, name=m.name, tool_calls=calls or None))
-        else:
-            messages.append(Message("tool", text, tool_call_id=m.tool_call_id))
-    stop = [w.stop] if isinstance(w.stop, str) else list(w.stop or ())
+            messages.append(Message("assistant", text, m.get("name"), calls or None))
+        elif m["role"] == "tool":
+            messages.append(Message("tool", text, tool_call_id=m["tool_call_id"]))
+        else:  # system, developer
+            messages.append(Message("system", text, m.get("name")))
+    stop_field = w.get("stop")
+    stop = [stop_field] if isinstance(stop_field, str) else list(stop_field or ())
     if len(stop) > 4:
         raise InvalidRequest("At most 4 stop sequences are allowed.", param="stop")
+    choice = w.get("tool_choice")
     tool_choice = None
-    if isinstance(w.tool_choice, str):
-        tool_choice = ToolChoice(w.tool_choice)
-    elif w.tool_choice is not None:
-        tool_choice = ToolChoice("tool", w.tool_choice.function.name)
+    if isinstance(choice, str):
+        tool_choice = ToolChoice(choice)
+    elif choice is not None:
+        tool_choice = ToolChoice("tool", choice["function"]["name"])
     tools = [
-        Tool(t.function.name, t.function.description, t.function.parameters) for t in w.tools or ()
+        Tool(f["name"], f.get("description"), f.get("parameters"))
+        for f in (t["function"] for t in w.get("tools") or ())
     ]
     return ChatRequest(
-        model=w.model,
+        model=w["model"],
         messages=messages,
         params=SamplingParams(
-            temperature=w.temperature,
-            top_p=w.top_p,
-            top_k=w.top_k,
-            max_tokens=w.max_completion_tokens or w.max_tokens,
+            temperature=w.get("temperature"),
+            top_p=w.get("top_p"),
+            top_k=w.get("top_k"),
+            max_tokens=w.get("max_completion_tokens") or w.get("max_tokens"),
             stop=[s for s in stop if s],
-            seed=w.seed,
-            presence_penalty=w.presence_penalty,
-            frequency_penalty=w.frequency_penalty,
+            seed=w.get("seed"),
+            presence_penalty=w.get("presence_penalty"),
+            frequency_penalty=w.get("frequency_penalty"),
         ),
         tools=tools or None,
         tool_choice=tool_choice,
-        response_format=w.response_format,
-        stream=w.stream,
-        user=w.user,
+        response_format=w.get("response_format"),
+        stream=w.get("stream", False),
+        user=w.get("user"),
     )
 
 
@@ -251,8 +264,9 @@ class OpenAIService:
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
         who = await self.auth.authenticate(header(request, b"authorization"))
-        w = parse_body(
-            wire.ChatCompletionRequest, await read_body(request, self.limits.max_body_bytes)
+        w = validated(
+            wire.chat_completion_request.validate_json,
+            await read_body(request, self.limits.max_body_bytes),
         )
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
@@ -266,7 +280,8 @@ class OpenAIService:
             except BaseException:
                 after.run()
                 raise
-        include_usage = bool(w.stream_options and w.stream_options.include_usage)
+        options = w.get("stream_options")
+        include_usage = bool(options and options.get("include_usage"))
         with self.disconnects.request(request):
             stream = await self.gateway.stream(who, req, "chat.completions", client_host(request))
         return StreamingResponse(
