@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import BudgetExceeded, CumuloError, InvalidRequest, PayloadTooLarge
-from cumulo.gateway import CLIENT_CLOSED
+from cumulo.metering import CLIENT_CLOSED
 
 log = logging.getLogger(__name__)
 

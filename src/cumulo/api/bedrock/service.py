@@ -41,9 +41,10 @@ from cumulo.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cumulo.gateway import BlockedStream, CallInfo, Gateway, MeteredStream
+from cumulo.gateway import Gateway
 from cumulo.governance import sigv4
 from cumulo.governance.auth import Authenticator, Principal
+from cumulo.metering import BlockedStream, CallInfo, MeteredStream
 from cumulo.platform import Platform
 from cumulo.types import (
     JSON,
