@@ -106,7 +106,9 @@ class ChatCompletionRequest(TypedDict):
     temperature: NotRequired[Annotated[float, Field(ge=0, le=2)] | None]
     top_p: NotRequired[Annotated[float, Field(ge=0, le=1)] | None]
     top_k: NotRequired[
-        Annotated[int, Field(ge=1, le=_INT64_MAX, description="Beyond OpenAI's spec: top-k.")]
+        Annotated[
+            int, Field(ge=1, le=_INT64_MAX, description="Beyond OpenAI's spec: top-k sampling.")
+        ]
         | None
     ]
     max_tokens: NotRequired[_Int | None]
