@@ -168,12 +168,21 @@ class After:
     """Work to run once the response is on its way: a request's accounting (usage,
     limits, metrics) then costs its caller no latency. `run()` runs each callback
     once, in order; `JSONResponse(after=...)` runs it after sending, also when sending
-    fails, and an endpoint that raises runs it itself."""
+    fails. `with After() as after:` runs it at once if the block raises instead."""
 
     __slots__ = ("_callbacks",)
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[], None]] = []
+
+    def __enter__(self) -> After:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if kind is not None:  # no response will run it
+            self.run()
 
     def add(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)

@@ -153,10 +153,7 @@ class BedrockProvider(Provider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         resp = await self._post("converse", request, "application/json")
-        try:
-            raw = await read_body(resp)
-        finally:
-            resp.release()
+        raw = await read_body(resp)
         try:
             data = orjson.loads(raw)
             blocks = data["output"]["message"].get("content") or []

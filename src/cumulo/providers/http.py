@@ -14,13 +14,16 @@ from cumulo.errors import CumuloError, InvalidRequest, RateLimited, UpstreamErro
 
 
 async def read_body(resp: aiohttp.ClientResponse) -> bytes:
-    """A response's whole body; a timeout or a broken connection as a cumulo error."""
+    """A response's whole body, its connection then released; a timeout or a broken
+    connection as a cumulo error."""
     try:
         return await resp.read()
     except TimeoutError as exc:
         raise UpstreamTimeout("Upstream timed out.") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from exc
+    finally:
+        resp.release()
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -238,10 +238,7 @@ class OpenAIProvider(Provider):
     async def _post_json(self, path: str, body: JSON) -> Any:
         """POST and parse the JSON answer (the router ends the call at `timeout_s`)."""
         resp = await _send(self, path, body, self._connect_timeout)
-        try:
-            raw = await read_body(resp)
-        finally:
-            resp.release()
+        raw = await read_body(resp)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -382,8 +382,7 @@ class AnthropicService:
         w = _parse(await read_body(request, self.limits.max_body_bytes))
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            after = After()
-            try:
+            with After() as after:
                 with self.disconnects.request(request):
                     resp, info = await self.gateway.chat(
                         who, req, "messages", client_host(request), after.add
@@ -391,9 +390,6 @@ class AnthropicService:
                 return JSONResponse(
                     render_message(resp), raw_headers=info.raw_headers(), after=after
                 )
-            except BaseException:
-                after.run()
-                raise
         with self.disconnects.request(request):
             stream = await self.gateway.stream(who, req, "messages", client_host(request))
         return StreamingResponse(

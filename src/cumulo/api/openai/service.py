@@ -125,18 +125,17 @@ def validated(validate: Callable[[bytes], T], body: bytes) -> T:
 # -- wire → canonical -----------------------------------------------------------
 
 
-def _text(content: wire.Content | None, param: str | int) -> str | None:
-    """The text of a message's content; `param` names it in errors (an int: message i's)."""
+def _text(content: wire.Content | None, index: int) -> str | None:
+    """The text of message `index`'s content."""
     if content is None or isinstance(content, str):
         return content
     parts = []
     for j, part in enumerate(content):
         text = part.get("text")
         if part["type"] != "text" or text is None:
-            where = f"messages.{param}.content" if isinstance(param, int) else param
             raise InvalidRequest(
                 f"Content part type {part['type']!r} is not supported; only 'text' parts are.",
-                param=f"{where}.{j}.type",
+                param=f"messages.{index}.content.{j}.type",
             )
         parts.append(text)
     return "".join(parts)
@@ -270,16 +269,12 @@ class OpenAIService:
         )
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            after = After()
-            try:
+            with After() as after:
                 with self.disconnects.request(request):
                     resp, info = await self.gateway.chat(
                         who, req, "chat.completions", client_host(request), after.add
                     )
                 return JSONResponse(render_chat(resp), raw_headers=info.raw_headers(), after=after)
-            except BaseException:
-                after.run()
-                raise
         options = w.get("stream_options")
         include_usage = bool(options and options.get("include_usage"))
         with self.disconnects.request(request):
@@ -367,8 +362,7 @@ class OpenAIService:
                 param="input",
             )
         req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
-        after = After()
-        try:
+        with After() as after:
             with self.disconnects.request(request):
                 resp, info = await self.gateway.embed(
                     who, req, "embeddings", client_host(request), after.add
@@ -378,9 +372,6 @@ class OpenAIService:
                 raw_headers=info.raw_headers(),
                 after=after,
             )
-        except BaseException:
-            after.run()
-            raise
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models."""
