@@ -116,8 +116,10 @@ def client(server: CumuloServer, key_id: str | None, secret: str | None) -> Any:
 
 
 @pytest.fixture
-def br(server: CumuloServer, key: ApiKey) -> Any:
-    return client(server, key.id, secret_of(key))
+def br(server: CumuloServer, key: ApiKey) -> Iterator[Any]:
+    c = client(server, key.id, secret_of(key))
+    yield c
+    c.close()  # its pooled sockets, not left to the garbage collector
 
 
 def user(text: str) -> dict[str, Any]:
@@ -294,6 +296,7 @@ def test_error_mid_stream_is_an_exception_frame(br: Any) -> None:
     with pytest.raises(EventStreamError) as info:
         for event in response["stream"]:
             seen.append(event)
+    response["stream"].close()  # the error leaves its connection open
     assert info.value.response["Error"]["Code"] == "throttlingException"
     assert seen[0] == {"messageStart": {"role": "assistant"}}
     assert seen[1]["contentBlockDelta"]["delta"] == {"text": "echo: "}
