@@ -6,6 +6,8 @@ Starts three servers on 127.0.0.1 and drives each with `wrk`:
   bare    bench/bare_proxy.py: raw ASGI pass-through with one pooled aiohttp session
   cumulo  `cumulo serve --workers 1`, one openai-provider model pointing at the upstream,
           a caller key (auth and usage recording are always on)
+  floor   (with --floor) bench/floor_proxy.py: the bare proxy with the least possible
+          upstream client, a reference for what the machine itself adds to a proxy hop
 
 Each gets a short warm-up; then requests/s at N connections and p50/p99 latency at one
 connection are measured in slices that interleave the three, so that a change in the
@@ -13,6 +15,7 @@ machine's other load affects all alike. Prints a table (with the CPU time per re
 server under test) and the ratios cumulo/bare (req/s, CPU) and cumulo - direct (p50).
 
     python bench/gateway.py [--duration 10] [--connections 32] [--slices 5] [--pin split|none]
+                            [--floor]
 """
 
 from __future__ import annotations
@@ -230,9 +233,9 @@ def wrk(target: Target, tmp: Path, *, connections: int, threads: int, seconds: f
 # -- main ------------------------------------------------------------------------------
 
 
-def start_servers(procs: Procs, tmp: Path, pin: bool) -> list[Target]:
+def start_servers(procs: Procs, tmp: Path, pin: bool, floor: bool) -> list[Target]:
     py = sys.executable
-    up_port, bare_port, cu_port = free_port(), free_port(), free_port()
+    up_port, bare_port, cu_port, floor_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://{HOST}:{up_port}"
     # The upstream shares the load generator's core; in the direct case that is fair too,
     # because the upstream then replaces the proxy as the one server doing work.
@@ -240,6 +243,10 @@ def start_servers(procs: Procs, tmp: Path, pin: bool) -> list[Target]:
                      cpus=CORE_LOAD if pin else None)
     bare = procs.start("bare", [py, str(HERE / "bare_proxy.py"), "--port", str(bare_port),
                                 "--upstream", upstream], cpus=CORE_PROXY if pin else None)
+    floor_proc = procs.start(
+        "floor", [py, str(HERE / "floor_proxy.py"), "--port", str(floor_port), "--upstream", upstream],
+        cpus=CORE_PROXY if pin else None,
+    ) if floor else None
 
     home = tmp / "cumulo-home"
     config = tmp / "cumulo.yaml"
@@ -265,6 +272,9 @@ def start_servers(procs: Procs, tmp: Path, pin: bool) -> list[Target]:
     wait_until(procs, "upstream", lambda: http("POST", upstream + PATH, b"{}")[0] == 200)
     wait_until(procs, "bare proxy",
                lambda: http("POST", f"http://{HOST}:{bare_port}{PATH}", b"{}")[0] == 200)
+    if floor_proc is not None:
+        wait_until(procs, "floor proxy",
+                   lambda: http("POST", f"http://{HOST}:{floor_port}{PATH}", b"{}")[0] == 200)
     cu = f"http://{HOST}:{cu_port}"
     wait_until(procs, "cumulo", lambda: http("GET", cu + "/health/ready")[0] == 200)
     status, raw = http("POST", cu + "/admin/keys", json.dumps({"name": "bench"}).encode(), ADMIN_KEY)
@@ -278,6 +288,8 @@ def start_servers(procs: Procs, tmp: Path, pin: bool) -> list[Target]:
         Target("bare", f"http://{HOST}:{bare_port}{PATH}", pid=bare.pid),
         Target("cumulo", cu + PATH, token, pid=cumulo_proc.pid),
     ]
+    if floor_proc is not None:
+        targets.insert(2, Target("floor", f"http://{HOST}:{floor_port}{PATH}", pid=floor_proc.pid))
     for t in targets:
         check_completion(t.name, t.url, t.token)
     return targets
@@ -325,6 +337,9 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         print(f"bare - direct   p50   {b.p50 - d.p50:+.3f} ms")
         print(f"cumulo - direct p50   {c.p50 - d.p50:+.3f} ms   (target <= 0.4 ms)")
         print(f"cumulo - bare   p50   {c.p50 - b.p50:+.3f} ms")
+        if "floor" in rows:
+            print(f"floor - direct  p50   {rows['floor'].p50 - d.p50:+.3f} ms   (no gateway work,"
+                  " least possible client)")
     if any(r.failed for r in rows.values()):
         print("\nWARNING: some requests failed (socket errors or non-2xx); figures are suspect.")
 
@@ -345,8 +360,10 @@ def main() -> int:
     parser.add_argument("--pin", choices=("split", "none"), default="split",
                         help="split: server under test on CPU 0, wrk and upstream on CPU 1; "
                              "none: let the OS schedule")
-    parser.add_argument("--only", nargs="+", choices=("direct", "bare", "cumulo"),
-                        help="measure only these (all three servers still start)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure bench/floor_proxy.py (the latency floor of a proxy hop)")
+    parser.add_argument("--only", nargs="+", choices=("direct", "bare", "floor", "cumulo"),
+                        help="measure only these (every server still starts)")
     args = parser.parse_args()
     if args.slices < 1 or min(args.duration, args.latency_duration) / args.slices < 1:
         parser.error("each slice must last at least 1 s (--duration and --latency-duration"
@@ -372,7 +389,7 @@ def main() -> int:
         procs = Procs(tmp)
         try:
             print("starting upstream, bare proxy and cumulo ...", flush=True)
-            targets = start_servers(procs, tmp, pin)
+            targets = start_servers(procs, tmp, pin, args.floor)
             targets_run = [t for t in targets if t.name in args.only] if args.only else targets
             for t in targets_run:
                 print(f"{t.name}: warm-up {args.warmup:g}s", flush=True)
