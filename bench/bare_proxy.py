@@ -59,17 +59,19 @@ def make_app(upstream: str):  # type: ignore[no-untyped-def]
     return app
 
 
-def main() -> None:
+def serve(make, doc: str) -> None:  # type: ignore[no-untyped-def]
+    """The command line of a proxy: `make(upstream)` served as this one is (bench/floor_proxy.py
+    too, so the two are run alike)."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9001")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.upstream), host=args.host, port=args.port, workers=1, loop="uvloop",
+    uvicorn.run(make(args.upstream), host=args.host, port=args.port, workers=1, loop="uvloop",
                 http="httptools", access_log=False, log_level="warning", lifespan="on")
 
 
 if __name__ == "__main__":
-    main()
+    serve(make_app, __doc__)

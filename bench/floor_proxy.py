@@ -16,12 +16,13 @@ on purpose, so that the two differ in nothing else that costs time.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
+
+from bare_proxy import serve  # run as `python bench/floor_proxy.py`: bench/ is on the path
 
 
 class _Conn(asyncio.Protocol):
@@ -101,17 +102,5 @@ def make_app(upstream: str):  # type: ignore[no-untyped-def]
     return app
 
 
-def main() -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9001")
-    args = parser.parse_args()
-    uvicorn.run(make_app(args.upstream), host=args.host, port=args.port, workers=1, loop="uvloop",
-                http="httptools", access_log=False, log_level="warning", lifespan="on")
-
-
 if __name__ == "__main__":
-    main()
+    serve(make_app, __doc__)
