@@ -1,0 +1,52 @@
+"""`cumulo models`: list the served models; build the demo model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cumulo.cli.common import Ctx, pass_ctx, table
+from cumulo.config import demo_model_dir
+
+
+@click.group()
+def models() -> None:
+    """List models; build the demo model."""
+
+
+@models.command("list")
+@pass_ctx
+def models_list(ctx: Ctx) -> None:
+    """Models the running platform serves."""
+    data = ctx.client().request("GET", "/v1/models")
+    rows = []
+    for m in data["data"]:
+        notes = [
+            n
+            for n, on in (
+                ("UNTRAINED: random weights", m.get("untrained")),
+                ("loading", not m.get("ready", True)),
+            )
+            if on
+        ]
+        rows.append(
+            [m["id"], m.get("kind", ""), ",".join(m.get("providers", [])), "; ".join(notes)]
+        )
+    table(["MODEL", "KIND", "PROVIDERS", "NOTES"], rows)
+
+
+@models.command("build-demo")
+@click.option(
+    "--path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Target directory [default: $CUMULO_HOME/models/demo-tiny].",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def models_build_demo(path: str | None, seed: int) -> None:
+    """Build the tiny untrained demo chat model offline."""
+    from cumulo.engine.demo import build_demo_model
+
+    target = build_demo_model(Path(path) if path else demo_model_dir(), seed=seed)
+    click.echo(f"built {target} (untrained: random weights, for trying the platform only)")
