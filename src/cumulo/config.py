@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +29,23 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(url: str, schemes: tuple[str, ...], example: str) -> str:
+    """`url` if it has one of `schemes`, a host (or a unix socket path) and a valid port.
+
+    The message never repeats the URL: it may carry a password.
+    """
+    problem = f"not a valid {' or '.join(s + '://' for s in schemes)} URL (expected e.g. {example})"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError:
+        raise ValueError(problem) from None
+    located = parts.hostname or (parts.scheme == "unix" and parts.path)
+    if parts.scheme not in schemes or not located or any(c.isspace() for c in url):
+        raise ValueError(problem)
+    return url
 
 
 class PriceConfig(_Strict):
@@ -111,6 +129,11 @@ class DeploymentConfig(_Strict):
     aws_session_token_env: str | None = Field(
         None, description="Bedrock: env var holding the session token, if any."
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, ("http", "https"), "https://api.openai.com/v1")
 
     @field_validator("name")
     @classmethod
@@ -277,6 +300,29 @@ class Config(_Strict):
         description="Named guardrails, attached to models here or to tenants through the admin "
         "API. The built-in `pii-anonymize` is always there unless one with its id is defined.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        return _check_url(v, ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        from sqlalchemy.engine import make_url  # only when a database_url is configured
+        from sqlalchemy.exc import ArgumentError
+
+        if v is not None:
+            try:
+                make_url(v)
+            except (ArgumentError, ValueError):  # the URL is not repeated: it may hold a password
+                raise ValueError(
+                    "not a database URL (expected e.g. sqlite:///path or "
+                    "postgresql://user@host:5432/db)"
+                ) from None
+        return v
 
     @property
     def all_guardrails(self) -> list[GuardrailConfig]:

@@ -262,8 +262,12 @@ def test_a_url_that_is_not_cumulo_is_one_line(not_cumulo: str, args: tuple[str, 
          ["models.0.deployments.0", "base_url"]),
         ({"models": [{"name": "m", "deployments": [{"provider": "nosuch"}]}]},
          ["models.0.deployments.0.provider", "nosuch"]),
+        ({"models": [{"name": "m", "deployments": [
+            {"provider": "openai", "model": "x", "base_url": "not-a-url"}]}]},
+         ["models.0.deployments.0.base_url", "not a valid http:// or https:// URL"]),
+        ({"redis_url": "not-a-url"}, ["redis_url", "not a valid redis://"]),
     ],
-    ids=["missing-base-url", "unknown-provider"],
+    ids=["missing-base-url", "unknown-provider", "bad-base-url", "bad-redis-url"],
 )
 def test_serve_with_a_bad_config_says_why_in_one_line(
     tmp_path: Path, config: dict[str, object], fragments: list[str]
