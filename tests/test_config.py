@@ -246,3 +246,44 @@ def test_good_store_urls_pass(tmp_path: Path) -> None:
                                           "database_url": "postgres://cumulo@db:5432/cumulo"}))
     assert config.redis_url == "rediss://:pw@cache:6380/1"
 
+
+def test_a_config_file_replaces_the_embedded_models(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = write(tmp_path, {"models": [{"name": "mine", "deployments": [openai_dep()]}]})
+    assert [m.name for m in load_config(path).models] == ["mine"]
+
+
+def test_include_defaults_keeps_the_embedded_models(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = write(tmp_path, {"include_defaults": True, "models": [
+        {"name": "mine", "deployments": [openai_dep()]}]})
+    config = load_config(path)
+    assert [m.name for m in config.models] == ["mine", EMBED_MODEL, DEMO_MODEL]
+    demo = config.model(DEMO_MODEL)
+    assert demo is not None and demo.untrained
+    assert demo.deployments[0].path == str(tmp_path / "models" / DEMO_MODEL)
+
+
+def test_a_model_of_the_file_wins_over_a_default_of_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = write(tmp_path, {"include_defaults": True, "models": [
+        {"name": DEMO_MODEL, "deployments": [openai_dep()]},
+        # A fallback may name a default model: it exists once the defaults are in.
+        {"name": "chat", "fallbacks": [DEMO_MODEL], "deployments": [openai_dep()]}]})
+    config = load_config(path)
+    assert [m.name for m in config.models] == [DEMO_MODEL, "chat", EMBED_MODEL]
+    demo = config.model(DEMO_MODEL)
+    assert demo is not None and demo.deployments[0].provider == "openai"
+
+
+def test_a_fallback_to_a_default_model_needs_include_defaults(tmp_path: Path) -> None:
+    message = error_for(tmp_path, {"models": [
+        {"name": "chat", "fallbacks": [EMBED_MODEL], "deployments": [openai_dep()]}]})
+    assert "models.0.fallbacks.0" in message

@@ -289,6 +289,12 @@ class Config(_Strict):
         description="Redis for several replicas: shared limits and budgets, and key/tenant "
         "cache invalidation (e.g. redis://127.0.0.1:6379/0).",
     )
+    include_defaults: bool = Field(
+        False,
+        description="Serve the embedded default's models (minilm-embed, demo-tiny, and "
+        "OpenAI's when OPENAI_API_KEY is set) too; a model of this file with the same name "
+        "wins. Without it a config file's `models` are all that is served.",
+    )
     redis_prefix: str = Field(
         "cumulo",
         pattern=r"^[A-Za-z0-9._:-]{1,64}$",
@@ -392,6 +398,10 @@ def parse_config(data: Any, source: str) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
+    if data.get("include_defaults") is True and isinstance(data.get("models", []), list):
+        models = list(data.get("models", []))
+        names = {m.get("name") for m in models if isinstance(m, dict)}
+        data = {**data, "models": models + [m for m in _default_models() if m["name"] not in names]}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -457,8 +467,8 @@ _DEFAULT_REMOTE: list[dict[str, Any]] = [
 ]
 
 
-def default_config() -> Config:
-    """The embedded default: SQLite, local models, and remote ones whose keys are set."""
+def _default_models() -> list[dict[str, Any]]:
+    """The embedded default's models: the local ones, and remote ones whose keys are set."""
     models: list[dict[str, Any]] = [
         {
             "name": EMBED_MODEL,
@@ -475,5 +485,9 @@ def default_config() -> Config:
             "deployments": [{"provider": "local", "path": str(demo_model_dir())}],
         },
     ]
-    models += [m for m in _DEFAULT_REMOTE if m["deployments"][0]["api_key_env"] in os.environ]
-    return parse_config({"models": models}, "<default config>")
+    return models + [m for m in _DEFAULT_REMOTE if m["deployments"][0]["api_key_env"] in os.environ]
+
+
+def default_config() -> Config:
+    """The embedded default: SQLite, local models, and remote ones whose keys are set."""
+    return parse_config({"models": _default_models()}, "<default config>")
