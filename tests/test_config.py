@@ -287,3 +287,13 @@ def test_a_fallback_to_a_default_model_needs_include_defaults(tmp_path: Path) ->
     message = error_for(tmp_path, {"models": [
         {"name": "chat", "fallbacks": [EMBED_MODEL], "deployments": [openai_dep()]}]})
     assert "models.0.fallbacks.0" in message
+
+
+def test_the_demo_model_has_a_short_default_reply(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    demo = default_config().model(DEMO_MODEL)
+    assert demo is not None and demo.default_max_tokens is not None
+    assert 1 <= demo.default_max_tokens <= 100
+    assert error_for(tmp_path, {"models": [{"name": "m", "default_max_tokens": 0,
+                                            "deployments": [openai_dep()]}]})

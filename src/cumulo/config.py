@@ -218,6 +218,13 @@ class ModelConfig(_Strict):
     untrained: bool = Field(
         False, description="Random weights: marked as untrained in /v1/models and the CLI."
     )
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Longest reply, in tokens, when a chat request gives no max_tokens "
+        "(unset: as long as the deployment goes).",
+    )
     deployments: Annotated[list[DeploymentConfig], Field(min_length=1)]
     routing: RoutingConfig = RoutingConfig()
     fallbacks: list[str] = Field(
@@ -482,6 +489,8 @@ def _default_models() -> list[dict[str, Any]]:
             "untrained": True,
             "context_window": 2048,
             "description": "Tiny Llama-architecture demo model with random weights (untrained).",
+            # Its replies are gibberish: a short one unless the request asks for more.
+            "default_max_tokens": 48,
             "deployments": [{"provider": "local", "path": str(demo_model_dir())}],
         },
     ]
