@@ -297,3 +297,10 @@ def test_the_demo_model_has_a_short_default_reply(tmp_path: Path,
     assert 1 <= demo.default_max_tokens <= 100
     assert error_for(tmp_path, {"models": [{"name": "m", "default_max_tokens": 0,
                                             "deployments": [openai_dep()]}]})
+
+
+def test_models_are_required_unless_marked_optional(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"models": [
+        {"name": "a", "deployments": [openai_dep()]},
+        {"name": "b", "optional": True, "deployments": [openai_dep()]}]}))
+    assert [m.optional for m in config.models] == [False, True]

@@ -218,6 +218,11 @@ class ModelConfig(_Strict):
     untrained: bool = Field(
         False, description="Random weights: marked as untrained in /v1/models and the CLI."
     )
+    optional: bool = Field(
+        False,
+        description="Serve without this model when none of its deployments can load. By "
+        "default `cumulo serve` refuses to start (or stops) when a model cannot load.",
+    )
     default_max_tokens: int | None = Field(
         None,
         ge=1,

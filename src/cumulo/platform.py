@@ -233,6 +233,11 @@ class Platform:
         data = {"model": model, "source": source, **summary}
         self.ledger.record(who.key_id, "guardrail.intervened", model, who.tenant_id, data)
 
+    async def models_loaded(self) -> None:
+        """Return once every model has loaded or failed to (`Catalog.start` is done)."""
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+
     @property
     def models(self) -> Catalog:
         assert self.catalog is not None, "Platform.start() was not called"

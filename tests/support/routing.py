@@ -51,6 +51,11 @@ class Scripted(Provider):
         self.calls: list[float] = []
         self.requests: list[ChatRequest] = []
         self.is_ready = True
+        self.start_error: Exception | None = None  # what start() raises, if anything
+
+    async def start(self) -> None:
+        if self.start_error is not None:
+            raise self.start_error
 
     def describe(self) -> str:
         return f"scripted {self.deployment.model}"

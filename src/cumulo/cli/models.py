@@ -26,7 +26,8 @@ def models_list(ctx: Ctx) -> None:
             n
             for n, on in (
                 ("UNTRAINED: random weights", m.get("untrained")),
-                ("loading", not m.get("ready", True)),
+                (f"FAILED: {m.get('load_error')}", m.get("load_error")),
+                ("loading", not m.get("ready", True) and not m.get("load_error")),
             )
             if on
         ]

@@ -38,9 +38,13 @@ def serve(
     from cumulo.providers.registry import ProviderRegistry
 
     config = load_config(config_path)
-    ProviderRegistry().check(config, config_path or "<default config>")
+    source = config_path or "<default config>"
+    registry = ProviderRegistry()
+    registry.check(config, source)
     home = cumulo_home()
     admin_key = prepare(config, home)
+    for warning in registry.preflight(config, source):  # before any model loads
+        click.echo(f"cumulo: warning: {warning}", err=True)
     if admin_key:
         click.echo(
             "Created the first admin key. It is shown once only; keep it safe:\n\n"
