@@ -1,5 +1,6 @@
 """The README's commands run as written: each `cumulo` command is the venv's, exists and
-parses."""
+parses; the CLI reference is the one the commands generate. (`integration/
+test_readme_walkthrough.py` runs them against a server.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import click
 import pytest
 
 from cumulo.cli import cli
-from support.readme import blocks, shell_lines, simple_commands
+from cumulo.cli.reference import replace_in
+from support.readme import README, blocks, shell_lines, simple_commands
 
 SHELL = [b for b in blocks() if b.lang == "sh"]
 COMMANDS = [(b.section, cmd) for b in SHELL for line in shell_lines(b)
@@ -47,3 +49,7 @@ def test_each_cumulo_command_exists_and_its_options_parse(section: str,
     except click.UsageError as exc:
         pytest.fail(f"{section}: `{' '.join(command)}`: {exc.format_message()}")
 
+
+def test_the_cli_reference_is_generated_from_the_commands() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert replace_in(text, cli) == text, "the README's CLI reference is stale: run `make docs`"

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 @click.group()
 def ledger() -> None:
-    """Verify and list the audit ledger from the database (no server needed).
+    """Verify and list the audit ledger (no server needed).
 
     Reads the database of the config (`database_url`, default $CUMULO_HOME/cumulo.db)
     with the platform's master key (CUMULO_MASTER_KEY or $CUMULO_HOME/master.key).
@@ -45,8 +45,10 @@ _ledger_config = click.option(
 @_ledger_config
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def ledger_verify(config_path: str | None, as_json: bool) -> None:
-    """Check every entry; exit 1 naming the first edited, missing, reordered or truncated
-    one. Keep the printed head (seq and hash) elsewhere to detect a later rollback."""
+    """Check every entry; exit 1 naming the first bad one.
+
+    Names the first edited, missing, reordered or truncated entry. Keep the printed head
+    (seq and hash) elsewhere to detect a later rollback."""
     result = _with_ledger(config_path, lambda led: led.verify())
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -68,14 +70,23 @@ def ledger_verify(config_path: str | None, as_json: bool) -> None:
 
 @ledger.command("list")
 @_ledger_config
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
-@click.option("--tenant", "tenant_id", default=None, help="Only this tenant's entries.")
-@click.option("--action", default=None, help="Only this action (e.g. key.create).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="At most this many entries.",
+)
+@click.option("--tenant", "tenant_id", metavar="ID", help="Only this tenant's entries.")
+@click.option("--action", metavar="ACTION", help="Only this action (e.g. key.create).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def ledger_list(
     config_path: str | None, limit: int, tenant_id: str | None, action: str | None, as_json: bool
 ) -> None:
-    """The newest entries, newest first (not verified: see `cumulo ledger verify`)."""
+    """The newest entries, newest first (unverified).
+
+    `cumulo ledger verify` checks them."""
     found = _with_ledger(
         config_path, lambda led: led.entries(limit=limit, tenant_id=tenant_id, action=action)
     )

@@ -9,11 +9,13 @@ import sys
 
 import click
 
+from cumulo.cli.alerts import alerts, invocations
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
 from cumulo.cli.keys import keys
 from cumulo.cli.ledger import ledger
 from cumulo.cli.models import models
+from cumulo.cli.platform_state import deployments, engine, guardrails
 from cumulo.cli.serve import serve
 from cumulo.cli.tenants import tenants
 from cumulo.cli.usage import usage
@@ -26,22 +28,42 @@ from cumulo.errors import CumuloError
     envvar="CUMULO_URL",
     default=DEFAULT_URL,
     show_default=True,
+    metavar="URL",
     help="Base URL of a running cumulo (env CUMULO_URL).",
 )
 @click.option(
     "--key",
     envvar="CUMULO_API_KEY",
     default=None,
-    help="API key for client commands (env CUMULO_API_KEY).",
+    metavar="KEY",
+    help="API key of the client commands (env CUMULO_API_KEY, else CUMULO_ADMIN_KEY).",
 )
 @click.version_option(package_name="cumulo")
 @click.pass_context
 def cli(ctx: click.Context, url: str, key: str | None) -> None:
-    """cumulo: a self-hosted AI model platform."""
+    """cumulo: a self-hosted AI model platform.
+
+    `serve`, `models build-demo` and `ledger` work on this machine; the other commands are
+    clients of a running platform at --url, authenticated with --key.
+    """
     ctx.obj = Ctx(url, key or os.environ.get("CUMULO_ADMIN_KEY"))
 
 
-for command in (serve, keys, tenants, models, ledger, chat, embed, usage):
+for command in (
+    serve,
+    keys,
+    tenants,
+    models,
+    ledger,
+    chat,
+    embed,
+    usage,
+    alerts,
+    invocations,
+    guardrails,
+    deployments,
+    engine,
+):
     cli.add_command(command)
 
 

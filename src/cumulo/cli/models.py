@@ -12,13 +12,13 @@ from cumulo.config import demo_model_dir
 
 @click.group()
 def models() -> None:
-    """List models; build the demo model."""
+    """List the served models; build the demo model."""
 
 
 @models.command("list")
 @pass_ctx
 def models_list(ctx: Ctx) -> None:
-    """Models the running platform serves."""
+    """The models the running platform serves."""
     data = ctx.client().request("GET", "/v1/models")
     rows = []
     for m in data["data"]:
@@ -41,10 +41,17 @@ def models_list(ctx: Ctx) -> None:
 @click.option(
     "--path",
     type=click.Path(file_okay=False),
-    default=None,
+    metavar="DIR",
     help="Target directory [default: $CUMULO_HOME/models/demo-tiny].",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Seed of the random weights.",
+)
 def models_build_demo(path: str | None, seed: int) -> None:
     """Build the tiny untrained demo chat model offline."""
     from cumulo.engine.demo import build_demo_model

@@ -19,19 +19,30 @@ from cumulo.config import cumulo_home, load_config
     envvar="CUMULO_CONFIG",
     help="cumulo.yaml (env CUMULO_CONFIG); default: the embedded config.",
 )
-@click.option("--host", default=None, help="Bind address [default: 127.0.0.1].")
-@click.option("--port", type=int, default=None, help="Port [default: 8080].")
-@click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
+@click.option("--host", metavar="HOST", help="Bind address [default: server.host, 127.0.0.1].")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Port [default: server.port, 8080].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    metavar="N",
+    help="Worker processes [default: server.workers, 1].",
+)
 @click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="The least severe log lines shown.",
 )
 def serve(
     config_path: str | None, host: str | None, port: int | None, workers: int | None, log_level: str
 ) -> None:
-    """Start the platform."""
+    """Start the platform (the server and its models)."""
     import uvicorn
 
     from cumulo.bootstrap import prepare

@@ -406,6 +406,7 @@ def render_model(m: ModelConfig, ready: bool, load_error: str | None = None) -> 
         "ready": ready,
         "load_error": load_error,
         "context_window": m.context_window,
+        "default_max_tokens": m.default_max_tokens,
         "description": m.description,
         "providers": sorted({d.provider for d in m.deployments}),
     }
