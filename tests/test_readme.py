@@ -4,6 +4,9 @@ test_readme_walkthrough.py` runs them against a server.)"""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import click
 import pytest
 
@@ -53,3 +56,16 @@ def test_each_cumulo_command_exists_and_its_options_parse(section: str,
 def test_the_cli_reference_is_generated_from_the_commands() -> None:
     text = README.read_text(encoding="utf-8")
     assert replace_in(text, cli) == text, "the README's CLI reference is stale: run `make docs`"
+
+
+MAKE = [(section, cmd) for section, cmd in COMMANDS if cmd[0] == "make"]
+
+
+@pytest.mark.parametrize(("section", "command"), MAKE, ids=[" ".join(c) for _, c in MAKE])
+def test_each_make_command_names_a_target_of_the_makefile(section: str,
+                                                          command: list[str]) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "-C", str(README.parent), *command[1:]],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert dry.returncode == 0, f"{section}: `{' '.join(command)}`: {dry.stderr}"

@@ -21,8 +21,9 @@ DEMO_MAX_TOKENS = 48  # demo-tiny's default_max_tokens
 
 
 def runnable(block: Block) -> bool:
-    # The first block is `make serve` and `make test`: the server is started below instead.
-    return block.lang in ("sh", "python") and "make serve" not in block.text
+    # `make` blocks set the machine up (`make serve` is started below as `cumulo serve`).
+    setup = any(line.startswith("make ") for line in block.text.splitlines())
+    return block.lang in ("sh", "python") and not setup
 
 
 def filled(text: str, port: int, key: str) -> str:
