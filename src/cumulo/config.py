@@ -257,6 +257,13 @@ class ServerConfig(_Strict):
     max_messages: int = Field(2048, gt=0)
     max_embedding_inputs: int = Field(2048, gt=0)
     access_log: bool = False
+    traffic_log_interval_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Log a line this often with the requests served since the last one, "
+        "their errors and median latency (not when there were none); 0: never.",
+    )
     forwarded_allow_ips: list[str] = Field(
         default_factory=list,
         description="Proxies (IPs or networks, or '*') whose X-Forwarded-For/-Proto headers are "
