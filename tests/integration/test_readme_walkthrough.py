@@ -5,6 +5,7 @@ then every shell and Python block of the README, in order, as a reader would pas
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ def filled(text: str, port: int, key: str) -> str:
 def start(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`cumulo serve` as `make serve` runs it; the admin key it prints at first start."""
     with log.open("wb") as out:
-        server = subprocess.Popen([str(CUMULO_BIN), "serve", "--port", str(port)],
+        server = subprocess.Popen([str(CUMULO_BIN), "serve", "--port", str(port)], cwd=ROOT,
                                   env=clean_env(CUMULO_HOME=str(home)), stdout=out,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 300  # builds the demo model, then loads both models
@@ -50,6 +51,9 @@ def start(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], st
         raise AssertionError(f"not ready:\n{log.read_text()}")
     printed = re.search(r"^\s+(ck-\S+)$", log.read_text(), re.M)
     assert printed, log.read_text()
+    # The command it suggests runs from here (the venv is not activated).
+    hint = re.search(r"'(\S+) keys create NAME'", log.read_text())
+    assert hint and (shutil.which(hint.group(1)) or (ROOT / hint.group(1)).is_file()), hint
     return server, printed.group(1)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -61,7 +63,7 @@ def serve(
             "Created the first admin key. It is shown once only; keep it safe:\n\n"
             f"    {admin_key}\n\n"
             "Use it as CUMULO_API_KEY for the cumulo CLI, or create tenant keys with "
-            "'cumulo keys create NAME'.\n"
+            f"'{_this_program()} keys create NAME'.\n"
         )
     os.environ["CUMULO_HOME"] = str(home)
     if config_path:
@@ -90,3 +92,14 @@ def serve(
         proxy_headers=bool(server.forwarded_allow_ips),
         forwarded_allow_ips=server.forwarded_allow_ips or None,
     )
+
+
+def _this_program() -> str:
+    """How to run this `cumulo` from here: `cumulo` when it is the one on PATH, else its
+    path (`.venv/bin/cumulo` under `make serve`, where the venv is not activated)."""
+    program = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("cumulo")
+    if on_path and Path(on_path).resolve() == program:
+        return "cumulo"
+    relative = os.path.relpath(program)
+    return str(program) if relative.startswith("..") else relative
