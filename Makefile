@@ -4,15 +4,26 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch, pinned. Which build of it pip installs is the package index's choice: PyPI serves
+# the CUDA build on Linux x86_64 (several GB, for NVIDIA GPUs) and the CPU build on macOS
+# and Windows; pip's own configuration (a local index, find-links) may serve another.
+# TORCH_INDEX asks another index, for torch alone (see the README's Quick start):
+#   make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu      the CPU build
+#   make venv TORCH_INDEX=https://download.pytorch.org/whl/cu128    a CUDA 12.8 build
+TORCH_VERSION := 2.13.0
+TORCH_INDEX ?=
 
-.PHONY: serve test lint types pytest bench clean
+.PHONY: serve test lint types pytest bench docs clean
 
 $(STAMP): pyproject.toml
+	@echo "==> 1/4 creating $(VENV) with $(PY)"
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU build of torch, pinned: any other spec pulls a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "==> 2/4 upgrading pip"
+	$(BIN)/pip install --upgrade pip
+	@echo "==> 3/4 installing torch $(TORCH_VERSION) from $(or $(TORCH_INDEX),pip's configured index)"
+	$(BIN)/pip install torch==$(TORCH_VERSION)$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX))
+	@echo "==> 4/4 installing cumulo and its dependencies (editable, with the dev tools)"
+	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -36,6 +47,10 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway.py
+
+## Write the CLI reference into the README, from the commands themselves.
+docs: $(STAMP)
+	$(BIN)/python -m cumulo.cli.reference --write README.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -196,3 +196,111 @@ def test_forwarded_headers_are_trusted_only_from_named_proxies() -> None:
     assert parse_config({}, "t").server.forwarded_allow_ips == []
     cfg = parse_config({"server": {"forwarded_allow_ips": ["10.0.0.0/8"]}}, "t")
     assert cfg.server.forwarded_allow_ips == ["10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"models": [{"name": "m", "deployments": [openai_dep(base_url="not-a-url")]}]},
+         "models.0.deployments.0.base_url"),
+        ({"models": [{"name": "m", "deployments": [openai_dep(base_url="ftp://host/v1")]}]},
+         "models.0.deployments.0.base_url"),
+        ({"models": [{"name": "m", "deployments": [openai_dep(base_url="https:///v1")]}]},
+         "models.0.deployments.0.base_url"),
+        ({"models": [{"name": "m", "deployments": [openai_dep(base_url="http://h:99999/v1")]}]},
+         "models.0.deployments.0.base_url"),
+        ({"models": [{"name": "m", "deployments": [openai_dep(base_url="http://a b/v1")]}]},
+         "models.0.deployments.0.base_url"),
+        ({"models": [{"name": "m", "deployments": [
+            {"provider": "anthropic", "model": "c", "base_url": "api.anthropic.com"}]}]},
+         "models.0.deployments.0.base_url"),
+        ({"redis_url": "not-a-url"}, "redis_url"),
+        ({"redis_url": "http://127.0.0.1:6379"}, "redis_url"),
+        ({"database_url": "not-a-url"}, "database_url"),
+    ],
+)
+def test_urls_are_validated_at_load(tmp_path: Path, data: dict[str, Any], path: str) -> None:
+    message = error_for(tmp_path, data)
+    assert f": {path}: " in message
+    assert "URL" in message
+
+
+def test_a_bad_database_url_never_echoes_its_password(tmp_path: Path) -> None:
+    message = error_for(tmp_path, {"database_url": "postgresql://u:hunter2@host:notaport/db"})
+    assert ": database_url: " in message and "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.openai.com/v1", "http://127.0.0.1:8000/v1", "http://[::1]:8000/v1",
+     "https://my-resource.openai.azure.com/openai/deployments/x"],
+)
+def test_good_base_urls_pass(tmp_path: Path, url: str) -> None:
+    config = load_config(write(tmp_path, {"models": [{"name": "m", "deployments": [
+        openai_dep(base_url=url)]}]}))
+    assert config.models[0].deployments[0].base_url == url
+
+
+def test_good_store_urls_pass(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"redis_url": "rediss://:pw@cache:6380/1",
+                                          "database_url": "postgres://cumulo@db:5432/cumulo"}))
+    assert config.redis_url == "rediss://:pw@cache:6380/1"
+
+
+def test_a_config_file_replaces_the_embedded_models(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = write(tmp_path, {"models": [{"name": "mine", "deployments": [openai_dep()]}]})
+    assert [m.name for m in load_config(path).models] == ["mine"]
+
+
+def test_include_defaults_keeps_the_embedded_models(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = write(tmp_path, {"include_defaults": True, "models": [
+        {"name": "mine", "deployments": [openai_dep()]}]})
+    config = load_config(path)
+    assert [m.name for m in config.models] == ["mine", EMBED_MODEL, DEMO_MODEL]
+    demo = config.model(DEMO_MODEL)
+    assert demo is not None and demo.untrained
+    assert demo.deployments[0].path == str(tmp_path / "models" / DEMO_MODEL)
+
+
+def test_a_model_of_the_file_wins_over_a_default_of_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = write(tmp_path, {"include_defaults": True, "models": [
+        {"name": DEMO_MODEL, "deployments": [openai_dep()]},
+        # A fallback may name a default model: it exists once the defaults are in.
+        {"name": "chat", "fallbacks": [DEMO_MODEL], "deployments": [openai_dep()]}]})
+    config = load_config(path)
+    assert [m.name for m in config.models] == [DEMO_MODEL, "chat", EMBED_MODEL]
+    demo = config.model(DEMO_MODEL)
+    assert demo is not None and demo.deployments[0].provider == "openai"
+
+
+def test_a_fallback_to_a_default_model_needs_include_defaults(tmp_path: Path) -> None:
+    message = error_for(tmp_path, {"models": [
+        {"name": "chat", "fallbacks": [EMBED_MODEL], "deployments": [openai_dep()]}]})
+    assert "models.0.fallbacks.0" in message
+
+
+def test_the_demo_model_has_a_short_default_reply(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
+    demo = default_config().model(DEMO_MODEL)
+    assert demo is not None and demo.default_max_tokens is not None
+    assert 1 <= demo.default_max_tokens <= 100
+    assert error_for(tmp_path, {"models": [{"name": "m", "default_max_tokens": 0,
+                                            "deployments": [openai_dep()]}]})
+
+
+def test_models_are_required_unless_marked_optional(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"models": [
+        {"name": "a", "deployments": [openai_dep()]},
+        {"name": "b", "optional": True, "deployments": [openai_dep()]}]}))
+    assert [m.optional for m in config.models] == [False, True]

@@ -169,3 +169,28 @@ def test_a_deferred_request_is_accounted_when_its_deferred_work_runs() -> None:
                       status="200") == 1
 
     run_with_router(models({"name": "m", "deployments": [scripted("a")]}), main)
+
+
+def test_a_models_default_max_tokens_applies_when_the_request_gives_none() -> None:
+    async def main(router: Router) -> None:
+        gw, _, _ = gateway(router)
+        await gw.chat(WHO, chat_request(), "chat.completions")
+        asked = chat_request()
+        asked.params.max_tokens = 5
+        await gw.chat(WHO, asked, "chat.completions")
+        await drain((await gw.stream(WHO, chat_request(), "chat.completions")).events())
+        sent = [r.params.max_tokens for r in provider(router, "m").requests]
+        assert sent == [12, 5, 12]
+        # A fallback serves with its own default; a model without one sends none.
+        provider(router, "m").script = [UpstreamError("down")]
+        await gw.chat(WHO, chat_request(), "chat.completions")
+        assert [r.params.max_tokens for r in provider(router, "fb").requests] == [30]
+        await gw.chat(WHO, chat_request(model="plain"), "chat.completions")
+        assert [r.params.max_tokens for r in provider(router, "plain").requests] == [None]
+
+    run_with_router(models(
+        {"name": "m", "default_max_tokens": 12, "fallbacks": ["fb"], "routing": {"retries": 0},
+         "deployments": [scripted("a")]},
+        {"name": "fb", "default_max_tokens": 30, "deployments": [scripted("b")]},
+        {"name": "plain", "deployments": [scripted("c")]},
+    ), main)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -68,14 +73,63 @@ class HotPaths:
         await self.app(scope, receive, send)
 
 
-def create_app(config: Config | None = None, home: Path | None = None) -> HotPaths:
-    """The app for `config` (default: `CUMULO_CONFIG` or the embedded default)."""
+class StopOnModelFailure:
+    """Stops the server process when a model not marked `optional` cannot load.
+
+    Models load after the server has started (so health checks answer meanwhile); once
+    they are done, a failure is logged and the process asks itself to shut down gracefully
+    (SIGTERM, as an orchestrator would), then exits with status 3 once the platform is
+    closed. uvicorn offers an app no other way to end its process with an error; 3 is its
+    own startup-failure status, which also stops a `--workers N` parent from restarting
+    the worker over and over.
+    """
+
+    EXIT_STATUS = 3
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.failed = False
+        self._task = asyncio.create_task(self._watch(), name="cumulo-model-watch")
+
+    async def _watch(self) -> None:
+        await self.platform.models_loaded()
+        failures = self.platform.models.failures(required=True)
+        for name in failures:  # the catalog has logged why
+            log.error(
+                "stopping: the model %r cannot load. Fix it, or mark the model "
+                "`optional: true` to serve without it.",
+                name,
+            )
+        if failures:
+            self.failed = True
+            signal.raise_signal(signal.SIGTERM)
+
+    async def close(self) -> None:
+        """After the platform closed: end the process if a model failed."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self.failed:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(self.EXIT_STATUS)
+
+
+def create_app(
+    config: Config | None = None, home: Path | None = None, stop_on_model_failure: bool = False
+) -> HotPaths:
+    """The app for `config` (default: `CUMULO_CONFIG` or the embedded default).
+
+    With `stop_on_model_failure` (`cumulo serve`), a model that cannot load ends the
+    process (`StopOnModelFailure`).
+    """
     platform = Platform(config or load_config(), home)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.store.migrate()
         await platform.start()
+        stopper = StopOnModelFailure(platform) if stop_on_model_failure else None
         assert platform.router is not None
         gateway = Gateway(
             platform.router,
@@ -107,6 +161,8 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
         finally:
             await disconnects.close()
             await platform.close()
+            if stopper is not None:
+                await stopper.close()
 
     async def live(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -114,10 +170,13 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
     async def ready(request: Request) -> Response:
         checks = await platform.readiness()
         ok = all(checks.values())
-        return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks},
-            status_code=200 if ok else 503,
-        )
+        body: dict[str, object] = {"status": "ok" if ok else "unavailable", "checks": checks}
+        if platform.catalog is not None:  # which models are not serving, and why
+            if failed := platform.catalog.failures():
+                body["failed_models"] = failed
+            if loading := platform.catalog.loading():
+                body["loading_models"] = loading
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
         """Prometheus exposition of this process's metrics (no key, like health)."""
@@ -149,4 +208,4 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
 
 def create_app_from_env() -> HotPaths:
     """Factory for uvicorn workers: config from `CUMULO_CONFIG`, home from `CUMULO_HOME`."""
-    return create_app()
+    return create_app(stop_on_model_failure=True)

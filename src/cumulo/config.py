@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +29,23 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(url: str, schemes: tuple[str, ...], example: str) -> str:
+    """`url` if it has one of `schemes`, a host (or a unix socket path) and a valid port.
+
+    The message never repeats the URL: it may carry a password.
+    """
+    problem = f"not a valid {' or '.join(s + '://' for s in schemes)} URL (expected e.g. {example})"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError:
+        raise ValueError(problem) from None
+    located = parts.hostname or (parts.scheme == "unix" and parts.path)
+    if parts.scheme not in schemes or not located or any(c.isspace() for c in url):
+        raise ValueError(problem)
+    return url
 
 
 class PriceConfig(_Strict):
@@ -112,6 +130,11 @@ class DeploymentConfig(_Strict):
         None, description="Bedrock: env var holding the session token, if any."
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, ("http", "https"), "https://api.openai.com/v1")
+
     @field_validator("name")
     @classmethod
     def _label(cls, v: str | None) -> str | None:
@@ -195,6 +218,18 @@ class ModelConfig(_Strict):
     untrained: bool = Field(
         False, description="Random weights: marked as untrained in /v1/models and the CLI."
     )
+    optional: bool = Field(
+        False,
+        description="Serve without this model when none of its deployments can load. By "
+        "default `cumulo serve` refuses to start (or stops) when a model cannot load.",
+    )
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Longest reply, in tokens, when a chat request gives no max_tokens "
+        "(unset: as long as the deployment goes).",
+    )
     deployments: Annotated[list[DeploymentConfig], Field(min_length=1)]
     routing: RoutingConfig = RoutingConfig()
     fallbacks: list[str] = Field(
@@ -222,6 +257,13 @@ class ServerConfig(_Strict):
     max_messages: int = Field(2048, gt=0)
     max_embedding_inputs: int = Field(2048, gt=0)
     access_log: bool = False
+    traffic_log_interval_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Log a line this often with the requests served since the last one, "
+        "their errors and median latency (not when there were none); 0: never.",
+    )
     forwarded_allow_ips: list[str] = Field(
         default_factory=list,
         description="Proxies (IPs or networks, or '*') whose X-Forwarded-For/-Proto headers are "
@@ -266,6 +308,12 @@ class Config(_Strict):
         description="Redis for several replicas: shared limits and budgets, and key/tenant "
         "cache invalidation (e.g. redis://127.0.0.1:6379/0).",
     )
+    include_defaults: bool = Field(
+        False,
+        description="Serve the embedded default's models (minilm-embed, demo-tiny, and "
+        "OpenAI's when OPENAI_API_KEY is set) too; a model of this file with the same name "
+        "wins. Without it a config file's `models` are all that is served.",
+    )
     redis_prefix: str = Field(
         "cumulo",
         pattern=r"^[A-Za-z0-9._:-]{1,64}$",
@@ -277,6 +325,29 @@ class Config(_Strict):
         description="Named guardrails, attached to models here or to tenants through the admin "
         "API. The built-in `pii-anonymize` is always there unless one with its id is defined.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        return _check_url(v, ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        from sqlalchemy.engine import make_url  # only when a database_url is configured
+        from sqlalchemy.exc import ArgumentError
+
+        if v is not None:
+            try:
+                make_url(v)
+            except (ArgumentError, ValueError):  # the URL is not repeated: it may hold a password
+                raise ValueError(
+                    "not a database URL (expected e.g. sqlite:///path or "
+                    "postgresql://user@host:5432/db)"
+                ) from None
+        return v
 
     @property
     def all_guardrails(self) -> list[GuardrailConfig]:
@@ -346,6 +417,10 @@ def parse_config(data: Any, source: str) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
+    if data.get("include_defaults") is True and isinstance(data.get("models", []), list):
+        models = list(data.get("models", []))
+        names = {m.get("name") for m in models if isinstance(m, dict)}
+        data = {**data, "models": models + [m for m in _default_models() if m["name"] not in names]}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -411,8 +486,8 @@ _DEFAULT_REMOTE: list[dict[str, Any]] = [
 ]
 
 
-def default_config() -> Config:
-    """The embedded default: SQLite, local models, and remote ones whose keys are set."""
+def _default_models() -> list[dict[str, Any]]:
+    """The embedded default's models: the local ones, and remote ones whose keys are set."""
     models: list[dict[str, Any]] = [
         {
             "name": EMBED_MODEL,
@@ -426,8 +501,14 @@ def default_config() -> Config:
             "untrained": True,
             "context_window": 2048,
             "description": "Tiny Llama-architecture demo model with random weights (untrained).",
+            # Its replies are gibberish: a short one unless the request asks for more.
+            "default_max_tokens": 48,
             "deployments": [{"provider": "local", "path": str(demo_model_dir())}],
         },
     ]
-    models += [m for m in _DEFAULT_REMOTE if m["deployments"][0]["api_key_env"] in os.environ]
-    return parse_config({"models": models}, "<default config>")
+    return models + [m for m in _DEFAULT_REMOTE if m["deployments"][0]["api_key_env"] in os.environ]
+
+
+def default_config() -> Config:
+    """The embedded default: SQLite, local models, and remote ones whose keys are set."""
+    return parse_config({"models": _default_models()}, "<default config>")

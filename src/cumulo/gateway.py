@@ -77,6 +77,12 @@ class Gateway:
             for route in router.routes.values()
             for d in route.deployments
         )
+        # Each model's `default_max_tokens`, for the chat requests that give none.
+        self._default_max_tokens = {
+            name: route.config.default_max_tokens
+            for name, route in router.routes.items()
+            if route.config.default_max_tokens is not None
+        }
 
     def _guard_input(
         self, who: Principal, req: ChatRequest
@@ -232,6 +238,14 @@ class Gateway:
 
         return limited
 
+    def _for_model(self, req: ChatRequest, model: str) -> ChatRequest:
+        """`req` as sent to `model` (the one asked for, or a fallback), with that model's
+        `default_max_tokens` when the request gives none."""
+        if req.params.max_tokens is None and model in self._default_max_tokens:
+            params = dataclasses.replace(req.params, max_tokens=self._default_max_tokens[model])
+            return dataclasses.replace(req, model=model, params=params)
+        return req if model == req.model else dataclasses.replace(req, model=model)
+
     async def chat(
         self,
         who: Principal,
@@ -249,7 +263,8 @@ class Gateway:
         interventions = int(verdict is not None)
 
         def attempt(model: str, provider: Provider) -> Awaitable[ChatResponse]:
-            return provider.chat(_for_model(req, model))  # awaited by the router: no frame here
+            # Awaited by the router: no frame here.
+            return provider.chat(self._for_model(req, model))
 
         lease, adm = await self._route(
             who,
@@ -306,7 +321,7 @@ class Gateway:
 
         async def attempt(model: str, provider: Provider) -> tuple[StreamEvent, ChatStream]:
             ttft_timeout = self.router.routes[model].config.routing.ttft_timeout_s
-            inner = provider.stream(_for_model(req, model))
+            inner = provider.stream(self._for_model(req, model))
             timeout = asyncio.timeout(ttft_timeout)
             try:
                 async with timeout:
@@ -390,10 +405,6 @@ def _settle(settle: Callable[[], None], defer: Defer | None) -> None:
         settle()
     else:
         defer(settle)
-
-
-def _for_model(req: ChatRequest, model: str) -> ChatRequest:
-    return req if model == req.model else dataclasses.replace(req, model=model)
 
 
 def _logged(req: ChatRequest) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from cumulo.governance.limits import make_limiter
 from cumulo.governance.masterkey import MasterKey
 from cumulo.governance.usage import UsageRecorder
 from cumulo.observability.metrics import Metrics
+from cumulo.observability.traffic import TrafficLog
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.registry import ProviderRegistry
 from cumulo.routing.catalog import Catalog
@@ -65,6 +66,11 @@ class Platform:
         self.usage = UsageRecorder(self.store, config.usage)
         self.ledger = Ledger(self.store, self.master_key)  # the audit ledger
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
+        self.traffic = TrafficLog(  # a line a minute in the log, when there was traffic
+            self.metrics,
+            config.server.traffic_log_interval_s,
+            f"traffic (worker {os.getpid()})" if config.server.workers > 1 else "traffic",
+        )
         self.registry = ProviderRegistry()
         self.redis: aioredis.Redis | None = None
         self.invalidator: Invalidator | None = None
@@ -126,6 +132,7 @@ class Platform:
         self.alerts.start()
         self.invocations.start()
         self._loading = asyncio.create_task(self.catalog.start(), name="cumulo-model-load")
+        self.traffic.start()
         self._tune_gc()
 
     def _tune_gc(self) -> None:
@@ -145,6 +152,7 @@ class Platform:
             gc.set_threshold(*self._gc_threshold)
             gc.unfreeze()
             self._gc_threshold = None
+        await self.traffic.close()
         if self._loading and not self._loading.done():
             self._loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -232,6 +240,11 @@ class Platform:
             self.metrics.guardrail_interventions.labels(gid, source.lower(), action).inc()
         data = {"model": model, "source": source, **summary}
         self.ledger.record(who.key_id, "guardrail.intervened", model, who.tenant_id, data)
+
+    async def models_loaded(self) -> None:
+        """Return once every model has loaded or failed to (`Catalog.start` is done)."""
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
 
     @property
     def models(self) -> Catalog:

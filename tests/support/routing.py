@@ -42,14 +42,20 @@ class Scripted(Provider):
     A `CumuloError` step is raised; a float answers "ok" after that many
     seconds; `"ok"` answers at once. Streams yield "ok", then StreamEnd, or
     raise the step's error before the first event. `calls` records when each
-    call started (time.monotonic()).
+    call started (time.monotonic()), `requests` what each call was asked.
     """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.script: list[Step] = ["ok"]
         self.calls: list[float] = []
+        self.requests: list[ChatRequest] = []
         self.is_ready = True
+        self.start_error: Exception | None = None  # what start() raises, if anything
+
+    async def start(self) -> None:
+        if self.start_error is not None:
+            raise self.start_error
 
     def describe(self) -> str:
         return f"scripted {self.deployment.model}"
@@ -67,10 +73,12 @@ class Scripted(Provider):
             await asyncio.sleep(step)
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        self.requests.append(request)
         await self._step()
         return ChatResponse("id", request.model, 0, Message("assistant", "ok"), "stop", Usage(3, 1))
 
     async def stream(self, request: ChatRequest) -> ChatStream:
+        self.requests.append(request)
         await self._step()
         yield TextDelta("ok")
         yield StreamEnd("stop", Usage(3, 1))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
@@ -73,6 +74,17 @@ class _Histogram:
             total += count
             out.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTotals:
+    """Requests counted by final status, and how many took up to each latency bound
+    (`latency_counts[i]` for `bounds[i]`, not cumulative; the last count is beyond every
+    bound)."""
+
+    by_status: dict[int, int]
+    bounds: tuple[float, ...]
+    latency_counts: list[int]
 
 
 class _Series:
@@ -139,6 +151,15 @@ class Metrics:
         s.duration.observe(latency_s)
         if ttft_s is not None:
             s.ttft.observe(ttft_s)
+
+    def totals(self) -> RequestTotals:
+        """Every request counted so far: by status, and their latencies' histogram."""
+        by_status: dict[int, int] = {}
+        latency = [0] * (len(_LATENCY_BUCKETS) + 1)
+        for (_, _, status), s in list(self._series.items()):
+            by_status[status] = by_status.get(status, 0) + s.requests
+            latency = [a + b for a, b in zip(latency, s.duration.counts, strict=True)]
+        return RequestTotals(by_status, _LATENCY_BUCKETS, latency)
 
     def cost_usd(self, model: str, usd: float) -> None:
         if model not in self._models:

@@ -51,10 +51,21 @@ class ProviderContext:
 class Provider(ABC):
     """Base class of every provider; see the module docstring for the contract."""
 
+    # Why `start()` failed, in words fit for callers (no server paths); set by the catalog.
+    load_error: str | None = None
+
     def __init__(self, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> None:
         self.deployment = deployment
         self.kind = kind
         self.ctx = ctx
+
+    @classmethod  # noqa: B027 - optional hook
+    def check(cls, deployment: DeploymentConfig, kind: ModelKind) -> None:
+        """Check, cheaply and before anything loads, that `deployment` can start.
+
+        Run by `cumulo serve` before it starts the server. Raise `ConfigError` with `param`
+        naming the deployment's key at fault; load nothing heavy here.
+        """
 
     @classmethod
     def create(

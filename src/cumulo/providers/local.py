@@ -17,7 +17,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cumulo.errors import InvalidRequest, Unavailable, UpstreamError
+from cumulo.errors import ConfigError, InvalidRequest, Unavailable, UpstreamError
 from cumulo.providers.base import Provider, ProviderContext
 from cumulo.types import (
     ChatRequest,
@@ -63,6 +63,20 @@ class LocalProvider(Provider):
         self._worker: ChatEngine | None = None
         self._embedder: Embedder | None = None
         self._closed = False
+
+    @classmethod
+    def check(cls, deployment: DeploymentConfig, kind: ModelKind) -> None:
+        """The model directory exists (and holds a Hugging Face config, for chat)."""
+        from cumulo.engine.hf import resolve_model_path
+
+        try:
+            path = resolve_model_path(deployment.path or "")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, param="path") from exc
+        if kind == "chat" and not (path / "config.json").is_file():
+            raise ConfigError(
+                f"{path} is not a Hugging Face model directory (no config.json)", param="path"
+            )
 
     @property
     def ready(self) -> bool:

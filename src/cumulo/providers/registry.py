@@ -49,6 +49,32 @@ class ProviderRegistry:
                         f"{d.provider!r}; known: {', '.join(known)}"
                     )
 
+    def preflight(self, config: Config, source: str) -> list[str]:
+        """Run every deployment's `Provider.check` before anything loads.
+
+        A failure raises ConfigError naming the file, the key path and what is wrong, unless
+        its model is `optional`: then it is returned as a warning and the model is served
+        as failed.
+        """
+        warnings: list[str] = []
+        for i, m in enumerate(config.models):
+            for j, d in enumerate(m.deployments):
+                try:
+                    self.get(d.provider).check(d, m.kind)
+                except ConfigError as exc:
+                    where = f"models.{i}.deployments.{j}" + (f".{exc.param}" if exc.param else "")
+                    if m.optional:
+                        warnings.append(
+                            f"{source}: {where}: {exc.message}; the optional model {m.name!r} "
+                            "is served without it"
+                        )
+                        continue
+                    raise ConfigError(
+                        f"{source}: {where}: {exc.message} (or mark the model "
+                        f"{m.name!r} `optional: true` to serve without it)"
+                    ) from exc
+        return warnings
+
     def get(self, name: str) -> type[Provider]:
         if name in self._classes:
             return self._classes[name]

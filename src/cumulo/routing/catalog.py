@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 
 from cumulo.config import Config, ModelConfig
@@ -16,6 +17,14 @@ from cumulo.providers.base import Provider, ProviderContext
 from cumulo.providers.registry import ProviderRegistry
 
 log = logging.getLogger(__name__)
+
+# An absolute file system path (not the `//host/...` of a URL), as foreign error text has them.
+_PATH = re.compile(r"(?<![\w:/.~-])(?:~|/)[^\s'\"`,;:()\[\]]*(?<!\.)")
+
+
+def public_reason(message: str) -> str:
+    """`message` with file system paths replaced by `<path>`: fit for callers to see."""
+    return _PATH.sub("<path>", message)
 
 
 @dataclass(slots=True)
@@ -29,7 +38,18 @@ class ModelEntry:
 
     @property
     def ready(self) -> bool:
-        return any(p.ready for p in self.deployments)
+        return any(p.ready and p.load_error is None for p in self.deployments)
+
+    @property
+    def failed(self) -> bool:
+        """Every deployment failed to start: the model cannot serve."""
+        return all(p.load_error is not None for p in self.deployments)
+
+    @property
+    def load_error(self) -> str | None:
+        """Why its deployments failed to start (those that did), in words fit for callers."""
+        errors = list(dict.fromkeys(p.load_error for p in self.deployments if p.load_error))
+        return "; ".join(errors) or None
 
 
 class Catalog:
@@ -45,20 +65,22 @@ class Catalog:
     async def start(self) -> None:
         """Start every provider (local ones load their weights here).
 
-        A provider that fails to start is logged and stays not ready; the
-        others serve on.
+        A provider that fails to start is logged and keeps why in `load_error` (without
+        server paths, for callers and `/health/ready`); the others serve on.
         """
         await asyncio.gather(
-            *(self._start(p) for e in self._entries.values() for p in e.deployments)
+            *(self._start(e, p) for e in self._entries.values() for p in e.deployments)
         )
 
     @staticmethod
-    async def _start(provider: Provider) -> None:
+    async def _start(entry: ModelEntry, provider: Provider) -> None:
         try:
             await provider.start()
             log.info("ready: %s", provider.describe())
-        except Exception as exc:  # noqa: BLE001 - reported; the model stays not ready
-            log.error("cannot start %s: %s", provider.describe(), exc)
+        except Exception as exc:  # noqa: BLE001 - reported; the deployment stays not ready
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            provider.load_error = public_reason(message)
+            log.error("model %r: cannot start %s: %s", entry.name, provider.describe(), message)
 
     async def close(self) -> None:
         for e in self._entries.values():
@@ -70,7 +92,21 @@ class Catalog:
 
     @property
     def ready(self) -> bool:
-        return all(e.ready for e in self._entries.values())
+        """Every model serves, or failed to load and is `optional`."""
+        return all(e.ready or (e.failed and e.config.optional) for e in self._entries.values())
+
+    def failures(self, required: bool = False) -> dict[str, str]:
+        """Model name → why some of its deployments failed to start (only the models not
+        marked `optional`, when `required`)."""
+        return {
+            e.name: e.load_error
+            for e in self._entries.values()
+            if e.load_error is not None and not (required and e.config.optional)
+        }
+
+    def loading(self) -> list[str]:
+        """The models still loading."""
+        return [e.name for e in self._entries.values() if not e.ready and not e.failed]
 
     def get(self, name: str) -> ModelEntry:
         entry = self._entries.get(name)

@@ -85,7 +85,7 @@ class DeploymentState:
 
     @property
     def ready(self) -> bool:
-        return self.provider.ready
+        return self.provider.ready and self.provider.load_error is None
 
     def latency_score(self) -> float:
         if self.ttft_ewma is not None:
@@ -237,14 +237,7 @@ class Router:
             ready = [d for d in route.deployments if d.ready]
             order = [d for d in strategy(ready, self.rng) if d.breaker.available()]
             if not order:
-                last = last or (
-                    Unavailable(f"The model '{name}' is still loading.", code="model_loading")
-                    if not ready
-                    else Unavailable(
-                        f"Every deployment of '{name}' is unavailable (circuit open).",
-                        code="circuit_open",
-                    )
-                )
+                last = last or _unavailable(route, ready)
                 break
             fresh = [d for d in order if id(d) not in tried] if tried else order
             if fresh:
@@ -309,3 +302,19 @@ class _Exhausted(Exception):
         super().__init__(error.message)
         self.error = error
         self.attempts = attempts
+
+
+def _unavailable(route: Route, ready: list[DeploymentState]) -> Unavailable:
+    """Why no deployment of `route` can take a request now."""
+    name = route.config.name
+    if ready:
+        return Unavailable(
+            f"Every deployment of '{name}' is unavailable (circuit open).", code="circuit_open"
+        )
+    errors = [d.provider.load_error for d in route.deployments]
+    if all(errors):
+        reasons = "; ".join(dict.fromkeys(e for e in errors if e))
+        return Unavailable(
+            f"The model '{name}' failed to load: {reasons}", code="model_load_failed"
+        )
+    return Unavailable(f"The model '{name}' is still loading.", code="model_loading")

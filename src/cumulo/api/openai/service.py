@@ -377,7 +377,9 @@ class OpenAIService:
         """GET /v1/models."""
         who = await self.auth.authenticate(header(request, b"authorization"))
         entries = self.platform.models.entries()
-        data = [render_model(e.config, e.ready) for e in entries if who.may_use(e.name)]
+        data = [
+            render_model(e.config, e.ready, e.load_error) for e in entries if who.may_use(e.name)
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def get_model(self, request: Request) -> Response:
@@ -389,10 +391,10 @@ class OpenAIService:
                 f"The model '{name}' does not exist.", param="model", code="model_not_found"
             )
         entry = self.platform.models.get(name)
-        return JSONResponse(render_model(entry.config, entry.ready))
+        return JSONResponse(render_model(entry.config, entry.ready, entry.load_error))
 
 
-def render_model(m: ModelConfig, ready: bool) -> JSON:
+def render_model(m: ModelConfig, ready: bool, load_error: str | None = None) -> JSON:
     """OpenAI's model object, plus cumulo's own fields (documented in the README)."""
     return {
         "id": m.name,
@@ -402,7 +404,9 @@ def render_model(m: ModelConfig, ready: bool) -> JSON:
         "kind": m.kind,
         "untrained": m.untrained,
         "ready": ready,
+        "load_error": load_error,
         "context_window": m.context_window,
+        "default_max_tokens": m.default_max_tokens,
         "description": m.description,
         "providers": sorted({d.provider for d in m.deployments}),
     }

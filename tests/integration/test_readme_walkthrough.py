@@ -1,0 +1,96 @@
+"""The README followed literally: `cumulo serve` on the embedded default in a fresh home,
+then every shell and Python block of the README, in order, as a reader would paste them
+(only the port, and the admin key the server printed, are filled in)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import CUMULO_BIN, clean_env, free_port
+from support.readme import Block, blocks
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_MAX_TOKENS = 48  # demo-tiny's default_max_tokens
+
+
+def runnable(block: Block) -> bool:
+    # `make` blocks set the machine up (`make serve` is started below as `cumulo serve`).
+    setup = any(line.startswith("make ") for line in block.text.splitlines())
+    return block.lang in ("sh", "python") and not setup
+
+
+def filled(text: str, port: int, key: str) -> str:
+    text = re.sub(r"(127\.0\.0\.1|localhost):8080", rf"\g<1>:{port}", text)
+    return re.sub(r"export CUMULO_API_KEY=\S+", f"export CUMULO_API_KEY={key}", text)
+
+
+def start(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`cumulo serve` as `make serve` runs it; the admin key it prints at first start."""
+    with log.open("wb") as out:
+        server = subprocess.Popen([str(CUMULO_BIN), "serve", "--port", str(port)], cwd=ROOT,
+                                  env=clean_env(CUMULO_HOME=str(home)), stdout=out,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300  # builds the demo model, then loads both models
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"not ready:\n{log.read_text()}")
+    printed = re.search(r"^\s+(ck-\S+)$", log.read_text(), re.M)
+    assert printed, log.read_text()
+    # The command it suggests runs from here (the venv is not activated).
+    hint = re.search(r"'(\S+) keys create NAME'", log.read_text())
+    assert hint and (shutil.which(hint.group(1)) or (ROOT / hint.group(1)).is_file()), hint
+    return server, printed.group(1)
+
+
+@pytest.mark.slow
+def test_the_readme_runs_as_written(tmp_path: Path) -> None:
+    if not (ROOT / ".venv" / "bin" / "cumulo").exists():
+        pytest.skip("the README's commands run from the .venv that `make` creates")
+    home, port = tmp_path / "home", free_port()
+    server, key = start(home, port, tmp_path / "serve.log")
+    env = clean_env(CUMULO_HOME=str(home), CUMULO_URL=f"http://127.0.0.1:{port}",
+                    CUMULO_API_KEY=key)
+    outputs: dict[str, str] = {}
+    try:
+        for block in filter(runnable, blocks()):
+            text = filled(block.text, port, key)
+            argv = (["bash", "-euo", "pipefail", "-c", text] if block.lang == "sh"
+                    else [sys.executable, "-c", text])
+            run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=300, check=False)
+            assert run.returncode == 0, f"{block.section}:\n{text}\n{run.stdout}\n{run.stderr}"
+            assert "Traceback" not in run.stderr, f"{block.section}:\n{run.stderr}"
+            if block.lang == "sh":
+                assert '"error"' not in run.stdout, f"{block.section}:\n{run.stdout}"
+            outputs[block.section] = outputs.get(block.section, "") + run.stdout
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    quick = outputs["Quick start"]
+    assert "UNTRAINED" in quick and "key:    ck-" in quick and quick.rstrip().endswith("ok")
+    # `chat demo-tiny "Hello"` and the curl stream are short: demo-tiny's default length.
+    [demo] = [line.split() for line in quick.splitlines() if line.startswith("demo-tiny ")
+              and line.split()[1].isdigit()]
+    requests, completion = int(demo[1]), int(demo[4])
+    assert requests == 1 and 1 <= completion <= DEMO_MAX_TOKENS
+    chunks = [ln for ln in outputs["From curl"].splitlines() if ln.startswith("data: {")]
+    assert 2 <= len(chunks) <= DEMO_MAX_TOKENS + 2
+    listed = [line.split() for line in outputs["Tenants, roles and keys"].splitlines()]
+    states = sorted(row[4] for row in listed if len(row) > 4 and row[1] == "indexer")
+    assert states == ["active", "expires"]  # the rotated key and its successor
