@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cumulo.api.admin.bounds import query_int, renderable
 from cumulo.api.http import JSONResponse, guarded
 from cumulo.api.openai.service import error_response
-from cumulo.errors import InvalidRequest
 from cumulo.governance.ledger import Ledger
 
 MAX_LIMIT = 1000
@@ -57,20 +57,16 @@ class LedgerService:
         """GET /admin/ledger: entries, newest first (or oldest first from `after_seq`)."""
         await self.require_admin(request)
         q = request.query_params
-        limit = _int(q.get("limit"), "limit")
-        if limit is None:
-            limit = 100
-        elif not 1 <= limit <= MAX_LIMIT:
-            raise InvalidRequest(f"'limit' must be between 1 and {MAX_LIMIT}.", param="limit")
+        limit = query_int(request, "limit", 1, MAX_LIMIT) or 100
         await self.ledger.flush()
         found = await self.ledger.entries(
-            after_seq=_int(q.get("after_seq"), "after_seq"),
-            before_seq=_int(q.get("before_seq"), "before_seq"),
+            after_seq=query_int(request, "after_seq"),
+            before_seq=query_int(request, "before_seq"),
             tenant_id=q.get("tenant_id") or None,
             action=q.get("action") or None,
             limit=limit + 1,
         )
-        data = [e.as_dict() for e in found[:limit]]
+        data = [renderable(e.as_dict(), "ledger entry") for e in found[:limit]]
         return JSONResponse({"object": "list", "data": data, "has_more": len(found) > limit})
 
     async def verify(self, request: Request) -> Response:
@@ -78,12 +74,3 @@ class LedgerService:
         await self.require_admin(request)
         result = await self.ledger.verify()
         return JSONResponse(result.as_dict())
-
-
-def _int(raw: str | None, name: str) -> int | None:
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"'{name}' must be an integer.", param=name) from exc

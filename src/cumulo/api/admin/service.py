@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.api.admin import access
+from cumulo.api.admin.bounds import query_bool, query_time, renderable
 from cumulo.api.admin.protocol import CreateKey, RotateKey
 from cumulo.api.http import JSONResponse, read_body
 from cumulo.api.openai.service import parse_body
@@ -158,7 +159,9 @@ class AdminService:
             limits=spec.limits.model_dump() if spec.limits else None,
             budget=spec.budget.model_dump() if spec.budget else None,
         )
-        return JSONResponse({**_key_view(row[0]), "key": row[1]}, status_code=201)
+        return JSONResponse(
+            {**renderable(_key_view(row[0]), "key"), "key": row[1]}, status_code=201
+        )
 
     async def _issue(
         self,
@@ -200,9 +203,10 @@ class AdminService:
         """GET /admin/keys[?include_revoked=true][&tenant_id=...]."""
         who = await access.manager(self.auth, request)
         tenant_id = access.scope(who, request.query_params.get("tenant_id"))
-        revoked = request.query_params.get("include_revoked", "false").lower() in ("1", "true")
+        revoked = query_bool(request, "include_revoked")
         rows = await self.store.list_keys(include_revoked=revoked, tenant_id=tenant_id)
-        return JSONResponse({"object": "list", "data": [_key_view(r) for r in rows]})
+        data = [renderable(_key_view(r), "key") for r in rows]
+        return JSONResponse({"object": "list", "data": data})
 
     async def revoke_key(self, request: Request) -> Response:
         """DELETE /admin/keys/{id}."""
@@ -237,7 +241,8 @@ class AdminService:
             replaces=(old.id, expires),
         )
         self.auth.add(dataclasses.replace(old, expires_at=expires))
-        body = {**_key_view(row), "key": token, "replaces": old.id, "old_expires_at": expires}
+        body = {**renderable(_key_view(row), "key"), "key": token, "replaces": old.id}
+        body["old_expires_at"] = expires
         return JSONResponse(body, status_code=201)
 
     async def usage(self, request: Request) -> Response:
@@ -245,11 +250,7 @@ class AdminService:
         tenant (a tenant admin sees its own tenant's only)."""
         who = await access.manager(self.auth, request)
         tenant_id = access.scope(who, request.query_params.get("tenant_id"))
-        since_raw = request.query_params.get("since")
-        try:
-            since = float(since_raw) if since_raw else None
-        except ValueError as exc:
-            raise InvalidRequest("'since' must be a Unix time in seconds.", param="since") from exc
+        since = query_time(request, "since")
         await self.platform.usage.flush()
         return JSONResponse(await self.store.usage_summary(since, tenant_id))
 
