@@ -151,3 +151,9 @@ def test_a_bad_stored_row_is_shown_as_null_and_the_list_still_answers(
     assert listed.returncode == 0, listed.stderr
     assert bad["id"] in listed.stdout and good["id"] in listed.stdout
     assert "cannot be rendered" in server.output()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true"])
+def test_booleans_are_json_booleans(admin: httpx.Client, value: object) -> None:
+    assert_400(admin.post("/admin/tenants", json={"name": f"bool-{value}",
+                                                  "log_invocations": value}), "log_invocations")
