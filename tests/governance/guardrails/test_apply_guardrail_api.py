@@ -265,6 +265,20 @@ def test_bad_requests_are_validation_exceptions_naming_the_field(
         assert param in r.json()["message"]
 
 
+def test_a_body_over_the_limit_is_413_in_bedrock_s_shape(server: Server) -> None:
+    big = "x" * (64 * 1024)
+    r = post(server, "/guardrail/pii-anonymize/apply", {"source": "INPUT", "content": [big]})
+    assert r.status_code == 413, r.text
+    assert r.headers["x-amzn-errortype"] == "ValidationException"
+    assert set(r.json()) == {"message"}
+    with pytest.raises(ClientError) as info:  # SigV4: the body is read to check the signature
+        client(server).apply_guardrail(guardrailIdentifier="pii-anonymize",
+                                       guardrailVersion="DRAFT", source="INPUT",
+                                       content=[text(big)])  # fmt: skip
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+
+
 def test_missing_credentials_are_refused(server: Server) -> None:
     r = post(server, "/guardrail/pii-anonymize/apply", {"source": "INPUT", "content": []}, token=None)
     assert r.status_code == 403
