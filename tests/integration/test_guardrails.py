@@ -134,6 +134,23 @@ def test_interventions_are_counted_in_usage_and_written_to_the_ledger(
         assert {"pii-anonymize", "strict", "no-codenames"} <= {g["id"] for g in listed}
 
 
+def test_the_ledger_names_a_denied_word_by_its_rule_never_by_the_word(
+        server: CumuloServer) -> None:
+    token = key(server, ["no-codenames"])
+    key_id = token.removeprefix("ck-").split(".")[0]
+    resp = chat(server, token, "tell me about Bluebird")
+    assert resp.json()["choices"][0]["message"]["content"] == "[removed by policy]"
+    with server.admin() as admin:
+        def entries() -> list[dict[str, Any]]:
+            data = admin.get("/admin/ledger", params={"limit": 1000}).json()["data"]
+            return [e for e in data if e["actor"] == key_id]
+        assert wait_until(lambda: entries(), timeout=5)
+        [entry] = entries()
+    assert entry["data"]["findings"] == {"word:denied_words.0": 1}
+    assert entry["data"]["guardrails"] == ["no-codenames"]
+    assert "bluebird" not in json.dumps(entry).lower()
+
+
 def test_apply_guardrail_on_the_default_pii_guardrail(server: CumuloServer) -> None:
     token = key(server)
     with httpx.Client(base_url=server.url, timeout=30,

@@ -11,7 +11,7 @@ Output: the reply's text (whole, or incrementally for streams: see
 
 Each intervention is counted in the request's usage record
 (`guardrail_interventions`), in the metrics, and queued for the audit ledger
-(`guardrail.intervened`, with counts by type and never the matched text).
+(`guardrail.intervened`, with counts by policy and rule id, never the matched text).
 """
 
 from __future__ import annotations
