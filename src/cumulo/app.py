@@ -95,6 +95,7 @@ def create_app(config: Config | None = None, home: Path | None = None) -> HotPat
                 platform.guardrails,
                 bedrock_authenticator(platform.auth, platform.config.server.max_body_bytes),
                 platform.guardrail_applied,
+                may_apply=platform.guarding.may_apply,
             ),
             *alert_routes(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations

@@ -93,6 +93,7 @@ class Platform:
             self.guardrails,
             {m.name: m.guardrails for m in config.models},
             on_intervention=self._guardrail_intervened,
+            public={g.id for g in config.all_guardrails} - {g.id for g in config.guardrails},
         )
         self.http: aiohttp.ClientSession | None = None
         self.provider_ctx: ProviderContext | None = None

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.governance import keys
 from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.guarding import Guarding
 from cumulo.governance.guardrails import (
     DeniedTopicConfig,
     GuardrailConfig,
@@ -80,9 +81,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                             master.encrypt(key.id, key.secret))  # fmt: skip
         auth = Authenticator(store, master_key=master)
         await auth.start()
+        # The caller may use every model, so it may apply the guardrails they carry.
+        guarding = Guarding(guards, {"guarded": ["strict"]}, public=["pii-anonymize"])
         app.router.routes.extend(
-            guardrail_routes(guards, bedrock_authenticator(auth, 64 * 1024), on_apply)
-        )
+            guardrail_routes(guards, bedrock_authenticator(auth, 64 * 1024), on_apply,
+                             may_apply=guarding.may_apply)
+        )  # fmt: skip
         try:
             yield
         finally:
