@@ -26,7 +26,7 @@ from cumulo.governance.auth import Principal
 from cumulo.platform import Platform
 from cumulo.providers.local import LocalProvider
 from cumulo.routing.router import DeploymentState, Route
-from cumulo.store.db import KeyRow
+from cumulo.store.db import KeyReplaced, KeyRow
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -103,6 +103,14 @@ def _route_view(route: Route) -> dict[str, Any]:
         "context_window": route.config.context_window,
         "deployments": [_deployment_view(d) for d in route.deployments],
     }
+
+
+def _already_rotated(key_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The key '{key_id}' was already rotated; rotate its successor instead.",
+        param="id",
+        code="key_already_rotated",
+    )
 
 
 class AdminService:
@@ -221,25 +229,35 @@ class AdminService:
 
     async def rotate_key(self, request: Request) -> Response:
         """POST /admin/keys/{id}/rotate {"grace_s": 86400}: a new key with the same name,
-        tenant, role and scopes; the old one keeps working for `grace_s` seconds."""
+        tenant, role and scopes; the old one keeps working for `grace_s` seconds.
+
+        A key is rotated once: a key already replaced (still in its grace period) is a
+        400, and one expired or revoked is not found, so one key never has two live
+        successors."""
         who = await access.manager(self.auth, request)
         old = await self._key_in_scope(who, request.path_params["key_id"])
         spec = parse(RotateKey, await read_body(request, 64 * 1024))
         if old.role == "admin" and not who.is_admin:
             raise NotFound(f"No active key with id '{old.id}'.", param="id", code="key_not_found")
-        expires = time.time() + spec.grace_s
+        now = time.time()
+        if old.expires_at is not None and old.expires_at <= now:
+            raise NotFound(f"No active key with id '{old.id}'.", param="id", code="key_not_found")
         if old.expires_at is not None:
-            expires = min(expires, old.expires_at)
-        row, token = await self._issue(
-            who,
-            old.name,
-            old.role,
-            tenant_id=old.tenant_id,
-            models=old.models,
-            limits=old.limits,
-            budget=old.budget,
-            replaces=(old.id, expires),
-        )
+            raise _already_rotated(old.id)
+        expires = now + spec.grace_s
+        try:
+            row, token = await self._issue(
+                who,
+                old.name,
+                old.role,
+                tenant_id=old.tenant_id,
+                models=old.models,
+                limits=old.limits,
+                budget=old.budget,
+                replaces=(old.id, expires),
+            )
+        except KeyReplaced as exc:  # another rotation (or a revocation) got there first
+            raise _already_rotated(old.id) from exc
         self.auth.add(dataclasses.replace(old, expires_at=expires))
         body = {**renderable(_key_view(row), "key"), "key": token, "replaces": old.id}
         body["old_expires_at"] = expires
