@@ -52,7 +52,7 @@ class DeploymentConfig(_Strict):
     name: str | None = Field(
         None,
         description="This deployment's label in headers, usage, metrics and /admin/deployments "
-        "(default `provider:model`).",
+        "(default `provider:model`, with the model's own name for a local path).",
         max_length=128,
     )
     model: str | None = Field(None, description="The upstream's model id (remote providers).")
@@ -150,11 +150,6 @@ class DeploymentConfig(_Strict):
     def api_key(self) -> str | None:
         """The upstream key from the environment (never stored in config)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
-
-    @property
-    def label(self) -> str:
-        """A stable, secret-free name for logs, usage and headers."""
-        return self.name or f"{self.provider}:{self.model or self.path}"
 
 
 class BreakerConfig(_Strict):

@@ -222,7 +222,7 @@ class Gateway:
             if dep.limits is None:
                 return await attempt(model, provider)
             limits = Limits(dep.limits.rpm, dep.limits.tpm, dep.limits.concurrency)
-            permit = await governance.hold_deployment(adm, dep.label, limits)
+            permit = await governance.hold_deployment(adm, provider.label, limits)
             try:
                 return await attempt(model, provider)
             except BaseException:

@@ -55,6 +55,9 @@ class Provider(ABC):
         self.deployment = deployment
         self.kind = kind
         self.ctx = ctx
+        # The deployment's label, unique within its model, set by the catalog
+        # (`routing.catalog.deployment_label`): safe to show callers, never a path or URL.
+        self.label = deployment.name or deployment.provider
 
     @classmethod
     def create(
