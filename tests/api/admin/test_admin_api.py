@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from support import CumuloServer, wait_until
+from support import ApiKey, CumuloServer, wait_until
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -241,6 +241,21 @@ def test_a_key_is_rotated_once_and_never_once_expired_or_revoked(
         statuses = sorted(r.status_code for r in pool.map(lambda _: rotate(raced["id"]), range(6)))
     assert statuses == [201, 400, 400, 400, 400, 400]
     assert len(live_named("rot-race")) == 2
+
+
+def test_made_up_model_names_share_one_usage_row(
+    cumulo: CumuloServer, admin: httpx.Client, caller_key: ApiKey
+) -> None:
+    """A caller cannot grow the usage tables' model column by inventing names."""
+    names = [f"junk-{i}-{time.time_ns()}" for i in range(3)]
+    with as_key(cumulo, caller_key.token) as c:
+        for name in names:
+            resp = c.post("/v1/chat/completions", json={"model": name, "messages": HELLO})
+            assert resp.status_code == 404
+    rows = cumulo.usage_rows(caller_key.id, expect=3)
+    assert [r["model"] for r in rows] == ["_unknown"] * 3
+    by_model = {m["model"] for m in admin.get("/admin/usage").json()["by_model"]}
+    assert "_unknown" in by_model and not by_model & set(names)
 
 
 def test_a_key_narrowed_to_some_models_sees_and_uses_only_those(
