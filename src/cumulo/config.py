@@ -237,6 +237,20 @@ class UsageConfig(_Strict):
     max_queue: int = Field(200_000, gt=0)
 
 
+class LedgerConfig(_Strict):
+    checkpoint_file: str | None = Field(
+        None,
+        description="Also export the audit ledger's head checkpoint to this file (relative: "
+        "under CUMULO_HOME), on storage the database's users cannot write; verification "
+        "checks the chain against it, which names a rollback of the whole database.",
+    )
+
+    def checkpoint_path(self, home: Path) -> Path | None:
+        return (
+            None if self.checkpoint_file is None else home / Path(self.checkpoint_file).expanduser()
+        )
+
+
 class PricingConfig(_Strict):
     local: PriceConfig | None = Field(
         None,
@@ -256,6 +270,7 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     usage: UsageConfig = UsageConfig()
     pricing: PricingConfig = PricingConfig()
+    ledger: LedgerConfig = LedgerConfig()
     redis_url: str | None = Field(
         None,
         description="Redis for several replicas: shared limits and budgets, and key/tenant "

@@ -63,7 +63,9 @@ class Platform:
             self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"), master_key=self.master_key
         )
         self.usage = UsageRecorder(self.store, config.usage)
-        self.ledger = Ledger(self.store, self.master_key)  # the audit ledger
+        self.ledger = Ledger(  # the audit ledger
+            self.store, self.master_key, checkpoint_file=config.ledger.checkpoint_path(self.home)
+        )
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.registry = ProviderRegistry()
         self.redis: aioredis.Redis | None = None
