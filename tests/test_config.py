@@ -16,6 +16,7 @@ from cumulo.config import (
     load_config,
 )
 from cumulo.errors import ConfigError, CumuloError
+from cumulo.routing.catalog import deployment_label
 
 
 def openai_dep(**extra: Any) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def test_a_valid_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dep = model.deployments[0]
     assert dep.api_key() == "sk-secret-value"
     assert dep.timeout_s == 30 and dep.headers == {"X-A": "b"}
-    assert "sk-secret-value" not in dep.label
+    assert "sk-secret-value" not in deployment_label(dep, "gpt-4o-mini")
     assert config.model("embed").kind == "embedding"  # type: ignore[union-attr]
     assert config.model("nope") is None
 

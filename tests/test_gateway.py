@@ -121,7 +121,7 @@ def test_requests_are_recorded_and_counted_whatever_the_outcome() -> None:
         with pytest.raises(asyncio.CancelledError):
             await slow
         assert [(r.model, r.served_model, r.status, r.attempts) for r in records] == [
-            ("m", "n", 200, 2), ("no-such-model", None, 404, 0), ("slow", None, 499, 0)]
+            ("m", "n", 200, 2), ("_unknown", None, 404, 0), ("slow", None, 499, 0)]
         assert sample(metrics, "cumulo_requests_total", model="m", deployment="scripted:b",
                       status="200") == 1
         assert sample(metrics, "cumulo_tokens_total", model="m", deployment="scripted:b",

@@ -149,6 +149,7 @@ def create_app(
                 platform.guardrails,
                 bedrock_authenticator(platform.auth, platform.config.server.max_body_bytes),
                 platform.guardrail_applied,
+                may_apply=platform.guarding.may_apply,
             ),
             *alert_routes(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations

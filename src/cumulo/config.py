@@ -70,7 +70,7 @@ class DeploymentConfig(_Strict):
     name: str | None = Field(
         None,
         description="This deployment's label in headers, usage, metrics and /admin/deployments "
-        "(default `provider:model`).",
+        "(default `provider:model`, with the model's own name for a local path).",
         max_length=128,
     )
     model: str | None = Field(None, description="The upstream's model id (remote providers).")
@@ -173,11 +173,6 @@ class DeploymentConfig(_Strict):
     def api_key(self) -> str | None:
         """The upstream key from the environment (never stored in config)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
-
-    @property
-    def label(self) -> str:
-        """A stable, secret-free name for logs, usage and headers."""
-        return self.name or f"{self.provider}:{self.model or self.path}"
 
 
 class BreakerConfig(_Strict):
@@ -284,6 +279,20 @@ class UsageConfig(_Strict):
     max_queue: int = Field(200_000, gt=0)
 
 
+class LedgerConfig(_Strict):
+    checkpoint_file: str | None = Field(
+        None,
+        description="Also export the audit ledger's head checkpoint to this file (relative: "
+        "under CUMULO_HOME), on storage the database's users cannot write; verification "
+        "checks the chain against it, which names a rollback of the whole database.",
+    )
+
+    def checkpoint_path(self, home: Path) -> Path | None:
+        return (
+            None if self.checkpoint_file is None else home / Path(self.checkpoint_file).expanduser()
+        )
+
+
 class PricingConfig(_Strict):
     local: PriceConfig | None = Field(
         None,
@@ -303,6 +312,7 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     usage: UsageConfig = UsageConfig()
     pricing: PricingConfig = PricingConfig()
+    ledger: LedgerConfig = LedgerConfig()
     redis_url: str | None = Field(
         None,
         description="Redis for several replicas: shared limits and budgets, and key/tenant "

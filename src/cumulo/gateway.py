@@ -31,7 +31,7 @@ from cumulo.metering import (
     error_type_of,
     status_of,
 )
-from cumulo.observability.metrics import Metrics
+from cumulo.observability.metrics import UNKNOWN_MODEL, Metrics
 from cumulo.providers.base import Provider
 from cumulo.routing.router import Lease, Router
 from cumulo.types import (
@@ -126,7 +126,12 @@ class Gateway:
         response: str | None = None,
     ) -> None:
         """Queue the request's usage record, count it in the metrics and settle its
-        governance (limits, budget, anomaly baseline, invocation log): no I/O."""
+        governance (limits, budget, anomaly baseline, invocation log): no I/O.
+
+        A model name not in the catalog is recorded as `_unknown`, as the metrics count it,
+        so that callers cannot add rows to usage reports by making names up."""
+        if model not in self.router.routes:
+            model = UNKNOWN_MODEL
         latency = time.perf_counter() - started
         deployment = lease.deployment.label if lease else None
         prompt = usage.prompt_tokens if usage else 0
@@ -228,7 +233,7 @@ class Gateway:
             if dep.limits is None:
                 return await attempt(model, provider)
             limits = Limits(dep.limits.rpm, dep.limits.tpm, dep.limits.concurrency)
-            permit = await governance.hold_deployment(adm, dep.label, limits)
+            permit = await governance.hold_deployment(adm, provider.label, limits)
             try:
                 return await attempt(model, provider)
             except BaseException:

@@ -64,7 +64,9 @@ class Platform:
             self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"), master_key=self.master_key
         )
         self.usage = UsageRecorder(self.store, config.usage)
-        self.ledger = Ledger(self.store, self.master_key)  # the audit ledger
+        self.ledger = Ledger(  # the audit ledger
+            self.store, self.master_key, checkpoint_file=config.ledger.checkpoint_path(self.home)
+        )
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.traffic = TrafficLog(  # a line a minute in the log, when there was traffic
             self.metrics,
@@ -99,6 +101,7 @@ class Platform:
             self.guardrails,
             {m.name: m.guardrails for m in config.models},
             on_intervention=self._guardrail_intervened,
+            public={g.id for g in config.all_guardrails} - {g.id for g in config.guardrails},
         )
         self.http: aiohttp.ClientSession | None = None
         self.provider_ctx: ProviderContext | None = None

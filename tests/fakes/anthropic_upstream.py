@@ -21,6 +21,8 @@ The behaviour is chosen by the upstream model id the request names:
     disconnect:<n>    stream n text deltas, then drop the connection
     stream-error:<n>  stream n text deltas, then an `error` event (overloaded_error)
     status:<code>     answer <code> with an Anthropic error body (529: overloaded_error)
+    reflect:<code>    answer <code> with an error whose message holds every request header
+    reflect-stream:<n>  stream n text deltas, then an `error` event holding every header
     ratelimit:<s>     429 rate_limit_error with `retry-after: <s>`
     slow:<s>          like echo, after <s> seconds
     malformed         200 with a body that is not JSON (a broken event when streaming)
@@ -38,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.openai_upstream import FakeOpenAIUpstream, Recorded
+from fakes.openai_upstream import FakeOpenAIUpstream, Recorded, reflected
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -185,6 +187,8 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
             await asyncio.sleep(float(arg))
         elif behaviour == "status":
             return error(int(arg), f"fake upstream failure {arg}")
+        elif behaviour == "reflect":
+            return error(int(arg), reflected(request))
         elif behaviour == "ratelimit":
             return error(429, "Rate limit reached.", headers={"retry-after": arg})
         if behaviour == "malformed" and not body.get("stream"):
@@ -219,7 +223,8 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
                 await resp.write(_event("content_block_start", index=index,
                                         content_block={"type": "text", "text": ""}))
                 for piece in _pieces(block["text"]):
-                    if behaviour in ("disconnect", "stream-error") and sent == int(arg):
+                    if (behaviour in ("disconnect", "stream-error", "reflect-stream")
+                            and sent == int(arg)):
                         return await self._fail(request, resp, behaviour)
                     await resp.write(_event("content_block_delta", index=index,
                                             delta={"type": "text_delta", "text": piece}))
@@ -248,6 +253,7 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
             assert request.transport is not None
             request.transport.abort()
             return resp
-        await resp.write(_event("error", error={"type": "overloaded_error", "message": "Overloaded"}))
+        message = reflected(request) if behaviour == "reflect-stream" else "Overloaded"
+        await resp.write(_event("error", error={"type": "overloaded_error", "message": message}))
         await resp.write_eof()
         return resp

@@ -15,6 +15,8 @@ The behaviour comes from the model id (%-decoded) up to its first `:`:
                       input {"query": "<last user text>"}; streamed in pieces
     status:<code>     that HTTP status with Bedrock's error body and x-amzn-errortype
     stream-error:<t>  stream one text delta, then an exception frame of type <t>
+    reflect:<code>    that HTTP status, with a message holding every request header
+    reflect-stream    stream one text delta, then an exception frame holding every header
     corrupt           stream one good frame, then one with a bad message CRC
     truncated         stream messageStart and a delta, then end the body
     slow:<s>          like echo, after <s> seconds
@@ -35,7 +37,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from fakes.openai_upstream import FakeOpenAIUpstream
+from fakes.openai_upstream import FakeOpenAIUpstream, reflected
 
 ACCESS_KEY_ID = "AKIDFAKEBEDROCK0001"
 SECRET_KEY = "fake/bedrock+secret0001"
@@ -179,6 +181,8 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
             await asyncio.sleep(float(arg))
         elif behaviour == "status":
             return _error(int(arg), f"fake bedrock failure {arg}")
+        elif behaviour == "reflect":
+            return _error(int(arg), reflected(request))
         if operation == "converse":
             return web.json_response(self._converse(body, behaviour))
         return await self._stream(request, body, behaviour, arg)
@@ -223,10 +227,12 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
                 piece = word + (" " if n < len(words) - 1 else "")
                 await send(event("contentBlockDelta", {"contentBlockIndex": 0,
                                                        "delta": {"text": piece}}))
-                if behaviour == "stream-error":
-                    await send(frame({":exception-type": arg, ":content-type": "application/json",
+                if behaviour in ("stream-error", "reflect-stream"):
+                    kind, message = (arg, f"fake {arg}") if behaviour == "stream-error" else (
+                        "modelStreamErrorException", reflected(request))
+                    await send(frame({":exception-type": kind, ":content-type": "application/json",
                                       ":message-type": "exception"},
-                                     json.dumps({"message": f"fake {arg}"}).encode()))
+                                     json.dumps({"message": message}).encode()))
                     await resp.write_eof()
                     return resp
                 if behaviour == "corrupt":

@@ -12,6 +12,9 @@ chosen by the upstream model id the request names (a deployment's `model`):
     hold              stream the first word, then wait for `release()` (or 10 s)
     disconnect:<n>    stream n content chunks, then drop the connection (no [DONE])
     status:<code>     answer <code> with an OpenAI error body
+    reflect:<code>    answer <code> with an error whose message holds every request
+                      header (as an upstream echoing what it was sent does)
+    reflect-stream    stream one content chunk, then an error chunk holding every header
     ratelimit:<s>     429 with `Retry-After: <s>`
     ratelimit-once:<s>  429 with `Retry-After: <s>` the first time a prompt (last user
                       text) is seen, then like echo
@@ -217,6 +220,8 @@ class FakeOpenAIUpstream:
             await asyncio.sleep(float(arg))
         elif behaviour == "status":
             return _error(int(arg), f"fake upstream failure {arg}")
+        elif behaviour == "reflect":
+            return _error(int(arg), reflected(request))
         elif behaviour == "ratelimit":
             return _error(429, "Rate limit reached.", headers={"Retry-After": arg})
         elif behaviour == "ratelimit-once":
@@ -307,6 +312,11 @@ class FakeOpenAIUpstream:
                     request.transport.abort()
                     return resp
                 await resp.write(event({"content": piece}))
+                if behaviour == "reflect-stream":
+                    error = {"error": {"message": reflected(request), "type": "server_error"}}
+                    await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                    await resp.write_eof()
+                    return resp
                 if behaviour == "hold" and n == 0:
                     assert self._gate is not None
                     with contextlib.suppress(TimeoutError):
@@ -334,6 +344,11 @@ class FakeOpenAIUpstream:
         tokens = sum(len(str(t).split()) for t in texts)
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def reflected(request: web.Request) -> str:
+    """An error text that echoes every request header, credentials included."""
+    return "bad request, you sent: " + json.dumps(dict(request.headers))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

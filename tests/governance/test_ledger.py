@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import text
 
-from cumulo.governance.ledger import Entry, Ledger, Reason, Verification
+from cumulo.governance.ledger import Entry, Ledger, NotAcknowledgeable, Reason, Verification
+from cumulo.governance.ledger_export import HeadExport
 from cumulo.governance.masterkey import MasterKey
 from cumulo.store.db import Store
+from cumulo.store.ledger import Head
 from support.pg import postgres_database
 
 T = TypeVar("T")
@@ -73,7 +75,8 @@ def assert_bad(result: Verification, seq: int, reason: Reason) -> None:
     assert not result.ok
     assert result.first_bad is not None, result
     assert (result.first_bad.seq, result.first_bad.reason) == (seq, reason), result.first_bad
-    assert result.checked == seq - 1 or reason in (Reason.TRUNCATED, Reason.CHECKPOINT)
+    assert result.checked == seq - 1 or reason in (
+        Reason.TRUNCATED, Reason.CHECKPOINT, Reason.REPAIRED)
 
 
 # -- an untouched ledger -----------------------------------------------------------
@@ -271,10 +274,189 @@ def test_a_missing_checkpoint_is_recorded_when_the_chain_resumes(url: str) -> No
         return await verify_fresh(store), await Ledger(store, MASTER).entries(after_seq=4)
 
     result, tail = run(url, scenario)
-    assert result.ok and result.checked == 6
     assert [(e.seq, e.action) for e in tail] == [(5, "ledger.head_repaired"), (6, "key.revoke")]
     assert tail[0].data == {"checkpoint": "missing", "head_seq": None, "last_seq": 4}
+    assert_bad(result, 5, Reason.REPAIRED)
+    assert result.unacknowledged == (5,) and result.checked == 6
     assert len(result.warnings) == 1 and "entry 5" in result.warnings[0]
+
+
+def test_a_truncated_ledger_stays_failed_after_the_next_write_until_acknowledged(
+    url: str,
+) -> None:
+    """The newest entries and the checkpoint deleted: verification fails, and a write
+    that resumes the chain (recording the repair) must not make it pass."""
+
+    async def scenario(store: Store) -> tuple[Verification, ...]:
+        await fill(store, 6)
+        await tamper(store, "DELETE FROM ledger WHERE seq >= 5", "DELETE FROM ledger_head")
+        before = await verify_fresh(store)
+        writer = Ledger(store, MASTER)
+        await writer.append(None, "config.changed", "cumulo.yaml")  # 5 repair, 6 this
+        ledger_ = Ledger(store, MASTER)
+        writer.record("k-caller", "guardrail.intervened", "m", "t1", {"n": 1})
+        await writer.flush()
+        after = await verify_fresh(store), await writer.verify()
+        with pytest.raises(NotAcknowledgeable, match="acknowledge entry 5"):
+            await ledger_.acknowledge("k-admin", 6, "wrong entry")
+        with pytest.raises(NotAcknowledgeable, match="reason"):
+            await ledger_.acknowledge("k-admin", 5, " ")
+        ack = await ledger_.acknowledge("k-admin", 5, "restored from the nightly backup")
+        assert (ack.seq, ack.action, ack.actor, ack.target) == (
+            8, "ledger.acknowledged", "k-admin", "seq:5")
+        assert ack.data == {"seq": 5, "reason": "restored from the nightly backup"}
+        await writer.append("k-admin", "key.create", "key9")
+        return before, *after, await verify_fresh(store), await writer.verify()
+
+    before, fresh, writer, acked, writer_acked = run(url, scenario)
+    assert_bad(before, 4, Reason.CHECKPOINT)
+    for result in (fresh, writer):
+        assert_bad(result, 5, Reason.REPAIRED)
+        assert "entries after entry 4 may have been deleted" in result.first_bad.detail  # type: ignore[union-attr]
+        assert "cumulo ledger acknowledge --seq 5" in result.first_bad.detail  # type: ignore[union-attr]
+    for result in (acked, writer_acked):
+        assert result.ok and result.first_bad is None and result.checked == 9
+        assert result.unacknowledged == ()
+        assert any("entry 5: the head checkpoint was missing" in w for w in result.warnings)
+        assert any("k-admin acknowledged entry 5: restored from the nightly backup" in w
+                   for w in result.warnings)
+
+
+def test_a_checkpoint_problem_can_be_acknowledged_before_anything_is_appended(url: str) -> None:
+    async def scenario(store: Store) -> tuple[Entry, Verification, list[Entry]]:
+        await fill(store, 4)
+        await tamper(store, "DELETE FROM ledger_head")
+        ack = await Ledger(store, MASTER).acknowledge(None, 4, "checkpoint row lost in a restore")
+        return ack, await verify_fresh(store), await Ledger(store, MASTER).entries(after_seq=4)
+
+    ack, result, tail = run(url, scenario)
+    assert [(e.seq, e.action) for e in tail] == [
+        (5, "ledger.head_repaired"), (6, "ledger.acknowledged")]
+    assert ack.data["seq"] == 5 and ack.data["problem"].startswith("checkpoint: ")
+    assert result.ok and result.checked == 6
+
+
+def test_truncation_under_an_intact_checkpoint_is_repaired_and_needs_acknowledging(
+    url: str,
+) -> None:
+    async def scenario(store: Store) -> tuple[Verification, Verification]:
+        await fill(store, 6)
+        await tamper(store, "DELETE FROM ledger WHERE seq >= 5")
+        await Ledger(store, MASTER).append("k-admin", "key.revoke", "key1")
+        failed = await verify_fresh(store)
+        await Ledger(store, MASTER).acknowledge("k-admin", 5, "understood")
+        return failed, await verify_fresh(store)
+
+    failed, acked = run(url, scenario)
+    assert_bad(failed, 5, Reason.REPAIRED)
+    assert "ahead of the newest entry" in failed.first_bad.detail  # type: ignore[union-attr]
+    assert acked.ok
+
+
+def test_a_broken_chain_cannot_be_acknowledged(url: str) -> None:
+    async def scenario(store: Store) -> None:
+        await fill(store, 4)
+        await tamper(store, "UPDATE ledger SET target = 'x' WHERE seq = 2")
+        with pytest.raises(NotAcknowledgeable, match="cannot be acknowledged"):
+            await Ledger(store, MASTER).acknowledge("k-admin", 2, "oops")
+        await tamper(store, "UPDATE ledger SET target = 'key2' WHERE seq = 2")
+        with pytest.raises(NotAcknowledgeable, match="nothing to acknowledge"):
+            await Ledger(store, MASTER).acknowledge("k-admin", 4, "all good")
+
+    run(url, scenario)
+
+
+# -- the exported checkpoint ---------------------------------------------------------
+
+
+def test_the_head_is_exported_and_a_full_rollback_is_caught_by_any_process(
+    url: str, tmp_path: Path
+) -> None:
+    """Entries and checkpoint rolled back together look like a valid, shorter chain in the
+    database; the exported checkpoint names it, and the next write records a repair."""
+    exported = tmp_path / "export" / "ledger-head.json"
+
+    async def scenario(store: Store) -> tuple[Verification, ...]:
+        writer = Ledger(store, MASTER, checkpoint_file=exported)
+        for i in range(3):
+            await writer.append("k-admin", "key.create", f"key{i}")
+        async with store.engine.connect() as conn:
+            old = (await conn.execute(text("SELECT seq, hash, mac FROM ledger_head"))).one()
+        for i in range(3):
+            await writer.append("k-admin", "tenant.update", f"t{i}")
+        assert json.loads(exported.read_text())["seq"] == 6
+        await tamper(store, "DELETE FROM ledger WHERE seq > 3",
+                     "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m",
+                     s=old.seq, h=old.hash, m=old.mac)
+        unaware = await verify_fresh(store)
+        caught = await Ledger(store, MASTER, checkpoint_file=exported).verify()
+        await Ledger(store, MASTER, checkpoint_file=exported).append("k-admin", "key.revoke", "k")
+        repaired = await Ledger(store, MASTER, checkpoint_file=exported).verify()
+        ledger_ = Ledger(store, MASTER, checkpoint_file=exported)
+        await ledger_.acknowledge("k-admin", 4, "rolled back on purpose")
+        assert json.loads(exported.read_text())["seq"] == 6  # the acknowledgement's own
+        return unaware, caught, repaired, await ledger_.verify()
+
+    unaware, caught, repaired, acked = run(url, scenario)
+    assert unaware.ok
+    assert_bad(caught, 4, Reason.TRUNCATED)
+    assert str(exported) in caught.first_bad.detail  # type: ignore[union-attr]
+    assert "entries 4-6 deleted" in caught.first_bad.detail  # type: ignore[union-attr]
+    assert_bad(repaired, 4, Reason.REPAIRED)
+    assert "entries 4-6 were deleted" in repaired.first_bad.detail  # type: ignore[union-attr]
+    assert acked.ok, acked
+
+
+def test_deleting_entries_and_the_checkpoint_is_named_by_the_export(
+    url: str, tmp_path: Path
+) -> None:
+    exported = tmp_path / "head.json"
+
+    async def scenario(store: Store) -> Verification:
+        ledger_ = Ledger(store, MASTER, checkpoint_file=exported)
+        for i in range(6):
+            await ledger_.append("k-admin", "key.create", f"key{i}")
+        await tamper(store, "DELETE FROM ledger WHERE seq >= 5", "DELETE FROM ledger_head")
+        return await Ledger(store, MASTER, checkpoint_file=exported).verify()
+
+    result = run(url, scenario)
+    assert_bad(result, 5, Reason.TRUNCATED)
+    assert "entries 5-6 deleted" in result.first_bad.detail  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("damage", ["forged", "garbage"])
+def test_an_edited_export_is_reported_not_trusted(
+    url: str, tmp_path: Path, damage: str
+) -> None:
+    exported = tmp_path / "head.json"
+
+    async def scenario(store: Store) -> tuple[Verification, Verification]:
+        ledger_ = Ledger(store, MASTER, checkpoint_file=exported)
+        entries = [await ledger_.append("k-admin", "key.create", f"key{i}") for i in range(4)]
+        if damage == "forged":  # pointed at an earlier entry, without the key for its MAC
+            exported.write_text(json.dumps({"seq": 2, "hash": entries[1].hash, "mac": "0" * 64}))
+        else:
+            exported.write_text("{not json")
+        result = await Ledger(store, MASTER, checkpoint_file=exported).verify()
+        await Ledger(store, MASTER, checkpoint_file=exported).acknowledge(
+            "k-admin", result.first_bad.seq, "rewrote the file by hand")  # type: ignore[union-attr]
+        return result, await Ledger(store, MASTER, checkpoint_file=exported).verify()
+
+    result, acked = run(url, scenario)
+    assert not result.ok and result.first_bad is not None
+    assert result.first_bad.reason == Reason.CHECKPOINT
+    assert "exported" in result.first_bad.detail
+    assert acked.ok
+
+
+def test_the_export_only_moves_forward(tmp_path: Path) -> None:
+    export = HeadExport(tmp_path / "head.json")
+    assert export.read() is None
+    assert export.write(Head(5, "a" * 64, "m" * 64))
+    assert not export.write(Head(3, "b" * 64, "n" * 64))
+    assert export.read() == Head(5, "a" * 64, "m" * 64)
+    assert export.write(Head(3, "b" * 64, "n" * 64), force=True)
+    assert export.read() == Head(3, "b" * 64, "n" * 64)
 
 
 # -- queued entries, several writers ---------------------------------------------------

@@ -65,6 +65,13 @@ def tampered(req: sigv4.SignedRequest, **change: Any) -> sigv4.SignedRequest:
     (tampered(signed(), headers=[(k, v) for k, v in signed().headers if k != "x-amz-date"]),
      "incomplete_signature"),
     (signed(service="s3"), "invalid_signature"),
+    # SignedHeaders naming a header that was not sent, around a signature that is otherwise
+    # right (a signer that skipped the header it lists).
+    (tampered(signed(), headers=[(k, v.replace("SignedHeaders=", "SignedHeaders=a-missing;"))
+                                 for k, v in signed().headers]), "invalid_signature"),
+    (tampered(signed(**{"X-Extra": "1"}), headers=[
+        (k, v) for k, v in signed(**{"X-Extra": "1"}).headers if k != "x-extra"]),
+     "invalid_signature"),
     (signed(**{"X-Amz-Content-SHA256": "0" * 64}), "invalid_signature"),
 ])
 def test_anything_changed_is_refused(req: sigv4.SignedRequest, code: str) -> None:

@@ -361,6 +361,14 @@ def test_unknown_model_is_not_found(client: anthropic.Anthropic) -> None:
     ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "video"}]}]},
      "messages.0.content.0.type: Input tag 'video'"),
     ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role: Input"),
+    ({"max_tokens": 5, "messages": user("x"), "stream": "yes"}, "stream: Input should be"),
+    ({"max_tokens": 5, "messages": user("x"), "stream": 1}, "stream: Input should be"),
+    ({"max_tokens": 5, "messages": user("x"), "tool_choice": {
+        "type": "auto", "disable_parallel_tool_use": "on"}},
+     "tool_choice.disable_parallel_tool_use: Input should be"),
+    ({"max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "x", "is_error": "no"}]}]},
+     "messages.0.content.0.is_error: Input should be"),
 ])
 def test_invalid_body_is_bad_request(client: anthropic.Anthropic, body: dict[str, Any],
                                      message: str) -> None:
@@ -415,7 +423,8 @@ def test_failure_after_the_stream_started_is_an_error_event(
                 texts.append(event.delta.text)
     assert texts == ["echo: ", "a "]
     assert info.value.body["error"]["type"] == "api_error"  # type: ignore[index]
-    assert "overloaded_error" in info.value.body["error"]["message"]  # type: ignore[index]
+    message = info.value.body["error"]["message"]  # type: ignore[index]
+    assert "mid-stream" in message and "overloaded_error" not in message
     [row] = server.usage_rows(key.id)
     assert (row["status"], row["stream"]) == (502, 1)
 

@@ -45,6 +45,7 @@ TOOLS = {"tools": [
     {"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}},
 ]}
 ANTHROPIC_KEY = "sk-ant-fake-upstream-" + "3" * 20
+MAX_BODY = 256 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,8 @@ def server(fake_bedrock: FakeBedrockUpstream, upstream: FakeOpenAIUpstream,
                                                "base_url": fake_anthropic.url,
                                                "api_key_env": "T_ANTHROPIC_KEY"}]}
 
-    config = {"usage": {"flush_interval_s": 0.1}, "models": [
+    config = {"usage": {"flush_interval_s": 0.1}, "server": {"max_body_bytes": MAX_BODY},
+              "models": [
         bedrock("br-echo", "echo"), bedrock("br-tools", "tools"),
         bedrock("br-bearer", "echo", api_key_env="T_BEDROCK_API_KEY"),
         bedrock("br-throttled", "stream-error:throttlingException"),
@@ -316,6 +318,18 @@ def test_bad_request_is_validation_exception(br: Any) -> None:
         br.converse(modelId="oa-echo", messages=[{"role": "user", "content": [image]}])
     with pytest.raises(br.exceptions.ValidationException, match=r"inferenceConfig\.temperature"):
         br.converse(modelId="oa-echo", messages=[user("x")], inferenceConfig={"temperature": 1.5})
+
+
+def test_a_body_over_the_limit_is_413(br: Any, server: CumuloServer, key: ApiKey) -> None:
+    big = "x" * MAX_BODY
+    for call in (br.converse, br.converse_stream):  # SigV4: the body is read to check it
+        with pytest.raises(br.exceptions.ValidationException) as info:
+            call(modelId="oa-echo", messages=[user(big)])
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    resp = httpx.post(f"{server.url}/model/oa-echo/converse", json={"messages": [user(big)]},
+                      headers={"Authorization": f"Bearer {key.token}"})
+    assert resp.status_code == 413 and resp.headers["x-amzn-errortype"] == "ValidationException"
+    assert set(resp.json()) == {"message"}
 
 
 def test_upstream_failure_is_model_error(br: Any) -> None:

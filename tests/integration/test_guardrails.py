@@ -33,13 +33,16 @@ def server(upstream: FakeOpenAIUpstream,
             {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
             {"name": "chat-private", "guardrails": ["pii-anonymize"],
              "deployments": [openai_deployment(upstream, "echo")]},
+            {"name": "chat-strict", "guardrails": ["strict"],
+             "deployments": [openai_deployment(upstream, "echo")]},
         ],
     })
 
 
-def key(server: CumuloServer, guardrails: list[str] | None = None) -> str:
+def key(server: CumuloServer, guardrails: list[str] | None = None,
+        models: list[str] | None = None) -> str:
     with server.admin() as admin:
-        body: dict[str, Any] = {"name": f"g{next(_n)}"}
+        body: dict[str, Any] = {"name": f"g{next(_n)}", "models": models}
         if guardrails is not None:
             body["guardrails"] = guardrails
         t = admin.post("/admin/tenants", json=body)
@@ -134,6 +137,23 @@ def test_interventions_are_counted_in_usage_and_written_to_the_ledger(
         assert {"pii-anonymize", "strict", "no-codenames"} <= {g["id"] for g in listed}
 
 
+def test_the_ledger_names_a_denied_word_by_its_rule_never_by_the_word(
+        server: CumuloServer) -> None:
+    token = key(server, ["no-codenames"])
+    key_id = token.removeprefix("ck-").split(".")[0]
+    resp = chat(server, token, "tell me about Bluebird")
+    assert resp.json()["choices"][0]["message"]["content"] == "[removed by policy]"
+    with server.admin() as admin:
+        def entries() -> list[dict[str, Any]]:
+            data = admin.get("/admin/ledger", params={"limit": 1000}).json()["data"]
+            return [e for e in data if e["actor"] == key_id]
+        assert wait_until(lambda: entries(), timeout=5)
+        [entry] = entries()
+    assert entry["data"]["findings"] == {"word:denied_words.0": 1}
+    assert entry["data"]["guardrails"] == ["no-codenames"]
+    assert "bluebird" not in json.dumps(entry).lower()
+
+
 def test_apply_guardrail_on_the_default_pii_guardrail(server: CumuloServer) -> None:
     token = key(server)
     with httpx.Client(base_url=server.url, timeout=30,
@@ -151,6 +171,37 @@ def test_apply_guardrail_on_the_default_pii_guardrail(server: CumuloServer) -> N
     assert entity["type"] == "EMAIL" and entity["action"] == "ANONYMIZED"
     assert missing.status_code == 404
     assert missing.headers["x-amzn-errortype"] == "ResourceNotFoundException"
+
+
+def apply(server: CumuloServer, token: str, guardrail_id: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/guardrail/{guardrail_id}/apply", timeout=30,
+                      headers={"Authorization": f"Bearer {token}"},
+                      json={"source": "INPUT", "content": [{"text": {"text": "bluebird"}}]})
+
+
+def test_a_key_applies_only_the_guardrails_that_guard_its_own_traffic(
+        server: CumuloServer) -> None:
+    """Another tenant's guardrail is answered as one that does not exist: applying it would
+    tell the caller what that tenant denies."""
+    strict = key(server, ["strict"], models=["chat-echo"])
+    codenames = key(server, ["no-codenames"], models=["chat-echo"])
+    plain = key(server, models=["chat-echo"])
+    everything = key(server)  # may use chat-strict, which carries `strict`
+
+    def status(token: str, gid: str) -> int:
+        return apply(server, token, gid).status_code
+
+    assert status(strict, "strict") == 200 and status(codenames, "no-codenames") == 200
+    assert status(everything, "strict") == 200
+    for token, gid in ((strict, "no-codenames"), (codenames, "strict"), (plain, "strict"),
+                       (everything, "no-codenames")):
+        resp = apply(server, token, gid)
+        assert resp.status_code == 404, (gid, resp.text)
+        assert resp.headers["x-amzn-errortype"] == "ResourceNotFoundException"
+        assert resp.json() == {"message": f"The guardrail '{gid}' was not found."}
+    for token in (strict, codenames, plain):
+        assert status(token, "pii-anonymize") == 200  # the built-in one, documented
+    assert status(server.admin_key, "no-codenames") == 200
 
 
 def test_a_burst_of_guardrail_hits_raises_an_alert(server: CumuloServer) -> None:

@@ -4,10 +4,15 @@ reading the platform's database directly, with no server running."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cumulo.governance.ledger import Ledger
 from cumulo.governance.masterkey import MasterKey
@@ -96,3 +101,58 @@ def test_admin_actions_of_a_running_platform_are_in_its_ledger(cumulo: CumuloSer
 
     verified = cumulo_ledger(cumulo.home, "verify")
     assert verified.returncode == 0, verified.stderr
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["database-only", "exported-head"])
+def test_a_truncated_ledger_is_not_ok_after_the_server_writes_again(
+    cumulo_factory: Callable[..., CumuloServer], export: bool
+) -> None:
+    """Delete the newest entries and the checkpoint under a running server: verify fails,
+    and still fails once the server has appended again (resuming the chain), until an admin
+    acknowledges the repair, with the CLI or the API."""
+    config: dict[str, Any] = {"models": []}
+    if export:
+        config["ledger"] = {"checkpoint_file": "export/ledger-head.json"}
+    server = cumulo_factory(config)
+    cfg = str(server.home.parent / "cumulo.yaml")
+
+    def ledger_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return cumulo_ledger(server.home, *args, "--config", cfg)
+
+    with server.admin() as admin:
+        for i in range(4):
+            assert admin.post("/admin/keys", json={"name": f"k{i}"}).status_code == 201
+        [[last]] = server.sql("SELECT MAX(seq) FROM ledger")
+        with contextlib.closing(sqlite3.connect(server.db_path)) as db, db:
+            db.execute("DELETE FROM ledger WHERE seq >= ?", (last - 1,))
+            db.execute("DELETE FROM ledger_head")
+        assert ledger_cli("verify").returncode == 1
+
+        assert admin.post("/admin/keys", json={"name": "after"}).status_code == 201
+        repair = last - 1  # where the server resumed the chain
+        failed = ledger_cli("verify")
+        assert failed.returncode == 1, failed.stdout
+        assert f"FAILED at entry {repair} (repaired)" in failed.stderr
+        assert f"cumulo ledger acknowledge --seq {repair}" in failed.stderr
+        if export:
+            assert f"entries {repair}-{last} were deleted" in failed.stderr
+        via_api = admin.get("/admin/ledger/verify").json()
+        assert via_api["ok"] is False and via_api["unacknowledged_repairs"] == [repair]
+
+        wrong = ledger_cli("acknowledge", "--seq", str(repair + 1), "--reason", "no")
+        assert wrong.returncode == 1 and "nothing to acknowledge" in wrong.stderr
+        done = ledger_cli("acknowledge", "--seq", str(repair), "--reason", "restored a backup")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"acknowledged entry {repair} in entry {repair + 2}"
+
+        ok = ledger_cli("verify")
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.strip().endswith("ok")
+        assert f"acknowledged entry {repair}: restored a backup" in ok.stderr
+        assert admin.get("/admin/ledger/verify").json()["ok"] is True
+        listed = ledger_cli("list", "--limit", "1", "--json")
+        entry = json.loads(listed.stdout)
+        assert entry["action"] == "ledger.acknowledged" and entry["actor"].startswith("cli:")
+    if export:
+        exported = json.loads((server.home / "export" / "ledger-head.json").read_text())
+        assert exported["seq"] == repair + 2

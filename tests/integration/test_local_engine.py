@@ -163,3 +163,21 @@ def test_a_full_queue_is_429_with_retry_after_and_cancel_frees_the_slot(
 def test_engine_view_needs_an_admin_key(server: CumuloServer, key: ApiKey) -> None:
     resp = httpx.get(server.url + "/admin/engine", headers={"Authorization": f"Bearer {key.token}"})
     assert resp.status_code == 403
+
+
+def test_a_local_model_s_label_never_shows_its_path(server: CumuloServer, key: ApiKey,
+                                                    tmp_path_factory: pytest.TempPathFactory
+                                                    ) -> None:
+    """The label callers, metrics and usage see is derived from the model's name."""
+    resp = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {key.token}"},
+                      json=body("demo-tiny", "hello", max_tokens=2))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-cumulo-deployment"] == "local:demo-tiny"
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'deployment="local:demo-tiny"' in metrics and 'deployment="local:demo-one"' in metrics
+    assert str(tmp_path_factory.getbasetemp()) not in metrics
+    assert wait_until(lambda: server.sql(
+        "SELECT deployment FROM usage WHERE key_id = ? AND model = 'demo-tiny'", (key.id,)))
+    labels = {row[0] for row in server.sql("SELECT deployment FROM usage")}
+    assert labels <= {"local:demo-tiny", "local:demo-one", None}

@@ -245,7 +245,7 @@ def test_unknown_model_is_not_found(client: openai.OpenAI, cumulo: CumuloServer,
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="gpt-nope", input="x")
     rows = cumulo.usage_rows(caller_key.id, expect=2)
-    assert [(r["model"], r["status"]) for r in rows] == [("gpt-nope", 404), ("gpt-nope", 404)]
+    assert [(r["model"], r["status"]) for r in rows] == [("_unknown", 404), ("_unknown", 404)]
 
 
 def test_invalid_body_is_bad_request(client: openai.OpenAI) -> None:

@@ -246,17 +246,24 @@ def test_upstream_failures_become_cumulo_errors(
         assert info.value.retry_after == 7.0
 
 
-def test_rejected_translation_is_invalid_request(fake: FakeAnthropicUpstream) -> None:
-    # temperature 1.5 is valid for OpenAI, not for Anthropic: the upstream says so.
+def test_rejected_translation_is_invalid_request(
+    fake: FakeAnthropicUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    # temperature 1.5 is valid for OpenAI, not for Anthropic: the upstream says so, in the
+    # server's log (an upstream's words never reach the caller).
     with pytest.raises(InvalidRequest) as info:
         call(fake, "echo", lambda p: p.chat(user("hi", params=SamplingParams(temperature=1.5))))
-    assert "temperature" in info.value.message
+    assert "temperature" not in info.value.message and "HTTP 400" in info.value.message
+    request_id = info.value.message.split("request id ")[1].rstrip(").")
+    assert any(request_id in r.getMessage() and "temperature" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_error_event_mid_stream(fake: FakeAnthropicUpstream) -> None:
     events, exc = call(fake, "stream-error:2", lambda p: collect_until_error(p, user("a b c")))
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["echo: ", "a "]
-    assert type(exc) is UpstreamError and "overloaded_error" in exc.message
+    assert type(exc) is UpstreamError and "mid-stream" in exc.message
+    assert "overloaded_error" not in exc.message  # the upstream's words stay in the log
 
 
 def test_disconnect_mid_stream(fake: FakeAnthropicUpstream) -> None:

@@ -287,7 +287,7 @@ def test_describe_names_the_upstream_but_never_the_key(
     monkeypatch.setenv("PROVIDER_TEST_KEY", KEY)
 
     async def describe(p: OpenAIProvider) -> str:
-        return p.describe() + p.deployment.label
+        return p.describe() + p.label
 
     text = call(upstream, "echo", describe, api_key_env="PROVIDER_TEST_KEY")
     assert "echo" in text and upstream.url in text and KEY not in text

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cumulo.config import parse_config
 from cumulo.errors import (
     CumuloError,
     InvalidRequest,
@@ -24,6 +25,7 @@ from cumulo.errors import (
     UpstreamTimeout,
 )
 from cumulo.providers.base import Provider
+from cumulo.routing.catalog import deployment_labels
 from cumulo.routing.router import Lease, Router
 from cumulo.types import ChatRequest, ChatResponse
 from fakes import FakeOpenAIUpstream
@@ -306,6 +308,32 @@ def test_a_cancelled_attempt_is_no_verdict() -> None:
         assert (state.in_flight, state.failures, state.breaker.state) == (0, 0, "closed")
 
     run_with_router([model("m", scripted("a"))], main)
+
+
+@pytest.mark.parametrize(("deployment", "label"), [
+    ({"provider": "local", "path": "/srv/cumulo/models/demo"}, "local:m"),
+    ({"provider": "local", "path": "pkg_model", "name": "mine"}, "mine"),
+    ({"provider": "openai", "model": "gpt-4o-mini", "base_url": "http://x/v1"},
+     "openai:gpt-4o-mini"),
+    ({"provider": "openai", "model": "/data/models/llama", "base_url": "http://x/v1"},
+     "openai:m"),
+    ({"provider": "openai", "model": "meta-llama/Llama-3.1-8B", "base_url": "http://x/v1"},
+     "openai:m"),
+    ({"provider": "openai", "model": "https://user:secret@host/m", "base_url": "http://x/v1"},
+     "openai:m"),
+    ({"provider": "bedrock", "model": "anthropic.claude-3-5-haiku-20241022-v1:0",
+      "region": "us-east-1"}, "bedrock:anthropic.claude-3-5-haiku-20241022-v1:0"),
+])  # fmt: skip
+def test_a_label_never_holds_a_path_or_a_url(deployment: dict[str, Any], label: str) -> None:
+    config = parse_config({"models": [model("m", deployment)]}, "test")
+    assert deployment_labels(config.models[0]) == [label]
+
+
+def test_labels_are_unique_within_a_model() -> None:
+    local = {"provider": "local", "path": "/a"}
+    config = parse_config({"models": [model("m", local, {**local, "path": "/b"},
+                                            {**local, "name": "x"})]}, "test")
+    assert deployment_labels(config.models[0]) == ["local:m#1", "local:m#2", "x"]
 
 
 def test_same_upstream_model_twice_gets_distinct_labels(upstream: FakeOpenAIUpstream) -> None:

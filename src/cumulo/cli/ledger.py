@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 @click.group()
 def ledger() -> None:
-    """Verify and list the audit ledger (no server needed).
+    """Verify, list and acknowledge repairs of the audit ledger (no server needed).
 
     Reads the database of the config (`database_url`, default $CUMULO_HOME/cumulo.db)
     with the platform's master key (CUMULO_MASTER_KEY or $CUMULO_HOME/master.key).
@@ -66,6 +66,36 @@ def ledger_verify(config_path: str | None, as_json: bool) -> None:
         sys.exit(1)
     if not as_json:
         click.echo("ok")
+
+
+@ledger.command("acknowledge")
+@_ledger_config
+@click.option(
+    "--seq",
+    type=click.IntRange(1, 2**63 - 1),
+    required=True,
+    metavar="N",
+    help="The entry `cumulo ledger verify` names: a repair, or where the chain ends.",
+)
+@click.option(
+    "--reason", required=True, metavar="TEXT", help="Why it is accepted; kept in the ledger."
+)
+def ledger_acknowledge(config_path: str | None, seq: int, reason: str) -> None:
+    """Accept a repair of the chain (or a checkpoint problem at its end).
+
+    Verify passes again afterwards; recorded as a `ledger.acknowledged` entry by
+    cli:<user>."""
+    import getpass
+
+    from cumulo.errors import CumuloError
+    from cumulo.governance.ledger import NotAcknowledgeable
+
+    actor = f"cli:{getpass.getuser()}"[:64]
+    try:
+        entry = _with_ledger(config_path, lambda led: led.acknowledge(actor, seq, reason))
+    except NotAcknowledgeable as exc:
+        raise CumuloError(f"nothing to acknowledge at entry {seq}: {exc}") from exc
+    click.echo(f"acknowledged entry {entry.data['seq']} in entry {entry.seq}")
 
 
 @ledger.command("list")
@@ -131,7 +161,8 @@ def _with_ledger(config_path: str | None, use: Callable[[Ledger], Awaitable[T]])
     async def run() -> T:
         store = Store(url)
         try:
-            return await use(Ledger(store, MasterKey.load(home)))
+            export = config.ledger.checkpoint_path(home)
+            return await use(Ledger(store, MasterKey.load(home), checkpoint_file=export))
         finally:
             await store.close()
 

@@ -11,13 +11,13 @@ Output: the reply's text (whole, or incrementally for streams: see
 
 Each intervention is counted in the request's usage record
 (`guardrail_interventions`), in the metrics, and queued for the audit ledger
-(`guardrail.intervened`, with counts by type and never the matched text).
+(`guardrail.intervened`, with counts by policy and rule id, never the matched text).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from typing import Literal
 
 from cumulo.governance.auth import Principal
@@ -44,10 +44,14 @@ class Guarding:
         guardrails: Mapping[str, Guardrail],
         model_guardrails: Mapping[str, list[str]],
         on_intervention: InterventionHook | None = None,
+        public: Iterable[str] = (),
     ) -> None:
+        """`public`: ids of guardrails any key may apply on its own (the built-in ones,
+        whose policies are documented); see `may_apply`."""
         self.guardrails = dict(guardrails)
         self.model_guardrails = {m: tuple(ids) for m, ids in model_guardrails.items() if ids}
         self.on_intervention = on_intervention
+        self.public = frozenset(public)
         self._sets: dict[tuple[tuple[str, ...], tuple[str, ...]], GuardrailSet | None] = {}
 
     def for_request(self, who: Principal, model: str) -> GuardrailSet | None:
@@ -61,6 +65,20 @@ class Guarding:
             found = [self.guardrails[i] for i in ids if i in self.guardrails]
             self._sets[key] = GuardrailSet(found) if found else None
         return self._sets[key]
+
+    def may_apply(self, who: Principal, guardrail_id: str) -> bool:
+        """May `who` apply guardrail `guardrail_id` to a text of its own (ApplyGuardrail)?
+
+        A platform admin may apply any; another key only those that already guard its
+        traffic (its tenant's, or those of a model it may use) and the public ones. Any
+        other would tell it what a guardrail of another tenant denies.
+        """
+        if who.is_admin or guardrail_id in self.public or guardrail_id in who.guardrails:
+            return True
+        return any(
+            guardrail_id in ids and who.may_use(model)
+            for model, ids in self.model_guardrails.items()
+        )
 
     def _report(self, who: Principal, model: str, source: Literal["INPUT", "OUTPUT"],
                 verdict: Verdict) -> None:  # fmt: skip

@@ -23,28 +23,35 @@ Two ways in:
 - out_of_order: an entry sits at another entry's place (entries swapped or moved)
 - truncated:    the newest entries were deleted (the chain ends before the checkpoint)
 - checkpoint:   the head checkpoint was deleted, edited or rolled back
+- repaired:     the chain was resumed after such a problem and no admin acknowledged it
 
 What it protects against: anyone who can write to the database but does not hold the
 master key cannot edit, delete, reorder, insert or truncate entries without `verify()`
 noticing, even by recomputing the hashes (the MACs cannot be recomputed). It names the
 first place the chain breaks; later entries are not checked past it.
 
+Repairs (`ledger_repair`): if, when appending, the checkpoint is missing, bad, ahead of or
+behind the newest entry (or the newest entry is behind the exported checkpoint), the chain
+is resumed after the newest entry behind a `ledger.head_repaired` entry recording what was
+found. A repair never makes a failed verification pass: `verify()` fails on it until an
+admin acknowledges it (`acknowledge()`: a `ledger.acknowledged` entry, MAC'd like any
+other, naming the repair and the admin's reason); acknowledged repairs stay listed among
+the warnings.
+
 What it does not protect against:
 - Someone holding the master key (it can re-MAC anything).
 - A rollback: restoring the ledger and its checkpoint together as they were at an
   earlier time (from a backup, or from rows copied earlier) leaves a valid, shorter
-  chain. A process notices a rollback below an entry it wrote or verified itself; for
-  the rest, keep the head (`seq`, `hash`) that `verify()` reports somewhere the
-  database's writers cannot reach, and compare.
-- Wiping every entry and the checkpoint: that looks like a ledger never written to.
-- If the checkpoint is found missing, bad or behind the newest entry when appending,
-  the chain is resumed from the newest entry and a `ledger.head_repaired` entry records
-  it; `verify()` then reports it among its warnings.
+  chain; so does wiping every entry and the checkpoint. A process notices a rollback
+  below an entry it wrote or verified itself. With `checkpoint_file` (`ledger_export`),
+  every write also exports the head to a file the database's users cannot rewrite, and
+  `verify()` (any process's, the CLI's) names both.
 - Entries still queued by `record()` when a process dies are lost (as usage records).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -52,11 +59,20 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cumulo.governance.batches import BatchWriter
+from cumulo.governance.ledger_export import ExportUnreadable, HeadExport
+from cumulo.governance.ledger_repair import (
+    MAX_REASON,
+    Ack,
+    NotAcknowledgeable,
+    choose_ack,
+    resume,
+)
 from cumulo.governance.ledger_verify import (
-    GENESIS,
+    ACK_ACTION,
     REPAIR_ACTION,
     Problem,
     Reason,
@@ -69,7 +85,17 @@ from cumulo.store.db import Store
 from cumulo.store.ledger import Head, Tail
 
 log = logging.getLogger(__name__)
-__all__ = ["Entry", "Ledger", "Problem", "Reason", "Verification", "canonical", "entry_hash"]
+__all__ = [
+    "MAX_REASON",
+    "Entry",
+    "Ledger",
+    "NotAcknowledgeable",
+    "Problem",
+    "Reason",
+    "Verification",
+    "canonical",
+    "entry_hash",
+]
 
 # Field names that would hold a secret: refused in `data` at any depth.
 SECRET_FIELDS = frozenset(
@@ -177,6 +203,7 @@ class Ledger(BatchWriter[_Pending]):
         store: Store,
         master_key: MasterKey,
         *,
+        checkpoint_file: Path | None = None,
         flush_interval_s: float = 1.0,
         batch_size: int = 500,
         max_queue: int = 100_000,
@@ -185,6 +212,7 @@ class Ledger(BatchWriter[_Pending]):
             flush_interval_s=flush_interval_s, batch_size=batch_size, max_queue=max_queue
         )
         self.store = store
+        self.export = HeadExport(checkpoint_file) if checkpoint_file is not None else None
         self._key = master_key.derive("audit-ledger")
         self._closed = False
         self._high = 0  # the highest seq this process wrote or verified
@@ -204,8 +232,8 @@ class Ledger(BatchWriter[_Pending]):
         Raises ValueError for an entry that cannot be written (a field too long, data that
         is not a JSON object or names a secret field), Unavailable if the database fails.
         """
-        [row] = await self._write([_pending(actor, action, target, tenant_id, data)])
-        return _entry(row)
+        rows = await self._write([_pending(actor, action, target, tenant_id, data)])
+        return _entry(rows[-1])
 
     def record(
         self,
@@ -227,18 +255,66 @@ class Ledger(BatchWriter[_Pending]):
         await super().close()
         self._closed = True
 
-    async def _write(self, items: list[_Pending]) -> list[dict[str, Any]]:
-        rows = await sql.append(self.store, lambda tail: self._seal(tail, items))
-        self._high = max(self._high, rows[-1]["seq"])
-        return rows[-len(items) :]
+    async def acknowledge(self, actor: str | None, seq: int, reason: str) -> Entry:
+        """Acknowledge, as `actor` and for `reason`, what verification reports at `seq`: a
+        repair (`ledger.head_repaired` entry `seq`), or a problem at the end of the chain
+        (checkpoint or truncation) that this write then repairs. Appends a
+        `ledger.acknowledged` entry (returned) and exports the new head even over a later
+        one. NotAcknowledgeable if `seq` names neither (a broken chain cannot be
+        acknowledged: its entries stay edited or missing)."""
+        ack = choose_ack(actor, seq, reason, await self.verify())
+        rows = await self._write([], ack=ack, force_export=True)
+        self._high = rows[-1]["seq"]  # the chain as it now stands is the reference
+        return _entry(rows[-1])
 
-    def _seal(self, tail: Tail, items: list[_Pending]) -> tuple[list[dict[str, Any]], Head]:
+    async def _write(
+        self, items: list[_Pending], *, ack: Ack | None = None, force_export: bool = False
+    ) -> list[dict[str, Any]]:
+        """Append `items` (and `ack`), committed; then export the new head. Every row
+        written is returned (a repair entry may precede the items).
+
+        After a repair the head is exported even over a later one: the repair entry now
+        holds what the export showed, and fails verification until it is acknowledged."""
+        exported = await self._exported()
+        rows = await sql.append(self.store, lambda tail: self._seal(tail, items, exported, ack))
+        last = rows[-1]
+        self._high = max(self._high, last["seq"])
+        if self.export is not None:
+            head = Head(last["seq"], last["hash"], self._mac(_HEAD_MAC, last["seq"], last["hash"]))
+            force = force_export or any(r["action"] == REPAIR_ACTION for r in rows)
+            try:
+                await asyncio.to_thread(self.export.write, head, force=force)
+            except OSError as exc:  # the entries are committed; verify() will tell
+                log.error("cannot export the audit ledger checkpoint to %s: %s", self.export, exc)
+        return rows
+
+    async def _exported(self) -> Head | None:
+        """The exported head, if there is one and its MAC is right (else None: verify()
+        reports a bad one; appending does not trust it)."""
+        if self.export is None:
+            return None
+        try:
+            head = await asyncio.to_thread(self.export.read)
+        except ExportUnreadable as exc:
+            log.error("audit ledger: %s", exc)
+            return None
+        return head if head is not None and self._head_ok(head) else None
+
+    def _seal(
+        self, tail: Tail, items: list[_Pending], exported: Head | None, ack: Ack | None
+    ) -> tuple[list[dict[str, Any]], Head]:
         """The rows for `items` chained after `tail` (under the append lock), and the head."""
-        seq, prev, repair = self._resume(tail)
+        seq, prev, repair = resume(tail, exported, self._head_ok)
+        pending = list(items)
         if repair is not None:
-            items = [_Pending(time.time(), None, REPAIR_ACTION, None, None, repair), *items]
+            text = canonical(repair).decode()
+            pending.insert(0, _Pending(time.time(), None, REPAIR_ACTION, None, None, text))
+        if ack is not None:
+            data = ack.data(seq + 1 if repair is not None else None)
+            text, target = canonical(data).decode(), f"seq:{data['seq']}"
+            pending.append(_Pending(time.time(), ack.actor, ACK_ACTION, target, None, text))
         rows = []
-        for item in items:
+        for item in pending:
             seq += 1
             row: dict[str, Any] = {"seq": seq, "ts": item.ts, "actor": item.actor}
             row |= {"action": item.action, "target": item.target, "tenant_id": item.tenant_id}
@@ -248,28 +324,6 @@ class Ledger(BatchWriter[_Pending]):
             rows.append(row)
             prev = digest
         return rows, Head(seq, prev, self._mac(_HEAD_MAC, seq, prev))
-
-    def _resume(self, tail: Tail) -> tuple[int, str, str | None]:
-        """Where the chain goes on: (seq, hash) of the entry to follow, and the details of
-        a `ledger.head_repaired` entry if the checkpoint is missing, bad or behind."""
-        head, last = tail.head, tail.last
-        if head is not None and self._head_ok(head):
-            if last is None or last.seq <= head.seq:
-                return head.seq, head.hash, None  # a gap stays for verify() to report
-            problem = "behind the newest entry"
-        elif head is not None:
-            problem = "invalid (its MAC does not match)"
-        elif last is not None:
-            problem = "missing"
-        else:
-            return 0, GENESIS, None  # the first entry ever
-        details = {"checkpoint": problem, "head_seq": head.seq if head else None}
-        details["last_seq"] = last.seq if last else None
-        log.error(
-            "audit ledger checkpoint %s; resuming after entry %s", problem, details["last_seq"]
-        )
-        repair = canonical(details).decode()
-        return (last.seq, last.hash, repair) if last else (0, GENESIS, repair)
 
     def _mac(self, label: bytes, seq: int, digest: str) -> str:
         return hmac.new(self._key, label + f"{seq}:{digest}".encode(), hashlib.sha256).hexdigest()

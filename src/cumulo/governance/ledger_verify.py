@@ -3,22 +3,30 @@ head checkpoint. The format and what it protects against: `cumulo.governance.led
 
 The walk reads the checkpoint before and after reading the entries, so that entries other
 replicas append meanwhile are not taken for tampering: the chain must reach the first
-checkpoint and hold the hash it names, and no entry may lie beyond the second.
+checkpoint and hold the hash it names, and no entry may lie beyond the second. An exported
+checkpoint (`ledger_export`), read before the walk, must be reached and matched too.
+
+A `ledger.head_repaired` entry fails verification (reason `repaired`) until a later
+`ledger.acknowledged` entry names its seq: a repair records that entries may have been
+deleted, and only an admin may accept that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from cumulo.governance.ledger_export import ExportUnreadable, HeadExport
 from cumulo.store import ledger as sql
 from cumulo.store.db import Store
 from cumulo.store.ledger import Head, Link
 
 GENESIS = "0" * 64  # the previous hash of entry 1
 REPAIR_ACTION = "ledger.head_repaired"
+ACK_ACTION = "ledger.acknowledged"
 
 
 class Reason(StrEnum):
@@ -29,6 +37,7 @@ class Reason(StrEnum):
     OUT_OF_ORDER = "out_of_order"  # an intact entry in another entry's place
     TRUNCATED = "truncated"  # the newest entries were deleted
     CHECKPOINT = "checkpoint"  # the head checkpoint was deleted, edited or rolled back
+    REPAIRED = "repaired"  # the chain resumed after a checkpoint problem; not acknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,7 @@ class Verification:
     head: Link | None  # the last good entry: keep (seq, hash) elsewhere to detect rollbacks
     first_bad: Problem | None = None
     warnings: tuple[str, ...] = field(default=())
+    unacknowledged: tuple[int, ...] = ()  # seqs of the repairs no admin acknowledged yet
 
     def as_dict(self) -> dict[str, Any]:
         head = None if self.head is None else {"seq": self.head.seq, "hash": self.head.hash}
@@ -61,6 +71,7 @@ class Verification:
             "head": head,
             "first_bad": None if self.first_bad is None else self.first_bad.as_dict(),
             "warnings": list(self.warnings),
+            "unacknowledged_repairs": list(self.unacknowledged),
         }
 
 
@@ -73,6 +84,9 @@ class Checker(Protocol):
     @property
     def high_water(self) -> int: ...
 
+    @property
+    def export(self) -> HeadExport | None: ...
+
     def authentic(self, row: dict[str, Any]) -> str | None: ...
 
     def head_ok(self, head: Head) -> bool: ...
@@ -80,25 +94,109 @@ class Checker(Protocol):
 
 async def verify_chain(checker: Checker, page_size: int = 1000) -> Verification:
     """Check every entry's hash, MAC and link, then the end of the chain."""
+    exported, unreadable = await _exported(checker)
     first = await sql.head(checker.store)
     expected, prev = 1, GENESIS
     at_first: str | None = None  # the hash of the entry at the first checkpoint's seq
-    warnings: list[str] = []
+    at_exported: str | None = None  # ... and at the exported checkpoint's
+    notes = _Notes()
     while rows := await sql.page(checker.store, expected - 1, page_size):
         for row in rows:
             problem = await _check(checker, row, expected, prev)
             if problem is not None:
-                done = expected - 1
-                return Verification(False, done, _link(done, prev), problem, tuple(warnings))
-            if row["action"] == REPAIR_ACTION:
-                warnings.append(_repair_warning(row))
+                return notes.result(expected - 1, prev, problem)
+            notes.see(row)
             if first is not None and row["seq"] == first.seq:
                 at_first = row["hash"]
+            if exported is not None and row["seq"] == exported.seq:
+                at_exported = row["hash"]
             prev = row["hash"]
             expected += 1
     last = expected - 1
-    problem = _check_end(checker, first, await sql.head(checker.store), last, at_first)
-    return Verification(problem is None, last, _link(last, prev), problem, tuple(warnings))
+    problem = (
+        Problem(last, Reason.CHECKPOINT, unreadable)
+        if unreadable is not None
+        else _check_exported(checker, exported, last, at_exported)
+    )
+    if problem is None:
+        problem = _check_end(checker, first, await sql.head(checker.store), last, at_first)
+    return notes.result(last, prev, problem)
+
+
+class _Notes:
+    """Repairs and acknowledgements seen along the walk, and the warnings they make."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.repairs: dict[int, str] = {}  # unacknowledged: seq → what it says
+
+    def see(self, row: dict[str, Any]) -> None:
+        if row["action"] == REPAIR_ACTION:
+            warning = _repair_warning(row)
+            self.warnings.append(warning)
+            self.repairs[int(row["seq"])] = (
+                f"{warning}; not acknowledged: once understood, acknowledge it with "
+                f"`cumulo ledger acknowledge --seq {row['seq']} --reason ...`"
+            )
+        elif row["action"] == ACK_ACTION:
+            data = _data(row)
+            seq, reason = data.get("seq"), str(data.get("reason") or "")
+            if isinstance(seq, int):
+                self.repairs.pop(seq, None)
+            self.warnings.append(
+                f"entry {row['seq']}: {row['actor'] or 'an admin'} acknowledged entry {seq}: {reason}"
+            )
+
+    def result(self, checked: int, prev: str, problem: Problem | None) -> Verification:
+        """The verification of a walk that found `checked` entries good, ending at `prev`:
+        `problem`, or the first unacknowledged repair if that comes before it."""
+        unacknowledged = tuple(sorted(self.repairs))
+        if unacknowledged and (problem is None or unacknowledged[0] <= problem.seq):
+            first = unacknowledged[0]
+            problem = Problem(first, Reason.REPAIRED, self.repairs[first])
+        return Verification(
+            problem is None,
+            checked,
+            _link(checked, prev),
+            problem,
+            tuple(self.warnings),
+            unacknowledged,
+        )
+
+
+async def _exported(checker: Checker) -> tuple[Head | None, str | None]:
+    """The exported head (None if there is none yet), or why it cannot be read."""
+    if checker.export is None:
+        return None, None
+    try:
+        return await asyncio.to_thread(checker.export.read), None
+    except ExportUnreadable as exc:
+        return None, f"the exported checkpoint: {exc}"
+
+
+def _check_exported(
+    checker: Checker, exported: Head | None, last: int, at_exported: str | None
+) -> Problem | None:
+    """Does the chain, ending at entry `last`, reach and hold the exported checkpoint?"""
+    if exported is None or checker.export is None:
+        return None
+    where = f"the checkpoint exported to {checker.export.path}"
+    if not checker.head_ok(exported):
+        return Problem(
+            exported.seq, Reason.CHECKPOINT, f"{where} was edited (its MAC does not match)"
+        )
+    if last < exported.seq:
+        gone = (
+            f"entry {exported.seq}"
+            if last + 1 == exported.seq
+            else f"entries {last + 1}-{exported.seq}"
+        )
+        detail = f"the ledger ends at entry {last}, {where} is at entry {exported.seq}"
+        return Problem(last + 1, Reason.TRUNCATED, f"{detail}: {gone} deleted or rolled back")
+    if at_exported != exported.hash:
+        detail = f"entry {exported.seq} is not the entry {where} names: the ledger was rewritten"
+        return Problem(exported.seq, Reason.CHECKPOINT, detail)
+    return None
 
 
 def _link(seq: int, digest: str) -> Link | None:
@@ -163,12 +261,21 @@ def _check_end(
     return None
 
 
-def _repair_warning(row: dict[str, Any]) -> str:
+def _data(row: dict[str, Any]) -> dict[str, Any]:
     try:
-        state = json.loads(row["data"]).get("checkpoint", "bad")
-    except (ValueError, AttributeError):
-        state = "bad"
-    return (
-        f"entry {row['seq']}: the head checkpoint was {state} when it was appended; "
-        "entries before it may have been deleted"
-    )
+        data = json.loads(row["data"])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _repair_warning(row: dict[str, Any]) -> str:
+    data = _data(row)
+    state = data.get("checkpoint", "bad")
+    after = data.get("last_seq")
+    text = f"entry {row['seq']}: the head checkpoint was {state} when it was appended"
+    if isinstance(data.get("exported_seq"), int) and data["exported_seq"] > (after or 0):
+        return f"{text}; entries {(after or 0) + 1}-{data['exported_seq']} were deleted"
+    if after is not None:
+        return f"{text}; entries after entry {after} may have been deleted"
+    return f"{text}; entries before it may have been deleted"

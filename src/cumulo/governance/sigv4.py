@@ -5,7 +5,8 @@ Spec: https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv.html
 id = the cumulo key's id and secret access key = the key's secret (the part of
 `ck-<id>.<secret>` after the dot). The signature is recomputed with botocore's
 own signer over the request exactly as received (method, raw path, query, the
-headers named in `SignedHeaders`, the body) and compared in constant time.
+headers named in `SignedHeaders`, the body) and compared in constant time; every
+header `SignedHeaders` names must be in the request.
 The `X-Amz-Date` must be within 15 minutes of now, as AWS requires.
 """
 
@@ -97,6 +98,10 @@ def verify(
     signed = set(sig.signed_headers)
     if "host" not in signed or "x-amz-date" not in signed:
         raise _refuse("SignedHeaders must include host and x-amz-date.", "incomplete_signature")
+    present = {name.lower() for name, _ in req.headers}
+    absent = sorted(signed - present)
+    if absent:  # AWS refuses these: a signature cannot cover a header that was not sent
+        raise _refuse(f"SignedHeaders names headers not in the request: {', '.join(absent)}.")
     declared = req.header("x-amz-content-sha256")
     if declared is not None and declared != hashlib.sha256(req.body).hexdigest():
         raise _refuse("X-Amz-Content-SHA256 does not match the body.")

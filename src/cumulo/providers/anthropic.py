@@ -93,7 +93,7 @@ class AnthropicProvider(Provider):
             raise UpstreamError("Upstream returned a malformed message.") from exc
 
     async def stream(self, request: ChatRequest) -> ChatStream:
-        state = _StreamState()
+        state = _StreamState(self)
         async with self._post(messages_body(request, self.deployment.model or "", True)) as resp:
             data: list[bytes] = []
             try:
@@ -140,7 +140,7 @@ class AnthropicProvider(Provider):
             raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
         try:
             if resp.status >= 300:
-                await _raise_for_status(resp)
+                await _raise_for_status(self, resp)
             yield resp
         finally:
             resp.release()
@@ -272,7 +272,8 @@ def _usage(data: Any, prompt: int = 0) -> Usage | None:
 class _StreamState:
     """Turns the Messages API's stream events into canonical events, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider  # names the deployment in an error event's error
         self.tools: dict[int, int] = {}  # content block index → tool ordinal
         self.with_arguments: set[int] = set()
         self.finish: FinishReason = "stop"
@@ -314,24 +315,29 @@ class _StreamState:
         elif kind == "message_stop":
             yield StreamEnd(self.finish, self.usage)
         elif kind == "error":
-            raise UpstreamError(f"Upstream stream error: {_error_message(event)}")
+            raise status_error(self.provider, 0, _error_message(event))
 
 
 # -- errors ---------------------------------------------------------------------
 
 
-async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+async def _raise_for_status(p: Provider, resp: aiohttp.ClientResponse) -> None:
     """Anthropic's error statuses as cumulo errors (https://docs.anthropic.com/en/api/errors)."""
     try:
-        detail = _error_message(orjson.loads(await resp.read()))
-    except (TimeoutError, orjson.JSONDecodeError, aiohttp.ClientError):
-        detail = resp.reason or ""
-    raise status_error(resp.status, detail, retry_after=retry_after(resp.headers))
+        raw = await resp.read()
+    except (TimeoutError, aiohttp.ClientError):
+        raw = b""
+    try:
+        detail = _error_message(orjson.loads(raw)) or raw.decode(errors="replace")
+    except orjson.JSONDecodeError:
+        detail = raw.decode(errors="replace") or resp.reason or ""
+    raise status_error(p, resp.status, detail, retry_after=retry_after(resp.headers))
 
 
 def _error_message(data: Any) -> str:
+    """The upstream's error, for the server log only (`status_error`)."""
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
-        kind, message = err.get("type"), str(err.get("message") or "")[:500]
+        kind, message = err.get("type"), str(err.get("message") or "")
         return f"{kind}: {message}" if kind else message
     return ""

@@ -12,7 +12,9 @@ the life of the process, and closed at shutdown. It must:
 - raise only `cumulo.errors` types: `InvalidRequest` when the upstream rejects
   the request as malformed, `RateLimited` (with `retry_after`) on upstream 429,
   `UpstreamTimeout` when a deadline passes, `UpstreamError` for anything else
-  that went wrong upstream (connect errors, 5xx, malformed replies).
+  that went wrong upstream (connect errors, 5xx, malformed replies). An upstream's
+  error answer becomes an error through `providers.http.status_error`, which logs the
+  upstream's text and never puts it in the message callers see.
 
 Methods a provider does not support raise `InvalidRequest`.
 """
@@ -58,6 +60,9 @@ class Provider(ABC):
         self.deployment = deployment
         self.kind = kind
         self.ctx = ctx
+        # The deployment's label, unique within its model, set by the catalog
+        # (`routing.catalog.deployment_label`): safe to show callers, never a path or URL.
+        self.label = deployment.name or deployment.provider
 
     @classmethod  # noqa: B027 - optional hook
     def check(cls, deployment: DeploymentConfig, kind: ModelKind) -> None:
@@ -97,6 +102,12 @@ class Provider(ABC):
         raise InvalidRequest(
             f"{self.deployment.provider} deployments do not serve embeddings", param="model"
         )
+
+    def credentials(self) -> tuple[str, ...]:
+        """The secret values this provider sends upstream (its key, its extra headers'
+        values), so that an upstream's text can be logged with them masked."""
+        key = self.deployment.api_key()
+        return (*([key] if key else []), *self.deployment.headers.values())
 
     @abstractmethod
     def describe(self) -> str:

@@ -36,7 +36,6 @@ from botocore.session import get_session
 from cumulo.errors import (
     CumuloError,
     InvalidRequest,
-    RateLimited,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -78,6 +77,13 @@ class BedrockProvider(Provider):
 
     def describe(self) -> str:
         return f"bedrock {self.deployment.model} at {self._base_url()}"
+
+    def credentials(self) -> tuple[str, ...]:
+        """Also the AWS access key id and session token sent with SigV4 (when they came
+        from environment variables: refreshable credentials are not read here)."""
+        creds = self._credentials
+        sent = (creds.access_key, creds.token) if type(creds) is Credentials else ()
+        return (*super().credentials(), *(v for v in sent if v))
 
     def _base_url(self) -> str:
         d = self.deployment
@@ -146,7 +152,7 @@ class BedrockProvider(Provider):
             raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
         if resp.status >= 300:
             try:
-                raise await _status_error(resp)
+                raise await _status_error(self, resp)
             finally:
                 resp.release()
         return resp
@@ -189,7 +195,7 @@ class BedrockProvider(Provider):
                 for message in decoder.feed(chunk):
                     kind = message.message_type
                     if kind != "event":
-                        raise _stream_error(message)
+                        raise _stream_error(self, message)
                     name = message.header(":event-type")
                     data = orjson.loads(message.payload) if message.payload else {}
                     if name == "contentBlockStart":
@@ -221,7 +227,9 @@ class BedrockProvider(Provider):
                 f"Upstream connection failed mid-stream: {type(exc).__name__}."
             ) from exc
         except (FramingError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"Upstream sent a malformed event stream: {exc}") from exc
+            raise UpstreamError(
+                f"Upstream sent a malformed event stream ({type(exc).__name__})."
+            ) from exc
         finally:
             resp.release()
         if finish is None or decoder.pending:
@@ -316,40 +324,49 @@ def _usage(data: Any) -> Usage:
     return Usage(int(data.get("inputTokens") or 0), int(data.get("outputTokens") or 0))
 
 
-def _error(code: str, status: int, detail: str, retry_after: float | None = None) -> CumuloError:
-    """A Bedrock error type (or, failing that, HTTP status) as a cumulo error."""
+def _error(
+    p: Provider, code: str, status: int, detail: str, retry_after: float | None = None
+) -> CumuloError:
+    """A Bedrock error type (or, failing that, HTTP status) as a cumulo error; `status` 0:
+    an exception inside the stream. The upstream's text is only logged (`status_error`)."""
     code = code[:1].upper() + code[1:]  # stream exceptions are camelCase
-    if code == "ValidationException":
-        return InvalidRequest(f"Upstream rejected the request: {detail}")
-    if code in ("ThrottlingException", "ServiceQuotaExceededException"):
-        return RateLimited(f"Upstream rate limit: {detail}", retry_after=retry_after)
-    if code == "ModelTimeoutException":
-        return UpstreamTimeout(f"Upstream model timed out: {detail}")
-    if status:
-        return status_error(status, f"{code} {detail}".strip(), retry_after=retry_after)
-    return UpstreamError(f"Upstream sent {code or 'an error'}: {detail}".strip())
+    kind = {
+        "ValidationException": 400,
+        "ThrottlingException": 429,
+        "ServiceQuotaExceededException": 429,
+        "ModelTimeoutException": 408,
+    }.get(code)
+    logged = f"{code}: {detail}" if code else detail
+    streamed = not status
+    return status_error(p, kind or status, logged, streamed=streamed, retry_after=retry_after)
 
 
-async def _status_error(resp: aiohttp.ClientResponse) -> CumuloError:
+async def _status_error(p: Provider, resp: aiohttp.ClientResponse) -> CumuloError:
     code = resp.headers.get("x-amzn-errortype", "").split(":", 1)[0]
     try:
-        data = orjson.loads(await resp.read())
-        detail = str(data.get("message") or data.get("Message") or "")[:500]
+        raw = await resp.read()
+    except (TimeoutError, aiohttp.ClientError):
+        raw = b""
+    try:
+        data = orjson.loads(raw)
+        detail = str(data.get("message") or data.get("Message") or "") or raw.decode(
+            errors="replace"
+        )
         code = code or str(data.get("__type") or "").rsplit("#", 1)[-1]
-    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
-        detail = resp.reason or ""
-    return _error(code, resp.status, detail, retry_after(resp.headers))
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = raw.decode(errors="replace") or resp.reason or ""
+    return _error(p, code, resp.status, detail, retry_after(resp.headers))
 
 
-def _stream_error(message: Frame) -> CumuloError:
+def _stream_error(p: Provider, message: Frame) -> CumuloError:
     """An `exception` or `error` message inside the stream."""
     if message.message_type == "exception":
         try:
-            detail = str(orjson.loads(message.payload).get("message") or "")[:500]
+            detail = str(orjson.loads(message.payload).get("message") or "")
         except (orjson.JSONDecodeError, AttributeError):
             detail = ""
-        return _error(message.header(":exception-type") or "", 0, detail)
+        return _error(p, message.header(":exception-type") or "", 0, detail)
     if message.message_type == "error":
         code = message.header(":error-code") or ""
-        return _error(code, 0, (message.header(":error-message") or "")[:500])
+        return _error(p, code, 0, message.header(":error-message") or "")
     return UpstreamError(f"Unexpected event stream message type {message.message_type!r}.")

@@ -180,7 +180,7 @@ class OpenAIProvider(Provider):
                         return
                     chunk = orjson.loads(payload)
                     if chunk.get("error"):
-                        raise UpstreamError(f"Upstream stream error: {_error_message(chunk)}")
+                        raise status_error(self, 0, _error_message(chunk))
                     if chunk.get("usage"):
                         usage = _usage(chunk["usage"])
                     for choice in chunk.get("choices") or ():
@@ -262,7 +262,7 @@ async def _send(
         raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
     if resp.status >= 300:
         try:
-            await _raise_for_status(resp)
+            await _raise_for_status(p, resp)
         finally:
             resp.release()
     return resp
@@ -289,24 +289,29 @@ class _Call:
             self._resp.release()
 
 
-async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+async def _raise_for_status(p: OpenAIProvider, resp: aiohttp.ClientResponse) -> None:
     code = None
     try:
-        data = orjson.loads(await resp.read())
-        detail = _error_message(data)
+        raw = await resp.read()
+    except (TimeoutError, aiohttp.ClientError):
+        raw = b""
+    try:
+        data = orjson.loads(raw)
+        detail = _error_message(data) or raw.decode(errors="replace")
         code = _error_code(data)
-    except (TimeoutError, orjson.JSONDecodeError, aiohttp.ClientError):
-        detail = resp.reason or ""
-    raise status_error(resp.status, detail, retry_after=retry_after(resp.headers), code=code)
+    except orjson.JSONDecodeError:
+        detail = raw.decode(errors="replace") or resp.reason or ""
+    raise status_error(p, resp.status, detail, retry_after=retry_after(resp.headers), code=code)
 
 
 def _error_message(data: Any) -> str:
+    """The upstream's error message (for the server log only: `status_error`)."""
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict):
-            return str(err.get("message") or "")[:500]
+            return str(err.get("message") or "")
         if isinstance(err, str):
-            return err[:500]
+            return err
     return ""
 
 

@@ -9,14 +9,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
-from cumulo.config import Config, ModelConfig
+from cumulo.config import Config, DeploymentConfig, ModelConfig
 from cumulo.errors import NotFound
 from cumulo.providers.base import Provider, ProviderContext
 from cumulo.providers.registry import ProviderRegistry
 
 log = logging.getLogger(__name__)
+# An upstream model id that can stand in a label as it is: no path, URL or credential.
+_PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+
+
+def deployment_label(d: DeploymentConfig, model: str) -> str:
+    """A deployment's label, as callers (`x-cumulo-deployment`), usage and metrics see it.
+
+    Its `name` when configured; else `provider:<upstream model id>` when the id is a plain
+    name (`openai:gpt-4o-mini`), else `provider:<model name>`: a local model's path, or an
+    id that looks like a path or a URL, never leaves the server.
+    """
+    if d.name:
+        return d.name
+    upstream = d.model if d.model and _PLAIN_ID.match(d.model) else model
+    return f"{d.provider}:{upstream}"
+
+
+def deployment_labels(model: ModelConfig) -> list[str]:
+    """The labels of a model's deployments, made unique within it by position (`…#1`)."""
+    labels = [deployment_label(d, model.name) for d in model.deployments]
+    counts = Counter(labels)
+    return [f"{label}#{i + 1}" if counts[label] > 1 else label for i, label in enumerate(labels)]
+
 
 # An absolute file system path (not the `//host/...` of a URL), as foreign error text has them.
 _PATH = re.compile(r"(?<![\w:/.~-])(?:~|/)[^\s'\"`,;:()\[\]]*(?<!\.)")
@@ -57,6 +81,8 @@ class Catalog:
         self._entries: dict[str, ModelEntry] = {}
         for m in config.models:
             providers = [registry.get(d.provider).create(d, m.kind, ctx) for d in m.deployments]
+            for provider, label in zip(providers, deployment_labels(m), strict=True):
+                provider.label = label
             self._entries[m.name] = ModelEntry(m, providers)
 
     def entries(self) -> list[ModelEntry]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -139,13 +138,6 @@ class Route:
     deployments: list[DeploymentState]
 
 
-def _labels(entry: ModelEntry) -> list[str]:
-    """Each deployment's label, made unique within the model by its position if need be."""
-    labels = [p.deployment.label for p in entry.deployments]
-    counts = Counter(labels)
-    return [f"{label}#{i + 1}" if counts[label] > 1 else label for i, label in enumerate(labels)]
-
-
 class Router:
     def __init__(
         self,
@@ -162,9 +154,9 @@ class Router:
             policy = BreakerPolicy(b.consecutive_failures, b.error_rate, b.window, b.cooldown_s)
             states = [
                 DeploymentState(
-                    p, label, CircuitBreaker(policy), price_of(p.deployment, local_rate)
+                    p, p.label, CircuitBreaker(policy), price_of(p.deployment, local_rate)
                 )
-                for p, label in zip(entry.deployments, _labels(entry), strict=True)
+                for p in entry.deployments
             ]
             self.routes[entry.name] = Route(entry.config, entry, states)
 

@@ -38,6 +38,10 @@ MIGRATION_LOCK = 0x63756D756C6F  # "cumulo"
 PG_POOL = {"pool_size": 5, "max_overflow": 5, "pool_pre_ping": True, "pool_recycle": 1800}
 
 
+class KeyReplaced(Exception):
+    """The key to rotate was rotated or revoked already (its id is the argument)."""
+
+
 @dataclass(slots=True, frozen=True)
 class KeyRow:
     id: str
@@ -269,7 +273,8 @@ class Store:
         expire_key: tuple[str, float] | None = None,
     ) -> KeyRow:
         """Add a key; `expire_key=(old_id, at)` also sets the old key's expiry (rotation),
-        in the same transaction."""
+        in the same transaction. Raises KeyReplaced (adding nothing) if the old key was
+        already rotated or revoked: a key gets one successor at most."""
         now = time.time()
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -289,11 +294,17 @@ class Store:
             )
             if expire_key is not None:
                 old_id, at = expire_key
-                await conn.execute(
+                res = await conn.execute(
                     update(api_keys)
-                    .where(api_keys.c.id == old_id)
+                    .where(
+                        api_keys.c.id == old_id,
+                        api_keys.c.expires_at.is_(None),
+                        api_keys.c.revoked_at.is_(None),
+                    )
                     .values(expires_at=at, updated_at=now)
                 )
+                if not res.rowcount:  # rolls the new key back too
+                    raise KeyReplaced(old_id)
         return KeyRow(
             id,
             name,

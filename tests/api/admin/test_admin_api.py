@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from support import CumuloServer, wait_until
+from support import ApiKey, CumuloServer, wait_until
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -206,6 +207,55 @@ def test_rotation_issues_a_new_key_and_the_old_one_expires_after_its_grace(
         assert resp.status_code == 401 and "expired" in resp.json()["error"]["message"]
     with as_key(cumulo, newer["key"]) as c:
         assert c.get("/v1/models").status_code == 200
+
+
+def test_a_key_is_rotated_once_and_never_once_expired_or_revoked(
+    cumulo: CumuloServer, admin: httpx.Client
+) -> None:
+    def rotate(key_id: str, grace_s: float = 3600) -> httpx.Response:
+        return admin.post(f"/admin/keys/{key_id}/rotate", json={"grace_s": grace_s})
+
+    def live_named(name: str) -> list[str]:
+        return [k["id"] for k in admin.get("/admin/keys").json()["data"] if k["name"] == name]
+
+    in_grace = admin.post("/admin/keys", json={"name": "rot-grace"}).json()
+    assert rotate(in_grace["id"]).status_code == 201
+    again = rotate(in_grace["id"])
+    assert again.status_code == 400, again.text
+    assert again.json()["error"]["code"] == "key_already_rotated"
+
+    expired = admin.post("/admin/keys", json={"name": "rot-expired"}).json()
+    assert rotate(expired["id"], grace_s=0).status_code == 201
+    for _ in range(5):
+        resp = rotate(expired["id"])
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "key_not_found"
+    assert len(live_named("rot-expired")) == 2  # the expired one and its one successor
+
+    revoked = admin.post("/admin/keys", json={"name": "rot-revoked"}).json()
+    assert admin.delete(f"/admin/keys/{revoked['id']}").status_code == 200
+    assert rotate(revoked["id"]).status_code == 404
+
+    # Rotations of one key at once: one wins, the others are refused and add nothing.
+    raced = admin.post("/admin/keys", json={"name": "rot-race"}).json()
+    with ThreadPoolExecutor(6) as pool:
+        statuses = sorted(r.status_code for r in pool.map(lambda _: rotate(raced["id"]), range(6)))
+    assert statuses == [201, 400, 400, 400, 400, 400]
+    assert len(live_named("rot-race")) == 2
+
+
+def test_made_up_model_names_share_one_usage_row(
+    cumulo: CumuloServer, admin: httpx.Client, caller_key: ApiKey
+) -> None:
+    """A caller cannot grow the usage tables' model column by inventing names."""
+    names = [f"junk-{i}-{time.time_ns()}" for i in range(3)]
+    with as_key(cumulo, caller_key.token) as c:
+        for name in names:
+            resp = c.post("/v1/chat/completions", json={"model": name, "messages": HELLO})
+            assert resp.status_code == 404
+    rows = cumulo.usage_rows(caller_key.id, expect=3)
+    assert [r["model"] for r in rows] == ["_unknown"] * 3
+    by_model = {m["model"] for m in admin.get("/admin/usage").json()["by_model"]}
+    assert "_unknown" in by_model and not by_model & set(names)
 
 
 def test_a_key_narrowed_to_some_models_sees_and_uses_only_those(

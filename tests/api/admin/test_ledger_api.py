@@ -94,6 +94,40 @@ def test_verify_reports_ok_then_the_first_bad_entry(tmp_path: Path) -> None:
     scenario(tmp_path, body)
 
 
+def test_a_repair_fails_verification_until_an_admin_acknowledges_it(tmp_path: Path) -> None:
+    async def body(http: httpx.AsyncClient, ledger: Ledger, store: Store, caller: str) -> None:
+        for i in range(4):
+            await ledger.append("admin", "tenant.update", f"t{i}")
+        async with store.engine.begin() as conn:
+            await conn.exec_driver_sql("DELETE FROM ledger WHERE seq >= 3")
+            await conn.exec_driver_sql("DELETE FROM ledger_head")
+        await ledger.append("admin", "key.create", "key9")  # the chain resumes: repair at 3
+        failed = (await http.get("/admin/ledger/verify", headers=bearer(ADMIN))).json()
+        assert failed["ok"] is False and failed["unacknowledged_repairs"] == [3]
+        assert failed["first_bad"]["seq"] == 3 and failed["first_bad"]["reason"] == "repaired"
+
+        path = "/admin/ledger/acknowledge"
+        refused = await http.post(path, headers=bearer(caller), json={"seq": 3, "reason": "x"})
+        assert refused.status_code == 403
+        for bad, param in (({"seq": 2, "reason": "not that one"}, "seq"),
+                           ({"seq": 3}, "reason"), ({"seq": 3, "reason": ""}, "reason"),
+                           ({"seq": 2**70, "reason": "x"}, "seq")):
+            resp = await http.post(path, headers=bearer(ADMIN), json=bad)
+            assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+        done = await http.post(path, headers=bearer(ADMIN),
+                               json={"seq": 3, "reason": "restored after a disk failure"})
+        assert done.status_code == 201, done.text
+        entry = done.json()
+        assert (entry["seq"], entry["action"], entry["actor"]) == (
+            5, "ledger.acknowledged", "admin-env")
+        assert entry["data"] == {"seq": 3, "reason": "restored after a disk failure"}
+        ok = (await http.get("/admin/ledger/verify", headers=bearer(ADMIN))).json()
+        assert ok["ok"] is True and ok["unacknowledged_repairs"] == []
+        assert any("acknowledged entry 3" in w for w in ok["warnings"])
+
+    scenario(tmp_path, body)
+
+
 def test_only_platform_admins_may_read_the_ledger(tmp_path: Path) -> None:
     async def body(http: httpx.AsyncClient, ledger: Ledger, store: Store, caller: str) -> None:
         await ledger.append("admin", "key.create", "key1")

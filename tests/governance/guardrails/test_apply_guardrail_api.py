@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.governance import keys
 from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.guarding import Guarding
 from cumulo.governance.guardrails import (
     DeniedTopicConfig,
     GuardrailConfig,
@@ -80,9 +81,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                             master.encrypt(key.id, key.secret))  # fmt: skip
         auth = Authenticator(store, master_key=master)
         await auth.start()
+        # The caller may use every model, so it may apply the guardrails they carry.
+        guarding = Guarding(guards, {"guarded": ["strict"]}, public=["pii-anonymize"])
         app.router.routes.extend(
-            guardrail_routes(guards, bedrock_authenticator(auth, 64 * 1024), on_apply)
-        )
+            guardrail_routes(guards, bedrock_authenticator(auth, 64 * 1024), on_apply,
+                             may_apply=guarding.may_apply)
+        )  # fmt: skip
         try:
             yield
         finally:
@@ -263,6 +267,20 @@ def test_bad_requests_are_validation_exceptions_naming_the_field(
     assert r.headers["x-amzn-errortype"] == "ValidationException"
     if param is not None:
         assert param in r.json()["message"]
+
+
+def test_a_body_over_the_limit_is_413_in_bedrock_s_shape(server: Server) -> None:
+    big = "x" * (64 * 1024)
+    r = post(server, "/guardrail/pii-anonymize/apply", {"source": "INPUT", "content": [big]})
+    assert r.status_code == 413, r.text
+    assert r.headers["x-amzn-errortype"] == "ValidationException"
+    assert set(r.json()) == {"message"}
+    with pytest.raises(ClientError) as info:  # SigV4: the body is read to check the signature
+        client(server).apply_guardrail(guardrailIdentifier="pii-anonymize",
+                                       guardrailVersion="DRAFT", source="INPUT",
+                                       content=[text(big)])  # fmt: skip
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert info.value.response["Error"]["Code"] == "ValidationException"
 
 
 def test_missing_credentials_are_refused(server: Server) -> None:

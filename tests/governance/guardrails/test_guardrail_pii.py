@@ -182,3 +182,4 @@ def test_config_refuses_bad_regexes_and_clashing_names() -> None:
         PiiConfig(regexes=[RegexConfig(name="EMAIL", pattern="x@y")])
     with pytest.raises(ValidationError):
         PiiConfig(entities=["PASSPORT"])  # type: ignore[list-item]
+

@@ -133,3 +133,14 @@ def test_describe_lists_policies_without_secrets() -> None:
     assert d["prompt_attack"] == {"threshold": 3.0}
     assert d["denied_topics"] == ["investment advice"] and d["denied_words"] == 1
     assert "codename" not in repr(d)
+
+
+def test_summary_names_a_denied_phrase_by_its_rule_id_never_by_the_phrase() -> None:
+    g = guard(denied_words=["project falcon", "project bluebird"],
+              denied_topics=[DeniedTopicConfig(name="advice", keywords=["stock tip*"])])
+    v = g.check("Any news on Project  Bluebird? A stock tips please.", "INPUT")
+    summary = v.summary()
+    assert summary["findings"] == {"topic:advice": 1, "word:denied_words.1": 1}
+    assert "bluebird" not in repr(summary).lower() and "stock" not in repr(summary)
+    # The caller who sent the text still learns which word matched (Bedrock's assessment).
+    assert [f.type for f in v.findings if f.policy == "word"] == ["project bluebird"]

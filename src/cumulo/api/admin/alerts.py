@@ -12,7 +12,6 @@ Errors use the OpenAI error shape, as the rest of the admin API.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,9 +20,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cumulo.api.admin import access
+from cumulo.api.admin.bounds import query_int, query_time
 from cumulo.api.http import JSONResponse, guarded
 from cumulo.api.openai.service import error_response
-from cumulo.errors import InvalidRequest
 from cumulo.governance.alerts import AlertSink
 from cumulo.governance.invocations import InvocationLog
 
@@ -63,14 +62,14 @@ class AlertsService:
         """GET /admin/alerts: alerts raised by any replica, newest first."""
         tenant_id = await self._tenant_scope(request)
         q = request.query_params
-        limit = _limit(q.get("limit"))
+        limit = _limit(request)
         found = await self.sink.recent(
             tenant_id,
-            _float(q.get("since"), "since"),
+            query_time(request, "since"),
             limit + 1,
             kind=q.get("kind") or None,
             key_id=q.get("key_id") or None,
-            before_id=_int(q.get("before_id"), "before_id"),
+            before_id=query_int(request, "before_id"),
         )
         return _page([a.as_dict() for a in found], limit)
 
@@ -78,14 +77,14 @@ class AlertsService:
         """GET /admin/invocations: logged prompts and responses, newest first."""
         tenant_id = await self._tenant_scope(request)
         q = request.query_params
-        limit = _limit(q.get("limit"))
+        limit = _limit(request)
         found = await self.log.entries(
             tenant_id,
             key_id=q.get("key_id") or None,
             model=q.get("model") or None,
-            since=_float(q.get("since"), "since"),
-            until=_float(q.get("until"), "until"),
-            before_id=_int(q.get("before_id"), "before_id"),
+            since=query_time(request, "since"),
+            until=query_time(request, "until"),
+            before_id=query_int(request, "before_id"),
             limit=limit + 1,
         )
         return _page([e.as_dict() for e in found], limit)
@@ -95,31 +94,6 @@ def _page(data: list[dict[str, Any]], limit: int) -> Response:
     return JSONResponse({"object": "list", "data": data[:limit], "has_more": len(data) > limit})
 
 
-def _float(raw: str | None, name: str) -> float | None:
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise InvalidRequest(f"'{name}' must be a Unix time in seconds.", param=name)
-    return value
-
-
-def _int(raw: str | None, name: str) -> int | None:
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"'{name}' must be an integer.", param=name) from exc
-
-
-def _limit(raw: str | None) -> int:
-    limit = _int(raw, "limit")
-    if limit is None:
-        return 100
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequest(f"'limit' must be between 1 and {MAX_LIMIT}.", param="limit")
-    return limit
+def _limit(request: Request) -> int:
+    limit = query_int(request, "limit", 1, MAX_LIMIT)
+    return 100 if limit is None else limit

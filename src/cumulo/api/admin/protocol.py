@@ -1,14 +1,25 @@
-"""Admin API wire models: keys, tenants, and the limits and budgets they carry."""
+"""Admin API wire models: keys, tenants, and the limits and budgets they carry.
+
+Every number is bounded (a value out of range is a 400 naming the field): what is stored
+must be renderable as JSON by every reader later (64-bit integers, finite floats).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Upper bounds: far above any real use, far below what JSON readers can hold (2**53).
+MAX_RPM = 10**9  # requests per minute
+MAX_TPM = 10**12  # tokens per minute
+MAX_CONCURRENCY = 10**6  # requests in flight
+MAX_BUDGET_USD = 10**9
 
 
 # A name is printable text: no control characters (PostgreSQL refuses NUL; logs would mangle).
@@ -19,17 +30,22 @@ _TENANT_NAME = r"^[^\x00-\x1f\x7f#]+$"  # and no '#': deleted tenants' names use
 class LimitsSpec(_Wire):
     """Limits of a tenant, a key or a deployment (omitted or null: unlimited)."""
 
-    rpm: int | None = Field(None, ge=1, description="Requests per minute.")
+    rpm: int | None = Field(None, ge=1, le=MAX_RPM, description="Requests per minute.")
     tpm: int | None = Field(
-        None, ge=1, description="Tokens per minute (prompt, and completion as it is produced)."
+        None,
+        ge=1,
+        le=MAX_TPM,
+        description="Tokens per minute (prompt, and completion as it is produced).",
     )
-    concurrency: int | None = Field(None, ge=1, description="Requests in flight at once.")
+    concurrency: int | None = Field(
+        None, ge=1, le=MAX_CONCURRENCY, description="Requests in flight at once."
+    )
 
 
 class BudgetSpec(_Wire):
     """Spend allowed per UTC calendar day or month, in USD."""
 
-    usd: float = Field(gt=0, description="The budget in US dollars.")
+    usd: float = Field(gt=0, le=MAX_BUDGET_USD, description="The budget in US dollars.")
     period: Literal["day", "month"] = "month"
     soft_pct: float = Field(
         0.8, gt=0, le=1, description="Share of the budget at which an alert is raised."
@@ -75,7 +91,7 @@ class TenantFields(_Wire):
     guardrails: list[str] = Field(
         default_factory=list, max_length=50, description="Guardrail ids applied to its traffic."
     )
-    log_invocations: bool = Field(
+    log_invocations: StrictBool = Field(
         False, description="Store its prompts and responses (off by default)."
     )
     log_retention_days: int | None = Field(
@@ -95,5 +111,5 @@ class UpdateTenant(_Wire):
     limits: LimitsSpec | None = None
     budget: BudgetSpec | None = None
     guardrails: list[str] | None = Field(None, max_length=50)
-    log_invocations: bool | None = None
+    log_invocations: StrictBool | None = None
     log_retention_days: int | None = Field(None, ge=1, le=3650)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.api.admin import access
+from cumulo.api.admin.bounds import query_bool, query_time, renderable
 from cumulo.api.admin.protocol import CreateKey, RotateKey
 from cumulo.api.http import JSONResponse, read_body
 from cumulo.api.openai.service import parse_body
@@ -25,7 +26,7 @@ from cumulo.governance.auth import Principal
 from cumulo.platform import Platform
 from cumulo.providers.local import LocalProvider
 from cumulo.routing.router import DeploymentState, Route
-from cumulo.store.db import KeyRow
+from cumulo.store.db import KeyReplaced, KeyRow
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -104,6 +105,14 @@ def _route_view(route: Route) -> dict[str, Any]:
     }
 
 
+def _already_rotated(key_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The key '{key_id}' was already rotated; rotate its successor instead.",
+        param="id",
+        code="key_already_rotated",
+    )
+
+
 class AdminService:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
@@ -158,7 +167,9 @@ class AdminService:
             limits=spec.limits.model_dump() if spec.limits else None,
             budget=spec.budget.model_dump() if spec.budget else None,
         )
-        return JSONResponse({**_key_view(row[0]), "key": row[1]}, status_code=201)
+        return JSONResponse(
+            {**renderable(_key_view(row[0]), "key"), "key": row[1]}, status_code=201
+        )
 
     async def _issue(
         self,
@@ -200,9 +211,10 @@ class AdminService:
         """GET /admin/keys[?include_revoked=true][&tenant_id=...]."""
         who = await access.manager(self.auth, request)
         tenant_id = access.scope(who, request.query_params.get("tenant_id"))
-        revoked = request.query_params.get("include_revoked", "false").lower() in ("1", "true")
+        revoked = query_bool(request, "include_revoked")
         rows = await self.store.list_keys(include_revoked=revoked, tenant_id=tenant_id)
-        return JSONResponse({"object": "list", "data": [_key_view(r) for r in rows]})
+        data = [renderable(_key_view(r), "key") for r in rows]
+        return JSONResponse({"object": "list", "data": data})
 
     async def revoke_key(self, request: Request) -> Response:
         """DELETE /admin/keys/{id}."""
@@ -217,27 +229,38 @@ class AdminService:
 
     async def rotate_key(self, request: Request) -> Response:
         """POST /admin/keys/{id}/rotate {"grace_s": 86400}: a new key with the same name,
-        tenant, role and scopes; the old one keeps working for `grace_s` seconds."""
+        tenant, role and scopes; the old one keeps working for `grace_s` seconds.
+
+        A key is rotated once: a key already replaced (still in its grace period) is a
+        400, and one expired or revoked is not found, so one key never has two live
+        successors."""
         who = await access.manager(self.auth, request)
         old = await self._key_in_scope(who, request.path_params["key_id"])
         spec = parse(RotateKey, await read_body(request, 64 * 1024))
         if old.role == "admin" and not who.is_admin:
             raise NotFound(f"No active key with id '{old.id}'.", param="id", code="key_not_found")
-        expires = time.time() + spec.grace_s
+        now = time.time()
+        if old.expires_at is not None and old.expires_at <= now:
+            raise NotFound(f"No active key with id '{old.id}'.", param="id", code="key_not_found")
         if old.expires_at is not None:
-            expires = min(expires, old.expires_at)
-        row, token = await self._issue(
-            who,
-            old.name,
-            old.role,
-            tenant_id=old.tenant_id,
-            models=old.models,
-            limits=old.limits,
-            budget=old.budget,
-            replaces=(old.id, expires),
-        )
+            raise _already_rotated(old.id)
+        expires = now + spec.grace_s
+        try:
+            row, token = await self._issue(
+                who,
+                old.name,
+                old.role,
+                tenant_id=old.tenant_id,
+                models=old.models,
+                limits=old.limits,
+                budget=old.budget,
+                replaces=(old.id, expires),
+            )
+        except KeyReplaced as exc:  # another rotation (or a revocation) got there first
+            raise _already_rotated(old.id) from exc
         self.auth.add(dataclasses.replace(old, expires_at=expires))
-        body = {**_key_view(row), "key": token, "replaces": old.id, "old_expires_at": expires}
+        body = {**renderable(_key_view(row), "key"), "key": token, "replaces": old.id}
+        body["old_expires_at"] = expires
         return JSONResponse(body, status_code=201)
 
     async def usage(self, request: Request) -> Response:
@@ -245,11 +268,7 @@ class AdminService:
         tenant (a tenant admin sees its own tenant's only)."""
         who = await access.manager(self.auth, request)
         tenant_id = access.scope(who, request.query_params.get("tenant_id"))
-        since_raw = request.query_params.get("since")
-        try:
-            since = float(since_raw) if since_raw else None
-        except ValueError as exc:
-            raise InvalidRequest("'since' must be a Unix time in seconds.", param="since") from exc
+        since = query_time(request, "since")
         await self.platform.usage.flush()
         return JSONResponse(await self.store.usage_summary(since, tenant_id))
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.api.admin import access
+from cumulo.api.admin.bounds import renderable
 from cumulo.api.admin.protocol import CreateTenant, UpdateTenant
 from cumulo.api.admin.service import check_models, parse
 from cumulo.api.http import JSONResponse, read_body
@@ -24,6 +25,11 @@ _BODY_LIMIT = 256 * 1024
 
 
 def tenant_view(row: TenantRow) -> dict[str, Any]:
+    """A tenant as the API shows it (a field JSON cannot carry shown as null)."""
+    return renderable(_view(row), "tenant")
+
+
+def _view(row: TenantRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
@@ -79,7 +85,8 @@ class TenantService:
         who = await access.manager(self.auth, request)
         rows = await self.store.list_tenants()
         rows = [r for r in rows if access.owns(who, r.id)]
-        return JSONResponse({"object": "list", "data": [tenant_view(r) for r in rows]})
+        data = [renderable(_view(r), "tenant") for r in rows]
+        return JSONResponse({"object": "list", "data": data})
 
     async def _get(self, request: Request, manage: bool) -> tuple[Any, TenantRow]:
         tenant_id = request.path_params["tenant_id"]

@@ -3,14 +3,14 @@
 Only what cumulo reads is modelled; unknown fields (`cache_control`,
 `thinking`, `service_tier`, …) are ignored. Content block types other than
 those below are rejected with a 400; image blocks are modelled only to be
-rejected with a clear message.
+rejected with a clear message. Booleans are JSON booleans (`"stream": "yes"` is a 400).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 # Integers are forwarded to upstreams as JSON, which carries at most 64-bit integers.
 _INT64_MAX = 2**63 - 1
@@ -44,7 +44,7 @@ class ToolResultBlock(_Wire):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
     content: str | list[ResultBlock] | None = None
-    is_error: bool = False
+    is_error: StrictBool = False
 
 
 ContentBlock = Annotated[
@@ -68,7 +68,7 @@ class ToolDef(_Wire):
 class ToolChoiceWire(_Wire):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = Field(None, min_length=1)
-    disable_parallel_tool_use: bool | None = None
+    disable_parallel_tool_use: StrictBool | None = None
 
 
 class MessagesRequest(_Wire):
@@ -82,5 +82,5 @@ class MessagesRequest(_Wire):
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0, le=_INT64_MAX)
     stop_sequences: list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     metadata: dict[str, Any] | None = None

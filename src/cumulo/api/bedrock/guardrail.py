@@ -6,6 +6,9 @@ short form `POST /guardrail/{id}/apply`. The identifier is a cumulo guardrail id
 (or a Bedrock guardrail ARN ending in one). Guardrails are not versioned: any valid
 version (`DRAFT` or a number) names the current configuration. Callers
 authenticate as for Converse: SigV4 with a cumulo key, or `Authorization: Bearer`.
+A key may apply the guardrails that guard its own traffic (its tenant's, and those of
+the models it may use) and the built-in ones; a platform admin key, any. Any other is
+answered 404, as if it did not exist.
 
 Response: `action` (`NONE` or `GUARDRAIL_INTERVENED`); `outputs`, empty when
 nothing was done, else the blocked message or one anonymized text per content
@@ -47,6 +50,8 @@ Authenticate = Callable[[Request], Awaitable[tuple[Principal, bytes]]]
 """Authenticates a request and returns its principal and body (SigV4 signs the body)."""
 OnApply = Callable[[Principal, Guardrail, Source, Verdict], None]
 """Called after each check (usage, ledger); must not block, nor log matched text."""
+MayApply = Callable[[Principal, str], bool]
+"""Whether a caller may apply the guardrail with this id (`Guarding.may_apply`)."""
 
 _VERSION = re.compile(r"^(?:[1-9][0-9]{0,7}|DRAFT)$")
 _ARN = re.compile(r"^arn:aws(?:-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:guardrail/(.+)$")
@@ -243,8 +248,14 @@ def guardrail_routes(
     guardrails: Mapping[str, Guardrail],
     authenticate: Authenticate,
     on_apply: OnApply | None = None,
+    *,
+    may_apply: MayApply,
 ) -> list[Route]:
-    """The ApplyGuardrail routes over `guardrails` (by id; the mapping may change later)."""
+    """The ApplyGuardrail routes over `guardrails` (by id; the mapping may change later).
+
+    A guardrail the caller may not apply (`may_apply`) is answered as one that does not
+    exist (404), so that ids cannot be probed either.
+    """
 
     async def apply(request: Request) -> Response:
         """POST /guardrail/{guardrailIdentifier}/version/{guardrailVersion}/apply."""
@@ -259,7 +270,7 @@ def guardrail_routes(
             )
         gid = guardrail_id(request.path_params["guardrail_id"])
         guard = guardrails.get(gid)
-        if guard is None:
+        if guard is None or not may_apply(who, gid):
             raise NotFound(f"The guardrail '{gid}' was not found.", code="guardrail_not_found")
         req = _parse(body)
         texts = _texts(req)

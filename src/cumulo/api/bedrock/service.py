@@ -86,7 +86,7 @@ def error_type(exc: CumuloError) -> tuple[str, int]:
         return "ModelTimeoutException", 408
     for cls, name, status in (
         (InvalidRequest, "ValidationException", 400),
-        (PayloadTooLarge, "ValidationException", 400),
+        (PayloadTooLarge, "ValidationException", 413),
         (PermissionDenied, "AccessDeniedException", 403),
         (NotFound, "ResourceNotFoundException", 404),
         (RateLimited, "ThrottlingException", 429),

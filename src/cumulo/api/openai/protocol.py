@@ -1,7 +1,8 @@
 """OpenAI wire models (pydantic), as in https://platform.openai.com/docs/api-reference.
 
 Only what cumulo reads is modelled; unknown fields are ignored, as OpenAI's
-own SDKs send fields that older servers do not know. Fields beyond OpenAI's
+own SDKs send fields that older servers do not know. Booleans are JSON booleans
+(`"stream": "yes"` is a 400, as at OpenAI). Fields beyond OpenAI's
 spec carry a description saying so.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter
 from typing_extensions import TypedDict
 
 # Integers are forwarded to upstreams as JSON, which carries at most 64-bit integers.
@@ -94,7 +95,7 @@ class NamedToolChoice(TypedDict):
 
 
 class StreamOptions(TypedDict):
-    include_usage: NotRequired[bool]
+    include_usage: NotRequired[StrictBool]
 
 
 _Int = Annotated[int, Field(ge=1, le=_INT64_MAX)]
@@ -118,7 +119,7 @@ class ChatCompletionRequest(TypedDict):
     n: NotRequired[_Int | None]
     presence_penalty: NotRequired[Annotated[float, Field(ge=-2, le=2)] | None]
     frequency_penalty: NotRequired[Annotated[float, Field(ge=-2, le=2)] | None]
-    stream: NotRequired[bool]
+    stream: NotRequired[StrictBool]
     stream_options: NotRequired[StreamOptions | None]
     tools: NotRequired[list[ToolDef] | None]
     tool_choice: NotRequired[Literal["none", "auto", "required"] | NamedToolChoice | None]

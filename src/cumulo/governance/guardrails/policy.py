@@ -8,8 +8,8 @@
 A verdict lists its findings (what was found, where, and the action taken on it).
 A finding's `match` is the sensitive text itself: it may go back to the caller
 who sent it, never into logs, usage or the ledger (`Verdict.summary()` is the
-loggable form). Streamed output is checked with `Guardrail.stream_checker()`
-(`guardrails.stream`).
+loggable form: policies and rule ids, never a matched or denied phrase). Streamed
+output is checked with `Guardrail.stream_checker()` (`guardrails.stream`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class Finding:
     `type` is the PII type, the custom regex's name, the topic's name, the denied
     phrase as configured, or `PROMPT_ATTACK`. `match` is the text found (empty for
     a prompt attack); `start`/`end` locate it in block `block` of the checked input.
+    `rule` names the rule that matched without quoting it: `type`, except for a denied
+    phrase, named by its place in the guardrail's `denied_words` (`denied_words.2`).
     """
 
     guardrail_id: str
@@ -52,6 +54,11 @@ class Finding:
     block: int = 0
     confidence: attacks.Confidence | None = None
     score: float | None = None
+    rule: str = ""
+
+    @property
+    def rule_id(self) -> str:
+        return self.rule or self.type
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +85,9 @@ class Verdict:
         return "".join(self.outputs)
 
     def summary(self) -> dict[str, object]:
-        """A description safe for logs, usage and the ledger: counts by type, no matched text."""
-        counts = Counter(f"{f.policy}:{f.type}" for f in self.findings)
+        """A description safe for logs, usage and the ledger: counts by policy and rule id,
+        never the matched text nor a denied phrase."""
+        counts = Counter(f"{f.policy}:{f.rule_id}" for f in self.findings)
         return {
             "action": self.action,
             "blocked": self.blocked,
@@ -122,6 +130,9 @@ class Guardrail:
         self._pii_actions.update({r.name: r.action for r in pii.regexes} if pii else {})
         self._regex_patterns = {r.name: r.pattern for r in pii.regexes} if pii else {}
         self._words = WordMatcher(config.denied_words) if config.denied_words else None
+        self._word_rules: dict[str, str] = {}
+        for i, phrase in enumerate(config.denied_words):
+            self._word_rules.setdefault(phrase, f"denied_words.{i}")
         self._topics = (
             TopicMatcher([(t.name, t.keywords) for t in config.denied_topics])
             if config.denied_topics
@@ -171,8 +182,9 @@ class Guardrail:
         if self._words is not None:
             for start, end, phrase in self._words.find(text):
                 found.append(
-                    Finding(gid, "word", phrase, "BLOCKED", text[start:end], start, end, block)
-                )
+                    Finding(gid, "word", phrase, "BLOCKED", text[start:end], start, end, block,
+                            rule=self._word_rules[phrase])
+                )  # fmt: skip
         if self._pii is not None:
             for span in self._pii.scan(text):
                 policy: Policy = (
