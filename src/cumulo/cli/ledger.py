@@ -25,9 +25,9 @@ T = TypeVar("T")
 
 @click.group()
 def ledger() -> None:
-    """Verify, list and acknowledge repairs of the audit ledger (no server needed).
+    """Verify, list and acknowledge the audit ledger.
 
-    Reads the database of the config (`database_url`, default $CUMULO_HOME/cumulo.db)
+    No server needed: reads the database of the config (`database_url`, default $CUMULO_HOME/cumulo.db)
     with the platform's master key (CUMULO_MASTER_KEY or $CUMULO_HOME/master.key).
     """
 
@@ -81,7 +81,7 @@ def ledger_verify(config_path: str | None, as_json: bool) -> None:
     "--reason", required=True, metavar="TEXT", help="Why it is accepted; kept in the ledger."
 )
 def ledger_acknowledge(config_path: str | None, seq: int, reason: str) -> None:
-    """Accept a repair of the chain (or a checkpoint problem at its end).
+    """Accept a repair, or a checkpoint problem at the chain's end.
 
     Verify passes again afterwards; recorded as a `ledger.acknowledged` entry by
     cli:<user>."""
