@@ -61,11 +61,15 @@ def chat(server: CumuloServer, token: str, model: str = "chat-echo",
 def test_a_tenant_rate_limit_holds_within_five_percent_under_concurrent_load(
         server: CumuloServer) -> None:
     _, token = tenant(server, limits={"rpm": 40})
+    started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         statuses = Counter(r.status_code for r in pool.map(lambda _: chat(server, token),
                                                            range(100)))
+    # The bucket refills continuously (40 a minute): on a busy machine the burst takes long
+    # enough for a request or two more to be due.
+    refilled = (time.monotonic() - started) * 40 / 60
     assert set(statuses) <= {200, 429}
-    assert 38 <= statuses[200] <= 42, statuses  # 40 ± 5%
+    assert 38 <= statuses[200] <= 42 + refilled, statuses  # 40 ± 5%, plus what refilled
 
 
 def test_a_refusal_names_the_limit_with_retry_after_and_ratelimit_headers(
