@@ -147,3 +147,51 @@ def test_last_used_is_written_in_the_background_and_at_close(tmp_path: Path) -> 
         assert row.last_used_at is not None and row.last_used_at >= before
 
     run(tmp_path, scenario)
+
+
+class _PausingStore(Store):
+    """A real store whose next tenant read waits until the test lets it go on."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.reading = asyncio.Event()
+        self.go_on = asyncio.Event()
+        self.pause = False
+
+    async def list_tenants(self):  # type: ignore[no-untyped-def]
+        rows = await super().list_tenants()
+        if self.pause:
+            self.pause = False
+            self.reading.set()
+            await self.go_on.wait()
+        return rows
+
+
+def test_a_tenant_deleted_while_the_cache_reloads_stays_deleted(tmp_path: Path) -> None:
+    """A reload that read the tables before a local change must not bring it back."""
+
+    async def main() -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}"
+        store = _PausingStore(url)
+        try:
+            await store.migrate()
+            tenant = await store.add_tenant("t1", "team")
+            new = keys.generate()
+            await store.add_key(
+                new.id, "k", "caller", keys.hash_secret(new.secret), tenant_id=tenant.id
+            )
+            auth = Authenticator(store)
+            await auth.reload()
+            assert (await auth.check_token(new.token)).tenant_id == tenant.id
+            store.pause = True
+            reload = asyncio.create_task(auth.reload(force=True))
+            await store.reading.wait()  # the reload has read the tenant, still there
+            assert await store.delete_tenant(tenant.id)
+            auth.drop_tenant(tenant.id)
+            store.go_on.set()
+            await reload
+            assert await refused(auth, new.token)
+        finally:
+            await store.close()
+
+    asyncio.run(main())

@@ -99,6 +99,7 @@ class Authenticator:
         self._tenants: dict[str, TenantRow] = {}
         self._principals: dict[str, Principal] = {}
         self._version: tuple[int, float, int, float] | None = None
+        self._changes = 0  # changes made through this process (add, remove, tenants)
         self._last_miss_reload = 0.0
         self._miss_reload: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -121,8 +122,15 @@ class Authenticator:
         async with self._reload_lock:
             version = await self.store.keys_version()
             if force or version != self._version:
-                rows = await self.store.list_keys()
-                tenants = await self.store.list_tenants()
+                # A change made here while the tables are read (a tenant deleted, a key
+                # revoked) is committed already: read again, or the stale copy would
+                # bring it back until the next poll.
+                while True:
+                    changes = self._changes
+                    rows = await self.store.list_keys()
+                    tenants = await self.store.list_tenants()
+                    if changes == self._changes:
+                        break
                 self._tenants = {t.id: t for t in tenants}
                 self._keys = {r.id: r for r in rows}
                 self._signing = {r.id: s for r in rows if (s := self._signing_secret(r))}
@@ -134,24 +142,28 @@ class Authenticator:
         return principal_for(row, tenant)
 
     def add(self, row: KeyRow) -> None:
+        self._changes += 1
         self._keys[row.id] = row
         self._principals[row.id] = self._principal(row)
         if secret := self._signing_secret(row):
             self._signing[row.id] = secret
 
     def remove(self, key_id: str) -> None:
+        self._changes += 1
         self._keys.pop(key_id, None)
         self._principals.pop(key_id, None)
         self._signing.pop(key_id, None)
 
     def set_tenant(self, tenant: TenantRow) -> None:
         """A tenant was created or changed here: its keys' principals follow at once."""
+        self._changes += 1
         self._tenants[tenant.id] = tenant
         for key_id, row in self._keys.items():
             if row.tenant_id == tenant.id:
                 self._principals[key_id] = self._principal(row)
 
     def drop_tenant(self, tenant_id: str) -> None:
+        self._changes += 1
         self._tenants.pop(tenant_id, None)
         for key_id in [k for k, r in self._keys.items() if r.tenant_id == tenant_id]:
             self.remove(key_id)
