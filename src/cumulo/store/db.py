@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cumulo.errors import ConfigError, Unavailable
+from cumulo.store.outage import OutageHooks
 from cumulo.store.schema import api_keys, tenants, usage
 from cumulo.store.sqlite_rows import RowWriter
 from cumulo.store.url import parse_url, safe_url
@@ -190,6 +191,8 @@ class Store:
                 f"database_url: cannot use {self.safe_url} ({exc}); "
                 "use sqlite:///path or postgresql://user@host:5432/db"
             ) from exc
+        # A lost database is `Unavailable` (503), whoever runs the statement (`outage`).
+        OutageHooks(self.safe_url).install(self.engine.sync_engine)
         # Usage rows, the one write made under load, skip the async adapter (`sqlite_rows`).
         self._rows: RowWriter | None = None
         if self.engine.dialect.name == "sqlite":
@@ -216,8 +219,9 @@ class Store:
         """A connection; Unavailable (naming the database, never its password) if none."""
         try:
             return await self.engine.connect()
-        except (OSError, TimeoutError, DBAPIError) as exc:
-            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        except (OSError, TimeoutError, DBAPIError, Unavailable) as exc:
+            reason = exc.__cause__ if isinstance(exc, Unavailable) else exc
+            reason = reason.orig if isinstance(reason, DBAPIError) else reason
             raise Unavailable(f"cannot connect to the database {self.safe_url}: {reason}") from exc
 
     async def migrate(self, revision: str = "head") -> None:
