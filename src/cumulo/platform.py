@@ -245,8 +245,16 @@ class Platform:
         except Exception:  # any failure means not ready; the reason is logged
             log.exception("store ping failed")
             store_ok = False
-        return {
+        checks = {
             "config": True,
             "store": store_ok,
             "models": self.catalog is not None and self.catalog.ready,
         }
+        if self.redis is not None:  # limits, budgets and cache invalidation live there
+            checks["redis"] = True
+            try:
+                await asyncio.wait_for(self.redis.ping(), 2.0)
+            except Exception as exc:  # noqa: BLE001 - not ready; logged without a traceback
+                log.warning("redis ping failed: %s: %s", type(exc).__name__, exc)
+                checks["redis"] = False
+        return checks

@@ -1,7 +1,7 @@
-"""The database going away under a running `cumulo serve`, as callers and operators see
-it: the admin API answers 503 with Retry-After (never a 500, never the driver's text)
-while the database is down. Outages are real: a TCP proxy between cumulo and the service
-is taken down (`support.proxy`).
+"""Redis and the database going away under a running `cumulo serve`, as callers and
+operators see it: readiness reports Redis, and the admin API answers 503 with Retry-After
+(never a 500, never the driver's text) while the database is down. Outages are real: a
+TCP proxy between cumulo and the service is taken down (`support.proxy`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy.engine import make_url
@@ -48,6 +49,28 @@ def start(config: dict[str, Any], workdir: Path) -> CumuloServer:
 def models(upstream: FakeOpenAIUpstream) -> list[dict[str, Any]]:
     return [{"name": "chat-priced",
              "deployments": [openai_deployment(upstream, "echo", price=PRICED)]}]
+
+
+def test_readiness_reports_redis_down_and_back(
+    upstream: FakeOpenAIUpstream, prefix: str, tmp_path: Path
+) -> None:
+    with TcpProxy(REDIS_PORT) as proxy:
+        server = start({"redis_url": f"redis://127.0.0.1:{proxy.port}/0", "redis_prefix": prefix,
+                        "models": models(upstream)}, tmp_path)
+        try:
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                ready = http.get("/health/ready")
+                assert (ready.status_code, ready.json()["checks"]["redis"]) == (200, True)
+                proxy.stop()
+                ready = http.get("/health/ready")
+                assert ready.status_code == 503
+                assert ready.json()["checks"] == {"config": True, "store": True, "models": True,
+                                                  "redis": False}
+                proxy.start()
+                assert wait_until(lambda: http.get("/health/ready").status_code == 200,
+                                  timeout=10)
+        finally:
+            server.stop()
 
 
 def test_admin_calls_answer_503_with_retry_after_while_the_database_is_down(
