@@ -77,7 +77,10 @@ class Platform:
         self.limiter = make_limiter(config.redis_url, prefix=prefix)
         self.alerts = AlertSink(self.store, on_alert=self._count_alert)
         self.budgets = make_budget_tracker(
-            config.redis_url, prefix=prefix, on_alert=lambda a: self.alerts.emit(budget_alert(a))
+            config.redis_url,
+            prefix=prefix,
+            on_alert=lambda a: self.alerts.emit(budget_alert(a)),
+            spend=self.store.spend_since,
         )
         self.invocations = InvocationLog(self.store, retention_days=self._retention_days)
         self.governance = Governance(

@@ -1,7 +1,8 @@
 """Redis and the database going away under a running `cumulo serve`, as callers and
-operators see it: readiness reports Redis, and the admin API answers 503 with Retry-After
-(never a 500, never the driver's text) while the database is down. Outages are real: a
-TCP proxy between cumulo and the service is taken down (`support.proxy`).
+operators see it: budgets stay closed when Redis loses its data, readiness reports Redis,
+and the admin API answers 503 with Retry-After (never a 500, never the driver's text)
+while the database is down. Outages are real: a TCP proxy between cumulo and the service
+is taken down (`support.proxy`), or Redis loses this test's keys (its own prefix only).
 """
 
 from __future__ import annotations
@@ -49,6 +50,41 @@ def start(config: dict[str, Any], workdir: Path) -> CumuloServer:
 def models(upstream: FakeOpenAIUpstream) -> list[dict[str, Any]]:
     return [{"name": "chat-priced",
              "deployments": [openai_deployment(upstream, "echo", price=PRICED)]}]
+
+
+def test_a_spent_budget_stays_closed_when_redis_loses_its_data(
+    upstream: FakeOpenAIUpstream, prefix: str, tmp_path: Path
+) -> None:
+    server = start({"redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0", "redis_prefix": prefix,
+                    "usage": {"flush_interval_s": 0.1}, "models": models(upstream)}, tmp_path)
+    try:
+        with server.admin() as admin:
+            tenant = admin.post("/admin/tenants", json={
+                "name": "acme", "budget": {"usd": 20, "period": "day"}}).json()
+            key = admin.post("/admin/keys", json={"name": "app", "tenant_id": tenant["id"]}).json()
+        headers = {"Authorization": f"Bearer {key['key']}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+
+            def chat() -> int:
+                return http.post("/v1/chat/completions",
+                                 json={"model": "chat-priced", "messages": HELLO}).status_code
+
+            assert wait_until(lambda: chat() == 429, timeout=20)  # spent: refused
+            counter = redis.Redis(port=REDIS_PORT)
+            pattern = f"{prefix}:budget:tenant:{tenant['id']}:d*"
+
+            def stored() -> bool:  # the spend is in Redis (synced every 0.5 s)
+                return any(not k.endswith(b":alerted") for k in counter.scan_iter(pattern))
+
+            assert wait_until(stored, timeout=5)
+            wipe(prefix)
+            # The gateway notices within a sync or two and puts the spend back.
+            wait_until(stored, timeout=5)
+            counter.close()
+            assert [chat() for _ in range(10)] == [429] * 10
+    finally:
+        server.stop()
+    assert "re-seeded from the usage table" in server.output()
 
 
 def test_readiness_reports_redis_down_and_back(

@@ -496,16 +496,29 @@ class Store:
                 out[group] = [dict(r) for r in rows]
         return out
 
-    async def spend_since(self, since: float) -> dict[tuple[str, str], float]:
-        """Cost in USD since `since`, per ("tenant", id) and per ("key", id): seeds budgets."""
+    async def spend_since(
+        self,
+        since: float,
+        scopes: Sequence[tuple[str, str]] | None = None,
+        until: float | None = None,
+    ) -> dict[tuple[str, str], float]:
+        """Cost in USD since `since` (before `until`, if given), per ("tenant", id) and per
+        ("key", id) (only `scopes`, if given): seeds budgets."""
         out: dict[tuple[str, str], float] = {}
         async with self.engine.connect() as conn:
             for scope, column in (("tenant", usage.c.tenant_id), ("key", usage.c.key_id)):
+                ids = None if scopes is None else [i for kind, i in scopes if kind == scope]
+                if ids == []:
+                    continue
                 q = (
                     select(column, func.sum(usage.c.cost_usd))
                     .where(usage.c.ts >= since, column.is_not(None))
                     .group_by(column)
                 )
+                if ids is not None:
+                    q = q.where(column.in_(ids))
+                if until is not None:
+                    q = q.where(usage.c.ts < until)
                 for ident, total in (await conn.execute(q)).all():
                     out[(scope, ident)] = float(total or 0.0)
         return out
