@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,15 +153,23 @@ class Platform:
             self._loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loading
-        await self.usage.close()
-        await self.ledger.close()
-        await self.limiter.close()
-        await self.budgets.close()
-        await self.alerts.close()
-        await self.invocations.close()
+        # Each writer flushes even if another failed (the store is down): logged, never silent.
+        closing: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("usage records", self.usage.close),
+            ("the audit ledger", self.ledger.close),
+            ("limits", self.limiter.close),
+            ("budget spend", self.budgets.close),
+            ("alerts", self.alerts.close),
+            ("invocation logs", self.invocations.close),
+        ]
         if self.invalidator is not None:
-            await self.invalidator.close()
-        await self.auth.close()
+            closing.append(("cache invalidation", self.invalidator.close))
+        closing.append(("key last-used times", self.auth.close))
+        for what, close in closing:
+            try:
+                await close()
+            except Exception:
+                log.exception("shutdown: writing %s failed; what was queued is lost", what)
         if self.router is not None:
             await self.router.deadlines.close()
         if self.catalog:
