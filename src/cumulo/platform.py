@@ -33,10 +33,11 @@ from cumulo.governance.guarding import Guarding
 from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
 from cumulo.governance.invalidation import Invalidator
 from cumulo.governance.invocations import InvocationLog
+from cumulo.governance.journal import UsageJournal, fingerprint
 from cumulo.governance.ledger import Ledger
 from cumulo.governance.limits import make_limiter
 from cumulo.governance.masterkey import MasterKey
-from cumulo.governance.usage import UsageRecorder
+from cumulo.governance.usage import USAGE_COLUMNS, UsageRecorder
 from cumulo.observability.metrics import Metrics
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.registry import ProviderRegistry
@@ -63,7 +64,11 @@ class Platform:
         self.auth = Authenticator(
             self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"), master_key=self.master_key
         )
-        self.usage = UsageRecorder(self.store, config.usage)
+        journal = None
+        if config.usage.journal:
+            where = fingerprint(self.store.safe_url)
+            journal = UsageJournal(self.home / "journal", USAGE_COLUMNS, where)
+        self.usage = UsageRecorder(self.store, config.usage, journal)
         self.ledger = Ledger(self.store, self.master_key)  # the audit ledger
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.registry = ProviderRegistry()
@@ -123,6 +128,7 @@ class Platform:
         if self.invalidator is not None:
             await self.invalidator.start()
         self.usage.start()
+        await self.usage.recover()  # what processes that died left in their journals
         self.ledger.start()
         await self._seed_budgets()
         self.limiter.start()

@@ -11,7 +11,7 @@ Every operation works on SQLite (the default, one file) and on PostgreSQL
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cumulo.errors import ConfigError, Unavailable
+from cumulo.store.checkpoints import checkpoint_statements
 from cumulo.store.outage import OutageHooks
 from cumulo.store.schema import api_keys, tenants, usage
 from cumulo.store.sqlite_rows import RowWriter
@@ -448,20 +449,28 @@ class Store:
             await self.insert_usage_values(columns, [tuple(r[c] for c in columns) for r in rows])
 
     async def insert_usage_values(
-        self, columns: tuple[str, ...], values: Sequence[tuple[Any, ...]]
+        self,
+        columns: tuple[str, ...],
+        values: Sequence[tuple[Any, ...]],
+        checkpoints: Mapping[str, int] | None = None,
     ) -> None:
-        """Usage rows as tuples of `columns` (what the usage recorder writes)."""
+        """Usage rows as tuples of `columns` (what the usage recorder writes), and with them,
+        in the same transaction, the usage journals' checkpoints (journal id -> its last
+        record among these rows; `cumulo.store.checkpoints`)."""
         if not values:
             return
         unknown = set(columns) - set(usage.c.keys())
         if unknown:
             raise ValueError(f"unknown usage columns: {sorted(unknown)}")
         values = fit_values(usage, columns, values)
+        also = checkpoint_statements(checkpoints or {})
         if self._rows is not None:
-            await self._rows.insert(usage.name, columns, values)
+            await self._rows.insert(usage.name, columns, values, also)
             return
         async with self.engine.begin() as conn:
             await conn.execute(insert(usage), [dict(zip(columns, v, strict=True)) for v in values])
+            for sql, params in also:
+                await conn.execute(text(sql), params)
 
     async def usage_summary(
         self, since: float | None = None, tenant_id: str | None = None
