@@ -271,3 +271,26 @@ def test_a_journal_of_another_database_is_left_alone(
         assert len(journal_files(directory)) == 1  # kept, for whoever owns that database
 
     run(f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}", scenario)
+
+
+def test_journals_that_cannot_be_written_at_start_are_retried_in_the_background(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "journal"
+
+    async def scenario(store: Store) -> None:
+        dead = recorder(store, directory)
+        for i in range(3):
+            dead.record(record(f"m{i}"))
+        die(dead)
+
+        rec = recorder(store, directory)
+        assert await rec.recover() == 0  # the schema is missing: start goes on regardless
+        assert "retried in the background" in caplog.text
+        await store.migrate()
+        await rec.housekeeping()  # the background writer's next tick
+        assert await models(store) == ["m0", "m1", "m2"]
+        await rec.close()
+        assert journal_files(directory) == []
+
+    run(f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}", scenario, migrate=False)

@@ -118,7 +118,15 @@ class UsageRecorder(BatchWriter[UsageRecord]):
             return 0
         self._unread.extend(self.journal.orphans())
         before = self.recovered
-        await self._write_unread()
+        try:
+            await self._write_unread()
+        except Exception:  # serving comes first: the background writer retries them
+            log.exception(
+                "writing usage journals left by stopped processes failed; %d stay in %s and "
+                "are retried in the background",
+                len(self._unread),
+                self.journal.directory,
+            )
         return self.recovered - before
 
     async def _write(self, batch: list[UsageRecord]) -> None:
