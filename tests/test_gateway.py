@@ -13,6 +13,7 @@ from cumulo.errors import NotFound, UpstreamError
 from cumulo.gateway import Gateway
 from cumulo.governance.auth import Principal
 from cumulo.governance.usage import UsageRecord, UsageRecorder
+from cumulo.metering import BlockedStream
 from cumulo.observability.metrics import Metrics
 from cumulo.routing.router import Router
 from cumulo.types import StreamEnd, TextDelta
@@ -167,5 +168,26 @@ def test_a_deferred_request_is_accounted_when_its_deferred_work_runs() -> None:
         assert router.routes["m"].deployments[0].in_flight == 0
         assert sample(metrics, "cumulo_requests_total", model="m", deployment="scripted:a",
                       status="200") == 1
+
+    run_with_router(models({"name": "m", "deployments": [scripted("a")]}), main)
+
+
+def test_a_stream_is_recorded_before_its_last_event_is_handed_on() -> None:
+    """The usage record (and its journal line) precede the stream's end: a front door
+    sending the last event sends it after the record exists, so a crash cannot lose the
+    record of a stream the client saw end."""
+    async def main(router: Router) -> None:
+        gw, records, _ = gateway(router)
+        stream = await gw.stream(WHO, chat_request(), "chat.completions")
+        assert not isinstance(stream, BlockedStream)
+        events = stream.events()
+        assert isinstance(await anext(events), TextDelta)
+        assert records == []
+        assert isinstance(await anext(events), StreamEnd)
+        [rec] = records  # before the front door could send it
+        assert (rec.status, rec.stream) == (200, True)
+        with pytest.raises(StopAsyncIteration):
+            await anext(events)
+        assert len(records) == 1
 
     run_with_router(models({"name": "m", "deployments": [scripted("a")]}), main)
