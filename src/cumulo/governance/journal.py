@@ -2,9 +2,13 @@
 
 Each process appends every usage record it queues to a journal file of its own, under
 `CUMULO_HOME/journal`: one line of JSON, `[seq, value, ...]`, with `seq` counting 1, 2,
-3 ... within the file, handed to the OS by one `write(2)` as the record is queued. There
-is no fsync: what the OS holds survives the process being killed (SIGKILL, OOM killer, a
-crash); only a power cut or a kernel crash can lose the last few seconds of records.
+3 ... within the file. The file is a segment of `segment_bytes`, its disk space reserved
+when it is made (`posix_fallocate`) and mapped shared into memory, so appending a record is
+a copy into the OS's page cache for that file: no system call, no waiting on a disk, and
+nothing that can fail for want of space. There is no fsync: what the page cache holds
+survives the process being killed (SIGKILL, the OOM killer, a crash); only a power cut or a
+kernel crash can lose the last few seconds of records. The rest of a segment reads as NUL
+bytes: reading stops there (a line a crash cut short before it is skipped).
 
 The usage writer stores a batch's rows and, in the same transaction, the `seq` of the
 batch's last record of each journal (its checkpoint, `cumulo.store.checkpoints`). So the
@@ -13,10 +17,11 @@ them later adds each record once, however often a process died on the way.
 
 Files are `usage-<id>.journal`, `id` unique per file (time, process id, random), and start
 with a header line naming their columns and the database they are for (a fingerprint of
-its URL: a journal is only ever written to its own database). The process writing a file holds an exclusive
-`flock` on it; a file no process holds was left by one that died, and the next process to
-start writes what it lacks (`orphans`). A file is deleted once all its records are stored:
-the writing process starts a new one past `rotate_bytes`, and deletes the old one once its
+its URL: a journal is only ever written to its own database). The process writing a file
+holds an exclusive `flock` on it; a file no process holds was left by one that died, and the
+next process to start writes what it lacks (`orphans`). A file is deleted once all its
+records are stored: the writing process starts a new segment once the current one is three
+quarters full (`rotate`, off the request path) or full, and deletes the old one once its
 records are stored.
 """
 
@@ -26,6 +31,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import time
@@ -39,8 +45,9 @@ import orjson
 log = logging.getLogger(__name__)
 
 FORMAT = "cumulo-usage-journal/1"
-ROTATE_BYTES = 64 * 1024 * 1024  # about 350,000 records
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+SEGMENT_BYTES = 16 * 1024 * 1024  # about 90,000 records
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_LINE = orjson.OPT_APPEND_NEWLINE
 
 
 def fingerprint(database_url: str) -> str:
@@ -57,8 +64,10 @@ class JournalFile:
     fd: int
     columns: tuple[str, ...]
     seq: int = 0  # the last record appended
-    size: int = 0  # bytes
+    size: int = 0  # bytes used
     stored: int = 0  # the last record this process stored (its checkpoint, as far as it knows)
+    map: mmap.mmap | None = None  # the segment, while this process appends to it
+    capacity: int = 0  # the segment's bytes
 
     @property
     def done(self) -> bool:
@@ -74,12 +83,12 @@ class UsageJournal:
         directory: Path,
         columns: tuple[str, ...],
         database: str = "",
-        rotate_bytes: int = ROTATE_BYTES,
+        segment_bytes: int = SEGMENT_BYTES,
     ) -> None:
         self.directory = directory
         self.columns = columns
         self.database = database  # `fingerprint` of the database's URL
-        self.rotate_bytes = rotate_bytes
+        self.segment_bytes = segment_bytes
         self.current: JournalFile | None = None  # None: not open, or writing failed
         self.sealed: list[JournalFile] = []  # written no more, deleted once their records are
         self._failed_at = 0.0
@@ -98,54 +107,69 @@ class UsageJournal:
         fd = os.open(temporary, _OPEN_FLAGS, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            header = {
-                "format": FORMAT,
-                "id": id,
-                "database": self.database,
-                "columns": self.columns,
-            }
-            os.write(fd, orjson.dumps(header) + b"\n")
-            size = os.fstat(fd).st_size
+            header = {"format": FORMAT, "id": id, "database": self.database}
+            line = orjson.dumps({**header, "columns": self.columns}, option=_LINE)
+            size = max(self.segment_bytes, len(line))
+            os.posix_fallocate(fd, 0, size)  # no space: OSError now, never SIGBUS later
+            os.pwrite(fd, line, 0)
+            segment = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             os.rename(temporary, path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        return JournalFile(id, path, fd, self.columns, size=size)
+        return JournalFile(id, path, fd, self.columns, size=len(line), map=segment, capacity=size)
 
     def append(self, values: tuple[Any, ...]) -> tuple[JournalFile, int] | None:
-        """Write one record to the OS; its (file, seq), or None if it could not be written
-        (logged; the record is then only in memory, as without a journal)."""
+        """Put one record in the OS's page cache; its (file, seq), or None if there is no
+        journal to put it in (logged; the record is then only in memory, as without one)."""
         file = self.current
         if file is None:
             return None
         seq = file.seq + 1
-        line = orjson.dumps((seq, *values)) + b"\n"
-        try:
-            written = os.write(file.fd, line)
-        except OSError as exc:
-            self._failed(exc)
-            return None
-        file.size += written
-        if written != len(line):  # a full disk cut the line: the file takes no more
-            self._failed(OSError(f"wrote {written} of {len(line)} bytes"))
-            return None
+        line = orjson.dumps((seq, *values), option=_LINE)
+        end = file.size + len(line)
+        if end > file.capacity:  # full: `rotate` was not called in time (or a huge record)
+            try:
+                self.rotate()
+            except OSError as exc:
+                self._failed(exc)
+                return None
+            return self.append(values)
+        assert file.map is not None
+        file.map[file.size : end] = line
+        file.size = end
         file.seq = seq
         return file, seq
 
+    @property
+    def filling(self) -> bool:
+        """The current segment is three quarters full: time to `rotate`."""
+        file = self.current
+        return file is not None and file.size * 4 >= file.capacity * 3
+
     def _failed(self, exc: OSError) -> None:
-        """Stop writing to the current file (kept until its records are stored)."""
+        """No new segment could be made: records stay in memory until `reopen`."""
         log.error(
-            "cannot write the usage journal in %s (%s): usage records are kept in memory "
+            "cannot make a usage journal file in %s (%s): usage records are kept in memory "
             "only until the journal works again",
             self.directory,
             exc,
         )
         if self.current is not None:
+            self._seal(self.current)
             self.sealed.append(self.current)
         self.current = None
         self._failed_at = time.monotonic()
+
+    def _seal(self, file: JournalFile) -> None:
+        """No more appends: unmap it and give back the space it did not use."""
+        if file.map is not None:
+            file.map.close()
+            file.map = None
+            with contextlib.suppress(OSError):
+                os.ftruncate(file.fd, file.size)
 
     def reopen(self, retry_s: float = 10.0) -> bool:
         """After a failure, try a new file (at most every `retry_s`); True if one is open."""
@@ -167,6 +191,7 @@ class UsageJournal:
         OSError if no new one could be made (the current one stays)."""
         new = self._create()
         if self.current is not None:
+            self._seal(self.current)
             self.sealed.append(self.current)
         self.current = new
 
@@ -228,13 +253,19 @@ class UsageJournal:
         self, file: JournalFile, columns: tuple[str, ...]
     ) -> Iterator[tuple[int, tuple[Any, ...]]]:
         """The records of `file` in order, as (seq, values of `columns`, a subset of the
-        file's). A line a crash cut short or garbled is skipped, and logged."""
+        file's), up to the segment's unused rest (NUL bytes). A line a crash cut short or
+        garbled is skipped, and logged."""
         index = [file.columns.index(c) + 1 for c in columns]
         width = len(file.columns) + 1
         with file.path.open("rb") as f:
             f.readline()  # the header
             for number, line in enumerate(f, start=2):
+                if line.startswith(b"\0"):
+                    return  # the segment's unused rest
                 try:
+                    line = line.rstrip(b"\0")  # a line cut short, then the unused rest
+                    if not line.endswith(b"\n"):
+                        raise ValueError("cut short")
                     record = orjson.loads(line)
                     if not (isinstance(record, list) and len(record) == width):
                         raise ValueError(f"{len(record)} fields, not {width}")
@@ -254,6 +285,7 @@ class UsageJournal:
 
     def release(self, file: JournalFile) -> None:
         """Let go of a file, keeping it (what it holds is written at the next start)."""
+        self._seal(file)
         if file.fd >= 0:
             os.close(file.fd)
             file.fd = -1

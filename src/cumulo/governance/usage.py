@@ -141,16 +141,15 @@ class UsageRecorder(BatchWriter[UsageRecord]):
             file.stored = seq
 
     async def housekeeping(self) -> None:
-        """After each write: a new journal file past its size (or after a failure), delete
-        those whose records are all stored, write journals left on disk only."""
+        """After each write: a new journal segment once the current one fills up (or after a
+        failure), delete those whose records are all stored, write journals on disk only."""
         journal = self.journal
         if journal is None:
             return
-        current = journal.current
-        if current is None:
+        if journal.current is None:
             journal.reopen()
-        elif current.size >= journal.rotate_bytes:
-            journal.rotate()
+        elif journal.filling:
+            journal.rotate()  # here rather than in the request that would find it full
         for file in [f for f in journal.sealed if f.done]:
             await self._retire(file)
         await self._write_unread()
