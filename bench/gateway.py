@@ -304,7 +304,9 @@ def start_servers(procs: Procs, tmp: Path, pin: bool, floor: bool,
     if floor_proc is not None:
         wait_until(procs, "floor proxy",
                    lambda: http("POST", f"http://{HOST}:{floor_port}{PATH}", b"{}")[0] == 200)
-    cumulo, source = start_cumulo(procs, "cumulo", tmp, upstream, pin)
+    # With a baseline, both trees are started the same way (sources on PYTHONPATH).
+    here = HERE.parent if baseline is not None else None
+    cumulo, source = start_cumulo(procs, "cumulo", tmp, upstream, pin, here)
     print(f"cumulo: {source}", flush=True)
     base = None
     if baseline is not None:
@@ -375,13 +377,29 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
                   " least possible client)")
     if {"cumulo", "base"} <= rows.keys():
         c, base = rows["cumulo"], rows["base"]
+        [tc] = [t for t in targets if t.name == "cumulo"]
+        [tb] = [t for t in targets if t.name == "base"]
+        pairs = list(zip(tc.throughput, tb.throughput, strict=True))
+        # Each slice's pair ran back to back: the median of their ratios shrugs off the slices
+        # that other work on the machine slowed.
+        rps = statistics.median(a.rps / b.rps for a, b in pairs)
+        cpu = [b.cpu_us_per_req / a.cpu_us_per_req for a, b in pairs
+               if a.cpu_us_per_req and b.cpu_us_per_req]
         print()
-        print(f"cumulo/base   req/s   {c.rps / base.rps:.3f}   (this tree against --baseline)")
+        print(f"cumulo/base   req/s   {c.rps / base.rps:.3f}   (this tree against --baseline;"
+              f" median of the slices' ratios {rps:.3f})")
         if base.cpu_us and c.cpu_us:
-            print(f"base/cumulo   CPU/req {base.cpu_us / c.cpu_us:.3f}")
+            median = f" (median of the slices' ratios {statistics.median(cpu):.3f})" if cpu else ""
+            print(f"base/cumulo   CPU/req {base.cpu_us / c.cpu_us:.3f}{median}")
         print(f"cumulo - base   p50   {c.p50 - base.p50:+.3f} ms")
     if any(r.failed for r in rows.values()):
         print("\nWARNING: some requests failed (socket errors or non-2xx); figures are suspect.")
+
+
+def in_turn(targets: list[Target], i: int, baseline: Path | None) -> list[Target]:
+    """The order of slice `i`: with --baseline, reversed every other slice, so that neither
+    tree is always measured right after the other."""
+    return targets[::-1] if baseline is not None and i % 2 else targets
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -442,14 +460,14 @@ def main() -> int:
             names = " ".join(t.name for t in targets_run)
             print(f"throughput: {args.connections} conns, {args.slices} x [{names}], "
                   f"{round(args.duration / args.slices)}s each", flush=True)
-            for _ in range(args.slices):
-                for t in targets_run:
+            for i in range(args.slices):
+                for t in in_turn(targets_run, i, args.baseline):
                     t.throughput.append(wrk(t, tmp, connections=args.connections, threads=threads,
                                             seconds=args.duration / args.slices, cpus=load_cpus))
             print(f"latency: 1 conn, {args.slices} x [{names}], "
                   f"{round(args.latency_duration / args.slices)}s each", flush=True)
-            for _ in range(args.slices):
-                for t in targets_run:
+            for i in range(args.slices):
+                for t in in_turn(targets_run, i, args.baseline):
                     t.latency.append(wrk(t, tmp, connections=1, threads=1,
                                          seconds=args.latency_duration / args.slices,
                                          cpus=load_cpus))
