@@ -8,6 +8,8 @@ Starts three servers on 127.0.0.1 and drives each with `wrk`:
           a caller key (auth and usage recording are always on)
   floor   (with --floor) bench/floor_proxy.py: the bare proxy with the least possible
           upstream client, a reference for what the machine itself adds to a proxy hop
+  base    (with --baseline TREE) the same cumulo, run from another source tree (an older
+          commit checked out elsewhere), to measure a change against what it changes
 
 Each gets a short warm-up; then requests/s at N connections and p50/p99 latency at one
 connection are measured in slices that interleave the three, so that a change in the
@@ -15,7 +17,7 @@ machine's other load affects all alike. Prints a table (with the CPU time per re
 server under test) and the ratios cumulo/bare (req/s, CPU) and cumulo - direct (p50).
 
     python bench/gateway.py [--duration 10] [--connections 32] [--slices 5] [--pin split|none]
-                            [--floor]
+                            [--floor] [--baseline TREE]
 """
 
 from __future__ import annotations
@@ -233,9 +235,57 @@ def wrk(target: Target, tmp: Path, *, connections: int, threads: int, seconds: f
 # -- main ------------------------------------------------------------------------------
 
 
-def start_servers(procs: Procs, tmp: Path, pin: bool, floor: bool) -> list[Target]:
+def source_of(env: dict[str, str]) -> str:
+    """The directory the `cumulo` package is imported from, with `env`."""
+    out = subprocess.run([sys.executable, "-c", "import cumulo; print(cumulo.__file__)"],
+                         env=env, capture_output=True, text=True, check=True, cwd="/")
+    return str(Path(out.stdout.strip()).parent)
+
+
+def start_cumulo(procs: Procs, name: str, tmp: Path, upstream: str, pin: bool,
+                 tree: Path | None = None) -> tuple[Target, str]:
+    """`cumulo serve` on a free port (from `tree`'s sources if given) and a caller key; the
+    target, unchecked, and where its package comes from."""
     py = sys.executable
-    up_port, bare_port, cu_port, floor_port = free_port(), free_port(), free_port(), free_port()
+    port = free_port()
+    home = tmp / f"{name}-home"
+    config = tmp / f"{name}.yaml"
+    config.write_text(
+        "models:\n"
+        "  - name: bench-model\n"
+        "    deployments:\n"
+        "      - provider: openai\n"
+        "        model: gpt-bench\n"
+        f"        base_url: {upstream}/v1\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
+    env.update(CUMULO_HOME=str(home), CUMULO_ADMIN_KEY=ADMIN_KEY)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree / "src")
+        argv = [py, "-c", "from cumulo.cli import main; main()"]
+    else:
+        cumulo = shutil.which("cumulo", path=str(Path(py).parent)) or shutil.which("cumulo")
+        argv = [cumulo] if cumulo else [py, "-c", "from cumulo.cli import main; main()"]
+    source = source_of(env)
+    proc = procs.start(
+        name,
+        [*argv, "serve", "--config", str(config), "--port", str(port), "--workers", "1",
+         "--log-level", "warning"],
+        env=env, cpus=CORE_PROXY if pin else None,
+    )
+    url = f"http://{HOST}:{port}"
+    wait_until(procs, name, lambda: http("GET", url + "/health/ready")[0] == 200)
+    status, raw = http("POST", url + "/admin/keys", json.dumps({"name": "bench"}).encode(), ADMIN_KEY)
+    if status != 201:
+        raise RuntimeError(f"{name}: creating a caller key answered {status}: {raw[:300]!r}")
+    # taskset execs its command, so the pid is the server's own.
+    return Target(name, url + PATH, json.loads(raw)["key"], pid=proc.pid), source
+
+
+def start_servers(procs: Procs, tmp: Path, pin: bool, floor: bool,
+                  baseline: Path | None = None) -> list[Target]:
+    py = sys.executable
+    up_port, bare_port, floor_port = free_port(), free_port(), free_port()
     upstream = f"http://{HOST}:{up_port}"
     # The upstream shares the load generator's core; in the direct case that is fair too,
     # because the upstream then replaces the proxy as the one server doing work.
@@ -248,46 +298,31 @@ def start_servers(procs: Procs, tmp: Path, pin: bool, floor: bool) -> list[Targe
         cpus=CORE_PROXY if pin else None,
     ) if floor else None
 
-    home = tmp / "cumulo-home"
-    config = tmp / "cumulo.yaml"
-    config.write_text(
-        "models:\n"
-        "  - name: bench-model\n"
-        "    deployments:\n"
-        "      - provider: openai\n"
-        "        model: gpt-bench\n"
-        f"        base_url: {upstream}/v1\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
-    env.update(CUMULO_HOME=str(home), CUMULO_ADMIN_KEY=ADMIN_KEY)
-    cumulo = shutil.which("cumulo", path=str(Path(py).parent)) or shutil.which("cumulo")
-    argv = [cumulo] if cumulo else [py, "-c", "from cumulo.cli import main; main()"]
-    cumulo_proc = procs.start(
-        "cumulo",
-        [*argv, "serve", "--config", str(config), "--port", str(cu_port), "--workers", "1",
-         "--log-level", "warning"],
-        env=env, cpus=CORE_PROXY if pin else None,
-    )
-
     wait_until(procs, "upstream", lambda: http("POST", upstream + PATH, b"{}")[0] == 200)
     wait_until(procs, "bare proxy",
                lambda: http("POST", f"http://{HOST}:{bare_port}{PATH}", b"{}")[0] == 200)
     if floor_proc is not None:
         wait_until(procs, "floor proxy",
                    lambda: http("POST", f"http://{HOST}:{floor_port}{PATH}", b"{}")[0] == 200)
-    cu = f"http://{HOST}:{cu_port}"
-    wait_until(procs, "cumulo", lambda: http("GET", cu + "/health/ready")[0] == 200)
-    status, raw = http("POST", cu + "/admin/keys", json.dumps({"name": "bench"}).encode(), ADMIN_KEY)
-    if status != 201:
-        raise RuntimeError(f"cumulo: creating a caller key answered {status}: {raw[:300]!r}")
-    token = json.loads(raw)["key"]
+    # With a baseline, both trees are started the same way (sources on PYTHONPATH).
+    here = HERE.parent if baseline is not None else None
+    cumulo, source = start_cumulo(procs, "cumulo", tmp, upstream, pin, here)
+    print(f"cumulo: {source}", flush=True)
+    base = None
+    if baseline is not None:
+        base, base_source = start_cumulo(procs, "base", tmp, upstream, pin, baseline)
+        print(f"base:   {base_source}", flush=True)
+        if base_source == source:
+            raise RuntimeError(f"--baseline {baseline} runs the same sources as cumulo")
 
     targets = [
         # taskset execs its command, so each pid is the server's own.
         Target("direct", upstream + PATH, pid=up.pid),
         Target("bare", f"http://{HOST}:{bare_port}{PATH}", pid=bare.pid),
-        Target("cumulo", cu + PATH, token, pid=cumulo_proc.pid),
+        cumulo,
     ]
+    if base is not None:
+        targets.append(base)
     if floor_proc is not None:
         targets.insert(2, Target("floor", f"http://{HOST}:{floor_port}{PATH}", pid=floor_proc.pid))
     for t in targets:
@@ -340,8 +375,31 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         if "floor" in rows:
             print(f"floor - direct  p50   {rows['floor'].p50 - d.p50:+.3f} ms   (no gateway work,"
                   " least possible client)")
+    if {"cumulo", "base"} <= rows.keys():
+        c, base = rows["cumulo"], rows["base"]
+        [tc] = [t for t in targets if t.name == "cumulo"]
+        [tb] = [t for t in targets if t.name == "base"]
+        pairs = list(zip(tc.throughput, tb.throughput, strict=True))
+        # Each slice's pair ran back to back: the median of their ratios shrugs off the slices
+        # that other work on the machine slowed.
+        rps = statistics.median(a.rps / b.rps for a, b in pairs)
+        cpu = [b.cpu_us_per_req / a.cpu_us_per_req for a, b in pairs
+               if a.cpu_us_per_req and b.cpu_us_per_req]
+        print()
+        print(f"cumulo/base   req/s   {c.rps / base.rps:.3f}   (this tree against --baseline;"
+              f" median of the slices' ratios {rps:.3f})")
+        if base.cpu_us and c.cpu_us:
+            median = f" (median of the slices' ratios {statistics.median(cpu):.3f})" if cpu else ""
+            print(f"base/cumulo   CPU/req {base.cpu_us / c.cpu_us:.3f}{median}")
+        print(f"cumulo - base   p50   {c.p50 - base.p50:+.3f} ms")
     if any(r.failed for r in rows.values()):
         print("\nWARNING: some requests failed (socket errors or non-2xx); figures are suspect.")
+
+
+def in_turn(targets: list[Target], i: int, baseline: Path | None) -> list[Target]:
+    """The order of slice `i`: with --baseline, reversed every other slice, so that neither
+    tree is always measured right after the other."""
+    return targets[::-1] if baseline is not None and i % 2 else targets
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -362,7 +420,10 @@ def main() -> int:
                              "none: let the OS schedule")
     parser.add_argument("--floor", action="store_true",
                         help="also measure bench/floor_proxy.py (the latency floor of a proxy hop)")
-    parser.add_argument("--only", nargs="+", choices=("direct", "bare", "floor", "cumulo"),
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="also measure cumulo from TREE/src (e.g. an older commit checked "
+                             "out with `git archive`), interleaved with this tree's")
+    parser.add_argument("--only", nargs="+", choices=("direct", "bare", "floor", "cumulo", "base"),
                         help="measure only these (every server still starts)")
     args = parser.parse_args()
     if args.slices < 1 or min(args.duration, args.latency_duration) / args.slices < 1:
@@ -389,7 +450,7 @@ def main() -> int:
         procs = Procs(tmp)
         try:
             print("starting upstream, bare proxy and cumulo ...", flush=True)
-            targets = start_servers(procs, tmp, pin, args.floor)
+            targets = start_servers(procs, tmp, pin, args.floor, args.baseline)
             targets_run = [t for t in targets if t.name in args.only] if args.only else targets
             for t in targets_run:
                 print(f"{t.name}: warm-up {args.warmup:g}s", flush=True)
@@ -399,14 +460,14 @@ def main() -> int:
             names = " ".join(t.name for t in targets_run)
             print(f"throughput: {args.connections} conns, {args.slices} x [{names}], "
                   f"{round(args.duration / args.slices)}s each", flush=True)
-            for _ in range(args.slices):
-                for t in targets_run:
+            for i in range(args.slices):
+                for t in in_turn(targets_run, i, args.baseline):
                     t.throughput.append(wrk(t, tmp, connections=args.connections, threads=threads,
                                             seconds=args.duration / args.slices, cpus=load_cpus))
             print(f"latency: 1 conn, {args.slices} x [{names}], "
                   f"{round(args.latency_duration / args.slices)}s each", flush=True)
-            for _ in range(args.slices):
-                for t in targets_run:
+            for i in range(args.slices):
+                for t in in_turn(targets_run, i, args.baseline):
                     t.latency.append(wrk(t, tmp, connections=1, threads=1,
                                          seconds=args.latency_duration / args.slices,
                                          cpus=load_cpus))

@@ -13,6 +13,7 @@ from cumulo.errors import NotFound, UpstreamError
 from cumulo.gateway import Gateway
 from cumulo.governance.auth import Principal
 from cumulo.governance.usage import UsageRecord, UsageRecorder
+from cumulo.metering import BlockedStream
 from cumulo.observability.metrics import Metrics
 from cumulo.routing.router import Router
 from cumulo.types import StreamEnd, TextDelta
@@ -194,3 +195,24 @@ def test_a_models_default_max_tokens_applies_when_the_request_gives_none() -> No
         {"name": "fb", "default_max_tokens": 30, "deployments": [scripted("b")]},
         {"name": "plain", "deployments": [scripted("c")]},
     ), main)
+
+
+def test_a_stream_is_recorded_before_its_last_event_is_handed_on() -> None:
+    """The usage record (and its journal line) precede the stream's end: a front door
+    sending the last event sends it after the record exists, so a crash cannot lose the
+    record of a stream the client saw end."""
+    async def main(router: Router) -> None:
+        gw, records, _ = gateway(router)
+        stream = await gw.stream(WHO, chat_request(), "chat.completions")
+        assert not isinstance(stream, BlockedStream)
+        events = stream.events()
+        assert isinstance(await anext(events), TextDelta)
+        assert records == []
+        assert isinstance(await anext(events), StreamEnd)
+        [rec] = records  # before the front door could send it
+        assert (rec.status, rec.stream) == (200, True)
+        with pytest.raises(StopAsyncIteration):
+            await anext(events)
+        assert len(records) == 1
+
+    run_with_router(models({"name": "m", "deployments": [scripted("a")]}), main)

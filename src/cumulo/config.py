@@ -277,6 +277,11 @@ class UsageConfig(_Strict):
         "for 500 records as for 5000 (bench/gateway.py), so under load fewer, larger ones.",
     )
     max_queue: int = Field(200_000, gt=0)
+    journal: bool = Field(
+        True,
+        description="Append each record to a journal file under CUMULO_HOME/journal before its "
+        "response completes, so a killed process or a database outage loses none.",
+    )
 
 
 class LedgerConfig(_Strict):

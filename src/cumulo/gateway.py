@@ -47,7 +47,7 @@ from cumulo.types import (
 )
 
 T = TypeVar("T")
-# Takes a request's accounting to run once its response is sent (`Gateway.chat`).
+# Takes a request's accounting to run with its response, just before it is sent (`Gateway.chat`).
 Defer = Callable[[Callable[[], None]], None]
 
 
@@ -260,7 +260,7 @@ class Gateway:
         defer: Defer | None = None,
     ) -> tuple[ChatResponse, CallInfo]:
         """The response; its accounting (deployment health, usage, limits, metrics) is
-        done before returning, or handed to `defer` to run once the response is sent."""
+        done before returning, or handed to `defer` to run just before the response is sent."""
         started = time.perf_counter()
         guards, req, verdict = self._guard_input(who, req)
         if verdict is not None and verdict.blocked:

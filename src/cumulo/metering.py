@@ -98,7 +98,9 @@ async def aclose_stream(stream: ChatStream) -> None:
 class MeteredStream:
     """Iterates a provider stream and records its usage once, however it ends.
 
-    Ends normally (200), with an upstream error (its status, re-raised to the
+    Ends normally (200, recorded as the last event arrives, before the front door
+    sends it: the usage record is in the usage journal before the stream's end
+    reaches the client), with an upstream error (its status, re-raised to the
     front door to render as an error event), or because the client went away
     (499; the upstream stream is closed so its connection or slot is freed).
     A stream the front door never iterates (the client left before the
@@ -157,11 +159,13 @@ class MeteredStream:
             async for event in source:
                 if isinstance(event, TextDelta) and meter.text is not None:
                     meter.text.append(event.text)
-                yield event
                 if isinstance(event, StreamEnd):
                     status, error, usage, ok = 200, None, event.usage, True
                     meter.queue_ms = event.queue_ms
+                    meter.settle(ok, status, error, usage)
+                    yield event
                     return
+                yield event
             status, error, ok = 502, "upstream_error", False
         except Exception as exc:  # recorded in `finally`, then re-raised
             status, error = status_of(exc), error_type_of(exc)

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ from cumulo.governance.guarding import Guarding
 from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
 from cumulo.governance.invalidation import Invalidator
 from cumulo.governance.invocations import InvocationLog
+from cumulo.governance.journal import UsageJournal, fingerprint
 from cumulo.governance.ledger import Ledger
 from cumulo.governance.limits import make_limiter
 from cumulo.governance.masterkey import MasterKey
-from cumulo.governance.usage import UsageRecorder
+from cumulo.governance.usage import USAGE_COLUMNS, UsageRecorder
 from cumulo.observability.metrics import Metrics
 from cumulo.observability.traffic import TrafficLog
 from cumulo.providers.base import ProviderContext
@@ -63,7 +65,11 @@ class Platform:
         self.auth = Authenticator(
             self.store, env_admin_key=os.environ.get("CUMULO_ADMIN_KEY"), master_key=self.master_key
         )
-        self.usage = UsageRecorder(self.store, config.usage)
+        journal = None
+        if config.usage.journal:
+            where = fingerprint(self.store.safe_url)
+            journal = UsageJournal(self.home / "journal", USAGE_COLUMNS, where)
+        self.usage = UsageRecorder(self.store, config.usage, journal)
         self.ledger = Ledger(  # the audit ledger
             self.store, self.master_key, checkpoint_file=config.ledger.checkpoint_path(self.home)
         )
@@ -85,7 +91,10 @@ class Platform:
         self.limiter = make_limiter(config.redis_url, prefix=prefix)
         self.alerts = AlertSink(self.store, on_alert=self._count_alert)
         self.budgets = make_budget_tracker(
-            config.redis_url, prefix=prefix, on_alert=lambda a: self.alerts.emit(budget_alert(a))
+            config.redis_url,
+            prefix=prefix,
+            on_alert=lambda a: self.alerts.emit(budget_alert(a)),
+            spend=self.store.spend_since,
         )
         self.invocations = InvocationLog(self.store, retention_days=self._retention_days)
         self.governance = Governance(
@@ -128,6 +137,7 @@ class Platform:
         if self.invalidator is not None:
             await self.invalidator.start()
         self.usage.start()
+        await self.usage.recover()  # what processes that died left in their journals
         self.ledger.start()
         await self._seed_budgets()
         self.limiter.start()
@@ -160,15 +170,23 @@ class Platform:
             self._loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loading
-        await self.usage.close()
-        await self.ledger.close()
-        await self.limiter.close()
-        await self.budgets.close()
-        await self.alerts.close()
-        await self.invocations.close()
+        # Each writer flushes even if another failed (the store is down): logged, never silent.
+        closing: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("usage records", self.usage.close),
+            ("the audit ledger", self.ledger.close),
+            ("limits", self.limiter.close),
+            ("budget spend", self.budgets.close),
+            ("alerts", self.alerts.close),
+            ("invocation logs", self.invocations.close),
+        ]
         if self.invalidator is not None:
-            await self.invalidator.close()
-        await self.auth.close()
+            closing.append(("cache invalidation", self.invalidator.close))
+        closing.append(("key last-used times", self.auth.close))
+        for what, close in closing:
+            try:
+                await close()
+            except Exception:
+                log.exception("shutdown: writing %s failed; what was queued is lost", what)
         if self.router is not None:
             await self.router.deadlines.close()
         if self.catalog:
@@ -261,8 +279,16 @@ class Platform:
         except Exception:  # any failure means not ready; the reason is logged
             log.exception("store ping failed")
             store_ok = False
-        return {
+        checks = {
             "config": True,
             "store": store_ok,
             "models": self.catalog is not None and self.catalog.ready,
         }
+        if self.redis is not None:  # limits, budgets and cache invalidation live there
+            checks["redis"] = True
+            try:
+                await asyncio.wait_for(self.redis.ping(), 2.0)
+            except Exception as exc:  # noqa: BLE001 - not ready; logged without a traceback
+                log.warning("redis ping failed: %s: %s", type(exc).__name__, exc)
+                checks["redis"] = False
+        return checks

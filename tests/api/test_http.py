@@ -1,4 +1,4 @@
-"""HTTP helpers shared by the front doors: work that runs after the response is sent."""
+"""HTTP helpers shared by the front doors: a request's accounting, run with its response."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def respond(after: After, send: Any) -> None:
         SCOPE, receive, send))
 
 
-def test_work_after_the_response_runs_once_it_is_sent() -> None:
+def test_accounting_runs_once_before_the_response_is_sent() -> None:
     events: list[str] = []
 
     async def send(message: dict[str, Any]) -> None:
@@ -31,12 +31,13 @@ def test_work_after_the_response_runs_once_it_is_sent() -> None:
     after = After()
     after.add(lambda: events.append("accounted"))
     respond(after, send)
-    assert events == ["http.response.start", "http.response.body", "accounted"]
+    # Before: the usage record must be in the journal before the response leaves.
+    assert events == ["accounted", "http.response.start", "http.response.body"]
     after.run()  # already run: nothing twice
     assert events.count("accounted") == 1
 
 
-def test_work_after_the_response_runs_when_sending_fails() -> None:
+def test_accounting_runs_when_sending_fails() -> None:
     done: list[str] = []
 
     async def send(message: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
@@ -25,6 +26,8 @@ from cumulo.governance.budgets import (
     period_bounds,
 )
 from cumulo.governance.budgets_redis import RedisBudgetTracker
+from cumulo.governance.usage import UsageRecord
+from cumulo.store.db import Store
 from support import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -284,3 +287,118 @@ def test_budget_from_stored_json() -> None:
         with pytest.raises(InvalidRequest) as caught:
             BudgetSpec.from_mapping(bad)
         assert caught.value.param == param
+
+
+# -- Redis losing its data ------------------------------------------------------------------
+
+def wipe(prefix: str) -> None:
+    """Redis loses every counter of this platform (a restart without persistence)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+async def usage_store(tmp_path: Path, at: datetime, **cost_by_tenant: float) -> Store:
+    """A store whose usage table holds each tenant's spend, recorded at `at`."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}")
+    await store.migrate()
+    await store.insert_usage([
+        UsageRecord(key_id="k9", endpoint="chat.completions", model="m", deployment="d",
+                    stream=False, prompt_tokens=1, completion_tokens=1, latency_ms=1.0,
+                    ttft_ms=None, status=200, error_type=None, tenant_id=tenant, cost_usd=cost,
+                    ts=at.timestamp()).as_row()
+        for tenant, cost in cost_by_tenant.items()
+    ])
+    return store
+
+
+def test_a_spent_budget_stays_closed_when_redis_loses_its_counters(
+    prefix: str, tmp_path: Path
+) -> None:
+    clock = Clock(utc(2026, 11, 22, 15, 30))
+
+    async def scenario() -> None:
+        store = await usage_store(tmp_path, utc(2026, 11, 22, 9), t1=12.0)
+        a = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
+                                        spend=store.spend_since)
+        b = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
+                                        spend=store.spend_since)
+        try:
+            a.load([(ACME_DAY, 12.0)])  # seeded from usage at start: spent out
+            await sync(a)
+            with pytest.raises(BudgetExceeded):
+                a.check([ACME_DAY])
+            wipe(prefix)
+            await sync(a)  # finds the counter gone: re-seeds it before anything else
+            with pytest.raises(BudgetExceeded):
+                a.check([ACME_DAY])
+            counter = redis.Redis.from_url(REDIS_URL)
+            assert float(counter.get(f"{prefix}:budget:tenant:t1:d2026-11-22") or 0) >= 12.0
+            counter.close()
+            b.check([ACME_DAY])  # a replica that never saw the scope ...
+            await sync(b)
+            with pytest.raises(BudgetExceeded):  # ... refuses it from its next refresh
+                b.check([ACME_DAY])
+        finally:
+            await a.close()
+            await b.close()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_spend_redis_lost_is_re_seeded_before_new_costs_are_added(
+    prefix: str, tmp_path: Path
+) -> None:
+    clock = Clock(utc(2026, 11, 22, 15, 30))
+
+    async def scenario() -> None:
+        store = await usage_store(tmp_path, utc(2026, 11, 22, 9), t1=7.0)
+        a = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
+                                        spend=store.spend_since)
+        try:
+            a.check([ACME_DAY])  # first seen now (started before any spend): no seed
+            wipe(prefix)
+            a.add([ACME_DAY], 2.0)
+            await sync(a)
+            assert a.spent(ACME_DAY) == pytest.approx(7.0 + 2.0)  # not 2.0
+            a.add([ACME_DAY], 1.0)
+            await sync(a)
+            with pytest.raises(BudgetExceeded):
+                a.check([ACME_DAY])
+        finally:
+            await a.close()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_reconcile_raises_a_counter_below_the_usage_table(prefix: str, tmp_path: Path) -> None:
+    clock = Clock(utc(2026, 11, 22, 15, 30))
+
+    async def scenario() -> None:
+        store = await usage_store(tmp_path, utc(2026, 11, 22, 9), t1=12.0)
+        a = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
+                                        spend=store.spend_since)
+        try:
+            a.load([(ACME_DAY, 12.0)])
+            await sync(a)
+            # A failover to a replica that had not caught up: the counter went back.
+            counter = redis.Redis.from_url(REDIS_URL)
+            counter.set(f"{prefix}:budget:tenant:t1:d2026-11-22", "1.0")
+            counter.delete(f"{prefix}:budget:exhausted:d2026-11-22")
+            counter.close()
+            await sync(a)
+            a.check([ACME_DAY])  # it believes Redis, for now
+            await a.reconcile()
+            await sync(a)
+            with pytest.raises(BudgetExceeded):
+                a.check([ACME_DAY])
+            assert a.spent(ACME_DAY) == pytest.approx(12.0)
+        finally:
+            await a.close()
+            await store.close()
+
+    asyncio.run(scenario())

@@ -165,10 +165,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class After:
-    """Work to run once the response is on its way: a request's accounting (usage,
-    limits, metrics) then costs its caller no latency. `run()` runs each callback
-    once, in order; `JSONResponse(after=...)` runs it after sending, also when sending
-    fails. `with After() as after:` runs it at once if the block raises instead."""
+    """Work to run once the response is final: a request's accounting (usage, limits,
+    metrics). `run()` runs each callback once, in order; `JSONResponse(after=...)` runs
+    it just before sending, so the request's usage record is in the usage journal
+    before its response leaves (`governance.usage`). `with After() as after:` runs it at
+    once if the block raises instead."""
 
     __slots__ = ("_callbacks",)
 
@@ -200,7 +201,7 @@ class JSONResponse(Response):
     """A JSON response serialised with orjson.
 
     `headers` as Starlette takes them; `raw_headers`, already encoded, are added as
-    they are (the gateway's, built once per deployment). `after` runs once the
+    they are (the gateway's, built once per deployment). `after` runs just before the
     response is sent (`After`).
     """
 
@@ -233,18 +234,16 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            await send({"type": "http.response.body", "body": self.body})
-        finally:
-            if self.after is not None:
-                self.after.run()
+        if self.after is not None:
+            self.after.run()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": self.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
@@ -119,6 +119,11 @@ def period_bounds(period: Period, now: float) -> tuple[float, float, str]:
 
 
 AlertHandler = Callable[[BudgetAlert], None]
+# What the usage table holds: cost per (scope kind, scope id) of those scopes, since a time
+# (and until one, if not None): `Store.spend_since`.
+SpendSource = Callable[
+    [float, Sequence[tuple[str, str]], float | None], Awaitable[dict[tuple[str, str], float]]
+]
 
 
 class BudgetTracker:
@@ -231,10 +236,14 @@ def make_budget_tracker(
     prefix: str = "cumulo",
     clock: Callable[[], float] = time.time,
     on_alert: AlertHandler | None = None,
+    spend: SpendSource | None = None,
 ) -> BudgetTracker:
-    """The tracker for this configuration: spend shared through Redis when `redis_url` is set."""
+    """The tracker for this configuration: spend shared through Redis when `redis_url` is set
+    (`spend`: the usage table's, to re-seed counters Redis lost; see `budgets_redis`)."""
     if redis_url is None:
         return BudgetTracker(clock=clock, on_alert=on_alert)
     from cumulo.governance.budgets_redis import RedisBudgetTracker
 
-    return RedisBudgetTracker.from_url(redis_url, prefix=prefix, clock=clock, on_alert=on_alert)
+    return RedisBudgetTracker.from_url(
+        redis_url, prefix=prefix, clock=clock, on_alert=on_alert, spend=spend
+    )

@@ -20,6 +20,14 @@ refresh: a scope spent out elsewhere is refused here too, from its first request
 
 When Redis does not answer, queued costs are kept and sent later, and checks go
 on against the last totals read.
+
+When Redis loses counters (a restart without persistence, a failover to a replica that
+had not caught up), spend must not start again from zero: a counter found missing is
+re-seeded from the usage table (`spend`, the store's), or from the last total this
+replica read if that is higher (or if the usage table cannot be read), before any cost is
+added to it; until then checks go on against the last totals read. Every `reconcile_s` the counters are also raised to what
+the usage table held `RECONCILE_LAG_S` ago, if they hold less (a counter that went back):
+every replica has sent costs that old long since, so a counter below them lost some.
 """
 
 from __future__ import annotations
@@ -35,17 +43,26 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from cumulo.governance.budgets import AlertHandler, BudgetScope, BudgetTracker, SpendKey
+from cumulo.governance.budgets import (
+    AlertHandler,
+    BudgetScope,
+    BudgetTracker,
+    SpendKey,
+    SpendSource,
+)
 
 log = logging.getLogger(__name__)
 
 # Kept after the period ends, so a late addition or read still finds it.
 _GRACE_S = 86_400
+_MISSING = b"missing"
+RECONCILE_LAG_S = 30.0
 
 # KEYS: n counters, then the exhausted hashes to read back. ARGV[1] = n, then per counter:
-# op ('a' add, 's' seed if absent, 'g' get), amount, ttl s, soft threshold, budget,
-# index in KEYS of its period's exhausted hash, its field there.
-# Returns per counter: total, 1 if this call raised the soft alert; then each hash's HGETALL.
+# op ('a' add, 's' seed if absent, 'm' raise to at least, 'g' get), amount, ttl s, soft
+# threshold, budget, index in KEYS of its period's exhausted hash, its field there.
+# Returns per counter: total ('missing': no counter, nothing added), 1 if this call raised
+# the soft alert; then each hash's HGETALL.
 _SETTLE = """
 local n = tonumber(ARGV[1])
 local out = {}
@@ -53,23 +70,32 @@ for i = 1, n do
   local j = 1 + 7 * (i - 1)
   local op, amount, ttl = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local key, total, alerted = KEYS[i], nil, 0
-  if op == 'a' then
+  if op == 's' then
+    redis.call('SET', key, amount, 'NX', 'EX', ttl)
+  elseif op == 'm' and tonumber(redis.call('GET', key) or '0') < tonumber(amount) then
+    redis.call('SET', key, amount, 'EX', ttl)
+  end
+  if redis.call('EXISTS', key) == 0 then
+    total = 'missing'
+  elseif op == 'a' then
     total = redis.call('INCRBYFLOAT', key, amount)
     redis.call('EXPIRE', key, ttl)
-    local spent, soft, budget = tonumber(total), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
+    local spent, soft = tonumber(total), tonumber(ARGV[j + 4])
     if spent >= soft and redis.call('SET', key .. ':alerted', '1', 'NX', 'EX', ttl) then
       alerted = 1
     end
-    if spent >= budget then
-      local exhausted = KEYS[tonumber(ARGV[j + 6])]
-      redis.call('HSET', exhausted, ARGV[j + 7], total)
-      redis.call('EXPIRE', exhausted, ttl)
-    end
   else
-    if op == 's' then redis.call('SET', key, amount, 'NX', 'EX', ttl) end
     total = redis.call('GET', key)
   end
-  out[2 * i - 1] = total or '0'
+  if (op == 's' or op == 'm') and total ~= 'missing' and tonumber(total) >= tonumber(ARGV[j + 4]) then
+    redis.call('SET', key .. ':alerted', '1', 'NX', 'EX', ttl)  -- alerted before the loss
+  end
+  if op ~= 'g' and total ~= 'missing' and tonumber(total) >= tonumber(ARGV[j + 5]) then
+    local exhausted = KEYS[tonumber(ARGV[j + 6])]
+    redis.call('HSET', exhausted, ARGV[j + 7], total)
+    redis.call('EXPIRE', exhausted, ttl)
+  end
+  out[2 * i - 1] = total
   out[2 * i] = alerted
 end
 for x = n + 1, #KEYS do
@@ -91,16 +117,22 @@ class RedisBudgetTracker(BudgetTracker):
         on_alert: AlertHandler | None = None,
         interval_s: float = 0.5,
         owns_client: bool = False,
+        spend: SpendSource | None = None,
+        reconcile_s: float = 60.0,
     ) -> None:
         super().__init__(clock=clock, on_alert=on_alert)
         self.client = client
         self.prefix = prefix
         self.interval_s = interval_s
         self._owns_client = owns_client
+        self._spend = spend
+        self.reconcile_s = reconcile_s
+        self._reconciled = time.monotonic()
         self._script = client.register_script(_SETTLE)
         self._shared: dict[SpendKey, float] = {}  # totals as last read from Redis
         self._pending: dict[SpendKey, float] = {}  # added here, not sent yet
         self._seeds: dict[SpendKey, float] = {}
+        self._floors: dict[SpendKey, float] = {}  # raise the counter to at least this
         self._watch: dict[SpendKey, tuple[BudgetScope, float, float]] = {}  # scope, start, end
         self._exhausted: dict[SpendKey, float] = {}  # every scope spent out, as last read
         self._flush_lock = asyncio.Lock()
@@ -158,65 +190,141 @@ class RedisBudgetTracker(BudgetTracker):
             if self._stop.is_set():
                 break
             try:
+                if time.monotonic() - self._reconciled >= self.reconcile_s:
+                    self._reconciled = time.monotonic()
+                    await self.reconcile()
                 await self.flush()
             except Exception:  # queued costs are kept for the next tick
                 log.exception("syncing budget spend with Redis failed; will retry")
 
     async def flush(self) -> None:
-        """Send queued costs and seeds, read back watched totals and exhausted scopes.
-
-        One round trip (one script call).
-        """
+        """Send queued costs and seeds, read back watched totals and exhausted scopes (one
+        script call); counters Redis lost are re-seeded from the usage table first."""
         async with self._flush_lock:
-            now = self._clock()
-            pending, self._pending = self._pending, {}
-            seeds, self._seeds = self._seeds, {}
-            periods = [self._period(p, now)[2] for p in ("day", "month")]
-            # (counter, op, amount, ttl, soft threshold, budget); seeded and added: both, in order
-            ops: list[tuple[SpendKey, str, str, int, str, str]] = []
-            for key, (scope, _, end) in self._watch.items():
-                ttl = max(1, math.ceil(end - now)) + _GRACE_S
-                if key[2] not in periods:
-                    periods.append(key[2])
-                if key in seeds:
-                    ops.append((key, "s", repr(seeds[key]), ttl, "0", "0"))
-                if key in pending:
-                    spec = scope.spec
-                    soft, budget = repr(spec.usd * spec.soft_pct), repr(spec.usd)
-                    ops.append((key, "a", repr(pending[key]), ttl, soft, budget))
-                elif key not in seeds:
-                    ops.append((key, "g", "0", ttl, "0", "0"))
-            n = len(ops)
-            hash_index = {period: n + 1 + i for i, period in enumerate(periods)}
-            keys = [self._redis_key(op[0]) for op in ops]
-            keys += [self._exhausted_key(period) for period in periods]
-            args: list[str | int] = [n]
-            for key, op, amount, ttl, soft, budget in ops:
-                args += (op, amount, ttl, soft, budget, hash_index[key[2]], f"{key[0]}:{key[1]}")
-            try:
-                reply = await self._script(keys=keys, args=args)
-            except RedisError:
-                for key, cost in pending.items():
-                    self._pending[key] = self._pending.get(key, 0.0) + cost
-                self._seeds = {**seeds, **self._seeds}
-                raise
-            for i, (key, *_) in enumerate(ops):
-                total = float(reply[2 * i])
-                self._shared[key] = total
-                if int(reply[2 * i + 1]):
-                    scope, start, _ = self._watch[key]
-                    self._emit(scope, total, start)
-            exhausted: dict[SpendKey, float] = {}
-            for period, fields in zip(periods, reply[2 * n :], strict=True):
-                for field, spent in zip(fields[::2], fields[1::2], strict=True):
-                    kind, _, scope_id = field.decode().partition(":")
-                    exhausted[(kind, scope_id, period)] = float(spent)
-            self._exhausted = exhausted
-            self._forget_ended(now)
+            missing = await self._sync()
+            if missing:
+                await self._reseed(missing)
+                await self._sync()
+
+    async def _sync(self) -> list[SpendKey]:
+        """One round trip; the watched counters Redis does not hold (their costs kept)."""
+        now = self._clock()
+        pending, self._pending = self._pending, {}
+        seeds, self._seeds = self._seeds, {}
+        floors, self._floors = self._floors, {}
+        periods = [self._period(p, now)[2] for p in ("day", "month")]
+        # (counter, op, amount, ttl, soft threshold, budget); seeded and added: both, in order
+        ops: list[tuple[SpendKey, str, str, int, str, str]] = []
+        for key, (scope, _, end) in self._watch.items():
+            ttl = max(1, math.ceil(end - now)) + _GRACE_S
+            if key[2] not in periods:
+                periods.append(key[2])
+            spec = scope.spec
+            soft, budget = repr(spec.usd * spec.soft_pct), repr(spec.usd)
+            if key in seeds:
+                ops.append((key, "s", repr(seeds[key]), ttl, soft, budget))
+            if key in floors:
+                ops.append((key, "m", repr(floors[key]), ttl, soft, budget))
+            if key in pending:
+                ops.append((key, "a", repr(pending[key]), ttl, soft, budget))
+            elif key not in seeds and key not in floors:
+                ops.append((key, "g", "0", ttl, soft, budget))
+        n = len(ops)
+        hash_index = {period: n + 1 + i for i, period in enumerate(periods)}
+        keys = [self._redis_key(op[0]) for op in ops]
+        keys += [self._exhausted_key(period) for period in periods]
+        args: list[str | int] = [n]
+        for key, op, amount, ttl, soft, budget in ops:
+            args += (op, amount, ttl, soft, budget, hash_index[key[2]], f"{key[0]}:{key[1]}")
+        try:
+            reply = await self._script(keys=keys, args=args)
+        except RedisError:
+            self._requeue(pending, seeds, floors)
+            raise
+        missing: list[SpendKey] = []
+        for i, (key, op, *_) in enumerate(ops):
+            if reply[2 * i] == _MISSING:
+                if key not in missing:
+                    missing.append(key)
+                if op == "a":
+                    self._pending[key] = self._pending.get(key, 0.0) + pending[key]
+                continue  # checks go on against the last total read
+            total = float(reply[2 * i])
+            self._shared[key] = total
+            if int(reply[2 * i + 1]):
+                scope, start, _ = self._watch[key]
+                self._emit(scope, total, start)
+        exhausted: dict[SpendKey, float] = {}
+        for period, fields in zip(periods, reply[2 * n :], strict=True):
+            for field, spent in zip(fields[::2], fields[1::2], strict=True):
+                kind, _, scope_id = field.decode().partition(":")
+                exhausted[(kind, scope_id, period)] = float(spent)
+        self._exhausted = exhausted
+        self._forget_ended(now)
+        return missing
+
+    def _requeue(
+        self,
+        pending: dict[SpendKey, float],
+        seeds: dict[SpendKey, float],
+        floors: dict[SpendKey, float],
+    ) -> None:
+        for key, cost in pending.items():
+            self._pending[key] = self._pending.get(key, 0.0) + cost
+        self._seeds = {**seeds, **self._seeds}
+        self._floors = {**floors, **self._floors}
+
+    async def _usage_spend(
+        self, keys: Iterable[SpendKey], until: float | None = None
+    ) -> dict[SpendKey, float]:
+        """What the usage table holds for these counters, this period (until a time), per
+        counter; empty without a source."""
+        if self._spend is None:
+            return {}
+        by_start: dict[float, list[SpendKey]] = {}
+        for key in keys:
+            by_start.setdefault(self._watch[key][1], []).append(key)
+        out: dict[SpendKey, float] = {}
+        for start, group in by_start.items():
+            spent = await self._spend(start, [(k[0], k[1]) for k in group], until)
+            out.update({k: spent.get((k[0], k[1]), 0.0) for k in group})
+        return out
+
+    async def _reseed(self, missing: list[SpendKey]) -> None:
+        """Counters Redis lost: seeded from the usage table, or the last total this replica
+        read if higher (what it has queued since is added on top)."""
+        try:
+            usage = await self._usage_spend(missing)
+        except Exception as exc:  # noqa: BLE001 - the store is down: the last totals will do
+            log.warning("cannot read the usage table to re-seed budget spend (%s)", exc)
+            usage = {}
+        for key in missing:
+            self._seeds[key] = max(usage.get(key, 0.0), self._shared.get(key, 0.0))
+        known = [k for k in missing if k in self._shared or usage.get(k)]
+        if known:
+            log.warning(
+                "budget spend of %d scopes was missing in Redis (restarted without "
+                "persistence, or failed over): re-seeded from the usage table",
+                len(known),
+            )
+
+    async def reconcile(self) -> None:
+        """Raise each watched counter to what the usage table held `RECONCILE_LAG_S` ago, if
+        it holds less (Redis went back); sent with the next flush."""
+        until = self._clock() - RECONCILE_LAG_S
+        usage = await self._usage_spend(list(self._watch), until)
+        for key, usd in usage.items():
+            if usd > self._shared.get(key, 0.0) + self._pending.get(key, 0.0) + 1e-9:
+                self._floors[key] = usd
+        if self._floors:
+            log.warning(
+                "budget spend of %d scopes in Redis was below the usage table's: raised",
+                len(self._floors),
+            )
 
     def _forget_ended(self, now: float) -> None:
         for key in [k for k, (_, _, end) in self._watch.items() if end <= now]:
-            if key not in self._pending and key not in self._seeds:
+            if key not in self._pending and key not in self._seeds and key not in self._floors:
                 del self._watch[key]
                 self._shared.pop(key, None)
 

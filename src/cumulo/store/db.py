@@ -11,7 +11,7 @@ Every operation works on SQLite (the default, one file) and on PostgreSQL
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +25,8 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cumulo.errors import ConfigError, Unavailable
+from cumulo.store.checkpoints import checkpoint_statements
+from cumulo.store.outage import OutageHooks
 from cumulo.store.schema import api_keys, tenants, usage
 from cumulo.store.sqlite_rows import RowWriter
 from cumulo.store.url import parse_url, safe_url
@@ -194,6 +196,8 @@ class Store:
                 f"database_url: cannot use {self.safe_url} ({exc}); "
                 "use sqlite:///path or postgresql://user@host:5432/db"
             ) from exc
+        # A lost database is `Unavailable` (503), whoever runs the statement (`outage`).
+        OutageHooks(self.safe_url).install(self.engine.sync_engine)
         # Usage rows, the one write made under load, skip the async adapter (`sqlite_rows`).
         self._rows: RowWriter | None = None
         if self.engine.dialect.name == "sqlite":
@@ -220,8 +224,9 @@ class Store:
         """A connection; Unavailable (naming the database, never its password) if none."""
         try:
             return await self.engine.connect()
-        except (OSError, TimeoutError, DBAPIError) as exc:
-            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        except (OSError, TimeoutError, DBAPIError, Unavailable) as exc:
+            reason = exc.__cause__ if isinstance(exc, Unavailable) else exc
+            reason = reason.orig if isinstance(reason, DBAPIError) else reason
             raise Unavailable(f"cannot connect to the database {self.safe_url}: {reason}") from exc
 
     async def migrate(self, revision: str = "head") -> None:
@@ -455,20 +460,28 @@ class Store:
             await self.insert_usage_values(columns, [tuple(r[c] for c in columns) for r in rows])
 
     async def insert_usage_values(
-        self, columns: tuple[str, ...], values: Sequence[tuple[Any, ...]]
+        self,
+        columns: tuple[str, ...],
+        values: Sequence[tuple[Any, ...]],
+        checkpoints: Mapping[str, int] | None = None,
     ) -> None:
-        """Usage rows as tuples of `columns` (what the usage recorder writes)."""
+        """Usage rows as tuples of `columns` (what the usage recorder writes), and with them,
+        in the same transaction, the usage journals' checkpoints (journal id -> its last
+        record among these rows; `cumulo.store.checkpoints`)."""
         if not values:
             return
         unknown = set(columns) - set(usage.c.keys())
         if unknown:
             raise ValueError(f"unknown usage columns: {sorted(unknown)}")
         values = fit_values(usage, columns, values)
+        also = checkpoint_statements(checkpoints or {})
         if self._rows is not None:
-            await self._rows.insert(usage.name, columns, values)
+            await self._rows.insert(usage.name, columns, values, also)
             return
         async with self.engine.begin() as conn:
             await conn.execute(insert(usage), [dict(zip(columns, v, strict=True)) for v in values])
+            for sql, params in also:
+                await conn.execute(text(sql), params)
 
     async def usage_summary(
         self, since: float | None = None, tenant_id: str | None = None
@@ -503,16 +516,29 @@ class Store:
                 out[group] = [dict(r) for r in rows]
         return out
 
-    async def spend_since(self, since: float) -> dict[tuple[str, str], float]:
-        """Cost in USD since `since`, per ("tenant", id) and per ("key", id): seeds budgets."""
+    async def spend_since(
+        self,
+        since: float,
+        scopes: Sequence[tuple[str, str]] | None = None,
+        until: float | None = None,
+    ) -> dict[tuple[str, str], float]:
+        """Cost in USD since `since` (before `until`, if given), per ("tenant", id) and per
+        ("key", id) (only `scopes`, if given): seeds budgets."""
         out: dict[tuple[str, str], float] = {}
         async with self.engine.connect() as conn:
             for scope, column in (("tenant", usage.c.tenant_id), ("key", usage.c.key_id)):
+                ids = None if scopes is None else [i for kind, i in scopes if kind == scope]
+                if ids == []:
+                    continue
                 q = (
                     select(column, func.sum(usage.c.cost_usd))
                     .where(usage.c.ts >= since, column.is_not(None))
                     .group_by(column)
                 )
+                if ids is not None:
+                    q = q.where(column.in_(ids))
+                if until is not None:
+                    q = q.where(usage.c.ts < until)
                 for ident, total in (await conn.execute(q)).all():
                     out[(scope, ident)] = float(total or 0.0)
         return out

@@ -149,3 +149,13 @@ ledger_head = Table(
     Column("mac", String(64), nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# 0008: how far each usage journal (governance/journal.py) is written into `usage`, committed
+# in the same transaction as the rows, so a journal replayed after a crash adds each row once
+usage_journal = Table(
+    "usage_journal",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the journal file's id
+    Column("seq", BigInteger, nullable=False),  # its last record written to `usage`
+    Column("updated_at", Float, nullable=False),
+)
