@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -36,9 +36,16 @@ from cumulo.api.openai.service import OpenAIService, error_response
 from cumulo.config import Config, load_config
 from cumulo.errors import CumuloError, NotFound
 from cumulo.gateway import Gateway
+from cumulo.inflight import InFlight
 from cumulo.platform import Platform
 
 log = logging.getLogger(__name__)
+
+# What the HTTP server (`cumulo.server`) reads of the app, from the ASGI lifespan state:
+# the `server:` settings (its protection of itself) and the requests in flight (a
+# shutdown out of time ends them).
+SERVER_CONFIG = "cumulo.server_config"
+IN_FLIGHT = "cumulo.in_flight"
 
 
 class HotPaths:
@@ -126,19 +133,21 @@ def create_app(
     platform = Platform(config or load_config(), home)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, object]]:
         await platform.store.migrate()
         await platform.start()
         stopper = StopOnModelFailure(platform) if stop_on_model_failure else None
         assert platform.router is not None
+        in_flight = InFlight()
         gateway = Gateway(
             platform.router,
             platform.usage,
             platform.metrics,
             platform.governance,
             platform.guarding,
+            in_flight,
         )
-        disconnects = DisconnectWatch()
+        disconnects = DisconnectWatch(in_flight=in_flight)
         routes = [
             *openai_routes(OpenAIService(platform, gateway, disconnects)),
             *bedrock_routes(BedrockService(platform, gateway, disconnects)),
@@ -158,7 +167,7 @@ def create_app(
         app.router.routes.extend(routes)
         hot.add([r for r in routes if r.path.startswith("/v1/")])
         try:
-            yield
+            yield {SERVER_CONFIG: platform.config.server, IN_FLIGHT: in_flight}
         finally:
             await disconnects.close()
             await platform.close()

@@ -22,6 +22,7 @@ from cumulo.governance.guarding import Guarding, blocked_reply
 from cumulo.governance.guardrails import GuardrailSet, Verdict
 from cumulo.governance.limits import Limits
 from cumulo.governance.usage import UsageRecord, UsageRecorder
+from cumulo.inflight import InFlight
 from cumulo.metering import (
     BlockedStream,
     CallInfo,
@@ -65,8 +66,10 @@ class Gateway:
         metrics: Metrics | None = None,
         governance: Governance | None = None,
         guarding: Guarding | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.router = router
+        self.in_flight = in_flight  # streams register here while they stream
         self.usage = usage
         self.metrics = metrics
         self.governance = governance

@@ -20,6 +20,7 @@ from cumulo.governance.chain import Admission
 from cumulo.governance.guarding import guard_stream
 from cumulo.governance.guardrails import GuardrailSet
 from cumulo.governance.guardrails.chain import ChainedStreamChecker
+from cumulo.inflight import ShuttingDown, by_shutdown, shutdown_error
 from cumulo.routing.router import Lease
 from cumulo.types import (
     ChatRequest,
@@ -78,13 +79,13 @@ def call_info(lease: Lease[Any], adm: Admission | None = None) -> CallInfo:
 
 def status_of(exc: BaseException) -> int:
     if isinstance(exc, asyncio.CancelledError):
-        return CLIENT_CLOSED
+        return ShuttingDown.status if by_shutdown(exc) else CLIENT_CLOSED
     return exc.status if isinstance(exc, CumuloError) else 500
 
 
 def error_type_of(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
-        return "client_closed"
+        return ShuttingDown.type if by_shutdown(exc) else "client_closed"
     return exc.type if isinstance(exc, CumuloError) else "internal_error"
 
 
@@ -155,6 +156,10 @@ class MeteredStream:
         source = self._upstream(first, inner)
         if meter.checker is not None:
             source = guard_stream(source, meter.checker)
+        in_flight = meter.gateway.in_flight
+        task = asyncio.current_task()
+        if in_flight is not None and task is not None:
+            in_flight.add(task)  # a shutdown out of time ends the stream (`cumulo.inflight`)
         try:
             async for event in source:
                 if isinstance(event, TextDelta) and meter.text is not None:
@@ -171,7 +176,14 @@ class MeteredStream:
             status, error = status_of(exc), error_type_of(exc)
             ok = False
             raise
+        except asyncio.CancelledError as exc:
+            if (ending := shutdown_error(exc)) is None:
+                raise  # the client went away: 499
+            status, error = ending.status, ending.type
+            raise ending from None  # the front door sends it as an error event
         finally:
+            if in_flight is not None and task is not None:
+                in_flight.discard(task)
             try:
                 await source.aclose()
                 await aclose_stream(inner)
