@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from fakes import FakeOpenAIUpstream
-from support import ApiKey, CumuloServer, openai_deployment, start_cumulo, wait_until
-from support import UPSTREAM_KEY
+from support import UPSTREAM_KEY, ApiKey, CumuloServer, openai_deployment, start_cumulo, wait_until
 
 MAX_CONNECTIONS = 40
 HEALTH_CONNECTIONS = 4
