@@ -185,6 +185,20 @@ def test_kept_alive_connections_are_closed_when_idle(server: CumuloServer, key: 
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"status":"ok"}')
 
 
+def test_a_connection_answered_before_its_body_arrived_is_closed_when_idle(
+    server: CumuloServer,
+) -> None:
+    sock = connect(server)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer nope"
+                 b"\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n")
+    sock.settimeout(10)
+    first = sock.recv(65536)  # refused before the body is read
+    assert first.startswith(b"HTTP/1.1 401 "), first[:80]
+    sock.sendall(b"{}")
+    assert answer(sock) == b""  # then closed once idle for keep_alive_timeout_s
+    sock.close()
+
+
 def test_health_is_answered_while_every_connection_is_busy(
     server: CumuloServer, key: ApiKey
 ) -> None:

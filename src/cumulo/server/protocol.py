@@ -288,10 +288,17 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         return len(self.url) + 16 + sum(len(n) + len(v) + 4 for n, v in self.headers)
 
     def on_message_complete(self) -> None:
-        self.guard.waiting.pop(self, None)
-        self.phase = BUSY
         self.in_head = True  # what follows is the next request's header block
         self.head_bytes = 0
+        self.guard.waiting.pop(self, None)
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self.pipeline:
+            # Answered before its body was in (a 401, a 413): idle from now on.
+            self.phase = IDLE
+            self.deadline = self.guard.now + self.limits.keep_alive_timeout_s
+            self.guard.waiting[self] = None
+        else:
+            self.phase = BUSY
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
