@@ -92,18 +92,11 @@ class ConnectionGuard:
         self.waiting: dict[ProtectedHttpToolsProtocol, None] = {}
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time()  # updated by the sweeper: deadlines are that coarse
-        self.tick_s = min(
-            1.0,
-            max(
-                0.05,
-                min(
-                    settings.header_timeout_s,
-                    settings.body_timeout_s,
-                    settings.keep_alive_timeout_s,
-                )
-                / 4,
-            ),
+        # Deadlines are kept to within a tick: a quarter of the shortest, at most 1 s.
+        shortest = min(
+            settings.header_timeout_s, settings.body_timeout_s, settings.keep_alive_timeout_s
         )
+        self.tick_s = min(1.0, max(0.05, shortest / 4))
         self._sweeper: asyncio.TimerHandle | None = None
         self._ending: asyncio.TimerHandle | None = None
 
