@@ -18,21 +18,9 @@ from __future__ import annotations
 
 import asyncio
 
-from cumulo.errors import Unavailable
+from cumulo.errors import ShuttingDown
 
 SHUTTING_DOWN = "cumulo: the server is shutting down"
-
-
-class ShuttingDown(Unavailable):
-    """The server is shutting down and could not finish this request in time."""
-
-    type = "service_unavailable"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The server is shutting down and could not finish this request; retry it.",
-            retry_after=1,
-        )
 
 
 def by_shutdown(exc: BaseException) -> bool:

@@ -14,13 +14,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cumulo.errors import CumuloError
+from cumulo.errors import CumuloError, ShuttingDown
 from cumulo.governance.auth import Principal
 from cumulo.governance.chain import Admission
 from cumulo.governance.guarding import guard_stream
 from cumulo.governance.guardrails import GuardrailSet
 from cumulo.governance.guardrails.chain import ChainedStreamChecker
-from cumulo.inflight import ShuttingDown, by_shutdown, shutdown_error
+from cumulo.inflight import by_shutdown, shutdown_error
 from cumulo.routing.router import Lease
 from cumulo.types import (
     ChatRequest,
@@ -103,7 +103,9 @@ class MeteredStream:
     sends it: the usage record is in the usage journal before the stream's end
     reaches the client), with an upstream error (its status, re-raised to the
     front door to render as an error event), or because the client went away
-    (499; the upstream stream is closed so its connection or slot is freed).
+    (499; the upstream stream is closed so its connection or slot is freed), or
+    because the server is shutting down and `server.shutdown_timeout_s` ran out (503:
+    `ShuttingDown` is raised to the front door, which sends it as an error event).
     A stream the front door never iterates (the client left before the
     response started) is settled as 499 once it is garbage-collected.
     """
