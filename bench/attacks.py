@@ -296,8 +296,11 @@ def main() -> int:
             server = Server(name, target.url.removesuffix(PATH), target.token, target.pid or 0)
             print(f"{name}: {source} (pid {server.pid})", flush=True)
             results[name] = run(server, args.only)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.pid, signal.SIGTERM)
+            for entry in [e for e in procs.procs if e[0] == name]:  # done with it: stop it
+                procs.procs.remove(entry)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(entry[1].pid, signal.SIGTERM)
+                entry[1].wait(60)
         print(json.dumps({n: {a: {"rss_mib": f.rss, "open_files": f.files,
                                   "answers": dict(f.answers), "served": f.served,
                                   "refused": f.refused, "health_ok": f.health_ok,
