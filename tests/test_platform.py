@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 
 from cumulo.config import parse_config
 from cumulo.errors import BudgetExceeded
-from cumulo.governance.budgets import BudgetScope, BudgetSpec, period_bounds
-from cumulo.governance.usage import UsageRecord
+from cumulo.governance.quotas.budgets import BudgetScope, BudgetSpec, period_bounds
+from cumulo.governance.telemetry.usage import UsageRecord
 from cumulo.platform import Platform
 from support.proxy import TcpProxy
 

@@ -35,8 +35,8 @@ from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService, error_response
 from cumulo.config import Config, load_config
 from cumulo.errors import CumuloError, NotFound
-from cumulo.gateway import Gateway
 from cumulo.platform import Platform
+from cumulo.request.gateway import Gateway
 
 log = logging.getLogger(__name__)
 

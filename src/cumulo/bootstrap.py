@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 from cumulo.config import DEMO_MODEL, Config, database_url, demo_model_dir
-from cumulo.governance import keys
-from cumulo.governance.ledger import Ledger, canonical
-from cumulo.governance.masterkey import MasterKey
+from cumulo.governance.audit.ledger import Ledger, canonical
+from cumulo.governance.identity import keys
+from cumulo.governance.identity.masterkey import MasterKey
 from cumulo.store.db import Store
 
 CONFIG_APPLIED = "config.applied"

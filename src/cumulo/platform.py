@@ -19,29 +19,28 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from cumulo.config import Config, cumulo_home, database_url
-from cumulo.governance.alerts import Alert, AlertSink
-from cumulo.governance.anomaly import AnomalyDetector
-from cumulo.governance.auth import Authenticator, Principal
-from cumulo.governance.budgets import (
+from cumulo.governance.audit.invocations import InvocationLog
+from cumulo.governance.audit.ledger import Ledger
+from cumulo.governance.chain import Governance, budget_alert
+from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
+from cumulo.governance.identity.auth import Authenticator, Principal
+from cumulo.governance.identity.invalidation import Invalidator
+from cumulo.governance.identity.masterkey import MasterKey
+from cumulo.governance.quotas.budgets import (
     BudgetScope,
     BudgetSpec,
-    make_budget_tracker,
     period_bounds,
 )
-from cumulo.governance.chain import Governance, budget_alert
-from cumulo.governance.guarding import Guarding
-from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
-from cumulo.governance.invalidation import Invalidator
-from cumulo.governance.invocations import InvocationLog
-from cumulo.governance.journal import UsageJournal, fingerprint
-from cumulo.governance.ledger import Ledger
-from cumulo.governance.limits import make_limiter
-from cumulo.governance.masterkey import MasterKey
-from cumulo.governance.usage import USAGE_COLUMNS, UsageRecorder
+from cumulo.governance.quotas.factory import make_budget_tracker, make_limiter
+from cumulo.governance.telemetry.alerts import Alert, AlertSink
+from cumulo.governance.telemetry.anomaly import AnomalyDetector
+from cumulo.governance.telemetry.journal import UsageJournal, fingerprint
+from cumulo.governance.telemetry.usage import USAGE_COLUMNS, UsageRecorder
 from cumulo.observability.metrics import Metrics
 from cumulo.observability.traffic import TrafficLog
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.registry import ProviderRegistry
+from cumulo.request.guarding import Guarding
 from cumulo.routing.catalog import Catalog
 from cumulo.routing.router import Router
 from cumulo.store.db import Store

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import BudgetExceeded, CumuloError, InvalidRequest, PayloadTooLarge
-from cumulo.metering import CLIENT_CLOSED
+from cumulo.request.metering import CLIENT_CLOSED
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class After:
     """Work to run once the response is final: a request's accounting (usage, limits,
     metrics). `run()` runs each callback once, in order; `JSONResponse(after=...)` runs
     it just before sending, so the request's usage record is in the usage journal
-    before its response leaves (`governance.usage`). `with After() as after:` runs it at
+    before its response leaves (`governance.telemetry.usage`). `with After() as after:` runs it at
     once if the block raises instead."""
 
     __slots__ = ("_callbacks",)

@@ -11,7 +11,7 @@ Each entry: seq, ts, actor (key id), action, target, tenant_id, data, prev_hash,
 Verification walks the whole chain and answers 200 either way:
 `{"ok", "entries_checked", "head": {"seq", "hash"} | null, "first_bad": {"seq", "reason",
 "detail"} | null, "warnings": [...], "unacknowledged_repairs": [seq...]}`, reasons as in
-`cumulo.governance.ledger`. A repair of the chain fails verification (reason `repaired`)
+`cumulo.governance.audit.ledger`. A repair of the chain fails verification (reason `repaired`)
 until an admin acknowledges it: `POST /admin/ledger/acknowledge` with the seq verification
 names and a reason appends a `ledger.acknowledged` entry (201, the entry); 400 if there is
 nothing to acknowledge at that seq. Every endpoint first writes the entries this process
@@ -33,7 +33,7 @@ from cumulo.api.admin.bounds import INT64_MAX, query_int, renderable
 from cumulo.api.http import JSONResponse, guarded, read_body
 from cumulo.api.openai.service import error_response, parse_body
 from cumulo.errors import InvalidRequest
-from cumulo.governance.ledger import MAX_REASON, Ledger, NotAcknowledgeable
+from cumulo.governance.audit.ledger import MAX_REASON, Ledger, NotAcknowledgeable
 
 MAX_LIMIT = 1000
 

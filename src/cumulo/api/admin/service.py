@@ -21,11 +21,12 @@ from cumulo.api.admin.protocol import CreateKey, RotateKey
 from cumulo.api.http import JSONResponse, read_body
 from cumulo.api.openai.service import parse_body
 from cumulo.errors import InvalidRequest, NotFound, PermissionDenied
-from cumulo.governance import keys
-from cumulo.governance.auth import Principal
+from cumulo.governance.identity import keys
+from cumulo.governance.identity.auth import Principal
 from cumulo.platform import Platform
 from cumulo.providers.local import LocalProvider
-from cumulo.routing.router import DeploymentState, Route
+from cumulo.routing.deployment import DeploymentState
+from cumulo.routing.router import Route
 from cumulo.store.db import KeyReplaced, KeyRow
 
 M = TypeVar("M", bound=BaseModel)

@@ -36,9 +36,9 @@ from cumulo.api.http import (
     read_body,
 )
 from cumulo.errors import AuthenticationFailed, CumuloError, InvalidRequest, UpstreamError
-from cumulo.gateway import Gateway
-from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.platform import Platform
+from cumulo.request.gateway import Gateway
 from cumulo.types import (
     JSON,
     ChatRequest,

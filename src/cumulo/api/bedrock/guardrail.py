@@ -40,10 +40,11 @@ from cumulo.api.bedrock.service import authenticate as bedrock_authenticate
 from cumulo.api.bedrock.service import error_response
 from cumulo.api.http import JSONResponse, guarded
 from cumulo.errors import InvalidRequest, NotFound
-from cumulo.governance.auth import Authenticator, Principal
 from cumulo.governance.guardrails import attacks
 from cumulo.governance.guardrails.config import Source
-from cumulo.governance.guardrails.policy import Finding, Guardrail, Verdict
+from cumulo.governance.guardrails.findings import Finding
+from cumulo.governance.guardrails.policy import Guardrail, Verdict
+from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.types import JSON
 
 Authenticate = Callable[[Request], Awaitable[tuple[Principal, bytes]]]

@@ -5,7 +5,7 @@ Implements the Amazon Bedrock Runtime API reference
 `ConverseStream`, the latter framed as AWS's binary event stream. The model id
 in the path is a cumulo model name. Callers authenticate as with Bedrock:
 AWS Signature V4 with access key id = cumulo key id and secret = the key's
-secret (`governance.sigv4`), or a key as `Authorization: Bearer`.
+secret (`governance.identity.sigv4`), or a key as `Authorization: Bearer`.
 
 Translation notes: text blocks of one message are concatenated; a
 `toolResult` with `status: error` reaches the model as text prefixed `Error: `
@@ -41,11 +41,11 @@ from cumulo.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cumulo.gateway import Gateway
-from cumulo.governance import sigv4
-from cumulo.governance.auth import Authenticator, Principal
-from cumulo.metering import BlockedStream, CallInfo, MeteredStream
+from cumulo.governance.identity import sigv4
+from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.platform import Platform
+from cumulo.request.gateway import Gateway
+from cumulo.request.metering import BlockedStream, CallInfo, MeteredStream
 from cumulo.types import (
     JSON,
     ChatRequest,

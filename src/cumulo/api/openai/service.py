@@ -32,9 +32,9 @@ from cumulo.api.http import (
 from cumulo.api.openai import protocol as wire
 from cumulo.config import ModelConfig
 from cumulo.errors import CumuloError, InvalidRequest, NotFound
-from cumulo.gateway import Gateway
-from cumulo.governance.auth import Authenticator
+from cumulo.governance.identity.auth import Authenticator
 from cumulo.platform import Platform
+from cumulo.request.gateway import Gateway
 from cumulo.types import (
     JSON,
     ChatRequest,
