@@ -25,7 +25,9 @@ from cumulo.governance.chain import Governance, budget_alert
 from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
 from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.governance.identity.invalidation import Invalidator
+from cumulo.governance.identity.key_service import KeyService
 from cumulo.governance.identity.masterkey import MasterKey
+from cumulo.governance.identity.tenants import TenantService
 from cumulo.governance.quotas.budgets import (
     BudgetScope,
     BudgetSpec,
@@ -40,6 +42,7 @@ from cumulo.observability.metrics import Metrics
 from cumulo.observability.traffic import TrafficLog
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.registry import ProviderRegistry
+from cumulo.request.gateway import Gateway
 from cumulo.request.guarding import Guarding
 from cumulo.routing.catalog import Catalog
 from cumulo.routing.router import Router
@@ -112,9 +115,15 @@ class Platform:
             public={g.id for g in config.all_guardrails} - {g.id for g in config.guardrails},
         )
         self.http: aiohttp.ClientSession | None = None
-        self.provider_ctx: ProviderContext | None = None
-        self.catalog: Catalog | None = None
-        self.router: Router | None = None
+        self.provider_ctx = ProviderContext(None, self.home)  # its HTTP client comes at start
+        self.catalog = Catalog(config, self.registry, self.provider_ctx)
+        self.router = Router(self.catalog, local_rate=config.pricing.local)
+        self.gateway = Gateway(
+            self.router, self.usage, self.metrics, self.governance, self.guarding
+        )
+        models = frozenset(m.name for m in config.models)
+        self.keys = KeyService(self.store, self.master_key, self.audit, self.auth, models)
+        self.tenants = TenantService(self.store, self.audit, self.auth, models, self.guardrail_ids)
         self._loading: asyncio.Task[None] | None = None
         self._gc_threshold: tuple[int, int, int] | None = None
 
@@ -128,9 +137,7 @@ class Platform:
             # request must not be sent on the next caller's.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self.provider_ctx = ProviderContext(self.http, self.home)
-        self.catalog = Catalog(self.config, self.registry, self.provider_ctx)
-        self.router = Router(self.catalog, local_rate=self.config.pricing.local)
+        self.provider_ctx.http = self.http
         self.metrics.watch(self.router)
         await self.auth.start()
         if self.invalidator is not None:
@@ -186,10 +193,8 @@ class Platform:
                 await close()
             except Exception:
                 log.exception("shutdown: writing %s failed; what was queued is lost", what)
-        if self.router is not None:
-            await self.router.deadlines.close()
-        if self.catalog:
-            await self.catalog.close()
+        await self.router.deadlines.close()
+        await self.catalog.close()
         if self.http:
             await self.http.close()
         if self.redis is not None:
@@ -227,15 +232,15 @@ class Platform:
 
     async def audit(
         self,
-        who: Principal,
+        actor: str | None,
         action: str,
         target: str | None,
         tenant_id: str | None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        """Record an admin action: appended to the audit ledger (durable before this
-        returns), and other replicas told to reload their key and tenant caches."""
-        await self.ledger.append(who.key_id, action, target, tenant_id, data)
+        """Record an admin action by key `actor`: appended to the audit ledger (durable
+        before this returns), and other replicas told to reload their key and tenant caches."""
+        await self.ledger.append(actor, action, target, tenant_id, data)
         if self.invalidator is not None:
             await self.invalidator.publish(action)
 
@@ -268,7 +273,6 @@ class Platform:
 
     @property
     def models(self) -> Catalog:
-        assert self.catalog is not None, "Platform.start() was not called"
         return self.catalog
 
     async def readiness(self) -> dict[str, bool]:
@@ -281,7 +285,7 @@ class Platform:
         checks = {
             "config": True,
             "store": store_ok,
-            "models": self.catalog is not None and self.catalog.ready,
+            "models": self.catalog.ready,
         }
         if self.redis is not None:  # limits, budgets and cache invalidation live there
             checks["redis"] = True

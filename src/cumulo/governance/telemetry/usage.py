@@ -111,6 +111,14 @@ class UsageRecorder(BatchWriter[UsageRecord]):
                 )
         super().start()
 
+    async def summary(
+        self, since: float | None = None, tenant_id: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Totals per key, model and tenant (`Store.usage_summary`), with what this process
+        still has queued written first."""
+        await self.flush()
+        return await self.store.usage_summary(since, tenant_id)
+
     async def recover(self) -> int:
         """Store what the journals of processes that died hold and the database lacks
         (at start, before budgets are seeded from usage); the number of records."""
