@@ -7,8 +7,7 @@ Each behaviour runs in memory and with two Redis trackers on two connections
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +28,8 @@ from cumulo.governance.quotas.factory import make_budget_tracker
 from cumulo.governance.telemetry.usage import UsageRecord
 from cumulo.store.db import Store
 from support import eventually
+from support.redis import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 BACKENDS = ["memory", "redis"]
 
 
@@ -50,17 +49,6 @@ class Clock:
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A unique Redis key prefix; every key under it is deleted afterwards."""
-    name = f"cumulo-test-{secrets.token_hex(6)}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @asynccontextmanager

@@ -8,9 +8,8 @@ except in the load tests, which use the Redis server's clock as in production.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -27,8 +26,8 @@ from cumulo.governance.quotas.limits import (
     format_duration,
 )
 from cumulo.governance.quotas.limits_redis import RedisLimiter
+from support.redis import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 BACKENDS = ["memory", "redis"]
 
 
@@ -44,17 +43,6 @@ class Clock:
     def advance(self, seconds: float) -> None:
         self.t += seconds
 
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A unique Redis key prefix; every key under it is deleted afterwards."""
-    name = f"cumulo-test-{secrets.token_hex(6)}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @asynccontextmanager

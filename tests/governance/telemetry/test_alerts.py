@@ -3,26 +3,19 @@ and `GET /admin/alerts` with its tenant scoping."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.testclient import TestClient
 
-from cumulo.api.admin.alerts import routes
-from cumulo.errors import AuthenticationFailed
-from cumulo.governance.audit.invocations import InvocationLog
 from cumulo.governance.telemetry.alerts import Alert, AlertSink, AlertSinkConfig
 from cumulo.store import records
 from cumulo.store.db import Store
 from support import eventually
+from support.admin_feeds import feeds_client, get
 from support.pg import postgres_database
+from support.stores import run_with_store as run
+from support.stores import sqlite_url as sqlite
 
 T0 = 1_700_000_000.0
 
@@ -33,21 +26,6 @@ def alert(kind: str = "anomaly.request_spike", tenant: str | None = "t1", key: s
                  f"Key {key}: something unusual", {"count": 412, "threshold": 80.5})
 
 
-def run(url: str, fn: Callable[[Store], Awaitable[None]], migrate: bool = True) -> None:
-    async def main() -> None:
-        store = Store(url)
-        try:
-            if migrate:
-                await store.migrate()
-            await fn(store)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
-
-
-def sqlite(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}"
 
 
 def test_emit_only_queues_and_recent_reads_them_back(tmp_path: Path) -> None:
@@ -161,30 +139,6 @@ def test_alerts_round_trip_on_postgresql() -> None:
 # -- GET /admin/alerts ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Who:
-    role: str
-    tenant_id: str | None
-
-
-PRINCIPALS = {
-    "admin": Who("admin", None),
-    "ta1": Who("tenant_admin", "t1"),
-    "caller1": Who("caller", "t1"),
-}
-
-
-async def authenticate(request: Request) -> Who:
-    token = request.headers.get("authorization", "").removeprefix("Bearer ")
-    if token not in PRINCIPALS:
-        raise AuthenticationFailed("Invalid API key.")
-    return PRINCIPALS[token]
-
-
-def get(client: TestClient, path: str, token: str) -> tuple[int, dict[str, object]]:
-    res = client.get(path, headers={"authorization": f"Bearer {token}"})
-    return res.status_code, res.json()
-
 
 def test_admin_alerts_endpoint_scopes_by_tenant(tmp_path: Path) -> None:
     async def seed(store: Store) -> None:
@@ -194,16 +148,7 @@ def test_admin_alerts_endpoint_scopes_by_tenant(tmp_path: Path) -> None:
         await sink.close()
 
     run(sqlite(tmp_path), seed)
-    store = Store(sqlite(tmp_path))
-
-    @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        yield
-        await store.close()
-
-    app = Starlette(routes=routes(authenticate, AlertSink(store), InvocationLog(store)),
-                    lifespan=lifespan)
-    with TestClient(app) as client:
+    with feeds_client(sqlite(tmp_path)) as client:
         status, body = get(client, "/admin/alerts", "admin")
         assert status == 200
         assert [a["tenant_id"] for a in body["data"]] == ["t1", "t2", "t1"]  # type: ignore[index,union-attr]
