@@ -314,7 +314,7 @@ class WireFormat:
 
     error: Callable[[CumuloError], tuple[JSON, int, dict[str, str]]]
     invalid: Callable[[ValidationError], InvalidRequest]
-    stream_error: Callable[[CumuloError], bytes] | None = None
+    stream_error: Callable[[CumuloError], bytes]
     internal: str = "The server had an error while streaming the response."
     stream_end: bytes = b""  # sent after a stream's last frame, after an error frame too
 
@@ -406,21 +406,11 @@ Identify = Callable[[Request, int], Awaitable[tuple[Principal, bytes]]]
 """Who is calling and the request body (at most the given bytes), in the door's order."""
 
 
-def then_body(authenticate: Authenticate) -> Identify:
-    """The usual order: the caller from its headers first, then the body."""
-
-    async def identify(request: Request, limit: int) -> tuple[Principal, bytes]:
-        who = await authenticate(request)
-        return who, await read_body(request, limit)
-
-    return identify
-
-
 class FrontDoor:
     """The flow every endpoint of one door runs; the door supplies the translation.
 
-    `authenticate` identifies a caller from its headers; `identify` (default: that, then
-    the body) also reads the body, for doors whose signatures cover it (SigV4).
+    `authenticate` identifies a caller from its headers; `identify`, when given, replaces
+    "authenticate, then read the body" for doors whose signatures cover the body (SigV4).
     """
 
     def __init__(
@@ -435,12 +425,16 @@ class FrontDoor:
         self.authenticate = authenticate
         self.max_body_bytes = max_body_bytes
         self.disconnects = disconnects or DisconnectWatch()
-        self._identify = identify or then_body(authenticate)
+        self._identify = identify
 
     async def accept(self, request: Request, validate: Callable[[bytes], T]) -> tuple[Principal, T]:
         """Authenticate the caller, read the body (bounded) and parse it (400s name the
         field, in the door's wording)."""
-        who, body = await self._identify(request, self.max_body_bytes)
+        if self._identify is None:  # the usual order, without a call more on the hot path
+            who = await self.authenticate(request)
+            body = await read_body(request, self.max_body_bytes)
+        else:
+            who, body = await self._identify(request, self.max_body_bytes)
         return who, self.wire.parse(validate, body)
 
     async def respond(
@@ -480,7 +474,6 @@ class FrontDoor:
     async def _framed(self, frames: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
         wire = self.wire
         render = wire.stream_error
-        assert render is not None, "a streaming door's wire format frames stream errors"
         async with contextlib.aclosing(frames):
             try:
                 async for frame in frames:

@@ -1,10 +1,11 @@
 """The gateway: what every front door calls with canonical requests.
 
-It hands the request to the router (deployment choice, retries, failover,
-fallbacks), times the call and, for each request, queues exactly one usage
-record and counts it in the metrics. Front doors only translate their wire
-format to and from the canonical types and call these methods. What a call
-tells them, and how a stream is metered as it goes, is in `cumulo.request.metering`.
+Each request gets a `RequestContext` as it enters (`request.context`): guarded on the
+way in (`request.guarding`), admitted by governance, handed to the router (deployment
+choice, retries, failover, fallbacks), guarded on the way out; its context then settles
+it once (usage record, limits, metrics, deployment health). Front doors only translate
+their wire format to and from the canonical types and call these methods. What a call
+tells them, and how a stream is metered as it goes, is in `request.metering`.
 """
 
 from __future__ import annotations
