@@ -67,6 +67,6 @@ def marker() -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A new, empty PostgreSQL database for this test (`postgresql+asyncpg://` URL), dropped
-    afterwards; the test is skipped if PostgreSQL is not reachable (see `support.pg`)."""
+    afterwards; the test fails, saying so, if PostgreSQL is not reachable (see `support.pg`)."""
     with postgres_database() as url:
         yield url

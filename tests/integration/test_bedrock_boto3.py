@@ -26,7 +26,7 @@ from botocore.config import Config
 from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import ClientError, EventStreamError
 
-from cumulo.governance import keys
+from cumulo.governance.identity import keys
 from fakes import FakeOpenAIUpstream
 from fakes.anthropic_upstream import FakeAnthropicUpstream
 from fakes.bedrock_upstream import (
