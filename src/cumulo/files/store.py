@@ -53,6 +53,7 @@ DEFAULT_MAX_BYTES = 512 << 20
 DEFAULT_MAX_FILES = 10_000
 MAX_FILENAME = 256
 LIST_LIMIT_MAX = 10_000
+WRITE_CHUNK = 1 << 20
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 Order = Literal["asc", "desc"]
@@ -185,6 +186,7 @@ class FileStore:
         sha = hashlib.sha256()
         size = 0
         limit = self.limits.max_bytes
+        buffer = bytearray()  # written in WRITE_CHUNK pieces: one thread hop per piece
         try:
             async with await anyio.open_file(path, "wb") as out:
                 async for chunk in chunks:
@@ -193,8 +195,13 @@ class FileStore:
                         raise PayloadTooLarge(
                             f"file is over the limit of {limit} bytes", param="file"
                         )
-                    sha.update(chunk)
-                    await out.write(chunk)
+                    buffer += chunk
+                    if len(buffer) >= WRITE_CHUNK:
+                        sha.update(buffer)
+                        await out.write(bytes(buffer))
+                        buffer.clear()
+                sha.update(buffer)
+                await out.write(bytes(buffer))
         except BaseException:
             await anyio.to_thread.run_sync(discard, path)
             raise
