@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cumulo.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited
 from cumulo.files.blobs import BlobStore, discard
+from cumulo.files.spool import Spool
 from cumulo.store.db import Store
 from cumulo.store.schema import file_blobs, files
 
@@ -53,7 +54,6 @@ DEFAULT_MAX_BYTES = 512 << 20
 DEFAULT_MAX_FILES = 10_000
 MAX_FILENAME = 256
 LIST_LIMIT_MAX = 10_000
-WRITE_CHUNK = 1 << 20
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 Order = Literal["asc", "desc"]
@@ -182,30 +182,18 @@ class FileStore:
         For a front door that learns the file's purpose and name after its bytes (a
         multipart body): `add` it then, or `discard` it.
         """
-        path = self.staging_path()
-        sha = hashlib.sha256()
-        size = 0
+        spool = Spool(self.staging_path())
         limit = self.limits.max_bytes
-        buffer = bytearray()  # written in WRITE_CHUNK pieces: one thread hop per piece
         try:
-            async with await anyio.open_file(path, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(
-                            f"file is over the limit of {limit} bytes", param="file"
-                        )
-                    buffer += chunk
-                    if len(buffer) >= WRITE_CHUNK:
-                        sha.update(buffer)
-                        await out.write(bytes(buffer))
-                        buffer.clear()
-                sha.update(buffer)
-                await out.write(bytes(buffer))
+            async for chunk in chunks:
+                if spool.size + len(chunk) > limit:
+                    raise PayloadTooLarge(f"file is over the limit of {limit} bytes", param="file")
+                await spool.write(chunk)
+            digest = await spool.finish()
         except BaseException:
-            await anyio.to_thread.run_sync(discard, path)
+            await spool.abort()
             raise
-        return Staged(path, sha.hexdigest(), size)
+        return Staged(spool.path, digest, spool.size)
 
     async def add(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from support import ApiKey, CumuloServer
+from support import ApiKey, CumuloServer, wait_until
 
 MiB = 1 << 20
 
@@ -131,3 +132,24 @@ def test_a_200_mb_upload_and_download_keep_the_server_rss_flat(
     # The file is 200 MiB; the server grows by a small fraction of it, at most.
     assert upload_peak - before < 40 * MiB, (before, upload_peak)
     assert download_peak - before < 40 * MiB, (before, download_peak)
+
+
+def test_a_client_gone_mid_upload_leaves_nothing(cumulo: CumuloServer) -> None:
+    key = cumulo.create_key("gone")
+    host, port = cumulo.url.removeprefix("http://").split(":")
+    staging = cumulo.home / "files" / "tmp"
+    boundary = "b0undary"
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key.token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {8 * MiB}\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + b"z" * (3 * MiB))
+        assert wait_until(lambda: staging.exists() and any(staging.iterdir()), timeout=10)
+    # The server notices, removes what it staged and keeps no file.
+    assert wait_until(lambda: not any(staging.iterdir()), timeout=10)
+    with httpx.Client(base_url=cumulo.url, headers={"Authorization": f"Bearer {key.token}"}) as h:
+        assert h.get("/v1/files").json()["data"] == []
+    assert "unhandled error on POST /v1/files" not in cumulo.output()
