@@ -23,6 +23,7 @@ Every upload and delete is a ledger entry with the file's hash (`audit`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import string
@@ -54,6 +55,7 @@ DEFAULT_MAX_BYTES = 512 << 20
 DEFAULT_MAX_FILES = 10_000
 MAX_FILENAME = 256
 LIST_LIMIT_MAX = 10_000
+STALE_S = 6 * 3600  # a pending row or staging file this old is left from a crash
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 Order = Literal["asc", "desc"]
@@ -393,6 +395,19 @@ class FileStore:
             )
         return record
 
+    async def sweep(self, older_than_s: float = STALE_S) -> int:
+        """Remove what uploads cut short by a crash left behind: file rows still pending
+        (and their blob references) and staging files, older than `older_than_s`.
+        The number of rows removed. Run at start; no upload takes that long to store."""
+        cutoff = time.time() - older_than_s
+        query = select(files).where(files.c.status == "pending", files.c.created_at < cutoff)
+        async with self.store.engine.connect() as conn:
+            stale = [_record(r) for r in (await conn.execute(query)).all()]
+        for record in stale:
+            await self._forget(record)
+        await anyio.to_thread.run_sync(_remove_older, self.blobs.staging, cutoff)
+        return len(stale)
+
     async def _forget(self, record: FileRecord) -> bool:
         """Delete the row of `record` and, at its blob's last reference, the blob."""
         async with self.store.engine.begin() as conn:
@@ -438,3 +453,10 @@ def _hash_file(path: Path) -> tuple[str, int]:
             sha.update(chunk)
             size += len(chunk)
     return sha.hexdigest(), size
+
+
+def _remove_older(directory: Path, cutoff: float) -> None:
+    for path in directory.glob("upload-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
