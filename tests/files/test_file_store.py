@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import insert, select
 
-from cumulo.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited
+from cumulo.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited, Unavailable
 from cumulo.files import FileLimits, FileStore, LocalBlobs
 from cumulo.store.db import Store
 from cumulo.store.schema import file_blobs, files
@@ -286,3 +286,22 @@ def test_sweep_removes_what_a_crashed_upload_left(url: str, tmp_path: Path) -> N
         assert await fs.sweep() == 0
 
     run(url, tmp_path, body)
+
+
+def test_an_upload_the_ledger_cannot_record_is_not_kept(url: str, tmp_path: Path) -> None:
+    class Down(Audit):
+        async def append(self, *args: Any, **kwargs: Any) -> None:
+            raise Unavailable("the ledger is down")
+
+    async def body(fs: FileStore) -> None:
+        fs.audit = Down()
+        with pytest.raises(Unavailable):
+            await fs.create(tenant_id="t1", key_id=None, purpose="batch", filename="a",
+                            chunks=chunks(b"unaudited"))
+        assert (await fs.list("t1")).data == []
+        async with fs.store.engine.connect() as conn:
+            assert (await conn.execute(select(files.c.id))).all() == []
+            assert (await conn.execute(select(file_blobs.c.sha256))).all() == []
+
+    run(url, tmp_path, body)
+    assert blob_files(tmp_path) == []

@@ -11,14 +11,15 @@ storing a blob against removing it:
 
     create: contents -> staging file (hashed while written, bounded by `max_bytes`)
             txn { blob row refs += 1; file row status "pending" }
-            blob store put (skipped if present) ; file row -> "processed"
+            blob store put (skipped if present) ; ledger entry ; file row -> "processed"
     delete: txn { file row deleted; blob row refs -= 1;
                   at 0: blob row deleted and the blob removed before the commit }
 
 so an upload racing a delete of the same contents either waits for the removal and then
 stores the blob again, or keeps the blob alive. Pending rows are invisible to readers.
 
-Every upload and delete is a ledger entry with the file's hash (`audit`).
+Every upload and delete is a ledger entry with the file's hash (`audit`); an upload the
+ledger cannot record is undone, so no file exists without its entry.
 """
 
 from __future__ import annotations
@@ -291,6 +292,15 @@ class FileStore:
         try:
             if not await self.blobs.exists(digest):
                 await self.blobs.put(digest, path)
+            # Audited before it becomes visible: no file exists without its ledger entry.
+            if self.audit is not None:
+                await self.audit.append(
+                    actor or key_id,
+                    "file.upload",
+                    record.id,
+                    tenant_id,
+                    {"purpose": purpose, "filename": filename, "bytes": size, "sha256": digest},
+                )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._forget(record)
@@ -300,14 +310,6 @@ class FileStore:
                 update(files).where(files.c.id == record.id).values(status="processed")
             )
         done = FileRecord(**{**_values(record), "status": "processed"})
-        if self.audit is not None:
-            await self.audit.append(
-                actor or key_id,
-                "file.upload",
-                done.id,
-                tenant_id,
-                {"purpose": purpose, "filename": filename, "bytes": size, "sha256": digest},
-            )
         return done
 
     async def _ref(self, conn: AsyncConnection, digest: str, size: int, now: float) -> None:
