@@ -12,6 +12,7 @@ import click
 from cumulo.cli.alerts import alerts, invocations
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
+from cumulo.cli.files import files
 from cumulo.cli.keys import keys
 from cumulo.cli.ledger import ledger
 from cumulo.cli.models import models
@@ -57,6 +58,7 @@ for command in (
     ledger,
     chat,
     embed,
+    files,
     usage,
     alerts,
     invocations,
