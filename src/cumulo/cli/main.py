@@ -18,6 +18,7 @@ from cumulo.cli.models import models
 from cumulo.cli.platform_state import deployments, engine, guardrails
 from cumulo.cli.serve import serve
 from cumulo.cli.tenants import tenants
+from cumulo.cli.tls import tls
 from cumulo.cli.usage import usage
 from cumulo.errors import CumuloError
 
@@ -63,6 +64,7 @@ for command in (
     guardrails,
     deployments,
     engine,
+    tls,
 ):
     cli.add_command(command)
 
