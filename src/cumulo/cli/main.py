@@ -44,8 +44,8 @@ from cumulo.errors import CumuloError
 def cli(ctx: click.Context, url: str, key: str | None) -> None:
     """cumulo: a self-hosted AI model platform.
 
-    `serve`, `models build-demo` and `ledger` work on this machine; the other commands are
-    clients of a running platform at --url, authenticated with --key.
+    `serve`, `models build-demo`, `tls` and `ledger` work on this machine; the other
+    commands are clients of a running platform at --url, authenticated with --key.
     """
     ctx.obj = Ctx(url, key or os.environ.get("CUMULO_ADMIN_KEY"))
 
