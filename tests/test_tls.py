@@ -93,6 +93,12 @@ def test_check_pair_names_the_file_at_fault(tmp_path: Path) -> None:
     with pytest.raises(tls.TLSFilesError, match="is a directory") as directory:
         tls.check_pair(tmp_path, key)
     assert directory.value.which == "certfile"
+    with pytest.raises(tls.TLSFilesError, match="is not a regular file"):
+        tls.check_pair(cert, Path("/dev/zero"))  # would be read for ever
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"x" * (tls.MAX_FILE_BYTES + 1))
+    with pytest.raises(tls.TLSFilesError, match="is larger than 1024 KiB"):
+        tls.check_pair(big, key)
     other_cert, _ = write(tmp_path / "other", tls.self_signed())
     with pytest.raises(tls.TLSFilesError, match="not a PEM certificate and its private key") as odd:
         tls.check_pair(other_cert, key)  # a key that is not this certificate's

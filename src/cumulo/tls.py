@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = [
     "DEFAULT_HOSTS",
     "MAX_DAYS",
+    "MAX_FILE_BYTES",
     "SelfSigned",
     "TLSFilesError",
     "check_pair",
@@ -34,6 +35,7 @@ __all__ = [
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_DAYS = 825  # the longest validity clients accept for a server certificate
 MAX_HOSTS = 100
+MAX_FILE_BYTES = 1024 * 1024  # a certificate chain is a few KiB
 
 
 class TLSFilesError(ValueError):
@@ -64,6 +66,10 @@ def check_pair(certfile: Path, keyfile: Path) -> None:
                 pass
         except OSError as exc:
             raise TLSFilesError(f"cannot read {path}: {exc.strerror or exc}", which) from None
+        if not path.is_file():
+            raise TLSFilesError(f"{path} is not a regular file", which)
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise TLSFilesError(f"{path} is larger than {MAX_FILE_BYTES // 1024} KiB", which)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(certfile, keyfile)
