@@ -101,6 +101,8 @@ def serve(
     uvicorn_config = uvicorn.Config(
         "cumulo.app:create_app_from_env",
         factory=True,
+        ssl_certfile=certfile,  # HTTPS when given (the files were checked above)
+        ssl_keyfile=keyfile,
         host=host or server.host,
         port=server.port if port is None else port,
         workers=workers or server.workers,
@@ -114,7 +116,5 @@ def serve(
         # Forwarded headers only from proxies the config names (reading them costs ~2%).
         proxy_headers=bool(server.forwarded_allow_ips),
         forwarded_allow_ips=server.forwarded_allow_ips or None,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
     )
     run(uvicorn_config, sockets)
