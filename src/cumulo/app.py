@@ -24,19 +24,19 @@ from cumulo.api.admin.alerts import routes as alert_routes
 from cumulo.api.admin.ledger import ledger_routes
 from cumulo.api.admin.router import routes as admin_routes
 from cumulo.api.admin.service import AdminService
-from cumulo.api.admin.tenants import TenantService
+from cumulo.api.admin.tenants import TenantAdmin
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
-from cumulo.api.http import DisconnectWatch, Handler, JSONResponse
+from cumulo.api.files import FilesService
+from cumulo.api.files import routes as file_routes
+from cumulo.api.http import DisconnectWatch, Handler, JSONResponse, error_response
 from cumulo.api.openai.router import routes as openai_routes
-from cumulo.api.openai.service import OpenAIService, error_response
+from cumulo.api.openai.service import OpenAIService
 from cumulo.config import Config, load_config
 from cumulo.errors import CumuloError, NotFound
-from cumulo.gateway import Gateway
-from cumulo.inflight import InFlight
 from cumulo.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -137,23 +137,28 @@ def create_app(
         await platform.store.migrate()
         await platform.start()
         stopper = StopOnModelFailure(platform) if stop_on_model_failure else None
-        assert platform.router is not None
-        in_flight = InFlight()
-        gateway = Gateway(
-            platform.router,
-            platform.usage,
-            platform.metrics,
-            platform.governance,
-            platform.guarding,
-            in_flight,
-        )
+        gateway = platform.gateway
+        in_flight = gateway.in_flight
         disconnects = DisconnectWatch(in_flight=in_flight)
+        limits = platform.config.server
         routes = [
-            *openai_routes(OpenAIService(platform, gateway, disconnects)),
-            *bedrock_routes(BedrockService(platform, gateway, disconnects)),
-            *anthropic_routes(AnthropicService(platform, gateway, disconnects)),
-            *admin_routes(AdminService(platform), TenantService(platform)),
-            *ledger_routes(platform, lambda r: access.admin(platform.auth, r)),
+            *openai_routes(
+                OpenAIService(platform.auth, gateway, platform.models, limits, disconnects)
+            ),
+            *bedrock_routes(BedrockService(platform.auth, gateway, limits, disconnects)),
+            *anthropic_routes(AnthropicService(platform.auth, gateway, limits, disconnects)),
+            *admin_routes(
+                AdminService(
+                    platform.auth,
+                    platform.keys,
+                    platform.usage,
+                    platform.guardrails,
+                    platform.router,
+                ),
+                TenantAdmin(platform.auth, platform.tenants),
+            ),
+            *ledger_routes(platform.ledger, lambda r: access.admin(platform.auth, r)),
+            *file_routes(FilesService(platform.auth, platform.files)),
             *guardrail_routes(
                 platform.guardrails,
                 bedrock_authenticator(platform.auth, platform.config.server.max_body_bytes),
@@ -181,11 +186,11 @@ def create_app(
         checks = await platform.readiness()
         ok = all(checks.values())
         body: dict[str, object] = {"status": "ok" if ok else "unavailable", "checks": checks}
-        if platform.catalog is not None:  # which models are not serving, and why
-            if failed := platform.catalog.failures():
-                body["failed_models"] = failed
-            if loading := platform.catalog.loading():
-                body["loading_models"] = loading
+        # Which models are not serving, and why.
+        if failed := platform.catalog.failures():
+            body["failed_models"] = failed
+        if loading := platform.catalog.loading():
+            body["loading_models"] = loading
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
