@@ -17,6 +17,7 @@ from cumulo.engine.loader import CausalLM
 from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
 from cumulo.engine.scheduler import EngineLimits, Posted, Scheduler, Sequence
 from cumulo.engine.stats import EngineStats
+from cumulo import origin
 from cumulo.errors import CumuloError, UpstreamError
 
 __all__ = [
@@ -68,7 +69,7 @@ class ChatEngine:
                 return False
             return True
 
-        seq = Sequence(list(prompt_ids), params, sink)
+        seq = Sequence(list(prompt_ids), params, sink, priority=origin.priority())
         self.scheduler.submit(seq)
         try:
             while True:

@@ -1,0 +1,132 @@
+"""One batch line, run as its owner would call it interactively.
+
+The line's body is read by the OpenAI front door's own translation (the same checks and
+error messages as `POST /v1/chat/completions` and `/v1/embeddings`), sent through the
+gateway's public entry points as the batch's owner (scopes, limits, budgets, routing,
+retries and failover, guardrails, usage), and the answer rendered as the front door
+renders it. The result is a line of OpenAI's batch output format:
+
+    {"id": "batch_req_…", "custom_id": "…",
+     "response": {"status_code": 200, "request_id": "req_…", "body": {…}}, "error": null}
+
+An error the interactive call would answer with (a bad body, a model the key may not
+use, an upstream that refused, a budget spent: `insufficient_quota`) is the line's
+response, with its status and OpenAI error body, in the error file; the other lines go
+on. A rate limit or a brief unavailability is waited out (`Retry-After`) and the line
+tried again, up to `MAX_TRIES`, as a client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+
+from cumulo.api.openai import protocol as wire
+from cumulo.api.openai.service import (
+    error_body,
+    parse_body,
+    render_chat,
+    render_embeddings,
+    to_chat_request,
+    to_embedding_request,
+    validated,
+)
+from cumulo.config import ServerConfig
+from cumulo.errors import (
+    AuthenticationFailed,
+    BudgetExceeded,
+    CumuloError,
+    InvalidRequest,
+    RateLimited,
+    Unavailable,
+)
+from cumulo.gateway import Gateway
+from cumulo.governance.auth import Principal
+
+CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
+ENDPOINTS = (CHAT, EMBEDDINGS)
+MAX_TRIES = 20
+MAX_WAIT_S = 30.0
+
+
+def line_id() -> str:
+    return f"batch_req_{uuid.uuid4().hex}"
+
+
+def output_line(custom_id: str, status: int, body: Any) -> bytes:
+    """A line of the output or error file for an answered request."""
+    return orjson.dumps(
+        {
+            "id": line_id(),
+            "custom_id": custom_id,
+            "response": {
+                "status_code": status,
+                "request_id": f"req_{uuid.uuid4().hex}",
+                "body": body,
+            },
+            "error": None,
+        }
+    )
+
+
+def error_line(custom_id: str, code: str, message: str) -> bytes:
+    """A line of the error file for a request that got no answer (e.g. `batch_expired`)."""
+    return orjson.dumps(
+        {
+            "id": line_id(),
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": code, "message": message},
+        }
+    )
+
+
+class LineCaller:
+    """Sends batch lines through the gateway."""
+
+    def __init__(self, gateway: Gateway, limits: ServerConfig) -> None:
+        self.gateway = gateway
+        self.limits = limits
+
+    async def call(self, who: Principal | None, endpoint: str, body: dict[str, Any]) -> Any:
+        """The rendered response body; raises the CumuloError the interactive call would."""
+        if who is None:
+            raise AuthenticationFailed(
+                "The batch's API key was revoked or expired; its remaining requests are not "
+                "sent.",
+                code="invalid_api_key",
+            )
+        raw = orjson.dumps(body)
+        if endpoint == CHAT:
+            w = validated(wire.chat_completion_request.validate_json, raw)
+            req = to_chat_request(w, self.limits.max_messages)
+            if req.stream:
+                raise InvalidRequest("Streaming is not available in a batch.", param="stream")
+            resp, _ = await self.gateway.chat(who, req, "chat.completions")
+            return render_chat(resp)
+        e = parse_body(wire.EmbeddingRequestWire, raw)
+        ereq = to_embedding_request(e, self.limits.max_embedding_inputs)
+        eresp, _ = await self.gateway.embed(who, ereq, "embeddings")
+        return render_embeddings(eresp, e.encoding_format)
+
+    async def run(
+        self, who: Principal | None, endpoint: str, custom_id: str, body: dict[str, Any]
+    ) -> tuple[bool, bytes]:
+        """(succeeded, the output or error file's line)."""
+        for attempt in range(1, MAX_TRIES + 1):
+            try:
+                answer = await self.call(who, endpoint, body)
+            except BudgetExceeded as exc:  # spent: no waiting makes it come back this period
+                return False, output_line(custom_id, exc.status, error_body(exc))
+            except (RateLimited, Unavailable) as exc:
+                if attempt == MAX_TRIES:
+                    return False, output_line(custom_id, exc.status, error_body(exc))
+                await asyncio.sleep(min(exc.retry_after or 1.0, MAX_WAIT_S))
+                continue
+            except CumuloError as exc:
+                return False, output_line(custom_id, exc.status, error_body(exc))
+            return True, output_line(custom_id, 200, answer)
+        raise AssertionError("unreachable")
