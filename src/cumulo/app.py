@@ -27,6 +27,8 @@ from cumulo.api.admin.service import AdminService
 from cumulo.api.admin.tenants import TenantService
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
+from cumulo.api.batches.router import routes as batch_routes
+from cumulo.api.batches.service import BatchService
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
@@ -36,7 +38,9 @@ from cumulo.api.openai.service import OpenAIService, error_response
 from cumulo.config import Config, load_config
 from cumulo.errors import CumuloError, NotFound
 from cumulo.gateway import Gateway
+from cumulo.jobs.setup import job_runner
 from cumulo.platform import Platform
+from cumulo.store.jobs import JobTable
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +143,16 @@ def create_app(
             platform.guarding,
         )
         disconnects = DisconnectWatch()
+        # Jobs (batches) run here unless only `cumulo worker` processes should run them.
+        runner = job_runner(platform, gateway) if platform.config.jobs.run_in_server else None
+        batches = BatchService(
+            platform.auth, platform.files, JobTable(platform.store), platform.ledger, runner
+        )
         routes = [
             *openai_routes(OpenAIService(platform, gateway, disconnects)),
             *bedrock_routes(BedrockService(platform, gateway, disconnects)),
             *anthropic_routes(AnthropicService(platform, gateway, disconnects)),
+            *batch_routes(batches),
             *admin_routes(AdminService(platform), TenantService(platform)),
             *ledger_routes(platform, lambda r: access.admin(platform.auth, r)),
             *guardrail_routes(
@@ -157,9 +167,13 @@ def create_app(
         ]
         app.router.routes.extend(routes)
         hot.add([r for r in routes if r.path.startswith("/v1/")])
+        if runner is not None:
+            runner.start()
         try:
             yield
         finally:
+            if runner is not None:
+                await runner.close()  # lines in flight are given back, results written
             await disconnects.close()
             await platform.close()
             if stopper is not None:

@@ -19,6 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from cumulo.config import Config, cumulo_home, database_url
+from cumulo.files import FileStore, blob_store
 from cumulo.governance.alerts import Alert, AlertSink
 from cumulo.governance.anomaly import AnomalyDetector
 from cumulo.governance.auth import Authenticator, Principal
@@ -97,6 +98,8 @@ class Platform:
             spend=self.store.spend_since,
         )
         self.invocations = InvocationLog(self.store, retention_days=self._retention_days)
+        # Uploaded files and the files jobs write (`cumulo.files`), audited in the ledger.
+        self.files = FileStore(self.store, blob_store(None, self.home), audit=self.ledger)
         self.governance = Governance(
             self.limiter,
             self.budgets,

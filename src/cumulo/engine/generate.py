@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
+from cumulo import origin
 from cumulo.engine.loader import CausalLM
 from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
 from cumulo.engine.scheduler import EngineLimits, Posted, Scheduler, Sequence
 from cumulo.engine.stats import EngineStats
-from cumulo import origin
 from cumulo.errors import CumuloError, UpstreamError
 
 __all__ = [

@@ -213,11 +213,11 @@ class JobRunner:
             if job.status == VALIDATING:
                 await self._validate(kind, job)
             elif job.status in (CANCELLING, FINALIZING):
-                free, held = await self.jobs.pending(job.id)
+                _, held = await self.jobs.pending(job.id)
                 if held == 0:  # nothing in flight anywhere any more (else: a later tick)
                     ending = CANCELLED if job.status == CANCELLING else job.ending
                     await self._finalize(kind, job, ending or COMPLETED_JOB)
-        except Exception as exc:  # noqa: BLE001 - the job fails, with the reason, not the runner
+        except Exception as exc:
             log.exception("job %s: %s failed", job.id, job.status)
             await self.jobs.add_event(job.id, f"{job.status} failed: {exc}", "error")
             await self._finish(
@@ -271,7 +271,9 @@ class JobRunner:
                 "completed": final.completed,
                 "failed": final.failed,
             }
-            await self.audit.append(final.key_id, f"{kind.name}.finished", job.id, job.tenant_id, data)
+            await self.audit.append(
+                final.key_id, f"{kind.name}.finished", job.id, job.tenant_id, data
+            )
 
 
 def _with(job: JobRow, **changes: Any) -> JobRow:

@@ -112,7 +112,7 @@ class JobTable:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         return _job(row) if row is not None else None
 
-    async def list(
+    async def page(
         self,
         kind: str,
         tenant_id: str | None,
@@ -177,8 +177,10 @@ class JobTable:
             await conn.execute(q)
 
     async def in_status(self, statuses: Sequence[str]) -> list[JobRow]:
-        q = select(jobs).where(jobs.c.status.in_(statuses)).order_by(
-            jobs.c.priority.desc(), jobs.c.created_at
+        q = (
+            select(jobs)
+            .where(jobs.c.status.in_(statuses))
+            .order_by(jobs.c.priority.desc(), jobs.c.created_at)
         )
         async with self.engine.connect() as conn:
             return [_job(r) for r in await conn.execute(q)]
@@ -236,14 +238,14 @@ class JobTable:
         async with self.engine.begin() as conn:
             await conn.execute(delete(job_items).where(job_items.c.job_id == job_id))
 
-    async def claim_items(
-        self, job_id: str, owner: str, n: int, lease_s: float
-    ) -> list[ItemRow]:
+    async def claim_items(self, job_id: str, owner: str, n: int, lease_s: float) -> list[ItemRow]:
         """Lease up to `n` pending items of the job nobody holds, lowest index first."""
         now = time.time()
         pick = (
             select(job_items.c.idx)
-            .where(job_items.c.job_id == job_id, job_items.c.status == PENDING, _lapsed(job_items, now))
+            .where(
+                job_items.c.job_id == job_id, job_items.c.status == PENDING, _lapsed(job_items, now)
+            )
             .order_by(job_items.c.idx)
             .limit(n)
             .with_for_update(skip_locked=True)
@@ -256,8 +258,15 @@ class JobTable:
                 job_items.c.status == PENDING,
                 _lapsed(job_items, now),
             )
-            .values(lease_owner=owner, lease_expires_at=now + lease_s, attempt=job_items.c.attempt + 1)
-            .returning(job_items.c.idx, job_items.c.line_offset, job_items.c.line_length, job_items.c.attempt)
+            .values(
+                lease_owner=owner, lease_expires_at=now + lease_s, attempt=job_items.c.attempt + 1
+            )
+            .returning(
+                job_items.c.idx,
+                job_items.c.line_offset,
+                job_items.c.line_length,
+                job_items.c.attempt,
+            )
         )
         async with self.engine.begin() as conn:
             rows = (await conn.execute(q)).all()

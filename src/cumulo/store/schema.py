@@ -189,6 +189,8 @@ file_blobs = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("refs", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
 # 0010: jobs (cumulo/jobs): the job record, its items (a batch's lines) and its event log.
 # A job's `lease_*` belong to the worker validating or finalizing it; an item's to the worker
 # running it. `ending`: the status a job ends with once finalized (completed, cancelled, expired)

@@ -61,7 +61,9 @@ async def lines_with_offsets(
         pos += len(chunk)
         if len(buf) > max_line_bytes:
             raise LineInvalid(
-                LineError(number + 1, None, f"line {number + 1} is longer than {max_line_bytes} bytes")
+                LineError(
+                    number + 1, None, f"line {number + 1} is longer than {max_line_bytes} bytes"
+                )
             )
     if buf:
         yield number + 1, start_of_line, bytes(buf)
@@ -91,7 +93,9 @@ class _Reader:
             try:
                 self._buf += await anext(self._chunks)
             except StopAsyncIteration:
-                raise NotFound("the batch's input file is shorter than when it was checked") from None
+                raise NotFound(
+                    "the batch's input file is shorter than when it was checked"
+                ) from None
         start = offset - self._pos
         return bytes(self._buf[start : start + length])
 
@@ -146,9 +150,15 @@ class BatchKind:
             record = await self._input(job)
         except NotFound:
             raise JobInvalid(
-                [{"code": "file_not_found", "message": f"The input file {job.input_file_id} "
-                  "was deleted before the batch started.", "param": "input_file_id",
-                  "line": None}]
+                [
+                    {
+                        "code": "file_not_found",
+                        "message": f"The input file {job.input_file_id} "
+                        "was deleted before the batch started.",
+                        "param": "input_file_id",
+                        "line": None,
+                    }
+                ]
             ) from None
         endpoint = job.params["endpoint"]
         errors: list[dict[str, Any]] = []
@@ -162,8 +172,9 @@ class BatchKind:
                     continue
                 if idx >= limit:
                     errors.append(
-                        LineError(number, None, f"line {number}: a batch holds at most "
-                                  f"{limit} requests").as_dict()
+                        LineError(
+                            number, None, f"line {number}: a batch holds at most {limit} requests"
+                        ).as_dict()
                     )
                     break
                 try:
@@ -179,8 +190,7 @@ class BatchKind:
                             LineError(
                                 number,
                                 "custom_id",
-                                f"line {number}: custom_id {line.custom_id!r} repeats line "
-                                f"{first}",
+                                f"line {number}: custom_id {line.custom_id!r} repeats line {first}",
                                 code="duplicate_custom_id",
                             ).as_dict()
                         )
@@ -193,7 +203,9 @@ class BatchKind:
         except LineInvalid as exc:
             errors.append(exc.error.as_dict())
         if not errors and idx == 0:
-            errors.append(LineError(1, None, "the file holds no requests", code="empty_file").as_dict())
+            errors.append(
+                LineError(1, None, "the file holds no requests", code="empty_file").as_dict()
+            )
         if errors:
             raise JobInvalid(errors)
         await add_items(pending)
@@ -213,7 +225,9 @@ class BatchKind:
             fields["error_file_id"] = err
         return fields
 
-    async def _write(self, job: JobRow, status: str, what: str, unfinished: bool = False) -> str | None:
+    async def _write(
+        self, job: JobRow, status: str, what: str, unfinished: bool = False
+    ) -> str | None:
         """Store the results in `status` as a file; its id (None: there were none)."""
         path = self.files.staging_path()
         count = 0

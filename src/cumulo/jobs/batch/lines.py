@@ -95,8 +95,7 @@ class LineCaller:
         """The rendered response body; raises the CumuloError the interactive call would."""
         if who is None:
             raise AuthenticationFailed(
-                "The batch's API key was revoked or expired; its remaining requests are not "
-                "sent.",
+                "The batch's API key was revoked or expired; its remaining requests are not sent.",
                 code="invalid_api_key",
             )
         raw = orjson.dumps(body)

@@ -1,0 +1,1 @@
+"""OpenAI's Batch API: router, wire models, service."""
