@@ -32,6 +32,8 @@ from cumulo.api.batches.service import BatchService
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
+from cumulo.api.files import FilesService
+from cumulo.api.files import routes as file_routes
 from cumulo.api.http import DisconnectWatch, Handler, JSONResponse
 from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService, error_response
@@ -153,6 +155,7 @@ def create_app(
             *bedrock_routes(BedrockService(platform, gateway, disconnects)),
             *anthropic_routes(AnthropicService(platform, gateway, disconnects)),
             *batch_routes(batches),
+            *file_routes(FilesService(platform.auth, platform.files)),
             *admin_routes(AdminService(platform), TenantService(platform)),
             *ledger_routes(platform, lambda r: access.admin(platform.auth, r)),
             *guardrail_routes(

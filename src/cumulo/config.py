@@ -298,6 +298,18 @@ class LedgerConfig(_Strict):
         )
 
 
+class FilesConfig(_Strict):
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        le=1 << 40,
+        description="Largest file `POST /v1/files` accepts (413 past it, nothing kept).",
+    )
+    max_files_per_tenant: int = Field(
+        10_000, gt=0, le=10_000_000, description="Files one tenant may hold at once (429 past it)."
+    )
+
+
 class PricingConfig(_Strict):
     local: PriceConfig | None = Field(
         None,
@@ -355,6 +367,15 @@ class Config(_Strict):
     pricing: PricingConfig = PricingConfig()
     ledger: LedgerConfig = LedgerConfig()
     jobs: JobsConfig = JobsConfig()
+    files: FilesConfig = FilesConfig()
+    files_url: str | None = Field(
+        None,
+        description="Where file contents live. Default: CUMULO_HOME/files. `s3://bucket/prefix`: "
+        "an S3-compatible store shared by replicas, reached with boto3's own environment "
+        "(AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_REGION); never put credentials here.",
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis for several replicas: shared limits and budgets, and key/tenant "

@@ -19,7 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from cumulo.config import Config, cumulo_home, database_url
-from cumulo.files import FileStore, blob_store
+from cumulo.files import FileLimits, FileStore, blob_store
 from cumulo.governance.alerts import Alert, AlertSink
 from cumulo.governance.anomaly import AnomalyDetector
 from cumulo.governance.auth import Authenticator, Principal
@@ -74,6 +74,12 @@ class Platform:
         self.ledger = Ledger(  # the audit ledger
             self.store, self.master_key, checkpoint_file=config.ledger.checkpoint_path(self.home)
         )
+        self.files = FileStore(  # uploaded files and the files jobs write
+            self.store,
+            blob_store(config.files_url, self.home),
+            FileLimits(config.files.max_file_bytes, config.files.max_files_per_tenant),
+            self.ledger,
+        )
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.traffic = TrafficLog(  # a line a minute in the log, when there was traffic
             self.metrics,
@@ -98,8 +104,6 @@ class Platform:
             spend=self.store.spend_since,
         )
         self.invocations = InvocationLog(self.store, retention_days=self._retention_days)
-        # Uploaded files and the files jobs write (`cumulo.files`), audited in the ledger.
-        self.files = FileStore(self.store, blob_store(None, self.home), audit=self.ledger)
         self.governance = Governance(
             self.limiter,
             self.budgets,

@@ -95,6 +95,15 @@ class FileRecord:
 
 
 @dataclass(slots=True, frozen=True)
+class Staged:
+    """Bytes written to the staging directory and hashed, not yet a file (`stage`)."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(slots=True, frozen=True)
 class FilePage:
     """One page of a listing, and whether more follow it."""
 
@@ -153,16 +162,69 @@ class FileStore:
         kept), RateLimited (429) if the tenant holds `limits.max_files` files already,
         InvalidRequest for a purpose or filename cumulo does not accept.
         """
-        _check_fields(purpose, filename)
-        await self._check_room(tenant_id)
+        check_fields(purpose, filename)
+        await self.check_room(tenant_id)
+        staged = await self.stage(chunks)
+        return await self.add(
+            staged,
+            tenant_id=tenant_id,
+            key_id=key_id,
+            purpose=purpose,
+            filename=filename,
+            actor=actor,
+        )
+
+    async def stage(self, chunks: AsyncIterable[bytes]) -> Staged:
+        """Write `chunks` to a staging file, hashing them; PayloadTooLarge (param `file`)
+        as soon as they pass `limits.max_bytes` (the staging file is removed).
+
+        For a front door that learns the file's purpose and name after its bytes (a
+        multipart body): `add` it then, or `discard` it.
+        """
         path = self.staging_path()
+        sha = hashlib.sha256()
+        size = 0
+        limit = self.limits.max_bytes
         try:
-            digest, size = await self._spool(chunks, path)
-            return await self._commit(
-                path, tenant_id, key_id, purpose, filename, digest, size, actor
-            )
+            async with await anyio.open_file(path, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(
+                            f"file is over the limit of {limit} bytes", param="file"
+                        )
+                    sha.update(chunk)
+                    await out.write(chunk)
+        except BaseException:
+            await anyio.to_thread.run_sync(discard, path)
+            raise
+        return Staged(path, sha.hexdigest(), size)
+
+    async def add(
+        self,
+        staged: Staged,
+        *,
+        tenant_id: str | None,
+        key_id: str | None,
+        purpose: str,
+        filename: str,
+        actor: str | None = None,
+    ) -> FileRecord:
+        """Make a staged file one of the tenant's files (`staged` is consumed either way).
+
+        InvalidRequest for a purpose or filename cumulo does not accept, RateLimited if
+        the tenant holds `limits.max_files` files already.
+        """
+        try:
+            check_fields(purpose, filename)
+            await self.check_room(tenant_id)
+            return await self._commit(staged, tenant_id, key_id, purpose, filename, actor)
         finally:
-            discard(path)
+            await self.discard(staged)
+
+    async def discard(self, staged: Staged) -> None:
+        """Remove a staged file that will not be added."""
+        await anyio.to_thread.run_sync(discard, staged.path)
 
     async def create_from_path(
         self,
@@ -177,24 +239,31 @@ class FileStore:
         """Store the file at `path` (consumed: it is moved or removed) as a new file.
 
         For files cumulo writes itself (a batch's output, written to `staging_path()`, so
-        that storing it locally is a rename). The same limits and errors as `create`,
-        except that the size limit is not applied to service purposes.
+        that storing it locally is a rename). The same errors as `add`; the size limit
+        applies to upload purposes only.
         """
-        _check_fields(purpose, filename)
         try:
-            await self._check_room(tenant_id)
             digest, size = await anyio.to_thread.run_sync(_hash_file, path)
-            if size > self.limits.max_bytes and purpose not in SERVICE_PURPOSES:
-                raise PayloadTooLarge(
-                    f"file is over the limit of {self.limits.max_bytes} bytes", param="file"
-                )
-            return await self._commit(
-                path, tenant_id, key_id, purpose, filename, digest, size, actor
+        except BaseException:
+            await anyio.to_thread.run_sync(discard, path)
+            raise
+        staged = Staged(path, digest, size)
+        if size > self.limits.max_bytes and purpose not in SERVICE_PURPOSES:
+            await self.discard(staged)
+            raise PayloadTooLarge(
+                f"file is over the limit of {self.limits.max_bytes} bytes", param="file"
             )
-        finally:
-            discard(path)
+        return await self.add(
+            staged,
+            tenant_id=tenant_id,
+            key_id=key_id,
+            purpose=purpose,
+            filename=filename,
+            actor=actor,
+        )
 
-    async def _check_room(self, tenant_id: str | None) -> None:
+    async def check_room(self, tenant_id: str | None) -> None:
+        """RateLimited (429, code `files_limit`) if the tenant holds `limits.max_files`."""
         async with self.store.engine.connect() as conn:
             count = select(func.count()).select_from(files).where(_owned(tenant_id))
             n = (await conn.execute(count)).scalar_one()
@@ -205,30 +274,16 @@ class FileStore:
                 code="files_limit",
             )
 
-    async def _spool(self, chunks: AsyncIterable[bytes], path: Path) -> tuple[str, int]:
-        sha = hashlib.sha256()
-        size = 0
-        limit = self.limits.max_bytes
-        async with await anyio.open_file(path, "wb") as out:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"file is over the limit of {limit} bytes", param="file")
-                sha.update(chunk)
-                await out.write(chunk)
-        return sha.hexdigest(), size
-
     async def _commit(
         self,
-        path: Path,
+        staged: Staged,
         tenant_id: str | None,
         key_id: str | None,
         purpose: str,
         filename: str,
-        digest: str,
-        size: int,
         actor: str | None,
     ) -> FileRecord:
+        path, digest, size = staged.path, staged.sha256, staged.size
         now = time.time()
         record = FileRecord(
             new_file_id(), tenant_id, key_id, purpose, filename, size, digest, now, "pending"
@@ -368,7 +423,7 @@ def _values(record: FileRecord) -> dict[str, Any]:
     return {k: getattr(record, k) for k in FileRecord.__slots__}
 
 
-def _check_fields(purpose: str, filename: str) -> None:
+def check_fields(purpose: str, filename: str) -> None:
     if purpose not in PURPOSES:
         raise InvalidRequest(
             f"purpose: {purpose!r} is not one of {', '.join(UPLOAD_PURPOSES)}", param="purpose"
