@@ -10,6 +10,7 @@ import sys
 import click
 
 from cumulo.cli.alerts import alerts, invocations
+from cumulo.cli.batch import batch
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
 from cumulo.cli.keys import keys
@@ -19,6 +20,7 @@ from cumulo.cli.platform_state import deployments, engine, guardrails
 from cumulo.cli.serve import serve
 from cumulo.cli.tenants import tenants
 from cumulo.cli.usage import usage
+from cumulo.cli.worker import worker
 from cumulo.errors import CumuloError
 
 
@@ -51,6 +53,7 @@ def cli(ctx: click.Context, url: str, key: str | None) -> None:
 
 for command in (
     serve,
+    worker,
     keys,
     tenants,
     models,
@@ -63,6 +66,7 @@ for command in (
     guardrails,
     deployments,
     engine,
+    batch,
 ):
     cli.add_command(command)
 
