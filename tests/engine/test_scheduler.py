@@ -21,6 +21,7 @@ from cumulo.engine.params import Finished, GenerationParams, TextPiece
 from cumulo.engine.sampling import SamplingConfig
 from cumulo.engine.scheduler import EngineLimits, Posted, Scheduler, Sequence
 from cumulo.errors import RateLimited, Unavailable
+from cumulo.origin import BACKGROUND
 
 GREEDY = SamplingConfig(temperature=0.0)
 
@@ -160,3 +161,29 @@ def test_close_fails_queued_and_running_requests(lm: CausalLM) -> None:
     assert len(running.tokens) < 500
     with pytest.raises(Unavailable):
         submit(engine, p, 1)
+
+
+def test_interactive_requests_are_admitted_ahead_of_background_work(lm: CausalLM) -> None:
+    engine = Scheduler(lm, EngineLimits(max_running=4, max_tokens_in_flight=4 * 256,
+                                        max_queue=16, prefill_chunk=32))
+    try:
+        p = prompts(lm, 1)[0]
+        background = []
+        for _ in range(8):
+            seq = Sequence(p, GenerationParams(max_new_tokens=150, sampling=GREEDY), Collector(),
+                           priority=BACKGROUND)
+            engine.submit(seq)
+            background.append(seq)
+        deadline = time.monotonic() + 30
+        while not any(s.tokens for s in background) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Background work leaves one slot free for an interactive request.
+        assert engine.stats().running == 3
+        _, sink = submit(engine, p, 3)
+        assert sink.end.completion_tokens == 3
+        # It went ahead of the background sequences that were queued before it.
+        assert sum(1 for s in background if s.slot < 0 and not s.done) >= 1
+        for s in background:
+            engine.cancel(s)
+    finally:
+        engine.close()

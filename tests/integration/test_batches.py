@@ -9,52 +9,30 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from fakes import FakeOpenAIUpstream
-from support import CumuloServer, openai_deployment, start_cumulo, wait_until
-from support.batches import chat_line, custom_ids, jsonl, result_lines, wait_batch
+from support import CumuloServer, start_cumulo, wait_until
+from support.batches import (
+    batch_config,
+    chat_line,
+    custom_ids,
+    jsonl,
+    new_key,
+    result_lines,
+    submit,
+    wait_batch,
+)
 
-NO_RETRY = {"retries": 0, "breaker": {"consecutive_failures": 1_000_000, "error_rate": 1.0}}
-PRICE = {"input_per_mtok": 100_000.0, "output_per_mtok": 100_000.0}  # $0.1 a token
 MULTIPLIER = 0.5
-
-
-def batch_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
-    def chat(name: str, model: str, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "kind": "chat", "routing": NO_RETRY,
-                "deployments": [openai_deployment(upstream, model, **extra)]}
-
-    return {
-        "usage": {"flush_interval_s": 0.1},
-        "jobs": {"poll_interval_s": 0.2, "lease_s": 3, "batch_price_multiplier": MULTIPLIER,
-                 **jobs},
-        "models": [
-            chat("chat-echo", "echo"),
-            chat("chat-slow", "slow:0.3"),
-            chat("chat-slower", "slow:20"),
-            chat("chat-upstream-400", "status:400"),
-            chat("chat-priced", "echo", price=PRICE),
-            {"name": "embed", "kind": "embedding", "routing": NO_RETRY,
-             "deployments": [openai_deployment(upstream, "embed")]},
-        ],
-    }
 
 
 @pytest.fixture(scope="module")
 def server(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
-    return cumulo_factory(batch_config(upstream))
-
-
-def new_key(server: CumuloServer, name: str, **fields: Any) -> tuple[str, str]:
-    with server.admin() as admin:
-        resp = admin.post("/admin/keys", json={"name": name, "role": "caller", **fields})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"], resp.json()["key"]
+    return cumulo_factory(batch_config(upstream, batch_price_multiplier=MULTIPLIER))
 
 
 def new_tenant_key(server: CumuloServer, tenant: str) -> str:
@@ -72,16 +50,6 @@ def http(server: CumuloServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
                       timeout=30) as c:
         yield c
-
-
-def submit(http: httpx.Client, data: bytes, endpoint: str = "/v1/chat/completions",
-           **extra: Any) -> dict[str, Any]:
-    up = http.post("/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})
-    assert up.status_code == 200, up.text
-    resp = http.post("/v1/batches", json={"input_file_id": up.json()["id"], "endpoint": endpoint,
-                                          "completion_window": "24h", **extra})
-    assert resp.status_code == 200, resp.text
-    return dict(resp.json())
 
 
 def test_openai_sdk_batch_of_1000_lines_with_bad_ones(

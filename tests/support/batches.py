@@ -9,6 +9,9 @@ from typing import Any
 
 import httpx
 
+from fakes import FakeOpenAIUpstream
+from support.cumulo import CumuloServer, openai_deployment
+
 ENDED = ("completed", "failed", "expired", "cancelled")
 
 
@@ -49,3 +52,44 @@ def result_lines(http: httpx.Client, file_id: str | None) -> list[dict[str, Any]
 
 def custom_ids(lines: list[dict[str, Any]]) -> Counter[str]:
     return Counter(line["custom_id"] for line in lines)
+
+
+NO_RETRY = {"retries": 0, "breaker": {"consecutive_failures": 1_000_000, "error_rate": 1.0}}
+PRICE = {"input_per_mtok": 100_000.0, "output_per_mtok": 100_000.0}  # $0.1 a token
+
+
+def batch_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
+    def chat(name: str, model: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "kind": "chat", "routing": NO_RETRY,
+                "deployments": [openai_deployment(upstream, model, **extra)]}
+
+    return {
+        "usage": {"flush_interval_s": 0.1},
+        "jobs": {"poll_interval_s": 0.2, "lease_s": 3, **jobs},
+        "models": [
+            chat("chat-echo", "echo"),
+            chat("chat-slow", "slow:0.3"),
+            chat("chat-slower", "slow:20"),
+            chat("chat-upstream-400", "status:400"),
+            chat("chat-priced", "echo", price=PRICE),
+            {"name": "embed", "kind": "embedding", "routing": NO_RETRY,
+             "deployments": [openai_deployment(upstream, "embed")]},
+        ],
+    }
+
+
+def new_key(server: CumuloServer, name: str, **fields: Any) -> tuple[str, str]:
+    with server.admin() as admin:
+        resp = admin.post("/admin/keys", json={"name": name, "role": "caller", **fields})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["id"], resp.json()["key"]
+
+
+def submit(http: httpx.Client, data: bytes, endpoint: str = "/v1/chat/completions",
+           **extra: Any) -> dict[str, Any]:
+    up = http.post("/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})
+    assert up.status_code == 200, up.text
+    resp = http.post("/v1/batches", json={"input_file_id": up.json()["id"], "endpoint": endpoint,
+                                          "completion_window": "24h", **extra})
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())

@@ -318,6 +318,7 @@ class _JobWork:
         worker = self.kind.worker(job)
         flusher = asyncio.create_task(self._flush_every())
         try:
+            await runner.jobs.add_event(job.id, f"worker {runner.owner} joins")
             await self._claim_and_run(worker)
         except Exception:
             log.exception("job %s: running items failed", job.id)

@@ -241,25 +241,28 @@ class JobTable:
     async def claim_items(self, job_id: str, owner: str, n: int, lease_s: float) -> list[ItemRow]:
         """Lease up to `n` pending items of the job nobody holds, lowest index first."""
         now = time.time()
+        # Materialized: PostgreSQL may otherwise run a `LIMIT ... SKIP LOCKED` subquery once
+        # per row it updates, skipping the rows it just locked, and claim far more than `n`.
         pick = (
             select(job_items.c.idx)
             .where(
-                job_items.c.job_id == job_id, job_items.c.status == PENDING, _lapsed(job_items, now)
+                job_items.c.job_id == job_id,
+                job_items.c.status == PENDING,
+                _lapsed(job_items, now),
             )
             .order_by(job_items.c.idx)
             .limit(n)
             .with_for_update(skip_locked=True)
+            .cte("picked")
+            .prefix_with("MATERIALIZED")
         )
         q = (
             update(job_items)
-            .where(
-                job_items.c.job_id == job_id,
-                job_items.c.idx.in_(pick.scalar_subquery()),
-                job_items.c.status == PENDING,
-                _lapsed(job_items, now),
-            )
+            .where(job_items.c.job_id == job_id, job_items.c.idx == pick.c.idx)
             .values(
-                lease_owner=owner, lease_expires_at=now + lease_s, attempt=job_items.c.attempt + 1
+                lease_owner=owner,
+                lease_expires_at=now + lease_s,
+                attempt=job_items.c.attempt + 1,
             )
             .returning(
                 job_items.c.idx,
