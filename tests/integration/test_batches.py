@@ -3,9 +3,12 @@ upstream, a server killed mid-batch, cancellation, a budget running out, tenant 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import signal
+import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ import openai
 import pytest
 
 from fakes import FakeOpenAIUpstream
-from support import CumuloServer, start_cumulo, wait_until
+from support import CUMULO_BIN, CumuloServer, clean_env, start_cumulo, wait_until
 from support.batches import (
     batch_config,
     chat_line,
@@ -273,3 +276,46 @@ def test_sigkill_mid_batch_then_restart_delivers_every_line_once(
         assert any("runs again" in m for m in events), events
     finally:
         second.stop()
+
+
+def test_expired_batch_delivers_finished_lines(server: CumuloServer, http: httpx.Client,
+                                               marker: str) -> None:
+    lines = [chat_line(f"{marker}-{i}", "chat-echo" if i < 5 else "chat-slower", f"{marker} {i}")
+             for i in range(30)]
+    b = submit(http, jsonl(lines), concurrency=2)
+    wait_batch(http, b["id"], done_at_least=5)
+    # Its completion window ends now.
+    with contextlib.closing(sqlite3.connect(server.db_path, timeout=10)) as db, db:
+        db.execute("UPDATE jobs SET expires_at = 0 WHERE id = ?", (b["id"],))
+    b = wait_batch(http, b["id"])
+    assert b["status"] == "expired" and b["expired_at"] is not None
+    out = result_lines(http, b["output_file_id"])
+    err = result_lines(http, b["error_file_id"])
+    assert custom_ids(out) == {f"{marker}-{i}": 1 for i in range(5)}
+    assert custom_ids(err) == {f"{marker}-{i}": 1 for i in range(5, 30)}
+    assert {e["error"]["code"] for e in err} == {"batch_expired"}
+
+
+def test_cli_batch_create_wait_downloads_the_output(server: CumuloServer, tmp_path: Path,
+                                                    marker: str) -> None:
+    _, token = new_key(server, "cli")
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(jsonl([chat_line(f"{marker}-{i}", "chat-echo", f"{marker} {i}")
+                                for i in range(25)]))
+    out = tmp_path / "out.jsonl"
+    run = subprocess.run(
+        [str(CUMULO_BIN), "--url", server.url, "--key", token, "batch", "create", str(requests),
+         "--endpoint", "/v1/chat/completions", "--wait", "--output", str(out)],
+        capture_output=True, text=True, timeout=120, env=clean_env(),
+    )
+    assert run.returncode == 0, run.stderr
+    assert "25/25 done, 0 failed" in run.stderr  # the progress line
+    assert "lines/s" in run.stderr and "ETA" in run.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert custom_ids(lines) == {f"{marker}-{i}": 1 for i in range(25)}
+    batch_id = run.stdout.split("id:")[1].split()[0]
+    listed = subprocess.run(
+        [str(CUMULO_BIN), "--url", server.url, "--key", token, "batch", "list"],
+        capture_output=True, text=True, timeout=60, env=clean_env(),
+    )
+    assert batch_id in listed.stdout and "completed" in listed.stdout

@@ -18,7 +18,7 @@ ENDED = ("completed", "failed", "expired", "cancelled")
 
 @click.group()
 def batch() -> None:
-    """Batches: a JSONL file of requests in, output and error files out."""
+    """Batches: JSONL requests in, output files out."""
 
 
 def _counts(b: dict[str, Any]) -> str:
@@ -178,7 +178,9 @@ def create(
 
 
 @batch.command(name="list")
-@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="At most this many."
+)
 @json_option
 @pass_ctx
 def list_(ctx: Ctx, limit: int, as_json: bool) -> None:
