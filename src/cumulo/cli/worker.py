@@ -30,9 +30,9 @@ log = logging.getLogger("cumulo.worker")
     help="The least severe log lines shown.",
 )
 def worker(config_path: str | None, log_level: str) -> None:
-    """Run jobs from the database the config names, alongside or instead of servers.
+    """Run jobs (batches) from the database, without serving HTTP.
 
-    Several workers (and servers) share the jobs through PostgreSQL: each batch's lines
+    Workers and servers sharing one database share its jobs. Several workers (and servers) share the jobs through PostgreSQL: each batch's lines
     are claimed in chunks, and a worker that dies has its work taken over once its
     leases lapse (jobs.lease_s). SIGTERM or Ctrl-C stops it gracefully: the lines in
     flight are given back for another worker.
