@@ -33,6 +33,8 @@ from cumulo.store.jobs import COMPLETED, FAILED, PENDING, ItemResult, ItemRow, J
 KIND = "batch"
 OUTPUT_PURPOSE = "batch_output"
 ADD_CHUNK = 1000
+WRITE_CHUNK = 1000  # lines written to an output file at once
+EXPIRED = "This request could not be executed before the completion window expired."
 MAX_LINE_BYTES = 8 << 20
 
 
@@ -231,11 +233,14 @@ class BatchKind:
         """Store the results in `status` as a file; its id (None: there were none)."""
         path = self.files.staging_path()
         count = 0
+        chunk: list[bytes] = []
         async with await anyio.open_file(path, "wb") as f:
             async for _, result in self.jobs.results(job.id, status):
                 if result is not None:
-                    await f.write(result.encode() + b"\n")
-                    count += 1
+                    chunk.append(result.encode() + b"\n")
+                    if len(chunk) >= WRITE_CHUNK:
+                        await f.write(b"".join(chunk))
+                        count, chunk = count + len(chunk), []
             if unfinished:
                 record = await self._input(job)
                 reader = _Reader(lambda: self.files.content(record))
@@ -243,18 +248,14 @@ class BatchKind:
                     async for item in self.jobs.unfinished(job.id):
                         raw = await reader.read(item.offset, item.length)
                         line = parse_batch_line(0, raw)
-                        await f.write(
-                            error_line(
-                                line.custom_id,
-                                "batch_expired",
-                                "This request could not be executed before the completion "
-                                "window expired.",
-                            )
-                            + b"\n"
-                        )
-                        count += 1
+                        chunk.append(error_line(line.custom_id, "batch_expired", EXPIRED) + b"\n")
+                        if len(chunk) >= WRITE_CHUNK:
+                            await f.write(b"".join(chunk))
+                            count, chunk = count + len(chunk), []
                 finally:
                     await reader.close()
+            await f.write(b"".join(chunk))
+            count += len(chunk)
         if count == 0:
             path.unlink(missing_ok=True)
             return None
