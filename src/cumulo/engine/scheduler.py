@@ -3,8 +3,11 @@
 Requests wait in a bounded FIFO queue (`max_queue`; beyond it `submit` raises
 `RateLimited`) until one of the `max_running` slots of the KV cache is free.
 Interactive requests come first: background work (a job's requests, `Sequence.priority`
-above `INTERACTIVE`) waits in a queue of its own, is admitted only when no interactive
-request waits, and leaves one slot free for the next interactive request.
+above `INTERACTIVE`) waits in a queue of its own and is admitted only when no interactive
+request waits. While interactive requests keep coming (one in the last `RESERVE_S`
+seconds), background work also leaves one slot free, so the next one starts at once
+instead of waiting for a background sequence to finish; with no interactive traffic,
+background work uses every slot.
 Each engine step, at a token boundary:
 
 1. drops finished and cancelled sequences, freeing their slots; running
@@ -53,6 +56,7 @@ from cumulo.origin import INTERACTIVE
 
 logger = logging.getLogger(__name__)
 
+RESERVE_S = 10.0  # interactive traffic this recent keeps a slot free of background work
 Posted: TypeAlias = GenerationEvent | BaseException
 Sink: TypeAlias = Callable[[Posted], bool]  # False when nobody listens any more
 
@@ -113,8 +117,7 @@ class Scheduler:
         self._running: list[Sequence] = []
         self._waiting: deque[Sequence] = deque()
         self._background: deque[Sequence] = deque()  # waiting background work
-        # Slots background work may fill: one stays free for an interactive request.
-        self._background_slots = max(1, limits.max_running - 1)
+        self._last_interactive = float("-inf")  # when the last interactive request came
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -138,6 +141,8 @@ class Scheduler:
                     retry_after=self._retry_after(),
                 )
             queue.append(seq)
+            if queue is self._waiting:
+                self._last_interactive = seq.submitted
         self._wake.set()
 
     def cancel(self, seq: Sequence) -> None:
@@ -213,8 +218,11 @@ class Scheduler:
                 now = time.perf_counter()
                 while self._waiting and len(self._running) < self.limits.max_running:
                     self._admit(self._waiting.popleft(), now)
-                if not self._waiting:
-                    while self._background and len(self._running) < self._background_slots:
+                if not self._waiting and self._background:
+                    slots = self.limits.max_running
+                    if now - self._last_interactive < RESERVE_S and slots > 1:
+                        slots -= 1  # one stays free for the next interactive request
+                    while self._background and len(self._running) < slots:
                         self._admit(self._background.popleft(), now)
                 if self._running:
                     return True
@@ -255,7 +263,7 @@ class Scheduler:
     def _prefill(self, seqs: list[Sequence]) -> None:
         """One chunk of prompt tokens, one forward per run of adjacent slots."""
         budget, chosen = self.limits.prefill_chunk, []
-        for seq in sorted(seqs, key=lambda s: s.slot):
+        for seq in sorted(seqs, key=lambda s: (s.priority, s.slot)):  # interactive first
             if budget <= 0:
                 break
             n = min(len(seq.prompt_ids) - seq.prefilled, budget)
