@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 
 from cumulo.engine.scheduler import RESERVE_S
-from gateway import HOST, Procs, free_port, http, wait_until
+from gateway import HOST, Procs, cpu_seconds, free_port, http, wait_until
 
 ADMIN_KEY = "bench-admin-key-not-secret"
 HERE = Path(__file__).resolve().parent
@@ -52,13 +52,13 @@ def cumulo_argv() -> list[str]:
     return [cumulo] if cumulo else [py, "-c", "from cumulo.cli import main; main()"]
 
 
-def start_cumulo(procs: Procs, tmp: Path, name: str, config: str) -> tuple[str, str]:
-    """`cumulo serve` with `config`; its base URL and a caller key."""
+def start_cumulo(procs: Procs, tmp: Path, name: str, config: str) -> tuple[str, str, int]:
+    """`cumulo serve` with `config`; its base URL, a caller key and its pid."""
     (tmp / f"{name}.yaml").write_text(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
     env.update(CUMULO_HOME=str(tmp / f"{name}-home"), CUMULO_ADMIN_KEY=ADMIN_KEY)
     port = free_port()
-    procs.start(name, [*cumulo_argv(), "serve", "--config", str(tmp / f"{name}.yaml"),
+    proc = procs.start(name, [*cumulo_argv(), "serve", "--config", str(tmp / f"{name}.yaml"),
                        "--port", str(port), "--workers", "1", "--log-level", "warning"], env=env)
     url = f"http://{HOST}:{port}"
     wait_until(procs, name, lambda: http("GET", url + "/health/ready")[0] == 200, timeout=600)
@@ -66,7 +66,7 @@ def start_cumulo(procs: Procs, tmp: Path, name: str, config: str) -> tuple[str, 
                        ADMIN_KEY)
     if status != 201:
         raise RuntimeError(f"creating a key answered {status}: {raw[:300]!r}")
-    return url, json.loads(raw)["key"]
+    return url, json.loads(raw)["key"], proc.pid
 
 
 def chat_body(model: str, i: int, max_tokens: int | None = None) -> dict[str, Any]:
@@ -177,27 +177,33 @@ def bench_upstream(args: argparse.Namespace, tmp: Path) -> None:
         wait_until(procs, "upstream", lambda: http("POST", f"http://{HOST}:{port}/v1/chat/"
                                                    "completions", b"{}")[0] == 200)
         c = args.concurrency
-        url, key = start_cumulo(procs, tmp, "cumulo-upstream", (
+        url, key, pid = start_cumulo(procs, tmp, "cumulo-upstream", (
             f"jobs: {{concurrency: {c}, batch_concurrency: {c}, poll_interval_s: 0.2}}\n"
             "models:\n  - name: bench-model\n    deployments:\n      - provider: openai\n"
             f"        model: gpt-bench\n        base_url: http://{HOST}:{port}/v1\n"))
         bodies = [chat_body("bench-model", i) for i in range(args.lines)]
         asyncio.run(client_run(url, key, bodies[:200], c))  # warm-up
         results: dict[str, list[float]] = {"client": [], "batch": []}
+        cpu: dict[str, list[float]] = {"client": [], "batch": []}
         for r in range(args.rounds):  # alternated, so the machine's load hits both alike
             order = ("client", "batch") if r % 2 == 0 else ("batch", "client")
             for name in order:
                 run = client_run if name == "client" else batch_run
+                before = cpu_seconds(pid) or 0.0
                 took, _ = asyncio.run(run(url, key, bodies, c))
+                used = (cpu_seconds(pid) or 0.0) - before
                 results[name].append(len(bodies) / took)
-                print(f"  {name:6} round {r + 1}: {len(bodies) / took:8.0f} lines/s", flush=True)
+                cpu[name].append(used / len(bodies) * 1e6)
+                print(f"  {name:6} round {r + 1}: {len(bodies) / took:8.0f} lines/s, cumulo "
+                      f"CPU {cpu[name][-1]:5.0f} us/line", flush=True)
         procs.check_alive()
     finally:
         procs.stop_all()
     client, batch = statistics.median(results["client"]), statistics.median(results["batch"])
     print(f"(a) {args.lines} chat lines, fast upstream, concurrency {c}: "
           f"client {client:.0f} lines/s, batch {batch:.0f} lines/s, "
-          f"batch/client {batch / client:.2f}x (target >= 0.9x)")
+          f"batch/client {batch / client:.2f}x (target >= 0.9x); cumulo CPU per line: client "
+          f"{statistics.median(cpu['client']):.0f} us, batch {statistics.median(cpu['batch']):.0f} us")
 
 
 def local_model(args: argparse.Namespace, tmp: Path) -> Path:
@@ -212,7 +218,7 @@ def bench_local(args: argparse.Namespace, tmp: Path) -> None:
     model_dir = local_model(args, tmp)
     procs = Procs(tmp)
     try:
-        url, key = start_cumulo(procs, tmp, "cumulo-local", (
+        url, key, _ = start_cumulo(procs, tmp, "cumulo-local", (
             "jobs: {concurrency: 16, batch_concurrency: 16, poll_interval_s: 0.2}\n"
             "models:\n  - name: local-chat\n    kind: chat\n    untrained: true\n"
             f"    deployments:\n      - provider: local\n        path: {model_dir}\n"

@@ -336,35 +336,56 @@ class _JobWork:
             await worker.close()
             runner.working.pop(job.id, None)
 
+    async def _claim(self) -> list[ItemRow]:
+        runner = self.runner
+        return await runner.jobs.claim_items(
+            self.job.id, runner.owner, self.limit, runner.config.lease_s
+        )
+
     async def _claim_and_run(self, worker: ItemWorker) -> None:
+        """Claim chunks of items and run them, `limit` at a time. The next chunk is claimed
+        while this one is sent, so a claim waiting on the database (a busy SQLite file)
+        does not let the work in flight run dry."""
         runner, job = self.runner, self.job
         origin = self.kind.origin(job)
-        while not self._stopping:
-            items = await runner.jobs.claim_items(
-                job.id, runner.owner, self.limit, runner.config.lease_s
-            )
-            if not items:
-                if await self._done():
-                    return
-                await asyncio.sleep(runner.config.poll_interval_s)
-                continue
-            resumed = sum(1 for it in items if it.attempt > 1)
-            if resumed:
-                await runner.jobs.add_event(
-                    job.id, f"{runner.owner} runs again {resumed} items a stopped worker held"
-                )
-            payloads = await worker.load(items)
-            for item, payload in zip(items, payloads, strict=True):
-                while len(self.inflight) >= self.limit and not self._stopping:
-                    self._room.clear()
-                    await self._room.wait()
-                if self._stopping:
-                    self.given_back.append(item.idx)
+        ahead: asyncio.Task[list[ItemRow]] | None = asyncio.create_task(self._claim())
+        try:
+            while not self._stopping and ahead is not None:
+                items = await ahead
+                ahead = None
+                if not items:
+                    if await self._done():
+                        return
+                    await asyncio.sleep(runner.config.poll_interval_s)
+                    ahead = asyncio.create_task(self._claim())
                     continue
-                await runner.slots.acquire()
-                with running_as(origin):
-                    task = asyncio.create_task(self._one(worker, item, payload))
-                self.inflight[task] = item
+                ahead = asyncio.create_task(self._claim())
+                resumed = sum(1 for it in items if it.attempt > 1)
+                if resumed:
+                    await runner.jobs.add_event(
+                        job.id, f"{runner.owner} runs again {resumed} items a stopped worker held"
+                    )
+                payloads = await worker.load(items)
+                for item, payload in zip(items, payloads, strict=True):
+                    while len(self.inflight) >= self.limit and not self._stopping:
+                        self._room.clear()
+                        await self._room.wait()
+                    if self._stopping:
+                        self.given_back.append(item.idx)
+                        continue
+                    await runner.slots.acquire()
+                    with running_as(origin):
+                        task = asyncio.create_task(self._one(worker, item, payload))
+                    self.inflight[task] = item
+        finally:
+            if ahead is not None:  # claimed ahead, never started: given back
+                ahead.cancel()
+                try:
+                    self.given_back.extend(it.idx for it in await ahead)
+                except asyncio.CancelledError:
+                    pass  # the claim did not finish: if it took items, their leases lapse
+                except Exception:  # the same, and worth a line in the log
+                    log.exception("job %s: claiming items failed", self.job.id)
 
     async def _one(self, worker: ItemWorker, item: ItemRow, payload: bytes) -> None:
         try:

@@ -71,35 +71,43 @@ async def lines_with_offsets(
         yield number + 1, start_of_line, bytes(buf)
 
 
-class _Reader:
-    """Byte ranges of a file read front to back; a range before the position restarts."""
+class RangeReader:
+    """Byte ranges of a file read front to back; a range before the position restarts.
+
+    `_buf[_start:]` holds the file from offset `_pos` on; what lies before a requested range
+    is skipped by moving `_start` (the buffer is compacted once that passes half of it), so a
+    line costs a copy of the line, not of the buffer."""
 
     def __init__(self, open_: Callable[[], AsyncIterator[bytes]]) -> None:
         self._open = open_
         self._chunks: AsyncIterator[bytes] | None = None
         self._buf = bytearray()
-        self._pos = 0  # file offset of _buf[0]
+        self._start = 0
+        self._pos = 0  # file offset of _buf[_start]
 
     async def read(self, offset: int, length: int) -> bytes:
         if self._chunks is None or offset < self._pos:
             await self.close()
-            self._chunks, self._buf, self._pos = self._open(), bytearray(), 0
+            self._chunks, self._buf, self._start, self._pos = self._open(), bytearray(), 0, 0
         assert self._chunks is not None
         while True:
-            if offset > self._pos:  # what lies before the range is not kept
-                drop = min(offset - self._pos, len(self._buf))
-                del self._buf[:drop]
-                self._pos += drop
-            if self._pos + len(self._buf) >= offset + length:
+            held = len(self._buf) - self._start
+            skip = min(offset - self._pos, held)
+            self._start += skip
+            self._pos += skip
+            if self._pos + len(self._buf) - self._start >= offset + length:
                 break
+            if self._start > len(self._buf) // 2:
+                del self._buf[: self._start]
+                self._start = 0
             try:
                 self._buf += await anext(self._chunks)
             except StopAsyncIteration:
                 raise NotFound(
                     "the batch's input file is shorter than when it was checked"
                 ) from None
-        start = offset - self._pos
-        return bytes(self._buf[start : start + length])
+        i = self._start + offset - self._pos
+        return bytes(self._buf[i : i + length])
 
     async def close(self) -> None:
         aclose = getattr(self._chunks, "aclose", None)
@@ -243,12 +251,15 @@ class BatchKind:
                         count, chunk = count + len(chunk), []
             if unfinished:
                 record = await self._input(job)
-                reader = _Reader(lambda: self.files.content(record))
+                reader = RangeReader(lambda: self.files.content(record))
                 try:
                     async for item in self.jobs.unfinished(job.id):
                         raw = await reader.read(item.offset, item.length)
                         line = parse_batch_line(0, raw)
-                        chunk.append(error_line(line.custom_id, "batch_expired", EXPIRED) + b"\n")
+                        chunk.append(
+                            error_line(self.caller.ids, line.custom_id, "batch_expired", EXPIRED)
+                            + b"\n"
+                        )
                         if len(chunk) >= WRITE_CHUNK:
                             await f.write(b"".join(chunk))
                             count, chunk = count + len(chunk), []
@@ -277,14 +288,14 @@ class _BatchWorker:
         self.kind = kind
         self.job = job
         self.endpoint: str = job.params["endpoint"]
-        self._reader: _Reader | None = None
+        self._reader: RangeReader | None = None
         self._lock = asyncio.Lock()
 
     async def load(self, items: Sequence[ItemRow]) -> list[bytes]:
         async with self._lock:
             if self._reader is None:
                 record = await self.kind._input(self.job)
-                self._reader = _Reader(lambda: self.kind.files.content(record))
+                self._reader = RangeReader(lambda: self.kind.files.content(record))
             return [await self._reader.read(it.offset, it.length) for it in items]
 
     async def run(self, item: ItemRow, payload: bytes) -> ItemResult | None:
@@ -298,4 +309,4 @@ class _BatchWorker:
             await self._reader.close()
 
 
-__all__ = ["KIND", "PENDING", "BatchKind", "lines_with_offsets"]
+__all__ = ["KIND", "PENDING", "BatchKind", "RangeReader", "lines_with_offsets"]

@@ -19,7 +19,8 @@ tried again, up to `MAX_TRIES`, as a client would.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import itertools
+import secrets
 from typing import Any
 
 import orjson
@@ -52,31 +53,36 @@ MAX_TRIES = 20
 MAX_WAIT_S = 30.0
 
 
-def line_id() -> str:
-    return f"batch_req_{uuid.uuid4().hex}"
+class LineIds:
+    """Unique ids for output lines and their requests: a random prefix per process and a
+    counter (an id needs to be unique, not unguessable; `uuid4` per line costs a system
+    call for randomness each time)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._next = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._next):016x}"
 
 
-def output_line(custom_id: str, status: int, body: Any) -> bytes:
+def output_line(ids: LineIds, custom_id: str, status: int, body: Any) -> bytes:
     """A line of the output or error file for an answered request."""
     return orjson.dumps(
         {
-            "id": line_id(),
+            "id": f"batch_req_{ids()}",
             "custom_id": custom_id,
-            "response": {
-                "status_code": status,
-                "request_id": f"req_{uuid.uuid4().hex}",
-                "body": body,
-            },
+            "response": {"status_code": status, "request_id": f"req_{ids()}", "body": body},
             "error": None,
         }
     )
 
 
-def error_line(custom_id: str, code: str, message: str) -> bytes:
+def error_line(ids: LineIds, custom_id: str, code: str, message: str) -> bytes:
     """A line of the error file for a request that got no answer (e.g. `batch_expired`)."""
     return orjson.dumps(
         {
-            "id": line_id(),
+            "id": f"batch_req_{ids()}",
             "custom_id": custom_id,
             "response": None,
             "error": {"code": code, "message": message},
@@ -90,6 +96,7 @@ class LineCaller:
     def __init__(self, gateway: Gateway, limits: ServerConfig) -> None:
         self.gateway = gateway
         self.limits = limits
+        self.ids = LineIds()
 
     async def call(self, who: Principal | None, endpoint: str, body: dict[str, Any]) -> Any:
         """The rendered response body; raises the CumuloError the interactive call would."""
@@ -119,13 +126,13 @@ class LineCaller:
             try:
                 answer = await self.call(who, endpoint, body)
             except BudgetExceeded as exc:  # spent: no waiting makes it come back this period
-                return False, output_line(custom_id, exc.status, error_body(exc))
+                return False, output_line(self.ids, custom_id, exc.status, error_body(exc))
             except (RateLimited, Unavailable) as exc:
                 if attempt == MAX_TRIES:
-                    return False, output_line(custom_id, exc.status, error_body(exc))
+                    return False, output_line(self.ids, custom_id, exc.status, error_body(exc))
                 await asyncio.sleep(min(exc.retry_after or 1.0, MAX_WAIT_S))
                 continue
             except CumuloError as exc:
-                return False, output_line(custom_id, exc.status, error_body(exc))
-            return True, output_line(custom_id, 200, answer)
+                return False, output_line(self.ids, custom_id, exc.status, error_body(exc))
+            return True, output_line(self.ids, custom_id, 200, answer)
         raise AssertionError("unreachable")
