@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import orjson
@@ -51,36 +50,6 @@ class Client:
         except ValueError as exc:
             raise self._not_cumulo() from exc
 
-    def upload_file(self, path: Path, purpose: str) -> Any:
-        """POST /v1/files: upload `path` (streamed from disk) for `purpose`; the file object."""
-        try:
-            with path.open("rb") as f:
-                resp = self._http.post(
-                    "/v1/files",
-                    files={"file": (path.name, f, "application/jsonl")},
-                    data={"purpose": purpose},
-                )
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
-        self._check(resp)
-        return resp.json()
-
-    def download_file(self, file_id: str, dest: Path) -> int:
-        """GET /v1/files/{id}/content streamed into `dest`; the bytes written."""
-        written = 0
-        try:
-            with self._http.stream("GET", f"/v1/files/{file_id}/content") as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    self._check(resp)
-                with dest.open("wb") as out:
-                    for chunk in resp.iter_bytes():
-                        out.write(chunk)
-                        written += len(chunk)
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
-        return written
-
     def stream_chat(self, body: dict[str, Any]) -> Iterator[str]:
         """Yield the text pieces of a streamed chat completion."""
         try:
@@ -111,3 +80,30 @@ class Client:
                 raise ClientError("the stream ended before the reply was complete")
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
+
+    def upload(self, path: str, local: BinaryIO, filename: str, data: dict[str, str]) -> Any:
+        """POST a multipart form with `local` as its `file` part, streamed from disk."""
+        try:
+            resp = self._http.post(path, files={"file": (filename, local)}, data=data)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
+        self._check(resp)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise self._not_cumulo() from exc
+
+    def download(self, path: str, out: BinaryIO) -> int:
+        """GET `path` into `out` as it arrives; the number of bytes written."""
+        written = 0
+        try:
+            with self._http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._check(resp)
+                for chunk in resp.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    written += len(chunk)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
+        return written

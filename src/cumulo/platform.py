@@ -146,6 +146,7 @@ class Platform:
         self.usage.start()
         await self.usage.recover()  # what processes that died left in their journals
         self.ledger.start()
+        await self.files.sweep()  # what uploads cut short by a crash left
         await self._seed_budgets()
         self.limiter.start()
         self.budgets.start()

@@ -4,16 +4,21 @@ content-addressed blobs shared and removed at their last reference, limits, audi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import insert, select
 
-from cumulo.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited
+from cumulo.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited, Unavailable
 from cumulo.files import FileLimits, FileStore, LocalBlobs
 from cumulo.store.db import Store
+from cumulo.store.schema import file_blobs, files
 
 T = TypeVar("T")
 
@@ -244,3 +249,59 @@ def test_upload_and_delete_of_the_same_contents_at_once_keep_every_file_readable
         assert blob_files(tmp_path) == []
 
     run(url, tmp_path, body)
+
+
+def test_sweep_removes_what_a_crashed_upload_left(url: str, tmp_path: Path) -> None:
+    async def body(fs: FileStore) -> None:
+        kept = await fs.create(
+            tenant_id="t1", key_id=None, purpose="batch", filename="kept", chunks=chunks(b"kept")
+        )
+        # A crash between the row and the blob: a pending row, its reference, a staging file.
+        crashed = dataclasses.replace(
+            kept,
+            id="file-crashed",
+            status="pending",
+            sha256=hashlib.sha256(b"lost").hexdigest(),
+            created_at=time.time() - 7 * 3600,
+        )
+        async with fs.store.engine.begin() as conn:
+            await conn.execute(insert(files).values(**dataclasses.asdict(crashed)))
+            await conn.execute(
+                insert(file_blobs).values(
+                    sha256=crashed.sha256, bytes=4, refs=1, created_at=crashed.created_at
+                )
+            )
+        leftover = fs.staging_path()
+        leftover.write_bytes(b"half")
+        os.utime(leftover, (time.time() - 7 * 3600,) * 2)
+        fresh = fs.staging_path()
+        fresh.write_bytes(b"in flight")
+
+        assert await fs.sweep() == 1
+        async with fs.store.engine.connect() as conn:
+            ids = (await conn.execute(select(files.c.id))).scalars().all()
+            shas = (await conn.execute(select(file_blobs.c.sha256))).scalars().all()
+        assert ids == [kept.id] and shas == [kept.sha256]
+        assert not leftover.exists() and fresh.exists()
+        assert await fs.sweep() == 0
+
+    run(url, tmp_path, body)
+
+
+def test_an_upload_the_ledger_cannot_record_is_not_kept(url: str, tmp_path: Path) -> None:
+    class Down(Audit):
+        async def append(self, *args: Any, **kwargs: Any) -> None:
+            raise Unavailable("the ledger is down")
+
+    async def body(fs: FileStore) -> None:
+        fs.audit = Down()
+        with pytest.raises(Unavailable):
+            await fs.create(tenant_id="t1", key_id=None, purpose="batch", filename="a",
+                            chunks=chunks(b"unaudited"))
+        assert (await fs.list("t1")).data == []
+        async with fs.store.engine.connect() as conn:
+            assert (await conn.execute(select(files.c.id))).all() == []
+            assert (await conn.execute(select(file_blobs.c.sha256))).all() == []
+
+    run(url, tmp_path, body)
+    assert blob_files(tmp_path) == []

@@ -91,11 +91,13 @@ def _download(client: Client, b: dict[str, Any], output: Path | None, errors: Pa
     base = Path(b["id"])
     if b.get("output_file_id"):
         dest = output or base.with_suffix(".output.jsonl")
-        n = client.download_file(b["output_file_id"], dest)
+        with dest.open("wb") as out:
+            n = client.download(f"/v1/files/{b['output_file_id']}/content", out)
         click.echo(f"output: {dest} ({n} bytes)")
     if b.get("error_file_id"):
         dest = errors or base.with_suffix(".errors.jsonl")
-        n = client.download_file(b["error_file_id"], dest)
+        with dest.open("wb") as out:
+            n = client.download(f"/v1/files/{b['error_file_id']}/content", out)
         click.echo(f"errors: {dest} ({n} bytes)")
 
 
@@ -146,7 +148,8 @@ def create(
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--metadata")
         meta[key] = value
     client = ctx.client()
-    uploaded = client.upload_file(file, "batch")
+    with file.open("rb") as local:
+        uploaded = client.upload("/v1/files", local, file.name, {"purpose": "batch"})
     body: dict[str, Any] = {
         "input_file_id": uploaded["id"],
         "endpoint": endpoint,

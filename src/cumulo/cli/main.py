@@ -13,6 +13,7 @@ from cumulo.cli.alerts import alerts, invocations
 from cumulo.cli.batch import batch
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
+from cumulo.cli.files import files
 from cumulo.cli.keys import keys
 from cumulo.cli.ledger import ledger
 from cumulo.cli.models import models
@@ -60,6 +61,7 @@ for command in (
     ledger,
     chat,
     embed,
+    files,
     usage,
     alerts,
     invocations,

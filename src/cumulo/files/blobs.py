@@ -31,6 +31,7 @@ import anyio.to_thread
 from cumulo.errors import ConfigError, NotFound, Unavailable
 
 CHUNK = 1 << 20  # bytes per read when streaming a blob out
+PART = 8 << 20  # bytes per part of an S3 multipart upload
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -130,6 +131,12 @@ class S3Blobs:
 
             client = boto3.client("s3")
         self.client = client
+        from boto3.s3.transfer import TransferConfig
+
+        # Parts of 8 MiB, 4 at once: a large upload holds about 32 MiB, not boto3's default 80.
+        self.transfer = TransferConfig(
+            multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=4
+        )
 
     def __repr__(self) -> str:
         return f"S3Blobs(s3://{self.bucket}/{self.prefix})"
@@ -154,7 +161,12 @@ class S3Blobs:
     async def put(self, sha256: str, path: Path) -> None:
         try:
             await self._call(
-                "storing a file", self.client.upload_file, str(path), self.bucket, self.key(sha256)
+                "storing a file",
+                self.client.upload_file,
+                str(path),
+                self.bucket,
+                self.key(sha256),
+                Config=self.transfer,
             )
         finally:
             discard(path)

@@ -11,18 +11,20 @@ storing a blob against removing it:
 
     create: contents -> staging file (hashed while written, bounded by `max_bytes`)
             txn { blob row refs += 1; file row status "pending" }
-            blob store put (skipped if present) ; file row -> "processed"
+            blob store put (skipped if present) ; ledger entry ; file row -> "processed"
     delete: txn { file row deleted; blob row refs -= 1;
                   at 0: blob row deleted and the blob removed before the commit }
 
 so an upload racing a delete of the same contents either waits for the removal and then
 stores the blob again, or keeps the blob alive. Pending rows are invisible to readers.
 
-Every upload and delete is a ledger entry with the file's hash (`audit`).
+Every upload and delete is a ledger entry with the file's hash (`audit`); an upload the
+ledger cannot record is undone, so no file exists without its entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import string
@@ -41,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cumulo.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited
 from cumulo.files.blobs import BlobStore, discard
+from cumulo.files.spool import Spool
 from cumulo.store.db import Store
 from cumulo.store.schema import file_blobs, files
 
@@ -53,6 +56,7 @@ DEFAULT_MAX_BYTES = 512 << 20
 DEFAULT_MAX_FILES = 10_000
 MAX_FILENAME = 256
 LIST_LIMIT_MAX = 10_000
+STALE_S = 6 * 3600  # a pending row or staging file this old is left from a crash
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 Order = Literal["asc", "desc"]
@@ -181,24 +185,18 @@ class FileStore:
         For a front door that learns the file's purpose and name after its bytes (a
         multipart body): `add` it then, or `discard` it.
         """
-        path = self.staging_path()
-        sha = hashlib.sha256()
-        size = 0
+        spool = Spool(self.staging_path())
         limit = self.limits.max_bytes
         try:
-            async with await anyio.open_file(path, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(
-                            f"file is over the limit of {limit} bytes", param="file"
-                        )
-                    sha.update(chunk)
-                    await out.write(chunk)
+            async for chunk in chunks:
+                if spool.size + len(chunk) > limit:
+                    raise PayloadTooLarge(f"file is over the limit of {limit} bytes", param="file")
+                await spool.write(chunk)
+            digest = await spool.finish()
         except BaseException:
-            await anyio.to_thread.run_sync(discard, path)
+            await spool.abort()
             raise
-        return Staged(path, sha.hexdigest(), size)
+        return Staged(spool.path, digest, spool.size)
 
     async def add(
         self,
@@ -294,6 +292,15 @@ class FileStore:
         try:
             if not await self.blobs.exists(digest):
                 await self.blobs.put(digest, path)
+            # Audited before it becomes visible: no file exists without its ledger entry.
+            if self.audit is not None:
+                await self.audit.append(
+                    actor or key_id,
+                    "file.upload",
+                    record.id,
+                    tenant_id,
+                    {"purpose": purpose, "filename": filename, "bytes": size, "sha256": digest},
+                )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._forget(record)
@@ -303,14 +310,6 @@ class FileStore:
                 update(files).where(files.c.id == record.id).values(status="processed")
             )
         done = FileRecord(**{**_values(record), "status": "processed"})
-        if self.audit is not None:
-            await self.audit.append(
-                actor or key_id,
-                "file.upload",
-                done.id,
-                tenant_id,
-                {"purpose": purpose, "filename": filename, "bytes": size, "sha256": digest},
-            )
         return done
 
     async def _ref(self, conn: AsyncConnection, digest: str, size: int, now: float) -> None:
@@ -398,6 +397,19 @@ class FileStore:
             )
         return record
 
+    async def sweep(self, older_than_s: float = STALE_S) -> int:
+        """Remove what uploads cut short by a crash left behind: file rows still pending
+        (and their blob references) and staging files, older than `older_than_s`.
+        The number of rows removed. Run at start; no upload takes that long to store."""
+        cutoff = time.time() - older_than_s
+        query = select(files).where(files.c.status == "pending", files.c.created_at < cutoff)
+        async with self.store.engine.connect() as conn:
+            stale = [_record(r) for r in (await conn.execute(query)).all()]
+        for record in stale:
+            await self._forget(record)
+        await anyio.to_thread.run_sync(_remove_older, self.blobs.staging, cutoff)
+        return len(stale)
+
     async def _forget(self, record: FileRecord) -> bool:
         """Delete the row of `record` and, at its blob's last reference, the blob."""
         async with self.store.engine.begin() as conn:
@@ -443,3 +455,10 @@ def _hash_file(path: Path) -> tuple[str, int]:
             sha.update(chunk)
             size += len(chunk)
     return sha.hexdigest(), size
+
+
+def _remove_older(directory: Path, cutoff: float) -> None:
+    for path in directory.glob("upload-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()

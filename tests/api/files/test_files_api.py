@@ -165,3 +165,21 @@ def test_without_a_key_401(cumulo: CumuloServer) -> None:
             resp = call(client)
             assert resp.status_code == 401
             assert resp.json()["error"]["type"] == "authentication_error"
+
+
+def test_multipart_bounds(cumulo: CumuloServer, caller_key: ApiKey) -> None:
+    def post(files: list[tuple[str, Any]], data: dict[str, str]) -> dict[str, Any]:
+        with http(cumulo, caller_key) as client:
+            resp = client.post("/v1/files", files=files, data=data)
+            assert resp.status_code == 400, resp.text
+            assert client.get("/v1/files").json()["data"] == []
+        return dict(resp.json()["error"])
+
+    one = ("file", ("a.jsonl", b"x"))
+    err = post([one, *[(f"f{i}", ("n", b"")) for i in range(20)]], {"purpose": "batch"})
+    assert "more than 16 parts" in err["message"]
+    err = post([one], {"purpose": "b" * 5000})
+    assert err["param"] == "purpose" and "longer than 4096 bytes" in err["message"]
+    err = post([one, ("file", ("b.jsonl", b"y"))], {"purpose": "batch"})
+    assert err["param"] == "file" and "more than one" in err["message"]
+    assert not [p for p in (cumulo.home / "files").rglob("upload-*")]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from cumulo.api.http import ClientDisconnected
 from cumulo.errors import InvalidRequest
@@ -88,7 +88,7 @@ class MultipartUpload:
             self._parser.finalize()
         except MultipartParseError as exc:
             raise InvalidRequest(f"The multipart body is malformed: {exc}", param="file") from exc
-        except OSError as exc:  # the client went away mid-body
+        except ClientDisconnect as exc:  # the client went away mid-body
             raise ClientDisconnected from exc
         if self._error is not None:
             raise self._error
