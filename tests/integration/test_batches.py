@@ -319,3 +319,37 @@ def test_cli_batch_create_wait_downloads_the_output(server: CumuloServer, tmp_pa
         capture_output=True, text=True, timeout=60, env=clean_env(),
     )
     assert batch_id in listed.stdout and "completed" in listed.stdout
+
+
+def test_lines_are_guarded_and_stop_when_the_key_is_revoked(
+    server: CumuloServer, upstream: FakeOpenAIUpstream, marker: str
+) -> None:
+    key_id, token = new_key(server, "revoked")
+    lines = [chat_line(f"{marker}-g", "chat-private", f"{marker} mail jane.doe@example.com")]
+    lines += [chat_line(f"{marker}-{i}", "chat-slow", f"{marker} {i}") for i in range(40)]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
+                      timeout=30) as c:
+        b = submit(c, jsonl(lines), concurrency=2)
+        wait_batch(c, b["id"], done_at_least=5)
+        with server.admin() as admin:
+            assert admin.delete(f"/admin/keys/{key_id}").status_code in (200, 204)
+    with server.admin() as admin:  # the batch is its key's tenant's (here: no tenant)
+        b = wait_batch(admin, b["id"])
+        out = result_lines(admin, b["output_file_id"])
+        err = result_lines(admin, b["error_file_id"])
+    assert b["status"] == "completed"
+    # The guardrail of the model anonymized the line before it went upstream, as interactively.
+    sent = upstream.received(f"{marker} mail")
+    assert len(sent) == 1 and "jane.doe@example.com" not in json.dumps(sent[0].body)
+    # Once the key is revoked, the remaining lines are not sent: 401 in the error file.
+    assert err and {e["response"]["status_code"] for e in err} == {401}
+    assert len(out) + len(err) == 41 and len(upstream.received(marker)) == len(out)
+
+
+def test_job_metrics(server: CumuloServer, http: httpx.Client, marker: str) -> None:
+    wait_batch(http, submit(http, jsonl([chat_line("m", "chat-echo", marker)]))["id"])
+    text = httpx.get(server.url + "/metrics").text
+    done = [line for line in text.splitlines()
+            if line.startswith('cumulo_jobs{kind="batch",status="completed"}')]
+    assert done and float(done[0].split()[-1]) >= 1
+    assert 'cumulo_job_items_total{kind="batch",status="completed"}' in text

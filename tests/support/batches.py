@@ -72,6 +72,7 @@ def batch_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
             chat("chat-slower", "slow:20"),
             chat("chat-upstream-400", "status:400"),
             chat("chat-priced", "echo", price=PRICE),
+            {**chat("chat-private", "echo"), "guardrails": ["pii-anonymize"]},
             {"name": "embed", "kind": "embedding", "routing": NO_RETRY,
              "deployments": [openai_deployment(upstream, "embed")]},
         ],
