@@ -320,6 +320,10 @@ class _JobWork:
         try:
             await runner.jobs.add_event(job.id, f"worker {runner.owner} joins")
             await self._claim_and_run(worker)
+        except JobInvalid as exc:  # its input is gone: the job cannot go on anywhere
+            await runner.jobs.add_event(job.id, f"failed: {exc.errors[0].get('message')}", "error")
+            error = {"object": "list", "data": exc.errors}
+            await runner._finish(self.kind, job, [IN_PROGRESS], FAILED_JOB, error=error)
         except Exception:
             log.exception("job %s: running items failed", job.id)
         finally:

@@ -63,6 +63,11 @@ class JobRow:
     priority: int
     concurrency: int | None
 
+    @property
+    def progress(self) -> float:
+        """The share of its items finished, 0 to 1 (what the CLI's bar and the console show)."""
+        return (self.completed + self.failed) / self.total if self.total else 0.0
+
 
 @dataclass(slots=True, frozen=True)
 class ItemRow:

@@ -116,6 +116,15 @@ class RangeReader:
         self._chunks = None
 
 
+def _gone(job: JobRow) -> dict[str, Any]:
+    return {
+        "code": "file_not_found",
+        "message": f"The input file {job.input_file_id} was deleted; the batch cannot go on.",
+        "param": "input_file_id",
+        "line": None,
+    }
+
+
 class BatchKind:
     name = KIND
 
@@ -159,17 +168,7 @@ class BatchKind:
         try:
             record = await self._input(job)
         except NotFound:
-            raise JobInvalid(
-                [
-                    {
-                        "code": "file_not_found",
-                        "message": f"The input file {job.input_file_id} "
-                        "was deleted before the batch started.",
-                        "param": "input_file_id",
-                        "line": None,
-                    }
-                ]
-            ) from None
+            raise JobInvalid([_gone(job)]) from None
         endpoint = job.params["endpoint"]
         errors: list[dict[str, Any]] = []
         seen: dict[str, int] = {}
@@ -293,10 +292,13 @@ class _BatchWorker:
 
     async def load(self, items: Sequence[ItemRow]) -> list[bytes]:
         async with self._lock:
-            if self._reader is None:
-                record = await self.kind._input(self.job)
-                self._reader = RangeReader(lambda: self.kind.files.content(record))
-            return [await self._reader.read(it.offset, it.length) for it in items]
+            try:
+                if self._reader is None:
+                    record = await self.kind._input(self.job)
+                    self._reader = RangeReader(lambda: self.kind.files.content(record))
+                return [await self._reader.read(it.offset, it.length) for it in items]
+            except NotFound:
+                raise JobInvalid([_gone(self.job)]) from None
 
     async def run(self, item: ItemRow, payload: bytes) -> ItemResult | None:
         line = parse_batch_line(item.idx + 1, payload, self.endpoint)  # checked at validation
