@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from cumulo.config import UsageConfig
-from cumulo.governance.journal import UsageJournal
-from cumulo.governance.usage import USAGE_COLUMNS, UsageRecord, UsageRecorder
+from cumulo.governance.telemetry.journal import UsageJournal
+from cumulo.governance.telemetry.usage import USAGE_COLUMNS, UsageRecord, UsageRecorder
 from cumulo.store.db import Store
 
 

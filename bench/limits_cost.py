@@ -17,8 +17,8 @@ import secrets
 import time
 from collections.abc import Callable
 
-from cumulo.governance.budgets import BudgetScope, BudgetSpec, BudgetTracker
-from cumulo.governance.limits import Limits, MemoryLimiter, Scope
+from cumulo.governance.quotas.budgets import BudgetScope, BudgetSpec, BudgetTracker
+from cumulo.governance.quotas.limits import Limits, MemoryLimiter, Scope
 
 BIG = 10**12
 SCOPES = [
@@ -71,7 +71,7 @@ def memory(n: int) -> None:
 async def redis(url: str, n: int) -> None:
     import redis.asyncio as aioredis
 
-    from cumulo.governance.limits_redis import RedisLimiter
+    from cumulo.governance.quotas.limits_redis import RedisLimiter
 
     prefix = f"cumulo-bench-{secrets.token_hex(4)}"
     limiter = RedisLimiter.from_url(url, prefix=prefix)

@@ -52,12 +52,12 @@ async def soak(db: str, records: int, max_batch: int, postgres: str, work: Path)
 
     import cumulo
     from cumulo.config import UsageConfig
-    from cumulo.governance.usage import USAGE_COLUMNS, UsageRecord, UsageRecorder
+    from cumulo.governance.telemetry.usage import USAGE_COLUMNS, UsageRecord, UsageRecorder
     from cumulo.store.db import Store
 
     journal = None
     if "journal" in inspect.signature(UsageRecorder).parameters:  # trees that have one
-        from cumulo.governance.journal import UsageJournal
+        from cumulo.governance.telemetry.journal import UsageJournal
 
         journal = UsageJournal(work / "journal", USAGE_COLUMNS)
         journal.open()

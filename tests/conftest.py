@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,12 +33,15 @@ def upstream() -> Iterator[FakeOpenAIUpstream]:
 def cumulo_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., CumuloServer]]:
-    """`factory(config, **env)` starts a server; all still running are stopped at the end."""
+    """`factory(config, **env)` starts a server (`workdir`, `args` and `cafile` as
+    `start_cumulo` takes them); all still running are stopped at the end."""
     started: list[CumuloServer] = []
 
-    def factory(config: dict[str, Any], **env: str) -> CumuloServer:
+    def factory(config: dict[str, Any], *, workdir: Path | None = None,
+                args: tuple[str, ...] = (), cafile: Path | None = None, **env: str) -> CumuloServer:
         env = {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "FAKE_AZURE_KEY": AZURE_KEY, **env}
-        server = start_cumulo(config, tmp_path_factory.mktemp("cumulo"), **env)
+        server = start_cumulo(config, workdir or tmp_path_factory.mktemp("cumulo"), args=args,
+                              cafile=cafile, **env)
         started.append(server)
         return server
 
@@ -67,6 +71,6 @@ def marker() -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A new, empty PostgreSQL database for this test (`postgresql+asyncpg://` URL), dropped
-    afterwards; the test is skipped if PostgreSQL is not reachable (see `support.pg`)."""
+    afterwards; the test fails, saying so, if PostgreSQL is not reachable (see `support.pg`)."""
     with postgres_database() as url:
         yield url

@@ -9,8 +9,8 @@ import pytest
 
 from cumulo.bootstrap import CONFIG_APPLIED, prepare
 from cumulo.config import parse_config
-from cumulo.governance.ledger import Ledger
-from cumulo.governance.masterkey import MasterKey
+from cumulo.governance.audit.ledger import Ledger
+from cumulo.governance.identity.masterkey import MasterKey
 from cumulo.store.db import Store
 
 

@@ -16,10 +16,11 @@ from sqlalchemy.engine import make_url
 
 from cumulo.config import parse_config
 from cumulo.errors import BudgetExceeded
-from cumulo.governance.budgets import BudgetScope, BudgetSpec, period_bounds
-from cumulo.governance.usage import UsageRecord
+from cumulo.governance.quotas.budgets import BudgetScope, BudgetSpec, period_bounds
+from cumulo.governance.telemetry.usage import UsageRecord
 from cumulo.platform import Platform
 from support.proxy import TcpProxy
+from support.redis import REDIS_URL
 
 
 def test_one_failing_flush_at_shutdown_does_not_skip_the_others(
@@ -29,11 +30,11 @@ def test_one_failing_flush_at_shutdown_does_not_skip_the_others(
     database = make_url(postgres_url)
     scope = BudgetScope("tenant", "t1", BudgetSpec(10.0, "day"))
     counter = f"{prefix}:budget:tenant:t1:{period_bounds('day', time.time())[2]}"
-    client = redis.Redis()
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         with TcpProxy(database.port or 5432) as proxy:
             url = database.set(port=proxy.port).render_as_string(hide_password=False)
-            config = parse_config({"database_url": url, "redis_url": "redis://127.0.0.1:6379/0",
+            config = parse_config({"database_url": url, "redis_url": REDIS_URL,
                                    "redis_prefix": prefix, "models": []}, "<test>")
 
             async def scenario() -> None:

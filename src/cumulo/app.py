@@ -24,7 +24,7 @@ from cumulo.api.admin.alerts import routes as alert_routes
 from cumulo.api.admin.ledger import ledger_routes
 from cumulo.api.admin.router import routes as admin_routes
 from cumulo.api.admin.service import AdminService
-from cumulo.api.admin.tenants import TenantService
+from cumulo.api.admin.tenants import TenantAdmin
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
 from cumulo.api.batches.router import routes as batch_routes
@@ -34,12 +34,11 @@ from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
 from cumulo.api.files import FilesService
 from cumulo.api.files import routes as file_routes
-from cumulo.api.http import DisconnectWatch, Handler, JSONResponse
+from cumulo.api.http import DisconnectWatch, Handler, JSONResponse, error_response
 from cumulo.api.openai.router import routes as openai_routes
-from cumulo.api.openai.service import OpenAIService, error_response
+from cumulo.api.openai.service import OpenAIService
 from cumulo.config import Config, load_config
 from cumulo.errors import CumuloError, NotFound
-from cumulo.gateway import Gateway
 from cumulo.jobs.setup import job_runner
 from cumulo.platform import Platform
 from cumulo.store.jobs import JobTable
@@ -136,28 +135,33 @@ def create_app(
         await platform.store.migrate()
         await platform.start()
         stopper = StopOnModelFailure(platform) if stop_on_model_failure else None
-        assert platform.router is not None
-        gateway = Gateway(
-            platform.router,
-            platform.usage,
-            platform.metrics,
-            platform.governance,
-            platform.guarding,
-        )
+        gateway = platform.gateway
         disconnects = DisconnectWatch()
         # Jobs (batches) run here unless only `cumulo worker` processes should run them.
         runner = job_runner(platform, gateway) if platform.config.jobs.run_in_server else None
         batches = BatchService(
             platform.auth, platform.files, JobTable(platform.store), platform.ledger, runner
         )
+        limits = platform.config.server
         routes = [
-            *openai_routes(OpenAIService(platform, gateway, disconnects)),
-            *bedrock_routes(BedrockService(platform, gateway, disconnects)),
-            *anthropic_routes(AnthropicService(platform, gateway, disconnects)),
+            *openai_routes(
+                OpenAIService(platform.auth, gateway, platform.models, limits, disconnects)
+            ),
+            *bedrock_routes(BedrockService(platform.auth, gateway, limits, disconnects)),
+            *anthropic_routes(AnthropicService(platform.auth, gateway, limits, disconnects)),
             *batch_routes(batches),
+            *admin_routes(
+                AdminService(
+                    platform.auth,
+                    platform.keys,
+                    platform.usage,
+                    platform.guardrails,
+                    platform.router,
+                ),
+                TenantAdmin(platform.auth, platform.tenants),
+            ),
+            *ledger_routes(platform.ledger, lambda r: access.admin(platform.auth, r)),
             *file_routes(FilesService(platform.auth, platform.files)),
-            *admin_routes(AdminService(platform), TenantService(platform)),
-            *ledger_routes(platform, lambda r: access.admin(platform.auth, r)),
             *guardrail_routes(
                 platform.guardrails,
                 bedrock_authenticator(platform.auth, platform.config.server.max_body_bytes),
@@ -189,11 +193,11 @@ def create_app(
         checks = await platform.readiness()
         ok = all(checks.values())
         body: dict[str, object] = {"status": "ok" if ok else "unavailable", "checks": checks}
-        if platform.catalog is not None:  # which models are not serving, and why
-            if failed := platform.catalog.failures():
-                body["failed_models"] = failed
-            if loading := platform.catalog.loading():
-                body["loading_models"] = loading
+        # Which models are not serving, and why.
+        if failed := platform.catalog.failures():
+            body["failed_models"] = failed
+        if loading := platform.catalog.loading():
+            body["loading_models"] = loading
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:

@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 from cumulo.config import DEMO_MODEL, Config, database_url, demo_model_dir
-from cumulo.governance import keys
-from cumulo.governance.ledger import Ledger, canonical
-from cumulo.governance.masterkey import MasterKey
+from cumulo.governance.audit.ledger import Ledger, canonical
+from cumulo.governance.identity.key_service import KeyService
+from cumulo.governance.identity.masterkey import MasterKey
 from cumulo.store.db import Store
 
 CONFIG_APPLIED = "config.applied"
@@ -29,18 +29,11 @@ async def _prepare_store(config: Config, home: Path) -> str | None:
         await store.migrate()
         ledger = Ledger(store, master)
         await _ledger_config(ledger, config)
-        if os.environ.get("CUMULO_ADMIN_KEY") or await store.has_admin_key():
+        issuer = KeyService(store, master, ledger.append)  # no key cache: nothing serves yet
+        if os.environ.get("CUMULO_ADMIN_KEY") or await issuer.has_admin_key():
             return None
-        new = keys.generate()
-        await store.add_key(
-            new.id,
-            "admin",
-            "admin",
-            keys.hash_secret(new.secret),
-            master.encrypt(new.id, new.secret),
-        )
-        await ledger.append(None, "key.create", new.id, None, {"name": "admin", "role": "admin"})
-        return new.token
+        _, token = await issuer.create(None, "admin", "admin")
+        return token
     finally:
         await store.close()
 

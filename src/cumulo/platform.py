@@ -20,29 +20,31 @@ import redis.asyncio as aioredis
 
 from cumulo.config import Config, cumulo_home, database_url
 from cumulo.files import FileLimits, FileStore, blob_store
-from cumulo.governance.alerts import Alert, AlertSink
-from cumulo.governance.anomaly import AnomalyDetector
-from cumulo.governance.auth import Authenticator, Principal
-from cumulo.governance.budgets import (
+from cumulo.governance.audit.invocations import InvocationLog
+from cumulo.governance.audit.ledger import Ledger
+from cumulo.governance.chain import Governance, budget_alert
+from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
+from cumulo.governance.identity.auth import Authenticator, Principal
+from cumulo.governance.identity.invalidation import Invalidator
+from cumulo.governance.identity.key_service import KeyService
+from cumulo.governance.identity.masterkey import MasterKey
+from cumulo.governance.identity.tenants import TenantService
+from cumulo.governance.quotas.budgets import (
     BudgetScope,
     BudgetSpec,
-    make_budget_tracker,
     period_bounds,
 )
-from cumulo.governance.chain import Governance, budget_alert
-from cumulo.governance.guarding import Guarding
-from cumulo.governance.guardrails import Guardrail, Verdict, build_guardrails
-from cumulo.governance.invalidation import Invalidator
-from cumulo.governance.invocations import InvocationLog
-from cumulo.governance.journal import UsageJournal, fingerprint
-from cumulo.governance.ledger import Ledger
-from cumulo.governance.limits import make_limiter
-from cumulo.governance.masterkey import MasterKey
-from cumulo.governance.usage import USAGE_COLUMNS, UsageRecorder
+from cumulo.governance.quotas.factory import make_budget_tracker, make_limiter
+from cumulo.governance.telemetry.alerts import Alert, AlertSink
+from cumulo.governance.telemetry.anomaly import AnomalyDetector
+from cumulo.governance.telemetry.journal import UsageJournal, fingerprint
+from cumulo.governance.telemetry.usage import USAGE_COLUMNS, UsageRecorder
 from cumulo.observability.metrics import Metrics
 from cumulo.observability.traffic import TrafficLog
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.registry import ProviderRegistry
+from cumulo.request.gateway import Gateway
+from cumulo.request.guarding import Guarding
 from cumulo.routing.catalog import Catalog
 from cumulo.routing.router import Router
 from cumulo.store.db import Store
@@ -120,9 +122,15 @@ class Platform:
             public={g.id for g in config.all_guardrails} - {g.id for g in config.guardrails},
         )
         self.http: aiohttp.ClientSession | None = None
-        self.provider_ctx: ProviderContext | None = None
-        self.catalog: Catalog | None = None
-        self.router: Router | None = None
+        self.provider_ctx = ProviderContext(None, self.home)  # its HTTP client comes at start
+        self.catalog = Catalog(config, self.registry, self.provider_ctx)
+        self.router = Router(self.catalog, local_rate=config.pricing.local)
+        self.gateway = Gateway(
+            self.router, self.usage, self.metrics, self.governance, self.guarding
+        )
+        models = frozenset(m.name for m in config.models)
+        self.keys = KeyService(self.store, self.master_key, self.audit, self.auth, models)
+        self.tenants = TenantService(self.store, self.audit, self.auth, models, self.guardrail_ids)
         self._loading: asyncio.Task[None] | None = None
         self._gc_threshold: tuple[int, int, int] | None = None
 
@@ -136,9 +144,7 @@ class Platform:
             # request must not be sent on the next caller's.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self.provider_ctx = ProviderContext(self.http, self.home)
-        self.catalog = Catalog(self.config, self.registry, self.provider_ctx)
-        self.router = Router(self.catalog, local_rate=self.config.pricing.local)
+        self.provider_ctx.http = self.http
         self.metrics.watch(self.router)
         await self.auth.start()
         if self.invalidator is not None:
@@ -195,10 +201,8 @@ class Platform:
                 await close()
             except Exception:
                 log.exception("shutdown: writing %s failed; what was queued is lost", what)
-        if self.router is not None:
-            await self.router.deadlines.close()
-        if self.catalog:
-            await self.catalog.close()
+        await self.router.deadlines.close()
+        await self.catalog.close()
         if self.http:
             await self.http.close()
         if self.redis is not None:
@@ -236,15 +240,15 @@ class Platform:
 
     async def audit(
         self,
-        who: Principal,
+        actor: str | None,
         action: str,
         target: str | None,
         tenant_id: str | None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        """Record an admin action: appended to the audit ledger (durable before this
-        returns), and other replicas told to reload their key and tenant caches."""
-        await self.ledger.append(who.key_id, action, target, tenant_id, data)
+        """Record an admin action by key `actor`: appended to the audit ledger (durable
+        before this returns), and other replicas told to reload their key and tenant caches."""
+        await self.ledger.append(actor, action, target, tenant_id, data)
         if self.invalidator is not None:
             await self.invalidator.publish(action)
 
@@ -277,7 +281,6 @@ class Platform:
 
     @property
     def models(self) -> Catalog:
-        assert self.catalog is not None, "Platform.start() was not called"
         return self.catalog
 
     async def readiness(self) -> dict[str, bool]:
@@ -290,7 +293,7 @@ class Platform:
         checks = {
             "config": True,
             "store": store_ok,
-            "models": self.catalog is not None and self.catalog.ready,
+            "models": self.catalog.ready,
         }
         if self.redis is not None:  # limits, budgets and cache invalidation live there
             checks["redis"] = True

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cumulo.governance.ledger import Ledger
-from cumulo.governance.masterkey import MasterKey
+from cumulo.governance.audit.ledger import Ledger
+from cumulo.governance.identity.masterkey import MasterKey
 from cumulo.store.db import Store
 from support import CUMULO_BIN, CumuloServer, clean_env
 

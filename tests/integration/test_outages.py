@@ -7,7 +7,6 @@ is taken down (`support.proxy`), or Redis loses this test's keys (its own prefix
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from sqlalchemy.engine import make_url
 from fakes import FakeOpenAIUpstream
 from support import UPSTREAM_KEY, CumuloServer, openai_deployment, start_cumulo, wait_until
 from support.proxy import TcpProxy
+from support.redis import REDIS_PORT, REDIS_URL, redis_prefix
 
-REDIS_PORT = 6379
 PRICED = {"input_per_mtok": 1_000_000, "output_per_mtok": 1_000_000}  # $1 a token
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -29,14 +28,13 @@ HELLO = [{"role": "user", "content": "hello there"}]
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A Redis key prefix of this test's own; every key under it is deleted afterwards."""
-    name = f"cumulo-test-{secrets.token_hex(6)}"
-    yield name
-    wipe(name)
+    with redis_prefix() as name:
+        yield name
 
 
 def wipe(prefix: str) -> None:
     """Redis loses this platform's data (as a restart without persistence does)."""
-    client = redis.Redis(port=REDIS_PORT)
+    client = redis.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:
         client.delete(*keys)
@@ -55,7 +53,7 @@ def models(upstream: FakeOpenAIUpstream) -> list[dict[str, Any]]:
 def test_a_spent_budget_stays_closed_when_redis_loses_its_data(
     upstream: FakeOpenAIUpstream, prefix: str, tmp_path: Path
 ) -> None:
-    server = start({"redis_url": f"redis://127.0.0.1:{REDIS_PORT}/0", "redis_prefix": prefix,
+    server = start({"redis_url": REDIS_URL, "redis_prefix": prefix,
                     "usage": {"flush_interval_s": 0.1}, "models": models(upstream)}, tmp_path)
     try:
         with server.admin() as admin:
@@ -70,7 +68,7 @@ def test_a_spent_budget_stays_closed_when_redis_loses_its_data(
                                  json={"model": "chat-priced", "messages": HELLO}).status_code
 
             assert wait_until(lambda: chat() == 429, timeout=20)  # spent: refused
-            counter = redis.Redis(port=REDIS_PORT)
+            counter = redis.Redis.from_url(REDIS_URL)
             pattern = f"{prefix}:budget:tenant:{tenant['id']}:d*"
 
             def stored() -> bool:  # the spend is in Redis (synced every 0.5 s)

@@ -22,8 +22,8 @@ import redis
 from fakes import FakeOpenAIUpstream
 from support import CumuloServer, openai_deployment, wait_until
 from support.pg import postgres_database
+from support.redis import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 HELLO = {"model": "chat-echo", "messages": [{"role": "user", "content": "hello"}]}
 PRICED = {**HELLO, "model": "chat-priced"}  # $1 a token
 

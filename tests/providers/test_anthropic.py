@@ -16,7 +16,6 @@ from cumulo.errors import (
     ConfigError,
     CumuloError,
     InvalidRequest,
-    RateLimited,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -215,37 +214,6 @@ def test_stream_tool_calls_by_ordinal(fake: FakeAnthropicUpstream, marker: str) 
     assert isinstance(end, StreamEnd) and end.finish_reason == "tool_calls"
 
 
-@pytest.mark.parametrize(
-    ("model", "error", "status"),
-    [
-        ("status:500", UpstreamError, 502),
-        ("status:529", UpstreamError, 502),
-        ("status:400", InvalidRequest, 400),
-        ("status:413", InvalidRequest, 400),
-        ("status:504", UpstreamTimeout, 504),
-        ("status:401", UpstreamError, 502),
-        ("status:403", UpstreamError, 502),
-        ("ratelimit:7", RateLimited, 429),
-        ("malformed", UpstreamError, 502),
-    ],
-)
-@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
-def test_upstream_failures_become_cumulo_errors(
-    fake: FakeAnthropicUpstream, model: str, error: type[CumuloError], status: int, stream: bool
-) -> None:
-    req = user("hello")
-
-    async def run(p: AnthropicProvider) -> object:
-        return await (collect(p, req) if stream else p.chat(req))
-
-    with pytest.raises(error) as info:
-        call(fake, model, run)
-    assert info.value.status == status
-    assert KEY not in info.value.message
-    if model.startswith("ratelimit"):
-        assert info.value.retry_after == 7.0
-
-
 def test_rejected_translation_is_invalid_request(
     fake: FakeAnthropicUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -272,7 +240,7 @@ def test_disconnect_mid_stream(fake: FakeAnthropicUpstream) -> None:
     assert type(exc) is UpstreamError
 
 
-def test_timeouts_and_unreachable(fake: FakeAnthropicUpstream) -> None:
+def test_timeouts(fake: FakeAnthropicUpstream) -> None:
     with pytest.raises(UpstreamTimeout):
         call(fake, "slow:3", lambda p: p.chat(user("hi")), timeout_s=0.3)
     try:
@@ -281,9 +249,6 @@ def test_timeouts_and_unreachable(fake: FakeAnthropicUpstream) -> None:
         fake.release()
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["echo: "]
     assert isinstance(exc, UpstreamTimeout)
-    with pytest.raises(UpstreamError) as info:
-        call(fake, "echo", lambda p: p.chat(user("hi")), base_url="http://127.0.0.1:9")
-    assert info.value.status == 502
 
 
 def test_deployment_headers_are_sent(fake: FakeAnthropicUpstream, marker: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import random
 import time
 from typing import Any
 
@@ -135,17 +136,36 @@ def test_retry_after_past_the_deadline_is_not_waited_for(
                            routing={"timeout_s": 1.0})], main)
 
 
+class RecordedRandom(random.Random):
+    """A seeded random source that keeps every `random()` it hands out."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.draws: list[float] = []
+
+    def random(self) -> float:
+        value = super().random()
+        self.draws.append(value)
+        return value
+
+
 def test_backoff_grows_exponentially_with_jitter() -> None:
     async def main(router: Router) -> None:
+        router.rng = jitter = RecordedRandom(7)  # "priority" draws nothing: only the backoffs do
         provider(router, "m").script = [UpstreamError("down")]
         error = await failing(router)
         assert isinstance(error, UpstreamError) and error.attempts == 4
-        calls = provider(router, "m").calls
-        gaps = [b - a for a, b in itertools.pairwise(calls)]
-        for i, gap in enumerate(gaps):  # the delay is 0.5-1x of 0.05 * 2**i
-            assert 0.05 * 2**i * 0.5 <= gap < 0.05 * 2**i + 0.1
+        # One jitter draw per backoff: wait i is 0.5-1x of 0.05 * 2**i. The calls came no
+        # sooner than those waits (a busy machine only makes the gaps longer).
+        assert len(jitter.draws) == 3
+        waits = [0.05 * 2**i * (0.5 + draw / 2) for i, draw in enumerate(jitter.draws)]
+        gaps = [b - a for a, b in itertools.pairwise(provider(router, "m").calls)]
+        assert len(gaps) == 3
+        for gap, wait in zip(gaps, waits, strict=True):
+            assert gap >= wait - 0.001  # asyncio may wake within its clock's resolution
 
-    run_with_router([model("m", scripted("a"), routing={"retries": 3, "backoff_s": 0.05})], main)
+    run_with_router([model("m", scripted("a"), routing={"retries": 3, "backoff_s": 0.05,
+                                                        "strategy": "priority"})], main)
 
 
 def test_the_deadline_bounds_all_attempts(upstream: FakeOpenAIUpstream, marker: str) -> None:

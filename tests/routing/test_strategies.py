@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from cumulo.config import DeploymentConfig
-from cumulo.governance.pricing import price_of
+from cumulo.governance.quotas.pricing import price_of
 from cumulo.providers.base import ProviderContext
 from cumulo.providers.openai import OpenAIProvider
 from cumulo.routing.breaker import BreakerPolicy, CircuitBreaker
-from cumulo.routing.router import DeploymentState
+from cumulo.routing.deployment import DeploymentState
 from cumulo.routing.strategies import STRATEGIES
 
 URL = "https://api.openai.com/v1"  # never called: only prices and orders are computed here

@@ -15,7 +15,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from cumulo.governance.usage import UsageRecord
+from cumulo.governance.telemetry.usage import UsageRecord
 from cumulo.store import sqlite_rows
 from cumulo.store.db import MIGRATIONS, Store
 from support.pg import database_names, postgres_database

@@ -16,9 +16,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from cumulo.governance import keys
-from cumulo.governance.masterkey import MasterKey
-from cumulo.governance.usage import UsageRecord
+from cumulo.governance.identity import keys
+from cumulo.governance.identity.masterkey import MasterKey
+from cumulo.governance.telemetry.usage import UsageRecord
 from cumulo.store.db import MIGRATIONS, KeyRow, Store
 from cumulo.store.schema import metadata
 

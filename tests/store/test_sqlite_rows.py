@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cumulo.governance.usage import USAGE_COLUMNS
+from cumulo.governance.telemetry.usage import USAGE_COLUMNS
 from cumulo.store.sqlite_rows import RowWriter, insert_chunks
 
 

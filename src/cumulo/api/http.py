@@ -1,5 +1,21 @@
-"""HTTP helpers shared by every front door: bounded body reads, JSON responses,
-cancelling work when the client goes away."""
+"""The one front-door flow every door shares, and the HTTP pieces it is made of.
+
+A door (`api/openai`, `api/anthropic`, `api/bedrock`, `api/admin` ...) only translates its
+wire format to and from the canonical types. What every endpoint does around that is here:
+
+    WireFormat    how a wire format reports errors: the error body, status and headers,
+                  and how a body that does not validate is worded; `parse()` reads a JSON
+                  body into a wire model, or a 400 naming the field
+    FrontDoor     the sequence: authenticate the caller and read the body (bounded), parse
+                  it, then call the gateway (`respond`) or stream from it (`stream`) under
+                  the disconnect watch, with the request's accounting deferred until just
+                  before the response is sent; an error after a stream has started
+                  travels as the wire format's error frame
+    guarded()     an endpoint whose errors leave in its door's wire format
+
+`OPENAI` is the OpenAI error shape: the OpenAI door's, and the one the admin API and
+the server's own answers (404, 405) use.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +23,27 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import BudgetExceeded, CumuloError, InvalidRequest, PayloadTooLarge
-from cumulo.metering import CLIENT_CLOSED
+from cumulo.governance.identity.auth import Principal
+from cumulo.request.gateway import Defer
+from cumulo.request.metering import CLIENT_CLOSED, BlockedStream, CallInfo, MeteredStream
+from cumulo.types import JSON
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ClientDisconnected(Exception):
@@ -168,7 +192,7 @@ class After:
     """Work to run once the response is final: a request's accounting (usage, limits,
     metrics). `run()` runs each callback once, in order; `JSONResponse(after=...)` runs
     it just before sending, so the request's usage record is in the usage journal
-    before its response leaves (`governance.usage`). `with After() as after:` runs it at
+    before its response leaves (`governance.telemetry.usage`). `with After() as after:` runs it at
     once if the block raises instead."""
 
     __slots__ = ("_callbacks",)
@@ -272,3 +296,193 @@ def guarded(handler: Handler, render: ErrorRenderer) -> Handler:
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+# -- wire formats: errors and body parsing -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """How one wire format reports errors.
+
+    `error` gives an error's body, HTTP status and headers of the format's own (the
+    headers every door sends, `error_headers`, are added); `invalid` words the first
+    problem of a body that does not validate; `stream_error` frames an error once a
+    stream's headers are sent (`internal`: the message of an unforeseen failure then), and
+    `stream_end` closes every stream.
+    """
+
+    error: Callable[[CumuloError], tuple[JSON, int, dict[str, str]]]
+    invalid: Callable[[ValidationError], InvalidRequest]
+    stream_error: Callable[[CumuloError], bytes]
+    internal: str = "The server had an error while streaming the response."
+    stream_end: bytes = b""  # sent after a stream's last frame, after an error frame too
+
+    def error_response(self, exc: CumuloError) -> Response:
+        """The one place a cumulo error becomes an HTTP response in this wire format."""
+        body, status, headers = self.error(exc)
+        return JSONResponse(body, status_code=status, headers={**headers, **error_headers(exc)})
+
+    def parse(self, validate: Callable[[bytes], T], body: bytes) -> T:
+        """`validate(body)`: a JSON body as pydantic validates it, or a 400 naming the field."""
+        if not body:
+            raise InvalidRequest("The request body is empty; a JSON object is required.")
+        try:
+            return validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] in ("json_invalid", "json_type"):
+                raise InvalidRequest(
+                    f"The request body is not valid JSON: {first['msg']}."
+                ) from exc
+            raise self.invalid(exc) from exc
+
+
+def openai_error_body(exc: CumuloError) -> JSON:
+    """An error as the OpenAI API shows it (also in a stream's error event)."""
+    return {
+        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    }
+
+
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+# How pydantic labels union members in an error's path: `str`, `list[str]`,
+# `literal['auto',...]`, `function-after[...]`, or a model's class name.
+_UNION_MEMBER = re.compile(r"^(?:str|int|float|bool|[a-z]+(?:-[a-z]+)?\[.*|[A-Z]\w*)$")
+
+
+def openai_validation_error(exc: ValidationError) -> InvalidRequest:
+    """The first validation error as an InvalidRequest whose `param` names the field."""
+    err = exc.errors()[0]
+    loc: list[str] = []
+    previous: object = None
+    for part in err["loc"]:
+        text = str(part)
+        # Union members appear in the path by their type, and messages by their role tag
+        # after the index; the caller never wrote those. Field names are snake_case.
+        role_tag = text in _ROLES and isinstance(previous, int)
+        previous = part
+        if role_tag or (isinstance(part, str) and _UNION_MEMBER.match(text)):
+            continue
+        loc.append(text)
+    msg = err["msg"]
+    if err["type"] == "union_tag_invalid":
+        loc.append("role")
+        tag = (err.get("ctx") or {}).get("tag")
+        msg = f"Invalid role {tag!r}; expected one of {', '.join(_ROLES)}"
+    elif err["type"] == "union_tag_not_found":
+        loc.append("role")
+        msg = "Field required"
+    param = ".".join(loc) or None
+    return InvalidRequest(
+        f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param=param
+    )
+
+
+OPENAI = WireFormat(
+    error=lambda exc: (openai_error_body(exc), exc.status, {}),
+    invalid=openai_validation_error,
+    stream_error=lambda exc: b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n",
+    stream_end=b"data: [DONE]\n\n",
+)
+"""The OpenAI error shape: the OpenAI door's, the admin API's and the server's own."""
+
+
+def error_response(exc: CumuloError) -> Response:
+    """A cumulo error as an OpenAI-shaped HTTP response (`OPENAI`)."""
+    return OPENAI.error_response(exc)
+
+
+def sse_headers(info: CallInfo) -> dict[str, str]:
+    """The headers of a server-sent-events response: no caching, and the call's facts."""
+    return {"cache-control": "no-cache", **info.headers()}
+
+
+# -- the flow --------------------------------------------------------------------------
+
+Authenticate = Callable[[Request], Awaitable[Principal]]
+"""Who is calling, from the request's headers; raises `AuthenticationFailed`."""
+Identify = Callable[[Request, int], Awaitable[tuple[Principal, bytes]]]
+"""Who is calling and the request body (at most the given bytes), in the door's order."""
+
+
+class FrontDoor:
+    """The flow every endpoint of one door runs; the door supplies the translation.
+
+    `authenticate` identifies a caller from its headers; `identify`, when given, replaces
+    "authenticate, then read the body" for doors whose signatures cover the body (SigV4).
+    """
+
+    def __init__(
+        self,
+        wire: WireFormat,
+        authenticate: Authenticate,
+        max_body_bytes: int,
+        disconnects: DisconnectWatch | None = None,
+        identify: Identify | None = None,
+    ) -> None:
+        self.wire = wire
+        self.authenticate = authenticate
+        self.max_body_bytes = max_body_bytes
+        self.disconnects = disconnects or DisconnectWatch()
+        self._identify = identify
+
+    async def accept(self, request: Request, validate: Callable[[bytes], T]) -> tuple[Principal, T]:
+        """Authenticate the caller, read the body (bounded) and parse it (400s name the
+        field, in the door's wording)."""
+        if self._identify is None:  # the usual order, without a call more on the hot path
+            who = await self.authenticate(request)
+            body = await read_body(request, self.max_body_bytes)
+        else:
+            who, body = await self._identify(request, self.max_body_bytes)
+        return who, self.wire.parse(validate, body)
+
+    async def respond(
+        self,
+        request: Request,
+        call: Callable[[str | None, Defer], Awaitable[tuple[R, CallInfo]]],
+        render: Callable[[R, CallInfo], JSONResponse],
+    ) -> JSONResponse:
+        """`call(client address, defer)` the gateway (cancelled if the client leaves),
+        `render` its answer; the request's accounting, handed to `defer`, runs just before
+        the response is sent (or at once, if there will be no response)."""
+        with After() as after:
+            with self.disconnects.request(request):
+                value, info = await call(client_host(request), after.add)
+            response = render(value, info)
+            response.after = after
+            return response
+
+    async def stream(
+        self,
+        request: Request,
+        open_stream: Callable[[str | None], Awaitable[MeteredStream | BlockedStream]],
+        frames: Callable[[MeteredStream | BlockedStream], AsyncGenerator[bytes, None]],
+        media_type: str,
+        headers: Callable[[CallInfo], dict[str, str]],
+    ) -> StreamingResponse:
+        """A streamed answer: the gateway's stream, opened by `open_stream(client address)`
+        (cancelled if the client leaves; errors before its first event are plain HTTP
+        errors), its events as the door's `frames`; a failure after that is the wire
+        format's error frame."""
+        with self.disconnects.request(request):
+            stream = await open_stream(client_host(request))
+        return StreamingResponse(
+            self._framed(frames(stream)), media_type=media_type, headers=headers(stream.info)
+        )
+
+    async def _framed(self, frames: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        wire = self.wire
+        render = wire.stream_error
+        async with contextlib.aclosing(frames):
+            try:
+                async for frame in frames:
+                    yield frame
+            except CumuloError as exc:
+                # Headers are sent: the error travels as a frame the SDKs raise on.
+                yield render(exc)
+            except Exception:  # logged; the client still gets a well-formed error frame
+                log.exception("stream failed")
+                yield render(CumuloError(wire.internal))
+        if wire.stream_end:
+            yield wire.stream_end

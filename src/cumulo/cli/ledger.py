@@ -18,7 +18,7 @@ from cumulo.config import cumulo_home, load_config
 from cumulo.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cumulo.governance.ledger import Ledger
+    from cumulo.governance.audit.ledger import Ledger
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ def ledger_acknowledge(config_path: str | None, seq: int, reason: str) -> None:
     import getpass
 
     from cumulo.errors import CumuloError
-    from cumulo.governance.ledger import NotAcknowledgeable
+    from cumulo.governance.audit.ledger import NotAcknowledgeable
 
     actor = f"cli:{getpass.getuser()}"[:64]
     try:
@@ -142,8 +142,8 @@ def _with_ledger(config_path: str | None, use: Callable[[Ledger], Awaitable[T]])
     """Run `use` on the ledger of the configured database, without migrating or creating
     anything: a missing database or master key is an error."""
     from cumulo.config import database_url
-    from cumulo.governance.ledger import Ledger
-    from cumulo.governance.masterkey import ENV, FILE_NAME, MasterKey
+    from cumulo.governance.audit.ledger import Ledger
+    from cumulo.governance.identity.masterkey import ENV, FILE_NAME, MasterKey
     from cumulo.store.db import Store
     from cumulo.store.url import parse_url
 

@@ -20,6 +20,7 @@ from cumulo.cli.models import models
 from cumulo.cli.platform_state import deployments, engine, guardrails
 from cumulo.cli.serve import serve
 from cumulo.cli.tenants import tenants
+from cumulo.cli.tls import tls
 from cumulo.cli.usage import usage
 from cumulo.cli.worker import worker
 from cumulo.errors import CumuloError
@@ -46,8 +47,8 @@ from cumulo.errors import CumuloError
 def cli(ctx: click.Context, url: str, key: str | None) -> None:
     """cumulo: a self-hosted AI model platform.
 
-    `serve`, `models build-demo` and `ledger` work on this machine; the other commands are
-    clients of a running platform at --url, authenticated with --key.
+    `serve`, `models build-demo`, `tls` and `ledger` work on this machine; the other
+    commands are clients of a running platform at --url, authenticated with --key.
     """
     ctx.obj = Ctx(url, key or os.environ.get("CUMULO_ADMIN_KEY"))
 
@@ -68,6 +69,7 @@ for command in (
     guardrails,
     deployments,
     engine,
+    tls,
     batch,
 ):
     cli.add_command(command)

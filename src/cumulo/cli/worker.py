@@ -43,7 +43,6 @@ def worker(config_path: str | None, log_level: str) -> None:
 
 
 async def _run(config: Config, home: Path) -> None:
-    from cumulo.gateway import Gateway
     from cumulo.jobs.setup import job_runner
     from cumulo.platform import Platform
 
@@ -55,15 +54,7 @@ async def _run(config: Config, home: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        assert platform.router is not None
-        gateway = Gateway(
-            platform.router,
-            platform.usage,
-            platform.metrics,
-            platform.governance,
-            platform.guarding,
-        )
-        runner = job_runner(platform, gateway)
+        runner = job_runner(platform, platform.gateway)
         runner.start()
         log.info("worker %s: running jobs from %s", runner.owner, platform.store.safe_url)
         click.echo(f"cumulo worker {runner.owner}: running jobs", err=True)

@@ -63,7 +63,7 @@ Order = Literal["asc", "desc"]
 
 
 class AuditLog(Protocol):
-    """The audit ledger, as the file store uses it (`governance.ledger.Ledger` is one)."""
+    """The audit ledger, as the file store uses it (`governance.audit.ledger.Ledger` is one)."""
 
     async def append(
         self,

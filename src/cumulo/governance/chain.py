@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cumulo.governance.alerts import Alert, AlertSink
-from cumulo.governance.anomaly import AnomalyDetector
-from cumulo.governance.auth import Principal
-from cumulo.governance.budgets import BudgetAlert, BudgetScope, BudgetSpec
-from cumulo.governance.budgets import BudgetTracker as _MemoryBudgets
-from cumulo.governance.invocations import InvocationLog
-from cumulo.governance.limits import Limiter, Limits, Permit, Scope
-from cumulo.governance.usage import UsageRecord
+from cumulo.governance.audit.invocations import InvocationLog
+from cumulo.governance.identity.auth import Principal
+from cumulo.governance.quotas.budgets import BudgetAlert, BudgetScope, BudgetSpec
+from cumulo.governance.quotas.budgets import BudgetTracker as _MemoryBudgets
+from cumulo.governance.quotas.limits import Limiter, Limits, Permit, Scope
+from cumulo.governance.telemetry.alerts import Alert, AlertSink
+from cumulo.governance.telemetry.anomaly import AnomalyDetector
+from cumulo.governance.telemetry.usage import UsageRecord
 
 BUDGET_ALERT = "budget.soft_threshold"
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cumulo.gateway import Gateway
 from cumulo.jobs.batch.kind import BatchKind
 from cumulo.jobs.runner import JobMetrics, JobRunner
 from cumulo.platform import Platform
+from cumulo.request.gateway import Gateway
 from cumulo.store.jobs import JobTable
 
 

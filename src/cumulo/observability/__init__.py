@@ -1,1 +1,3 @@
-"""Observability: Prometheus metrics (`GET /metrics`)."""
+"""Observability: Prometheus metrics (`GET /metrics`) and the traffic log line."""
+
+__all__ = ["metrics", "traffic"]

@@ -1,1 +1,3 @@
 """Provider adapters, one module per backend kind (see `base.Provider`)."""
+
+__all__ = ["anthropic", "base", "bedrock", "http", "local", "openai", "registry"]

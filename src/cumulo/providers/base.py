@@ -22,9 +22,8 @@ Methods a provider does not support raise `InvalidRequest`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cumulo.errors import InvalidRequest
 from cumulo.types import (
@@ -42,12 +41,25 @@ if TYPE_CHECKING:
     from cumulo.config import DeploymentConfig
 
 
-@dataclass(slots=True)
 class ProviderContext:
-    """What the process shares with every provider."""
+    """What the process shares with every provider: the pooled upstream HTTP client (set
+    when the platform starts, before any provider does) and the home directory."""
 
-    http: aiohttp.ClientSession
-    home: Path
+    __slots__ = ("_http", "home")
+
+    def __init__(self, http: aiohttp.ClientSession | None, home: Path) -> None:
+        self._http = http
+        self.home = home
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("no upstream HTTP client: the platform has not started")
+        return self._http
+
+    @http.setter
+    def http(self, session: aiohttp.ClientSession) -> None:
+        self._http = session
 
 
 class Provider(ABC):
@@ -102,6 +114,12 @@ class Provider(ABC):
         raise InvalidRequest(
             f"{self.deployment.provider} deployments do not serve embeddings", param="model"
         )
+
+    def stats(self) -> dict[str, Any] | None:
+        """The figures of a serving engine this provider runs in this process (for
+        `GET /admin/engine`), None if it runs none. When it does, `loaded` says whether the
+        engine has started; the other keys are the engine's own."""
+        return None
 
     def credentials(self) -> tuple[str, ...]:
         """The secret values this provider sends upstream (its key, its extra headers'

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cumulo.errors import ConfigError, InvalidRequest, Unavailable, UpstreamError
 from cumulo.providers.base import Provider, ProviderContext
@@ -135,8 +135,15 @@ class LocalProvider(Provider):
         return f"local {self.kind} {self.deployment.path} (not loaded)"
 
     def engine_stats(self) -> EngineStats | None:
-        """The chat engine's figures (for `GET /admin/engine`); None before it starts."""
+        """The chat engine's figures; None before it starts."""
         return None if self._worker is None else self._worker.stats()
+
+    def stats(self) -> dict[str, Any] | None:
+        """A chat deployment's batching engine (`engine_stats`); embeddings run none."""
+        if self.kind != "chat":
+            return None
+        stats = self.engine_stats()
+        return {"loaded": stats is not None, **(stats.as_dict() if stats is not None else {})}
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         parts: list[str] = []

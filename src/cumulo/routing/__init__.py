@@ -1,1 +1,3 @@
 """Which deployment serves a request for a model."""
+
+__all__ = ["breaker", "catalog", "deployment", "router", "strategies"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 State: TypeAlias = Literal["closed", "open", "half_open"]
-Admission: TypeAlias = Literal["call", "probe"]
+BreakerPass: TypeAlias = Literal["call", "probe"]
 
 # For gauges: the numeric value of each state (documented with the metric).
 STATE_VALUES: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
@@ -52,7 +52,7 @@ class CircuitBreaker:
             return now - self._opened_at >= self.policy.cooldown_s
         return not self._probing
 
-    def allow(self, now: float | None = None) -> Admission | None:
+    def allow(self, now: float | None = None) -> BreakerPass | None:
         """Admit a call now: `"call"`, `"probe"` (the one half-open trial), or None."""
         if self.state == "closed":
             return "call"
@@ -67,7 +67,7 @@ class CircuitBreaker:
         self._probing = True
         return "probe"
 
-    def record(self, ok: bool, admission: Admission = "call", now: float | None = None) -> None:
+    def record(self, ok: bool, admission: BreakerPass = "call", now: float | None = None) -> None:
         """The outcome of a call `allow()` admitted as `admission`."""
         now = time.monotonic() if now is None else now
         if admission == "probe":
@@ -83,7 +83,7 @@ class CircuitBreaker:
         if self.state == "closed" and not ok and self._should_open():
             self._open(now)
 
-    def release(self, admission: Admission) -> None:
+    def release(self, admission: BreakerPass) -> None:
         """A call that ended without a verdict; a probe frees its slot for the next one."""
         if admission == "probe":
             self._probing = False

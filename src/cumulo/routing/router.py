@@ -23,7 +23,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from cumulo.config import ModelConfig, PriceConfig
@@ -36,80 +36,21 @@ from cumulo.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cumulo.governance.pricing import Price, price_of
+from cumulo.governance.quotas.pricing import price_of
 from cumulo.providers.base import Provider
-from cumulo.routing.breaker import Admission, BreakerPolicy, CircuitBreaker
+from cumulo.routing.breaker import BreakerPass, BreakerPolicy, CircuitBreaker
 from cumulo.routing.catalog import Catalog, ModelEntry
+from cumulo.routing.deployment import DeploymentState
 from cumulo.routing.strategies import STRATEGIES
 from cumulo.types import ModelKind
 
 T = TypeVar("T")
 Attempt = Callable[[str, Provider], Awaitable[T]]
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
-_EWMA = 0.2
 
 
 def retryable(exc: CumuloError) -> bool:
     return isinstance(exc, UpstreamError | RateLimited | Unavailable)
-
-
-@dataclass(slots=True)
-class DeploymentState:
-    """A deployment with what routing knows about it."""
-
-    provider: Provider
-    label: str  # unique within its model
-    breaker: CircuitBreaker
-    price: Price | None
-    in_flight: int = 0
-    latency_ewma: float | None = None
-    ttft_ewma: float | None = None
-    requests: int = 0
-    failures: int = 0
-    _lines: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)
-
-    def header_lines(self, model: str) -> list[tuple[bytes, bytes]]:
-        """`x-cumulo-deployment` and `x-cumulo-model` (the model it served) as header lines."""
-        lines = self._lines.get(model)
-        if lines is None:
-            lines = self._lines[model] = [
-                (b"x-cumulo-deployment", self.label.encode("latin-1")),
-                (b"x-cumulo-model", model.encode("latin-1")),
-            ]
-        return lines
-
-    @property
-    def weight(self) -> float:
-        return self.provider.deployment.weight
-
-    @property
-    def ready(self) -> bool:
-        return self.provider.ready and self.provider.load_error is None
-
-    def latency_score(self) -> float:
-        if self.ttft_ewma is not None:
-            return self.ttft_ewma
-        return self.latency_ewma if self.latency_ewma is not None else 0.0
-
-    def settle(
-        self, ok: bool | None, started: float, admission: Admission, ttft: float | None = None
-    ) -> None:
-        """Account one finished attempt: ok, a deployment failure, or no verdict (None)."""
-        self.in_flight -= 1
-        if ok is None:
-            self.breaker.release(admission)
-            return
-        self.breaker.record(ok, admission)
-        if not ok:
-            self.failures += 1
-            return
-        self.latency_ewma = _ewma(self.latency_ewma, time.perf_counter() - started)
-        if ttft is not None:
-            self.ttft_ewma = _ewma(self.ttft_ewma, ttft - started)
-
-
-def _ewma(current: float | None, sample: float) -> float:
-    return sample if current is None else current + _EWMA * (sample - current)
 
 
 @dataclass(slots=True)
@@ -121,7 +62,7 @@ class Lease(Generic[T]):
     model: str
     attempts: int
     started: float
-    admission: Admission = "call"
+    admission: BreakerPass = "call"
     _done: bool = False
 
     def finish(self, ok: bool | None, ttft: float | None = None) -> None:

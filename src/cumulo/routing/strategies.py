@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
-if TYPE_CHECKING:
-    from cumulo.routing.router import DeploymentState
+from cumulo.routing.deployment import DeploymentState
 
-Strategy: TypeAlias = Callable[
-    [Sequence["DeploymentState"], random.Random], list["DeploymentState"]
-]
+Strategy: TypeAlias = Callable[[Sequence[DeploymentState], random.Random], list[DeploymentState]]
 
 
 def priority(ds: Sequence[DeploymentState], rng: random.Random) -> list[DeploymentState]:

@@ -1,6 +1,6 @@
 """SQL for the `usage_journal` table (migration 0008): how far each usage journal is stored.
 
-A usage journal (`cumulo.governance.journal`) numbers its records 1, 2, 3 ...; the row
+A usage journal (`cumulo.governance.telemetry.journal`) numbers its records 1, 2, 3 ...; the row
 of a journal holds the number of its last record stored in `usage`. The usage writer
 updates it in the transaction that stores the rows (`Store.insert_usage_values`), so
 after a crash the journal's records past it are exactly those the database lacks.
@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cumulo.store.schema import usage_journal
 
-if TYPE_CHECKING:  # the store imports this module
-    from cumulo.store.db import Store
+
+class Store(Protocol):
+    """What these functions need of `store.db.Store` (which imports this module)."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
 
 # Named parameters: the same text runs through SQLAlchemy and through `sqlite3` directly.
 _UPSERT = (

@@ -1,6 +1,6 @@
 """SQL for the audit ledger tables `ledger` and `ledger_head` (migration 0006).
 
-The chain itself (hashes, MACs, what counts as tampering) is `cumulo.governance.ledger`;
+The chain itself (hashes, MACs, what counts as tampering) is `cumulo.governance.audit.ledger`;
 this module only reads and writes rows. Each function takes the `Store` or its
 `AsyncEngine`. None of them runs on the request path.
 

@@ -2,7 +2,7 @@
 
 Each function takes the `Store` or its `AsyncEngine` and runs one statement in
 its own transaction. None of them is called on the request path: writes come
-from the background writers in `governance.alerts` and `governance.invocations`,
+from the background writers in `governance.telemetry.alerts` and `governance.audit.invocations`,
 reads from the admin API.
 
 Rows go in and come out as plain dicts keyed by column name. Listings are

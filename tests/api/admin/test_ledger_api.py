@@ -13,10 +13,10 @@ from starlette.requests import Request
 
 from cumulo.api.admin import access
 from cumulo.api.admin.ledger import ledger_routes
-from cumulo.governance import keys
-from cumulo.governance.auth import Authenticator, Principal
-from cumulo.governance.ledger import Ledger
-from cumulo.governance.masterkey import MasterKey
+from cumulo.governance.audit.ledger import Ledger
+from cumulo.governance.identity import keys
+from cumulo.governance.identity.auth import Authenticator, Principal
+from cumulo.governance.identity.masterkey import MasterKey
 from cumulo.store.db import Store
 
 ADMIN = "admin-key-for-the-ledger-tests"

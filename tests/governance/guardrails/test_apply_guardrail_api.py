@@ -24,9 +24,6 @@ from botocore.exceptions import ClientError
 from starlette.applications import Starlette
 
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
-from cumulo.governance import keys
-from cumulo.governance.auth import Authenticator, Principal
-from cumulo.governance.guarding import Guarding
 from cumulo.governance.guardrails import (
     DeniedTopicConfig,
     GuardrailConfig,
@@ -38,7 +35,10 @@ from cumulo.governance.guardrails import (
     default_guardrails,
 )
 from cumulo.governance.guardrails.policy import Guardrail
-from cumulo.governance.masterkey import MasterKey
+from cumulo.governance.identity import keys
+from cumulo.governance.identity.auth import Authenticator, Principal
+from cumulo.governance.identity.masterkey import MasterKey
+from cumulo.request.guarding import Guarding
 from cumulo.store.db import Store
 from support.cumulo import free_port
 from support.waiting import wait_until

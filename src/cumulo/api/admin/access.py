@@ -15,7 +15,7 @@ from typing import Protocol
 from starlette.requests import Request
 
 from cumulo.errors import NotFound, PermissionDenied
-from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.identity.auth import Authenticator, Principal
 
 
 async def principal(auth: Authenticator, request: Request) -> Principal:

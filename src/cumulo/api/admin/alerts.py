@@ -21,10 +21,9 @@ from starlette.routing import Route
 
 from cumulo.api.admin import access
 from cumulo.api.admin.bounds import query_int, query_time
-from cumulo.api.http import JSONResponse, guarded
-from cumulo.api.openai.service import error_response
-from cumulo.governance.alerts import AlertSink
-from cumulo.governance.invocations import InvocationLog
+from cumulo.api.http import JSONResponse, error_response, guarded
+from cumulo.governance.audit.invocations import InvocationLog
+from cumulo.governance.telemetry.alerts import AlertSink
 
 MAX_LIMIT = 1000
 

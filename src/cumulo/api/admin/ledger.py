@@ -11,7 +11,7 @@ Each entry: seq, ts, actor (key id), action, target, tenant_id, data, prev_hash,
 Verification walks the whole chain and answers 200 either way:
 `{"ok", "entries_checked", "head": {"seq", "hash"} | null, "first_bad": {"seq", "reason",
 "detail"} | null, "warnings": [...], "unacknowledged_repairs": [seq...]}`, reasons as in
-`cumulo.governance.ledger`. A repair of the chain fails verification (reason `repaired`)
+`cumulo.governance.audit.ledger`. A repair of the chain fails verification (reason `repaired`)
 until an admin acknowledges it: `POST /admin/ledger/acknowledge` with the seq verification
 names and a reason appends a `ledger.acknowledged` entry (201, the entry); 400 if there is
 nothing to acknowledge at that seq. Every endpoint first writes the entries this process
@@ -30,10 +30,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cumulo.api.admin.bounds import INT64_MAX, query_int, renderable
-from cumulo.api.http import JSONResponse, guarded, read_body
-from cumulo.api.openai.service import error_response, parse_body
+from cumulo.api.http import OPENAI, JSONResponse, error_response, guarded, read_body
 from cumulo.errors import InvalidRequest
-from cumulo.governance.ledger import MAX_REASON, Ledger, NotAcknowledgeable
+from cumulo.governance.audit.ledger import MAX_REASON, Ledger, NotAcknowledgeable
 
 MAX_LIMIT = 1000
 
@@ -58,14 +57,9 @@ class Acknowledge(BaseModel):
     )
 
 
-class HasLedger(Protocol):
-    @property
-    def ledger(self) -> Ledger: ...
-
-
-def ledger_routes(source: Ledger | HasLedger, require_admin: RequireAdmin) -> list[Route]:
-    """The routes, for the integrator to mount: `source` is the Ledger or the Platform."""
-    service = LedgerService(source if isinstance(source, Ledger) else source.ledger, require_admin)
+def ledger_routes(ledger: Ledger, require_admin: RequireAdmin) -> list[Route]:
+    """The routes, for the integrator to mount."""
+    service = LedgerService(ledger, require_admin)
     return [
         Route("/admin/ledger", guarded(service.list, error_response), methods=["GET"]),
         Route("/admin/ledger/verify", guarded(service.verify, error_response), methods=["GET"]),
@@ -108,7 +102,7 @@ class LedgerService:
         """POST /admin/ledger/acknowledge: accept a repair (or a problem at the chain's end),
         recorded as a `ledger.acknowledged` entry by this admin."""
         who = await self.require_admin(request)
-        spec = parse_body(Acknowledge, await read_body(request, 64 * 1024))
+        spec = OPENAI.parse(Acknowledge.model_validate_json, await read_body(request, 64 * 1024))
         try:
             entry = await self.ledger.acknowledge(who.key_id, spec.seq, spec.reason)
         except NotAcknowledgeable as exc:

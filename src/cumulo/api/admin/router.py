@@ -5,16 +5,15 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from cumulo.api.admin.service import AdminService
-from cumulo.api.admin.tenants import TenantService
-from cumulo.api.http import Handler, guarded
-from cumulo.api.openai.service import error_response
+from cumulo.api.admin.tenants import TenantAdmin
+from cumulo.api.http import Handler, error_response, guarded
 
 
 def _route(path: str, handler: Handler, method: str) -> Route:
     return Route(path, guarded(handler, error_response), methods=[method])
 
 
-def routes(service: AdminService, tenants: TenantService) -> list[Route]:
+def routes(service: AdminService, tenants: TenantAdmin) -> list[Route]:
     return [
         _route("/admin/keys", service.create_key, "POST"),
         _route("/admin/keys", service.list_keys, "GET"),

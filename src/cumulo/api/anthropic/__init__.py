@@ -1,1 +1,3 @@
 """Anthropic-compatible front door (`POST /v1/messages`)."""
+
+__all__ = ["protocol", "router", "service"]

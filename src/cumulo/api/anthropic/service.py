@@ -15,30 +15,29 @@ always null and a stop is reported as `end_turn`.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from cumulo.api.anthropic import protocol as wire
 from cumulo.api.http import (
-    After,
     DisconnectWatch,
+    FrontDoor,
     JSONResponse,
-    client_host,
-    error_headers,
-    read_body,
+    WireFormat,
+    sse_headers,
 )
+from cumulo.config import ServerConfig
 from cumulo.errors import AuthenticationFailed, CumuloError, InvalidRequest, UpstreamError
-from cumulo.gateway import Gateway
-from cumulo.governance.auth import Authenticator, Principal
-from cumulo.platform import Platform
+from cumulo.governance.identity.auth import Authenticator, Principal
+from cumulo.request.gateway import Gateway
+from cumulo.request.metering import CallInfo
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -54,8 +53,6 @@ from cumulo.types import (
     ToolCallDelta,
     ToolChoice,
 )
-
-log = logging.getLogger(__name__)
 
 # -- errors -------------------------------------------------------------------
 
@@ -74,11 +71,6 @@ _ERROR_TYPES = {
 def error_body(exc: CumuloError) -> JSON:
     kind = _ERROR_TYPES.get(exc.status, "api_error")
     return {"type": "error", "error": {"type": kind, "message": exc.message}}
-
-
-def error_response(exc: CumuloError) -> Response:
-    """The one place a cumulo error becomes an Anthropic-shaped HTTP response ("Errors")."""
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=error_headers(exc))
 
 
 # How pydantic labels union members in an error's path: `str`, `list[...]`,
@@ -104,17 +96,12 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"{param}: {err['msg']}" if param else str(err["msg"]), param=param)
 
 
-def _parse(body: bytes) -> wire.MessagesRequest:
-    if not body:
-        raise InvalidRequest("The request body is empty; a JSON object is required.")
-    try:
-        return wire.MessagesRequest.model_validate_json(body)
-    except ValidationError as exc:
-        if exc.errors()[0]["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest(
-                f"The request body is not valid JSON: {exc.errors()[0]['msg']}."
-            ) from exc
-        raise validation_error(exc) from exc
+ANTHROPIC = WireFormat(
+    error=lambda exc: (error_body(exc), exc.status, {}),
+    invalid=validation_error,
+    stream_error=lambda exc: _event("error", {"error": error_body(exc)["error"]}),
+)
+"""The Messages API's error shape ("Errors"), also as a stream's `error` event."""
 
 
 # -- wire → canonical -----------------------------------------------------------
@@ -354,15 +341,22 @@ class _MessageStream:
         ]
 
 
+def _message_response(resp: ChatResponse, info: CallInfo) -> JSONResponse:
+    return JSONResponse(render_message(resp), raw_headers=info.raw_headers())
+
+
 class AnthropicService:
     def __init__(
-        self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
+        self,
+        auth: Authenticator,
+        gateway: Gateway,
+        limits: ServerConfig,
+        disconnects: DisconnectWatch | None = None,
     ) -> None:
-        self.disconnects = disconnects or DisconnectWatch()
-        self.platform = platform
+        self.auth = auth
         self.gateway = gateway
-        self.auth: Authenticator = platform.auth
-        self.limits = platform.config.server
+        self.limits = limits
+        self.door = FrontDoor(ANTHROPIC, self._authenticate, limits.max_body_bytes, disconnects)
 
     async def _authenticate(self, request: Request) -> Principal:
         """The key as `x-api-key` (the Messages API's header) or `Authorization: Bearer`."""
@@ -378,42 +372,33 @@ class AnthropicService:
 
     async def messages(self, request: Request) -> Response:
         """POST /v1/messages: "Create a Message", streamed ("Streaming Messages") or not."""
-        who = await self._authenticate(request)
-        w = _parse(await read_body(request, self.limits.max_body_bytes))
+        who, w = await self.door.accept(request, wire.MessagesRequest.model_validate_json)
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            with After() as after:
-                with self.disconnects.request(request):
-                    resp, info = await self.gateway.chat(
-                        who, req, "messages", client_host(request), after.add
-                    )
-                return JSONResponse(
-                    render_message(resp), raw_headers=info.raw_headers(), after=after
-                )
-        with self.disconnects.request(request):
-            stream = await self.gateway.stream(who, req, "messages", client_host(request))
-        return StreamingResponse(
-            self._sse(stream.events(), req.model),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", **stream.info.headers()},
+            return await self.door.respond(
+                request,
+                lambda client, defer: self.gateway.chat(who, req, "messages", client, defer),
+                _message_response,
+            )
+        return await self.door.stream(
+            request,
+            lambda client: self.gateway.stream(who, req, "messages", client),
+            lambda stream: self._sse(stream.events(), req.model),
+            "text/event-stream",
+            sse_headers,
         )
 
-    async def _sse(self, events: AsyncIterator[StreamEvent], model: str) -> AsyncIterator[bytes]:
-        """The "Streaming Messages" event flow; a failure after the start is an `error` event."""
+    async def _sse(
+        self, events: AsyncIterator[StreamEvent], model: str
+    ) -> AsyncGenerator[bytes, None]:
+        """The "Streaming Messages" event flow; a failure after the start is an `error`
+        event (the door's)."""
         out = _MessageStream()
         yield out.start(model)
         ended = False
-        try:
-            async for ev in events:  # to its end: the metered stream records usage there
-                for chunk in out.feed(ev):
-                    yield chunk
-                ended = ended or isinstance(ev, StreamEnd)
-            if not ended:
-                raise UpstreamError("The upstream stream ended before it finished.")
-        except CumuloError as exc:
-            # Headers are sent: the error travels as an event the SDKs raise on.
-            yield _event("error", {"error": error_body(exc)["error"]})
-        except Exception:  # logged; the client still gets a well-formed error event
-            log.exception("stream failed")
-            internal = CumuloError("The server had an error while streaming the response.")
-            yield _event("error", {"error": error_body(internal)["error"]})
+        async for ev in events:  # to its end: the metered stream records usage there
+            for chunk in out.feed(ev):
+                yield chunk
+            ended = ended or isinstance(ev, StreamEnd)
+        if not ended:
+            raise UpstreamError("The upstream stream ended before it finished.")

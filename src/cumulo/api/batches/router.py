@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from cumulo.api.batches.service import BatchService
-from cumulo.api.http import Handler, guarded
-from cumulo.api.openai.service import error_response
+from cumulo.api.http import Handler, error_response, guarded
 
 
 def routes(service: BatchService) -> list[Route]:

@@ -17,11 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.api.batches.protocol import BatchCreate
-from cumulo.api.http import JSONResponse, header, read_body
-from cumulo.api.openai.service import parse_body
+from cumulo.api.http import OPENAI, JSONResponse, header, read_body
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.files import FileStore
-from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.jobs import AuditLog, JobRunner
 from cumulo.jobs.batch import KIND
 from cumulo.jobs.runner import CANCELLING, FINALIZING, IN_PROGRESS, VALIDATING
@@ -100,7 +99,7 @@ class BatchService:
     async def create(self, request: Request) -> Response:
         """POST /v1/batches."""
         who = await self._who(request)
-        body = parse_body(BatchCreate, await read_body(request, MAX_BODY))
+        body = OPENAI.parse(BatchCreate.model_validate_json, await read_body(request, MAX_BODY))
         record = await self.files.get(who.tenant_id, body.input_file_id)  # 404 if not its own
         if record.purpose != "batch":
             raise InvalidRequest(

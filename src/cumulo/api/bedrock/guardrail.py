@@ -31,19 +31,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cumulo.api.bedrock.service import authenticate as bedrock_authenticate
-from cumulo.api.bedrock.service import error_response
+from cumulo.api.bedrock.service import BEDROCK, sigv4_or_bearer
 from cumulo.api.http import JSONResponse, guarded
 from cumulo.errors import InvalidRequest, NotFound
-from cumulo.governance.auth import Authenticator, Principal
 from cumulo.governance.guardrails import attacks
 from cumulo.governance.guardrails.config import Source
-from cumulo.governance.guardrails.policy import Finding, Guardrail, Verdict
+from cumulo.governance.guardrails.findings import Finding
+from cumulo.governance.guardrails.policy import Guardrail, Verdict
+from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.types import JSON
 
 Authenticate = Callable[[Request], Awaitable[tuple[Principal, bytes]]]
@@ -84,24 +84,12 @@ class ApplyGuardrailRequest(_Wire):
 def bedrock_authenticator(auth: Authenticator, max_body_bytes: int) -> Authenticate:
     """SigV4 (service `bedrock`) or bearer authentication, as the Converse endpoints do."""
 
+    identify = sigv4_or_bearer(auth)
+
     async def authenticate(request: Request) -> tuple[Principal, bytes]:
-        return await bedrock_authenticate(auth, request, max_body_bytes)
+        return await identify(request, max_body_bytes)
 
     return authenticate
-
-
-def _parse(body: bytes) -> ApplyGuardrailRequest:
-    if not body:
-        raise InvalidRequest("The request body is empty; a JSON object is required.")
-    try:
-        return ApplyGuardrailRequest.model_validate_json(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if err["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest(f"The request body is not valid JSON: {err['msg']}.") from exc
-        param = ".".join(str(p) for p in err["loc"]) or None
-        msg = f"Value at '{param}' failed to satisfy constraint: {err['msg']}."
-        raise InvalidRequest(msg if param else f"{err['msg']}.", param=param) from exc
 
 
 def _texts(req: ApplyGuardrailRequest) -> list[str]:
@@ -272,7 +260,7 @@ def guardrail_routes(
         guard = guardrails.get(gid)
         if guard is None or not may_apply(who, gid):
             raise NotFound(f"The guardrail '{gid}' was not found.", code="guardrail_not_found")
-        req = _parse(body)
+        req = BEDROCK.parse(ApplyGuardrailRequest.model_validate_json, body)
         texts = _texts(req)
         verdict = guard.check_blocks(texts, req.source)
         if on_apply is not None:
@@ -284,7 +272,7 @@ def guardrail_routes(
             headers={"x-amzn-requestid": str(uuid.uuid4())},
         )
 
-    endpoint = guarded(apply, error_response)
+    endpoint = guarded(apply, BEDROCK.error_response)
     return [
         Route("/guardrail/{guardrail_id:path}/version/{version}/apply", endpoint, methods=["POST"]),
         Route("/guardrail/{guardrail_id:path}/apply", endpoint, methods=["POST"]),

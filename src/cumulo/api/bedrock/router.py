@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from cumulo.api.bedrock.service import BedrockService, error_response
+from cumulo.api.bedrock.service import BEDROCK, BedrockService
 from cumulo.api.http import Handler, guarded
 
 
 def routes(service: BedrockService) -> list[Route]:
     def route(path: str, handler: Handler) -> Route:
-        return Route(path, guarded(handler, error_response), methods=["POST"])
+        return Route(path, guarded(handler, BEDROCK.error_response), methods=["POST"])
 
     return [
         route("/model/{model_id:path}/converse", service.converse),

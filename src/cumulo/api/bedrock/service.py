@@ -5,7 +5,7 @@ Implements the Amazon Bedrock Runtime API reference
 `ConverseStream`, the latter framed as AWS's binary event stream. The model id
 in the path is a cumulo model name. Callers authenticate as with Bedrock:
 AWS Signature V4 with access key id = cumulo key id and secret = the key's
-secret (`governance.sigv4`), or a key as `Authorization: Bearer`.
+secret (`governance.identity.sigv4`), or a key as `Authorization: Bearer`.
 
 Translation notes: text blocks of one message are concatenated; a
 `toolResult` with `status: error` reaches the model as text prefixed `Error: `
@@ -18,17 +18,25 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from cumulo import eventstream as es
 from cumulo.api.bedrock import protocol as wire
-from cumulo.api.http import DisconnectWatch, JSONResponse, client_host, error_headers, read_body
+from cumulo.api.http import (
+    DisconnectWatch,
+    FrontDoor,
+    Identify,
+    JSONResponse,
+    WireFormat,
+    read_body,
+)
+from cumulo.config import ServerConfig
 from cumulo.errors import (
     AuthenticationFailed,
     CumuloError,
@@ -41,11 +49,10 @@ from cumulo.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cumulo.gateway import Gateway
-from cumulo.governance import sigv4
-from cumulo.governance.auth import Authenticator, Principal
-from cumulo.metering import BlockedStream, CallInfo, MeteredStream
-from cumulo.platform import Platform
+from cumulo.governance.identity import sigv4
+from cumulo.governance.identity.auth import Authenticator, Principal
+from cumulo.request.gateway import Gateway
+from cumulo.request.metering import BlockedStream, CallInfo, MeteredStream
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -98,12 +105,13 @@ def error_type(exc: CumuloError) -> tuple[str, int]:
     return "InternalServerException", 500
 
 
-def error_response(exc: CumuloError) -> Response:
-    """The one place a cumulo error becomes a Bedrock-shaped HTTP response."""
+def _error(exc: CumuloError) -> tuple[JSON, int, dict[str, str]]:
     name, status = error_type(exc)
-    headers = {"x-amzn-errortype": name, "x-amzn-requestid": str(uuid.uuid4())}
-    headers.update(error_headers(exc))
-    return JSONResponse({"message": exc.message}, status_code=status, headers=headers)
+    return (
+        {"message": exc.message},
+        status,
+        {"x-amzn-errortype": name, "x-amzn-requestid": str(uuid.uuid4())},
+    )
 
 
 def stream_exception(exc: CumuloError) -> bytes:
@@ -116,18 +124,21 @@ def stream_exception(exc: CumuloError) -> bytes:
     return es.exception(name[0].lower() + name[1:], exc.message)
 
 
-def _parse(body: bytes) -> wire.ConverseRequest:
-    if not body:
-        raise InvalidRequest("The request body is empty; a JSON object is required.")
-    try:
-        return wire.ConverseRequest.model_validate_json(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if err["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest(f"The request body is not valid JSON: {err['msg']}.") from exc
-        param = ".".join(str(p) for p in err["loc"]) or None
-        msg = f"Value at '{param}' failed to satisfy constraint: {err['msg']}."
-        raise InvalidRequest(msg if param else f"{err['msg']}.", param=param) from exc
+def validation_error(exc: ValidationError) -> InvalidRequest:
+    """The first validation error, worded as Bedrock's ValidationException."""
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    msg = f"Value at '{param}' failed to satisfy constraint: {err['msg']}."
+    return InvalidRequest(msg if param else f"{err['msg']}.", param=param)
+
+
+BEDROCK = WireFormat(
+    error=_error,
+    invalid=validation_error,
+    stream_error=stream_exception,
+    internal="The server had an error while streaming.",
+)
+"""Bedrock's error shape (`x-amzn-errortype`), and exception frames in a stream."""
 
 
 # -- wire → canonical ---------------------------------------------------------------
@@ -262,67 +273,91 @@ def _headers(info: CallInfo) -> dict[str, str]:
     return {"x-amzn-requestid": str(uuid.uuid4()), **info.headers()}
 
 
-async def authenticate(
-    auth: Authenticator, request: Request, max_body_bytes: int
-) -> tuple[Principal, bytes]:
-    """The caller, by AWS SigV4 (service `bedrock`) or a bearer key, and the request body."""
-    authorization = request.headers.get("authorization")
-    if sigv4.is_sigv4(authorization):  # the signature covers the body: read it first
-        body = await read_body(request, max_body_bytes)
-        signed = sigv4.SignedRequest(
-            request.method,
-            request.scope["raw_path"].decode("latin-1"),
-            request.scope["query_string"].decode("latin-1"),
-            list(request.headers.items()),
-            body,
-        )
-        return await auth.authenticate_sigv4(signed, SIGNING_SERVICE), body
-    who = await auth.authenticate(authorization)
-    return who, await read_body(request, max_body_bytes)
+def sigv4_or_bearer(auth: Authenticator) -> Identify:
+    """The caller, by AWS SigV4 (service `bedrock`) or a bearer key, and the request body:
+    a signature covers the body, so it is read first."""
+
+    async def identify(request: Request, limit: int) -> tuple[Principal, bytes]:
+        authorization = request.headers.get("authorization")
+        if sigv4.is_sigv4(authorization):
+            body = await read_body(request, limit)
+            signed = sigv4.SignedRequest(
+                request.method,
+                request.scope["raw_path"].decode("latin-1"),
+                request.scope["query_string"].decode("latin-1"),
+                list(request.headers.items()),
+                body,
+            )
+            return await auth.authenticate_sigv4(signed, SIGNING_SERVICE), body
+        who = await auth.authenticate(authorization)
+        return who, await read_body(request, limit)
+
+    return identify
+
+
+def bedrock_door(
+    auth: Authenticator, max_body_bytes: int, disconnects: DisconnectWatch | None = None
+) -> FrontDoor:
+    """The Bedrock runtime's door: SigV4 or bearer, Bedrock's errors."""
+    return FrontDoor(
+        BEDROCK,
+        lambda request: auth.authenticate(request.headers.get("authorization")),
+        max_body_bytes,
+        disconnects,
+        identify=sigv4_or_bearer(auth),
+    )
 
 
 class BedrockService:
     def __init__(
-        self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
+        self,
+        auth: Authenticator,
+        gateway: Gateway,
+        limits: ServerConfig,
+        disconnects: DisconnectWatch | None = None,
     ) -> None:
-        self.disconnects = disconnects or DisconnectWatch()
         self.gateway = gateway
-        self.auth = platform.auth
-        self.limits = platform.config.server
+        self.limits = limits
+        self.door = bedrock_door(auth, limits.max_body_bytes, disconnects)
 
     async def _request(self, request: Request, stream: bool) -> tuple[Principal, ChatRequest]:
         """Authenticate (SigV4 or bearer), read and translate the body."""
-        who, body = await authenticate(self.auth, request, self.limits.max_body_bytes)
+        who, w = await self.door.accept(request, wire.ConverseRequest.model_validate_json)
         model = request.path_params["model_id"]
-        return who, to_chat_request(model, _parse(body), stream, self.limits.max_messages)
+        return who, to_chat_request(model, w, stream, self.limits.max_messages)
 
     async def converse(self, request: Request) -> Response:
         """POST /model/{modelId}/converse: API_runtime_Converse."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=False)
-        with self.disconnects.request(request):
-            resp, info = await self.gateway.chat(who, req, "bedrock.converse", client_host(request))
-        latency = round((time.perf_counter() - started) * 1000)
-        return JSONResponse(render_converse(resp, latency), headers=_headers(info))
+
+        def render(resp: ChatResponse, info: CallInfo) -> JSONResponse:
+            latency = round((time.perf_counter() - started) * 1000)
+            return JSONResponse(render_converse(resp, latency), headers=_headers(info))
+
+        return await self.door.respond(
+            request,
+            lambda client, defer: self.gateway.chat(who, req, "bedrock.converse", client, defer),
+            render,
+        )
 
     async def converse_stream(self, request: Request) -> Response:
         """POST /model/{modelId}/converse-stream: API_runtime_ConverseStream."""
         started = time.perf_counter()
         who, req = await self._request(request, stream=True)
-        with self.disconnects.request(request):
-            stream = await self.gateway.stream(
-                who, req, "bedrock.converse_stream", client_host(request)
-            )
-        return StreamingResponse(
-            self._events(stream, started),
-            media_type=es.CONTENT_TYPE,
-            headers=_headers(stream.info),
+        return await self.door.stream(
+            request,
+            lambda client: self.gateway.stream(who, req, "bedrock.converse_stream", client),
+            lambda stream: self._events(stream, started),
+            es.CONTENT_TYPE,
+            _headers,
         )
 
     async def _events(
         self, stream: MeteredStream | BlockedStream, started: float
-    ) -> AsyncIterator[bytes]:
-        """ConverseStreamOutput events: messageStart, content blocks, messageStop, metadata."""
+    ) -> AsyncGenerator[bytes, None]:
+        """ConverseStreamOutput events: messageStart, content blocks, messageStop, metadata
+        (an error after the start is the door's exception frame)."""
         yield es.event("messageStart", {"role": "assistant"})
         blocks = 0  # content blocks opened so far
         current: int | None = None  # the open block
@@ -336,52 +371,45 @@ class BedrockService:
                 else [es.event("contentBlockStop", {"contentBlockIndex": index})]
             )
 
-        try:
-            async for ev in stream.events():
-                if isinstance(ev, TextDelta):
-                    if text_block is None or current != text_block:
-                        for frame in stop(current):
-                            yield frame
-                        text_block = current = blocks
-                        blocks += 1
-                    delta = {"delta": {"text": ev.text}, "contentBlockIndex": text_block}
-                    yield es.event("contentBlockDelta", delta)
-                elif isinstance(ev, StreamEnd):
+        async for ev in stream.events():
+            if isinstance(ev, TextDelta):
+                if text_block is None or current != text_block:
                     for frame in stop(current):
                         yield frame
-                    u = ev.usage
-                    yield es.event("messageStop", {"stopReason": _STOP[ev.finish_reason]})
-                    yield es.event(
-                        "metadata",
-                        {
-                            "usage": _usage(
-                                u.prompt_tokens if u else 0, u.completion_tokens if u else 0
-                            ),
-                            "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
-                        },
-                    )
-                else:
-                    index = tool_blocks.get(ev.index)
-                    if index is None:
-                        for frame in stop(current):
-                            yield frame
-                        index = tool_blocks[ev.index] = current = blocks
-                        blocks += 1
-                        use = {
-                            "toolUseId": ev.id or f"tooluse_{uuid.uuid4().hex[:22]}",
-                            "name": ev.name or "",
-                        }
-                        start = {"start": {"toolUse": use}, "contentBlockIndex": index}
-                        yield es.event("contentBlockStart", start)
-                    if ev.arguments:
-                        delta = {
-                            "delta": {"toolUse": {"input": ev.arguments}},
-                            "contentBlockIndex": index,
-                        }
-                        yield es.event("contentBlockDelta", delta)
-        except CumuloError as exc:
-            # Headers are sent: the error travels as an exception frame the SDKs raise on.
-            yield stream_exception(exc)
-        except Exception:  # logged; the client still gets a well-formed exception frame
-            log.exception("stream failed")
-            yield stream_exception(CumuloError("The server had an error while streaming."))
+                    text_block = current = blocks
+                    blocks += 1
+                delta = {"delta": {"text": ev.text}, "contentBlockIndex": text_block}
+                yield es.event("contentBlockDelta", delta)
+            elif isinstance(ev, StreamEnd):
+                for frame in stop(current):
+                    yield frame
+                u = ev.usage
+                yield es.event("messageStop", {"stopReason": _STOP[ev.finish_reason]})
+                yield es.event(
+                    "metadata",
+                    {
+                        "usage": _usage(
+                            u.prompt_tokens if u else 0, u.completion_tokens if u else 0
+                        ),
+                        "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
+                    },
+                )
+            else:
+                index = tool_blocks.get(ev.index)
+                if index is None:
+                    for frame in stop(current):
+                        yield frame
+                    index = tool_blocks[ev.index] = current = blocks
+                    blocks += 1
+                    use = {
+                        "toolUseId": ev.id or f"tooluse_{uuid.uuid4().hex[:22]}",
+                        "name": ev.name or "",
+                    }
+                    start = {"start": {"toolUse": use}, "contentBlockIndex": index}
+                    yield es.event("contentBlockStart", start)
+                if ev.arguments:
+                    delta = {
+                        "delta": {"toolUse": {"input": ev.arguments}},
+                        "contentBlockIndex": index,
+                    }
+                    yield es.event("contentBlockDelta", delta)

@@ -2,7 +2,7 @@
 https://platform.openai.com/docs/api-reference/files, for the caller's tenant only.
 
 Any key may use it (files are not tied to a model); another tenant's file is 404, as
-a file that does not exist. Errors leave in OpenAI's shape (`openai.service.error_response`)
+a file that does not exist. Errors leave in OpenAI's shape (`api.http.error_response`)
 with `param` naming the field.
 """
 
@@ -18,10 +18,10 @@ from starlette.responses import Response, StreamingResponse
 from cumulo.api.files.multipart import MultipartLimits, MultipartUpload
 from cumulo.api.files.protocol import FileDeleted, FileList, ListQuery, file_object
 from cumulo.api.http import JSONResponse, header
-from cumulo.api.openai.service import validation_error
+from cumulo.api.http import openai_validation_error as validation_error
 from cumulo.errors import InvalidRequest, PayloadTooLarge
 from cumulo.files import PURPOSES, UPLOAD_PURPOSES, FileRecord, FileStore
-from cumulo.governance.auth import Authenticator, Principal
+from cumulo.governance.identity.auth import Authenticator, Principal
 
 # Room for a multipart body's boundaries, part headers and text fields around the file.
 MULTIPART_SLACK = 64 * 1024

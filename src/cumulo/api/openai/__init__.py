@@ -1,1 +1,3 @@
 """OpenAI-compatible front door (`/v1/*`)."""
+
+__all__ = ["protocol", "router", "service"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from cumulo.api.http import Handler, guarded
-from cumulo.api.openai.service import OpenAIService, error_response
+from cumulo.api.http import OPENAI, Handler, guarded
+from cumulo.api.openai.service import OpenAIService
 
 
 def routes(service: OpenAIService) -> list[Route]:
     def route(path: str, handler: Handler, method: str) -> Route:
-        return Route(path, guarded(handler, error_response), methods=[method])
+        return Route(path, guarded(handler, OPENAI.error_response), methods=[method])
 
     return [
         route("/v1/chat/completions", service.chat_completions, "POST"),

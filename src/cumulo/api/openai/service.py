@@ -8,33 +8,31 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from cumulo.api.http import (
-    After,
+    OPENAI,
     DisconnectWatch,
+    FrontDoor,
     JSONResponse,
-    client_host,
-    error_headers,
     header,
-    read_body,
+    sse_headers,
 )
 from cumulo.api.openai import protocol as wire
-from cumulo.config import ModelConfig
-from cumulo.errors import CumuloError, InvalidRequest, NotFound
-from cumulo.gateway import Gateway
-from cumulo.governance.auth import Authenticator
-from cumulo.platform import Platform
+from cumulo.config import ModelConfig, ServerConfig
+from cumulo.errors import InvalidRequest, NotFound
+from cumulo.governance.identity.auth import Authenticator, Principal
+from cumulo.request.gateway import Gateway
+from cumulo.request.metering import CallInfo
+from cumulo.routing.catalog import Catalog
 from cumulo.types import (
     JSON,
     ChatRequest,
@@ -51,75 +49,6 @@ from cumulo.types import (
 )
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
-
-
-# -- errors -------------------------------------------------------------------
-
-
-def error_body(exc: CumuloError) -> JSON:
-    return {
-        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
-    }
-
-
-def error_response(exc: CumuloError) -> Response:
-    """The one place a cumulo error becomes an OpenAI-shaped HTTP response."""
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=error_headers(exc))
-
-
-_ROLES = ("system", "developer", "user", "assistant", "tool")
-# How pydantic labels union members in an error's path: `str`, `list[str]`,
-# `literal['auto',...]`, `function-after[...]`, or a model's class name.
-_UNION_MEMBER = re.compile(r"^(?:str|int|float|bool|[a-z]+(?:-[a-z]+)?\[.*|[A-Z]\w*)$")
-
-
-def validation_error(exc: ValidationError) -> InvalidRequest:
-    """The first validation error as an InvalidRequest whose `param` names the field."""
-    err = exc.errors()[0]
-    loc: list[str] = []
-    previous: object = None
-    for part in err["loc"]:
-        text = str(part)
-        # Union members appear in the path by their type, and messages by their role tag
-        # after the index; the caller never wrote those. Field names are snake_case.
-        role_tag = text in _ROLES and isinstance(previous, int)
-        previous = part
-        if role_tag or (isinstance(part, str) and _UNION_MEMBER.match(text)):
-            continue
-        loc.append(text)
-    msg = err["msg"]
-    if err["type"] == "union_tag_invalid":
-        loc.append("role")
-        tag = (err.get("ctx") or {}).get("tag")
-        msg = f"Invalid role {tag!r}; expected one of {', '.join(_ROLES)}"
-    elif err["type"] == "union_tag_not_found":
-        loc.append("role")
-        msg = "Field required"
-    param = ".".join(loc) or None
-    return InvalidRequest(
-        f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param=param
-    )
-
-
-def parse_body(model: type[M], body: bytes) -> M:
-    """A wire model from a JSON body, or a 400 naming the field (the admin API's too)."""
-    return validated(model.model_validate_json, body)
-
-
-def validated(validate: Callable[[bytes], T], body: bytes) -> T:
-    """`validate(body)`: a JSON body as pydantic validates it, or a 400 naming the field."""
-    if not body:
-        raise InvalidRequest("The request body is empty; a JSON object is required.")
-    try:
-        return validate(body)
-    except ValidationError as exc:
-        if exc.errors()[0]["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest(
-                f"The request body is not valid JSON: {exc.errors()[0]['msg']}."
-            ) from exc
-        raise validation_error(exc) from exc
 
 
 # -- wire → canonical -----------------------------------------------------------
@@ -268,45 +197,55 @@ def render_embeddings(resp: EmbeddingResponse, encoding_format: str) -> JSON:
     }
 
 
+def _chat_response(resp: ChatResponse, info: CallInfo) -> JSONResponse:
+    return JSONResponse(render_chat(resp), raw_headers=info.raw_headers())
+
+
 class OpenAIService:
     def __init__(
-        self, platform: Platform, gateway: Gateway, disconnects: DisconnectWatch | None = None
+        self,
+        auth: Authenticator,
+        gateway: Gateway,
+        catalog: Catalog,
+        limits: ServerConfig,
+        disconnects: DisconnectWatch | None = None,
     ) -> None:
-        self.disconnects = disconnects or DisconnectWatch()
-        self.platform = platform
         self.gateway = gateway
-        self.auth: Authenticator = platform.auth
-        self.limits = platform.config.server
+        self.catalog = catalog
+        self.limits = limits
+
+        def authenticate(request: Request) -> Awaitable[Principal]:
+            return auth.authenticate(header(request, b"authorization"))
+
+        self.door = FrontDoor(OPENAI, authenticate, limits.max_body_bytes, disconnects)
 
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
-        who = await self.auth.authenticate(header(request, b"authorization"))
-        w = validated(
-            wire.chat_completion_request.validate_json,
-            await read_body(request, self.limits.max_body_bytes),
-        )
+        who, w = await self.door.accept(request, wire.chat_completion_request.validate_json)
         req = to_chat_request(w, self.limits.max_messages)
         if not req.stream:
-            with After() as after:
-                with self.disconnects.request(request):
-                    resp, info = await self.gateway.chat(
-                        who, req, "chat.completions", client_host(request), after.add
-                    )
-                return JSONResponse(render_chat(resp), raw_headers=info.raw_headers(), after=after)
+            return await self.door.respond(
+                request,
+                lambda client, defer: self.gateway.chat(
+                    who, req, "chat.completions", client, defer
+                ),
+                _chat_response,
+            )
         options = w.get("stream_options")
         include_usage = bool(options and options.get("include_usage"))
-        with self.disconnects.request(request):
-            stream = await self.gateway.stream(who, req, "chat.completions", client_host(request))
-        return StreamingResponse(
-            self._sse(stream.events(), req.model, include_usage),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", **stream.info.headers()},
+        return await self.door.stream(
+            request,
+            lambda client: self.gateway.stream(who, req, "chat.completions", client),
+            lambda stream: self._sse(stream.events(), req.model, include_usage),
+            "text/event-stream",
+            sse_headers,
         )
 
     async def _sse(
         self, events: AsyncIterator[Any], model: str, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        """Chat completion chunks as server-sent events, ending with `data: [DONE]`."""
+    ) -> AsyncGenerator[bytes, None]:
+        """Chat completion chunks as server-sent events (the door ends them with
+        `data: [DONE]`)."""
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk",
@@ -324,76 +263,64 @@ class OpenAIService:
             return b"data: " + orjson.dumps(body) + b"\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
-        try:
-            async for ev in events:
-                if isinstance(ev, TextDelta):
-                    yield chunk({"content": ev.text})
-                elif isinstance(ev, StreamEnd):
-                    yield chunk({}, ev.finish_reason)
-                    if include_usage:
-                        u = ev.usage
-                        usage = {
-                            "prompt_tokens": u.prompt_tokens if u else 0,
-                            "completion_tokens": u.completion_tokens if u else 0,
-                            "total_tokens": u.total_tokens if u else 0,
-                        }
-                        yield (
-                            b"data: "
-                            + orjson.dumps({**head, "choices": [], "usage": usage})
-                            + b"\n\n"
-                        )
-                else:
-                    call: JSON = {"index": ev.index, "function": {"arguments": ev.arguments}}
-                    if ev.id:
-                        call["id"], call["type"] = ev.id, "function"
-                    if ev.name:
-                        call["function"]["name"] = ev.name
-                    yield chunk({"tool_calls": [call]})
-        except CumuloError as exc:
-            # Headers are sent: the error travels as an event the SDKs raise on.
-            yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
-        except Exception:  # logged; the client still gets a well-formed error event
-            log.exception("stream failed")
-            internal = CumuloError("The server had an error while streaming the response.")
-            yield b"data: " + orjson.dumps(error_body(internal)) + b"\n\n"
-        yield b"data: [DONE]\n\n"
+        async for ev in events:
+            if isinstance(ev, TextDelta):
+                yield chunk({"content": ev.text})
+            elif isinstance(ev, StreamEnd):
+                yield chunk({}, ev.finish_reason)
+                if include_usage:
+                    u = ev.usage
+                    usage = {
+                        "prompt_tokens": u.prompt_tokens if u else 0,
+                        "completion_tokens": u.completion_tokens if u else 0,
+                        "total_tokens": u.total_tokens if u else 0,
+                    }
+                    yield (
+                        b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+                    )
+            else:
+                call: JSON = {"index": ev.index, "function": {"arguments": ev.arguments}}
+                if ev.id:
+                    call["id"], call["type"] = ev.id, "function"
+                if ev.name:
+                    call["function"]["name"] = ev.name
+                yield chunk({"tool_calls": [call]})
 
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings."""
-        who = await self.auth.authenticate(header(request, b"authorization"))
-        w = parse_body(
-            wire.EmbeddingRequestWire, await read_body(request, self.limits.max_body_bytes)
-        )
+        who, w = await self.door.accept(request, wire.EmbeddingRequestWire.model_validate_json)
         req = to_embedding_request(w, self.limits.max_embedding_inputs)
-        with After() as after:
-            with self.disconnects.request(request):
-                resp, info = await self.gateway.embed(
-                    who, req, "embeddings", client_host(request), after.add
-                )
+
+        def render(resp: EmbeddingResponse, info: CallInfo) -> JSONResponse:
             return JSONResponse(
-                render_embeddings(resp, w.encoding_format),
-                raw_headers=info.raw_headers(),
-                after=after,
+                render_embeddings(resp, w.encoding_format), raw_headers=info.raw_headers()
             )
+
+        return await self.door.respond(
+            request,
+            lambda client, defer: self.gateway.embed(who, req, "embeddings", client, defer),
+            render,
+        )
 
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models."""
-        who = await self.auth.authenticate(header(request, b"authorization"))
-        entries = self.platform.models.entries()
+        who = await self.door.authenticate(request)
         data = [
-            render_model(e.config, e.ready, e.load_error) for e in entries if who.may_use(e.name)
+            render_model(e.config, e.ready, e.load_error)
+            for e in self.catalog.entries()
+            if who.may_use(e.name)
         ]
         return JSONResponse({"object": "list", "data": data})
 
     async def get_model(self, request: Request) -> Response:
         """GET /v1/models/{model}."""
-        who = await self.auth.authenticate(header(request, b"authorization"))
+        who = await self.door.authenticate(request)
         name = request.path_params["model"]
         if not who.may_use(name):  # as if it did not exist: no probing of other tenants' models
             raise NotFound(
                 f"The model '{name}' does not exist.", param="model", code="model_not_found"
             )
-        entry = self.platform.models.get(name)
+        entry = self.catalog.get(name)
         return JSONResponse(render_model(entry.config, entry.ready, entry.load_error))
 
 

@@ -23,7 +23,8 @@ from cumulo.governance.guardrails.config import (
     Source,
     default_guardrails,
 )
-from cumulo.governance.guardrails.policy import Finding, Guardrail, Verdict
+from cumulo.governance.guardrails.findings import Finding
+from cumulo.governance.guardrails.policy import Guardrail, Verdict
 from cumulo.governance.guardrails.stream import StreamCheck, StreamChecker
 
 __all__ = [

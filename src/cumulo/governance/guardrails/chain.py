@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cumulo.governance.guardrails.config import Source
-from cumulo.governance.guardrails.policy import Finding, Guardrail, Verdict
+from cumulo.governance.guardrails.findings import Finding
+from cumulo.governance.guardrails.policy import Guardrail, Verdict
 from cumulo.governance.guardrails.stream import StreamCheck, StreamChecker
 
 

@@ -18,47 +18,16 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from cumulo.governance.guardrails import attacks
 from cumulo.governance.guardrails.config import Action, GuardrailConfig, Source
+from cumulo.governance.guardrails.findings import Finding, Policy
 from cumulo.governance.guardrails.pii import MAX_SPACED_VALUE, PiiScanner
+from cumulo.governance.guardrails.stream import StreamChecker
 from cumulo.governance.guardrails.words import TopicMatcher, WordMatcher
 
-if TYPE_CHECKING:
-    from cumulo.governance.guardrails.stream import StreamChecker
-
-Policy = Literal["sensitive_information", "regex", "word", "topic", "prompt_attack"]
-FindingAction = Literal["BLOCKED", "ANONYMIZED"]
 VerdictAction = Literal["NONE", "GUARDRAIL_INTERVENED"]
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One thing a guardrail found in one text block.
-
-    `type` is the PII type, the custom regex's name, the topic's name, the denied
-    phrase as configured, or `PROMPT_ATTACK`. `match` is the text found (empty for
-    a prompt attack); `start`/`end` locate it in block `block` of the checked input.
-    `rule` names the rule that matched without quoting it: `type`, except for a denied
-    phrase, named by its place in the guardrail's `denied_words` (`denied_words.2`).
-    """
-
-    guardrail_id: str
-    policy: Policy
-    type: str
-    action: FindingAction
-    match: str = ""
-    start: int = 0
-    end: int = 0
-    block: int = 0
-    confidence: attacks.Confidence | None = None
-    score: float | None = None
-    rule: str = ""
-
-    @property
-    def rule_id(self) -> str:
-        return self.rule or self.type
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +189,6 @@ class Guardrail:
 
     def stream_checker(self) -> StreamChecker:
         """An incremental checker for one streamed output (see `guardrails.stream`)."""
-        from cumulo.governance.guardrails.stream import StreamChecker
-
         return StreamChecker(self)
 
     def describe(self) -> dict[str, object]:

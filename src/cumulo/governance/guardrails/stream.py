@@ -24,12 +24,25 @@ after it has arrived, or at `finish()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cumulo.governance.guardrails import credentials
+from cumulo.governance.guardrails.config import Source
+from cumulo.governance.guardrails.findings import Finding
 
-if TYPE_CHECKING:
-    from cumulo.governance.guardrails.policy import Finding, Guardrail
+
+class Scanner(Protocol):
+    """What a stream check needs of a guardrail (`policy.Guardrail` is one)."""
+
+    @property
+    def holdback(self) -> int: ...
+
+    def applies(self, source: Source) -> bool: ...
+
+    def blocked_message(self, source: Source) -> str: ...
+
+    def scan(self, text: str, source: Source, block: int = 0) -> list[Finding]: ...
+
 
 _SPACES = (" ", "\n", "\t", "\r")
 # Characters let out that are scanned again with the next ones: enough for the "not preceded
@@ -53,7 +66,7 @@ class StreamChecker:
     """Incremental output check for one stream of one guardrail. Not thread-safe; one per
     stream."""
 
-    def __init__(self, guardrail: Guardrail) -> None:
+    def __init__(self, guardrail: Scanner) -> None:
         self.guardrail = guardrail
         self.hold = guardrail.holdback
         # Scan again only once this much more text has arrived: a scan per ~4 tokens, not each.

@@ -23,11 +23,11 @@ from cumulo.config import JobsConfig, ServerConfig
 from cumulo.errors import NotFound
 from cumulo.files import FileRecord, FileStore, LineError, LineInvalid, parse_batch_line
 from cumulo.files.validate import MAX_ERRORS
-from cumulo.gateway import Gateway
-from cumulo.governance.auth import Authenticator
+from cumulo.governance.identity.auth import Authenticator
 from cumulo.jobs.batch.lines import LineCaller, error_line
 from cumulo.jobs.kinds import JobInvalid
 from cumulo.origin import Origin
+from cumulo.request.gateway import Gateway
 from cumulo.store.jobs import COMPLETED, FAILED, PENDING, ItemResult, ItemRow, JobRow, JobTable
 
 KIND = "batch"

@@ -25,15 +25,14 @@ from typing import Any
 
 import orjson
 
+from cumulo.api.http import OPENAI
+from cumulo.api.http import openai_error_body as error_body
 from cumulo.api.openai import protocol as wire
 from cumulo.api.openai.service import (
-    error_body,
-    parse_body,
     render_chat,
     render_embeddings,
     to_chat_request,
     to_embedding_request,
-    validated,
 )
 from cumulo.config import ServerConfig
 from cumulo.errors import (
@@ -44,8 +43,8 @@ from cumulo.errors import (
     RateLimited,
     Unavailable,
 )
-from cumulo.gateway import Gateway
-from cumulo.governance.auth import Principal
+from cumulo.governance.identity.auth import Principal
+from cumulo.request.gateway import Gateway
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 ENDPOINTS = (CHAT, EMBEDDINGS)
@@ -107,13 +106,13 @@ class LineCaller:
             )
         raw = orjson.dumps(body)
         if endpoint == CHAT:
-            w = validated(wire.chat_completion_request.validate_json, raw)
+            w = OPENAI.parse(wire.chat_completion_request.validate_json, raw)
             req = to_chat_request(w, self.limits.max_messages)
             if req.stream:
                 raise InvalidRequest("Streaming is not available in a batch.", param="stream")
             resp, _ = await self.gateway.chat(who, req, "chat.completions")
             return render_chat(resp)
-        e = parse_body(wire.EmbeddingRequestWire, raw)
+        e = OPENAI.parse(wire.EmbeddingRequestWire.model_validate_json, raw)
         ereq = to_embedding_request(e, self.limits.max_embedding_inputs)
         eresp, _ = await self.gateway.embed(who, ereq, "embeddings")
         return render_embeddings(eresp, e.encoding_format)

@@ -1,7 +1,7 @@
 """API keys: the secret encrypted under the master key, for AWS SigV4 verification.
 
 Nullable: keys created before this migration keep only their hash and can be
-used as bearer tokens only (see cumulo.governance.masterkey).
+used as bearer tokens only (see cumulo.governance.identity.masterkey).
 
 Revision ID: 0002
 Revises: 0001

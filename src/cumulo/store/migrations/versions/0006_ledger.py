@@ -2,7 +2,7 @@
 
 - `ledger`: one row per entry, `seq` 1, 2, 3 ... with no gaps; each row's `hash`
   chains it to the previous one and its `mac` authenticates it under a key derived
-  from the master key (see `cumulo.governance.ledger`).
+  from the master key (see `cumulo.governance.audit.ledger`).
 - `ledger_head`: one row (id 1): the newest entry's seq and hash, MAC'd, so that
   deleting the newest entries is detected.
 
