@@ -27,8 +27,8 @@ from cumulo.api.admin.service import AdminService
 from cumulo.api.admin.tenants import TenantAdmin
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
-from cumulo.api.batches.router import routes as batch_routes
-from cumulo.api.batches.service import BatchService
+from cumulo.api.batches import BatchService
+from cumulo.api.batches import routes as batch_routes
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
