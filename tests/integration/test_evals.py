@@ -5,7 +5,9 @@ a server killed mid-run, and tenant isolation."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from support import CumuloServer, start_cumulo
+from cumulo.cli.evals import EXAMPLES
+from support import CUMULO_BIN, CumuloServer, clean_env, start_cumulo
 from support.batches import new_key
 from support.evals import ITEM_SCHEMA, TEMPLATE, QuizUpstream, eval_config, quiz_items, wait_run
 
@@ -301,3 +304,40 @@ def test_sigkill_mid_run_then_restart_grades_every_item_once(
     assert done["result_counts"] == {"total": 60, "passed": 60, "failed": 0, "errored": 0}
     assert sorted(i["datasource_item_id"] for i in items) == list(range(60))
     assert quiz.answered("killed ") >= 60
+
+
+def test_cli_eval_run_on_the_shipped_arithmetic_example(
+    server: CumuloServer, token: str, tmp_path: Path
+) -> None:
+    env = clean_env(CUMULO_URL=server.url, CUMULO_API_KEY=token)
+    proc = subprocess.run(
+        [str(CUMULO_BIN), "eval", "run", "arithmetic", "--model", "quiz-80", "--model", "quiz-50",
+         "--grader", "exact", "--grader", "fuzzy_match:0.99"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (EXAMPLES / "arithmetic.jsonl").read_text().splitlines()]
+    firsts = [int(r["input"].split()[2]) for r in rows]  # "What is A + B? ..."
+    right = {80: sum(a % 10 < 8 for a in firsts), 50: sum(a % 10 < 5 for a in firsts)}
+    lines: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        if line.strip():
+            lines.setdefault(line.split()[0], line.split())  # the table's row, not the tests'
+    assert lines["quiz-80"][1] == f"{100 * right[80] / 20:.1f}%"
+    assert lines["quiz-50"][1] == f"{100 * right[50] / 20:.1f}%"
+    assert "quiz-80 vs quiz-50: differ significantly" in proc.stdout
+    assert f"{right[80] - right[50]} items where the models disagree" in proc.stdout
+    assert "quiz-80" in proc.stderr and "20/20 completed" in proc.stderr  # the progress bars
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("<svg") == 3 and "What is" in report
+
+    listed = subprocess.run([str(CUMULO_BIN), "eval", "list", "--json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    ev = json.loads(listed.stdout)["data"][0]
+    assert ev["name"] == "arithmetic"
+    shown = subprocess.run([str(CUMULO_BIN), "eval", "show", ev["id"]], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.count("completed") == 2
+    again = subprocess.run([str(CUMULO_BIN), "eval", "compare", ev["id"], "--json"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert [m["overall"]["passed"] for m in json.loads(again.stdout)["models"]] == [
+        right[80], right[50]]

@@ -2,8 +2,8 @@
 
 Models (the deployment's upstream model id):
 
-    quiz:<p>       answers "What is A + B? (#N)" with A + B when N % 10 < p / 10, else
-                   A + B + 1: right on exactly p% of ten consecutive items; streams in
+    quiz:<p>       answers "What is A + B?" with A + B when A % 10 < p / 10, else
+                   A + B + 1: right on exactly p% of ten consecutive As; streams in
                    two pieces, with usage
     quiz-slow:<s>  like quiz:100, after <s> seconds
     judge:label    reads "answer: X, expected: Y" in the prompt; {"label": "correct"} when
@@ -27,7 +27,7 @@ from fakes import FakeOpenAIUpstream
 from fakes.openai_upstream import last_user_text
 from support.cumulo import openai_deployment
 
-QUESTION = re.compile(r"What is (\d+) \+ (\d+)\? \(#(\d+)\)")
+QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
 JUDGED = re.compile(r"answer: (.*?), expected: (.*?)(?:$|\n)")
 ENDED = ("completed", "failed", "canceled")
 
@@ -36,8 +36,8 @@ def quiz_answer(text: str, percent: int) -> str:
     m = QUESTION.search(text)
     if m is None:
         return "I do not know."
-    a, b, n = (int(g) for g in m.groups())
-    return str(a + b if n % 10 < percent // 10 else a + b + 1)
+    a, b = (int(g) for g in m.groups())
+    return str(a + b if a % 10 < percent // 10 else a + b + 1)
 
 
 def judge_answer(text: str, how: str) -> str:
