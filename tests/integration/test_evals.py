@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,14 @@ def test_sdk_two_models_exact_counts_compare_and_report(
             assert one.datasource_item == {"question": "What is 3 + 6? (#3)", "answer": "9"}
 
     a, b = runs["quiz-80"].id, runs["quiz-50"].id
+    for run_id in (a, b):
+        ledger = server.sql("SELECT action FROM ledger WHERE target = ? ORDER BY seq", (run_id,))
+        assert [x for (x,) in ledger] == ["eval.run.created", "eval.finished"]
+        deadline = time.monotonic() + 30
+        while (rows := server.sql("SELECT origin, COUNT(*) FROM usage WHERE job_id = ? "
+                                  "GROUP BY origin", (run_id,))) != [("eval", 20)]:
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.1)
     cmp = http.get(f"/v1/evals/{ev.id}/compare", params={"runs": f"{a},{b}"}).json()
     m80, m50 = cmp["models"]
     assert (m80["model"], m80["overall"]["passed"], m80["overall"]["graded"]) == ("quiz-80", 16, 20)
@@ -131,7 +140,9 @@ def test_sdk_two_models_exact_counts_compare_and_report(
     assert (pair["a_only_passed"], pair["b_only_passed"]) == (6, 0)
     assert pair["p_value"] == pytest.approx(2 * 0.5 ** 6) and pair["significant"]
     assert [d["datasource_item_id"] for d in cmp["disagreements"]] == [5, 6, 7, 15, 16, 17]
-    assert cmp["non_dominated"] == [a]  # same cost, better quality
+    # Same cost, better quality: quiz-50 is on the frontier only if it was faster.
+    faster = m50["latency_ms"]["p50"] < m80["latency_ms"]["p50"]
+    assert cmp["non_dominated"] == ([a, b] if faster else [a])
 
     page = http.get(f"/v1/evals/{ev.id}/report", params={"runs": f"{a},{b}"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -200,6 +211,9 @@ def test_jsonl_samples_graded_without_generation(
                 {"type": "text_similarity", "name": "rouge", "input": "{{sample.output_text}}",
                  "reference": "{{item.answer}}", "evaluation_metric": "rouge_l",
                  "pass_threshold": 0.6},
+                {"type": "text_similarity", "name": "cosine", "input": "{{sample.output_text}}",
+                 "reference": "{{item.answer}}", "evaluation_metric": "cosine",
+                 "pass_threshold": 0.9999, "model": "embed"},
             ],
         )
         run = c.evals.runs.create(ev.id, data_source={  # type: ignore[arg-type]
@@ -207,7 +221,8 @@ def test_jsonl_samples_graded_without_generation(
         done = wait_run(http, ev.id, run.id)
     assert done["result_counts"] == {"total": 5, "passed": 3, "failed": 2, "errored": 0}
     assert {r["testing_criteria"]: r["passed"] for r in done["per_testing_criteria_results"]} == {
-        "eq": 3, "ilike": 5, "rouge": 5}  # "paris, France": rouge-L F = 2/3 with "Paris"
+        "eq": 3, "ilike": 5, "rouge": 5,  # "paris, France": rouge-L F = 2/3 with "Paris"
+        "cosine": 3}  # the embedding model's vectors (through the gateway) of equal texts
     assert quiz.answered("jsonl-only") == 0
 
 
