@@ -356,3 +356,36 @@ def test_cli_eval_run_on_the_shipped_arithmetic_example(
                            capture_output=True, text=True, timeout=60)
     assert [m["overall"]["passed"] for m in json.loads(again.stdout)["models"]] == [
         right[80], right[50]]
+
+
+def test_eval_crud_and_a_bad_file_fails_the_run_naming_the_item(http: httpx.Client) -> None:
+    ev = http.post("/v1/evals", json={
+        "name": "before", "metadata": {"team": "a"},
+        "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
+        "testing_criteria": [EXACT]}).json()
+    r = http.post(f"/v1/evals/{ev['id']}", json={"name": "after", "metadata": {"team": "b"}})
+    assert (r.json()["name"], r.json()["metadata"]) == ("after", {"team": "b"})
+    assert ev["id"] in [e["id"] for e in http.get("/v1/evals", params={"limit": 100}).json()["data"]]
+
+    rows = [json.dumps(r) for r in quiz_items(3)] + ['{"item": {"question": "q"}}']
+    up = http.post("/v1/files", files={"file": ("rows.jsonl", "\n".join(rows).encode())},
+                   data={"purpose": "evals"})
+    assert up.status_code == 200, up.text
+    run = http.post(f"/v1/evals/{ev['id']}/runs", json={"data_source": {
+        **completions("quiz-80", []), "source": {"type": "file_id", "id": up.json()["id"]}}}).json()
+    done = wait_run(http, ev["id"], run["id"])
+    assert done["status"] == "failed"
+    assert "item 3" in done["error"]["message"] and "'answer' is a required property" in \
+        done["error"]["message"]
+
+    good = http.post(f"/v1/evals/{ev['id']}/runs",
+                     json={"data_source": completions("quiz-80", quiz_items(2))}).json()
+    wait_run(http, ev["id"], good["id"])
+    runs = http.get(f"/v1/evals/{ev['id']}/runs").json()["data"]
+    assert [r["id"] for r in runs] == [run["id"], good["id"]]  # oldest first, as OpenAI lists
+    gone = http.delete(f"/v1/evals/{ev['id']}/runs/{good['id']}")
+    assert gone.json() == {"object": "eval.run.deleted", "deleted": True, "run_id": good["id"]}
+    assert http.get(f"/v1/evals/{ev['id']}/runs/{good['id']}").status_code == 404
+    assert http.delete(f"/v1/evals/{ev['id']}").json()["deleted"] is True
+    assert http.get(f"/v1/evals/{ev['id']}").status_code == 404
+    assert http.get(f"/v1/evals/{ev['id']}/runs/{run['id']}").status_code == 404

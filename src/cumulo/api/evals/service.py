@@ -148,6 +148,19 @@ def summarize(
     return counts, list(usage.values()), list(criteria.values())
 
 
+def _run_error(error: Any) -> dict[str, str] | None:
+    """A failed job's errors (the runner's `{"object": "list", "data": [...]}`) as the one
+    error object of OpenAI's run."""
+    if not error:
+        return None
+    data = error.get("data") if isinstance(error, dict) else error
+    messages = [str(e.get("message")) for e in data or [] if isinstance(e, dict)]
+    code = next(
+        (str(e["code"]) for e in data or [] if isinstance(e, dict) and e.get("code")), "run_failed"
+    )
+    return {"code": code, "message": "; ".join(messages) or "the run failed"}
+
+
 class EvalService:
     def __init__(
         self,
@@ -542,11 +555,7 @@ class EvalService:
             "data_source": ds,
             "created_at": int(job.created_at),
             "metadata": params.get("metadata"),
-            "error": (
-                {"code": "invalid_data", "message": "; ".join(e["message"] for e in job.error)}
-                if job.error
-                else None
-            ),
+            "error": _run_error(job.error),
             "result_counts": counts,
             "per_model_usage": usage,
             "per_testing_criteria_results": criteria,
