@@ -27,7 +27,7 @@ from rouge_score import rouge_scorer
 from cumulo.evals.graders import Grader, check
 from cumulo.evals.templates import sample_scope
 
-WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "cat", "sleeps", "on", "the", "warm", "mat"]
 
 
 def texts(n: int) -> list[tuple[str, str]]:
