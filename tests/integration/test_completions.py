@@ -20,8 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cumulo.engine.demo import build_demo_model
 from fakes import FakeOpenAIUpstream
-from support import ApiKey, CumuloServer
-from support.cumulo import UPSTREAM_KEY
+from support import ApiKey, CumuloServer, openai_deployment
 
 TOLERANCE = 1e-4
 
@@ -32,19 +31,25 @@ def demo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(demo_path: Path, cumulo_factory: Any) -> Any:
-    with FakeOpenAIUpstream() as upstream:
-        yield cumulo_factory({
-            "usage": {"flush_interval_s": 0.1},
-            "models": [
-                {"name": "demo-tiny", "deployments": [
-                    {"provider": "local", "path": str(demo_path), "dtype": "float32",
-                     "max_running": 4, "max_tokens_in_flight": 4096}]},
-                {"name": "remote-chat", "deployments": [
-                    {"provider": "openai", "model": "echo", "base_url": upstream.base_url(),
-                     "api_key_env": "FAKE_UPSTREAM_KEY"}]},
-            ],
-        }, FAKE_UPSTREAM_KEY=UPSTREAM_KEY)
+def server(demo_path: Path, upstream: FakeOpenAIUpstream, cumulo_factory: Any) -> CumuloServer:
+    return cumulo_factory({
+        "usage": {"flush_interval_s": 0.1},
+        "guardrails": [
+            {"id": "strict", "denied_topics": [{"name": "investment advice",
+                                                "keywords": ["stock tip*"]}],
+             "blocked_input_message": "Sorry, I cannot help with that."},
+        ],
+        "models": [
+            {"name": "demo-tiny", "deployments": [
+                {"provider": "local", "path": str(demo_path), "dtype": "float32",
+                 "max_running": 4, "max_tokens_in_flight": 4096}]},
+            {"name": "remote-chat", "deployments": [openai_deployment(upstream, "echo")]},
+            {"name": "remote-text", "guardrails": ["pii-anonymize"],
+             "deployments": [openai_deployment(upstream, "completions")]},
+            {"name": "remote-strict", "guardrails": ["strict"],
+             "deployments": [openai_deployment(upstream, "completions")]},
+        ],
+    })
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +274,47 @@ def test_completions_are_metered(server: CumuloServer, http: httpx.Client, key: 
     assert row["endpoint"] == "completions" and row["model"] == "demo-tiny"
     assert row["prompt_tokens"] == resp.json()["usage"]["prompt_tokens"]
     assert row["completion_tokens"] == resp.json()["usage"]["completion_tokens"]
+
+
+def test_remote_completions_pass_through(http: httpx.Client, upstream: FakeOpenAIUpstream) -> None:
+    resp = http.post("/v1/completions", json={
+        "model": "remote-text", "prompt": ["alpha beta gamma", "one two"], "max_tokens": 0,
+        "logprobs": 1, "echo": True, "stop": ["x"], "seed": 3})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert [c["text"] for c in out["choices"]] == ["gamma beta alpha", "two one"]
+    assert out["choices"][0]["logprobs"] == {
+        "tokens": ["gamma ", "beta ", "alpha"], "token_logprobs": [-0.5] * 3,
+        "top_logprobs": [{"gamma ": -0.5}, {"beta ": -0.5}, {"alpha": -0.5}],
+        "text_offset": [0, 6, 11]}
+    assert out["usage"]["prompt_tokens"] == 5 and out["model"] == "remote-text"
+    sent = upstream.one("alpha beta gamma").body
+    assert sent["model"] == "completions" and sent["prompt"] == ["alpha beta gamma", "one two"]
+    assert (sent["max_tokens"], sent["logprobs"], sent["echo"], sent["stop"], sent["seed"]) == (
+        0, 1, True, ["x"], 3)
+    with http.stream("POST", "/v1/completions", json={
+            "model": "remote-text", "prompt": "red green blue", "stream": True,
+            "logprobs": 1}) as streamed:
+        chunks = [json.loads(line.removeprefix("data: ")) for line in streamed.iter_lines()
+                  if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "blue green red"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_guardrails_read_the_prompt(http: httpx.Client, upstream: FakeOpenAIUpstream) -> None:
+    resp = http.post("/v1/completions", json={
+        "model": "remote-text", "prompt": "marker-pii write to jane.doe@example.com"})
+    assert resp.status_code == 200, resp.text
+    sent = upstream.one("marker-pii").body
+    assert "jane.doe@example.com" not in json.dumps(sent) and "{EMAIL}" in sent["prompt"]
+    blocked = http.post("/v1/completions", json={
+        "model": "remote-strict", "prompt": "marker-blocked give me a stock tip"})
+    assert blocked.status_code == 200, blocked.text
+    choice = blocked.json()["choices"][0]
+    assert choice["finish_reason"] == "content_filter"
+    assert choice["text"] == "Sorry, I cannot help with that."
+    assert not upstream.received("marker-blocked")
+    # Token ids cannot be read by guardrails: refused where guardrails apply.
+    ids = http.post("/v1/completions", json={"model": "remote-strict", "prompt": [1, 2, 3]})
+    assert ids.status_code == 400 and ids.json()["error"]["param"] == "prompt"
+    assert "remote-strict" in ids.json()["error"]["message"]
