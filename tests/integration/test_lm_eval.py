@@ -11,7 +11,6 @@ transformers: each choice's log-likelihood, the accuracy, and each greedy genera
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
