@@ -49,13 +49,14 @@ def lm_eval(server: CumuloServer, token: str, tasks: str, out: Path) -> dict[str
     args = [
         str(LM_EVAL), "--model", "local-completions",
         "--model_args",
-        f"base_url={server.url}/v1/completions,model=demo-tiny,tokenizer_backend=remote,"
+        f"base_url={server.url}/models/demo-tiny/v1/completions,model=demo-tiny,"
+        "tokenizer_backend=remote,"
         f"auth_token={token},max_length=512",
         "--batch_size", "4",
         "--tasks", tasks, "--include_path", str(TASKS),
         "--output_path", str(out / "results"), "--log_samples",
     ]
-    done = subprocess.run(args, cwd=TASKS, env=env, capture_output=True, text=True,
+    done = subprocess.run(args, cwd=TASKS.parents[2], env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [results] = list((out / "results").rglob("results_*.json"))
