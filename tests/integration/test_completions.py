@@ -42,7 +42,7 @@ def server(demo_path: Path, upstream: FakeOpenAIUpstream, cumulo_factory: Any) -
         "models": [
             {"name": "demo-tiny", "deployments": [
                 {"provider": "local", "path": str(demo_path), "dtype": "float32",
-                 "max_running": 4, "max_tokens_in_flight": 4096}]},
+                 "max_running": 4, "max_tokens_in_flight": 4096, "max_queue": 8}]},
             {"name": "remote-chat", "deployments": [openai_deployment(upstream, "echo")]},
             {"name": "remote-text", "guardrails": ["pii-anonymize"],
              "deployments": [openai_deployment(upstream, "completions")]},
@@ -136,6 +136,22 @@ def test_max_tokens_zero_scores_the_prompt_only(
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < TOLERANCE
     assert out["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 0,
                             "total_tokens": len(ids)}
+
+
+def test_a_batch_larger_than_the_engine_queue_is_scored_whole(
+    http: httpx.Client, reference: tuple[Any, Any]
+) -> None:
+    """100 prompts in one request, to an engine with 4 slots and a queue of 8: the
+    request feeds the engine as slots free up instead of overflowing its queue."""
+    _, tok = reference
+    words = ["clouds", "rain", "sea", "wind", "trees", "over", "the", "quiet"]
+    prompts = [tok(" ".join(words[i % 8:] + words[:i % 5]), add_special_tokens=False)["input_ids"]
+               for i in range(100)]
+    out = completion(http, prompt=prompts, echo=True, logprobs=1, max_tokens=0)
+    assert len(out["choices"]) == 100
+    for ids, choice in zip(prompts, out["choices"], strict=True):
+        assert len(choice["logprobs"]["tokens"]) == len(ids)
+        assert choice["text"] == tok.decode(ids)
 
 
 def test_generation_without_echo_has_completion_logprobs(http: httpx.Client) -> None:

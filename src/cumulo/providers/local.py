@@ -208,12 +208,16 @@ class LocalProvider(Provider):
         return None if self._worker is None else self._worker.lm.tokenizer
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """Every prompt checked first; then at most `max_running` of them in the engine at
+        once (more would only wait in its queue, which other callers share); if one
+        fails, the others are cancelled."""
         runs = [self._prompt_run(request, i) for i in range(len(request.prompts))]
+        room = asyncio.Semaphore(self.deployment.max_running)
 
         async def run(r: PromptRun) -> CompletionChoice:
             parts: list[str] = []
             tokens: list[TokenLogprob] = []
-            async with aclosing(r.events()) as events:
+            async with room, aclosing(r.events()) as events:
                 async for piece in events:
                     if isinstance(piece, str):
                         parts.append(piece)
@@ -223,7 +227,14 @@ class LocalProvider(Provider):
             logprobs = tokens if request.logprobs is not None else None
             return CompletionChoice("".join(parts), end.finish_reason, logprobs)
 
-        choices = await asyncio.gather(*(run(r) for r in runs))
+        tasks = [asyncio.ensure_future(run(r)) for r in runs]
+        try:
+            choices = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         ends = [self._ended(r) for r in runs]
         return CompletionResponse(
             id=f"cmpl-{secrets.token_hex(12)}",
