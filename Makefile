@@ -28,9 +28,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Start the platform on its embedded default (SQLite, local models) at 127.0.0.1:8080.
+## Start the platform on its embedded default (SQLite, local models) at 127.0.0.1:8080
+## Another port: `make serve PORT=8081` (only from the command line: a PORT variable in the
+## environment, set for something else, is not taken), or CUMULO_PORT in the environment.
 serve: $(STAMP)
-	$(BIN)/cumulo serve
+	$(BIN)/cumulo serve$(if $(filter command line,$(origin PORT)), --port $(PORT))
 
 ## Lint, type-check and run the whole test suite.
 test: lint types pytest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,12 +33,15 @@ def upstream() -> Iterator[FakeOpenAIUpstream]:
 def cumulo_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., CumuloServer]]:
-    """`factory(config, **env)` starts a server; all still running are stopped at the end."""
+    """`factory(config, **env)` starts a server (`workdir`, `args` and `cafile` as
+    `start_cumulo` takes them); all still running are stopped at the end."""
     started: list[CumuloServer] = []
 
-    def factory(config: dict[str, Any], **env: str) -> CumuloServer:
+    def factory(config: dict[str, Any], *, workdir: Path | None = None,
+                args: tuple[str, ...] = (), cafile: Path | None = None, **env: str) -> CumuloServer:
         env = {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "FAKE_AZURE_KEY": AZURE_KEY, **env}
-        server = start_cumulo(config, tmp_path_factory.mktemp("cumulo"), **env)
+        server = start_cumulo(config, workdir or tmp_path_factory.mktemp("cumulo"), args=args,
+                              cafile=cafile, **env)
         started.append(server)
         return server
 

@@ -305,3 +305,28 @@ def test_models_are_required_unless_marked_optional(tmp_path: Path) -> None:
         {"name": "a", "deployments": [openai_dep()]},
         {"name": "b", "optional": True, "deployments": [openai_dep()]}]}))
     assert [m.optional for m in config.models] == [False, True]
+
+
+def test_server_tls_files_are_checked_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cumulo import tls
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("CUMULO_HOME", str(home))
+    tls.write_pair(tls.self_signed(), home / "tls" / "cert.pem", home / "tls" / "key.pem")
+    relative = {"certfile": "tls/cert.pem", "keyfile": "tls/key.pem"}  # under CUMULO_HOME
+    config = load_config(write(tmp_path, {"server": {"tls": relative}}))
+    assert config.server.tls is not None
+    assert config.server.tls.paths(home) == (home / "tls" / "cert.pem", home / "tls" / "key.pem")
+    absolute = {"certfile": str(home / "tls" / "cert.pem"), "keyfile": str(home / "tls" / "key.pem")}
+    assert load_config(write(tmp_path, {"server": {"tls": absolute}})).server.tls is not None
+
+    message = error_for(tmp_path, {"server": {"tls": {**relative, "keyfile": "tls/nope.pem"}}})
+    assert f"server.tls.keyfile: cannot read {home / 'tls' / 'nope.pem'}: No such file" in message
+    message = error_for(tmp_path, {"server": {"tls": {**relative, "certfile": "tls"}}})
+    assert "server.tls.certfile: " in message and "is a directory" in message
+    message = error_for(tmp_path, {"server": {"tls": {"certfile": "tls/key.pem",
+                                                      "keyfile": "tls/cert.pem"}}})
+    assert "server.tls: " in message and "not a PEM certificate and its private key" in message
+    assert "server.tls.keyfile" in error_for(tmp_path, {"server": {"tls": {"certfile": "x"}}})
+    assert "server.tls.certfile" in error_for(tmp_path, {"server": {"tls": {"certfile": "",
+                                                                            "keyfile": "x"}}})

@@ -30,6 +30,8 @@ from cumulo.api.anthropic.service import AnthropicService
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
+from cumulo.api.files import FilesService
+from cumulo.api.files import routes as file_routes
 from cumulo.api.http import DisconnectWatch, Handler, JSONResponse, error_response
 from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService
@@ -149,6 +151,7 @@ def create_app(
                 TenantAdmin(platform.auth, platform.tenants),
             ),
             *ledger_routes(platform.ledger, lambda r: access.admin(platform.auth, r)),
+            *file_routes(FilesService(platform.auth, platform.files)),
             *guardrail_routes(
                 platform.guardrails,
                 bedrock_authenticator(platform.auth, platform.config.server.max_body_bytes),

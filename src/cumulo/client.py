@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import orjson
@@ -80,3 +80,30 @@ class Client:
                 raise ClientError("the stream ended before the reply was complete")
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
+
+    def upload(self, path: str, local: BinaryIO, filename: str, data: dict[str, str]) -> Any:
+        """POST a multipart form with `local` as its `file` part, streamed from disk."""
+        try:
+            resp = self._http.post(path, files={"file": (filename, local)}, data=data)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
+        self._check(resp)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise self._not_cumulo() from exc
+
+    def download(self, path: str, out: BinaryIO) -> int:
+        """GET `path` into `out` as it arrives; the number of bytes written."""
+        written = 0
+        try:
+            with self._http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._check(resp)
+                for chunk in resp.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    written += len(chunk)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach cumulo at {self.url}: {exc}") from exc
+        return written

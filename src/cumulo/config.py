@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cumulo import tls
 from cumulo.errors import ConfigError
 from cumulo.governance.guardrails.config import GuardrailConfig, default_guardrails
 from cumulo.types import ModelKind
@@ -244,6 +245,18 @@ class ModelConfig(_Strict):
         return v
 
 
+class TLSConfig(_Strict):
+    """The server's certificate and key (PEM); relative paths are under CUMULO_HOME."""
+
+    certfile: str = Field(
+        min_length=1, description="Certificate chain, the server's certificate first."
+    )
+    keyfile: str = Field(min_length=1, description="The certificate's private key (unencrypted).")
+
+    def paths(self, home: Path) -> tuple[Path, Path]:
+        return home / Path(self.certfile).expanduser(), home / Path(self.keyfile).expanduser()
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -263,6 +276,11 @@ class ServerConfig(_Strict):
         default_factory=list,
         description="Proxies (IPs or networks, or '*') whose X-Forwarded-For/-Proto headers are "
         "trusted for the client's address (anomaly alerts, logs). Empty: the socket's peer.",
+    )
+    tls: TLSConfig | None = Field(
+        None,
+        description="Serve HTTPS with this certificate and key (`cumulo tls self-signed` makes "
+        "a pair for local use). Unset: plain HTTP.",
     )
 
 
@@ -298,6 +316,18 @@ class LedgerConfig(_Strict):
         )
 
 
+class FilesConfig(_Strict):
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        le=1 << 40,
+        description="Largest file `POST /v1/files` accepts (413 past it, nothing kept).",
+    )
+    max_files_per_tenant: int = Field(
+        10_000, gt=0, le=10_000_000, description="Files one tenant may hold at once (429 past it)."
+    )
+
+
 class PricingConfig(_Strict):
     local: PriceConfig | None = Field(
         None,
@@ -318,6 +348,15 @@ class Config(_Strict):
     usage: UsageConfig = UsageConfig()
     pricing: PricingConfig = PricingConfig()
     ledger: LedgerConfig = LedgerConfig()
+    files: FilesConfig = FilesConfig()
+    files_url: str | None = Field(
+        None,
+        description="Where file contents live. Default: CUMULO_HOME/files. `s3://bucket/prefix`: "
+        "an S3-compatible store shared by replicas, reached with boto3's own environment "
+        "(AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_REGION); never put credentials here.",
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis for several replicas: shared limits and budgets, and key/tenant "
@@ -458,6 +497,7 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
     config = parse_config(data, str(p))
     _check_env(config, str(p))
+    _check_tls(config, str(p))
     return config
 
 
@@ -476,6 +516,19 @@ def _check_env(config: Config, source: str) -> None:
                         f"{source}: models.{i}.deployments.{j}.{key}: "
                         f"environment variable {name} is not set"
                     )
+
+
+def _check_tls(config: Config, source: str) -> None:
+    """The certificate and key can be read and belong together (checked at start, before
+    anything loads, rather than when the server first binds)."""
+    if config.server.tls is None:
+        return
+    certfile, keyfile = config.server.tls.paths(cumulo_home())
+    try:
+        tls.check_pair(certfile, keyfile)
+    except tls.TLSFilesError as exc:
+        where = f"server.tls.{exc.which}" if exc.which else "server.tls"
+        raise ConfigError(f"{source}: {where}: {exc}") from None
 
 
 # Remote models offered by the embedded default when their key is in the environment.

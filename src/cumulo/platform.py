@@ -19,6 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from cumulo.config import Config, cumulo_home, database_url
+from cumulo.files import FileLimits, FileStore, blob_store
 from cumulo.governance.audit.invocations import InvocationLog
 from cumulo.governance.audit.ledger import Ledger
 from cumulo.governance.chain import Governance, budget_alert
@@ -74,6 +75,12 @@ class Platform:
         self.usage = UsageRecorder(self.store, config.usage, journal)
         self.ledger = Ledger(  # the audit ledger
             self.store, self.master_key, checkpoint_file=config.ledger.checkpoint_path(self.home)
+        )
+        self.files = FileStore(  # uploaded files and the files jobs write
+            self.store,
+            blob_store(config.files_url, self.home),
+            FileLimits(config.files.max_file_bytes, config.files.max_files_per_tenant),
+            self.ledger,
         )
         self.metrics = Metrics()  # this process's registry, served at GET /metrics
         self.traffic = TrafficLog(  # a line a minute in the log, when there was traffic
@@ -145,6 +152,7 @@ class Platform:
         self.usage.start()
         await self.usage.recover()  # what processes that died left in their journals
         self.ledger.start()
+        await self.files.sweep()  # what uploads cut short by a crash left
         await self._seed_budgets()
         self.limiter.start()
         self.budgets.start()

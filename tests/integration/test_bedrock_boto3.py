@@ -352,7 +352,8 @@ def test_wrong_secret_is_403(server: CumuloServer, key: ApiKey) -> None:
 
 
 def test_bearer_token(server: CumuloServer, key: ApiKey, marker: str) -> None:
-    # boto3 sends AWS_BEARER_TOKEN_BEDROCK only over HTTPS, so this speaks the wire directly.
+    # boto3 sends AWS_BEARER_TOKEN_BEDROCK only over HTTPS, so this speaks the wire directly
+    # (test_https.py drives boto3 with a bearer token against cumulo serving HTTPS).
     url = f"{server.url}/model/br-echo/converse"
     auth = {"Authorization": f"Bearer {key.token}"}
     resp = httpx.post(url, json={"messages": [user(marker)]}, headers=auth)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -69,13 +70,15 @@ class CumuloServer:
     process: subprocess.Popen[bytes]
     log: Path
     env: dict[str, str] = field(repr=False)
+    # HTTPS servers: the context trusting their (self-signed) certificate.
+    verify: ssl.SSLContext | None = field(default=None, repr=False)
 
     @property
     def db_path(self) -> Path:
         return self.home / "cumulo.db"
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url,
+        return httpx.Client(base_url=self.url, verify=self.verify or True,
                             headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30)
 
     def create_key(self, name: str = "test", role: str = "caller") -> ApiKey:
@@ -118,9 +121,14 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def start_cumulo(config: dict[str, Any], workdir: Path, **env: str) -> CumuloServer:
-    """Run `cumulo serve --config <workdir>/cumulo.yaml` and wait until it is ready."""
+def start_cumulo(config: dict[str, Any], workdir: Path, *, args: tuple[str, ...] = (),
+                 cafile: Path | None = None, **env: str) -> CumuloServer:
+    """Run `cumulo serve --config <workdir>/cumulo.yaml [args]` and wait until it is ready.
+
+    With `cafile` the server speaks HTTPS (its certificate given in the config or `args`),
+    and the clients trust that certificate."""
     home = workdir / "home"
+    verify = None if cafile is None else ssl.create_default_context(cafile=str(cafile))
     cfg = write_config(workdir / "cumulo.yaml", config)
     admin_key = "admin-" + secrets.token_urlsafe(16)
     full_env = clean_env(CUMULO_HOME=str(home), CUMULO_ADMIN_KEY=admin_key, **env)
@@ -130,13 +138,15 @@ def start_cumulo(config: dict[str, Any], workdir: Path, **env: str) -> CumuloSer
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [str(CUMULO_BIN), "serve", "--config", str(cfg), "--port", str(port),
-                 "--log-level", "warning"],
+                 "--log-level", "warning", *args],
                 env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
-        server = CumuloServer(f"http://127.0.0.1:{port}", admin_key, home, process, log, full_env)
+        scheme = "http" if verify is None else "https"
+        server = CumuloServer(f"{scheme}://127.0.0.1:{port}", admin_key, home, process, log,
+                              full_env, verify)
         if _wait_ready(server):
             return server
-        if "address already in use" not in server.output():
+        if "already in use" not in server.output():
             break
     raise AssertionError(f"cumulo exited with {process.returncode}:\n{server.output()}")
 
@@ -144,7 +154,7 @@ def start_cumulo(config: dict[str, Any], workdir: Path, **env: str) -> CumuloSer
 def _wait_ready(server: CumuloServer, timeout: float = 60) -> bool:
     """True once /health/ready answers 200; False if the process exits first."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2) as http:
+    with httpx.Client(timeout=2, verify=server.verify or True) as http:
         while server.process.poll() is None:
             with contextlib.suppress(httpx.HTTPError):
                 if http.get(server.url + "/health/ready").status_code == 200:

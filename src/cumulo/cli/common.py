@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -148,3 +152,14 @@ def table(header: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for r in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def this_program() -> str:
+    """How to run this `cumulo` from here: `cumulo` when it is the one on PATH, else its
+    path (`.venv/bin/cumulo` under `make serve`, where the venv is not activated)."""
+    program = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("cumulo")
+    if on_path and Path(on_path).resolve() == program:
+        return "cumulo"
+    relative = os.path.relpath(program)
+    return str(program) if relative.startswith("..") else relative

@@ -12,12 +12,14 @@ import click
 from cumulo.cli.alerts import alerts, invocations
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
+from cumulo.cli.files import files
 from cumulo.cli.keys import keys
 from cumulo.cli.ledger import ledger
 from cumulo.cli.models import models
 from cumulo.cli.platform_state import deployments, engine, guardrails
 from cumulo.cli.serve import serve
 from cumulo.cli.tenants import tenants
+from cumulo.cli.tls import tls
 from cumulo.cli.usage import usage
 from cumulo.errors import CumuloError
 
@@ -43,8 +45,8 @@ from cumulo.errors import CumuloError
 def cli(ctx: click.Context, url: str, key: str | None) -> None:
     """cumulo: a self-hosted AI model platform.
 
-    `serve`, `models build-demo` and `ledger` work on this machine; the other commands are
-    clients of a running platform at --url, authenticated with --key.
+    `serve`, `models build-demo`, `tls` and `ledger` work on this machine; the other
+    commands are clients of a running platform at --url, authenticated with --key.
     """
     ctx.obj = Ctx(url, key or os.environ.get("CUMULO_ADMIN_KEY"))
 
@@ -57,12 +59,14 @@ for command in (
     ledger,
     chat,
     embed,
+    files,
     usage,
     alerts,
     invocations,
     guardrails,
     deployments,
     engine,
+    tls,
 ):
     cli.add_command(command)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import sys
 from pathlib import Path
 
 import click
 
+from cumulo.cli.common import this_program
 from cumulo.config import cumulo_home, load_config
 
 
@@ -25,8 +24,9 @@ from cumulo.config import cumulo_home, load_config
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
+    envvar="CUMULO_PORT",
     metavar="PORT",
-    help="Port [default: server.port, 8080].",
+    help="Port (env CUMULO_PORT) [default: server.port, 8080].",
 )
 @click.option(
     "--workers",
@@ -41,13 +41,33 @@ from cumulo.config import cumulo_home, load_config
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="The least severe log lines shown.",
 )
+@click.option(
+    "--tls-certfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Serve HTTPS with this certificate (PEM) [default: server.tls.certfile].",
+)
+@click.option(
+    "--tls-keyfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The certificate's private key (PEM) [default: server.tls.keyfile].",
+)
 def serve(
-    config_path: str | None, host: str | None, port: int | None, workers: int | None, log_level: str
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    log_level: str,
+    tls_certfile: Path | None,
+    tls_keyfile: Path | None,
 ) -> None:
     """Start the platform (the server and its models)."""
     import uvicorn
 
     from cumulo.bootstrap import prepare
+    from cumulo.cli.serving import run, tls_files
+    from cumulo.listen import listen
     from cumulo.providers.registry import ProviderRegistry
 
     config = load_config(config_path)
@@ -55,6 +75,9 @@ def serve(
     registry = ProviderRegistry()
     registry.check(config, source)
     home = cumulo_home()
+    certfile, keyfile = tls_files(config.server.tls, tls_certfile, tls_keyfile, home)
+    # Listen before anything loads: a port in use is said at once, and stays ours.
+    sockets = listen(host or config.server.host, config.server.port if port is None else port)
     admin_key = prepare(config, home)
     for warning in registry.preflight(config, source):  # before any model loads
         click.echo(f"cumulo: warning: {warning}", err=True)
@@ -63,7 +86,7 @@ def serve(
             "Created the first admin key. It is shown once only; keep it safe:\n\n"
             f"    {admin_key}\n\n"
             "Use it as CUMULO_API_KEY for the cumulo CLI, or create tenant keys with "
-            f"'{_this_program()} keys create NAME'.\n"
+            f"'{this_program()} keys create NAME'.\n"
         )
     os.environ["CUMULO_HOME"] = str(home)
     if config_path:
@@ -75,9 +98,11 @@ def serve(
         "level": log_level.upper(),
         "propagate": False,
     }
-    uvicorn.run(
+    uvicorn_config = uvicorn.Config(
         "cumulo.app:create_app_from_env",
         factory=True,
+        ssl_certfile=certfile,  # HTTPS when given (the files were checked above)
+        ssl_keyfile=keyfile,
         host=host or server.host,
         port=server.port if port is None else port,
         workers=workers or server.workers,
@@ -92,14 +117,4 @@ def serve(
         proxy_headers=bool(server.forwarded_allow_ips),
         forwarded_allow_ips=server.forwarded_allow_ips or None,
     )
-
-
-def _this_program() -> str:
-    """How to run this `cumulo` from here: `cumulo` when it is the one on PATH, else its
-    path (`.venv/bin/cumulo` under `make serve`, where the venv is not activated)."""
-    program = Path(sys.argv[0]).resolve()
-    on_path = shutil.which("cumulo")
-    if on_path and Path(on_path).resolve() == program:
-        return "cumulo"
-    relative = os.path.relpath(program)
-    return str(program) if relative.startswith("..") else relative
+    run(uvicorn_config, sockets)

@@ -159,3 +159,31 @@ usage_journal = Table(
     Column("seq", BigInteger, nullable=False),  # its last record written to `usage`
     Column("updated_at", Float, nullable=False),
 )
+
+# 0009: uploaded files (cumulo/files) and their content-addressed blobs. A file row names its
+# blob by SHA-256; `file_blobs.refs` counts the rows naming it, and its row is the lock that
+# orders storing a blob against removing it (a blob is removed when its count reaches 0)
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(40), primary_key=True),  # file-<24 base62 characters>
+    Column("tenant_id", String(32), nullable=True),  # NULL: a key without a tenant
+    Column("key_id", String(32), nullable=True),  # the uploader's key
+    Column("purpose", String(32), nullable=False),
+    Column("filename", String(256), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # pending (blob being stored), processed
+    Index("ix_files_tenant_created", "tenant_id", "created_at"),
+    Index("ix_files_sha256", "sha256"),
+)
+
+file_blobs = Table(
+    "file_blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("refs", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
