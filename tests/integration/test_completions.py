@@ -326,3 +326,19 @@ def test_guardrails_read_the_prompt(http: httpx.Client, upstream: FakeOpenAIUpst
     ids = http.post("/v1/completions", json={"model": "remote-strict", "prompt": [1, 2, 3]})
     assert ids.status_code == 400 and ids.json()["error"]["param"] == "prompt"
     assert "remote-strict" in ids.json()["error"]["message"]
+
+
+def test_token_id_prompts_count_against_token_limits(server: CumuloServer) -> None:
+    """Admission counts a token-id prompt's tokens exactly: a key allowed 200 tokens a
+    minute scores one 150-token prompt, and is refused a second one at once."""
+    with server.admin() as admin:
+        made = admin.post("/admin/keys", json={"name": "tpm", "limits": {"tpm": 200}})
+        assert made.status_code == 201, made.text
+    auth = {"Authorization": f"Bearer {made.json()['key']}"}
+    body = {"model": "demo-tiny", "prompt": [5 + i % 50 for i in range(150)], "max_tokens": 0,
+            "echo": True, "logprobs": 1}
+    first = httpx.post(server.url + "/v1/completions", json=body, headers=auth, timeout=60)
+    assert first.status_code == 200, first.text
+    second = httpx.post(server.url + "/v1/completions", json=body, headers=auth, timeout=60)
+    assert second.status_code == 429, second.text
+    assert second.json()["error"]["type"] == "rate_limit_error"

@@ -61,6 +61,11 @@ def estimate_prompt_tokens(req: ChatRequest) -> int:
     return chars // 4
 
 
+def estimate_completion_prompt_tokens(req: CompletionRequest) -> int:
+    """As `estimate_prompt_tokens`; token-id prompts count exactly."""
+    return sum(len(p) // 4 if isinstance(p, str) else len(p) for p in req.prompts)
+
+
 class Gateway:
     def __init__(
         self,
@@ -232,7 +237,11 @@ class Gateway:
             return BlockedStream(self._blocked(ctx, req, verdict))
 
         return await self._open_stream(
-            ctx, req, guards, lambda p, m: p.stream(self._for_model(req, m))
+            ctx,
+            req,
+            guards,
+            lambda p, m: p.stream(self._for_model(req, m)),
+            estimate_prompt_tokens(req),
         )
 
     async def _open_stream(
@@ -241,6 +250,7 @@ class Gateway:
         req: ChatRequest,
         guards: GuardrailSet | None,
         open_inner: Callable[[Provider, str], ChatStream],
+        prompt_tokens: int,
     ) -> MeteredStream:
         """Route a stream: failover until its first event (each attempt bounded by its
         model's `routing.ttft_timeout_s`), then metered as it goes."""
@@ -264,7 +274,7 @@ class Gateway:
                 raise
             return first, inner
 
-        lease = await self._route(ctx, "chat", attempt, estimate_prompt_tokens(req))
+        lease = await self._route(ctx, "chat", attempt, prompt_tokens)
         ctx.request = req
         return MeteredStream(ctx, lease, self.guarding, guards)
 
@@ -313,7 +323,7 @@ class Gateway:
         def attempt(model: str, provider: Provider) -> Awaitable[CompletionResponse]:
             return provider.complete(self._completion_for(req, model))
 
-        lease = await self._route(ctx, "chat", attempt, estimate_prompt_tokens(view))
+        lease = await self._route(ctx, "chat", attempt, estimate_completion_prompt_tokens(req))
         resp = lease.value
         if guards is not None:
             choices = []
@@ -351,7 +361,11 @@ class Gateway:
         if verdict is not None and verdict.blocked:
             return BlockedStream(self._blocked(ctx, view, verdict))
         return await self._open_stream(
-            ctx, view, guards, lambda p, m: p.stream_complete(self._completion_for(req, m))
+            ctx,
+            view,
+            guards,
+            lambda p, m: p.stream_complete(self._completion_for(req, m)),
+            estimate_completion_prompt_tokens(req),
         )
 
     def _completion_for(self, req: CompletionRequest, model: str) -> CompletionRequest:
