@@ -279,7 +279,7 @@ class Scheduler:
             for b, (seq, n) in enumerate(run):
                 last = None
                 if seq.params.prompt_logprobs is not None:
-                    last = self._prompt_logprobs(seq, self._head(hidden[b, :n]))
+                    last = self._prompt_logprobs(seq, self._logits(hidden[b, :n]))
                 seq.prefilled += n
                 seq.length += n
                 if seq.prefilled == len(seq.prompt_ids):
@@ -295,7 +295,7 @@ class Scheduler:
                         logit_rows.append(last)
                         ready_logits.append(seq)
             if ready:
-                self._sample(ready, self._head(torch.stack(last_rows)))
+                self._sample(ready, self._logits(torch.stack(last_rows)))
             if ready_logits:
                 self._sample(ready_logits, torch.stack(logit_rows))
 
@@ -334,6 +334,10 @@ class Scheduler:
             seq.next_input = None
         rows = torch.tensor([seq.slot for seq in active], device=hidden.device)
         self._sample(active, self._head(hidden[rows, 0]))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self._head(hidden)
+        return logits
 
     def _forward(
         self, lo: int, hi: int, ids: torch.Tensor, pos: torch.Tensor, counts: torch.Tensor
