@@ -252,3 +252,28 @@ job_events = Table(
     Column("level", String(8), nullable=False),
     Column("message", Text, nullable=False),
 )
+
+# 0013: evals (cumulo/evals): an eval's definition (data source config and testing criteria,
+# as `POST /v1/evals` received them once checked) and which runs (jobs of kind `eval`) are its
+evals = Table(
+    "evals",
+    metadata,
+    Column("id", String(40), primary_key=True),  # eval_<32 hex>
+    Column("tenant_id", String(32), nullable=True),
+    Column("key_id", String(32), nullable=True),  # the creator's key
+    Column("name", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("data_source_config", JSON, nullable=False),
+    Column("testing_criteria", JSON, nullable=False),
+    Column("metadata", JSON, nullable=True),
+    Index("ix_evals_tenant_created", "tenant_id", "created_at"),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the run's job id
+    Column("eval_id", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_eval_runs_eval", "eval_id", "created_at"),
+)
