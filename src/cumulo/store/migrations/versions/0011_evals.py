@@ -1,7 +1,7 @@
 """Evals: `evals` (an eval's data source config and testing criteria) and `eval_runs` (which
 jobs of kind `eval` are runs of which eval).
 
-Revision ID: 0013
+Revision ID: 0011
 Revises: 0010
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
+revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
