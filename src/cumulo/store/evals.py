@@ -1,4 +1,4 @@
-"""SQL for `evals` and `eval_runs` (migration 0013); what they mean is `cumulo.evals`."""
+"""SQL for `evals` and `eval_runs` (migration 0011); what they mean is `cumulo.evals`."""
 
 from __future__ import annotations
 

@@ -253,7 +253,7 @@ job_events = Table(
     Column("message", Text, nullable=False),
 )
 
-# 0013: evals (cumulo/evals): an eval's definition (data source config and testing criteria,
+# 0011: evals (cumulo/evals): an eval's definition (data source config and testing criteria,
 # as `POST /v1/evals` received them once checked) and which runs (jobs of kind `eval`) are its
 evals = Table(
     "evals",
