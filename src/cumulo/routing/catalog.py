@@ -80,9 +80,12 @@ class Catalog:
     def __init__(self, config: Config, registry: ProviderRegistry, ctx: ProviderContext) -> None:
         self._entries: dict[str, ModelEntry] = {}
         for m in config.models:
-            providers = [registry.get(d.provider).create(d, m.kind, ctx) for d in m.deployments]
-            for provider, label in zip(providers, deployment_labels(m), strict=True):
-                provider.label = label
+            providers: list[Provider] = []
+            for d, label in zip(m.deployments, deployment_labels(m), strict=True):
+                made = registry.get(d.provider).create_all(d, m.kind, ctx)
+                for i, provider in enumerate(made):  # replicas: `label/0`, `label/1`, ...
+                    provider.label = label if len(made) == 1 else f"{label}/{i}"
+                providers += made
             self._entries[m.name] = ModelEntry(m, providers)
 
     def entries(self) -> list[ModelEntry]:
