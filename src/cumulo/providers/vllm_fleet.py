@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import datetime
 import logging
 import logging.handlers
 import os
@@ -159,13 +160,20 @@ class ReplicaLog:
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._lock = threading.Lock()
+        self._closed = False
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
 
     def write(self, line: str) -> None:
         line = line.rstrip("\n")
         with self._lock:
             self.tail.append(line)
-            self._handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+            if not self._closed:  # (a closed handler would reopen its file)
+                self._handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+
+    def note(self, text: str) -> None:
+        """A line of cumulo's own, timestamped (UTC)."""
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        self.write(f"==> cumulo {now}: {text}")
 
     def pump(self, fd: int) -> threading.Thread:
         """Copy the lines read from `fd` (closed at its end) into the file, on a thread."""
@@ -181,6 +189,7 @@ class ReplicaLog:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._handler.close()
 
 
@@ -336,8 +345,8 @@ class Replica:
         True if it became ready."""
         self.port = free_port()
         command = self._command(self.port)
-        self.log.write(f"==> cumulo: starting replica {self.index} on port {self.port}")
-        self.log.write("==> " + " ".join(command))
+        self.log.note(f"starting replica {self.index} on port {self.port}")
+        self.log.note(" ".join(command))
         read_fd, write_fd = os.pipe()
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -351,7 +360,7 @@ class Replica:
             )
         except OSError as exc:
             os.close(read_fd)
-            self.log.write(f"==> cumulo: cannot start: {exc}")
+            self.log.note(f"cannot start: {exc}")
             self.exit_codes.append(-1)
             return False
         finally:
@@ -387,8 +396,8 @@ class Replica:
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
-                self.log.write(
-                    f"==> cumulo: not healthy within startup_timeout_s "
+                self.log.note(
+                    f"not healthy within startup_timeout_s "
                     f"({self.policy.startup_timeout_s:g} s); restarting it"
                 )
                 return False
@@ -414,7 +423,7 @@ class Replica:
                 continue
             misses += 1
             if misses >= self.policy.health_failures:
-                self.log.write(f"==> cumulo: /health failed {misses} times in a row; restarting")
+                self.log.note(f"/health failed {misses} times in a row; restarting")
                 log.warning("vLLM replica %d stopped answering /health; restarting", self.index)
                 self._set("backoff")
                 return
@@ -440,7 +449,7 @@ class Replica:
         code = proc.returncode if proc.returncode is not None else -1
         self.exit_codes.append(code)
         if not self._stop.is_set():
-            self.log.write(f"==> cumulo: replica {self.index} exited with status {code}")
+            self.log.note(f"replica {self.index} exited with status {code}")
             log.warning("vLLM replica %d exited with status %d", self.index, code)
             self._set("backoff")
         _kill_group(proc.pid)  # its children, if any outlived it
@@ -456,7 +465,7 @@ class Replica:
             try:
                 await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
-                self.log.write(f"==> cumulo: still running {grace:.1f} s after SIGTERM; SIGKILL")
+                self.log.note(f"still running {grace:.1f} s after SIGTERM; SIGKILL")
                 _kill_group(proc.pid)
                 await proc.wait()
         _kill_group(proc.pid)
