@@ -529,6 +529,18 @@ class Config(_Strict):
                 "server.workers: vllm deployments need one worker process (each worker would "
                 "start its own vLLM replicas); scale with `replicas` instead"
             )
+        taken = {m.name for m in self.models}  # adapters are models of the catalog too
+        for i, m in enumerate(self.models):
+            own: set[str] = set()
+            for j, d in enumerate(m.deployments):
+                for adapter in d.adapters:
+                    if adapter in taken:
+                        raise ValueError(
+                            f"models.{i}.deployments.{j}.adapters: {adapter!r} is already "
+                            "the name of a model or of another model's adapter"
+                        )
+                    own.add(adapter)
+            taken |= own
         kinds = {m.name: m.kind for m in self.models}
         for i, m in enumerate(self.models):
             for j, fb in enumerate(m.fallbacks):

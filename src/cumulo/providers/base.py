@@ -98,6 +98,11 @@ class Provider(ABC):
         replica of a server fleet (`vllm`), each routed and circuit-broken on its own."""
         return [cls.create(deployment, kind, ctx)]
 
+    def aliases(self) -> list[str]:
+        """Other model names this deployment serves too (a vLLM deployment's LoRA adapters):
+        the catalog lists each as a model of its own, routed to the same deployments."""
+        return []
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load weights, warm connections. Called once before the first request."""
 

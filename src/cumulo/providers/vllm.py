@@ -206,6 +206,10 @@ class VLLMProvider(Provider):
                     f"adapter {name!r}: {adapter} is not a directory", param="adapters"
                 )
 
+    def aliases(self) -> list[str]:
+        """The configured LoRA adapters: each is a model of the catalog served here."""
+        return list(self.deployment.adapters)
+
     @property
     def replica(self) -> Replica | None:
         return self._replica

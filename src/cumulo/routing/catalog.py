@@ -87,6 +87,13 @@ class Catalog:
                     provider.label = label if len(made) == 1 else f"{label}/{i}"
                 providers += made
             self._entries[m.name] = ModelEntry(m, providers)
+            for alias in dict.fromkeys(a for p in providers for a in p.aliases()):
+                serving = [p for p in providers if alias in p.aliases()]
+                description = f"served by the deployments of {m.name}"
+                aliased = m.model_copy(
+                    update={"name": alias, "fallbacks": [], "description": description}
+                )
+                self._entries[alias] = ModelEntry(aliased, serving)
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
