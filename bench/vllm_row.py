@@ -62,7 +62,7 @@ class Row:
 def vllm_args(threads: int, eager: bool) -> tuple[list[str], dict[str, str]]:
     """vLLM's options and environment for the CPU benchmark: bf16, `threads` cores."""
     args = ["--dtype", "bfloat16", "--max-model-len", "2048", "--max-num-seqs", "16",
-            "--gpu-memory-utilization", "0.1", *(["--enforce-eager"] if eager else [])]
+            "--kv-cache-memory-bytes", str(2**30), *(["--enforce-eager"] if eager else [])]
     env = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     return args, env
 

@@ -44,8 +44,9 @@ VLLM_ARGS = [
     "--dtype", "float32",
     "--max-model-len", "1024",
     "--max-num-seqs", "8",
-    # On the CPU backend this is the share of the machine's memory reserved for the KV cache.
-    "--gpu-memory-utilization", "0.03",
+    # The KV cache's size, whatever the machine's memory (on the CPU backend
+    # --gpu-memory-utilization is a share of the machine's memory, and must be free at start).
+    "--kv-cache-memory-bytes", str(128 * 2**20),
 ]
 
 

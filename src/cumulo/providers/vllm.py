@@ -17,6 +17,7 @@ extra (`pip install 'cumulo[vllm]'`), or any interpreter that has it (`python`).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
@@ -108,6 +109,10 @@ class Fleet:
             )
             self.replicas[index] = replica
         return replica
+
+    async def stop(self) -> None:
+        """Drain and stop every replica, together."""
+        await asyncio.gather(*(r.stop() for r in self.replicas.values()))
 
     # -- LoRA adapters ------------------------------------------------------------
 
@@ -227,8 +232,8 @@ class VLLMProvider(Provider):
             raise UpstreamError(str(exc)) from exc
 
     async def close(self) -> None:
-        if self._replica is not None:
-            await self._replica.stop()
+        """Stop the whole fleet at once (the first replica closed drains them all)."""
+        await self.fleet.stop()
 
     def describe(self) -> str:
         r = self._replica

@@ -228,6 +228,7 @@ class Replica:
         self.failure: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()  # set on every state change (for `wait_ready`)
         self._idle = asyncio.Event()  # no request in flight
@@ -287,8 +288,14 @@ class Replica:
 
     async def stop(self) -> None:
         """Drain: no new requests, those in flight may finish, then SIGTERM, then SIGKILL,
-        all within `drain_timeout_s`."""
-        if self.state in ("stopped", "idle"):
+        all within `drain_timeout_s`. Calls after the first wait for the same stop."""
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._drain())
+        await asyncio.shield(self._stopped)
+
+    async def _drain(self) -> None:
+        if self.state == "idle":
+            self.log.close()
             self._set("stopped")
             return
         self._set("stopping")
