@@ -190,6 +190,17 @@ def test_a_vllm_model_routes_least_busy_unless_told_and_needs_one_worker(tmp_pat
         parse_config({"server": {"workers": 2}, "models": [told]}, "c.yaml")
 
 
+def test_an_adapter_cannot_take_the_name_of_a_model(tmp_path: Path) -> None:
+    d = {"provider": "vllm", "path": str(tmp_path), "args": ["--enable-lora"],
+         "adapters": {"other": str(tmp_path)}}
+    models = [{"name": "m", "deployments": [d]}, {"name": "other", "deployments": [d]}]
+    with pytest.raises(ConfigError) as err:
+        parse_config({"models": models}, "c.yaml")
+    assert "models.0.deployments.0.adapters: 'other' is already the name of a model" in str(
+        err.value
+    )
+
+
 def test_check_names_a_missing_model_directory(tmp_path: Path) -> None:
     d = DeploymentConfig(provider="vllm", path=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError) as err:

@@ -104,9 +104,7 @@ class Catalog:
         A provider that fails to start is logged and keeps why in `load_error` (without
         server paths, for callers and `/health/ready`); the others serve on.
         """
-        await asyncio.gather(
-            *(self._start(e, p) for e in self._entries.values() for p in e.deployments)
-        )
+        await asyncio.gather(*(self._start(e, p) for e, p in self._providers()))
 
     @staticmethod
     async def _start(entry: ModelEntry, provider: Provider) -> None:
@@ -118,13 +116,24 @@ class Catalog:
             provider.load_error = public_reason(message)
             log.error("model %r: cannot start %s: %s", entry.name, provider.describe(), message)
 
-    async def close(self) -> None:
+    def _providers(self) -> list[tuple[ModelEntry, Provider]]:
+        """Each provider once, with the first model it serves (an alias shares its
+        model's providers)."""
+        seen: set[int] = set()
+        out = []
         for e in self._entries.values():
             for p in e.deployments:
-                try:
-                    await p.close()
-                except Exception:  # one provider failing to close must not stop the rest
-                    log.exception("closing %s failed", p.describe())
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((e, p))
+        return out
+
+    async def close(self) -> None:
+        for _, p in self._providers():
+            try:
+                await p.close()
+            except Exception:  # one provider failing to close must not stop the rest
+                log.exception("closing %s failed", p.describe())
 
     @property
     def ready(self) -> bool:
