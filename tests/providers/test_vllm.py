@@ -34,7 +34,7 @@ from cumulo.providers.vllm_fleet import (
     split_devices,
 )
 from cumulo.types import ChatRequest, Message, SamplingParams, StreamEnd, TextDelta
-from support.waiting import eventually
+from support.waiting import eventually, wait_until
 
 T = TypeVar("T")
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "vllm_server"
@@ -99,10 +99,16 @@ def log_lines(p: VLLMProvider) -> list[str]:
     return p.replica.log.path.read_text().splitlines()
 
 
+def printed(p: VLLMProvider, prefix: str) -> str:
+    """The last line of the replica's log starting with `prefix` (waiting for the thread
+    that copies the process's output to write it)."""
+    assert wait_until(lambda: any(ln.startswith(prefix) for ln in log_lines(p)), timeout=10)
+    return [ln for ln in log_lines(p) if ln.startswith(prefix)][-1]
+
+
 def fake_line(p: VLLMProvider, what: str) -> Any:
     """The JSON the fake printed after `fake-vllm <what> ` (its last start)."""
-    lines = [ln for ln in log_lines(p) if ln.startswith(f"fake-vllm {what} ")]
-    return json.loads(lines[-1].split(" ", 2)[2])
+    return json.loads(printed(p, f"fake-vllm {what} ").split(" ", 2)[2])
 
 
 # -- the command line and the environment ----------------------------------------------
@@ -279,7 +285,27 @@ def test_a_replica_that_never_starts_fails_the_deployment_saying_why(tmp_path: P
             assert "vllm-vllm_tiny.log under CUMULO_HOME/logs" in err.value.message
             assert str(tmp_path) not in err.value.message
             assert isinstance(p, VLLMProvider) and p.replica is not None
-            assert "fake-vllm: cannot start" in p.replica.log.path.read_text()
+            assert printed(p, "fake-vllm: cannot start")
+            await p.close()
+
+    asyncio.run(main())
+
+
+def test_a_replica_not_healthy_within_its_startup_timeout_is_stopped_and_tried_again(
+    tmp_path: Path,
+) -> None:
+    d = deployment(tmp_path, startup_timeout_s=0.5, env={"FAKE_VLLM_STARTUP_S": "60"})
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http:
+            ctx = ProviderContext(http, tmp_path / "home")
+            (p,) = VLLMProvider.create_all(d, "chat", ctx)
+            with pytest.raises(UpstreamError, match="stopped 3 times in a row before it was"):
+                await p.start()
+            assert isinstance(p, VLLMProvider) and p.replica is not None
+            assert list(p.replica.exit_codes) == [0, 0, 0]  # it exits on SIGTERM
+            text = p.replica.log.path.read_text()
+            assert text.count("not healthy within startup_timeout_s (0.5 s)") == 3
             await p.close()
 
     asyncio.run(main())
@@ -333,7 +359,7 @@ def test_a_replica_that_ignores_sigterm_is_killed_with_its_children(tmp_path: Pa
         p = ps[0]
         assert p.replica is not None
         leader = p.replica.pid
-        child = int(next(ln for ln in log_lines(p) if ln.startswith("fake-vllm child ")).split()[-1])
+        child = int(printed(p, "fake-vllm child ").split()[-1])
         assert leader is not None and _alive(child)
         await p.close()
         assert not _alive(leader) and not _alive(child)
@@ -355,7 +381,7 @@ def test_replica_logs_rotate(tmp_path: Path) -> None:
         files = sorted(path.parent.glob(path.name + "*"))
         assert [f.name for f in files] == [path.name, path.name + ".1", path.name + ".2"]
         assert all(f.stat().st_size <= 100_000 for f in files)
-        assert "fake-vllm: serving tiny" in path.read_text()
+        assert printed(p, "fake-vllm: serving tiny")
 
     run_fleet(tmp_path, d, body, policy={"log_max_bytes": 100_000, "log_backups": 2})
 

@@ -161,6 +161,7 @@ class ReplicaLog:
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._lock = threading.Lock()
         self._closed = False
+        self._pumps: list[threading.Thread] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
 
     def write(self, line: str) -> None:
@@ -185,9 +186,15 @@ class ReplicaLog:
 
         thread = threading.Thread(target=run, name=f"cumulo-log-{self.path.name}", daemon=True)
         thread.start()
+        self._pumps = [t for t in self._pumps if t.is_alive()] + [thread]
         return thread
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 2.0) -> None:
+        """Close the file once the pipes' last lines are in it (waiting up to `wait_s`
+        for processes that are gone; blocking)."""
+        deadline = time.monotonic() + wait_s
+        for thread in self._pumps:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._closed = True
             self._handler.close()
@@ -295,7 +302,7 @@ class Replica:
 
     async def _drain(self) -> None:
         if self.state == "idle":
-            self.log.close()
+            await asyncio.to_thread(self.log.close)
             self._set("stopped")
             return
         self._set("stopping")
@@ -308,7 +315,7 @@ class Replica:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._terminate(max(0.0, deadline - time.monotonic()))
-        self.log.close()
+        await asyncio.to_thread(self.log.close)
         self._set("stopped")
 
     def _set(self, state: State) -> None:
@@ -318,6 +325,14 @@ class Replica:
         self._changed.set()
 
     async def _supervise(self) -> None:
+        try:
+            await self._restarts()
+        except Exception as exc:  # a bug or the host failing (no disk for the log): said
+            log.exception("vLLM replica %d: its supervisor stopped", self.index)
+            self.failure = f"vLLM replica {self.index}: its supervisor stopped ({exc!r})"
+            self._set("failed")
+
+    async def _restarts(self) -> None:
         failures = 0  # restarts in a row without `healthy_reset_s` of service between
         start_failures = 0  # exits in a row before being ready, until it first serves
         served_once = False
@@ -389,10 +404,10 @@ class Replica:
             return True
         finally:
             stopping.cancel()
-            if exited.done():
-                self._exited(proc)
-            elif not self._stop.is_set():  # unhealthy or too slow: replaced
+            if not exited.done() and not self._stop.is_set():  # unhealthy or too slow
                 await self._terminate(self.policy.drain_timeout_s)
+            if proc.returncode is not None:
+                self._exited(proc)
 
     async def _until_healthy(
         self, exited: asyncio.Future[int], stopping: asyncio.Future[Any]
