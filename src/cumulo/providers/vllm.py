@@ -67,7 +67,7 @@ class Fleet:
         self.ctx = ctx
         self.api_key = secrets.token_urlsafe(32)
         self.served_name = deployment.model or Path(deployment.path or "model").name
-        self.adapters: dict[str, str] = dict(deployment.adapters)
+        self.adapters = {n: str(Path(p).expanduser()) for n, p in deployment.adapters.items()}
         self.replicas: dict[int, Replica] = {}
         d = deployment
         self.policy = Policy(
@@ -79,9 +79,8 @@ class Fleet:
 
     def command(self, port: int) -> list[str]:
         d = self.deployment
-        return replica_command(
-            d.python or sys.executable, d.path or "", self.served_name, port, d.args
-        )
+        path = str(Path(d.path or "").expanduser())
+        return replica_command(d.python or sys.executable, path, self.served_name, port, d.args)
 
     def replica(self, index: int, label: str) -> Replica:
         """Replica `index`, made on first use (its log file is named after `label`)."""
