@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from cumulo.api.admin.service import AdminService
 from cumulo.api.admin.tenants import TenantAdmin
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
+from cumulo.api.batches import BatchService
+from cumulo.api.batches import routes as batch_routes
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
@@ -37,9 +39,17 @@ from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService
 from cumulo.config import Config, load_config
 from cumulo.errors import CumuloError, NotFound
+from cumulo.jobs.setup import job_runner
 from cumulo.platform import Platform
+from cumulo.store.jobs import JobTable
 
 log = logging.getLogger(__name__)
+
+# What the HTTP server (`cumulo.server`) reads of the app, from the ASGI lifespan state:
+# the `server:` settings (its protection of itself) and the requests in flight (a
+# shutdown out of time ends them).
+SERVER_CONFIG = "cumulo.server_config"
+IN_FLIGHT = "cumulo.in_flight"
 
 
 class HotPaths:
@@ -127,12 +137,18 @@ def create_app(
     platform = Platform(config or load_config(), home)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, object]]:
         await platform.store.migrate()
         await platform.start()
         stopper = StopOnModelFailure(platform) if stop_on_model_failure else None
         gateway = platform.gateway
-        disconnects = DisconnectWatch()
+        in_flight = gateway.in_flight
+        disconnects = DisconnectWatch(in_flight=in_flight)
+        # Jobs (batches) run here unless only `cumulo worker` processes should run them.
+        runner = job_runner(platform, gateway) if platform.config.jobs.run_in_server else None
+        batches = BatchService(
+            platform.auth, platform.files, JobTable(platform.store), platform.ledger, runner
+        )
         limits = platform.config.server
         routes = [
             *openai_routes(
@@ -140,6 +156,7 @@ def create_app(
             ),
             *bedrock_routes(BedrockService(platform.auth, gateway, limits, disconnects)),
             *anthropic_routes(AnthropicService(platform.auth, gateway, limits, disconnects)),
+            *batch_routes(batches),
             *admin_routes(
                 AdminService(
                     platform.auth,
@@ -164,9 +181,13 @@ def create_app(
         ]
         app.router.routes.extend(routes)
         hot.add([r for r in routes if r.path.startswith("/v1/")])
+        if runner is not None:
+            runner.start()
         try:
-            yield
+            yield {SERVER_CONFIG: platform.config.server, IN_FLIGHT: in_flight}
         finally:
+            if runner is not None:
+                await runner.close()  # lines in flight are given back, results written
             await disconnects.close()
             await platform.close()
             if stopper is not None:

@@ -13,8 +13,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
+from cumulo import origin
 from cumulo.engine.loader import CausalLM
-from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
+from cumulo.engine.params import (
+    Finished,
+    GenerationEvent,
+    GenerationParams,
+    TextPiece,
+    TokenLogprobs,
+)
 from cumulo.engine.scheduler import EngineLimits, Posted, Scheduler, Sequence
 from cumulo.engine.stats import EngineStats
 from cumulo.errors import CumuloError, UpstreamError
@@ -26,6 +33,7 @@ __all__ = [
     "GenerationEvent",
     "GenerationParams",
     "TextPiece",
+    "TokenLogprobs",
 ]
 
 
@@ -37,6 +45,8 @@ class ChatEngine:
     ) -> None:
         self.lm = lm
         self.scheduler = Scheduler(lm, limits or EngineLimits(), name=name)
+        # Token ids the model reads: its input embeddings' rows.
+        self.vocab_size = int(lm.model.get_input_embeddings().weight.shape[0])
 
     @property
     def max_context(self) -> int:
@@ -54,7 +64,8 @@ class ChatEngine:
     async def generate(
         self, prompt_ids: list[int], params: GenerationParams
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """Yield `TextPiece`s then one `Finished`; closing the iterator cancels the request.
+        """Yield `TextPiece`s (and `TokenLogprobs`, when `params` ask for them) then one
+        `Finished`; closing the iterator cancels the request.
 
         Raises `RateLimited` when the queue is full and `Unavailable` once closing.
         """
@@ -68,7 +79,7 @@ class ChatEngine:
                 return False
             return True
 
-        seq = Sequence(list(prompt_ids), params, sink)
+        seq = Sequence(list(prompt_ids), params, sink, priority=origin.priority())
         self.scheduler.submit(seq)
         try:
             while True:

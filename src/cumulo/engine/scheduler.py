@@ -2,6 +2,12 @@
 
 Requests wait in a bounded FIFO queue (`max_queue`; beyond it `submit` raises
 `RateLimited`) until one of the `max_running` slots of the KV cache is free.
+Interactive requests come first: background work (a job's requests, `Sequence.priority`
+above `INTERACTIVE`) waits in a queue of its own and is admitted only when no interactive
+request waits. While interactive requests keep coming (one in the last `RESERVE_S`
+seconds), background work also leaves one slot free, so the next one starts at once
+instead of waiting for a background sequence to finish; with no interactive traffic,
+background work uses every slot.
 Each engine step, at a token boundary:
 
 1. drops finished and cancelled sequences, freeing their slots; running
@@ -19,6 +25,12 @@ positions (sliding-window attention is therefore not applied: such models
 are served as full-attention ones). Tokens are sampled per request (`Sampler`: its own settings and
 generator), detokenized incrementally with stop strings (`IncrementalText`) and
 handed to the request's `sink`, which must not block.
+
+Log probabilities come from the same forwards: a request that asks for its prompt's
+(`prompt_logprobs`) has the head run over every position of its prefill chunks, and one
+that asks for its tokens' (`logprobs`) has the log-softmax of the logits its token is
+sampled from (`TokenLogprobs`, the model's own distribution, before temperature or
+penalties). A request with `max_new_tokens` 0 finishes once its prompt is read.
 
 Greedy results do not depend on the batch up to floating-point rounding: a row
 computed in a batch of 8 may differ in the last bits from the same row alone,
@@ -42,13 +54,21 @@ import torch
 from cumulo.engine.detok import IncrementalText
 from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import CausalLM
-from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
+from cumulo.engine.params import (
+    Finished,
+    GenerationEvent,
+    GenerationParams,
+    TextPiece,
+    TokenLogprobs,
+)
 from cumulo.engine.sampling import Sampler
 from cumulo.engine.stats import EngineStats, Recent, p50
 from cumulo.errors import RateLimited, Unavailable
+from cumulo.origin import INTERACTIVE
 
 logger = logging.getLogger(__name__)
 
+RESERVE_S = 10.0  # interactive traffic this recent keeps a slot free of background work
 Posted: TypeAlias = GenerationEvent | BaseException
 Sink: TypeAlias = Callable[[Posted], bool]  # False when nobody listens any more
 
@@ -78,7 +98,9 @@ class Sequence:
     prefilled: int = 0  # prompt tokens written in the cache
     next_input: int | None = None  # sampled, not yet fed to the model
     tokens: list[int] = field(default_factory=list)  # sampled so far
+    prompt_logprobs: TokenLogprobs | None = None  # gathered chunk by chunk, when asked for
     queue_ms: float = 0.0
+    priority: int = INTERACTIVE  # above: background work (`cumulo.origin`), admitted after
     cancelled: bool = False
     done: bool = False
 
@@ -107,6 +129,8 @@ class Scheduler:
         self._vocab = int(self._head.weight.shape[0])
         self._running: list[Sequence] = []
         self._waiting: deque[Sequence] = deque()
+        self._background: deque[Sequence] = deque()  # waiting background work
+        self._last_interactive = float("-inf")  # when the last interactive request came
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -123,20 +147,25 @@ class Scheduler:
         with self._lock:
             if self._closing:
                 raise shutting_down()
-            if len(self._waiting) >= self.limits.max_queue:
+            queue = self._waiting if seq.priority <= INTERACTIVE else self._background
+            if len(queue) >= self.limits.max_queue:
                 raise RateLimited(
                     f"the local model's queue is full ({self.limits.max_queue} waiting requests)",
                     retry_after=self._retry_after(),
                 )
-            self._waiting.append(seq)
+            queue.append(seq)
+            if queue is self._waiting:
+                self._last_interactive = seq.submitted
         self._wake.set()
 
     def cancel(self, seq: Sequence) -> None:
         """Forget `seq`: dropped from the queue now, or from the batch at the next token."""
         with self._lock:
             seq.cancelled = True
-            if seq.slot < 0 and seq in self._waiting:
-                self._waiting.remove(seq)
+            if seq.slot < 0:
+                for queue in (self._waiting, self._background):
+                    if seq in queue:
+                        queue.remove(seq)
         self._wake.set()
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -150,7 +179,7 @@ class Scheduler:
         running = list(self._running)
         return EngineStats(
             running=len(running),
-            waiting=len(self._waiting),
+            waiting=len(self._waiting) + len(self._background),
             max_running=self.limits.max_running,
             max_queue=self.limits.max_queue,
             slot_tokens=self.layout.slot_len,
@@ -183,9 +212,10 @@ class Scheduler:
                         self._post(seq, exc)
                     self._running.clear()
         with self._lock:
-            left = [*self._running, *self._waiting]
+            left = [*self._running, *self._waiting, *self._background]
             self._running.clear()
             self._waiting.clear()
+            self._background.clear()
         for seq in left:
             if not seq.cancelled:
                 self._post(seq, shutting_down())
@@ -201,6 +231,12 @@ class Scheduler:
                 now = time.perf_counter()
                 while self._waiting and len(self._running) < self.limits.max_running:
                     self._admit(self._waiting.popleft(), now)
+                if not self._waiting and self._background:
+                    slots = self.limits.max_running
+                    if now - self._last_interactive < RESERVE_S and slots > 1:
+                        slots -= 1  # one stays free for the next interactive request
+                    while self._background and len(self._running) < slots:
+                        self._admit(self._background.popleft(), now)
                 if self._running:
                     return True
                 self._wake.clear()
@@ -240,7 +276,7 @@ class Scheduler:
     def _prefill(self, seqs: list[Sequence]) -> None:
         """One chunk of prompt tokens, one forward per run of adjacent slots."""
         budget, chosen = self.limits.prefill_chunk, []
-        for seq in sorted(seqs, key=lambda s: s.slot):
+        for seq in sorted(seqs, key=lambda s: (s.priority, s.slot)):  # interactive first
             if budget <= 0:
                 break
             n = min(len(seq.prompt_ids) - seq.prefilled, budget)
@@ -261,15 +297,46 @@ class Scheduler:
                 pos[b] = torch.arange(seq.prefilled, seq.prefilled + width)
             counts = torch.tensor([n for _, n in run])
             hidden = self._forward(run[0][0].slot, run[-1][0].slot + 1, ids, pos, counts)
-            last_rows, ready = [], []
+            last_rows, ready = [], []  # sampled from hidden states through the head
+            logit_rows, ready_logits = [], []  # from logits the prompt's log probabilities had
             for b, (seq, n) in enumerate(run):
+                last = None
+                if seq.params.prompt_logprobs is not None:
+                    last = self._prompt_logprobs(seq, self._logits(hidden[b, :n]))
                 seq.prefilled += n
                 seq.length += n
                 if seq.prefilled == len(seq.prompt_ids):
-                    last_rows.append(hidden[b, n - 1])
-                    ready.append(seq)
+                    if seq.prompt_logprobs is not None:
+                        self._post(seq, seq.prompt_logprobs)
+                    if seq.params.max_new_tokens <= 0:
+                        self._finish(seq, "length")
+                        continue
+                    if last is None:
+                        last_rows.append(hidden[b, n - 1])
+                        ready.append(seq)
+                    else:
+                        logit_rows.append(last)
+                        ready_logits.append(seq)
             if ready:
-                self._sample(ready, self._head(torch.stack(last_rows)))
+                self._sample(ready, self._logits(torch.stack(last_rows)))
+            if ready_logits:
+                self._sample(ready_logits, torch.stack(logit_rows))
+
+    def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> torch.Tensor:
+        """Gather the log probabilities of this chunk's next prompt tokens from `logits`
+        [n, vocab] (position j predicts token j + 1); return the last row's logits."""
+        top_n = seq.params.prompt_logprobs or 0
+        start = seq.prefilled
+        targets = seq.prompt_ids[start + 1 : start + 1 + logits.shape[0]]
+        if seq.prompt_logprobs is None:
+            seq.prompt_logprobs = TokenLogprobs([], [], [], prompt=True)
+        if targets:
+            gathered = _logprobs(logits[: len(targets)], targets, top_n)
+            out = seq.prompt_logprobs
+            out.tokens += targets
+            out.logprobs += gathered[0]
+            out.top += gathered[1]
+        return logits[-1]
 
     def _decode(self) -> None:
         """One token for every running sequence that has one to feed."""
@@ -290,6 +357,10 @@ class Scheduler:
             seq.next_input = None
         rows = torch.tensor([seq.slot for seq in active], device=hidden.device)
         self._sample(active, self._head(hidden[rows, 0]))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self._head(hidden)
+        return logits
 
     def _forward(
         self, lo: int, hi: int, ids: torch.Tensor, pos: torch.Tensor, counts: torch.Tensor
@@ -327,6 +398,9 @@ class Scheduler:
             if token in self.lm.stop_token_ids:
                 self._finish(seq, "stop")
                 continue
+            if seq.params.logprobs is not None:
+                values, top = _logprobs(row.unsqueeze(0), [token], seq.params.logprobs)
+                self._post(seq, TokenLogprobs([token], values, top))
             piece = seq.text.push(token)
             if piece:
                 self._post(seq, TextPiece(piece))
@@ -349,3 +423,18 @@ class Scheduler:
     def _post(seq: Sequence, item: Posted) -> None:
         if not seq.cancelled and not seq.sink(item):
             seq.cancelled = True
+
+
+def _logprobs(
+    logits: torch.Tensor, targets: list[int], top_n: int
+) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Each row's log probability of its target token, and its `top_n` most likely tokens."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    index = torch.tensor(targets, device=logp.device).unsqueeze(1)
+    values: list[float] = logp.gather(1, index).squeeze(1).tolist()
+    if top_n <= 0:
+        return values, [[] for _ in targets]
+    best = torch.topk(logp, min(top_n, logp.shape[-1]), dim=-1)
+    ids: list[list[int]] = best.indices.tolist()
+    probs: list[list[float]] = best.values.tolist()
+    return values, [list(zip(i, p, strict=True)) for i, p in zip(ids, probs, strict=True)]

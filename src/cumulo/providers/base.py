@@ -16,7 +16,8 @@ the life of the process, and closed at shutdown. It must:
   error answer becomes an error through `providers.http.status_error`, which logs the
   upstream's text and never puts it in the message callers see.
 
-Methods a provider does not support raise `InvalidRequest`.
+Methods a provider does not support raise `InvalidRequest`; for completions it names
+the model (`no_completions`), so a caller learns to use chat completions for it.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from cumulo.errors import InvalidRequest
 from cumulo.types import (
     ChatRequest,
     ChatResponse,
     ChatStream,
+    CompletionRequest,
+    CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ModelKind,
@@ -128,6 +132,30 @@ class Provider(ABC):
             f"{self.deployment.provider} deployments do not serve embeddings", param="model"
         )
 
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """Text completions (`/v1/completions`): one choice per prompt, in order."""
+        raise self.no_completions(request.model)
+
+    def stream_complete(self, request: CompletionRequest) -> ChatStream:
+        """The completion of one prompt as a stream: `TextDelta`s, `LogprobsDelta`s before
+        the text they cover (when log probabilities are asked for), one `StreamEnd`."""
+        raise self.no_completions(request.model)
+
+    def no_completions(self, model: str) -> InvalidRequest:
+        """The answer for a model whose deployment does not serve text completions."""
+        return InvalidRequest(
+            f"The model '{model}' does not support /v1/completions: its deployment "
+            f"'{self.label}' ({self.deployment.provider}) serves chat completions only; "
+            "use /v1/chat/completions.",
+            param="model",
+            code="completions_not_supported",
+        )
+
+    def tokenizer(self) -> Any | None:
+        """The tokenizer of a model this provider serves in this process (a Hugging Face
+        tokenizer), None if it has none here."""
+        return None
+
     def stats(self) -> dict[str, Any] | None:
         """The figures of a serving engine this provider runs in this process (for
         `GET /admin/engine`), None if it runs none. When it does, `loaded` says whether the
@@ -143,3 +171,17 @@ class Provider(ABC):
     @abstractmethod
     def describe(self) -> str:
         """One line for logs and `/admin` views; never contains a secret."""
+
+
+def shown_url(url: str) -> str:
+    """`url` fit for a log line: without a user or password and without its query (either
+    may carry a credential). Unparsable text is not shown at all."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<url>"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))

@@ -1,7 +1,8 @@
 """OpenAI front door: wire ⇄ canonical translation and the endpoint logic.
 
 Implements https://platform.openai.com/docs/api-reference: Chat Completions
-(create, streaming), Embeddings (create) and Models (list, retrieve).
+(create, streaming), Embeddings (create) and Models (list, retrieve); legacy Completions
+and the tokenizer endpoints are in `completions`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cumulo.api.http import (
     sse_headers,
 )
 from cumulo.api.openai import protocol as wire
+from cumulo.api.openai.completions import CompletionsService
 from cumulo.config import ModelConfig, ServerConfig
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.governance.identity.auth import Authenticator, Principal
@@ -129,6 +131,24 @@ def to_chat_request(w: wire.ChatCompletionRequest, max_messages: int) -> ChatReq
     )
 
 
+def to_embedding_request(w: wire.EmbeddingRequestWire, max_inputs: int) -> EmbeddingRequest:
+    inputs = [w.input] if isinstance(w.input, str) else w.input
+    if not inputs:
+        raise InvalidRequest("'input' must not be empty.", param="input")
+    if any(not isinstance(x, str) for x in inputs):
+        raise InvalidRequest(
+            "Token-array input is not supported; send the input as strings.", param="input"
+        )
+    texts = [x for x in inputs if isinstance(x, str)]
+    if any(not x for x in texts):
+        raise InvalidRequest("'input' must not contain empty strings.", param="input")
+    if len(texts) > max_inputs:
+        raise InvalidRequest(
+            f"Too many inputs: {len(texts)}; the limit is {max_inputs}.", param="input"
+        )
+    return EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
+
+
 # -- canonical → wire -------------------------------------------------------------
 
 
@@ -200,6 +220,7 @@ class OpenAIService:
             return auth.authenticate(header(request, b"authorization"))
 
         self.door = FrontDoor(OPENAI, authenticate, limits.max_body_bytes, disconnects)
+        self.completions = CompletionsService(self.door, gateway, catalog)
 
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
@@ -271,22 +292,7 @@ class OpenAIService:
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings."""
         who, w = await self.door.accept(request, wire.EmbeddingRequestWire.model_validate_json)
-        inputs = [w.input] if isinstance(w.input, str) else w.input
-        if not inputs:
-            raise InvalidRequest("'input' must not be empty.", param="input")
-        if any(not isinstance(x, str) for x in inputs):
-            raise InvalidRequest(
-                "Token-array input is not supported; send the input as strings.", param="input"
-            )
-        texts = [x for x in inputs if isinstance(x, str)]
-        if any(not x for x in texts):
-            raise InvalidRequest("'input' must not contain empty strings.", param="input")
-        if len(texts) > self.limits.max_embedding_inputs:
-            raise InvalidRequest(
-                f"Too many inputs: {len(texts)}; the limit is {self.limits.max_embedding_inputs}.",
-                param="input",
-            )
-        req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
+        req = to_embedding_request(w, self.limits.max_embedding_inputs)
 
         def render(resp: EmbeddingResponse, info: CallInfo) -> JSONResponse:
             return JSONResponse(

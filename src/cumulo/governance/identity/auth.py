@@ -168,6 +168,16 @@ class Authenticator:
         for key_id in [k for k, r in self._keys.items() if r.tenant_id == tenant_id]:
             self.remove(key_id)
 
+    def principal(self, key_id: str) -> Principal | None:
+        """The principal of an active key by its id, from the cache (a job acting as its
+        owner); None once the key is revoked, deleted or expired."""
+        if key_id == ADMIN_ENV_ID:
+            return Principal(ADMIN_ENV_ID, "admin (CUMULO_ADMIN_KEY)", "admin")
+        who = self._principals.get(key_id)
+        if who is None or (who.expires_at is not None and time.time() >= who.expires_at):
+            return None
+        return who
+
     def tenant(self, tenant_id: str) -> TenantRow | None:
         return self._tenants.get(tenant_id)
 
