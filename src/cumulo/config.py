@@ -67,7 +67,10 @@ class LimitsConfig(_Strict):
 class DeploymentConfig(_Strict):
     """One concrete place a model runs."""
 
-    provider: str = Field(description="Provider kind: `openai` or `local` (or a plugin's name).")
+    provider: str = Field(
+        description="Provider kind: `openai`, `anthropic`, `bedrock`, `local`, `vllm` (or a "
+        "plugin's name)."
+    )
     name: str | None = Field(
         None,
         description="This deployment's label in headers, usage, metrics and /admin/deployments "
@@ -130,6 +133,55 @@ class DeploymentConfig(_Strict):
     aws_session_token_env: str | None = Field(
         None, description="Bedrock: env var holding the session token, if any."
     )
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="vLLM: arguments passed through to its OpenAI server, e.g. "
+        "`[--tensor-parallel-size, '2']` (cumulo sets --model, --served-model-name, --host "
+        "and --port itself).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="vLLM: environment variables of its processes (not secrets: those come "
+        "from cumulo's own environment, which the processes inherit without CUMULO_*).",
+    )
+    devices: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="vLLM: GPU ids, split equally between the replicas in order "
+        "(CUDA_VISIBLE_DEVICES of each). Empty: the processes see what cumulo sees.",
+    )
+    replicas: int = Field(
+        1, ge=1, le=64, description="vLLM: server processes, each on its own port."
+    )
+    python: str | None = Field(
+        None,
+        description="vLLM: the Python interpreter that has vLLM installed (default: the one "
+        "running cumulo).",
+    )
+    startup_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        le=86400,
+        description="vLLM: a replica not healthy this long after it started is restarted.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="vLLM: at shutdown, how long requests in flight may finish and a replica "
+        "may exit after SIGTERM before it is killed.",
+    )
+    restart_backoff_s: float = Field(
+        1.0, gt=0, le=3600, description="vLLM: wait before restarting a replica; doubles."
+    )
+    restart_backoff_max_s: float = Field(60.0, gt=0, le=3600)
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=1024,
+        description="vLLM: LoRA adapters (name → directory) loaded into every replica at "
+        "runtime, and again after each restart; needs `--enable-lora` in `args`.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -154,8 +206,10 @@ class DeploymentConfig(_Strict):
 
     @model_validator(mode="after")
     def _required_fields(self) -> DeploymentConfig:
-        if self.provider == "local" and not self.path:
-            raise ValueError("a local deployment needs `path`")
+        if self.provider in ("local", "vllm") and not self.path:
+            raise ValueError(f"a {self.provider} deployment needs `path`")
+        if self.provider == "vllm":
+            _check_vllm(self)
         if self.provider == "openai" and not (self.model and self.base_url):
             raise ValueError("an openai deployment needs `model` and `base_url`")
         if self.provider == "anthropic" and not self.model:
@@ -174,6 +228,35 @@ class DeploymentConfig(_Strict):
     def api_key(self) -> str | None:
         """The upstream key from the environment (never stored in config)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+# Options of vLLM's server that cumulo sets itself for each replica.
+VLLM_OWN_ARGS = ("--model", "--served-model-name", "--host", "--port", "--api-key")
+
+
+def _check_vllm(d: DeploymentConfig) -> None:
+    for i, arg in enumerate(d.args):
+        if arg.split("=", 1)[0] in VLLM_OWN_ARGS:
+            raise ValueError(
+                f"args.{i}: cumulo sets {arg.split('=', 1)[0]} itself (one port per replica; "
+                "the model is `path`)"
+            )
+    if d.devices and len(d.devices) % d.replicas:
+        raise ValueError(
+            f"devices: {len(d.devices)} GPUs cannot be split equally between {d.replicas} replicas"
+        )
+    if len(set(d.devices)) != len(d.devices):
+        raise ValueError("devices: a GPU id is listed twice")
+    if d.adapters and "--enable-lora" not in d.args:
+        raise ValueError("adapters: vLLM loads LoRA adapters only with `--enable-lora` in args")
+    for name in d.adapters:
+        if not _NAME.match(name):
+            raise ValueError(f"adapters: {name!r} must be 1-128 letters, digits or ._:/@-")
+    for key in d.env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"env: {key!r} is not an environment variable name")
+    if d.restart_backoff_max_s < d.restart_backoff_s:
+        raise ValueError("restart_backoff_max_s: must be at least restart_backoff_s")
 
 
 class BreakerConfig(_Strict):
@@ -243,6 +326,24 @@ class ModelConfig(_Strict):
         if not _NAME.match(v):
             raise ValueError("must be 1-128 letters, digits or ._:/@- characters")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_least_busy(cls, data: Any) -> Any:
+        """A model served by vLLM replicas routes to the least busy one unless its
+        `routing.strategy` says otherwise."""
+        if not isinstance(data, dict) or not isinstance(data.get("deployments"), list):
+            return data
+        if not any(
+            isinstance(d, dict) and d.get("provider") == "vllm" for d in data["deployments"]
+        ):
+            return data
+        routing = data.get("routing")
+        if routing is None:
+            return {**data, "routing": {"strategy": "least-busy"}}
+        if isinstance(routing, dict) and "strategy" not in routing:
+            return {**data, "routing": {**routing, "strategy": "least-busy"}}
+        return data
 
 
 class TLSConfig(_Strict):
@@ -508,6 +609,25 @@ class Config(_Strict):
                 if d.name is not None and d.name in labels:
                     raise ValueError(f"models.{i}.deployments.{j}.name: duplicate name {d.name!r}")
                 labels.add(d.name or "")
+        if self.server.workers > 1 and any(
+            d.provider == "vllm" for m in self.models for d in m.deployments
+        ):
+            raise ValueError(
+                "server.workers: vllm deployments need one worker process (each worker would "
+                "start its own vLLM replicas); scale with `replicas` instead"
+            )
+        taken = {m.name for m in self.models}  # adapters are models of the catalog too
+        for i, m in enumerate(self.models):
+            own: set[str] = set()
+            for j, d in enumerate(m.deployments):
+                for adapter in d.adapters:
+                    if adapter in taken:
+                        raise ValueError(
+                            f"models.{i}.deployments.{j}.adapters: {adapter!r} is already "
+                            "the name of a model or of another model's adapter"
+                        )
+                    own.add(adapter)
+            taken |= own
         kinds = {m.name: m.kind for m in self.models}
         for i, m in enumerate(self.models):
             for j, fb in enumerate(m.fallbacks):

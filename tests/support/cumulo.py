@@ -122,7 +122,8 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 
 def start_cumulo(config: dict[str, Any], workdir: Path, *, args: tuple[str, ...] = (),
-                 cafile: Path | None = None, **env: str) -> CumuloServer:
+                 cafile: Path | None = None, ready_timeout: float = 60,
+                 **env: str) -> CumuloServer:
     """Run `cumulo serve --config <workdir>/cumulo.yaml [args]` and wait until it is ready.
 
     With `cafile` the server speaks HTTPS (its certificate given in the config or `args`),
@@ -144,7 +145,7 @@ def start_cumulo(config: dict[str, Any], workdir: Path, *, args: tuple[str, ...]
         scheme = "http" if verify is None else "https"
         server = CumuloServer(f"{scheme}://127.0.0.1:{port}", admin_key, home, process, log,
                               full_env, verify)
-        if _wait_ready(server):
+        if _wait_ready(server, ready_timeout):
             return server
         if "already in use" not in server.output():
             break

@@ -82,15 +82,15 @@ def deployments(ctx: Ctx, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def engine(ctx: Ctx, as_json: bool) -> None:
-    """Local chat models' batching engines in the server process."""
+    """Serving engines: local chat models' and vLLM replicas'."""
     data = ctx.client().request("GET", "/admin/engine")
     if as_json:
         echo_json(data)
         return
     rows = [
         [
-            e["model"],
-            "loaded" if e["loaded"] else "not loaded",
+            e["model"] if e.get("engine") != "vllm" else f"{e['model']} ({e['deployment']})",
+            e.get("state") or ("loaded" if e["loaded"] else "not loaded"),
             e.get("running", "-"),
             e.get("waiting", "-"),
             e.get("total_requests", "-"),

@@ -75,6 +75,13 @@ def serve(
     source = config_path or "<default config>"
     registry = ProviderRegistry()
     registry.check(config, source)
+    if (workers or 1) > 1 and any(
+        d.provider == "vllm" for m in config.models for d in m.deployments
+    ):
+        raise click.UsageError(
+            "--workers: vllm deployments need one worker process (each worker would start "
+            "its own vLLM replicas); scale with their `replicas` instead"
+        )
     home = cumulo_home()
     certfile, keyfile = tls_files(config.server.tls, tls_certfile, tls_keyfile, home)
     # Listen before anything loads: a port in use is said at once, and stays ours.

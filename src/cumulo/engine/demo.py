@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from cumulo.engine.hf import quiet_progress
 
@@ -60,10 +62,14 @@ def is_demo_built(target: Path) -> bool:
     return bool(data.get("untrained")) and all((target / name).is_file() for name in required)
 
 
-def build_demo_model(target: Path, *, seed: int = 0) -> Path:
+def build_demo_model(
+    target: Path, *, seed: int = 0, shape: Mapping[str, int] | None = None
+) -> Path:
     """Build the demo model into `target` (replacing it) and return `target`.
 
-    Deterministic for a given `seed`; takes a few seconds on a CPU.
+    Deterministic for a given `seed`; takes a few seconds on a CPU. `shape` overrides the
+    Llama sizes (`hidden_size`, `num_attention_heads`, ...): servers whose kernels need a
+    larger head (vLLM's CPU backend serves head sizes of 32 and up) get a wider variant.
     """
     target = Path(target).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +77,14 @@ def build_demo_model(target: Path, *, seed: int = 0) -> Path:
     try:
         with quiet_progress():
             _write_tokenizer(tmp)
-            _write_model(tmp, seed)
-        marker = {"untrained": True, "built_by": "cumulo models build-demo", "seed": seed}
+            _write_model(tmp, seed, dict(shape or {}))
+        marker: dict[str, object] = {
+            "untrained": True,
+            "built_by": "cumulo models build-demo",
+            "seed": seed,
+        }
+        if shape:
+            marker["shape"] = dict(shape)
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         # mkdtemp makes a private directory; the model is ordinary readable data.
         tmp.chmod(0o755)
@@ -131,7 +143,7 @@ def _write_tokenizer(out: Path) -> None:
     fast.save_pretrained(str(out))
 
 
-def _write_model(out: Path, seed: int) -> None:
+def _write_model(out: Path, seed: int, shape: dict[str, int]) -> None:
     import torch
     from transformers import (
         GenerationConfig,
@@ -143,14 +155,18 @@ def _write_model(out: Path, seed: int) -> None:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out), local_files_only=True)
     ids = tokenizer.convert_tokens_to_ids([BOS, EOS, PAD, END])
     bos_id, eos_id, pad_id, end_id = (int(i) for i in ids)
+    sizes: dict[str, Any] = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        **shape,
+    }
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        **sizes,
         # Untied: with tied random embeddings greedy decoding just repeats the last token.
         tie_word_embeddings=False,
         bos_token_id=bos_id,
@@ -160,7 +176,7 @@ def _write_model(out: Path, seed: int) -> None:
     # Seed the weights without disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call,unused-ignore]
     model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=bos_id, eos_token_id=[eos_id, end_id], pad_token_id=pad_id
     )

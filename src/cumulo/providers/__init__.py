@@ -1,3 +1,13 @@
 """Provider adapters, one module per backend kind (see `base.Provider`)."""
 
-__all__ = ["anthropic", "base", "bedrock", "http", "local", "openai", "registry"]
+__all__ = [
+    "anthropic",
+    "base",
+    "bedrock",
+    "http",
+    "local",
+    "openai",
+    "registry",
+    "vllm",
+    "vllm_fleet",
+]

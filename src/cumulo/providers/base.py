@@ -94,6 +94,19 @@ class Provider(ABC):
     ) -> Provider:
         return cls(deployment, kind, ctx)
 
+    @classmethod
+    def create_all(
+        cls, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext
+    ) -> list[Provider]:
+        """The routing deployments one configured deployment makes: itself, or one per
+        replica of a server fleet (`vllm`), each routed and circuit-broken on its own."""
+        return [cls.create(deployment, kind, ctx)]
+
+    def aliases(self) -> list[str]:
+        """Other model names this deployment serves too (a vLLM deployment's LoRA adapters):
+        the catalog lists each as a model of its own, routed to the same deployments."""
+        return []
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load weights, warm connections. Called once before the first request."""
 

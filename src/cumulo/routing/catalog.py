@@ -80,10 +80,20 @@ class Catalog:
     def __init__(self, config: Config, registry: ProviderRegistry, ctx: ProviderContext) -> None:
         self._entries: dict[str, ModelEntry] = {}
         for m in config.models:
-            providers = [registry.get(d.provider).create(d, m.kind, ctx) for d in m.deployments]
-            for provider, label in zip(providers, deployment_labels(m), strict=True):
-                provider.label = label
+            providers: list[Provider] = []
+            for d, label in zip(m.deployments, deployment_labels(m), strict=True):
+                made = registry.get(d.provider).create_all(d, m.kind, ctx)
+                for i, provider in enumerate(made):  # replicas: `label/0`, `label/1`, ...
+                    provider.label = label if len(made) == 1 else f"{label}/{i}"
+                providers += made
             self._entries[m.name] = ModelEntry(m, providers)
+            for alias in dict.fromkeys(a for p in providers for a in p.aliases()):
+                serving = [p for p in providers if alias in p.aliases()]
+                description = f"served by the deployments of {m.name}"
+                aliased = m.model_copy(
+                    update={"name": alias, "fallbacks": [], "description": description}
+                )
+                self._entries[alias] = ModelEntry(aliased, serving)
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
@@ -94,9 +104,7 @@ class Catalog:
         A provider that fails to start is logged and keeps why in `load_error` (without
         server paths, for callers and `/health/ready`); the others serve on.
         """
-        await asyncio.gather(
-            *(self._start(e, p) for e in self._entries.values() for p in e.deployments)
-        )
+        await asyncio.gather(*(self._start(e, p) for e, p in self._providers()))
 
     @staticmethod
     async def _start(entry: ModelEntry, provider: Provider) -> None:
@@ -108,13 +116,24 @@ class Catalog:
             provider.load_error = public_reason(message)
             log.error("model %r: cannot start %s: %s", entry.name, provider.describe(), message)
 
-    async def close(self) -> None:
+    def _providers(self) -> list[tuple[ModelEntry, Provider]]:
+        """Each provider once, with the first model it serves (an alias shares its
+        model's providers)."""
+        seen: set[int] = set()
+        out = []
         for e in self._entries.values():
             for p in e.deployments:
-                try:
-                    await p.close()
-                except Exception:  # one provider failing to close must not stop the rest
-                    log.exception("closing %s failed", p.describe())
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((e, p))
+        return out
+
+    async def close(self) -> None:
+        for _, p in self._providers():
+            try:
+                await p.close()
+            except Exception:  # one provider failing to close must not stop the rest
+                log.exception("closing %s failed", p.describe())
 
     @property
     def ready(self) -> bool:

@@ -197,16 +197,22 @@ class AdminService:
 
     async def engine(self, request: Request) -> Response:
         """GET /admin/engine: each deployment's serving engine in this process, for the
-        providers that run one (`Provider.stats`: local chat models).
+        providers that run one (`Provider.stats`: local chat models, vLLM replicas).
 
-        Per deployment: running and waiting requests, slots and queue capacity, KV cache
-        size, tokens in flight, total tokens and requests, recent tokens/s and the p50 of
-        recent queue times and times to first token (ms).
+        Per local deployment: running and waiting requests, slots and queue capacity, KV
+        cache size, tokens in flight, total tokens and requests, recent tokens/s and the p50
+        of recent queue times and times to first token (ms). Per vLLM replica: its state,
+        process, port and restarts, and the figures of its own /metrics (running, waiting,
+        KV cache usage, prompt and generation tokens).
         """
         await access.admin(self.auth, request)
         data = []
+        seen: set[int] = set()  # a deployment serving several models (LoRA adapters): once
         for route in self.router.routes.values():
             for d in route.deployments:
+                if id(d.provider) in seen:
+                    continue
+                seen.add(id(d.provider))
                 stats = d.provider.stats()
                 if stats is not None:
                     data.append({"model": route.config.name, "deployment": d.label, **stats})

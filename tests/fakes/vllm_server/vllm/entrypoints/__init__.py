@@ -1,0 +1,1 @@
+"""A fake of vLLM, found first on PYTHONPATH by the tests that start it."""
