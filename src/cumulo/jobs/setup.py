@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cumulo.jobs.batch.kind import BatchKind
+from cumulo.jobs.finetune import FineTuneKind
 from cumulo.jobs.runner import JobMetrics, JobRunner
 from cumulo.platform import Platform
 from cumulo.request.gateway import Gateway
@@ -14,9 +15,12 @@ def job_runner(platform: Platform, gateway: Gateway, owner: str | None = None) -
     config = platform.config
     table = JobTable(platform.store)
     batch = BatchKind(platform.files, table, gateway, platform.auth, config.jobs, config.server)
+    finetune = FineTuneKind(
+        platform.files, table, platform.home, config.jobs.training_threads, platform.models_loaded
+    )
     return JobRunner(
         table,
-        {batch.name: batch},
+        {batch.name: batch, finetune.name: finetune},
         config.jobs,
         audit=platform.ledger,
         metrics=JobMetrics(platform.metrics.registry),
