@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from cumulo.engine.demo import build_demo_model
 from fakes import FakeOpenAIUpstream
-from support import CumuloServer, openai_deployment, start_cumulo, wait_until
+from support import CUMULO_BIN, CumuloServer, clean_env, openai_deployment, start_cumulo, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -235,3 +236,31 @@ def test_kill_mid_training_then_restart_resumes_from_checkpoint(
         assert restart is None or steps[restart - 1] >= at
     finally:
         second.stop()
+
+
+def finetune_cli(server: CumuloServer, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CUMULO_BIN), "finetune", *args], capture_output=True, text=True,
+                          env=clean_env(CUMULO_URL=server.url, CUMULO_API_KEY=token), timeout=600)
+
+
+def test_cli_create_wait_then_list_get_events(server: CumuloServer, tmp_path: Path) -> None:
+    token = tenant_key(server, "ft-cli")
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(examples(2))
+    done = finetune_cli(server, token, "create", str(data), "--model", "demo-tiny", "--suffix",
+                        "cli", "--epochs", "2", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "step 4/4, loss" in done.stderr
+    job_id = done.stdout.split("id:", 1)[1].split()[0]
+    assert f"ft:demo-tiny:cli:{job_id}" in done.stdout and "succeeded" in done.stdout
+    listed = finetune_cli(server, token, "list")
+    assert job_id in listed.stdout and "succeeded" in listed.stdout
+    events = finetune_cli(server, token, "events", job_id, "--limit", "100")
+    assert "Step 4/4: training loss=" in events.stdout
+    assert finetune_cli(server, token, "get", job_id).returncode == 0
+    refused = finetune_cli(server, token, "resume", job_id)
+    assert refused.returncode == 1 and "Cannot resume" in refused.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"messages": []}\n')
+    failed = finetune_cli(server, token, "create", str(bad), "--model", "demo-tiny")
+    assert failed.returncode == 1 and "line 1" in failed.stderr

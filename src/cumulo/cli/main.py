@@ -14,6 +14,7 @@ from cumulo.cli.batch import batch
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
 from cumulo.cli.files import files
+from cumulo.cli.finetune import finetune
 from cumulo.cli.keys import keys
 from cumulo.cli.ledger import ledger
 from cumulo.cli.models import models
@@ -71,6 +72,7 @@ for command in (
     engine,
     tls,
     batch,
+    finetune,
 ):
     cli.add_command(command)
 

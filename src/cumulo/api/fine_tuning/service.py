@@ -41,6 +41,7 @@ from cumulo.jobs.runner import CANCELLING, FINALIZING, IN_PROGRESS, VALIDATING
 from cumulo.store.jobs import JobRow, JobTable
 
 PAUSED = "paused"
+_VERBS = {"cancelled": "cancel", "paused": "pause", "resumed": "resume"}
 MAX_LIST = 100
 MAX_BODY = 64 * 1024
 MAX_EVENTS = 100_000
@@ -347,8 +348,7 @@ class FineTuningService:
                 self.runner.poke()
         elif job.status != to:
             raise InvalidRequest(
-                f"Cannot {verb.removesuffix('d').removesuffix('e')}e a fine-tuning job that is "
-                f"{_status(job)}.",
+                f"Cannot {_VERBS[verb]} a fine-tuning job that is {_status(job)}.",
                 param="fine_tuning_job_id",
             )
         return JSONResponse(render_job(await self._own(who, job.id)))
