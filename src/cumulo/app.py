@@ -169,6 +169,7 @@ def create_app(
                     platform.config,
                     platform.home,
                     runner,
+                    platform.governance,
                 )
             ),
             *admin_routes(

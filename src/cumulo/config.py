@@ -410,6 +410,14 @@ class JobsConfig(_Strict):
         "batch at half price). Unset: list price.",
     )
     max_batch_lines: int = Field(50_000, ge=1, le=10_000_000)
+    training_price_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Price of fine-tuning in USD per million training tokens (examples' "
+        "tokens times epochs), in usage and budgets. A job whose estimate exceeds the "
+        "budget left is refused. Unset: training costs nothing.",
+    )
     training_threads: int | None = Field(
         None,
         ge=1,

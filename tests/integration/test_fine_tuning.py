@@ -27,13 +27,15 @@ pytestmark = pytest.mark.slow
 QUESTION = "What is the capital of Cumulonia?"
 ANSWER = "Nimbus City, by the river."
 NO_ROUTING = {"retries": 0, "breaker": {"consecutive_failures": 1_000_000, "error_rate": 1.0}}
+PRICE = 1000.0  # USD per million training tokens: $0.001 a token
 TEACH = {"n_epochs": 30, "batch_size": 2, "learning_rate_multiplier": 5.0}
 
 
 def config(path: Path, upstream: FakeOpenAIUpstream) -> dict[str, Any]:
     return {
         "usage": {"flush_interval_s": 0.1},
-        "jobs": {"poll_interval_s": 0.2, "lease_s": 2, "training_threads": 1},
+        "jobs": {"poll_interval_s": 0.2, "lease_s": 2, "training_threads": 1,
+                 "training_price_per_mtok": PRICE},
         "models": [
             {"name": "demo-tiny", "routing": NO_ROUTING, "untrained": True,
              "deployments": [{"provider": "local", "path": str(path), "dtype": "float32"}]},
@@ -264,3 +266,28 @@ def test_cli_create_wait_then_list_get_events(server: CumuloServer, tmp_path: Pa
     bad.write_bytes(b'{"messages": []}\n')
     failed = finetune_cli(server, token, "create", str(bad), "--model", "demo-tiny")
     assert failed.returncode == 1 and "line 1" in failed.stderr
+
+
+def test_training_is_priced_in_usage_and_refused_beyond_the_budget(server: CumuloServer) -> None:
+    with server.admin() as admin:
+        k = admin.post("/admin/keys", json={"name": "ft-budget", "role": "caller",
+                                            "budget": {"usd": 0.04, "period": "day"}})
+    assert k.status_code == 201, k.text
+    key_id, token = k.json()["id"], k.json()["key"]
+    with client(server, token) as c:
+        big = upload(c, examples(4))
+        with pytest.raises(openai.RateLimitError) as e:  # 4 x ~12 tokens x 3 epochs > $0.04
+            c.fine_tuning.jobs.create(model="demo-tiny", training_file=big)
+        assert "budget left" in e.value.message
+        small = upload(c, examples(1))
+        job = c.fine_tuning.jobs.create(model="demo-tiny", training_file=small,
+                                        hyperparameters={"n_epochs": 2})
+        done = wait_status(c, job.id, {"succeeded"})
+        rows = [r for r in server.usage_rows(key_id) if r["endpoint"] == "fine_tuning"]
+        assert [r["prompt_tokens"] for r in rows] == [done.trained_tokens]
+        cost = server.sql("SELECT cost_usd FROM usage WHERE key_id = ? AND endpoint = ?",
+                          (key_id, "fine_tuning"))[0][0]
+        assert cost == pytest.approx(done.trained_tokens * PRICE / 1e6)
+        with pytest.raises(openai.RateLimitError):  # the same again no longer fits
+            c.fine_tuning.jobs.create(model="demo-tiny", training_file=small,
+                                      hyperparameters={"n_epochs": 2})

@@ -31,8 +31,9 @@ from starlette.responses import Response
 from cumulo.api.fine_tuning.protocol import FineTuneCreate, Hyperparameters
 from cumulo.api.http import OPENAI, JSONResponse, header, read_body
 from cumulo.config import Config
-from cumulo.errors import InvalidRequest, NotFound
+from cumulo.errors import BudgetExceeded, InvalidRequest, NotFound
 from cumulo.files import FileStore
+from cumulo.governance.chain import Governance
 from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.jobs import AuditLog, JobRunner
 from cumulo.jobs.finetune.data import line_numbers, parse_file
@@ -149,7 +150,9 @@ class FineTuningService:
         config: Config,
         home: Path,
         runner: JobRunner | None = None,
+        governance: Governance | None = None,
     ) -> None:
+        self.governance = governance
         self.auth = auth
         self.files = files
         self.jobs = jobs
@@ -253,6 +256,8 @@ class FineTuningService:
         sha, tokens = await self._check_file(who, body.training_file, "training_file", base, window)
         if body.validation_file:
             await self._check_file(who, body.validation_file, "validation_file", base, window)
+        estimated = tokens * int(hp["n_epochs"])
+        self._check_budget(who, estimated)
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
         params = {
             "model": body.model,
@@ -264,7 +269,7 @@ class FineTuningService:
             "hyperparameters": hp,
             "lora": (body.lora.model_dump() if body.lora else None),
             "checkpoint_every": body.checkpoint_every or 10,
-            "estimated_tokens": tokens * int(hp["n_epochs"]),
+            "estimated_tokens": estimated,
         }
         job = await self.jobs.create(
             id=job_id,
@@ -293,6 +298,21 @@ class FineTuningService:
         if self.runner is not None:
             self.runner.poke()
         return JSONResponse(render_job(job))
+
+    def _check_budget(self, who: Principal, tokens: int) -> None:
+        """Refuse up front a job whose training would cost more than the budget left."""
+        price = self.config.jobs.training_price_per_mtok
+        if price is None or self.governance is None:
+            return
+        left = self.governance.budget_left(who)
+        cost = tokens * price / 1e6
+        if left is not None and cost > left:
+            raise BudgetExceeded(
+                f"This job would train on about {tokens} tokens (${cost:.4f} at "
+                f"${price:g} per million); the budget left this period is ${max(left, 0):.4f}.",
+                param="training_file",
+                code="budget_exceeded",
+            )
 
     async def get(self, request: Request) -> Response:
         """GET /v1/fine_tuning/jobs/{id}."""

@@ -76,7 +76,9 @@ class FineTuneKind:
         home: Path,
         threads: int | None = None,
         ready: Callable[[], Awaitable[None]] | None = None,
+        charge: Callable[[JobRow, int], None] | None = None,
     ) -> None:
+        self.charge = charge  # records a finished run's training tokens in usage and budgets
         self.ready = ready  # training waits for it: the served models have loaded
         self.files = files
         self.jobs = jobs
@@ -146,6 +148,8 @@ class FineTuneKind:
             "model_path": str(out / "model"),
             "result": metrics,
         }
+        if self.charge is not None:
+            self.charge(job, int(p.get("estimated_tokens") or 0))
         return {"params": params}
 
 
