@@ -170,6 +170,7 @@ def create_app(
                     platform.home,
                     runner,
                     platform.governance,
+                    platform.guarding,
                 )
             ),
             *admin_routes(

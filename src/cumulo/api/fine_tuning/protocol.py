@@ -58,6 +58,12 @@ class FineTuneCreate(BaseModel):
     method: Method | None = None
     integrations: list[Any] | None = None
     lora: Lora | None = Field(None, description="cumulo: the adapter's rank, alpha, dropout.")
+    flagged: Literal["refuse", "drop"] = Field(
+        "refuse",
+        description="cumulo: what to do when your guardrails block an example of the training "
+        "file: refuse the file (an error naming the line) or drop the example. Examples a "
+        "guardrail anonymizes are trained on anonymized.",
+    )
     checkpoint_every: int | None = Field(
         None, ge=1, le=100_000, description="cumulo: steps between checkpoints (default 10)."
     )

@@ -36,9 +36,11 @@ from cumulo.files import FileStore
 from cumulo.governance.chain import Governance
 from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.jobs import AuditLog, JobRunner
+from cumulo.jobs.finetune.checks import DataCheck, Flagged, check_examples
 from cumulo.jobs.finetune.data import line_numbers, parse_file
 from cumulo.jobs.finetune.kind import KIND, METRICS, job_dir, read_all
 from cumulo.jobs.runner import CANCELLING, FINALIZING, IN_PROGRESS, VALIDATING
+from cumulo.request.guarding import Guarding
 from cumulo.store.jobs import JobRow, JobTable
 
 PAUSED = "paused"
@@ -151,8 +153,10 @@ class FineTuningService:
         home: Path,
         runner: JobRunner | None = None,
         governance: Governance | None = None,
+        guarding: Guarding | None = None,
     ) -> None:
         self.governance = governance
+        self.guarding = guarding
         self.auth = auth
         self.files = files
         self.jobs = jobs
@@ -197,9 +201,17 @@ class FineTuningService:
         )
 
     async def _check_file(
-        self, who: Principal, file_id: str, param: str, base: Path, window: int
-    ) -> tuple[str, int]:
-        """(SHA-256, training tokens per epoch) of a valid file; else a 400 naming the line."""
+        self,
+        who: Principal,
+        file_id: str,
+        param: str,
+        base: Path,
+        window: int,
+        model: str = "",
+        flagged: Flagged = "refuse",
+    ) -> tuple[str, int, DataCheck | None]:
+        """(SHA-256, training tokens per epoch, what the guardrails did) of a valid file;
+        else a 400 naming the line."""
         record = await self.files.get(who.tenant_id, file_id)  # 404 if not its own
         if record.purpose != "fine-tune":
             raise InvalidRequest(
@@ -217,6 +229,29 @@ class FineTuningService:
                 param=f"{param}.{first['param']}" if first.get("param") else param,
                 code="invalid_training_file",
             )
+        numbers = line_numbers(content)
+        checked = None
+        guards = self.guarding.for_request(who, model) if self.guarding is not None else None
+        if guards is not None:
+            checked = check_examples(guards, examples, numbers, flagged)
+            if checked.refused_line is not None:
+                found = ", ".join(f"{k} x{n}" for k, n in sorted(checked.findings.items()))
+                raise InvalidRequest(
+                    f"{param} {file_id}: line {checked.refused_line}: the example was flagged "
+                    f"by your guardrails ({found}); fix or remove it, or create the job with "
+                    "flagged='drop'.",
+                    param=param,
+                    code="flagged_training_data",
+                )
+            kept = set(range(len(numbers))) - {numbers.index(n) for n in checked.dropped}
+            numbers = [n for i, n in enumerate(numbers) if i in kept]
+            examples = checked.examples
+            if not examples:
+                raise InvalidRequest(
+                    f"{param} {file_id}: every example was flagged by your guardrails.",
+                    param=param,
+                    code="flagged_training_data",
+                )
 
         def lengths() -> list[tuple[int, int]]:
             from cumulo.jobs.finetune.train import encode_example
@@ -229,7 +264,6 @@ class FineTuningService:
             return out
 
         sizes = await asyncio.to_thread(lengths)
-        numbers = line_numbers(content)
         for n, (length, _) in zip(numbers, sizes, strict=True):
             if length > window:
                 raise InvalidRequest(
@@ -238,7 +272,7 @@ class FineTuningService:
                     param=param,
                     code="context_length_exceeded",
                 )
-        return sha, sum(t for _, t in sizes)
+        return sha, sum(t for _, t in sizes), checked
 
     async def create(self, request: Request) -> Response:
         """POST /v1/fine_tuning/jobs."""
@@ -253,9 +287,18 @@ class FineTuningService:
         hp = _hyperparameters(body)
         base, configured = self._base(who, body.model)
         window = _window(base, configured)
-        sha, tokens = await self._check_file(who, body.training_file, "training_file", base, window)
+        sha, tokens, checked = await self._check_file(
+            who, body.training_file, "training_file", base, window, body.model, body.flagged
+        )
         if body.validation_file:
-            await self._check_file(who, body.validation_file, "validation_file", base, window)
+            await self._check_file(
+                who, body.validation_file, "validation_file", base, window, body.model, "refuse"
+            )
+        training_file, training_sha = body.training_file, sha
+        if checked is not None and checked.changed:  # what trains is the cleaned copy
+            training_file, training_sha = await self._store_cleaned(
+                who, body.training_file, checked
+            )
         estimated = tokens * int(hp["n_epochs"])
         self._check_budget(who, estimated)
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
@@ -270,6 +313,9 @@ class FineTuningService:
             "lora": (body.lora.model_dump() if body.lora else None),
             "checkpoint_every": body.checkpoint_every or 10,
             "estimated_tokens": estimated,
+            "training_file": body.training_file,
+            "training_sha256": sha,
+            "data_checks": checked.summary() if checked is not None else None,
         }
         job = await self.jobs.create(
             id=job_id,
@@ -279,10 +325,25 @@ class FineTuningService:
             status=VALIDATING,
             created_at=time.time(),
             params=params,
-            input_file_id=body.training_file,
-            input_sha256=sha,
+            input_file_id=training_file,
+            input_sha256=training_sha,
         )
         await self.jobs.add_event(job.id, f"created by key {who.key_id}")
+        if checked is not None and checked.findings:
+            summary = checked.summary()
+            await self.jobs.add_event(
+                job.id,
+                f"training data checked by guardrails: {summary['findings']}; "
+                f"{summary['dropped']} examples dropped, {summary['anonymized']} anonymized",
+                "warn",
+            )
+            await self.audit.append(
+                who.key_id,
+                "fine_tuning.data_checked",
+                job_id,
+                who.tenant_id,
+                {"training_file": body.training_file, "training_sha256": sha, **summary},
+            )
         await self.audit.append(
             who.key_id,
             "fine_tuning.created",
@@ -298,6 +359,24 @@ class FineTuningService:
         if self.runner is not None:
             self.runner.poke()
         return JSONResponse(render_job(job))
+
+    async def _store_cleaned(
+        self, who: Principal, file_id: str, checked: DataCheck
+    ) -> tuple[str, str]:
+        """The examples as the guardrails left them, stored as a `fine-tune` file; its id
+        and SHA-256."""
+        path = self.files.staging_path()
+        lines = [json.dumps({"messages": ex}).encode() + b"\n" for ex in checked.examples]
+        await asyncio.to_thread(path.write_bytes, b"".join(lines))
+        record = await self.files.create_from_path(
+            path,
+            tenant_id=who.tenant_id,
+            key_id=who.key_id,
+            purpose="fine-tune",
+            filename=f"{file_id}.checked.jsonl",
+            actor=who.key_id,
+        )
+        return record.id, record.sha256
 
     def _check_budget(self, who: Principal, tokens: int) -> None:
         """Refuse up front a job whose training would cost more than the budget left."""

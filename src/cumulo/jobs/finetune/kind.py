@@ -91,8 +91,11 @@ class FineTuneKind:
     def audit_data(self, job: JobRow) -> dict[str, Any]:
         p = job.params
         return {
-            "training_file": job.input_file_id,
-            "training_sha256": job.input_sha256,
+            "training_file": p.get("training_file", job.input_file_id),
+            "training_sha256": p.get("training_sha256", job.input_sha256),
+            "trained_file": job.input_file_id,  # the file as the guardrails left it
+            "trained_sha256": job.input_sha256,
+            "data_checks": p.get("data_checks"),
             "base_model": p.get("model"),
             "base_sha256": p.get("base_sha256"),
             "hyperparameters": p.get("hyperparameters"),
