@@ -150,6 +150,19 @@ def test_sdk_job_teaches_an_answer_served_at_once_to_its_tenant_only(server: Cum
     finished = [json.loads(d) for a, d in rows if a == "fine_tuning.finished"]
     assert finished and finished[0]["fine_tuned_model"] == name
     assert len(finished[0]["adapter_sha256"]) == 64 and len(finished[0]["training_sha256"]) == 64
+    # `cumulo ledger lineage` prints the chain and checks the files still present.
+    lineage = subprocess.run([str(CUMULO_BIN), "ledger", "lineage", name], capture_output=True,
+                             text=True, env=clean_env(CUMULO_HOME=str(server.home)), timeout=60)
+    assert lineage.returncode == 0, lineage.stderr
+    out = lineage.stdout
+    assert f"sha256 {finished[0]['training_sha256']} (verified)" in out
+    assert f"adapter        sha256 {finished[0]['adapter_sha256']} (verified)" in out
+    assert f"job            {job.id}" in out and f"model          {name}" in out
+    adapter = server.home / "finetune" / job.id / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes() + b"tampered")
+    tampered = subprocess.run([str(CUMULO_BIN), "ledger", "lineage", name], capture_output=True,
+                              text=True, env=clean_env(CUMULO_HOME=str(server.home)), timeout=60)
+    assert tampered.returncode == 1 and "MISMATCH" in tampered.stdout
 
 
 def test_bad_files_and_requests_are_refused_naming_line_and_field(server: CumuloServer) -> None:

@@ -158,7 +158,7 @@ def create(
     progress.end()
     echo_json(j) if as_json else _show(j)
     if j["status"] != "succeeded":
-        raise click.exceptions.Exit(1)
+        sys.exit(1)
 
 
 @finetune.command(name="list")
