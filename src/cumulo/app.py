@@ -36,11 +36,14 @@ from cumulo.api.evals import EvalService
 from cumulo.api.evals import routes as eval_routes
 from cumulo.api.files import FilesService
 from cumulo.api.files import routes as file_routes
+from cumulo.api.fine_tuning import FineTuningService
+from cumulo.api.fine_tuning import routes as fine_tuning_routes
 from cumulo.api.http import DisconnectWatch, Handler, JSONResponse, error_response
 from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService
 from cumulo.config import Config, load_config
 from cumulo.errors import CumuloError, NotFound
+from cumulo.jobs.finetune.serving import TunedModels
 from cumulo.jobs.setup import job_runner
 from cumulo.platform import Platform
 from cumulo.store.evals import EvalTable
@@ -169,6 +172,19 @@ def create_app(
             *anthropic_routes(AnthropicService(platform.auth, gateway, limits, disconnects)),
             *batch_routes(batches),
             *eval_routes(evals),
+            *fine_tuning_routes(
+                FineTuningService(
+                    platform.auth,
+                    platform.files,
+                    JobTable(platform.store),
+                    platform.ledger,
+                    platform.config,
+                    platform.home,
+                    runner,
+                    platform.governance,
+                    platform.guarding,
+                )
+            ),
             *admin_routes(
                 AdminService(
                     platform.auth,
@@ -195,9 +211,17 @@ def create_app(
         hot.add([r for r in routes if r.path.startswith("/v1/")])
         if runner is not None:
             runner.start()
+        tuned = TunedModels(JobTable(platform.store), platform.catalog, platform.router)
+        syncing = asyncio.create_task(
+            tuned.run(platform.config.jobs.poll_interval_s, platform.models_loaded),
+            name="cumulo-tuned-models",
+        )
         try:
             yield {SERVER_CONFIG: platform.config.server, IN_FLIGHT: in_flight}
         finally:
+            syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncing
             if runner is not None:
                 await runner.close()  # lines in flight are given back, results written
             await disconnects.close()

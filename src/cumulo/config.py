@@ -511,6 +511,21 @@ class JobsConfig(_Strict):
         "batch at half price). Unset: list price.",
     )
     max_batch_lines: int = Field(50_000, ge=1, le=10_000_000)
+    training_price_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Price of fine-tuning in USD per million training tokens (examples' "
+        "tokens times epochs), in usage and budgets. A job whose estimate exceeds the "
+        "budget left is refused. Unset: training costs nothing.",
+    )
+    training_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads a fine-tuning job trains with (torch's intra-op threads, "
+        "shared by the whole process). Unset: torch's default.",
+    )
     poll_interval_s: float = Field(
         1.0, gt=0, le=60, description="How often a runner looks for work it can take."
     )

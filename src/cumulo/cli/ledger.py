@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -136,6 +136,73 @@ def ledger_list(
         for e in found
     ]
     table(["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "TENANT"], rows)
+
+
+@ledger.command("lineage")
+@click.argument("model")
+@_ledger_config
+def ledger_lineage(model: str, config_path: str | None) -> None:
+    """The lineage of a fine-tuned MODEL, its files checked.
+
+    Training file SHA-256 -> job (base model, hyperparameters, data checks) -> adapter
+    SHA-256 -> model name, from the ledger; the training file (in a local file store) and
+    the adapter are hashed again when they are still on this machine. Exit 1 if a hash
+    differs."""
+    from cumulo.files.blobs import LocalBlobs
+    from cumulo.jobs.finetune.kind import job_dir, sha256_of_dir
+
+    async def find(led: Ledger) -> tuple[Any, Any]:
+        finished = await led.entries(limit=10_000, action="fine_tuning.finished")
+        done = next((e for e in finished if e.data.get("fine_tuned_model") == model), None)
+        if done is None:
+            return None, None
+        created = await led.entries(limit=10_000, action="fine_tuning.created")
+        return done, next((e for e in created if e.target == done.target), None)
+
+    done, created = _with_ledger(config_path, find)
+    if done is None:
+        raise click.ClickException(f"no fine-tuning job on the ledger made {model!r}")
+    d, home = done.data, cumulo_home()
+    bad = False
+
+    def check(label: str, recorded: str | None, path: Path, hasher: Callable[[Path], str]) -> str:
+        nonlocal bad
+        if not recorded or not path.exists():
+            return "not on this machine"
+        if hasher(path) == recorded:
+            return "verified"
+        bad = True
+        return "MISMATCH"
+
+    def file_hash(path: Path) -> str:
+        import hashlib
+
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    blobs = LocalBlobs(home / "files")
+    train_sha = d.get("training_sha256")
+    train_state = (
+        check("training file", train_sha, blobs.path(train_sha), file_hash)
+        if train_sha
+        else "not recorded"
+    )
+    adapter = job_dir(home, str(done.target)) / "adapter"
+    adapter_state = check("adapter", d.get("adapter_sha256"), adapter, sha256_of_dir)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(done.ts))
+    click.echo(f"training file  {d.get('training_file')} sha256 {train_sha} ({train_state})")
+    if d.get("trained_sha256") and d.get("trained_sha256") != train_sha:
+        click.echo(f"  checked copy {d.get('trained_file')} sha256 {d.get('trained_sha256')}")
+    if d.get("data_checks"):
+        click.echo(f"  data checks  {json.dumps(d['data_checks'], sort_keys=True)}")
+    click.echo(f"job            {done.target} (ledger entry {done.seq}, {when})")
+    if created is not None:
+        click.echo(f"  created by   {created.actor} (ledger entry {created.seq})")
+    click.echo(f"  base model   {d.get('base_model')}")
+    click.echo(f"  hyperparams  {json.dumps(d.get('hyperparameters'), sort_keys=True)}")
+    click.echo(f"adapter        sha256 {d.get('adapter_sha256')} ({adapter_state})")
+    click.echo(f"model          {d.get('fine_tuned_model')}")
+    if bad:
+        sys.exit(1)
 
 
 def _with_ledger(config_path: str | None, use: Callable[[Ledger], Awaitable[T]]) -> T:

@@ -15,6 +15,7 @@ from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
 from cumulo.cli.evals import eval_
 from cumulo.cli.files import files
+from cumulo.cli.finetune import finetune
 from cumulo.cli.keys import keys
 from cumulo.cli.ledger import ledger
 from cumulo.cli.models import models
@@ -73,6 +74,7 @@ for command in (
     tls,
     batch,
     eval_,
+    finetune,
 ):
     cli.add_command(command)
 

@@ -107,6 +107,18 @@ class Governance:
         permits = [await self.limiter.acquire(c.limits, prompt_estimate)] if c.limits else []
         return Admission(who, permits, c.budgets, client, prompt_estimate, prompt_estimate)
 
+    def budget_left(self, who: Principal) -> float | None:
+        """The least USD left this period among `who`'s budgets (None: it has none)."""
+        c = self._charges_of(who)
+        if not c.budgets:
+            return None
+        return min(scope.spec.usd - self.budgets.spent(scope) for scope in c.budgets)
+
+    def charge(self, who: Principal, rec: UsageRecord) -> None:
+        """Settle work done outside a request (a training run): its cost counts against
+        `who`'s budgets as a request's would (the caller queues `rec` in usage)."""
+        self.finished(Admission(who, [], self._charges_of(who).budgets, None), rec)
+
     async def hold_deployment(self, adm: Admission, label: str, limits: Limits) -> Permit:
         """Admit the request on a deployment's own limits (`RateLimited`: try another)."""
         permit = await self.limiter.acquire(

@@ -110,7 +110,7 @@ class Gateway:
         """The guardrails of this request, the request as it may go on, and the input
         verdict if a guardrail intervened (counted in `ctx`)."""
         who = ctx.who
-        if not who.may_use(req.model):
+        if not self.router.catalog.may_use(who, req.model):
             return None, req, None  # refused by `_route`, unguarded
         guards = self.guarding.for_request(who, req.model)
         if guards is None:
@@ -137,7 +137,7 @@ class Gateway:
         who = ctx.who
         model = ctx.model
         try:
-            if not who.may_use(model):
+            if not self.router.catalog.may_use(who, model):
                 raise NotFound(  # OpenAI's answer: no hint whether the model exists
                     f"The model '{model}' does not exist or you do not have access to it.",
                     param="model",

@@ -11,6 +11,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from cumulo.config import Config, DeploymentConfig, ModelConfig
 from cumulo.errors import NotFound
@@ -51,10 +52,28 @@ def public_reason(message: str) -> str:
     return _PATH.sub("<path>", message)
 
 
+class Caller(Protocol):
+    """Who asks (`governance.identity.Principal` is one)."""
+
+    @property
+    def tenant_id(self) -> str | None: ...
+
+    def may_use(self, model: str) -> bool: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Owner:
+    """A model only its tenant sees: a fine-tuned model, with the base it was tuned on."""
+
+    tenant_id: str | None
+    base: str
+
+
 @dataclass(slots=True)
 class ModelEntry:
     config: ModelConfig
     deployments: list[Provider]
+    owner: Owner | None = None  # None: a configured model, for every caller it allows
 
     @property
     def name(self) -> str:
@@ -79,6 +98,8 @@ class ModelEntry:
 class Catalog:
     def __init__(self, config: Config, registry: ProviderRegistry, ctx: ProviderContext) -> None:
         self._entries: dict[str, ModelEntry] = {}
+        self._registry = registry
+        self._ctx = ctx
         for m in config.models:
             providers: list[Provider] = []
             for d, label in zip(m.deployments, deployment_labels(m), strict=True):
@@ -97,6 +118,32 @@ class Catalog:
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
+
+    def may_use(self, who: Caller, name: str) -> bool:
+        """Whether `who` may call model `name`: a configured model as its key allows; a
+        tenant's own model (fine-tuned) only by that tenant, when it may use the base."""
+        entry = self._entries.get(name)
+        if entry is None or entry.owner is None:
+            return who.may_use(name)
+        return entry.owner.tenant_id == who.tenant_id and who.may_use(entry.owner.base)
+
+    async def add(self, config: ModelConfig, owner: Owner) -> ModelEntry:
+        """Add and start a tenant's own model (a fine-tuned model) while serving.
+
+        Its providers start (a local model loads) before it is visible; a name already
+        present is kept as it is."""
+        if config.name in self._entries:
+            return self._entries[config.name]
+        providers = [
+            self._registry.get(d.provider).create(d, config.kind, self._ctx)
+            for d in config.deployments
+        ]
+        for provider, label in zip(providers, deployment_labels(config), strict=True):
+            provider.label = label
+        entry = ModelEntry(config, providers, owner)
+        await asyncio.gather(*(self._start(entry, p) for p in providers))
+        self._entries.setdefault(config.name, entry)
+        return self._entries[config.name]
 
     async def start(self) -> None:
         """Start every provider (local ones load their weights here).

@@ -89,17 +89,24 @@ class Router:
         self.catalog = catalog
         self.rng = rng or random.Random()
         self.deadlines = Deadlines()
+        self.local_rate = local_rate
         self.routes: dict[str, Route] = {}
         for entry in catalog.entries():
-            b = entry.config.routing.breaker
-            policy = BreakerPolicy(b.consecutive_failures, b.error_rate, b.window, b.cooldown_s)
-            states = [
-                DeploymentState(
-                    p, p.label, CircuitBreaker(policy), price_of(p.deployment, local_rate)
-                )
-                for p in entry.deployments
-            ]
-            self.routes[entry.name] = Route(entry.config, entry, states)
+            self.add(entry)
+
+    def add(self, entry: ModelEntry) -> None:
+        """Route requests to `entry` (a model added to the catalog while serving)."""
+        if entry.name in self.routes:
+            return
+        b = entry.config.routing.breaker
+        policy = BreakerPolicy(b.consecutive_failures, b.error_rate, b.window, b.cooldown_s)
+        states = [
+            DeploymentState(
+                p, p.label, CircuitBreaker(policy), price_of(p.deployment, self.local_rate)
+            )
+            for p in entry.deployments
+        ]
+        self.routes[entry.name] = Route(entry.config, entry, states)
 
     def route(self, name: str, kind: ModelKind) -> Route:
         entry = self.catalog.get(name)  # raises NotFound

@@ -311,7 +311,7 @@ class OpenAIService:
         data = [
             render_model(e.config, e.ready, e.load_error)
             for e in self.catalog.entries()
-            if who.may_use(e.name)
+            if self.catalog.may_use(who, e.name)
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -319,7 +319,9 @@ class OpenAIService:
         """GET /v1/models/{model}."""
         who = await self.door.authenticate(request)
         name = request.path_params["model"]
-        if not who.may_use(name):  # as if it did not exist: no probing of other tenants' models
+        if not self.catalog.may_use(
+            who, name
+        ):  # as if it did not exist: no probing of other tenants' models
             raise NotFound(
                 f"The model '{name}' does not exist.", param="model", code="model_not_found"
             )
