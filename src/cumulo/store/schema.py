@@ -83,6 +83,17 @@ usage = Table(
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
     Index("ix_usage_tenant_ts", "tenant_id", "ts"),
+    # 0010: the console's charts sum these over a time range from the index alone
+    Index(
+        "ix_usage_ts_cover",
+        "ts",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "model",
+        "key_id",
+    ),
 )
 
 # 0007: alerts (anomalies, budget thresholds) and logged invocations (tenants that opt in)
@@ -186,4 +197,17 @@ file_blobs = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("refs", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# 0010: console sign-in sessions (`cumulo/console/session.py`): the SHA-256 of each session id,
+# so that signing out revokes every copy of its cookie
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("key_id", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Index("ix_console_sessions_expires", "expires_at"),
 )

@@ -229,7 +229,7 @@ class Authenticator:
             and self._env_admin is not None
             and hmac.compare_digest(keys.hash_secret(token), self._env_admin)
         ):
-            return Principal(ADMIN_ENV_ID, "admin (CUMULO_ADMIN_KEY)", "admin")
+            return self._env_principal()
         if parts is not None:
             key_id, secret = parts
             if row is None:
@@ -238,6 +238,21 @@ class Authenticator:
             if row is not None and keys.matches(secret, row.secret_hash):
                 return self._admit(key_id)
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+
+    def principal(self, key_id: str) -> Principal | None:
+        """The principal of key `key_id` as it stands now (a web console session names its
+        key this way): None once the key is revoked, expired or unknown. The admin key from
+        `CUMULO_ADMIN_KEY` is `ADMIN_ENV_ID` while that variable is set."""
+        if key_id == ADMIN_ENV_ID:
+            return self._env_principal() if self._env_admin is not None else None
+        who = self._principals.get(key_id)
+        if who is None or (who.expires_at is not None and time.time() >= who.expires_at):
+            return None
+        return who
+
+    @staticmethod
+    def _env_principal() -> Principal:
+        return Principal(ADMIN_ENV_ID, "admin (CUMULO_ADMIN_KEY)", "admin")
 
     def _admit(self, key_id: str) -> Principal:
         """The principal of a key whose secret checked out, unless it has expired."""
