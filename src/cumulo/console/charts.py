@@ -26,22 +26,24 @@ STYLE = Style(
     foreground_subtle="#52606d",
     colors=("#1c5fb8", "#b3261e", "#1b7a3c", "#7a4fb3", "#8a5a00"),
     font_family="system-ui, sans-serif",
-    label_font_size=12,
-    major_label_font_size=12,
-    legend_font_size=13,
-    title_font_size=15,
+    label_font_size=15,
+    major_label_font_size=15,
+    legend_font_size=16,
+    title_font_size=18,
 )
 
 
-def _config(title: str, height: int = 260) -> dict[str, object]:
+def _config(title: str, height: int = 320) -> dict[str, object]:
     return {
         "title": title,
         "style": STYLE,
         "js": [],
         "disable_xml_declaration": True,
-        "width": 640,
+        "width": 560,
         "height": height,
         "show_dots": False,
+        "fill": False,
+        "stroke_style": {"width": 2.5},
         "x_label_rotation": 0,
         "truncate_label": 18,
         "legend_at_bottom": True,

@@ -93,6 +93,8 @@ usage = Table(
         "cost_usd",
         "model",
         "key_id",
+        "tenant_id",
+        "latency_ms",
     ),
 )
 
@@ -210,4 +212,28 @@ console_sessions = Table(
     Column("expires_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
     Index("ix_console_sessions_expires", "expires_at"),
+)
+
+# 0010: usage summed per UTC day, tenant, key and model (`store/usage_daily.py`), for the
+# console's long ranges; '' stands for no tenant or key. The mark is the last usage id folded.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Float, primary_key=True),
+    Column("tenant_id", String(32), primary_key=True),
+    Column("key_id", String(32), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Index("ix_usage_daily_tenant_day", "tenant_id", "day"),
+)
+
+usage_daily_mark = Table(
+    "usage_daily_mark",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("upto", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

@@ -4,12 +4,15 @@ on SQLite and PostgreSQL, over rows whose answers are known."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import time
 from pathlib import Path
 
 import pytest
 
 from cumulo.governance.telemetry.usage_report import Filters, UsageReport
+from cumulo.store import usage_daily
 from cumulo.store.db import Store
 from support.stores import run_with_store, sqlite_url
 
@@ -67,5 +70,40 @@ def test_series_top_rows_and_csv(url: str) -> None:
         assert len(lines) == 3
         # A cell a spreadsheet would run as a formula is written as text.
         assert {r["model"] for r in lines} == {"m1", "'=cmd"}
+
+    run_with_store(url, scenario)
+
+
+def test_whole_days_come_from_the_daily_sums_plus_what_is_not_folded_yet(url: str) -> None:
+    """The daily sums and the raw rows agree, before, across and after folds, per tenant."""
+
+    async def scenario(store: Store) -> None:
+        now = time.time()
+        day = now // 86400 * 86400 - 3 * 86400  # three days ago, whole
+        old = [dict(r, ts=day + 100 + i) for i, r in enumerate(rows())]
+        await store.insert_usage(old)
+        report = UsageReport(store)
+        daily = Filters(since=day)
+        assert daily.daily and not Filters(since=day + 1).daily
+
+        async def both(f: Filters) -> tuple[list[tuple[float, int, int, int]], ...]:
+            by_day = await report.series(f, 86400)  # the sums
+            by_hour = await report.series(dataclasses.replace(f, since=f.since + 0.5), 86400)
+            return ([(b.start, b.requests, b.errors, b.tokens) for b in by_day],
+                    [(b.start, b.requests, b.errors, b.tokens) for b in by_hour])
+
+        folded, raw = await both(daily)
+        assert folded == raw == [(day, 5, 2, 75)]
+        assert await usage_daily.refresh(store) == 0  # folded by the first read already
+        # Rows younger than the lag stay out of the sums, and are counted from `usage`.
+        await store.insert_usage([dict(rows()[0], ts=now)])
+        folded, raw = await both(daily)
+        assert folded == raw and sum(r[1] for r in folded) == 6
+        assert await usage_daily.refresh(store, lag_s=0) > 0  # now folded: the same answer
+        assert (await both(daily))[0] == folded
+        tenant = Filters(since=day, tenant_id="a")
+        assert [b.requests for b in await report.series(tenant, 86400)] == [3, 1]
+        top = await report.top(daily, "key_id")
+        assert [(t.name, t.requests) for t in top][:1] == [("ka", 3)]
 
     run_with_store(url, scenario)

@@ -4,6 +4,7 @@ a tenant admin its own (as `GET /admin/usage` and `/admin/alerts` do)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from starlette.requests import Request
@@ -15,14 +16,14 @@ from cumulo.console import charts
 from cumulo.console.core import Console, Ctx
 from cumulo.console.pages import MANAGERS, Page
 from cumulo.governance.quotas.budgets import BudgetSpec, period_bounds
-from cumulo.governance.telemetry.usage_report import Filters, UsageReport
+from cumulo.governance.telemetry.usage_report import Bucket, Filters, UsageReport
 
 PAGE = Page("/overview", "Overview", MANAGERS)
 # The time-range picker: name -> (seconds covered, bucket width).
 RANGES = {
     "1h": (3600, 60),
     "24h": (86400, 3600),
-    "7d": (7 * 86400, 6 * 3600),
+    "7d": (7 * 86400, 86400),
     "30d": (30 * 86400, 86400),
 }
 
@@ -39,8 +40,9 @@ def routes(console: Console) -> list[Route]:
         tenant_id = access.scope(ctx.who, None)
         now = time.time()
         await platform.usage.flush()  # what this process still has queued, first
-        filters = Filters(since=now - span, tenant_id=tenant_id)
-        buckets = await report.series(filters, width)
+        since = math.floor((now - span) / width) * width  # whole buckets (days: the sums')
+        filters = Filters(since=since, tenant_id=tenant_id)
+        buckets = _filled(await report.series(filters, width), since, now, width)
         labels = charts.time_labels([b.start for b in buckets], width)
         values = {
             "requests": charts.line(
@@ -91,6 +93,17 @@ def routes(console: Console) -> list[Route]:
         )
 
     return [Route("/console/overview", console.view(overview, PAGE), methods=["GET"])]
+
+
+def _filled(found: list[Bucket], since: float, until: float, width: float) -> list[Bucket]:
+    """Every bucket of the range, those without requests as zeros (a continuous axis)."""
+    by_start = {b.start: b for b in found}
+    start = math.floor(since / width) * width
+    out = []
+    while start <= until:
+        out.append(by_start.get(start, Bucket(start, 0, 0, 0, 0.0)))
+        start += width
+    return out
 
 
 async def _budgets(console: Console, tenant_id: str | None, now: float) -> list[dict[str, object]]:
