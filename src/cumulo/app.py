@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -41,6 +41,12 @@ from cumulo.errors import CumuloError, NotFound
 from cumulo.platform import Platform
 
 log = logging.getLogger(__name__)
+
+# What the HTTP server (`cumulo.server`) reads of the app, from the ASGI lifespan state:
+# the `server:` settings (its protection of itself) and the requests in flight (a
+# shutdown out of time ends them).
+SERVER_CONFIG = "cumulo.server_config"
+IN_FLIGHT = "cumulo.in_flight"
 
 
 class HotPaths:
@@ -128,12 +134,13 @@ def create_app(
     platform = Platform(config or load_config(), home)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, object]]:
         await platform.store.migrate()
         await platform.start()
         stopper = StopOnModelFailure(platform) if stop_on_model_failure else None
         gateway = platform.gateway
-        disconnects = DisconnectWatch()
+        in_flight = gateway.in_flight
+        disconnects = DisconnectWatch(in_flight=in_flight)
         limits = platform.config.server
         routes = [
             *openai_routes(
@@ -166,7 +173,7 @@ def create_app(
         app.router.routes.extend([*routes, *console_routes(platform)])
         hot.add([r for r in routes if r.path.startswith("/v1/")])
         try:
-            yield
+            yield {SERVER_CONFIG: platform.config.server, IN_FLIGHT: in_flight}
         finally:
             await disconnects.close()
             await platform.close()

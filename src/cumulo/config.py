@@ -261,6 +261,56 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    # Protection of the HTTP server against callers without a key (`cumulo.server`).
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request line plus headers; past it: 431 and the connection closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Time to receive a request's whole header block, from the connection's "
+        "start or the request's first byte; past it: 408 and the connection closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Time to receive a request's whole body once its headers arrived; past it: "
+        "408 and the connection closed.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="An idle kept-alive connection is closed after this long without a request.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per worker process. Past it, a new connection takes the "
+        "place of the one that has waited longest for its request (idle, slow header or slow "
+        "body); when every one is busy with a request, it gets 503 at once.",
+    )
+    health_connections: int = Field(
+        16,
+        ge=0,
+        le=10_000,
+        description="Connections beyond `max_connections` that may only ask /health/live and "
+        "/health/ready, so that probes are answered while the server is full.",
+    )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, in-flight requests get this long to finish; then each ends "
+        "with a 503 (or an error event, when streaming) in its wire format, and is recorded so. "
+        "Keep it below the orchestrator's grace period (30 s in Kubernetes).",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     max_messages: int = Field(2048, gt=0)
     max_embedding_inputs: int = Field(2048, gt=0)

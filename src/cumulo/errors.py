@@ -10,6 +10,7 @@
     ├── RateLimited                  429  a limit or a full queue; carries Retry-After seconds
     │   └── BudgetExceeded           429  a tenant's or key's spend reached its budget for the period
     ├── Unavailable                  503  not ready (models still loading, shutting down)
+    │   └── ShuttingDown             503  a request still in flight when the shutdown timeout ran out
     └── UpstreamError                502  a provider failed: connect error, 5xx, malformed reply
         └── UpstreamTimeout          504  a provider did not answer in time
 
@@ -84,6 +85,16 @@ class BudgetExceeded(RateLimited):
 class Unavailable(CumuloError):
     status = 503
     type = "service_unavailable"
+
+
+class ShuttingDown(Unavailable):
+    """The server is shutting down and could not finish this request in time."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is shutting down and could not finish this request; retry it.",
+            retry_after=1,
+        )
 
 
 class UpstreamError(CumuloError):

@@ -37,6 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from cumulo.errors import BudgetExceeded, CumuloError, InvalidRequest, PayloadTooLarge
 from cumulo.governance.identity.auth import Principal
+from cumulo.inflight import InFlight, shutdown_error
 from cumulo.request.gateway import Defer
 from cumulo.request.metering import CLIENT_CLOSED, BlockedStream, CallInfo, MeteredStream
 from cumulo.types import JSON
@@ -72,10 +73,15 @@ class _Watched:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         self.watch._inflight.discard(self)
+        if self.watch.in_flight is not None:
+            self.watch.in_flight.discard(self.task)
         if self.listener is not None:
             self.listener.cancel()
-        if kind is asyncio.CancelledError and self.gone and self.task.uncancel() == 0:
-            raise ClientDisconnected from None
+        if kind is asyncio.CancelledError:
+            if self.gone and self.task.uncancel() == 0:
+                raise ClientDisconnected from None
+            if exc is not None and (ending := shutdown_error(exc)) is not None:
+                raise ending from None  # a 503 in the door's wire format
 
 
 class DisconnectWatch:
@@ -88,10 +94,14 @@ class DisconnectWatch:
     for the ASGI `http.disconnect` of those that have run longer than `after_s`:
     fast calls pay for a set insertion, not for a timer (an event-loop timer per
     request was measurable at thousands of requests per second) or a task.
+
+    With `in_flight`, the watched work is also registered there, so that a shutdown
+    that runs out of time ends it with `ShuttingDown` (`cumulo.inflight`).
     """
 
-    def __init__(self, after_s: float = 0.05) -> None:
+    def __init__(self, after_s: float = 0.05, in_flight: InFlight | None = None) -> None:
         self.after_s = after_s
+        self.in_flight = in_flight
         self._inflight: set[_Watched] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -100,6 +110,8 @@ class DisconnectWatch:
         assert task is not None
         watched = _Watched(self, task, request)
         self._inflight.add(watched)
+        if self.in_flight is not None:
+            self.in_flight.add(task)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return watched

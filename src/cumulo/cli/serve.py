@@ -69,6 +69,7 @@ def serve(
     from cumulo.cli.serving import run, tls_files
     from cumulo.listen import listen
     from cumulo.providers.registry import ProviderRegistry
+    from cumulo.server import raise_open_files_limit, uvicorn_options
 
     config = load_config(config_path)
     source = config_path or "<default config>"
@@ -92,6 +93,7 @@ def serve(
     if config_path:
         os.environ["CUMULO_CONFIG"] = str(Path(config_path).resolve())
     server = config.server
+    raise_open_files_limit(server)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["cumulo"] = {
         "handlers": ["default"],
@@ -107,14 +109,13 @@ def serve(
         port=server.port if port is None else port,
         workers=workers or server.workers,
         loop="uvloop",
-        http="httptools",
         access_log=server.access_log,
         log_level=log_level,
         log_config=log_config,
-        timeout_graceful_shutdown=30,
         server_header=False,  # no `server: uvicorn`: what it runs on is nobody's business
         # Forwarded headers only from proxies the config names (reading them costs ~2%).
         proxy_headers=bool(server.forwarded_allow_ips),
         forwarded_allow_ips=server.forwarded_allow_ips or None,
+        **uvicorn_options(server),  # httptools, protected (cumulo.server)
     )
     run(uvicorn_config, sockets)

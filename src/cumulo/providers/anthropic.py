@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 
 from cumulo.errors import InvalidRequest, UpstreamError, UpstreamTimeout
-from cumulo.providers.base import Provider
+from cumulo.providers.base import Provider, shown_url
 from cumulo.providers.http import read_body, retry_after, status_error
 from cumulo.types import (
     JSON,
@@ -66,7 +66,7 @@ _TOOL_CHOICE = {"auto": "auto", "required": "any", "none": "none", "tool": "tool
 
 class AnthropicProvider(Provider):
     def describe(self) -> str:
-        return f"anthropic {self.deployment.model} at {self._base_url()}"
+        return f"anthropic {self.deployment.model} at {shown_url(self._base_url())}"
 
     def _base_url(self) -> str:
         return (self.deployment.base_url or DEFAULT_BASE_URL).rstrip("/")

@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from cumulo.errors import InvalidRequest
 from cumulo.types import (
@@ -130,3 +131,17 @@ class Provider(ABC):
     @abstractmethod
     def describe(self) -> str:
         """One line for logs and `/admin` views; never contains a secret."""
+
+
+def shown_url(url: str) -> str:
+    """`url` fit for a log line: without a user or password and without its query (either
+    may carry a credential). Unparsable text is not shown at all."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<url>"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))

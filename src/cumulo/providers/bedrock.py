@@ -41,7 +41,7 @@ from cumulo.errors import (
 )
 from cumulo.eventstream import Decoder, FramingError
 from cumulo.eventstream import Message as Frame
-from cumulo.providers.base import Provider
+from cumulo.providers.base import Provider, shown_url
 from cumulo.providers.http import read_body, retry_after, status_error
 from cumulo.types import (
     JSON,
@@ -76,7 +76,7 @@ class BedrockProvider(Provider):
     _region: str | None = None
 
     def describe(self) -> str:
-        return f"bedrock {self.deployment.model} at {self._base_url()}"
+        return f"bedrock {self.deployment.model} at {shown_url(self._base_url())}"
 
     def credentials(self) -> tuple[str, ...]:
         """Also the AWS access key id and session token sent with SigV4 (when they came

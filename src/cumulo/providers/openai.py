@@ -23,7 +23,7 @@ from cumulo.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cumulo.providers.base import Provider
+from cumulo.providers.base import Provider, shown_url
 from cumulo.providers.http import read_body, retry_after, status_error
 from cumulo.types import (
     JSON,
@@ -53,7 +53,7 @@ _FINISH: dict[str, FinishReason] = {
 class OpenAIProvider(Provider):
     def describe(self) -> str:
         d = self.deployment
-        return f"openai-compatible {d.model} at {d.base_url}"
+        return f"openai-compatible {d.model} at {shown_url(d.base_url or '')}"
 
     # -- request building ----------------------------------------------------
 

@@ -21,6 +21,7 @@ from cumulo.governance.guardrails import GuardrailSet, Verdict
 from cumulo.governance.identity.auth import Principal
 from cumulo.governance.quotas.limits import Limits
 from cumulo.governance.telemetry.usage import UsageRecorder
+from cumulo.inflight import InFlight
 from cumulo.observability.metrics import Metrics
 from cumulo.providers.base import Provider
 from cumulo.request.context import Accounting, RequestContext
@@ -65,8 +66,11 @@ class Gateway:
         metrics: Metrics | None = None,
         governance: Governance | None = None,
         guarding: Guarding | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.router = router
+        # Streams register here while they stream; the app's handlers too (DisconnectWatch).
+        self.in_flight = in_flight if in_flight is not None else InFlight()
         self.usage = usage
         self.metrics = metrics
         self.governance = governance
@@ -248,7 +252,7 @@ class Gateway:
 
         lease = await self._route(ctx, "chat", attempt, estimate_prompt_tokens(req))
         ctx.request = req
-        return MeteredStream(ctx, lease, self.guarding, guards)
+        return MeteredStream(ctx, lease, self.guarding, guards, self.in_flight)
 
     async def embed(
         self,

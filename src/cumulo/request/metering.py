@@ -14,10 +14,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from cumulo.errors import CumuloError
+from cumulo.errors import CumuloError, ShuttingDown
 from cumulo.governance.chain import Admission
 from cumulo.governance.guardrails import GuardrailSet
 from cumulo.governance.guardrails.chain import ChainedStreamChecker
+from cumulo.inflight import InFlight, by_shutdown, shutdown_error
 from cumulo.request.context import RequestContext
 from cumulo.request.guarding import Guarding, guard_stream
 from cumulo.routing.router import Lease
@@ -74,13 +75,13 @@ def call_info(lease: Lease[Any], adm: Admission | None = None) -> CallInfo:
 
 def status_of(exc: BaseException) -> int:
     if isinstance(exc, asyncio.CancelledError):
-        return CLIENT_CLOSED
+        return ShuttingDown.status if by_shutdown(exc) else CLIENT_CLOSED
     return exc.status if isinstance(exc, CumuloError) else 500
 
 
 def error_type_of(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
-        return "client_closed"
+        return ShuttingDown.type if by_shutdown(exc) else "client_closed"
     return exc.type if isinstance(exc, CumuloError) else "internal_error"
 
 
@@ -98,7 +99,9 @@ class MeteredStream:
     sends it: the usage record is in the usage journal before the stream's end
     reaches the client), with an upstream error (its status, re-raised to the
     front door to render as an error event), or because the client went away
-    (499; the upstream stream is closed so its connection or slot is freed).
+    (499; the upstream stream is closed so its connection or slot is freed), or
+    because the server is shutting down and `server.shutdown_timeout_s` ran out (503:
+    `ShuttingDown` is raised to the front door, which sends it as an error event).
     A stream the front door never iterates (the client left before the
     response started) is settled as 499 once it is garbage-collected.
     """
@@ -109,9 +112,11 @@ class MeteredStream:
         lease: Lease[tuple[StreamEvent, ChatStream]],
         guarding: Guarding,
         guards: GuardrailSet | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.info = call_info(lease, ctx.admitted)
         self.lease = lease
+        self.in_flight = in_flight  # registered while streaming (`cumulo.inflight`)
         self._meter = _StreamMeter(ctx, guarding)
         if guards is not None:  # the output, checked as it streams
             self._meter.checker = guards.stream_checker()
@@ -143,6 +148,10 @@ class MeteredStream:
         source = self._upstream(first, inner)
         if meter.checker is not None:
             source = guard_stream(source, meter.checker)
+        in_flight = self.in_flight
+        task = asyncio.current_task()
+        if in_flight is not None and task is not None:
+            in_flight.add(task)  # a shutdown out of time ends the stream (`cumulo.inflight`)
         try:
             async for event in source:
                 if isinstance(event, TextDelta) and meter.text is not None:
@@ -159,7 +168,14 @@ class MeteredStream:
             status, error = status_of(exc), error_type_of(exc)
             ok = False
             raise
+        except asyncio.CancelledError as exc:
+            if (ending := shutdown_error(exc)) is None:
+                raise  # the client went away: 499
+            status, error = ending.status, ending.type
+            raise ending from None  # the front door sends it as an error event
         finally:
+            if in_flight is not None and task is not None:
+                in_flight.discard(task)
             try:
                 await source.aclose()
                 await aclose_stream(inner)
