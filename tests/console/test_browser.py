@@ -6,8 +6,10 @@ show; screenshots of every page go to artifacts/console/.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
+import sqlite3
 from typing import Any
 
 import httpx
@@ -165,6 +167,13 @@ def test_a_tenant_admin_sees_only_its_own_tenant(page: Any, server: CumuloServer
     html = page.content()
     assert own.id in html and other.id not in html
     shot(page, "tenant-admin-usage")
+    # Its overview: its own tenant's budget, drawn against the limit; nobody else's.
+    page.goto(server.url + "/console/overview")
+    budgets = page.locator("section", has=page.get_by_role("heading", name="Budget use per tenant"))
+    assert budgets.locator("figure.chart svg").count() == 1
+    assert mine["name"] in budgets.inner_text() and theirs["name"] not in page.content()
+    assert "$5.00 a month" in budgets.inner_text()
+    shot(page, "tenant-admin-overview")
     # Direct URLs to the other tenant: not found, as if it did not exist.
     for url in (f"/console/keys?tenant_id={theirs['id']}", f"/console/usage?tenant_id={theirs['id']}",
                 f"/console/tenants/{theirs['id']}", f"/console/usage.csv?tenant_id={theirs['id']}"):
@@ -216,3 +225,46 @@ def test_wrong_key_is_refused_at_sign_in(page: Any, server: CumuloServer) -> Non
     page.get_by_role("button", name="Sign in").click()
     assert page.get_by_role("alert").inner_text() == "Incorrect API key provided."
 
+
+
+UNLABELLED = """() => Array.from(document.querySelectorAll("input, select, textarea, button"))
+  .filter((el) => el.type !== "hidden" && !el.closest("template"))
+  .filter((el) => el.tagName === "BUTTON"
+      ? !(el.textContent.trim() || el.getAttribute("aria-label"))
+      : !(el.labels.length || el.getAttribute("aria-label")))
+  .map((el) => el.outerHTML)"""
+
+
+def test_every_control_has_a_label_and_the_keyboard_reaches_the_content(
+    page: Any, server: CumuloServer
+) -> None:
+    sign_in(page, server, server.admin_key)
+    for path in ("overview", "models", "playground", "files", "keys", "guardrails", "audit",
+                 "usage"):
+        page.goto(f"{server.url}/console/{path}")
+        assert page.evaluate(UNLABELLED) == [], path
+    page.goto(server.url + "/console/usage")
+    page.keyboard.press("Tab")  # the first stop is the skip link
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    page.keyboard.press("Tab")  # then the page's own controls, not the navigation again
+    assert page.evaluate("document.activeElement.id") == "u-range"
+
+
+def test_ledger_verification_names_the_first_bad_entry(page: Any, server: CumuloServer) -> None:
+    """Last in this module: it tampers with the server's ledger."""
+    make_key(server)  # at least one more entry
+    sign_in(page, server, server.admin_key)
+    page.goto(server.url + "/console/audit")
+    page.get_by_role("link", name="Verify the chain").click()
+    page.get_by_text("The ledger verifies").wait_for()
+    seq = server.sql("SELECT MIN(seq) FROM ledger WHERE action = 'key.create'")[0][0]
+    with contextlib.closing(sqlite3.connect(server.db_path)) as db, db:
+        db.execute("UPDATE ledger SET target = 'tampered' WHERE seq = ?", (seq,))
+    page.goto(server.url + "/console/audit")
+    page.get_by_role("link", name="Verify the chain").click()
+    alert = page.locator("#verification [role=alert]")
+    alert.wait_for()
+    assert f"First bad entry: #{seq}" in alert.inner_text()
+    shot(page, "audit-verify-tampered")
