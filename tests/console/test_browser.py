@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from fakes import FakeOpenAIUpstream
 from support import ApiKey, CumuloServer
 from support.browser import shot
 
@@ -55,6 +56,11 @@ def chat(server: CumuloServer, key: str, model: str = "chat-echo", text: str = "
 
 def test_an_admin_signs_in_and_every_page_shows(page: Any, server: CumuloServer) -> None:
     chat(server, server.admin_key)
+    requested: list[str] = []
+    problems: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
     sign_in(page, server, server.admin_key)
     nav = page.get_by_role("navigation", name="Console pages")
     for title in ("Overview", "Models", "Playground", "Batches and files", "Keys and tenants",
@@ -66,6 +72,11 @@ def test_an_admin_signs_in_and_every_page_shows(page: Any, server: CumuloServer)
         shot(page, title.lower().replace(" ", "-"))
     page.goto(server.url + "/console/overview")
     assert page.locator("figure.chart svg").count() >= 3  # requests, tokens, cost
+    # Nothing comes from the network (htmx and the stylesheet are the console's own), and
+    # nothing the page loads is refused by its Content-Security-Policy or fails.
+    assert [u for u in requested if not u.startswith(server.url)] == []
+    assert any(u.endswith("/console/static/htmx.min.js") for u in requested)
+    assert problems == []
     assert int(page.locator("#total-requests").inner_text().replace(",", "")) >= 1
 
 
@@ -268,3 +279,25 @@ def test_ledger_verification_names_the_first_bad_entry(page: Any, server: Cumulo
     alert.wait_for()
     assert f"First bad entry: #{seq}" in alert.inner_text()
     shot(page, "audit-verify-tampered")
+
+
+def test_a_chat_sends_its_earlier_turns(page: Any, server: CumuloServer,
+                                        upstream: FakeOpenAIUpstream, marker: str) -> None:
+    key = make_key(server)
+    sign_in(page, server, key.token)
+    page.goto(server.url + "/console/playground?model=chat-echo")
+    page.get_by_label("System prompt").fill("You echo.")
+    for text in (f"first {marker}", f"second {marker}"):
+        page.get_by_label("Prompt", exact=True).fill(text)
+        page.get_by_role("button", name="Send").click()
+        page.locator("#transcript li", has_text=f"echo: {text}").wait_for()
+    assert page.locator("#transcript li").all_inner_texts() == [
+        f"You: first {marker}", f"Model: echo: first {marker}",
+        f"You: second {marker}", f"Model: echo: second {marker}"]
+    last = upstream.received(f"second {marker}")[-1].body["messages"]
+    assert [(m["role"], m["content"]) for m in last] == [
+        ("system", "You echo."), ("user", f"first {marker}"),
+        ("assistant", f"echo: first {marker}"), ("user", f"second {marker}")]
+    shot(page, "playground-chat")
+    page.get_by_role("button", name="New chat").click()
+    assert page.locator("#transcript li").count() == 0

@@ -8,12 +8,14 @@ import contextlib
 import csv
 import io
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from support import CumuloServer
+from fakes import FakeOpenAIUpstream
+from support import CUMULO_BIN, CumuloServer, clean_env, openai_deployment
 
 
 @contextlib.contextmanager
@@ -135,3 +137,27 @@ def test_usage_exports_as_csv_with_the_page_filters(server: CumuloServer) -> Non
     assert resp.headers["content-type"].startswith("text/csv")
     lines = list(csv.DictReader(io.StringIO(resp.text)))
     assert [(r["key_id"], r["model"], r["status"]) for r in lines] == [(key["id"], "chat-echo", "200")]
+
+
+def test_over_https_the_session_cookie_is_secure(
+    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    workdir = tmp_path_factory.mktemp("console-tls")
+    home = workdir / "home"
+    run = subprocess.run([str(CUMULO_BIN), "tls", "self-signed"], env=clean_env(CUMULO_HOME=str(home)),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    tls = cumulo_factory({"server": {"tls": {"certfile": "tls/cert.pem", "keyfile": "tls/key.pem"}},
+                          "models": [{"name": "chat-echo",
+                                      "deployments": [openai_deployment(upstream, "echo")]}]},
+                         workdir=workdir, cafile=home / "tls" / "cert.pem")
+    with httpx.Client(base_url=tls.url, verify=tls.verify or True) as http:
+        form = http.get("/console/signin")
+        assert "Secure" in form.headers["set-cookie"]
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert token is not None
+        resp = http.post("/console/signin", data={"csrf": token.group(1), "key": tls.admin_key})
+    cookie = next(v for k, v in resp.headers.multi_items()
+                  if k == "set-cookie" and v.startswith("cumulo_session="))
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie

@@ -77,13 +77,39 @@ async function streamPanel(form, model, panel, outputs) {
   }
 }
 
+function addTurn(role, text) {
+  const transcript = document.getElementById("transcript");
+  const item = document.createElement("li");
+  const who = document.createElement("strong");
+  who.textContent = role === "user" ? "You: " : "Model: ";
+  const said = document.createElement("span");
+  said.textContent = text;
+  item.append(who, said);
+  transcript.appendChild(item);
+  transcript.hidden = false;
+}
+
 function setupPlayground() {
   const form = document.getElementById("playground");
   if (!form) return;
+  // One model is a chat: its earlier turns go back with each prompt. Two or three compare.
+  let history = [];
+  const historyField = document.getElementById("history");
+  const newChat = document.getElementById("new-chat");
+  newChat.addEventListener("click", () => {
+    history = [];
+    historyField.value = "";
+    document.getElementById("transcript").replaceChildren();
+    document.getElementById("transcript").hidden = true;
+    newChat.hidden = true;
+  });
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const models = Array.from(form.querySelectorAll("select[name=model]"))
       .map((s) => s.value).filter((v) => v);
+    if (models.length !== 1) { history = []; }
+    historyField.value = history.length ? JSON.stringify(history) : "";
+    const prompt = form.querySelector("#prompt").value;
     const panels = document.getElementById("panels");
     panels.replaceChildren();
     const save = document.getElementById("save");
@@ -99,7 +125,14 @@ function setupPlayground() {
         return streamPanel(form, m, panel, outputs);
       }));
     } finally { button.disabled = false; }
-    save.querySelector("input[name=prompt]").value = form.querySelector("#prompt").value;
+    if (models.length === 1 && outputs[models[0]] !== undefined) {
+      addTurn("user", prompt);
+      addTurn("assistant", outputs[models[0]]);
+      history.push({ role: "user", content: prompt }, { role: "assistant", content: outputs[models[0]] });
+      newChat.hidden = false;
+      form.querySelector("#prompt").value = "";
+    }
+    save.querySelector("input[name=prompt]").value = prompt;
     save.querySelector("input[name=system]").value = form.querySelector("#system").value;
     save.querySelector("input[name=outputs]").value = JSON.stringify(outputs);
     save.hidden = Object.keys(outputs).length === 0;

@@ -35,6 +35,7 @@ MAX_MODELS = 3
 MAX_PROMPT = 32_000
 MAX_SYSTEM = 8_000
 MAX_TOKENS = 4096
+MAX_TURNS = 50  # earlier messages of a chat sent back with each new prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +46,11 @@ class Ask:
     system: str
     prompt: str
     params: SamplingParams
+    history: tuple[Message, ...] = ()  # a chat's earlier turns (one model only)
 
     def chat(self, model: str) -> ChatRequest:
         messages = [Message("system", self.system)] if self.system.strip() else []
+        messages.extend(self.history)
         messages.append(Message("user", self.prompt))
         return ChatRequest(model, messages, self.params)
 
@@ -72,6 +75,8 @@ def parse_ask(fields: dict[str, str], models: list[str]) -> Ask:
         raise InvalidRequest("Choose a model.", param="model")
     if len(chosen) > MAX_MODELS:
         raise InvalidRequest(f"Compare at most {MAX_MODELS} models.", param="model")
+    if len(chosen) > 1 and fields.get("history", "").strip():
+        raise InvalidRequest("A comparison has no chat history.", param="history")
     prompt = fields.get("prompt", "")
     if not prompt.strip():
         raise InvalidRequest("Write a prompt.", param="prompt")
@@ -86,7 +91,36 @@ def parse_ask(fields: dict[str, str], models: list[str]) -> Ask:
         top_p=_number(fields, "top_p", 0, 1),
         max_tokens=None if max_tokens is None else int(max_tokens),
     )
-    return Ask(chosen, system, prompt, params)
+    return Ask(chosen, system, prompt, params, _history(fields.get("history", "")))
+
+
+def _history(raw: str) -> tuple[Message, ...]:
+    """A chat's earlier turns: a JSON list of {role: user|assistant, content}."""
+    if not raw.strip():
+        return ()
+    try:
+        turns = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        turns = None
+    if not isinstance(turns, list) or len(turns) > MAX_TURNS:
+        raise InvalidRequest(
+            f"'history' must be a JSON list of at most {MAX_TURNS} messages.", param="history"
+        )
+    out = []
+    size = 0
+    for i, turn in enumerate(turns):
+        role = turn.get("role") if isinstance(turn, dict) else None
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            raise InvalidRequest(
+                f"'history.{i}' must be {{role: user or assistant, content: text}}.",
+                param=f"history.{i}",
+            )
+        size += len(content)
+        out.append(Message("user" if role == "user" else "assistant", content))
+    if size > 4 * MAX_PROMPT:
+        raise InvalidRequest("The chat is too long: start a new one.", param="history")
+    return tuple(out)
 
 
 def _cost(stream: MeteredStream | BlockedStream, prompt: int, completion: int) -> float | None:
