@@ -157,6 +157,13 @@ def test_model_output_with_markup_shows_as_text(page: Any, server: CumuloServer)
     page.locator("#guard-result .action").wait_for()
     assert page.evaluate("window.__xss") is None
     assert page.locator("#guard-result img").count() == 0
+    # And a text the guardrail stops.
+    page.get_by_label("Guardrail").select_option("strict")
+    page.get_by_label("Text").fill("any stock tips for me?")
+    page.get_by_role("button", name="Apply guardrail").click()
+    page.locator("#guard-result .action", has_text="GUARDRAIL_INTERVENED").wait_for()
+    assert "Sorry, I cannot help with that." in page.locator("#guard-result").inner_text()
+    shot(page, "guardrail-applied")
 
 
 def test_a_tenant_admin_sees_only_its_own_tenant(page: Any, server: CumuloServer) -> None:

@@ -13,13 +13,15 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from cumulo.api.http import openai_validation_error
 from cumulo.console.format import FILTERS
 from cumulo.console.pages import Page
 from cumulo.console.session import COOKIE, CSRF_FIELD, CSRF_HEADER, Session, Sessions
@@ -160,3 +162,15 @@ async def form_fields(request: Request) -> dict[str, str]:
     """A urlencoded form's text fields (the CSRF token left out)."""
     form = await request.form()
     return {k: v for k, v in form.items() if isinstance(v, str) and k != CSRF_FIELD}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def checked(model: type[M], data: dict[str, Any]) -> M:
+    """A form's values as an API wire model, or an InvalidRequest naming the field (the
+    API's own checks, for the console's forms)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise openai_validation_error(exc) from exc

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -20,8 +19,7 @@ from starlette.routing import Route
 from cumulo.api.admin import access
 from cumulo.api.admin.protocol import CreateKey, CreateTenant, RotateKey, UpdateTenant
 from cumulo.api.admin.service import key_in_scope
-from cumulo.api.http import openai_validation_error
-from cumulo.console.core import Console, Ctx, form_fields
+from cumulo.console.core import Console, Ctx, checked, form_fields
 from cumulo.console.pages import ADMIN, MANAGERS, Page
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.governance.quotas.budgets import BudgetSpec, period_bounds
@@ -46,13 +44,6 @@ def _budget(fields: dict[str, str]) -> dict[str, Any] | None:
 def _models(fields: dict[str, str]) -> list[str] | None:
     names = [m.strip() for m in fields.get("models", "").split(",") if m.strip()]
     return names or None
-
-
-def _checked(model: Any, data: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise openai_validation_error(exc) from exc
 
 
 def routes(console: Console) -> list[Route]:
@@ -100,7 +91,7 @@ def routes(console: Console) -> list[Route]:
     async def create(request: Request, ctx: Ctx) -> Response:
         fields = await form_fields(request)
         try:
-            spec = _checked(
+            spec = checked(
                 CreateKey,
                 {
                     "name": fields.get("name", ""),
@@ -129,7 +120,7 @@ def routes(console: Console) -> list[Route]:
         fields = await form_fields(request)
         grace = fields.get("grace_s", "").strip() or "86400"
         try:
-            spec = _checked(RotateKey, {"grace_s": grace})
+            spec = checked(RotateKey, {"grace_s": grace})
             row, token, expires = await keys.rotate(ctx.who.key_id, old, spec.grace_s)
         except InvalidRequest as exc:
             return await page(request, ctx, message=exc.message, status=400)
@@ -151,7 +142,7 @@ def routes(console: Console) -> list[Route]:
     async def create_tenant(request: Request, ctx: Ctx) -> Response:
         fields = await form_fields(request)
         try:
-            spec = _checked(
+            spec = checked(
                 CreateTenant,
                 {"name": fields.get("name", ""), "models": _models(fields),
                  "limits": _limits(fields), "budget": _budget(fields)},
@@ -169,7 +160,7 @@ def routes(console: Console) -> list[Route]:
             raise NotFound(f"No tenant with id '{tenant_id}'.", param="id")
         fields = await form_fields(request)
         try:
-            spec = _checked(UpdateTenant, {"limits": _limits(fields), "budget": _budget(fields)})
+            spec = checked(UpdateTenant, {"limits": _limits(fields), "budget": _budget(fields)})
             await tenants.update(
                 ctx.who.key_id, row, spec.model_dump(exclude_unset=True, mode="json")
             )
