@@ -70,6 +70,12 @@ def test_an_admin_signs_in_and_every_page_shows(page: Any, server: CumuloServer)
         assert page.locator("h1").inner_text() == title
         assert page.locator("p.error").count() == 0
         shot(page, title.lower().replace(" ", "-"))
+    # The local engines' stats refresh by themselves (htmx polls their fragment).
+    page.goto(server.url + "/console/models")
+    with page.expect_response(lambda r: r.url.endswith("/console/models/engine")) as polled:
+        pass
+    assert polled.value.status == 200
+    assert "No local chat engine runs" in page.locator("#engines").inner_text()
     page.goto(server.url + "/console/overview")
     assert page.locator("figure.chart svg").count() >= 3  # requests, tokens, cost
     # Nothing comes from the network (htmx and the stylesheet are the console's own), and
