@@ -161,3 +161,18 @@ def test_over_https_the_session_cookie_is_secure(
     cookie = next(v for k, v in resp.headers.multi_items()
                   if k == "set-cookie" and v.startswith("cumulo_session="))
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+
+
+def test_without_javascript_the_playground_answers_in_the_page_escaped(server: CumuloServer) -> None:
+    payload = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    with sign_in(server, server.admin_key) as http:
+        resp = http.post("/console/playground", data={
+            "csrf": csrf_from(http), "model": ["chat-echo", "chat-slow"], "prompt": payload,
+            "system": "", "max_tokens": "64"})
+    assert resp.status_code == 200
+    html = resp.text
+    assert payload not in html and "<img src=x" not in html
+    escaped = "echo: &lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&#34;alert(2)&#34;&gt;"
+    assert html.count(escaped) == 2  # one panel per model
+    assert len(re.findall(r'<dd class="latency">[\d,]+ ms</dd>', html)) == 2  # with figures
+    assert len(re.findall(r'<dd class="ttft">[\d,]+ ms</dd>', html)) == 2
