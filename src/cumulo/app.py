@@ -27,6 +27,8 @@ from cumulo.api.admin.service import AdminService
 from cumulo.api.admin.tenants import TenantAdmin
 from cumulo.api.anthropic.router import routes as anthropic_routes
 from cumulo.api.anthropic.service import AnthropicService
+from cumulo.api.batches import BatchService
+from cumulo.api.batches import routes as batch_routes
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
@@ -38,7 +40,9 @@ from cumulo.api.openai.service import OpenAIService
 from cumulo.config import Config, load_config
 from cumulo.console import console_routes
 from cumulo.errors import CumuloError, NotFound
+from cumulo.jobs.setup import job_runner
 from cumulo.platform import Platform
+from cumulo.store.jobs import JobTable
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,11 @@ def create_app(
         gateway = platform.gateway
         in_flight = gateway.in_flight
         disconnects = DisconnectWatch(in_flight=in_flight)
+        # Jobs (batches) run here unless only `cumulo worker` processes should run them.
+        runner = job_runner(platform, gateway) if platform.config.jobs.run_in_server else None
+        batches = BatchService(
+            platform.auth, platform.files, JobTable(platform.store), platform.ledger, runner
+        )
         limits = platform.config.server
         routes = [
             *openai_routes(
@@ -148,6 +157,7 @@ def create_app(
             ),
             *bedrock_routes(BedrockService(platform.auth, gateway, limits, disconnects)),
             *anthropic_routes(AnthropicService(platform.auth, gateway, limits, disconnects)),
+            *batch_routes(batches),
             *admin_routes(
                 AdminService(
                     platform.auth,
@@ -170,11 +180,15 @@ def create_app(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations
             ),
         ]
-        app.router.routes.extend([*routes, *console_routes(platform)])
+        app.router.routes.extend([*routes, *console_routes(platform, batches)])
         hot.add([r for r in routes if r.path.startswith("/v1/")])
+        if runner is not None:
+            runner.start()
         try:
             yield {SERVER_CONFIG: platform.config.server, IN_FLIGHT: in_flight}
         finally:
+            if runner is not None:
+                await runner.close()  # lines in flight are given back, results written
             await disconnects.close()
             await platform.close()
             if stopper is not None:

@@ -386,6 +386,42 @@ class PricingConfig(_Strict):
     )
 
 
+class JobsConfig(_Strict):
+    run_in_server: bool = Field(
+        True,
+        description="Run jobs (batches) inside `cumulo serve`. False: only `cumulo worker` "
+        "processes sharing the database run them.",
+    )
+    concurrency: int = Field(
+        64, ge=1, le=4096, description="Batch lines in flight at once in one process, all jobs."
+    )
+    batch_concurrency: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Lines of one batch in flight at once in one process (a batch may ask "
+        "for fewer with `concurrency`).",
+    )
+    batch_price_multiplier: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="Multiplies the cost of batch lines in usage and budgets (e.g. 0.5: "
+        "batch at half price). Unset: list price.",
+    )
+    max_batch_lines: int = Field(50_000, ge=1, le=10_000_000)
+    poll_interval_s: float = Field(
+        1.0, gt=0, le=60, description="How often a runner looks for work it can take."
+    )
+    lease_s: float = Field(
+        30.0,
+        ge=2,
+        le=3600,
+        description="A worker that has not renewed its hold on a job's work for this long is "
+        "taken as dead: other workers take the work over (renewed every third of it).",
+    )
+
+
 class Config(_Strict):
     database_url: str | None = Field(
         None,
@@ -398,6 +434,7 @@ class Config(_Strict):
     usage: UsageConfig = UsageConfig()
     pricing: PricingConfig = PricingConfig()
     ledger: LedgerConfig = LedgerConfig()
+    jobs: JobsConfig = JobsConfig()
     files: FilesConfig = FilesConfig()
     files_url: str | None = Field(
         None,

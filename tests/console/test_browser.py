@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import re
 import sqlite3
 from typing import Any
@@ -314,3 +315,39 @@ def test_a_chat_sends_its_earlier_turns(page: Any, server: CumuloServer,
     shot(page, "playground-chat")
     page.get_by_role("button", name="New chat").click()
     assert page.locator("#transcript li").count() == 0
+
+
+def test_start_a_batch_and_watch_it_complete(page: Any, server: CumuloServer, tmp_path: Any,
+                                             marker: str) -> None:
+    key = make_key(server)
+    sign_in(page, server, key.token)
+    page.goto(server.url + "/console/files")
+    lines = [
+        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "chat-slow",
+                             "messages": [{"role": "user", "content": f"{marker} {i}"}]}})
+        for i in range(6)
+    ]
+    data = tmp_path / "batch.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    page.get_by_label(re.compile("^File")).set_input_files(str(data))
+    page.get_by_label("Purpose", exact=True).select_option("batch")
+    page.get_by_role("button", name="Upload").click()
+    page.get_by_text("Uploaded").wait_for()
+    uploaded = page.locator("p.ok code").inner_text()
+    page.get_by_label("Input file (purpose batch)").select_option(uploaded)
+    page.get_by_role("button", name="Start batch").click()
+    row = page.locator("#batches tbody tr").first
+    shot(page, "batch-started")
+    # The table refreshes itself (htmx) until the batch is done: no reload here.
+    row.locator(".status", has_text="completed").wait_for(timeout=60_000)
+    assert row.locator(".counts").inner_text() == "6 done, 0 failed of 6"
+    assert row.locator("progress").get_attribute("value") == "6"
+    shot(page, "batch-completed")
+    with page.expect_download() as download:
+        row.get_by_role("link", name="Output").click()
+    out = [json.loads(x) for x in download.value.path().read_text().splitlines()]
+    replies = {o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"] for o in out}
+    assert replies == {f"r{i}": f"echo: {marker} {i}" for i in range(6)}
+    # Run as the key that started it, through the gateway: its usage records.
+    assert len(server.usage_rows(key.id, expect=6)) == 6

@@ -21,6 +21,7 @@ from cumulo.engine.params import Finished, GenerationParams, TextPiece
 from cumulo.engine.sampling import SamplingConfig
 from cumulo.engine.scheduler import EngineLimits, Posted, Scheduler, Sequence
 from cumulo.errors import RateLimited, Unavailable
+from cumulo.origin import BACKGROUND
 
 GREEDY = SamplingConfig(temperature=0.0)
 
@@ -160,3 +161,40 @@ def test_close_fails_queued_and_running_requests(lm: CausalLM) -> None:
     assert len(running.tokens) < 500
     with pytest.raises(Unavailable):
         submit(engine, p, 1)
+
+
+def test_interactive_requests_are_admitted_ahead_of_background_work(lm: CausalLM) -> None:
+    engine = Scheduler(lm, EngineLimits(max_running=4, max_tokens_in_flight=4 * 256,
+                                        max_queue=16, prefill_chunk=32))
+    p = prompts(lm, 1)[0]
+
+    def background(n: int) -> list[Sequence]:
+        out = []
+        for _ in range(n):
+            seq = Sequence(p, GenerationParams(max_new_tokens=150, sampling=GREEDY), Collector(),
+                           priority=BACKGROUND)
+            engine.submit(seq)
+            out.append(seq)
+        deadline = time.monotonic() + 30
+        while sum(1 for s in out if s.tokens) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return out
+
+    try:
+        # No interactive traffic: background work may take every slot.
+        first = background(6)
+        assert engine.stats().running == 4
+        for s in first:
+            engine.cancel(s)
+        # While interactive requests come, background work leaves one slot free...
+        submit(engine, p, 2)[1].end  # noqa: B018 - waits for it
+        queued = background(8)
+        assert engine.stats().running == 3
+        # ... and the next interactive request goes ahead of the background work queued before.
+        _, sink = submit(engine, p, 3)
+        assert sink.end.completion_tokens == 3
+        assert sum(1 for s in queued if s.slot < 0 and not s.done) >= 1
+        for s in queued:
+            engine.cancel(s)
+    finally:
+        engine.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -115,10 +116,16 @@ def test_both_replicas_enforce_one_shared_limit(
     def one(i: int) -> int:
         return call(a if i % 2 else b, token, body=HELLO).status_code
 
+    started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         statuses = Counter(pool.map(one, range(60)))
+    elapsed = time.monotonic() - started
     assert set(statuses) <= {200, 429}
-    assert 19 <= statuses[200] <= 21, statuses  # one limit of 20, not 20 per replica
+    # One limit of 20, not 20 per replica. The bucket refills one request every 3 s, so
+    # a burst slowed down by a busy machine may take what refilled meanwhile, and no more.
+    refilled = int(elapsed / 3) + 1
+    assert 19 <= statuses[200] <= 20 + refilled, (statuses, elapsed)
+    assert statuses[200] < 40  # two separate limits would have let 40 through
 
 
 def test_both_replicas_refuse_once_the_shared_budget_is_spent(

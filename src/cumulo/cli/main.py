@@ -10,6 +10,7 @@ import sys
 import click
 
 from cumulo.cli.alerts import alerts, invocations
+from cumulo.cli.batch import batch
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
 from cumulo.cli.files import files
@@ -21,6 +22,7 @@ from cumulo.cli.serve import serve
 from cumulo.cli.tenants import tenants
 from cumulo.cli.tls import tls
 from cumulo.cli.usage import usage
+from cumulo.cli.worker import worker
 from cumulo.errors import CumuloError
 
 
@@ -53,6 +55,7 @@ def cli(ctx: click.Context, url: str, key: str | None) -> None:
 
 for command in (
     serve,
+    worker,
     keys,
     tenants,
     models,
@@ -67,6 +70,7 @@ for command in (
     deployments,
     engine,
     tls,
+    batch,
 ):
     cli.add_command(command)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
+from cumulo.api.batches import BatchService
 from cumulo.console.core import Console
 from cumulo.console.views import EXTRA, VIEWS
 from cumulo.platform import Platform
@@ -16,9 +17,10 @@ from cumulo.platform import Platform
 __all__ = ["Console", "console_routes"]
 
 
-def console_routes(platform: Platform) -> list[BaseRoute]:
-    """Every console route, and its static files at /console/static."""
-    console = Console(platform, [v.PAGE for v in VIEWS])
+def console_routes(platform: Platform, batches: BatchService | None = None) -> list[BaseRoute]:
+    """Every console route, and its static files at /console/static. `batches`: the Batch
+    API's operations, for the batches on the files page."""
+    console = Console(platform, [v.PAGE for v in VIEWS], batches)
     routes: list[BaseRoute] = []
     for view in (*VIEWS, *EXTRA):
         routes.extend(view.routes(console))

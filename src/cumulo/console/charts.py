@@ -9,12 +9,18 @@ anyway is removed (the console's Content-Security-Policy would refuse it).
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Sequence
 
 import pygal
 from markupsafe import Markup
 from pygal.style import Style
+
+# Importing pygal appends an import hook for its map plugins (`pygal.maps.*`, unused here)
+# to `sys.meta_path`; it has no `find_spec`, so every later failed import in the process
+# raises an ImportWarning. It is taken out again.
+sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, pygal.PluginImportFixer)]
 
 _SCRIPT = re.compile(r"<script[^>]*>.*?</script>", re.S)
 # Colours with AA contrast on white for text, and distinct series.

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from cumulo.api.batches import BatchService
 from cumulo.api.http import openai_validation_error
 from cumulo.console.format import FILTERS
 from cumulo.console.pages import Page
@@ -54,9 +55,12 @@ class Ctx:
 
 
 class Console:
-    def __init__(self, platform: Platform, pages: list[Page]) -> None:
+    def __init__(
+        self, platform: Platform, pages: list[Page], batches: BatchService | None = None
+    ) -> None:
         self.platform = platform
         self.pages = pages
+        self.batches = batches  # the Batch API's operations (none: no batches shown)
         self.sessions = Sessions(platform.store, platform.master_key)
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
+from cumulo import origin
 from cumulo.engine.loader import CausalLM
 from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
 from cumulo.engine.scheduler import EngineLimits, Posted, Scheduler, Sequence
@@ -68,7 +69,7 @@ class ChatEngine:
                 return False
             return True
 
-        seq = Sequence(list(prompt_ids), params, sink)
+        seq = Sequence(list(prompt_ids), params, sink, priority=origin.priority())
         self.scheduler.submit(seq)
         try:
             while True:

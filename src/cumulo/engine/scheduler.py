@@ -2,6 +2,12 @@
 
 Requests wait in a bounded FIFO queue (`max_queue`; beyond it `submit` raises
 `RateLimited`) until one of the `max_running` slots of the KV cache is free.
+Interactive requests come first: background work (a job's requests, `Sequence.priority`
+above `INTERACTIVE`) waits in a queue of its own and is admitted only when no interactive
+request waits. While interactive requests keep coming (one in the last `RESERVE_S`
+seconds), background work also leaves one slot free, so the next one starts at once
+instead of waiting for a background sequence to finish; with no interactive traffic,
+background work uses every slot.
 Each engine step, at a token boundary:
 
 1. drops finished and cancelled sequences, freeing their slots; running
@@ -46,9 +52,11 @@ from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, Te
 from cumulo.engine.sampling import Sampler
 from cumulo.engine.stats import EngineStats, Recent, p50
 from cumulo.errors import RateLimited, Unavailable
+from cumulo.origin import INTERACTIVE
 
 logger = logging.getLogger(__name__)
 
+RESERVE_S = 10.0  # interactive traffic this recent keeps a slot free of background work
 Posted: TypeAlias = GenerationEvent | BaseException
 Sink: TypeAlias = Callable[[Posted], bool]  # False when nobody listens any more
 
@@ -79,6 +87,7 @@ class Sequence:
     next_input: int | None = None  # sampled, not yet fed to the model
     tokens: list[int] = field(default_factory=list)  # sampled so far
     queue_ms: float = 0.0
+    priority: int = INTERACTIVE  # above: background work (`cumulo.origin`), admitted after
     cancelled: bool = False
     done: bool = False
 
@@ -107,6 +116,8 @@ class Scheduler:
         self._vocab = int(self._head.weight.shape[0])
         self._running: list[Sequence] = []
         self._waiting: deque[Sequence] = deque()
+        self._background: deque[Sequence] = deque()  # waiting background work
+        self._last_interactive = float("-inf")  # when the last interactive request came
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -123,20 +134,25 @@ class Scheduler:
         with self._lock:
             if self._closing:
                 raise shutting_down()
-            if len(self._waiting) >= self.limits.max_queue:
+            queue = self._waiting if seq.priority <= INTERACTIVE else self._background
+            if len(queue) >= self.limits.max_queue:
                 raise RateLimited(
                     f"the local model's queue is full ({self.limits.max_queue} waiting requests)",
                     retry_after=self._retry_after(),
                 )
-            self._waiting.append(seq)
+            queue.append(seq)
+            if queue is self._waiting:
+                self._last_interactive = seq.submitted
         self._wake.set()
 
     def cancel(self, seq: Sequence) -> None:
         """Forget `seq`: dropped from the queue now, or from the batch at the next token."""
         with self._lock:
             seq.cancelled = True
-            if seq.slot < 0 and seq in self._waiting:
-                self._waiting.remove(seq)
+            if seq.slot < 0:
+                for queue in (self._waiting, self._background):
+                    if seq in queue:
+                        queue.remove(seq)
         self._wake.set()
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -150,7 +166,7 @@ class Scheduler:
         running = list(self._running)
         return EngineStats(
             running=len(running),
-            waiting=len(self._waiting),
+            waiting=len(self._waiting) + len(self._background),
             max_running=self.limits.max_running,
             max_queue=self.limits.max_queue,
             slot_tokens=self.layout.slot_len,
@@ -183,9 +199,10 @@ class Scheduler:
                         self._post(seq, exc)
                     self._running.clear()
         with self._lock:
-            left = [*self._running, *self._waiting]
+            left = [*self._running, *self._waiting, *self._background]
             self._running.clear()
             self._waiting.clear()
+            self._background.clear()
         for seq in left:
             if not seq.cancelled:
                 self._post(seq, shutting_down())
@@ -201,6 +218,12 @@ class Scheduler:
                 now = time.perf_counter()
                 while self._waiting and len(self._running) < self.limits.max_running:
                     self._admit(self._waiting.popleft(), now)
+                if not self._waiting and self._background:
+                    slots = self.limits.max_running
+                    if now - self._last_interactive < RESERVE_S and slots > 1:
+                        slots -= 1  # one stays free for the next interactive request
+                    while self._background and len(self._running) < slots:
+                        self._admit(self._background.popleft(), now)
                 if self._running:
                     return True
                 self._wake.clear()
@@ -240,7 +263,7 @@ class Scheduler:
     def _prefill(self, seqs: list[Sequence]) -> None:
         """One chunk of prompt tokens, one forward per run of adjacent slots."""
         budget, chosen = self.limits.prefill_chunk, []
-        for seq in sorted(seqs, key=lambda s: s.slot):
+        for seq in sorted(seqs, key=lambda s: (s.priority, s.slot)):  # interactive first
             if budget <= 0:
                 break
             n = min(len(seq.prompt_ids) - seq.prefilled, budget)

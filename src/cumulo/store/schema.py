@@ -80,10 +80,12 @@ usage = Table(
     Column("tenant_id", String(32), nullable=True),  # 0005
     Column("cost_usd", Float, nullable=True),  # 0005
     Column("guardrail_interventions", Integer, nullable=False, server_default="0"),  # 0005
+    Column("origin", String(16), nullable=True),  # 0010: the job kind ("batch"); NULL: a client
+    Column("job_id", String(40), nullable=True),  # 0010
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
     Index("ix_usage_tenant_ts", "tenant_id", "ts"),
-    # 0010: the console's charts sum these over a time range from the index alone
+    # 0011: the console's charts sum these over a time range from the index alone
     Index(
         "ix_usage_ts_cover",
         "ts",
@@ -96,6 +98,7 @@ usage = Table(
         "tenant_id",
         "latency_ms",
     ),
+    Index("ix_usage_job", "job_id"),
 )
 
 # 0007: alerts (anomalies, budget thresholds) and logged invocations (tenants that opt in)
@@ -201,7 +204,69 @@ file_blobs = Table(
     Column("created_at", Float, nullable=False),
 )
 
-# 0010: console sign-in sessions (`cumulo/console/session.py`): the SHA-256 of each session id,
+# 0010: jobs (cumulo/jobs): the job record, its items (a batch's lines) and its event log.
+# A job's `lease_*` belong to the worker validating or finalizing it; an item's to the worker
+# running it. `ending`: the status a job ends with once finalized (completed, cancelled, expired)
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),  # batch_<32 hex>
+    Column("kind", String(32), nullable=False),
+    Column("tenant_id", String(32), nullable=True),
+    Column("key_id", String(32), nullable=True),  # the owner's key
+    Column("status", String(16), nullable=False),
+    Column("ending", String(16), nullable=True),
+    Column("total", Integer, nullable=False, server_default="0"),
+    Column("completed", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finalizing_at", Float, nullable=True),
+    Column("cancelling_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("params", JSON, nullable=False),
+    Column("input_file_id", String(40), nullable=True),
+    Column("input_sha256", String(64), nullable=True),
+    Column("output_file_id", String(40), nullable=True),
+    Column("error_file_id", String(40), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("concurrency", Integer, nullable=True),
+    Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+    Index("ix_jobs_status", "status", "priority", "created_at"),
+)
+
+job_items = Table(
+    "job_items",
+    metadata,
+    Column("job_id", String(40), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("line_offset", BigInteger, nullable=False),  # where the line starts in the input
+    Column("line_length", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, completed, failed
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("result", Text, nullable=True),  # the output (or error) file's line, JSON
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_job_items_status", "job_id", "status", "idx"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("job_id", String(40), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", Float, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+# 0011: console sign-in sessions (`cumulo/console/session.py`): the SHA-256 of each session id,
 # so that signing out revokes every copy of its cookie
 console_sessions = Table(
     "console_sessions",
@@ -214,7 +279,7 @@ console_sessions = Table(
     Index("ix_console_sessions_expires", "expires_at"),
 )
 
-# 0010: usage summed per UTC day, tenant, key and model (`store/usage_daily.py`), for the
+# 0011: usage summed per UTC day, tenant, key and model (`store/usage_daily.py`), for the
 # console's long ranges; '' stands for no tenant or key. The mark is the last usage id folded.
 usage_daily = Table(
     "usage_daily",

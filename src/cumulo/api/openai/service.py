@@ -129,6 +129,24 @@ def to_chat_request(w: wire.ChatCompletionRequest, max_messages: int) -> ChatReq
     )
 
 
+def to_embedding_request(w: wire.EmbeddingRequestWire, max_inputs: int) -> EmbeddingRequest:
+    inputs = [w.input] if isinstance(w.input, str) else w.input
+    if not inputs:
+        raise InvalidRequest("'input' must not be empty.", param="input")
+    if any(not isinstance(x, str) for x in inputs):
+        raise InvalidRequest(
+            "Token-array input is not supported; send the input as strings.", param="input"
+        )
+    texts = [x for x in inputs if isinstance(x, str)]
+    if any(not x for x in texts):
+        raise InvalidRequest("'input' must not contain empty strings.", param="input")
+    if len(texts) > max_inputs:
+        raise InvalidRequest(
+            f"Too many inputs: {len(texts)}; the limit is {max_inputs}.", param="input"
+        )
+    return EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
+
+
 # -- canonical → wire -------------------------------------------------------------
 
 
@@ -271,22 +289,7 @@ class OpenAIService:
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings."""
         who, w = await self.door.accept(request, wire.EmbeddingRequestWire.model_validate_json)
-        inputs = [w.input] if isinstance(w.input, str) else w.input
-        if not inputs:
-            raise InvalidRequest("'input' must not be empty.", param="input")
-        if any(not isinstance(x, str) for x in inputs):
-            raise InvalidRequest(
-                "Token-array input is not supported; send the input as strings.", param="input"
-            )
-        texts = [x for x in inputs if isinstance(x, str)]
-        if any(not x for x in texts):
-            raise InvalidRequest("'input' must not contain empty strings.", param="input")
-        if len(texts) > self.limits.max_embedding_inputs:
-            raise InvalidRequest(
-                f"Too many inputs: {len(texts)}; the limit is {self.limits.max_embedding_inputs}.",
-                param="input",
-            )
-        req = EmbeddingRequest(model=w.model, inputs=texts, dimensions=w.dimensions, user=w.user)
+        req = to_embedding_request(w, self.limits.max_embedding_inputs)
 
         def render(resp: EmbeddingResponse, info: CallInfo) -> JSONResponse:
             return JSONResponse(

@@ -9,6 +9,7 @@ from types import ModuleType
 
 from cumulo.console.views import (
     audit,
+    batches,
     files,
     guardrails,
     keys,
@@ -29,7 +30,8 @@ VIEWS: tuple[ModuleType, ...] = (
     audit,
     usage,
 )
-# Routes without a navigation entry (sign-in and sign-out).
-EXTRA: tuple[ModuleType, ...] = (signin,)
+# Routes without a navigation entry of their own (sign-in and sign-out; the batches, shown
+# on the files page).
+EXTRA: tuple[ModuleType, ...] = (signin, batches)
 
 __all__ = ["EXTRA", "VIEWS"]

@@ -1,6 +1,6 @@
 """Batches and files: the key's tenant's files (upload, download, delete), through the
 file store exactly as the Files API (`/v1/files`) uses it: the same tenant scoping,
-purposes, size and count limits, and ledger entries."""
+purposes, size and count limits, and ledger entries; and its batches (`views/batches.py`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from cumulo.console.core import Console, Ctx
 from cumulo.console.pages import EVERYONE, Page
+from cumulo.console.views.batches import batch_values
 from cumulo.errors import InvalidRequest, PayloadTooLarge
 from cumulo.files import PURPOSES, UPLOAD_PURPOSES
 
@@ -36,6 +37,7 @@ def routes(console: Console) -> list[Route]:
             ctx,
             "files.html",
             {
+                **await batch_values(console, ctx),
                 "files": page.data,
                 "has_more": page.has_more,
                 "purpose": purpose,

@@ -168,6 +168,17 @@ class Authenticator:
         for key_id in [k for k, r in self._keys.items() if r.tenant_id == tenant_id]:
             self.remove(key_id)
 
+    def principal(self, key_id: str) -> Principal | None:
+        """The principal of an active key by its id, from the cache (a job acting as its
+        owner, a web console session); None once the key is revoked, deleted or expired.
+        The admin key from `CUMULO_ADMIN_KEY` is `ADMIN_ENV_ID`, while that is set."""
+        if key_id == ADMIN_ENV_ID:
+            return self._env_principal() if self._env_admin is not None else None
+        who = self._principals.get(key_id)
+        if who is None or (who.expires_at is not None and time.time() >= who.expires_at):
+            return None
+        return who
+
     def tenant(self, tenant_id: str) -> TenantRow | None:
         return self._tenants.get(tenant_id)
 
@@ -238,17 +249,6 @@ class Authenticator:
             if row is not None and keys.matches(secret, row.secret_hash):
                 return self._admit(key_id)
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
-
-    def principal(self, key_id: str) -> Principal | None:
-        """The principal of key `key_id` as it stands now (a web console session names its
-        key this way): None once the key is revoked, expired or unknown. The admin key from
-        `CUMULO_ADMIN_KEY` is `ADMIN_ENV_ID` while that variable is set."""
-        if key_id == ADMIN_ENV_ID:
-            return self._env_principal() if self._env_admin is not None else None
-        who = self._principals.get(key_id)
-        if who is None or (who.expires_at is not None and time.time() >= who.expires_at):
-            return None
-        return who
 
     @staticmethod
     def _env_principal() -> Principal:

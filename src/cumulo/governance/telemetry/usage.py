@@ -26,6 +26,7 @@ from typing import Any
 
 from cumulo.config import UsageConfig
 from cumulo.governance.telemetry.journal import JournalFile, UsageJournal
+from cumulo.origin import current as current_origin
 from cumulo.store import checkpoints
 from cumulo.store.batches import BatchWriter
 from cumulo.store.db import Store
@@ -52,6 +53,8 @@ class UsageRecord:
     tenant_id: str | None = None
     cost_usd: float | None = None  # None: the deployment has no known price
     guardrail_interventions: int = 0
+    origin: str | None = None  # the job kind whose work this was (`cumulo.origin`); None: a client
+    job_id: str | None = None
     ts: float = 0.0
     # Where the recorder journaled it (not a column): the file and the record's seq there.
     journal: JournalFile | None = field(default=None, repr=False, compare=False)
@@ -89,9 +92,16 @@ class UsageRecorder(BatchWriter[UsageRecord]):
 
     def record(self, rec: UsageRecord) -> None:
         """Journal and queue one record: one write to the OS, no waiting on a disk; safe to
-        call on the request path."""
+        call on the request path. A job's request (`cumulo.origin`) is marked with its origin
+        and job, and its cost multiplied by the job's price multiplier (before the caller
+        charges budgets with it)."""
         if not rec.ts:
             rec.ts = time.time()
+        origin = current_origin()
+        if origin is not None:  # a job's request: marked, and priced at the job's rate
+            rec.origin, rec.job_id = origin.kind, origin.job_id
+            if origin.cost_multiplier is not None and rec.cost_usd:
+                rec.cost_usd *= origin.cost_multiplier
         if self.journal is not None:
             mark = self.journal.append(_values(rec))
             if mark is not None:

@@ -1,0 +1,24 @@
+"""The job runner of one process, assembled from its platform and gateway."""
+
+from __future__ import annotations
+
+from cumulo.jobs.batch.kind import BatchKind
+from cumulo.jobs.runner import JobMetrics, JobRunner
+from cumulo.platform import Platform
+from cumulo.request.gateway import Gateway
+from cumulo.store.jobs import JobTable
+
+
+def job_runner(platform: Platform, gateway: Gateway, owner: str | None = None) -> JobRunner:
+    """A runner (not started) for every job kind, acting through `gateway`."""
+    config = platform.config
+    table = JobTable(platform.store)
+    batch = BatchKind(platform.files, table, gateway, platform.auth, config.jobs, config.server)
+    return JobRunner(
+        table,
+        {batch.name: batch},
+        config.jobs,
+        audit=platform.ledger,
+        metrics=JobMetrics(platform.metrics.registry),
+        owner=owner,
+    )
