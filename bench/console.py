@@ -13,7 +13,8 @@ page --rounds times (after one warm-up), interleaving the two servers:
   usage tenant   /console/usage?range=30d&tenant_id=t7&model=m3
 
 It prints the median ms per page for the large and the small table and their ratio (what
-1,000x the rows costs a page).
+1,000x the rows costs a page); and first, what the console's covering index costs the
+usage writer (100,000 rows in batches of 1,000, with and without it).
 
     python bench/console.py [--rows 1000000] [--rounds 5] [--postgres postgresql://127.0.0.1:5432/test]
 """
@@ -160,6 +161,38 @@ def fill_postgres(base: str, name: str, n: int, now: float, home: Path) -> str:
     return url.replace("postgresql://", "postgresql+asyncpg://")
 
 
+def write_cost(root: Path, n: int = 100_000, batch: int = 1000) -> None:
+    """What the console's covering index costs the usage writer: `n` rows inserted in
+    batches of `batch` (as the usage recorder does), with and without the index, same run."""
+    times: dict[str, list[float]] = {"with ix_usage_ts_cover": [], "without": []}
+    marks = ", ".join("?" * len(COLUMNS))
+    for _round in range(3):
+        for name in times:
+            path = root / f"write-{name.split()[0]}.db"
+            path.unlink(missing_ok=True)
+            if not (root / "schema.db").exists():
+                migrate(f"sqlite:///{root / 'schema.db'}", root)
+            path.write_bytes((root / "schema.db").read_bytes())
+            db = sqlite3.connect(path)
+            if name == "without":
+                db.execute("DROP INDEX ix_usage_ts_cover")
+            data = list(rows(n, time.time()))
+            started = time.perf_counter()
+            for i in range(0, n, batch):
+                with db:
+                    db.executemany(
+                        f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({marks})",
+                        data[i : i + batch],
+                    )
+            times[name].append(time.perf_counter() - started)
+            db.close()
+    with_index, without = (statistics.median(v) for v in times.values())
+    print(f"\nusage writes, {n:,} rows in batches of {batch} (SQLite, median of 3):")
+    print(f"  with ix_usage_ts_cover {n / with_index:>10,.0f} rows/s")
+    print(f"  without                {n / without:>10,.0f} rows/s")
+    print(f"  time with / without    {with_index / without:>10.2f}x")
+
+
 def sign_in(url: str) -> httpx.Client:
     http = httpx.Client(base_url=url, timeout=120)
     token = re.search(r'name="csrf" value="([^"]+)"', http.get("/console/signin").text)
@@ -208,6 +241,7 @@ def main() -> None:
     now = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        write_cost(root)
         for size, n in (("large", args.rows), ("small", 1000)):
             (root / size).mkdir()
             started = time.perf_counter()
