@@ -52,7 +52,8 @@ def routes(console: Console) -> list[Route]:
 
     async def verify(request: Request, ctx: Ctx) -> Response:
         result = (await ledger.verify()).as_dict()
-        return console.render(request, ctx, "_verify.html", {"verification": result})
+        template = "_verify.html" if request.headers.get("hx-request") else "verify.html"
+        return console.render(request, ctx, template, {"verification": result})
 
     return [
         Route("/console/audit", console.view(page, PAGE), methods=["GET"]),
