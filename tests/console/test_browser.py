@@ -354,6 +354,9 @@ def test_start_a_batch_and_watch_it_complete(page: Any, server: CumuloServer, tm
 
 
 def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServer) -> None:
+    chat(server, server.admin_key, text="short")
+    chat(server, server.admin_key, text="a somewhat longer prompt costs a little more")
+    server.usage_rows("admin-env", expect=2)
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     try:
@@ -363,8 +366,13 @@ def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServe
                             ("audit", "Audit"), ("guardrails", "Guardrails")):
             page.goto(f"{server.url}/console/{path}")
             assert page.locator("h1").inner_text() == title
-        page.goto(server.url + "/console/usage?range=1h&sort=model&order=asc")
-        assert page.locator("table.usage tbody tr").count() >= 1
+        page.goto(server.url + "/console/usage?range=1h")
+        page.get_by_role("link", name="Cost").click()  # sorted on the server
+        assert page.locator("th[aria-sort=ascending]").inner_text().startswith("Cost")
+        costs = page.locator("table.usage tbody tr td:nth-child(8)").all_inner_texts()
+        assert len(costs) >= 2
+        values = [float(c.lstrip("$")) if c != "unknown" else -1.0 for c in costs]
+        assert values == sorted(values)
         page.goto(server.url + "/console/overview?range=7d")
         assert page.locator("figure.chart svg").count() >= 3
         page.goto(server.url + "/console/audit")
