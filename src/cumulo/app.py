@@ -32,6 +32,8 @@ from cumulo.api.batches import routes as batch_routes
 from cumulo.api.bedrock.guardrail import bedrock_authenticator, guardrail_routes
 from cumulo.api.bedrock.router import routes as bedrock_routes
 from cumulo.api.bedrock.service import BedrockService
+from cumulo.api.evals import EvalService
+from cumulo.api.evals import routes as eval_routes
 from cumulo.api.files import FilesService
 from cumulo.api.files import routes as file_routes
 from cumulo.api.http import DisconnectWatch, Handler, JSONResponse, error_response
@@ -42,6 +44,7 @@ from cumulo.console import console_routes
 from cumulo.errors import CumuloError, NotFound
 from cumulo.jobs.setup import job_runner
 from cumulo.platform import Platform
+from cumulo.store.evals import EvalTable
 from cumulo.store.jobs import JobTable
 
 log = logging.getLogger(__name__)
@@ -150,6 +153,14 @@ def create_app(
         batches = BatchService(
             platform.auth, platform.files, JobTable(platform.store), platform.ledger, runner
         )
+        evals = EvalService(
+            platform.auth,
+            platform.files,
+            EvalTable(platform.store),
+            JobTable(platform.store),
+            platform.ledger,
+            runner,
+        )
         limits = platform.config.server
         routes = [
             *openai_routes(
@@ -158,6 +169,7 @@ def create_app(
             *bedrock_routes(BedrockService(platform.auth, gateway, limits, disconnects)),
             *anthropic_routes(AnthropicService(platform.auth, gateway, limits, disconnects)),
             *batch_routes(batches),
+            *eval_routes(evals),
             *admin_routes(
                 AdminService(
                     platform.auth,

@@ -121,8 +121,66 @@ class StreamEnd:
     queue_ms: float | None = None  # time spent waiting for a local engine slot
 
 
-StreamEvent: TypeAlias = TextDelta | ToolCallDelta | StreamEnd
+@dataclass(slots=True)
+class TokenLogprob:
+    """One token of a completion (or of its prompt, when echoed) and its log probability.
+
+    `logprob` is None for a prompt's first token (nothing precedes it); `top` maps the most
+    likely tokens at that position to theirs (None where `logprob` is); `offset` is where
+    the token's text starts in the choice's text, in characters."""
+
+    token: str
+    logprob: float | None
+    top: dict[str, float] | None
+    offset: int
+
+
+@dataclass(slots=True)
+class LogprobsDelta:
+    """The log probabilities of the tokens whose text comes in the next `TextDelta`s
+    (completion streams only)."""
+
+    tokens: list[TokenLogprob]
+
+
+StreamEvent: TypeAlias = TextDelta | ToolCallDelta | LogprobsDelta | StreamEnd
 ChatStream: TypeAlias = AsyncIterator[StreamEvent]
+
+
+@dataclass(slots=True)
+class CompletionRequest:
+    """A text completion of each prompt: text, or token ids of the model's tokenizer.
+
+    `params.max_tokens` may be 0 (the prompt is only read). `echo` puts each prompt before
+    its completion; `logprobs`, when set, asks for each token's log probability and that
+    many most likely tokens at each position (the prompt's too, with `echo`)."""
+
+    model: str
+    prompts: list[str | list[int]]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    echo: bool = False
+    logprobs: int | None = None
+    stream: bool = False
+    user: str | None = None
+
+
+@dataclass(slots=True)
+class CompletionChoice:
+    text: str
+    finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class CompletionResponse:
+    """One choice per prompt, in the prompts' order."""
+
+    id: str
+    model: str
+    created: int
+    choices: list[CompletionChoice]
+    usage: Usage
+    queue_ms: float | None = None
 
 
 @dataclass(slots=True)

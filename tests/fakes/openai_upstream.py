@@ -21,6 +21,10 @@ chosen by the upstream model id the request names (a deployment's `model`):
     malformed         200 with a body that is not JSON (a broken chunk when streaming)
     embed             embeddings: a deterministic 8-float vector per input
     embed-reversed    the same, listed in reverse order (each item keeps its index)
+    completions       text completions (`/completions`): each prompt's words, reversed,
+                      with made-up log probabilities (-0.5 a word); streams word by word.
+                      Any other model's `/completions` is a 404, as at an upstream that
+                      serves chat only
 
 Any path ending in `/chat/completions` or `/embeddings` is served, so Azure
 style URLs (`/openai/deployments/<name>/chat/completions?api-version=…`) work.
@@ -233,6 +237,8 @@ class FakeOpenAIUpstream:
                 return _error(429, "Rate limit reached.", headers={"Retry-After": arg})
         if request.path.endswith("/embeddings"):
             return self._embeddings(body, behaviour)
+        if request.path.endswith("/v1/completions") and behaviour == "completions":
+            return await self._text_completion(request, body)
         if not request.path.endswith("/chat/completions"):
             return _error(404, f"Unknown path {request.path}.")
         if behaviour == "malformed" and not body.get("stream"):
@@ -328,6 +334,44 @@ class FakeOpenAIUpstream:
             await resp.write(b"data: " + json.dumps({**head, "choices": [], "usage": {
                 "prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _text_completion(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) or (
+            isinstance(prompt, list) and prompt and isinstance(prompt[0], int)) else list(prompt or [])
+        texts = [" ".join(reversed(str(p).split())) for p in prompts]
+
+        def logprobs(text: str) -> dict[str, Any] | None:
+            if body.get("logprobs") is None:
+                return None
+            words = _pieces(text)
+            offsets = [sum(len(w) for w in words[:i]) for i in range(len(words))]
+            return {"tokens": words, "token_logprobs": [-0.5] * len(words),
+                    "top_logprobs": [{w: -0.5} for w in words], "text_offset": offsets}
+
+        usage = {"prompt_tokens": sum(len(str(p).split()) for p in prompts),
+                 "completion_tokens": sum(len(t.split()) for t in texts)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        head = {"id": "cmpl-fake0001", "object": "text_completion", "created": CREATED,
+                "model": body["model"]}
+        if not body.get("stream"):
+            return web.json_response({**head, "usage": usage, "choices": [
+                {"index": i, "text": t, "logprobs": logprobs(t), "finish_reason": "stop"}
+                for i, t in enumerate(texts)]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for piece in _pieces(texts[0]):
+            chunk = {**head, "choices": [{"index": 0, "text": piece, "logprobs": logprobs(piece),
+                                          "finish_reason": None}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        end = {**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                    "finish_reason": "stop"}]}
+        await resp.write(b"data: " + json.dumps(end).encode() + b"\n\n")
+        await resp.write(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode()
+                         + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

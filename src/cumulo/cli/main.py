@@ -13,6 +13,7 @@ from cumulo.cli.alerts import alerts, invocations
 from cumulo.cli.batch import batch
 from cumulo.cli.calls import chat, embed
 from cumulo.cli.common import DEFAULT_URL, Ctx
+from cumulo.cli.evals import eval_
 from cumulo.cli.files import files
 from cumulo.cli.keys import keys
 from cumulo.cli.ledger import ledger
@@ -71,6 +72,7 @@ for command in (
     engine,
     tls,
     batch,
+    eval_,
 ):
     cli.add_command(command)
 

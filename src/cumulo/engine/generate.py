@@ -15,7 +15,13 @@ from collections.abc import AsyncGenerator
 
 from cumulo import origin
 from cumulo.engine.loader import CausalLM
-from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
+from cumulo.engine.params import (
+    Finished,
+    GenerationEvent,
+    GenerationParams,
+    TextPiece,
+    TokenLogprobs,
+)
 from cumulo.engine.scheduler import EngineLimits, Posted, Scheduler, Sequence
 from cumulo.engine.stats import EngineStats
 from cumulo.errors import CumuloError, UpstreamError
@@ -27,6 +33,7 @@ __all__ = [
     "GenerationEvent",
     "GenerationParams",
     "TextPiece",
+    "TokenLogprobs",
 ]
 
 
@@ -38,6 +45,8 @@ class ChatEngine:
     ) -> None:
         self.lm = lm
         self.scheduler = Scheduler(lm, limits or EngineLimits(), name=name)
+        # Token ids the model reads: its input embeddings' rows.
+        self.vocab_size = int(lm.model.get_input_embeddings().weight.shape[0])
 
     @property
     def max_context(self) -> int:
@@ -55,7 +64,8 @@ class ChatEngine:
     async def generate(
         self, prompt_ids: list[int], params: GenerationParams
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """Yield `TextPiece`s then one `Finished`; closing the iterator cancels the request.
+        """Yield `TextPiece`s (and `TokenLogprobs`, when `params` ask for them) then one
+        `Finished`; closing the iterator cancels the request.
 
         Raises `RateLimited` when the queue is full and `Unavailable` once closing.
         """

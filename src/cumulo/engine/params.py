@@ -12,9 +12,11 @@ from cumulo.engine.sampling import SamplingConfig
 class GenerationParams:
     """What to generate for one request, already validated against the model."""
 
-    max_new_tokens: int
+    max_new_tokens: int  # 0: only the prompt is read (for its log probabilities)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # each sampled token's log probability and this many top ones
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first
 
 
 @dataclass(slots=True)
@@ -39,4 +41,20 @@ class Finished:
     queue_ms: float = 0.0
 
 
-GenerationEvent: TypeAlias = TextPiece | Finished
+@dataclass(slots=True)
+class TokenLogprobs:
+    """Log probabilities of tokens, as the model gave them (before temperature or penalties).
+
+    `prompt`: of prompt tokens, in order from the second (the first has none), all posted
+    once the prompt is read; else of one sampled token, posted before its text. `tokens[i]`
+    had log probability `logprobs[i]`; `top[i]` holds the most likely tokens at that
+    position, with theirs, most likely first.
+    """
+
+    tokens: list[int]
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]]
+    prompt: bool = False
+
+
+GenerationEvent: TypeAlias = TextPiece | TokenLogprobs | Finished

@@ -26,6 +26,12 @@ are served as full-attention ones). Tokens are sampled per request (`Sampler`: i
 generator), detokenized incrementally with stop strings (`IncrementalText`) and
 handed to the request's `sink`, which must not block.
 
+Log probabilities come from the same forwards: a request that asks for its prompt's
+(`prompt_logprobs`) has the head run over every position of its prefill chunks, and one
+that asks for its tokens' (`logprobs`) has the log-softmax of the logits its token is
+sampled from (`TokenLogprobs`, the model's own distribution, before temperature or
+penalties). A request with `max_new_tokens` 0 finishes once its prompt is read.
+
 Greedy results do not depend on the batch up to floating-point rounding: a row
 computed in a batch of 8 may differ in the last bits from the same row alone,
 which bf16 can turn into a different token after many steps (fp32 agrees in
@@ -48,7 +54,13 @@ import torch
 from cumulo.engine.detok import IncrementalText
 from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import CausalLM
-from cumulo.engine.params import Finished, GenerationEvent, GenerationParams, TextPiece
+from cumulo.engine.params import (
+    Finished,
+    GenerationEvent,
+    GenerationParams,
+    TextPiece,
+    TokenLogprobs,
+)
 from cumulo.engine.sampling import Sampler
 from cumulo.engine.stats import EngineStats, Recent, p50
 from cumulo.errors import RateLimited, Unavailable
@@ -86,6 +98,7 @@ class Sequence:
     prefilled: int = 0  # prompt tokens written in the cache
     next_input: int | None = None  # sampled, not yet fed to the model
     tokens: list[int] = field(default_factory=list)  # sampled so far
+    prompt_logprobs: TokenLogprobs | None = None  # gathered chunk by chunk, when asked for
     queue_ms: float = 0.0
     priority: int = INTERACTIVE  # above: background work (`cumulo.origin`), admitted after
     cancelled: bool = False
@@ -284,15 +297,46 @@ class Scheduler:
                 pos[b] = torch.arange(seq.prefilled, seq.prefilled + width)
             counts = torch.tensor([n for _, n in run])
             hidden = self._forward(run[0][0].slot, run[-1][0].slot + 1, ids, pos, counts)
-            last_rows, ready = [], []
+            last_rows, ready = [], []  # sampled from hidden states through the head
+            logit_rows, ready_logits = [], []  # from logits the prompt's log probabilities had
             for b, (seq, n) in enumerate(run):
+                last = None
+                if seq.params.prompt_logprobs is not None:
+                    last = self._prompt_logprobs(seq, self._logits(hidden[b, :n]))
                 seq.prefilled += n
                 seq.length += n
                 if seq.prefilled == len(seq.prompt_ids):
-                    last_rows.append(hidden[b, n - 1])
-                    ready.append(seq)
+                    if seq.prompt_logprobs is not None:
+                        self._post(seq, seq.prompt_logprobs)
+                    if seq.params.max_new_tokens <= 0:
+                        self._finish(seq, "length")
+                        continue
+                    if last is None:
+                        last_rows.append(hidden[b, n - 1])
+                        ready.append(seq)
+                    else:
+                        logit_rows.append(last)
+                        ready_logits.append(seq)
             if ready:
-                self._sample(ready, self._head(torch.stack(last_rows)))
+                self._sample(ready, self._logits(torch.stack(last_rows)))
+            if ready_logits:
+                self._sample(ready_logits, torch.stack(logit_rows))
+
+    def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> torch.Tensor:
+        """Gather the log probabilities of this chunk's next prompt tokens from `logits`
+        [n, vocab] (position j predicts token j + 1); return the last row's logits."""
+        top_n = seq.params.prompt_logprobs or 0
+        start = seq.prefilled
+        targets = seq.prompt_ids[start + 1 : start + 1 + logits.shape[0]]
+        if seq.prompt_logprobs is None:
+            seq.prompt_logprobs = TokenLogprobs([], [], [], prompt=True)
+        if targets:
+            gathered = _logprobs(logits[: len(targets)], targets, top_n)
+            out = seq.prompt_logprobs
+            out.tokens += targets
+            out.logprobs += gathered[0]
+            out.top += gathered[1]
+        return logits[-1]
 
     def _decode(self) -> None:
         """One token for every running sequence that has one to feed."""
@@ -313,6 +357,10 @@ class Scheduler:
             seq.next_input = None
         rows = torch.tensor([seq.slot for seq in active], device=hidden.device)
         self._sample(active, self._head(hidden[rows, 0]))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self._head(hidden)
+        return logits
 
     def _forward(
         self, lo: int, hi: int, ids: torch.Tensor, pos: torch.Tensor, counts: torch.Tensor
@@ -350,6 +398,9 @@ class Scheduler:
             if token in self.lm.stop_token_ids:
                 self._finish(seq, "stop")
                 continue
+            if seq.params.logprobs is not None:
+                values, top = _logprobs(row.unsqueeze(0), [token], seq.params.logprobs)
+                self._post(seq, TokenLogprobs([token], values, top))
             piece = seq.text.push(token)
             if piece:
                 self._post(seq, TextPiece(piece))
@@ -372,3 +423,18 @@ class Scheduler:
     def _post(seq: Sequence, item: Posted) -> None:
         if not seq.cancelled and not seq.sink(item):
             seq.cancelled = True
+
+
+def _logprobs(
+    logits: torch.Tensor, targets: list[int], top_n: int
+) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Each row's log probability of its target token, and its `top_n` most likely tokens."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    index = torch.tensor(targets, device=logp.device).unsqueeze(1)
+    values: list[float] = logp.gather(1, index).squeeze(1).tolist()
+    if top_n <= 0:
+        return values, [[] for _ in targets]
+    best = torch.topk(logp, min(top_n, logp.shape[-1]), dim=-1)
+    ids: list[list[int]] = best.indices.tolist()
+    probs: list[list[float]] = best.values.tolist()
+    return values, [list(zip(i, p, strict=True)) for i, p in zip(ids, probs, strict=True)]

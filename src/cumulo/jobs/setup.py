@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cumulo.jobs.batch.kind import BatchKind
+from cumulo.jobs.evals.kind import EvalKind
 from cumulo.jobs.runner import JobMetrics, JobRunner
 from cumulo.platform import Platform
 from cumulo.request.gateway import Gateway
@@ -14,9 +15,10 @@ def job_runner(platform: Platform, gateway: Gateway, owner: str | None = None) -
     config = platform.config
     table = JobTable(platform.store)
     batch = BatchKind(platform.files, table, gateway, platform.auth, config.jobs, config.server)
+    evals = EvalKind(platform.files, gateway, platform.auth, config.jobs)
     return JobRunner(
         table,
-        {batch.name: batch},
+        {batch.name: batch, evals.name: evals},
         config.jobs,
         audit=platform.ledger,
         metrics=JobMetrics(platform.metrics.registry),

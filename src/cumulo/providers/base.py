@@ -16,7 +16,8 @@ the life of the process, and closed at shutdown. It must:
   error answer becomes an error through `providers.http.status_error`, which logs the
   upstream's text and never puts it in the message callers see.
 
-Methods a provider does not support raise `InvalidRequest`.
+Methods a provider does not support raise `InvalidRequest`; for completions it names
+the model (`no_completions`), so a caller learns to use chat completions for it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from cumulo.types import (
     ChatRequest,
     ChatResponse,
     ChatStream,
+    CompletionRequest,
+    CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ModelKind,
@@ -115,6 +118,30 @@ class Provider(ABC):
         raise InvalidRequest(
             f"{self.deployment.provider} deployments do not serve embeddings", param="model"
         )
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """Text completions (`/v1/completions`): one choice per prompt, in order."""
+        raise self.no_completions(request.model)
+
+    def stream_complete(self, request: CompletionRequest) -> ChatStream:
+        """The completion of one prompt as a stream: `TextDelta`s, `LogprobsDelta`s before
+        the text they cover (when log probabilities are asked for), one `StreamEnd`."""
+        raise self.no_completions(request.model)
+
+    def no_completions(self, model: str) -> InvalidRequest:
+        """The answer for a model whose deployment does not serve text completions."""
+        return InvalidRequest(
+            f"The model '{model}' does not support /v1/completions: its deployment "
+            f"'{self.label}' ({self.deployment.provider}) serves chat completions only; "
+            "use /v1/chat/completions.",
+            param="model",
+            code="completions_not_supported",
+        )
+
+    def tokenizer(self) -> Any | None:
+        """The tokenizer of a model this provider serves in this process (a Hugging Face
+        tokenizer), None if it has none here."""
+        return None
 
     def stats(self) -> dict[str, Any] | None:
         """The figures of a serving engine this provider runs in this process (for

@@ -9,6 +9,7 @@ transformers are imported by `start()`, so importing this module is cheap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import threading
 import time
@@ -22,22 +23,28 @@ from cumulo.providers.base import Provider, ProviderContext
 from cumulo.types import (
     ChatRequest,
     ChatResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     FinishReason,
+    LogprobsDelta,
     Message,
     ModelKind,
     SamplingParams,
     StreamEnd,
     StreamEvent,
     TextDelta,
+    TokenLogprob,
     Usage,
 )
 
 if TYPE_CHECKING:
     from cumulo.config import DeploymentConfig
+    from cumulo.engine.completions import PromptRun, TokenStrings
     from cumulo.engine.embeddings import Embedder
-    from cumulo.engine.generate import ChatEngine, GenerationParams
+    from cumulo.engine.generate import ChatEngine, Finished, GenerationParams
     from cumulo.engine.stats import EngineStats
 
 _LOADS = threading.Lock()  # see LocalProvider._load
@@ -56,6 +63,12 @@ class LocalProvider(Provider):
     `InvalidRequest`; `max_tokens` beyond the room left is cut to that room
     (finish reason `length`). The reply's `queue_ms` is the time it waited for
     a slot.
+
+    Text completions (`complete`) run each prompt, text or token ids, through the same
+    engine, with the log probabilities the engine computes in its batched forwards; a
+    text prompt is tokenized as the model's tokenizer does by default (special tokens
+    such as a BOS added). The prompt plus `max_tokens` must fit the window; `max_tokens`
+    0 reads the prompt only.
     """
 
     def __init__(self, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> None:
@@ -63,6 +76,7 @@ class LocalProvider(Provider):
         self._worker: ChatEngine | None = None
         self._embedder: Embedder | None = None
         self._closed = False
+        self._token_strings: TokenStrings | None = None
 
     @classmethod
     def check(cls, deployment: DeploymentConfig, kind: ModelKind) -> None:
@@ -167,7 +181,7 @@ class LocalProvider(Provider):
         )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        from cumulo.engine.generate import Finished
+        from cumulo.engine.generate import Finished, TextPiece
 
         worker = self._chat_worker()
         prompt_ids = self._encode_prompt(worker, request.messages)
@@ -179,7 +193,7 @@ class LocalProvider(Provider):
                     reason: FinishReason = event.finish_reason
                     usage = Usage(event.prompt_tokens, event.completion_tokens)
                     yield StreamEnd(finish_reason=reason, usage=usage, queue_ms=event.queue_ms)
-                else:
+                elif isinstance(event, TextPiece):
                     yield TextDelta(event.text)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
@@ -189,6 +203,121 @@ class LocalProvider(Provider):
             raise self._not_serving()
         vectors, tokens = await self._embedder.embed(request.inputs, request.dimensions)
         return EmbeddingResponse(model=request.model, vectors=vectors, usage=Usage(tokens, 0))
+
+    def tokenizer(self) -> Any | None:
+        return None if self._worker is None else self._worker.lm.tokenizer
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """Every prompt checked first; then at most `max_running` of them in the engine at
+        once (more would only wait in its queue, which other callers share); if one
+        fails, the others are cancelled."""
+        runs = [self._prompt_run(request, i) for i in range(len(request.prompts))]
+        room = asyncio.Semaphore(self.deployment.max_running)
+
+        async def run(r: PromptRun) -> CompletionChoice:
+            parts: list[str] = []
+            tokens: list[TokenLogprob] = []
+            async with room, aclosing(r.events()) as events:
+                async for piece in events:
+                    if isinstance(piece, str):
+                        parts.append(piece)
+                    else:
+                        tokens += piece
+            end = self._ended(r)
+            logprobs = tokens if request.logprobs is not None else None
+            return CompletionChoice("".join(parts), end.finish_reason, logprobs)
+
+        tasks = [asyncio.ensure_future(run(r)) for r in runs]
+        try:
+            choices = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        ends = [self._ended(r) for r in runs]
+        return CompletionResponse(
+            id=f"cmpl-{secrets.token_hex(12)}",
+            model=request.model,
+            created=int(time.time()),
+            choices=list(choices),
+            usage=Usage(sum(e.prompt_tokens for e in ends), sum(e.completion_tokens for e in ends)),
+            queue_ms=max(e.queue_ms for e in ends),
+        )
+
+    async def stream_complete(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[StreamEvent, None]:
+        if len(request.prompts) != 1:
+            raise InvalidRequest("A streamed completion takes one prompt.", param="prompt")
+        r = self._prompt_run(request, 0)
+        async with aclosing(r.events()) as events:
+            async for piece in events:
+                yield TextDelta(piece) if isinstance(piece, str) else LogprobsDelta(piece)
+        end = self._ended(r)
+        usage = Usage(end.prompt_tokens, end.completion_tokens)
+        yield StreamEnd(finish_reason=end.finish_reason, usage=usage, queue_ms=end.queue_ms)
+
+    def _prompt_run(self, request: CompletionRequest, index: int) -> PromptRun:
+        """Prompt `index` of `request`, checked against the model, ready to run."""
+        from cumulo.engine.completions import PromptRun
+
+        worker = self._completions_worker()
+        tokenizer = worker.lm.tokenizer
+        prompt = request.prompts[index]
+        param = "prompt" if len(request.prompts) == 1 else f"prompt.{index}"
+        if isinstance(prompt, str):
+            ids: list[int] = tokenizer(prompt)["input_ids"]
+            text = prompt
+        else:
+            vocab = worker.vocab_size
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    f"Token id {bad} is not in this model's vocabulary (0 to {vocab - 1}).",
+                    param=param,
+                )
+            ids, text = list(prompt), tokenizer.decode(prompt)
+        if not ids:
+            raise InvalidRequest("The prompt must not be empty.", param=param)
+        max_tokens = request.params.max_tokens
+        window = worker.max_context
+        if len(ids) > window or (len(ids) == window and max_tokens != 0):
+            raise InvalidRequest(
+                f"this model's context window is {window} tokens; the prompt uses {len(ids)} "
+                "tokens" + ("" if max_tokens == 0 else ", leaving no room for a completion"),
+                param=param,
+                code="context_length_exceeded",
+            )
+        params = self._generation_params(worker, request.params, len(ids), allow_zero=True)
+        if request.logprobs is not None:
+            prompt_logprobs = request.logprobs if request.echo else None
+            params = dataclasses.replace(
+                params, logprobs=request.logprobs, prompt_logprobs=prompt_logprobs
+            )
+        return PromptRun(worker, self._strings(worker), ids, params, text if request.echo else None)
+
+    def _strings(self, worker: ChatEngine) -> TokenStrings:
+        from cumulo.engine.completions import TokenStrings
+
+        if self._token_strings is None or self._token_strings.tokenizer is not worker.lm.tokenizer:
+            self._token_strings = TokenStrings(worker.lm.tokenizer)
+        return self._token_strings
+
+    @staticmethod
+    def _ended(run: PromptRun) -> Finished:
+        if run.end is None:  # the engine's contract guarantees it
+            raise UpstreamError("the local model stopped before finishing the completion")
+        return run.end
+
+    def _completions_worker(self) -> ChatEngine:
+        if self.kind != "chat":
+            raise InvalidRequest(
+                "this local deployment serves embeddings, not completions", param="model"
+            )
+        if self._worker is None:
+            raise self._not_serving()
+        return self._worker
 
     def _check_memory(self, path: Path) -> None:
         """Refuse, before loading, a model whose weights do not fit in memory."""
@@ -241,7 +370,7 @@ class LocalProvider(Provider):
 
     @staticmethod
     def _generation_params(
-        worker: ChatEngine, p: SamplingParams, prompt_tokens: int
+        worker: ChatEngine, p: SamplingParams, prompt_tokens: int, *, allow_zero: bool = False
     ) -> GenerationParams:
         from cumulo.engine.generate import GenerationParams
         from cumulo.engine.sampling import SamplingConfig
@@ -252,8 +381,9 @@ class LocalProvider(Provider):
             raise InvalidRequest("top_p must be between 0 and 1", param="top_p")
         if p.top_k is not None and p.top_k < 0:
             raise InvalidRequest("top_k must be at least 0", param="top_k")
-        if p.max_tokens is not None and p.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+        least = 0 if allow_zero else 1
+        if p.max_tokens is not None and p.max_tokens < least:
+            raise InvalidRequest(f"max_tokens must be at least {least}", param="max_tokens")
         room = worker.max_context - prompt_tokens
         sampling = SamplingConfig(
             temperature=1.0 if p.temperature is None else float(p.temperature),
@@ -264,7 +394,7 @@ class LocalProvider(Provider):
             frequency_penalty=p.frequency_penalty or 0.0,
         )
         return GenerationParams(
-            max_new_tokens=min(p.max_tokens or room, room),
+            max_new_tokens=min(room if p.max_tokens is None else p.max_tokens, room),
             sampling=sampling,
             stop=tuple(p.stop),
         )

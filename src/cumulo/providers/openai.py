@@ -1,5 +1,9 @@
 """`openai`: any upstream speaking OpenAI's chat-completions and embeddings API.
 
+Text completions (`/v1/completions`, OpenAI's legacy API) pass through to upstreams that
+serve them (vLLM, OpenAI's instruct models ...); an upstream without the endpoint (404 or
+405) is a 400 naming the model.
+
 OpenAI itself, Azure OpenAI (`auth_header: api-key` and `api_version`; the
 `base_url` is the deployment's URL), vLLM, Ollama, TGI and other compatible
 servers. Spec: https://platform.openai.com/docs/api-reference/chat
@@ -30,12 +34,17 @@ from cumulo.types import (
     ChatRequest,
     ChatResponse,
     ChatStream,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     FinishReason,
+    LogprobsDelta,
     Message,
     StreamEnd,
     TextDelta,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -209,6 +218,97 @@ class OpenAIProvider(Provider):
             raise UpstreamError("Upstream closed the stream before it finished.")
         yield StreamEnd(finish, usage)
 
+    def _completion_body(self, req: CompletionRequest, stream: bool) -> JSON:
+        p = req.params
+        prompts = req.prompts
+        body: JSON = {
+            "model": self.deployment.model,
+            "prompt": prompts[0] if len(prompts) == 1 and isinstance(prompts[0], str) else prompts,
+        }
+        for key, value in (
+            ("max_tokens", p.max_tokens),
+            ("temperature", p.temperature),
+            ("top_p", p.top_p),
+            ("seed", p.seed),
+            ("presence_penalty", p.presence_penalty),
+            ("frequency_penalty", p.frequency_penalty),
+            ("stop", p.stop or None),
+            ("logprobs", req.logprobs),
+            ("echo", req.echo or None),
+            ("user", req.user),
+        ):
+            if value is not None:
+                body[key] = value
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        try:
+            data = await self._post_json("completions", self._completion_body(request, False))
+        except _NoEndpoint as exc:
+            raise self.no_completions(request.model) from exc
+        try:
+            choices = sorted(data["choices"], key=lambda c: int(c.get("index", 0)))
+            return CompletionResponse(
+                id=str(data.get("id") or ""),
+                model=request.model,
+                created=int(data.get("created") or 0),
+                choices=[
+                    CompletionChoice(
+                        str(c.get("text") or ""),
+                        _FINISH.get(c.get("finish_reason") or "stop", "stop"),
+                        _logprobs(c.get("logprobs")),
+                    )
+                    for c in choices
+                ],
+                usage=_usage(data.get("usage")),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise UpstreamError("Upstream returned a malformed completion.") from exc
+
+    async def stream_complete(self, request: CompletionRequest) -> ChatStream:
+        body = self._completion_body(request, stream=True)
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        try:
+            async with self._request("completions", body) as resp:
+                try:
+                    async for raw in resp.content:
+                        line = raw.strip()
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            break
+                        chunk = orjson.loads(payload)
+                        if chunk.get("error"):
+                            raise status_error(self, 0, _error_message(chunk))
+                        if chunk.get("usage"):
+                            usage = _usage(chunk["usage"])
+                        for choice in chunk.get("choices") or ():
+                            tokens = _logprobs(choice.get("logprobs"))
+                            if tokens:
+                                yield LogprobsDelta(tokens)
+                            if choice.get("text"):
+                                yield TextDelta(choice["text"])
+                            if choice.get("finish_reason"):
+                                finish = _FINISH.get(choice["finish_reason"], "stop")
+                except TimeoutError as exc:
+                    raise UpstreamTimeout("Upstream timed out during the stream.") from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError(
+                        f"Upstream connection failed mid-stream: {type(exc).__name__}."
+                    ) from exc
+                except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+                    raise UpstreamError("Upstream sent a malformed stream chunk.") from exc
+        except _NoEndpoint as exc:
+            raise self.no_completions(request.model) from exc
+        if finish is None:
+            raise UpstreamError("Upstream closed the stream before it finished.")
+        yield StreamEnd(finish, usage)
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         body: JSON = {
             "model": self.deployment.model,
@@ -262,10 +362,16 @@ async def _send(
         raise UpstreamError(f"Cannot reach upstream: {type(exc).__name__}.") from exc
     if resp.status >= 300:
         try:
+            if path == "completions" and resp.status in (404, 405):
+                raise _NoEndpoint
             await _raise_for_status(p, resp)
         finally:
             resp.release()
     return resp
+
+
+class _NoEndpoint(Exception):
+    """The upstream does not serve this path (404 or 405)."""
 
 
 class _Call:
@@ -326,6 +432,29 @@ def _usage(data: Any) -> Usage:
     if not isinstance(data, dict):
         return Usage()
     return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+
+
+def _logprobs(data: Any) -> list[TokenLogprob] | None:
+    """OpenAI's completion `logprobs` object as canonical tokens."""
+    if not isinstance(data, dict):
+        return None
+    tokens = data.get("tokens") or []
+    values = data.get("token_logprobs") or []
+    tops = data.get("top_logprobs") or []
+    offsets = data.get("text_offset") or []
+    out = []
+    for i, token in enumerate(tokens):
+        value = values[i] if i < len(values) else None
+        top = tops[i] if i < len(tops) else None
+        out.append(
+            TokenLogprob(
+                str(token),
+                None if value is None else float(value),
+                None if top is None else {str(k): float(v) for k, v in top.items()},
+                int(offsets[i]) if i < len(offsets) else 0,
+            )
+        )
+    return out
 
 
 def _message(m: Message) -> JSON:

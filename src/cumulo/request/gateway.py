@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from cumulo.errors import NotFound, UpstreamTimeout
+from cumulo.errors import InvalidRequest, NotFound, UpstreamTimeout
 from cumulo.governance.chain import Admission, Governance
 from cumulo.governance.guardrails import GuardrailSet, Verdict
 from cumulo.governance.identity.auth import Principal
@@ -40,8 +40,12 @@ from cumulo.types import (
     ChatRequest,
     ChatResponse,
     ChatStream,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    Message,
     ModelKind,
     StreamEnd,
     StreamEvent,
@@ -56,6 +60,11 @@ def estimate_prompt_tokens(req: ChatRequest) -> int:
     """A cheap estimate (about 4 characters a token) for context-window routing."""
     chars = sum(len(m.content or "") for m in req.messages)
     return chars // 4
+
+
+def estimate_completion_prompt_tokens(req: CompletionRequest) -> int:
+    """As `estimate_prompt_tokens`; token-id prompts count exactly."""
+    return sum(len(p) // 4 if isinstance(p, str) else len(p) for p in req.prompts)
 
 
 class Gateway:
@@ -231,9 +240,28 @@ class Gateway:
         if verdict is not None and verdict.blocked:
             return BlockedStream(self._blocked(ctx, req, verdict))
 
+        return await self._open_stream(
+            ctx,
+            req,
+            guards,
+            lambda p, m: p.stream(self._for_model(req, m)),
+            estimate_prompt_tokens(req),
+        )
+
+    async def _open_stream(
+        self,
+        ctx: RequestContext,
+        req: ChatRequest,
+        guards: GuardrailSet | None,
+        open_inner: Callable[[Provider, str], ChatStream],
+        prompt_tokens: int,
+    ) -> MeteredStream:
+        """Route a stream: failover until its first event (each attempt bounded by its
+        model's `routing.ttft_timeout_s`), then metered as it goes."""
+
         async def attempt(model: str, provider: Provider) -> tuple[StreamEvent, ChatStream]:
             ttft_timeout = self.router.routes[model].config.routing.ttft_timeout_s
-            inner = provider.stream(self._for_model(req, model))
+            inner = open_inner(provider, model)
             timeout = asyncio.timeout(ttft_timeout)
             try:
                 async with timeout:
@@ -250,9 +278,127 @@ class Gateway:
                 raise
             return first, inner
 
-        lease = await self._route(ctx, "chat", attempt, estimate_prompt_tokens(req))
+        lease = await self._route(ctx, "chat", attempt, prompt_tokens)
         ctx.request = req
         return MeteredStream(ctx, lease, self.guarding, guards, self.in_flight)
+
+    def _guard_prompts(
+        self, ctx: RequestContext, req: CompletionRequest
+    ) -> tuple[GuardrailSet | None, CompletionRequest, ChatRequest, Verdict | None]:
+        """A completion's prompts through the input guardrails, as the user messages of a
+        chat request (also what the invocation log keeps). Token-id prompts cannot be
+        read by guardrails: where any apply, they are refused."""
+        texts = [p for p in req.prompts if isinstance(p, str)]
+        view = ChatRequest(req.model, [Message("user", t) for t in texts], req.params)
+        guards, checked, verdict = self._guard_input(ctx, view)
+        if guards is None:
+            return None, req, view, None
+        if len(texts) != len(req.prompts):
+            ctx.settle(status=400, error="invalid_request_error")
+            raise InvalidRequest(
+                f"Guardrails apply to the model '{req.model}', and they read text: send the "
+                "prompt as text, not token ids.",
+                param="prompt",
+            )
+        if checked is not view and verdict is not None and not verdict.blocked:
+            prompts: list[str | list[int]] = [m.content or "" for m in checked.messages]
+            req = dataclasses.replace(req, prompts=prompts)
+        return guards, req, checked, verdict
+
+    async def complete(
+        self,
+        who: Principal,
+        req: CompletionRequest,
+        endpoint: str,
+        client: str | None = None,
+        defer: Defer | None = None,
+    ) -> tuple[CompletionResponse, CallInfo]:
+        """Text completions, as `chat`; input guardrails read the prompts, output
+        guardrails each choice's text."""
+        ctx = self._context(who, endpoint, req.model, False, client)
+        guards, req, view, verdict = self._guard_prompts(ctx, req)
+        if verdict is not None and verdict.blocked:
+            reply = self._blocked(ctx, view, verdict)
+            choices = [
+                CompletionChoice(reply.message.content or "", "content_filter") for _ in req.prompts
+            ]
+            return CompletionResponse("", req.model, 0, choices, reply.usage), CallInfo()
+
+        def attempt(model: str, provider: Provider) -> Awaitable[CompletionResponse]:
+            return provider.complete(self._completion_for(req, model))
+
+        lease = await self._route(ctx, "chat", attempt, estimate_completion_prompt_tokens(req))
+        resp = lease.value
+        if guards is not None:
+            choices = []
+            for choice in resp.choices:
+                reply = ChatResponse("", req.model, 0, Message("assistant", choice.text),
+                                     choice.finish_reason, resp.usage)  # fmt: skip
+                checked, out = self.guarding.check_output(guards, who, req.model, reply)
+                ctx.interventions += out is not None
+                if out is None:
+                    choices.append(choice)
+                else:
+                    text = checked.message.content or ""
+                    choices.append(CompletionChoice(text, checked.finish_reason, None))
+            resp = dataclasses.replace(resp, choices=choices)
+        ctx.request = view
+
+        def settle() -> None:
+            ctx.settle(
+                True,
+                usage=resp.usage,
+                queue_ms=resp.queue_ms,
+                response="".join(c.text for c in resp.choices),
+            )
+
+        info = call_info(lease, ctx.admitted)
+        _settle(settle, defer)
+        return resp, info
+
+    async def stream_complete(
+        self, who: Principal, req: CompletionRequest, endpoint: str, client: str | None = None
+    ) -> MeteredStream | BlockedStream:
+        """A streamed completion of one prompt, as `stream`."""
+        ctx = self._context(who, endpoint, req.model, True, client)
+        guards, req, view, verdict = self._guard_prompts(ctx, req)
+        if verdict is not None and verdict.blocked:
+            return BlockedStream(self._blocked(ctx, view, verdict))
+        return await self._open_stream(
+            ctx,
+            view,
+            guards,
+            lambda p, m: p.stream_complete(self._completion_for(req, m)),
+            estimate_completion_prompt_tokens(req),
+        )
+
+    def _completion_for(self, req: CompletionRequest, model: str) -> CompletionRequest:
+        """`req` as sent to `model`, with that model's `default_max_tokens` when the
+        request gives none."""
+        if req.params.max_tokens is None and model in self._default_max_tokens:
+            params = dataclasses.replace(req.params, max_tokens=self._default_max_tokens[model])
+            return dataclasses.replace(req, model=model, params=params)
+        return req if model == req.model else dataclasses.replace(req, model=model)
+
+    def tokenizer(self, who: Principal, model: str) -> Any:
+        """The tokenizer of `model`, served in this process, for `who` (the tokenizer
+        endpoints). A model `who` may not use is not found; one with no local deployment
+        serving, a 400 naming it."""
+        if not who.may_use(model) or model not in self.router.routes:
+            raise NotFound(
+                f"The model '{model}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        for d in self.router.routes[model].deployments:
+            tokenizer = d.provider.tokenizer()
+            if tokenizer is not None:
+                return tokenizer
+        raise InvalidRequest(
+            f"The model '{model}' has no tokenizer here: only local models that are loaded "
+            "serve the tokenizer endpoints.",
+            param="model",
+        )
 
     async def embed(
         self,

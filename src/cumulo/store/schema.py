@@ -85,7 +85,7 @@ usage = Table(
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
     Index("ix_usage_tenant_ts", "tenant_id", "ts"),
-    # 0011: the console's charts sum these over a time range from the index alone
+    # 0012: the console's charts sum these over a time range from the index alone
     Index(
         "ix_usage_ts_cover",
         "ts",
@@ -266,7 +266,32 @@ job_events = Table(
     Column("message", Text, nullable=False),
 )
 
-# 0011: console sign-in sessions (`cumulo/console/session.py`): the SHA-256 of each session id,
+# 0011: evals (cumulo/evals): an eval's definition (data source config and testing criteria,
+# as `POST /v1/evals` received them once checked) and which runs (jobs of kind `eval`) are its
+evals = Table(
+    "evals",
+    metadata,
+    Column("id", String(40), primary_key=True),  # eval_<32 hex>
+    Column("tenant_id", String(32), nullable=True),
+    Column("key_id", String(32), nullable=True),  # the creator's key
+    Column("name", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("data_source_config", JSON, nullable=False),
+    Column("testing_criteria", JSON, nullable=False),
+    Column("metadata", JSON, nullable=True),
+    Index("ix_evals_tenant_created", "tenant_id", "created_at"),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the run's job id
+    Column("eval_id", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_eval_runs_eval", "eval_id", "created_at"),
+)
+
+# 0012: console sign-in sessions (`cumulo/console/session.py`): the SHA-256 of each session id,
 # so that signing out revokes every copy of its cookie
 console_sessions = Table(
     "console_sessions",
@@ -279,7 +304,7 @@ console_sessions = Table(
     Index("ix_console_sessions_expires", "expires_at"),
 )
 
-# 0011: usage summed per UTC day, tenant, key and model (`store/usage_daily.py`), for the
+# 0012: usage summed per UTC day, tenant, key and model (`store/usage_daily.py`), for the
 # console's long ranges; '' stands for no tenant or key. The mark is the last usage id folded.
 usage_daily = Table(
     "usage_daily",

@@ -1,4 +1,4 @@
-"""SQL for the `console_sessions` table (migration 0011): the console's sign-in sessions.
+"""SQL for the `console_sessions` table (migration 0012): the console's sign-in sessions.
 
 A row holds the SHA-256 of a session id, never the id itself: a copy of the table does
 not let anyone sign in. A session is live while it is neither expired nor revoked;

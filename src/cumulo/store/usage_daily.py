@@ -1,4 +1,4 @@
-"""SQL for `usage_daily` (migration 0011): usage summed per UTC day, tenant, key and model.
+"""SQL for `usage_daily` (migration 0012): usage summed per UTC day, tenant, key and model.
 
 Long ranges (the console's 7 and 30 days) are read from these sums instead of every usage
 row. `refresh` folds the usage rows past the mark (`usage_daily_mark.upto`, the last usage

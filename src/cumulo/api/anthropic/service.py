@@ -301,7 +301,9 @@ class _MessageStream:
             return self._text(ev.text) if ev.text else []
         if isinstance(ev, ToolCallDelta):
             return self._tool(ev)
-        return self._end(ev)
+        if isinstance(ev, StreamEnd):
+            return self._end(ev)
+        return []  # log probabilities: completion streams only
 
     def _text(self, text: str) -> list[bytes]:
         out = [] if self.text_block is not None else self._open({"type": "text", "text": ""})

@@ -64,6 +64,7 @@ from cumulo.types import (
     TextDelta,
     Tool,
     ToolCall,
+    ToolCallDelta,
     ToolChoice,
 )
 
@@ -394,7 +395,7 @@ class BedrockService:
                         "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
                     },
                 )
-            else:
+            elif isinstance(ev, ToolCallDelta):
                 index = tool_blocks.get(ev.index)
                 if index is None:
                     for frame in stop(current):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter
 from typing_extensions import TypedDict
 
 # Integers are forwarded to upstreams as JSON, which carries at most 64-bit integers.
@@ -136,3 +136,63 @@ class EmbeddingRequestWire(_Wire):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=_INT64_MAX)
     user: str | None = None
+
+
+# -- completions (legacy) and the tokenizer endpoints ----------------------------------
+
+MAX_LOGPROBS = 20
+"""The most `logprobs` a completion may ask for: vLLM's default `max_logprobs` (OpenAI's own
+limit is 5)."""
+MAX_STOP = 16
+"""Stop sequences a completion may give (OpenAI allows 4; lm-evaluation-harness sends its
+task's `until` list whole, as vLLM accepts)."""
+
+_TokenId = Annotated[StrictInt, Field(ge=0, le=_INT64_MAX)]
+
+
+class CompletionRequestWire(_Wire):
+    """POST /v1/completions (https://platform.openai.com/docs/api-reference/completions)."""
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[_TokenId] | list[list[_TokenId]]
+    max_tokens: int | None = Field(16, ge=0, le=_INT64_MAX)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=_INT64_MAX)
+    best_of: int | None = Field(None, ge=1, le=_INT64_MAX)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: StrictBool = False
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=-_INT64_MAX - 1, le=_INT64_MAX)
+    suffix: str | None = None
+    user: str | None = None
+
+
+class TokenizeRequest(_Wire):
+    """POST /tokenize, in vLLM's shape: a `prompt`, or chat `messages` rendered with the
+    model's chat template."""
+
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="The model whose tokenizer to use (optional when "
+        "the caller may use a single local model, or when the path names it).",
+    )
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: StrictBool = True
+    add_special_tokens: StrictBool | None = Field(
+        None, description="Default: true for a prompt, false for messages (as vLLM)."
+    )
+    return_token_strs: StrictBool = False
+
+
+class DetokenizeRequest(_Wire):
+    """POST /detokenize, in vLLM's shape."""
+
+    model: str | None = Field(None, min_length=1, description="As in /tokenize.")
+    tokens: list[_TokenId]

@@ -1,7 +1,8 @@
 """OpenAI front door: wire ⇄ canonical translation and the endpoint logic.
 
 Implements https://platform.openai.com/docs/api-reference: Chat Completions
-(create, streaming), Embeddings (create) and Models (list, retrieve).
+(create, streaming), Embeddings (create) and Models (list, retrieve); legacy Completions
+and the tokenizer endpoints are in `completions`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cumulo.api.http import (
     sse_headers,
 )
 from cumulo.api.openai import protocol as wire
+from cumulo.api.openai.completions import CompletionsService
 from cumulo.config import ModelConfig, ServerConfig
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.governance.identity.auth import Authenticator, Principal
@@ -218,6 +220,7 @@ class OpenAIService:
             return auth.authenticate(header(request, b"authorization"))
 
         self.door = FrontDoor(OPENAI, authenticate, limits.max_body_bytes, disconnects)
+        self.completions = CompletionsService(self.door, gateway, catalog)
 
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""

@@ -9,8 +9,8 @@
 - `usage_daily`: usage summed per UTC day, tenant, key and model, for the console's long
   ranges (7 and 30 days); `usage_daily_mark` holds the last usage id folded into it.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

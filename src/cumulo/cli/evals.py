@@ -1,0 +1,397 @@
+"""`cumulo eval`: evaluate models on your own data and compare them (the Evals API)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cumulo.cli.common import Ctx, echo_json, iso, json_option, pass_ctx, table
+from cumulo.client import Client
+
+ENDED = ("completed", "failed", "canceled")
+EXAMPLES = Path(__file__).resolve().parent.parent / "data" / "evals"
+SIMILARITY = (
+    "fuzzy_match",
+    "bleu",
+    "gleu",
+    "meteor",
+    "cosine",
+    "rouge_1",
+    "rouge_2",
+    "rouge_3",
+    "rouge_4",
+    "rouge_5",
+    "rouge_l",
+)
+GRADERS = ("exact", "contains", "judge", *SIMILARITY)
+JUDGE_PROMPT = (
+    "Is the answer correct, given the reference?\n\nQuestion: {{item.input}}\n"
+    "Reference: {{item.ideal}}\nAnswer: {{sample.output_text}}"
+)
+
+
+@click.group(name="eval")
+def eval_() -> None:
+    """Evals: grade models on a dataset and compare them side by side."""
+
+
+def _criterion(spec: str, judge: str | None, embedder: str | None) -> dict[str, Any]:
+    name, _, threshold = spec.partition(":")
+    out, ref = "{{sample.output_text}}", "{{item.ideal}}"
+    if name == "exact":
+        return {
+            "type": "string_check",
+            "name": "exact",
+            "input": out,
+            "reference": ref,
+            "operation": "eq",
+        }
+    if name == "contains":
+        return {
+            "type": "string_check",
+            "name": "contains",
+            "input": out,
+            "reference": ref,
+            "operation": "ilike",
+        }
+    if name == "judge":
+        if judge is None:
+            raise click.BadParameter("the judge grader needs --judge MODEL", param_hint="--grader")
+        return {
+            "type": "label_model",
+            "name": "judge",
+            "model": judge,
+            "input": [{"role": "user", "content": JUDGE_PROMPT}],
+            "labels": ["correct", "incorrect"],
+            "passing_labels": ["correct"],
+        }
+    if name in SIMILARITY:
+        try:
+            value = float(threshold) if threshold else 0.8
+        except ValueError:
+            raise click.BadParameter(
+                f"{spec!r}: the threshold must be a number", param_hint="--grader"
+            ) from None
+        c = {
+            "type": "text_similarity",
+            "name": name,
+            "input": out,
+            "reference": ref,
+            "evaluation_metric": name,
+            "pass_threshold": value,
+        }
+        if name == "cosine":
+            if embedder is None:
+                raise click.BadParameter(
+                    "cosine needs --embedding-model MODEL", param_hint="--grader"
+                )
+            c["model"] = embedder
+        return c
+    raise click.BadParameter(
+        f"{spec!r}: one of {', '.join(GRADERS)} (similarity graders take NAME:THRESHOLD)",
+        param_hint="--grader",
+    )
+
+
+def _bar(run: dict[str, Any], width: int = 20) -> str:
+    p = run.get("progress") or {}
+    total, done = p.get("total", 0), p.get("done", 0)
+    filled = int(width * done / total) if total else 0
+    return (
+        f"{run['model'] or run['name']:>16} [{'#' * filled}{'-' * (width - filled)}] "
+        f"{done}/{total} {run['status']}"
+    )
+
+
+def _wait(client: Client, eval_id: str, run_ids: list[str]) -> list[dict[str, Any]]:
+    live = sys.stderr.isatty()
+    shown = 0
+    while True:
+        runs = [client.request("GET", f"/v1/evals/{eval_id}/runs/{r}") for r in run_ids]
+        lines = [_bar(r) for r in runs]
+        if live:
+            if shown:
+                click.echo(f"\x1b[{shown}F", nl=False, err=True)
+            for line in lines:
+                click.echo(line.ljust(70), err=True)
+            shown = len(lines)
+        if all(r["status"] in ENDED for r in runs):
+            if not live:
+                for line in lines:
+                    click.echo(line, err=True)
+            return runs
+        time.sleep(0.5)
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.1f}%"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_compare(cmp: dict[str, Any]) -> None:
+    head = [
+        "MODEL",
+        "PASS",
+        "95% CI",
+        *[c.upper() for c in cmp["criteria"]],
+        "P50 MS",
+        "P95 MS",
+        "TTFT P50",
+        "TOKENS",
+        "COST/1K",
+        "ERRORS",
+        "FRONTIER",
+    ]
+    rows = []
+    for m in cmp["models"]:
+        o = m["overall"]
+        lo, hi = o["ci95"]
+        rows.append(
+            [
+                m["model"],
+                _fmt(o["pass_rate"], True),
+                f"{_fmt(lo, True)}-{_fmt(hi, True)}",
+                *[_fmt(m["criteria"][c]["pass_rate"], True) for c in cmp["criteria"]],
+                _fmt(m["latency_ms"]["p50"]),
+                _fmt(m["latency_ms"]["p95"]),
+                _fmt(m["ttft_ms"]["p50"]),
+                m["tokens"]["total_tokens"],
+                _fmt(m["cost_per_1000_items"]),
+                m["errors"],
+                "yes" if m["run_id"] in cmp["non_dominated"] else "no",
+            ]
+        )
+    table(head, rows)
+    names = {m["run_id"]: m["model"] for m in cmp["models"]}
+    for p in cmp["pairs"]:
+        verdict = "differ significantly" if p["significant"] else "no significant difference"
+        click.echo(
+            f"{names[p['a']]} vs {names[p['b']]}: {verdict} (McNemar p={p['p_value']:.3g};"
+            f" {p['a_only_passed']} vs {p['b_only_passed']} items passed by one only)"
+        )
+    click.echo(f"{len(cmp['disagreements'])} items where the models disagree")
+
+
+def _report(client: Client, eval_id: str, run_ids: list[str], dest: Path) -> None:
+    with dest.open("wb") as out:
+        client.download(f"/v1/evals/{eval_id}/report?runs={','.join(run_ids)}", out)
+    click.echo(f"report: {dest}", err=True)
+
+
+@eval_.command()
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "-m",
+    "models",
+    multiple=True,
+    required=True,
+    help="A model to evaluate (repeatable: one run per model).",
+)
+@click.option(
+    "--grader",
+    "-g",
+    "graders",
+    multiple=True,
+    metavar="NAME[:THRESHOLD]",
+    help=f"A testing criterion (repeatable): {', '.join(GRADERS)} "
+    "[default: exact; and judge with --judge].",
+)
+@click.option("--judge", metavar="MODEL", help="The chat model grading as judge.")
+@click.option("--embedding-model", metavar="MODEL", help="The embedding model of cosine.")
+@click.option("--system", metavar="TEXT", help="A system message before each item's input.")
+@click.option("--name", help="The eval's name [default: DATA's file name].")
+@click.option(
+    "--report",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="Where to write the report.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1, 1 << 20),
+    default=256,
+    show_default=True,
+    help="The most tokens of each answer.",
+)
+@json_option
+@pass_ctx
+def run(
+    ctx: Ctx,
+    data: Path,
+    models: tuple[str, ...],
+    graders: tuple[str, ...],
+    judge: str | None,
+    embedding_model: str | None,
+    system: str | None,
+    name: str | None,
+    report: Path,
+    max_tokens: int,
+    as_json: bool,
+) -> None:
+    """Grade each model on DATA and compare them.
+
+    DATA is JSONL, one item a line: {"input": "...", "ideal": "..."} (more fields may
+    follow). An example shipped with cumulo may be named by its name alone: arithmetic,
+    capitals, sentiment. Shows a progress bar per run, prints the comparison and writes
+    the HTML report.
+    """
+    if not data.exists() and (EXAMPLES / f"{data.name}.jsonl").exists():
+        data = EXAMPLES / f"{data.name}.jsonl"
+    if not data.exists():
+        raise click.BadParameter(
+            f"{data}: no such file (examples: arithmetic, capitals, sentiment)", param_hint="DATA"
+        )
+    specs = list(graders) or (["exact", "judge"] if judge else ["exact"])
+    criteria = [_criterion(s, judge, embedding_model) for s in specs]
+    client = ctx.client()
+    ev = client.request(
+        "POST",
+        "/v1/evals",
+        json={
+            "name": name or data.stem,
+            "data_source_config": {
+                "type": "custom",
+                "item_schema": {
+                    "type": "object",
+                    "properties": {"input": {"type": "string"}, "ideal": {"type": "string"}},
+                    "required": ["input", "ideal"],
+                },
+            },
+            "testing_criteria": criteria,
+        },
+    )
+    with data.open("rb") as local:
+        uploaded = client.upload("/v1/files", local, data.name, {"purpose": "evals"})
+    template = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": "{{item.input}}"}
+    ]
+    run_ids = []
+    for model in models:
+        r = client.request(
+            "POST",
+            f"/v1/evals/{ev['id']}/runs",
+            json={
+                "name": model,
+                "data_source": {
+                    "type": "completions",
+                    "model": model,
+                    "input_messages": {"type": "template", "template": template},
+                    "sampling_params": {"temperature": 0, "max_completion_tokens": max_tokens},
+                    "source": {"type": "file_id", "id": uploaded["id"]},
+                },
+            },
+        )
+        run_ids.append(r["id"])
+    click.echo(f"eval {ev['id']}: {len(run_ids)} runs", err=True)
+    runs = _wait(client, ev["id"], run_ids)
+    cmp = client.request("GET", f"/v1/evals/{ev['id']}/compare", params={"runs": ",".join(run_ids)})
+    if as_json:
+        echo_json(cmp)
+    else:
+        _print_compare(cmp)
+    _report(client, ev["id"], run_ids, report)
+    if any(r["status"] != "completed" for r in runs):
+        for r in runs:
+            if r.get("error"):
+                click.echo(f"{r['model']}: {r['error']['message']}", err=True)
+        raise click.exceptions.Exit(1)
+
+
+@eval_.command(name="list")
+@click.option(
+    "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="At most this many."
+)
+@json_option
+@pass_ctx
+def list_(ctx: Ctx, limit: int, as_json: bool) -> None:
+    """The evals of your tenant, newest first."""
+    data = ctx.client().request("GET", "/v1/evals", params={"limit": limit, "order": "desc"})
+    if as_json:
+        echo_json(data)
+        return
+    table(
+        ["ID", "NAME", "CRITERIA", "CREATED"],
+        [
+            [
+                e["id"],
+                e["name"],
+                ", ".join(c["name"] for c in e["testing_criteria"]),
+                iso(e["created_at"]),
+            ]
+            for e in data["data"]
+        ],
+    )
+
+
+@eval_.command()
+@click.argument("eval_id")
+@json_option
+@pass_ctx
+def show(ctx: Ctx, eval_id: str, as_json: bool) -> None:
+    """An eval and its runs with their counts."""
+    client = ctx.client()
+    ev = client.request("GET", f"/v1/evals/{eval_id}")
+    runs = client.request("GET", f"/v1/evals/{eval_id}/runs", params={"limit": 100})
+    if as_json:
+        echo_json({"eval": ev, "runs": runs["data"]})
+        return
+    click.echo(f"{ev['id']}  {ev['name']}  created {iso(ev['created_at'])}")
+    for c in ev["testing_criteria"]:
+        click.echo(f"  criterion {c['name']}: {c['type']}")
+    table(
+        ["RUN", "MODEL", "STATUS", "PASSED", "FAILED", "ERRORED", "TOTAL"],
+        [
+            [
+                r["id"],
+                r["model"] or r["name"],
+                r["status"],
+                *[r["result_counts"][k] for k in ("passed", "failed", "errored", "total")],
+            ]
+            for r in runs["data"]
+        ],
+    )
+
+
+@eval_.command()
+@click.argument("eval_id")
+@click.option("--runs", metavar="RUN,RUN", help="The runs to compare [default: all].")
+@click.option(
+    "--report",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the HTML report here.",
+)
+@json_option
+@pass_ctx
+def compare(ctx: Ctx, eval_id: str, runs: str | None, report: Path | None, as_json: bool) -> None:
+    """Compare the runs of an eval side by side."""
+    client = ctx.client()
+    params = {"runs": runs} if runs else None
+    cmp = client.request("GET", f"/v1/evals/{eval_id}/compare", params=params)
+    if as_json:
+        click.echo(json.dumps(cmp, indent=2))
+    else:
+        _print_compare(cmp)
+    if report is not None:
+        _report(client, eval_id, [m["run_id"] for m in cmp["models"]], report)
+
+
+@eval_.command()
+@click.argument("eval_id")
+@click.argument("run_id")
+@pass_ctx
+def cancel(ctx: Ctx, eval_id: str, run_id: str) -> None:
+    """Cancel a run (the items graded so far are kept)."""
+    r = ctx.client().request("POST", f"/v1/evals/{eval_id}/runs/{run_id}")
+    click.echo(f"{r['id']}: {r['status']}")

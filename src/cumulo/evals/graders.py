@@ -1,0 +1,445 @@
+"""Testing criteria (graders) of an eval, in OpenAI's shapes, reusable by any front end.
+
+`check(criterion)` validates one criterion as `POST /v1/evals` receives it (a
+`CriterionInvalid` names the field); `Grader.grade(scope)` grades one sample, where
+`scope` is `{"item": …, "sample": {"output_text", "output_json"}}`.
+
+- `string_check`: `eq`, `ne`, `like` (contains), `ilike` (contains, ignoring case).
+- `text_similarity`: `fuzzy_match` (rapidfuzz's `fuzz.ratio`), `bleu` (sacrebleu's sentence
+  BLEU), `gleu` (nltk's sentence GLEU), `meteor` (nltk, which needs the WordNet corpus: a
+  server without it refuses the criterion), `rouge_1`…`rouge_5`, `rouge_l` (rouge-score's
+  F-measure), `cosine` (the vectors of a cumulo embedding model, through the gateway).
+  Scores are in [0, 1]; the criterion passes at `score >= pass_threshold`.
+- `label_model`, `score_model`: a cumulo chat model as judge, called through the gateway
+  as the run's owner. The judge's answer is parsed leniently (JSON, `label:`/`score:`,
+  a lone label or number); an answer that still cannot be read is an errored result.
+- `python` runs arbitrary code and is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from cumulo.evals.templates import TemplateError, render
+
+MAX_CRITERIA = 32
+MAX_TEMPLATE = 64 * 1024
+MAX_LABELS = 64
+OPS = ("eq", "ne", "like", "ilike")
+ROUGE = {f"rouge_{n}": f"rouge{n}" for n in range(1, 6)} | {"rouge_l": "rougeL"}
+METRICS = ("fuzzy_match", "bleu", "gleu", "meteor", "cosine", *ROUGE)
+ROLES = ("user", "assistant", "system", "developer")
+
+# (model, messages, sampling params) -> the judge's answer text
+Chat = Callable[[str, list[dict[str, str]], dict[str, Any]], Awaitable[str]]
+# (model, texts) -> their vectors
+Embed = Callable[[str, list[str]], Awaitable[list[list[float]]]]
+
+
+class CriterionInvalid(ValueError):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class GradeResult:
+    name: str
+    type: str
+    passed: bool
+    score: float
+    error: str | None = None
+    sample: dict[str, Any] | None = None  # a model grader's exchange with its judge
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "passed": self.passed,
+            "score": self.score,
+            "sample": self.sample,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def _str(c: dict[str, Any], key: str, param: str, max_len: int = MAX_TEMPLATE) -> str:
+    v = c.get(key)
+    if not isinstance(v, str):
+        raise CriterionInvalid(f"{param}.{key}", f"{param}.{key} must be a string")
+    if len(v) > max_len:
+        raise CriterionInvalid(f"{param}.{key}", f"{param}.{key} is longer than {max_len}")
+    return v
+
+
+def _messages(c: dict[str, Any], param: str) -> list[dict[str, str]]:
+    raw = c.get("input")
+    if not isinstance(raw, list) or not raw or len(raw) > 64:
+        raise CriterionInvalid(
+            f"{param}.input", f"{param}.input must be a list of 1 to 64 messages"
+        )
+    out = []
+    for i, m in enumerate(raw):
+        p = f"{param}.input[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise CriterionInvalid(f"{p}.role", f"{p}.role must be one of {', '.join(ROLES)}")
+        out.append({"role": m["role"], "content": content_text(m.get("content"), p)})
+    return out
+
+
+def content_text(content: Any, param: str) -> str:
+    """The text of a message's content: a string, or a text part (`input_text`,
+    `output_text`), or a list of them."""
+    if isinstance(content, str):
+        return content
+    if (
+        isinstance(content, dict)
+        and content.get("type") in ("input_text", "output_text")
+        and isinstance(content.get("text"), str)
+    ):
+        return str(content["text"])
+    if isinstance(content, list) and content:
+        return "".join(content_text(part, f"{param}.content") for part in content)
+    raise CriterionInvalid(
+        f"{param}.content",
+        f"{param}.content must be text (a string or input_text/output_text parts); "
+        "images and audio are not graded",
+    )
+
+
+def _number(c: dict[str, Any], key: str, param: str, default: float | None) -> float | None:
+    v = c.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise CriterionInvalid(f"{param}.{key}", f"{param}.{key} must be a number")
+    return float(v)
+
+
+def meteor_available() -> bool:
+    import nltk
+
+    try:
+        nltk.data.find("corpora/wordnet")
+    except LookupError:
+        try:
+            nltk.data.find("corpora/wordnet.zip")
+        except LookupError:
+            return False
+    return True
+
+
+def check(c: Any, index: int) -> dict[str, Any]:
+    """The criterion as stored; raises CriterionInvalid naming the field."""
+    param = f"testing_criteria[{index}]"
+    if not isinstance(c, dict):
+        raise CriterionInvalid(param, f"{param} must be an object")
+    kind = c.get("type")
+    name = _str(c, "name", param, 256)
+    if kind == "python":
+        raise CriterionInvalid(
+            f"{param}.type",
+            f"{param}: python graders run arbitrary code and are not available in cumulo; "
+            "use string_check, text_similarity, label_model or score_model",
+        )
+    if kind == "string_check":
+        if c.get("operation") not in OPS:
+            raise CriterionInvalid(
+                f"{param}.operation", f"{param}.operation must be one of {', '.join(OPS)}"
+            )
+        return {
+            "type": kind,
+            "name": name,
+            "input": _str(c, "input", param),
+            "reference": _str(c, "reference", param),
+            "operation": c["operation"],
+        }
+    if kind == "text_similarity":
+        metric = c.get("evaluation_metric")
+        if metric not in METRICS:
+            raise CriterionInvalid(
+                f"{param}.evaluation_metric",
+                f"{param}.evaluation_metric must be one of {', '.join(METRICS)}",
+            )
+        if metric == "meteor" and not meteor_available():
+            raise CriterionInvalid(
+                f"{param}.evaluation_metric",
+                f"{param}: meteor needs NLTK's WordNet corpus, which is not installed on this "
+                "server (an administrator can install it with nltk.download('wordnet'))",
+            )
+        threshold = _number(c, "pass_threshold", param, None)
+        if threshold is None:
+            raise CriterionInvalid(f"{param}.pass_threshold", f"{param}.pass_threshold is required")
+        out = {
+            "type": kind,
+            "name": name,
+            "input": _str(c, "input", param),
+            "reference": _str(c, "reference", param),
+            "evaluation_metric": metric,
+            "pass_threshold": threshold,
+        }
+        if metric == "cosine":
+            out["model"] = _str(c, "model", param, 256)  # cumulo: the embedding model
+        return out
+    if kind == "label_model":
+        labels = c.get("labels")
+        passing = c.get("passing_labels")
+        for key, v in (("labels", labels), ("passing_labels", passing)):
+            if (
+                not isinstance(v, list)
+                or not v
+                or len(v) > MAX_LABELS
+                or not all(isinstance(x, str) and x.strip() for x in v)
+            ):
+                raise CriterionInvalid(
+                    f"{param}.{key}", f"{param}.{key} must be a list of 1 to {MAX_LABELS} labels"
+                )
+        assert isinstance(labels, list) and isinstance(passing, list)
+        if not set(passing) <= set(labels):
+            raise CriterionInvalid(
+                f"{param}.passing_labels", f"{param}.passing_labels must be among labels"
+            )
+        return {
+            "type": kind,
+            "name": name,
+            "model": _str(c, "model", param, 256),
+            "input": _messages(c, param),
+            "labels": labels,
+            "passing_labels": passing,
+        }
+    if kind == "score_model":
+        rng = c.get("range", [0, 1]) or [0, 1]
+        if (
+            not isinstance(rng, list)
+            or len(rng) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng)
+            or not rng[0] < rng[1]
+        ):
+            raise CriterionInvalid(f"{param}.range", f"{param}.range must be [low, high]")
+        threshold = _number(c, "pass_threshold", param, (rng[0] + rng[1]) / 2)
+        params = c.get("sampling_params") or {}
+        if not isinstance(params, dict):
+            raise CriterionInvalid(
+                f"{param}.sampling_params", f"{param}.sampling_params must be an object"
+            )
+        return {
+            "type": kind,
+            "name": name,
+            "model": _str(c, "model", param, 256),
+            "input": _messages(c, param),
+            "range": [float(rng[0]), float(rng[1])],
+            "pass_threshold": threshold,
+            "sampling_params": _sampling(params, f"{param}.sampling_params"),
+        }
+    raise CriterionInvalid(
+        f"{param}.type",
+        f"{param}.type must be one of string_check, text_similarity, label_model, score_model",
+    )
+
+
+def _sampling(p: dict[str, Any], param: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        if p.get(key) is not None:
+            v = _number(p, key, param, None)
+            assert v is not None
+            if not lo <= v <= hi:
+                raise CriterionInvalid(f"{param}.{key}", f"{param}.{key} must be in [{lo}, {hi}]")
+            out[key] = v
+    for key in ("max_completion_tokens", "max_completions_tokens", "seed"):
+        v = p.get(key)
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 31:
+                raise CriterionInvalid(f"{param}.{key}", f"{param}.{key} must be an integer")
+            out["seed" if key == "seed" else "max_tokens"] = v
+    return out
+
+
+# -- text similarity -------------------------------------------------------------------
+
+
+def similarity(metric: str, hyp: str, ref: str) -> float:
+    if metric == "fuzzy_match":
+        from rapidfuzz import fuzz
+
+        return float(fuzz.ratio(hyp, ref)) / 100.0
+    if metric == "bleu":
+        import sacrebleu
+
+        return float(sacrebleu.sentence_bleu(hyp, [ref]).score) / 100.0
+    if metric == "gleu":
+        from nltk.translate.gleu_score import sentence_gleu
+
+        return float(sentence_gleu([ref.split()], hyp.split()))
+    if metric == "meteor":
+        from nltk.translate.meteor_score import single_meteor_score
+
+        return float(single_meteor_score(ref.split(), hyp.split()))
+    if metric in ROUGE:
+        return float(_rouge(ROUGE[metric]).score(ref, hyp)[ROUGE[metric]].fmeasure)
+    raise ValueError(metric)
+
+
+_scorers: dict[str, Any] = {}
+
+
+def _rouge(kind: str) -> Any:
+    if kind not in _scorers:
+        from rouge_score import rouge_scorer
+
+        _scorers[kind] = rouge_scorer.RougeScorer([kind], use_stemmer=False)
+    return _scorers[kind]
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(y * y for y in b))
+    return 0.0 if na == 0 or nb == 0 else dot / (na * nb)
+
+
+# -- judges ----------------------------------------------------------------------------
+
+_LABEL_KEY = re.compile(r"\blabel\s*[:=]\s*\"?([^\"\n,}]+)", re.IGNORECASE)
+_SCORE_KEY = re.compile(r"\bscore\s*[:=]\s*\"?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _json_field(text: str, key: str) -> Any:
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        value = orjson.loads(text[start : end + 1])
+    except orjson.JSONDecodeError:
+        return None
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def parse_label(text: str, labels: list[str]) -> str | None:
+    """The one label the judge's answer names, else None."""
+    by_lower = {label.lower(): label for label in labels}
+
+    def known(v: Any) -> str | None:
+        return by_lower.get(v.strip().strip(".!\"'`*").lower()) if isinstance(v, str) else None
+
+    for candidate in (_json_field(text, "label"), *_LABEL_KEY.findall(text), text):
+        if (found := known(candidate)) is not None:
+            return found
+    named = {
+        label
+        for label in labels
+        if re.search(rf"(?<!\w){re.escape(label.lower())}(?!\w)", text.lower())
+    }
+    return named.pop() if len(named) == 1 else None
+
+
+def parse_score(text: str) -> float | None:
+    """The score the judge's answer gives, else None."""
+    v = _json_field(text, "score")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if m := _SCORE_KEY.search(text):
+        return float(m.group(1))
+    numbers = set(_NUMBER.findall(text))
+    return float(numbers.pop()) if len(numbers) == 1 else None
+
+
+def _judge_messages(c: dict[str, Any], scope: dict[str, Any]) -> list[dict[str, str]]:
+    msgs = [{"role": m["role"], "content": render(m["content"], scope)} for m in c["input"]]
+    if c["type"] == "label_model":
+        rule = (
+            "Answer with exactly one of these labels and nothing else: "
+            + ", ".join(c["labels"])
+            + '. You may answer as JSON: {"label": "<label>"}.'
+        )
+    else:
+        lo, hi = c["range"]
+        rule = (
+            f"Answer with a score from {lo:g} to {hi:g} and nothing else. "
+            'You may answer as JSON: {"score": <number>}.'
+        )
+    return [{"role": "system", "content": rule}, *msgs]
+
+
+class Grader:
+    """Grades samples against checked criteria; judges and embeddings through `chat`/`embed`."""
+
+    def __init__(self, chat: Chat | None = None, embed: Embed | None = None) -> None:
+        self.chat = chat
+        self.embed = embed
+
+    async def grade(self, c: dict[str, Any], scope: dict[str, Any]) -> GradeResult:
+        name, kind = c["name"], c["type"]
+        try:
+            return await self._grade(c, scope)
+        except TemplateError as exc:
+            return GradeResult(name, kind, False, 0.0, error=str(exc))
+        except JudgeFailed as exc:
+            return GradeResult(name, kind, False, 0.0, error=str(exc), sample=exc.sample)
+
+    async def _grade(self, c: dict[str, Any], scope: dict[str, Any]) -> GradeResult:
+        name, kind = c["name"], c["type"]
+        if kind == "string_check":
+            got, ref = render(c["input"], scope), render(c["reference"], scope)
+            op = c["operation"]
+            ok = {
+                "eq": got == ref,
+                "ne": got != ref,
+                "like": ref in got,
+                "ilike": ref.lower() in got.lower(),
+            }[op]
+            return GradeResult(name, kind, ok, 1.0 if ok else 0.0)
+        if kind == "text_similarity":
+            got, ref = render(c["input"], scope), render(c["reference"], scope)
+            metric = c["evaluation_metric"]
+            if metric == "cosine":
+                if self.embed is None:
+                    raise JudgeFailed("no embedding model is available here", None)
+                try:
+                    a, b = await self.embed(c["model"], [got, ref])
+                except Exception as exc:
+                    raise JudgeFailed(f"embedding model {c['model']}: {exc}", None) from exc
+                score = cosine(a, b)
+            else:
+                score = similarity(metric, got, ref)
+            return GradeResult(name, kind, score >= c["pass_threshold"], score)
+        messages = _judge_messages(c, scope)
+        if self.chat is None:
+            raise JudgeFailed("no judge model is available here", None)
+        params = c.get("sampling_params") or {}
+        try:
+            answer = await self.chat(c["model"], messages, params)
+        except Exception as exc:
+            raise JudgeFailed(f"judge model {c['model']}: {exc}", {"input": messages}) from exc
+        sample = {"input": messages, "output": [{"role": "assistant", "content": answer}]}
+        if kind == "label_model":
+            label = parse_label(answer, c["labels"])
+            if label is None:
+                raise JudgeFailed(
+                    f"the judge's answer names none of the labels: {answer[:200]!r}", sample
+                )
+            ok = label in c["passing_labels"]
+            return GradeResult(
+                name, kind, ok, 1.0 if ok else 0.0, sample={**sample, "label": label}
+            )
+        given = parse_score(answer)
+        lo, hi = c["range"]
+        if given is None or not lo <= given <= hi:
+            raise JudgeFailed(
+                f"the judge's answer holds no score in [{lo:g}, {hi:g}]: {answer[:200]!r}", sample
+            )
+        return GradeResult(name, kind, given >= c["pass_threshold"], given, sample=sample)
+
+
+class JudgeFailed(Exception):
+    def __init__(self, message: str, sample: dict[str, Any] | None) -> None:
+        super().__init__(message)
+        self.sample = sample
