@@ -15,7 +15,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +42,7 @@ from cumulo.api.http import DisconnectWatch, Handler, JSONResponse, error_respon
 from cumulo.api.openai.router import routes as openai_routes
 from cumulo.api.openai.service import OpenAIService
 from cumulo.config import Config, load_config
+from cumulo.console import console_routes
 from cumulo.errors import CumuloError, NotFound
 from cumulo.jobs.finetune.serving import TunedModels
 from cumulo.jobs.setup import job_runner
@@ -207,7 +208,7 @@ def create_app(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations
             ),
         ]
-        app.router.routes.extend(routes)
+        app.router.routes.extend([*routes, *console_routes(platform, batches)])
         hot.add([r for r in routes if r.path.startswith("/v1/")])
         if runner is not None:
             runner.start()
@@ -248,6 +249,10 @@ def create_app(
         body, content_type = platform.metrics.render(request.headers.get("accept"))
         return Response(body, headers={"content-type": content_type})
 
+    async def to_console(request: Request) -> Response:
+        """`/` is the web console."""
+        return RedirectResponse("/console", status_code=307)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
@@ -262,6 +267,7 @@ def create_app(
             Route("/health/live", live),
             Route("/health/ready", ready),
             Route("/metrics", metrics),
+            Route("/", to_console),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},

@@ -180,15 +180,18 @@ async def entries(
     before_seq: int | None = None,
     tenant_id: str | None = None,
     action: str | None = None,
+    about: str | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Rows, optionally of one tenant or action: oldest first from `after_seq` when it is
+    """Rows, optionally of one tenant, action or target (`about`): oldest first from `after_seq` when it is
     given, else newest first (below `before_seq`, if given)."""
     where: list[ColumnElement[bool]] = []
     if tenant_id is not None:
         where.append(ledger.c.tenant_id == tenant_id)
     if action is not None:
         where.append(ledger.c.action == action)
+    if about is not None:
+        where.append(ledger.c.target == about)
     if before_seq is not None:
         where.append(ledger.c.seq < before_seq)
     if after_seq is not None:

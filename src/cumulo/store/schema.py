@@ -85,6 +85,19 @@ usage = Table(
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
     Index("ix_usage_tenant_ts", "tenant_id", "ts"),
+    # 0012: the console's charts sum these over a time range from the index alone
+    Index(
+        "ix_usage_ts_cover",
+        "ts",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "model",
+        "key_id",
+        "tenant_id",
+        "latency_ms",
+    ),
     Index("ix_usage_job", "job_id"),
 )
 
@@ -276,4 +289,41 @@ eval_runs = Table(
     Column("eval_id", String(40), nullable=False),
     Column("created_at", Float, nullable=False),
     Index("ix_eval_runs_eval", "eval_id", "created_at"),
+)
+
+# 0012: console sign-in sessions (`cumulo/console/session.py`): the SHA-256 of each session id,
+# so that signing out revokes every copy of its cookie
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("key_id", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Index("ix_console_sessions_expires", "expires_at"),
+)
+
+# 0012: usage summed per UTC day, tenant, key and model (`store/usage_daily.py`), for the
+# console's long ranges; '' stands for no tenant or key. The mark is the last usage id folded.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Float, primary_key=True),
+    Column("tenant_id", String(32), primary_key=True),
+    Column("key_id", String(32), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Index("ix_usage_daily_tenant_day", "tenant_id", "day"),
+)
+
+usage_daily_mark = Table(
+    "usage_daily_mark",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("upto", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

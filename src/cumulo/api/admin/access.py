@@ -71,3 +71,14 @@ def scope(who: Scoped, tenant_id: str | None) -> str | None:
 def owns(who: Scoped, tenant_id: str | None) -> bool:
     """May `who` act on an object that belongs to `tenant_id`?"""
     return who.role == "admin" or (tenant_id is not None and tenant_id == who.tenant_id)
+
+
+def require_may_issue(who: Scoped, role: str, tenant_id: str | None) -> None:
+    """403 unless `who` may issue a key of `role` in `tenant_id`: only a platform admin
+    issues admin keys, and those belong to no tenant."""
+    if role == "admin" and (who.role != "admin" or tenant_id is not None):
+        raise PermissionDenied(
+            "Only a platform admin creates admin keys, and they belong to no tenant.",
+            param="role",
+            code="role_not_allowed",
+        )

@@ -19,7 +19,7 @@ from cumulo.api.admin import access
 from cumulo.api.admin.bounds import query_bool, query_time, renderable
 from cumulo.api.admin.protocol import CreateKey, RotateKey
 from cumulo.api.http import OPENAI, JSONResponse, read_body
-from cumulo.errors import NotFound, PermissionDenied
+from cumulo.errors import NotFound
 from cumulo.governance.guardrails import Guardrail
 from cumulo.governance.identity.auth import Authenticator, Principal
 from cumulo.governance.identity.key_service import KeyService
@@ -56,7 +56,7 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def _deployment_view(d: DeploymentState) -> dict[str, Any]:
+def deployment_view(d: DeploymentState) -> dict[str, Any]:
     dep = d.provider.deployment
     price = None
     if d.price is not None:
@@ -82,7 +82,7 @@ def _deployment_view(d: DeploymentState) -> dict[str, Any]:
     }
 
 
-def _route_view(route: Route) -> dict[str, Any]:
+def route_view(route: Route) -> dict[str, Any]:
     routing = route.config.routing
     return {
         "model": route.config.name,
@@ -90,8 +90,16 @@ def _route_view(route: Route) -> dict[str, Any]:
         "strategy": routing.strategy,
         "fallbacks": list(route.config.fallbacks),
         "context_window": route.config.context_window,
-        "deployments": [_deployment_view(d) for d in route.deployments],
+        "deployments": [deployment_view(d) for d in route.deployments],
     }
+
+
+async def key_in_scope(keys: KeyService, who: Principal, key_id: str) -> KeyRow:
+    """An active key `who` may manage (another tenant's: not found, as if it did not exist)."""
+    row = await keys.active(key_id)
+    if row is None or not access.owns(who, row.tenant_id):
+        raise NotFound(f"No active key with id '{key_id}'.", param="id", code="key_not_found")
+    return row
 
 
 class AdminService:
@@ -110,10 +118,7 @@ class AdminService:
         self.router = router
 
     async def _key_in_scope(self, who: Principal, key_id: str) -> KeyRow:
-        row = await self.keys.active(key_id)
-        if row is None or not access.owns(who, row.tenant_id):
-            raise NotFound(f"No active key with id '{key_id}'.", param="id", code="key_not_found")
-        return row
+        return await key_in_scope(self.keys, who, key_id)
 
     async def create_key(self, request: Request) -> Response:
         """POST /admin/keys: the secret is in this response and nowhere else, ever.
@@ -124,12 +129,7 @@ class AdminService:
         who = await access.manager(self.auth, request)
         spec = parse(CreateKey, await read_body(request, 64 * 1024))
         tenant_id = access.scope(who, spec.tenant_id)
-        if spec.role == "admin" and (not who.is_admin or tenant_id is not None):
-            raise PermissionDenied(
-                "Only a platform admin creates admin keys, and they belong to no tenant.",
-                param="role",
-                code="role_not_allowed",
-            )
+        access.require_may_issue(who, spec.role, tenant_id)
         row, token = await self.keys.create(
             who.key_id,
             spec.name,
@@ -192,7 +192,7 @@ class AdminService:
         The state is this process's: with `--workers N` each worker routes on its own.
         """
         await access.admin(self.auth, request)
-        data = [_route_view(r) for r in self.router.routes.values()]
+        data = [route_view(r) for r in self.router.routes.values()]
         return JSONResponse({"object": "list", "data": data})
 
     async def engine(self, request: Request) -> Response:

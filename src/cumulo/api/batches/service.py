@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -100,6 +101,11 @@ class BatchService:
         """POST /v1/batches."""
         who = await self._who(request)
         body = OPENAI.parse(BatchCreate.model_validate_json, await read_body(request, MAX_BODY))
+        return JSONResponse(render_batch(await self.start(who, body)))
+
+    async def start(self, who: Principal, body: BatchCreate) -> JobRow:
+        """A new batch of `who`'s over one of its tenant's files of purpose `batch` (the
+        operation behind `POST /v1/batches`, also the web console's)."""
         record = await self.files.get(who.tenant_id, body.input_file_id)  # 404 if not its own
         if record.purpose != "batch":
             raise InvalidRequest(
@@ -135,7 +141,7 @@ class BatchService:
         )
         if self.runner is not None:
             self.runner.poke()
-        return JSONResponse(render_batch(job))
+        return job
 
     async def get(self, request: Request) -> Response:
         """GET /v1/batches/{batch_id}."""
@@ -152,28 +158,40 @@ class BatchService:
             raise InvalidRequest(f"limit must be an integer, not {raw!r}.", param="limit") from None
         if not 1 <= limit <= MAX_LIST:
             raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}.", param="limit")
-        after = None
-        if (cursor := request.query_params.get("after")) is not None:
-            try:
-                after = await self._own(who, cursor)
-            except NotFound:
-                raise InvalidRequest(f"after: no batch {cursor!r}.", param="after") from None
-        rows = await self.jobs.page(KIND, who.tenant_id, limit=limit + 1, after=after)
-        page = rows[:limit]
+        page, more = await self.page(who, limit, request.query_params.get("after"))
         return JSONResponse(
             {
                 "object": "list",
                 "data": [render_batch(j) for j in page],
                 "first_id": page[0].id if page else None,
                 "last_id": page[-1].id if page else None,
-                "has_more": len(rows) > limit,
+                "has_more": more,
             }
         )
+
+    async def page(
+        self, who: Principal, limit: int, after: str | None = None
+    ) -> tuple[Sequence[JobRow], bool]:
+        """`who`'s tenant's batches, newest first, after the batch `after`; whether more
+        follow."""
+        cursor = None
+        if after is not None:
+            try:
+                cursor = await self._own(who, after)
+            except NotFound:
+                raise InvalidRequest(f"after: no batch {after!r}.", param="after") from None
+        rows = await self.jobs.page(KIND, who.tenant_id, limit=limit + 1, after=cursor)
+        return rows[:limit], len(rows) > limit
 
     async def cancel(self, request: Request) -> Response:
         """POST /v1/batches/{batch_id}/cancel: in-flight requests are cancelled too."""
         who = await self._who(request)
-        job = await self._own(who, request.path_params["batch_id"])
+        return JSONResponse(render_batch(await self.stop(who, request.path_params["batch_id"])))
+
+    async def stop(self, who: Principal, batch_id: str) -> JobRow:
+        """Cancel a batch of `who`'s tenant (the operation behind
+        `POST /v1/batches/{batch_id}/cancel`, also the web console's)."""
+        job = await self._own(who, batch_id)
         now = time.time()
         if await self.jobs.move(
             job.id, [VALIDATING, IN_PROGRESS], status=CANCELLING, cancelling_at=now
@@ -194,4 +212,4 @@ class BatchService:
                 param="batch_id",
                 code="batch_not_cancellable",
             )
-        return JSONResponse(render_batch(await self._own(who, job.id)))
+        return await self._own(who, job.id)

@@ -341,15 +341,18 @@ class Ledger(BatchWriter[_Pending]):
         *,
         before_seq: int | None = None,
         action: str | None = None,
+        target: str | None = None,
     ) -> list[Entry]:
         """Entries oldest first after `after_seq` if given, else newest first (below
-        `before_seq` if given); optionally of one tenant or action. Not verified."""
+        `before_seq` if given); optionally of one tenant, action or target (a key id, a
+        model: its lineage). Not verified."""
         rows = await sql.entries(
             self.store,
             after_seq=after_seq,
             before_seq=before_seq,
             tenant_id=tenant_id,
             action=action,
+            about=target,
             limit=limit,
         )
         return [_entry(r) for r in rows]

@@ -170,9 +170,10 @@ class Authenticator:
 
     def principal(self, key_id: str) -> Principal | None:
         """The principal of an active key by its id, from the cache (a job acting as its
-        owner); None once the key is revoked, deleted or expired."""
+        owner, a web console session); None once the key is revoked, deleted or expired.
+        The admin key from `CUMULO_ADMIN_KEY` is `ADMIN_ENV_ID`, while that is set."""
         if key_id == ADMIN_ENV_ID:
-            return Principal(ADMIN_ENV_ID, "admin (CUMULO_ADMIN_KEY)", "admin")
+            return self._env_principal() if self._env_admin is not None else None
         who = self._principals.get(key_id)
         if who is None or (who.expires_at is not None and time.time() >= who.expires_at):
             return None
@@ -239,7 +240,7 @@ class Authenticator:
             and self._env_admin is not None
             and hmac.compare_digest(keys.hash_secret(token), self._env_admin)
         ):
-            return Principal(ADMIN_ENV_ID, "admin (CUMULO_ADMIN_KEY)", "admin")
+            return self._env_principal()
         if parts is not None:
             key_id, secret = parts
             if row is None:
@@ -248,6 +249,10 @@ class Authenticator:
             if row is not None and keys.matches(secret, row.secret_hash):
                 return self._admit(key_id)
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+
+    @staticmethod
+    def _env_principal() -> Principal:
+        return Principal(ADMIN_ENV_ID, "admin (CUMULO_ADMIN_KEY)", "admin")
 
     def _admit(self, key_id: str) -> Principal:
         """The principal of a key whose secret checked out, unless it has expired."""
