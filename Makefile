@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: serve test lint types pytest bench docs clean vllm chromium venv vllm
+.PHONY: serve test lint types pytest bench docs clean vllm chromium venv
 
 $(STAMP): pyproject.toml
 	@echo "==> 1/4 creating $(VENV) with $(PY)"
