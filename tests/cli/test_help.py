@@ -3,6 +3,7 @@ named. Rendered by click as a terminal 80 columns wide would show it."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 
 import click
@@ -60,3 +61,25 @@ def test_every_option_is_described(path: tuple[str, ...], command: click.Command
 def test_the_key_option_names_its_fallback() -> None:
     text = " ".join(help_of(()).split())
     assert "--key KEY API key of the client commands (env CUMULO_API_KEY, else CUMULO_ADMIN_KEY)" in text
+
+
+
+def test_an_exit_code_asked_by_a_command_is_the_process_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cumulo batch create --wait` on a batch that did not complete must exit non-zero: an
+    `Exit(1)` raised by a command reaches the shell although click runs without standalone
+    mode."""
+    entry = importlib.import_module("cumulo.cli.main")
+
+    @cli.command(name="exit-three", hidden=True)
+    def exit_three() -> None:
+        raise click.exceptions.Exit(3)
+
+    monkeypatch.setattr("sys.argv", ["cumulo", "exit-three"])
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            entry.main()
+        assert stopped.value.code == 3
+    finally:
+        cli.commands.pop("exit-three", None)

@@ -83,7 +83,10 @@ def main() -> None:
     """Entry point: the one place errors become a message and an exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode click returns an `Exit`'s code instead of exiting with it.
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
