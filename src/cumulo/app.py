@@ -208,7 +208,7 @@ def create_app(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations
             ),
         ]
-        app.router.routes.extend([*routes, *console_routes(platform, batches)])
+        app.router.routes.extend([*routes, *console_routes(platform, batches, evals)])
         hot.add([r for r in routes if r.path.startswith("/v1/")])
         if runner is not None:
             runner.start()

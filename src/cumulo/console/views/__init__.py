@@ -10,6 +10,7 @@ from types import ModuleType
 from cumulo.console.views import (
     audit,
     batches,
+    evals,
     files,
     guardrails,
     keys,
@@ -24,6 +25,7 @@ VIEWS: tuple[ModuleType, ...] = (
     overview,
     models,
     playground,
+    evals,
     files,
     keys,
     guardrails,
