@@ -164,6 +164,17 @@ def create_app(
             platform.ledger,
             runner,
         )
+        fine_tuning = FineTuningService(
+            platform.auth,
+            platform.files,
+            JobTable(platform.store),
+            platform.ledger,
+            platform.config,
+            platform.home,
+            runner,
+            platform.governance,
+            platform.guarding,
+        )
         limits = platform.config.server
         routes = [
             *openai_routes(
@@ -173,19 +184,7 @@ def create_app(
             *anthropic_routes(AnthropicService(platform.auth, gateway, limits, disconnects)),
             *batch_routes(batches),
             *eval_routes(evals),
-            *fine_tuning_routes(
-                FineTuningService(
-                    platform.auth,
-                    platform.files,
-                    JobTable(platform.store),
-                    platform.ledger,
-                    platform.config,
-                    platform.home,
-                    runner,
-                    platform.governance,
-                    platform.guarding,
-                )
-            ),
+            *fine_tuning_routes(fine_tuning),
             *admin_routes(
                 AdminService(
                     platform.auth,
@@ -208,7 +207,7 @@ def create_app(
                 lambda r: access.principal(platform.auth, r), platform.alerts, platform.invocations
             ),
         ]
-        app.router.routes.extend([*routes, *console_routes(platform, batches)])
+        app.router.routes.extend([*routes, *console_routes(platform, batches, evals, fine_tuning)])
         hot.add([r for r in routes if r.path.startswith("/v1/")])
         if runner is not None:
             runner.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pygal
 from markupsafe import Markup
@@ -70,7 +70,7 @@ def time_labels(starts: Sequence[float], width_s: float) -> list[str]:
     return [time.strftime(fmt, time.gmtime(t)) for t in starts]
 
 
-def line(title: str, labels: Sequence[str], series: dict[str, Sequence[float]]) -> Markup:
+def line(title: str, labels: Sequence[str], series: Mapping[str, Sequence[float | None]]) -> Markup:
     """A line chart over time (each series one line)."""
     chart = pygal.Line(**_config(title))
     step = max(1, len(labels) // 8)

@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from cumulo.api.batches import BatchService
+from cumulo.api.evals import EvalService
+from cumulo.api.fine_tuning import FineTuningService
 from cumulo.api.http import openai_validation_error
 from cumulo.console.format import FILTERS
 from cumulo.console.pages import Page
@@ -56,11 +58,18 @@ class Ctx:
 
 class Console:
     def __init__(
-        self, platform: Platform, pages: list[Page], batches: BatchService | None = None
+        self,
+        platform: Platform,
+        pages: list[Page],
+        batches: BatchService | None = None,
+        evals: EvalService | None = None,
+        fine_tuning: FineTuningService | None = None,
     ) -> None:
         self.platform = platform
         self.pages = pages
         self.batches = batches  # the Batch API's operations (none: no batches shown)
+        self.evals = evals  # the Evals API's operations (none: no evals shown)
+        self.fine_tuning = fine_tuning  # the Fine-tuning API's (none: no jobs shown)
         self.sessions = Sessions(platform.store, platform.master_key)
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),

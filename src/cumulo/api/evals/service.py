@@ -215,7 +215,11 @@ class EvalService:
     async def create(self, request: Request) -> Response:
         """POST /v1/evals."""
         who = await self._who(request)
-        body = await self._body(request)
+        return JSONResponse(render_eval(await self.create_eval(who, await self._body(request))))
+
+    async def create_eval(self, who: Principal, body: dict[str, Any]) -> EvalRow:
+        """An eval of `who`'s tenant from a request body of POST /v1/evals (the console's
+        form goes through here too)."""
         cfg = _obj(body, "data_source_config")
         if cfg.get("type") != "custom":
             raise InvalidRequest(
@@ -262,7 +266,7 @@ class EvalService:
             who.tenant_id,
             {"criteria": [c["type"] for c in criteria]},
         )
-        return JSONResponse(render_eval(row))
+        return row
 
     async def get(self, request: Request) -> Response:
         who = await self._who(request)
@@ -331,6 +335,14 @@ class EvalService:
                 raise InvalidRequest(f"after: no eval {cursor!r}.", param="after")
         rows = await self.evals.page(who.tenant_id, limit + 1, after, asc)
         return self._list([render_eval(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def page_evals(
+        self, who: Principal, limit: int, after: str | None = None
+    ) -> tuple[list[EvalRow], bool]:
+        """A page of `who`'s tenant's evals, newest first, and whether more follow."""
+        cursor = await self._eval(who, after) if after is not None else None
+        rows = await self.evals.page(who.tenant_id, limit + 1, cursor, False)
+        return rows[:limit], len(rows) > limit
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -479,8 +491,13 @@ class EvalService:
     async def create_run(self, request: Request) -> Response:
         """POST /v1/evals/{id}/runs."""
         who = await self._who(request)
-        ev = await self._eval(who, request.path_params["eval_id"])
         body = await self._body(request)
+        job = await self.start_run(who, request.path_params["eval_id"], body)
+        return JSONResponse(await self.render_run(request, job, with_results=False))
+
+    async def start_run(self, who: Principal, eval_id: str, body: dict[str, Any]) -> JobRow:
+        """A run of one of `who`'s tenant's evals, from a body of POST /v1/evals/{id}/runs."""
+        ev = await self._eval(who, eval_id)
         ds = _obj(body, "data_source")
         source = self._data_source(ds)
         src = _obj(ds, "source", "data_source.source")
@@ -522,7 +539,7 @@ class EvalService:
         )
         if self.runner is not None:
             self.runner.poke()
-        return JSONResponse(await self.render_run(request, job, with_results=False))
+        return job
 
     async def outputs(self, job: JobRow) -> list[dict[str, Any]]:
         """The run's output items so far, in item order."""
@@ -700,13 +717,23 @@ class EvalService:
 
     # -- comparison ----------------------------------------------------------------------
 
-    async def _runs_of(self, who: Principal, request: Request) -> tuple[EvalRow, list[JobRow]]:
-        ev = await self._eval(who, request.path_params["eval_id"])
-        raw = request.query_params.get("runs")
+    async def eval_of(self, who: Principal, eval_id: str) -> EvalRow:
+        """One of `who`'s tenant's evals (another tenant's: NotFound)."""
+        return await self._eval(who, eval_id)
+
+    async def runs(self, who: Principal, eval_id: str) -> list[JobRow]:
+        """The runs of one of `who`'s tenant's evals, newest first."""
+        _, jobs = await self._runs_of(who, eval_id, None, limit=None)
+        return jobs
+
+    async def _runs_of(
+        self, who: Principal, eval_id: str, raw: str | None, limit: int | None = 16
+    ) -> tuple[EvalRow, list[JobRow]]:
+        ev = await self._eval(who, eval_id)
         ids = [r for r in (raw or "").split(",") if r] or list(
             reversed(await self.evals.run_ids(ev.id))
         )
-        if not 1 <= len(ids) <= 16:
+        if limit is not None and not 1 <= len(ids) <= limit:
             raise InvalidRequest("runs must name 1 to 16 runs of this eval.", param="runs")
         jobs = []
         for run_id in ids:
@@ -726,20 +753,29 @@ class EvalService:
         from cumulo.evals.compare import compare
 
         who = await self._who(request)
-        ev, jobs = await self._runs_of(who, request)
+        ev, jobs = await self._runs_of(
+            who, request.path_params["eval_id"], request.query_params.get("runs")
+        )
         runs = [(j, await self.outputs(j)) for j in jobs]
         return JSONResponse(compare(ev, runs))
 
     async def report(self, request: Request) -> Response:
         """GET /v1/evals/{id}/report?runs=a,b: the comparison as a self-contained HTML page."""
+        who = await self._who(request)
+        page = await self.report_html(
+            who, request.path_params["eval_id"], request.query_params.get("runs")
+        )
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    async def report_html(self, who: Principal, eval_id: str, runs: str | None) -> str:
+        """The side-by-side report of an eval's runs (`runs`: ids joined by commas, or none
+        for all of them), for `who`'s tenant only."""
         from cumulo.evals.compare import compare
         from cumulo.evals.report import html
 
-        who = await self._who(request)
-        ev, jobs = await self._runs_of(who, request)
-        runs = [(j, await self.outputs(j)) for j in jobs]
-        page = await anyio.to_thread.run_sync(html, compare(ev, runs))
-        return Response(page, media_type="text/html; charset=utf-8")
+        ev, jobs = await self._runs_of(who, eval_id, runs)
+        outs = [(j, await self.outputs(j)) for j in jobs]
+        return await anyio.to_thread.run_sync(html, compare(ev, outs))
 
 
 __all__ = ["OPENAI", "EvalService", "render_eval", "summarize"]

@@ -411,9 +411,17 @@ class FineTuningService:
     async def list(self, request: Request) -> Response:
         """GET /v1/fine_tuning/jobs?limit=&after= (newest first)."""
         who = await self._who(request)
-        limit = self._limit(request)
+        rows, more = await self.page(who, self._limit(request), request.query_params.get("after"))
+        return JSONResponse(
+            {"object": "list", "data": [render_job(j) for j in rows], "has_more": more}
+        )
+
+    async def page(
+        self, who: Principal, limit: int, cursor: str | None = None
+    ) -> tuple[builtins.list[JobRow], bool]:
+        """A page of `who`'s tenant's fine-tuning jobs, newest first, and whether more follow."""
         after = None
-        if (cursor := request.query_params.get("after")) is not None:
+        if cursor is not None:
             try:
                 after = await self._own(who, cursor)
             except NotFound:
@@ -421,13 +429,11 @@ class FineTuningService:
                     f"after: no fine-tuning job {cursor!r}.", param="after"
                 ) from None
         rows = await self.jobs.page(KIND, who.tenant_id, limit=limit + 1, after=after)
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [render_job(j) for j in rows[:limit]],
-                "has_more": len(rows) > limit,
-            }
-        )
+        return rows[:limit], len(rows) > limit
+
+    async def job(self, who: Principal, job_id: str) -> JobRow:
+        """One of `who`'s tenant's fine-tuning jobs (another tenant's: NotFound)."""
+        return await self._own(who, job_id)
 
     async def _move(
         self, request: Request, from_: builtins.list[str], to: str, verb: str, **values: Any
@@ -473,10 +479,22 @@ class FineTuningService:
     async def events(self, request: Request) -> Response:
         """GET /v1/fine_tuning/jobs/{id}/events?limit=&after= (newest first)."""
         who = await self._who(request)
-        job = await self._own(who, request.path_params["job_id"])
-        limit = self._limit(request)
-        rows = list(reversed(await self.jobs.events(job.id, MAX_EVENTS)))
-        if (after := request.query_params.get("after")) is not None:
+        data, more = await self.event_list(
+            who,
+            request.path_params["job_id"],
+            self._limit(request),
+            request.query_params.get("after"),
+        )
+        return JSONResponse({"object": "list", "data": data, "has_more": more})
+
+    async def event_list(
+        self, who: Principal, job_id: str, limit: int, after: str | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], bool]:
+        """A job's `fine_tuning.job.event` objects, newest first (metrics events carry their
+        figures in `data`), and whether more follow."""
+        job = await self._own(who, job_id)
+        rows = builtins.list(reversed(await self.jobs.events(job.id, MAX_EVENTS)))
+        if after is not None:
             seqs = [f"ftevent-{job.id}-{r.seq}" for r in rows]
             rows = rows[seqs.index(after) + 1 :] if after in seqs else []
         data = []
@@ -502,16 +520,24 @@ class FineTuningService:
                         f"{figures['train_loss']:.4f}, {figures['tokens_per_s']:.0f} tokens/s"
                     )
             data.append(event)
-        return JSONResponse({"object": "list", "data": data, "has_more": len(rows) > limit})
+        return data, len(rows) > limit
 
     async def checkpoints(self, request: Request) -> Response:
         """GET /v1/fine_tuning/jobs/{id}/checkpoints (newest first)."""
+        who = await self._who(request)
+        data, more = await self.checkpoint_list(
+            who, request.path_params["job_id"], self._limit(request, 10)
+        )
+        return JSONResponse({"object": "list", "data": data, "has_more": more})
+
+    async def checkpoint_list(
+        self, who: Principal, job_id: str, limit: int
+    ) -> tuple[builtins.list[dict[str, Any]], bool]:
+        """A job's `fine_tuning.job.checkpoint` objects, newest first."""
         from cumulo.jobs.finetune.train import checkpoint_metrics, checkpoints
 
-        who = await self._who(request)
-        job = await self._own(who, request.path_params["job_id"])
-        limit = self._limit(request, 10)
-        found = list(reversed(checkpoints(job_dir(self.home, job.id))))
+        job = await self._own(who, job_id)
+        found = builtins.list(reversed(checkpoints(job_dir(self.home, job.id))))
         data = []
         for step, path in found[:limit]:
             m = checkpoint_metrics(path)
@@ -533,4 +559,4 @@ class FineTuningService:
                     },
                 }
             )
-        return JSONResponse({"object": "list", "data": data, "has_more": len(found) > limit})
+        return data, len(found) > limit

@@ -10,7 +10,9 @@ from types import ModuleType
 from cumulo.console.views import (
     audit,
     batches,
+    evals,
     files,
+    fine_tuning,
     guardrails,
     keys,
     models,
@@ -24,6 +26,8 @@ VIEWS: tuple[ModuleType, ...] = (
     overview,
     models,
     playground,
+    evals,
+    fine_tuning,
     files,
     keys,
     guardrails,

@@ -1,0 +1,195 @@
+"""Evaluations: the key's tenant's evals and their runs (status, result counts, progress,
+refreshed by HTMX while a run is going; a reload shows it without JavaScript); create an
+eval from an uploaded JSONL file of items and one run per chosen model, the way
+`cumulo eval run` does; open the side-by-side report. Everything goes through the Evals
+API's operations (`api/evals/service.EvalService`) for the key's tenant: another
+tenant's eval is a 404 here as on `/v1/evals`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import quote
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from cumulo.api.evals import EvalService
+from cumulo.api.evals.service import STATUS, summarize
+from cumulo.console.core import Console, Ctx
+from cumulo.console.pages import EVERYONE, Page
+from cumulo.errors import InvalidRequest, NotFound, PayloadTooLarge
+
+PAGE = Page("/evals", "Evaluations", EVERYONE)
+PER_PAGE = 20
+CHUNK = 1 << 20
+ACTIVE = ("queued", "in_progress")
+MAX_TOKENS = 256
+# The graders the form offers, as `cumulo eval run --grader` builds them.
+GRADERS = {
+    "exact": {"type": "string_check", "operation": "eq"},
+    "contains": {"type": "string_check", "operation": "ilike"},
+}
+ITEM_SCHEMA = {
+    "type": "object",
+    "properties": {"input": {"type": "string"}, "ideal": {"type": "string"}},
+    "required": ["input", "ideal"],
+}
+
+
+def _service(console: Console) -> EvalService:
+    if console.evals is None:
+        raise NotFound("Evaluations are not served here.")
+    return console.evals
+
+
+def routes(console: Console) -> list[Route]:
+    files = console.platform.files
+
+    def chat_models(ctx: Ctx) -> list[str]:
+        return [
+            e.name
+            for e in console.platform.catalog.entries()
+            if e.config.kind == "chat" and ctx.who.may_use(e.name)
+        ]
+
+    async def values(request: Request, ctx: Ctx) -> dict[str, Any]:
+        service = _service(console)
+        after = request.query_params.get("after") or None
+        rows, more = await service.page_evals(ctx.who, PER_PAGE, after)
+        evals: list[dict[str, Any]] = []
+        for ev in rows:
+            runs: list[dict[str, Any]] = []
+            for job in await service.runs(ctx.who, ev.id):
+                counts, _, _ = summarize(job, await service.outputs(job))
+                runs.append(
+                    {
+                        "id": job.id,
+                        "name": job.params.get("name"),
+                        "model": job.params["data_source"].get("model"),
+                        "status": STATUS.get(job.status, job.status),
+                        "counts": counts,
+                        "total": job.total,
+                        "done": job.completed + job.failed,
+                    }
+                )
+            evals.append({"eval": ev, "runs": runs})
+        active = any(r["status"] in ACTIVE for e in evals for r in e["runs"])
+        return {"evals": evals, "has_more": more, "active": active, "after": after}
+
+    async def listing(request: Request, ctx: Ctx) -> Response:
+        return console.render(
+            request,
+            ctx,
+            "evals.html",
+            {
+                **await values(request, ctx),
+                "models": chat_models(ctx),
+                "graders": list(GRADERS),
+                "max_bytes": files.limits.max_bytes,
+                "created": request.query_params.get("created"),
+            },
+        )
+
+    async def fragment(request: Request, ctx: Ctx) -> Response:
+        return console.render(request, ctx, "_evals.html", await values(request, ctx))
+
+    async def create(request: Request, ctx: Ctx) -> Response:
+        """POST /console/evals (multipart: file, model (repeated), grader); the CSRF token in
+        the query. Uploads the items (purpose evals), creates the eval, starts a run per
+        model."""
+        service = _service(console)
+        limit = files.limits.max_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit + 64 * 1024:
+            raise PayloadTooLarge(f"The file is over the limit of {limit} bytes.", param="file")
+        form = await request.form(max_files=1, max_fields=40, max_part_size=limit + 1)
+        item = form.get("file")
+        if not isinstance(item, UploadFile) or not item.filename:
+            raise InvalidRequest("Choose a JSONL file of items to upload.", param="file")
+        allowed = chat_models(ctx)
+        models = [m for m in form.getlist("model") if isinstance(m, str)]
+        if not models:
+            raise InvalidRequest("Choose at least one model.", param="model")
+        for m in models:
+            if m not in allowed:
+                raise InvalidRequest(f"The model {m!r} is not one this key may use.", param="model")
+        grader = form.get("grader") or "exact"
+        if not isinstance(grader, str) or grader not in GRADERS:
+            raise InvalidRequest(f"grader must be one of {', '.join(GRADERS)}.", param="grader")
+        raw_name = form.get("name")
+        name = (raw_name if isinstance(raw_name, str) else "").strip()
+        name = name or PurePath(item.filename).stem
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await item.read(CHUNK):
+                yield chunk
+
+        record = await files.create(
+            tenant_id=ctx.who.tenant_id,
+            key_id=ctx.who.key_id,
+            purpose="evals",
+            filename=item.filename,
+            chunks=chunks(),
+            actor=ctx.who.key_id,
+        )
+        ev = await service.create_eval(
+            ctx.who,
+            {
+                "name": name,
+                "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
+                "testing_criteria": [
+                    {
+                        "name": grader,
+                        "input": "{{sample.output_text}}",
+                        "reference": "{{item.ideal}}",
+                        **GRADERS[grader],
+                    }
+                ],
+            },
+        )
+        template = [{"role": "user", "content": "{{item.input}}"}]
+        for model in models:
+            await service.start_run(
+                ctx.who,
+                ev.id,
+                {
+                    "name": model,
+                    "data_source": {
+                        "type": "completions",
+                        "model": model,
+                        "input_messages": {"type": "template", "template": template},
+                        "sampling_params": {"temperature": 0, "max_completion_tokens": MAX_TOKENS},
+                        "source": {"type": "file_id", "id": record.id},
+                    },
+                },
+            )
+        return RedirectResponse(f"/console/evals?created={quote(ev.id)}", status_code=303)
+
+    async def report(request: Request, ctx: Ctx) -> Response:
+        """The report `GET /v1/evals/{id}/report` serves, for this session's key."""
+        service = _service(console)
+        runs = request.query_params.get("runs") or None
+        page = await service.report_html(ctx.who, request.path_params["eval_id"], runs)
+        return Response(
+            page,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "cache-control": "no-store",
+                "x-content-type-options": "nosniff",
+                "content-security-policy": (
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                    "frame-ancestors 'none'"
+                ),
+            },
+        )
+
+    return [
+        Route("/console/evals", console.view(listing, PAGE), methods=["GET"]),
+        Route("/console/evals", console.view(create, PAGE), methods=["POST"]),
+        Route("/console/evals/runs", console.view(fragment, PAGE), methods=["GET"]),
+        Route("/console/evals/{eval_id}/report", console.view(report, PAGE), methods=["GET"]),
+    ]
