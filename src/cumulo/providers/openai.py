@@ -14,6 +14,8 @@ upstream is always asked for a final usage chunk so that usage is exact.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
@@ -178,7 +180,7 @@ class OpenAIProvider(Provider):
         finish: FinishReason | None = None
         usage: Usage | None = None
         async with self._request("chat/completions", body) as resp:
-            try:
+            with _stream_errors():
                 async for raw in resp.content:
                     line = raw.strip()
                     if not line.startswith(b"data:"):
@@ -206,14 +208,6 @@ class OpenAIProvider(Provider):
                             )
                         if choice.get("finish_reason"):
                             finish = _FINISH.get(choice["finish_reason"], "stop")
-            except TimeoutError as exc:
-                raise UpstreamTimeout("Upstream timed out during the stream.") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(
-                    f"Upstream connection failed mid-stream: {type(exc).__name__}."
-                ) from exc
-            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-                raise UpstreamError("Upstream sent a malformed stream chunk.") from exc
         if finish is None:
             raise UpstreamError("Upstream closed the stream before it finished.")
         yield StreamEnd(finish, usage)
@@ -274,7 +268,7 @@ class OpenAIProvider(Provider):
         usage: Usage | None = None
         try:
             async with self._request("completions", body) as resp:
-                try:
+                with _stream_errors():
                     async for raw in resp.content:
                         line = raw.strip()
                         if not line.startswith(b"data:"):
@@ -295,14 +289,6 @@ class OpenAIProvider(Provider):
                                 yield TextDelta(choice["text"])
                             if choice.get("finish_reason"):
                                 finish = _FINISH.get(choice["finish_reason"], "stop")
-                except TimeoutError as exc:
-                    raise UpstreamTimeout("Upstream timed out during the stream.") from exc
-                except aiohttp.ClientError as exc:
-                    raise UpstreamError(
-                        f"Upstream connection failed mid-stream: {type(exc).__name__}."
-                    ) from exc
-                except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-                    raise UpstreamError("Upstream sent a malformed stream chunk.") from exc
         except _NoEndpoint as exc:
             raise self.no_completions(request.model) from exc
         if finish is None:
@@ -393,6 +379,21 @@ class _Call:
     async def __aexit__(self, *exc: object) -> None:
         if self._resp is not None:
             self._resp.release()
+
+
+@contextlib.contextmanager
+def _stream_errors() -> Iterator[None]:
+    """Failures while reading an upstream stream, as cumulo's errors (every streamed call)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout("Upstream timed out during the stream.") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            f"Upstream connection failed mid-stream: {type(exc).__name__}."
+        ) from exc
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise UpstreamError("Upstream sent a malformed stream chunk.") from exc
 
 
 async def _raise_for_status(p: OpenAIProvider, resp: aiohttp.ClientResponse) -> None:
