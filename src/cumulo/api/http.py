@@ -498,3 +498,19 @@ class FrontDoor:
                 yield render(CumuloError(wire.internal))
         if wire.stream_end:
             yield wire.stream_end
+
+
+MAX_LIST = 100  # items per page of a list endpoint, as OpenAI's
+
+
+def list_limit(request: Request, default: int = 20) -> int:
+    """A list endpoint's `limit` query parameter (absent: `default`), 1 to MAX_LIST, else a
+    400 naming it."""
+    raw = request.query_params.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"limit must be an integer, not {raw!r}.", param="limit") from None
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}.", param="limit")
+    return limit

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.api.batches.protocol import BatchCreate
-from cumulo.api.http import OPENAI, JSONResponse, header, read_body
+from cumulo.api.http import OPENAI, JSONResponse, header, list_limit, read_body
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.files import FileStore
 from cumulo.governance.identity.auth import Authenticator, Principal
@@ -28,7 +28,6 @@ from cumulo.jobs.runner import CANCELLING, FINALIZING, IN_PROGRESS, VALIDATING
 from cumulo.store.jobs import JobRow, JobTable
 
 WINDOW_S = {"24h": 24 * 3600.0}
-MAX_LIST = 100
 MAX_BODY = 64 * 1024
 # When each status was reached, as OpenAI's batch object names it.
 _ENDED_AT = {
@@ -151,13 +150,7 @@ class BatchService:
     async def list(self, request: Request) -> Response:
         """GET /v1/batches?limit=&after= (newest first)."""
         who = await self._who(request)
-        raw = request.query_params.get("limit", "20")
-        try:
-            limit = int(raw)
-        except ValueError:
-            raise InvalidRequest(f"limit must be an integer, not {raw!r}.", param="limit") from None
-        if not 1 <= limit <= MAX_LIST:
-            raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}.", param="limit")
+        limit = list_limit(request)
         page, more = await self.page(who, limit, request.query_params.get("after"))
         return JSONResponse(
             {

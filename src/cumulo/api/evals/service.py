@@ -20,7 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cumulo.api.http import OPENAI, JSONResponse, header, read_body
+from cumulo.api.http import OPENAI, JSONResponse, header, list_limit, read_body
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.evals.graders import MAX_CRITERIA, CriterionInvalid, check, content_text
 from cumulo.evals.items import MAX_ITEMS, check_row, check_schema
@@ -34,7 +34,6 @@ from cumulo.store.evals import EvalRow, EvalTable
 from cumulo.store.jobs import COMPLETED, FAILED, JobRow, JobTable
 
 MAX_BODY = 32 << 20  # file_content rows inline
-MAX_LIST = 100
 MAX_METADATA = 16
 # A job's status as OpenAI's eval run names it.
 STATUS = {
@@ -300,13 +299,7 @@ class EvalService:
         return JSONResponse({"object": "eval.deleted", "deleted": True, "eval_id": row.id})
 
     def _page_args(self, request: Request) -> tuple[int, str | None, bool]:
-        raw = request.query_params.get("limit", "20")
-        try:
-            limit = int(raw)
-        except ValueError:
-            raise InvalidRequest(f"limit must be an integer, not {raw!r}.", param="limit") from None
-        if not 1 <= limit <= MAX_LIST:
-            raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}.", param="limit")
+        limit = list_limit(request)
         order = request.query_params.get("order", "asc")
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")

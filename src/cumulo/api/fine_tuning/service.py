@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cumulo.api.fine_tuning.protocol import FineTuneCreate, Hyperparameters
-from cumulo.api.http import OPENAI, JSONResponse, header, read_body
+from cumulo.api.http import OPENAI, JSONResponse, header, list_limit, read_body
 from cumulo.config import Config
 from cumulo.errors import BudgetExceeded, InvalidRequest, NotFound
 from cumulo.files import FileStore
@@ -45,7 +45,6 @@ from cumulo.store.jobs import JobRow, JobTable
 
 PAUSED = "paused"
 _VERBS = {"cancelled": "cancel", "paused": "pause", "resumed": "resume"}
-MAX_LIST = 100
 MAX_BODY = 64 * 1024
 MAX_EVENTS = 100_000
 METHODS = ("supervised",)
@@ -399,14 +398,7 @@ class FineTuningService:
         return JSONResponse(render_job(await self._own(who, request.path_params["job_id"])))
 
     def _limit(self, request: Request, default: int = 20) -> int:
-        raw = request.query_params.get("limit", str(default))
-        try:
-            limit = int(raw)
-        except ValueError:
-            raise InvalidRequest(f"limit must be an integer, not {raw!r}.", param="limit") from None
-        if not 1 <= limit <= MAX_LIST:
-            raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}.", param="limit")
-        return limit
+        return list_limit(request, default)
 
     async def list(self, request: Request) -> Response:
         """GET /v1/fine_tuning/jobs?limit=&after= (newest first)."""
