@@ -24,7 +24,7 @@ from nltk.translate.gleu_score import sentence_gleu
 from rapidfuzz import fuzz
 from rouge_score import rouge_scorer
 
-from cumulo.evals.graders import Grader, check
+from cumulo.evals.graders import Call, Grader, check
 from cumulo.evals.templates import sample_scope
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "cat", "sleeps", "on", "the", "warm", "mat"]
@@ -55,12 +55,13 @@ def criterion(kind: str) -> dict[str, Any]:
                   "pass_threshold": 0.5, **({"model": "e"} if kind == "cosine" else {})}, 0)
 
 
-async def judge(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    return '{"label": "correct", "score": 0.8}'
+async def judge(model: str, messages: list[dict[str, str]], params: dict[str, Any]
+                ) -> tuple[str, Call]:
+    return '{"label": "correct", "score": 0.8}', Call(model, 20, 8)
 
 
-async def embed(model: str, inputs: list[str]) -> list[list[float]]:
-    return [[float(len(t)), float(t.count(" ")), 1.0] for t in inputs]
+async def embed(model: str, inputs: list[str]) -> tuple[list[list[float]], Call]:
+    return [[float(len(t)), float(t.count(" ")), 1.0] for t in inputs], Call(model, 8)
 
 
 def baseline(kind: str) -> Callable[[str, str], Any] | None:

@@ -13,6 +13,7 @@ from rapidfuzz import fuzz
 from rouge_score import rouge_scorer
 
 from cumulo.evals.graders import (
+    Call,
     CriterionInvalid,
     Grader,
     check,
@@ -108,21 +109,29 @@ def test_judges_through_a_chat_callable_and_garbage_is_errored() -> None:
     asked: list[Any] = []
 
     def judge_with(answer: str) -> Grader:
-        async def chat(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        async def chat(model: str, messages: list[dict[str, str]], params: dict[str, Any]
+                       ) -> tuple[str, Call]:
             asked.append((model, messages, params))
-            return answer
+            return answer, Call(model, 30, len(answer), 0.25)
 
         return Grader(chat=chat)
 
     label = check({"type": "label_model", "name": "j", "model": "judge",
                    "input": [{"role": "user", "content": "Is {{sample.output_text}} {{item.x}}?"}],
                    "labels": ["yes", "no"], "passing_labels": ["yes"]}, 0)
-    assert grade(label, "4", {"x": "even"}, judge_with("Yes")).passed
+    yes = grade(label, "4", {"x": "even"}, judge_with("Yes"))
+    assert yes.passed
+    # The judge's call is in the result's sample: its model, tokens and cost.
+    sample = yes.as_dict()["sample"]
+    assert (sample["model"], sample["usage"], sample["cost"], sample["label"]) == (
+        "judge", {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33,
+                  "cached_tokens": 0}, 0.25, "yes")
     model, messages, _ = asked[-1]
     assert model == "judge" and messages[-1]["content"] == "Is 4 even?"
     assert "yes, no" in messages[0]["content"]
     r = grade(label, "4", {"x": "even"}, judge_with("banana"))
     assert r.error is not None and not r.passed and r.sample["output"][0]["content"] == "banana"
+    assert r.as_dict()["sample"]["usage"]["completion_tokens"] == 6  # an answer, paid for
     score = check({"type": "score_model", "name": "s", "model": "judge", "range": [1, 5],
                    "pass_threshold": 4, "sampling_params": {"temperature": 0, "seed": 3},
                    "input": [{"role": "user", "content": "{{sample.output_text}}"}]}, 0)
@@ -134,15 +143,17 @@ def test_judges_through_a_chat_callable_and_garbage_is_errored() -> None:
 
 
 def test_cosine_uses_the_embedding_callable() -> None:
-    async def embed(model: str, texts: list[str]) -> list[list[float]]:
+    async def embed(model: str, texts: list[str]) -> tuple[list[list[float]], Call]:
         assert model == "emb"
-        return [[1.0, 0.0] if t == "a" else [1.0, 1.0] for t in texts]
+        return [[1.0, 0.0] if t == "a" else [1.0, 1.0] for t in texts], Call(model, 2)
 
     c = check({"type": "text_similarity", "name": "cos", "input": "{{sample.output_text}}",
                "reference": "{{item.r}}", "evaluation_metric": "cosine", "pass_threshold": 0.8,
                "model": "emb"}, 0)
     r = grade(c, "a", {"r": "b"}, Grader(embed=embed))
     assert r.score == pytest.approx(2 ** -0.5) and not r.passed
+    assert r.as_dict()["sample"] == {"model": "emb", "cost": None, "usage": {
+        "prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2, "cached_tokens": 0}}
 
 
 @pytest.mark.parametrize(("criterion", "param"), [

@@ -6,6 +6,7 @@ a server killed mid-run, and tenant isolation."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -20,7 +21,15 @@ import pytest
 from cumulo.cli.evals import EXAMPLES
 from support import CUMULO_BIN, CumuloServer, clean_env, start_cumulo
 from support.batches import new_key
-from support.evals import ITEM_SCHEMA, TEMPLATE, QuizUpstream, eval_config, quiz_items, wait_run
+from support.evals import (
+    ITEM_SCHEMA,
+    TEMPLATE,
+    QuizUpstream,
+    eval_config,
+    quiz_answer,
+    quiz_items,
+    wait_run,
+)
 
 # The SDK marks client.evals deprecated (OpenAI retired its hosted product); cumulo serves it.
 pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")
@@ -173,6 +182,29 @@ def test_judges_label_score_and_garbage(
         items = list(c.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=100))
         scores = sorted({it.results[1].score for it in items})
         assert scores == [0.2, 0.9]
+        # The judges' calls: in each result's sample and in per_model_usage, under the judge
+        # model (judge-label has a price: $1000 / M input tokens, $2000 / M output).
+        judged = items[0].results[0].sample or {}
+        assert (judged["model"], judged["usage"]["total_tokens"]) == ("judge-label", 12)
+        assert judged["cost"] == pytest.approx(0.014)
+        per = {u["model_name"]: u for u in done["per_model_usage"]}
+        assert {m: (u["invocation_count"], u["total_tokens"]) for m, u in per.items()} == {
+            "quiz-80": (10, 120), "judge-label": (10, 120), "judge-score": (10, 120)}
+        assert per["judge-label"]["cost"] == pytest.approx(0.14)
+        assert per["judge-score"]["cost"] is None  # no price
+        # ... and in usage (which budgets count), as the run's owner, in the run's job
+        deadline = time.monotonic() + 30
+        while len(rows := server.sql(
+                "SELECT model, key_id, origin, COUNT(*), SUM(prompt_tokens), SUM(cost_usd) "
+                "FROM usage WHERE job_id = ? GROUP BY model, key_id, origin ORDER BY model",
+                (run.id,))) < 3 or sum(r[3] for r in rows) < 30:
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.1)
+        assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
+            ("judge-label", "eval", 10, 100), ("judge-score", "eval", 10, 100),
+            ("quiz-80", "eval", 10, 100)]
+        assert len({r[1] for r in rows}) == 1  # one caller: the run's key
+        assert rows[0][5] == pytest.approx(0.14) and rows[2][5] == pytest.approx(0.14)
 
         garbage = c.evals.create(
             data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
@@ -193,6 +225,9 @@ def test_judges_label_score_and_garbage(
         it = next(iter(c.evals.runs.output_items.list(run.id, eval_id=garbage.id)))
         assert it.status == "error"
         assert "names none of the labels" in (it.results[1].model_extra or {})["error"]
+        # an answer that could not be read was still a call, and is counted
+        assert {u["model_name"]: u["invocation_count"] for u in done["per_model_usage"]} == {
+            "quiz-80": 10, "judge-garbage": 10}
 
 
 def test_jsonl_samples_graded_without_generation(
@@ -389,3 +424,190 @@ def test_eval_crud_and_a_bad_file_fails_the_run_naming_the_item(http: httpx.Clie
     assert http.delete(f"/v1/evals/{ev['id']}").json()["deleted"] is True
     assert http.get(f"/v1/evals/{ev['id']}").status_code == 404
     assert http.get(f"/v1/evals/{ev['id']}/runs/{run['id']}").status_code == 404
+
+
+ROBUST = {"perturbations": ["lowercase", "typos", "whitespace"], "seed": 7}
+
+
+def test_robustness_perturbed_samples_linked_counted_compared_and_reported(
+    server: CumuloServer, token: str, http: httpx.Client
+) -> None:
+    """quiz-80 reads "What is A + B?" exactly; quiz-loose in any case and spacing; neither
+    reads it misspelt. Both are right on 80% of the original items."""
+    with client(server, token) as c:
+        ev = c.evals.create(
+            data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
+            testing_criteria=[EXACT],  # type: ignore[list-item]
+        )
+        runs = {m: c.evals.runs.create(ev.id, name=m, data_source={  # type: ignore[arg-type]
+            **completions(m, quiz_items(20)), "robustness": ROBUST}).id
+            for m in ("quiz-80", "quiz-loose")}
+    done = {m: wait_run(http, ev.id, r) for m, r in runs.items()}
+    items = {m: http.get(f"/v1/evals/{ev.id}/runs/{r}/output_items",
+                         params={"limit": 100}).json()["data"] for m, r in runs.items()}
+    expected: dict[str, dict[str, int]] = {}
+    for model, run in done.items():
+        assert run["status"] == "completed", run
+        # result_counts and the criteria are of the 20 original items
+        assert run["result_counts"] == {"total": 20, "passed": 16, "failed": 4, "errored": 0}
+        assert run["per_testing_criteria_results"] == [
+            {"testing_criteria": "exact", "passed": 16, "failed": 4}]
+        [usage] = run["per_model_usage"]  # every generation, perturbed ones too
+        assert (usage["model_name"], usage["invocation_count"], usage["total_tokens"]) == (
+            model, 80, 960)
+        assert usage["cost"] == pytest.approx(80 * 0.014)
+        got = items[model]
+        assert len(got) == 80
+        originals = {it["datasource_item_id"]: it for it in got if "perturbation" not in it}
+        assert sorted(originals) == list(range(20))
+        passed = {"lowercase": 0, "typos": 0, "whitespace": 0}
+        for it in got:
+            p = it.get("perturbation")
+            if p is None:
+                continue
+            i = it["datasource_item_id"]
+            original = originals[i]
+            assert p["original_id"] == original["id"] and it["id"] != original["id"]
+            assert it["datasource_item"] == original["datasource_item"]  # graded on it
+            question = original["datasource_item"]["question"]
+            sent = it["sample"]["input"][1]["content"]
+            assert p["item"]["question"] == sent and sent != question
+            assert it["sample"]["input"][0] == original["sample"]["input"][0]  # template kept
+            if p["type"] == "lowercase":
+                assert sent == question.lower()
+            elif p["type"] == "whitespace":
+                assert " ".join(sent.split(" ")).split() == question.split()
+                assert len(sent) > len(question)
+            else:
+                assert len(sent) == len(question) and re.findall(r"\d+", sent) == \
+                    re.findall(r"\d+", question)
+            # the fake's own rule on what it was sent, against the original answer
+            answer = quiz_answer(sent, 80, loose=model == "quiz-loose")
+            right = answer == original["datasource_item"]["answer"]
+            assert it["status"] == ("pass" if right else "fail"), (model, p["type"], sent)
+            passed[p["type"]] += right
+        assert run["robustness"]["perturbations"] == ROBUST["perturbations"]
+        assert run["robustness"]["result_counts"] == {
+            name: {"total": 20, "passed": n, "failed": 20 - n, "errored": 0}
+            for name, n in passed.items()}
+        expected[model] = passed
+    # Known behaviour: the strict model loses every lower-cased item, the loose one none;
+    # a typo in "What is" is lost by both.
+    assert expected["quiz-80"]["lowercase"] == 0 and expected["quiz-loose"]["lowercase"] == 16
+    assert expected["quiz-loose"]["whitespace"] == 16
+    assert expected["quiz-80"]["whitespace"] < 16  # most spacings break the exact reading
+    assert expected["quiz-80"]["typos"] == expected["quiz-loose"]["typos"] == 0
+
+    a, b = runs["quiz-80"], runs["quiz-loose"]
+    cmp = http.get(f"/v1/evals/{ev.id}/compare", params={"runs": f"{a},{b}"}).json()
+    assert cmp["perturbations"] == ROBUST["perturbations"]
+    strict, loose = cmp["models"]
+    for m in (strict, loose):  # the main figures are of the originals alone
+        assert (m["overall"]["passed"], m["overall"]["graded"], m["items"]) == (16, 20, 20)
+        assert m["robustness"]["original"]["pass_rate"] == 0.8
+    assert cmp["disagreements"] == [] and cmp["pairs"][0]["items"] == 20
+    low = strict["robustness"]["perturbations"]["lowercase"]
+    assert (low["pass_rate"], low["drop"], low["lost"], low["gained"]) == (0.0, 0.8, 16, 0)
+    assert low["p_value"] == pytest.approx(2 * 0.5 ** 16, abs=1e-6) and low["significant"]
+    steady = loose["robustness"]["perturbations"]["lowercase"]
+    assert (steady["drop"], steady["lost"], steady["p_value"], steady["significant"]) == (
+        0.0, 0, 1.0, False)
+    ws = strict["robustness"]["perturbations"]["whitespace"]
+    assert ws["drop"] == pytest.approx(0.8 - expected["quiz-80"]["whitespace"] / 20)
+
+    page = http.get(f"/v1/evals/{ev.id}/report", params={"runs": f"{a},{b}"}).text
+    assert page.count("<svg") == 4 and "<h2>Robustness</h2>" in page
+    assert "0.0% (0/20)" in page and "+80.0 pts" in page  # quiz-80 lower-cased: the drop
+
+
+def test_robustness_reorders_the_options_the_schema_marks(
+    server: CumuloServer, http: httpx.Client
+) -> None:
+    """pick-first answers the first option: right on every original (the right option
+    comes first), wrong on every reordered one (two options: always swapped)."""
+    schema = {"type": "object", "required": ["question", "options", "answer"], "properties": {
+        "question": {"type": "string"}, "answer": {"type": "string"},
+        "options": {"type": "array", "items": {"type": "string"}, "x-cumulo-options": True}}}
+    ev = http.post("/v1/evals", json={
+        "data_source_config": {"type": "custom", "item_schema": schema},
+        "testing_criteria": [EXACT]}).json()
+    rows = [{"item": {"question": f"Which is city {i}?", "options": [f"city {i}", f"town {i}"],
+                      "answer": f"city {i}"}} for i in range(6)]
+    run = http.post(f"/v1/evals/{ev['id']}/runs", json={"data_source": {
+        "type": "completions", "model": "pick-first",
+        "input_messages": {"type": "template", "template": [
+            {"role": "user", "content": "{{item.question}} Options: {{item.options}}"}]},
+        "source": {"type": "file_content", "content": rows},
+        "robustness": {"perturbations": ["reorder_options"], "seed": 1}}})
+    assert run.status_code == 200, run.text
+    done = wait_run(http, ev["id"], run.json()["id"])
+    assert done["result_counts"] == {"total": 6, "passed": 6, "failed": 0, "errored": 0}
+    assert done["robustness"]["result_counts"] == {
+        "reorder_options": {"total": 6, "passed": 0, "failed": 6, "errored": 0}}
+    out = http.get(f"/v1/evals/{ev['id']}/runs/{done['id']}/output_items",
+                   params={"limit": 100}).json()["data"]
+    shuffled = [it for it in out if "perturbation" in it]
+    assert len(shuffled) == 6
+    for it in shuffled:
+        i = it["datasource_item_id"]
+        assert it["perturbation"]["item"]["options"] == [f"town {i}", f"city {i}"]
+        assert it["sample"]["output"][0]["content"] == f"town {i}"
+
+
+def test_robustness_option_bad_input_is_a_400_naming_the_field(http: httpx.Client) -> None:
+    r = http.post("/v1/evals", json={
+        "data_source_config": {"type": "custom", "item_schema": {
+            "type": "object", "properties": {"q": {"type": "string", "x-cumulo-options": True}}}},
+        "testing_criteria": [EXACT]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "data_source_config.item_schema"
+    assert "array property only" in r.json()["error"]["message"]
+    ev = http.post("/v1/evals", json={
+        "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
+        "testing_criteria": [EXACT]}).json()
+
+    def run(robustness: Any, source: dict[str, Any] | None = None) -> httpx.Response:
+        ds = source or completions("quiz-80", quiz_items(2))
+        return http.post(f"/v1/evals/{ev['id']}/runs",
+                         json={"data_source": {**ds, "robustness": robustness}})
+
+    for robustness, param, words in [
+        ({"perturbations": ["shout"]}, "data_source.robustness.perturbations[0]", "one of"),
+        ({"perturbations": ["reorder_options"]}, "data_source.robustness.perturbations[0]",
+         "x-cumulo-options"),
+        ({"perturbations": ["typos"], "seed": "x"}, "data_source.robustness.seed", "integer"),
+        ([], "data_source.robustness", "object"),
+    ]:
+        r = run(robustness)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param and words in r.json()["error"]["message"]
+    rows = [{"item": {"question": "q", "answer": "a"}, "sample": {"output_text": "a"}}]
+    r = run({"perturbations": ["typos"]},
+            {"type": "jsonl", "source": {"type": "file_content", "content": rows}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "data_source.robustness"
+    assert "completions" in r.json()["error"]["message"]
+
+
+def test_cli_eval_run_with_robustness_prints_each_models_drop(
+    server: CumuloServer, token: str, tmp_path: Path
+) -> None:
+    env = clean_env(CUMULO_URL=server.url, CUMULO_API_KEY=token)
+    proc = subprocess.run(
+        [str(CUMULO_BIN), "eval", "run", "arithmetic", "--model", "quiz-80", "--model",
+         "quiz-loose", "--robustness", "--robustness-seed", "3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (EXAMPLES / "arithmetic.jsonl").read_text().splitlines()]
+    right = sum(int(r["input"].split()[2]) % 10 < 8 for r in rows)
+    pct = f"{100 * right / 20:.1f}%"
+    main_table, table = proc.stdout.split("Robustness:")
+    assert "quiz-80 vs quiz-loose" in main_table
+    lines = {ln.split()[0]: ln.split() for ln in table.splitlines()[1:] if ln.strip()}
+    assert lines["MODEL"] == ["MODEL", "ORIGINAL", "LOWERCASE", "TYPOS", "WHITESPACE"]
+    # quiz-80 reads only "What is" as written: lower case loses every item it got right
+    assert lines["quiz-80"][1:4] == [pct, "0.0%", f"({-100 * right / 20:+.1f})*"]
+    assert lines["quiz-loose"][1:4] == [pct, pct, "(+0.0)"]
+    assert "80/80 completed" in proc.stderr  # progress: each item and its 3 perturbations
+    bad = subprocess.run([str(CUMULO_BIN), "eval", "run", "arithmetic", "-m", "quiz-80",
+                          "--robustness", "shout"], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and "--robustness" in bad.stderr and "'shout'" in bad.stderr

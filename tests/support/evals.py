@@ -5,7 +5,11 @@ Models (the deployment's upstream model id):
     quiz:<p>       answers "What is A + B?" with A + B when A % 10 < p / 10, else
                    A + B + 1: right on exactly p% of ten consecutive As; streams in
                    two pieces, with usage
+    quiz-loose:<p> like quiz:<p>, reading "what is A + B" in any case and spacing (but
+                   not misspelt): unmoved by lower case and extra whitespace, lost to typos
     quiz-slow:<s>  like quiz:100, after <s> seconds
+    pick-first     answers the first of the options listed after "Options: " (a JSON
+                   array): right while the right option comes first
     judge:label    reads "answer: X, expected: Y" in the prompt; {"label": "correct"} when
                    X == Y, else "Label: wrong"
     judge:score    the same, "Score: 0.9" or "I would say 0.2"
@@ -28,12 +32,14 @@ from fakes.openai_upstream import last_user_text
 from support.cumulo import openai_deployment
 
 QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
+LOOSE = re.compile(r"what\s+is\s+(\d+)\s*\+\s*(\d+)\s*\?", re.IGNORECASE)
+OPTIONS = re.compile(r"Options: (\[.*\])", re.IGNORECASE)
 JUDGED = re.compile(r"answer: (.*?), expected: (.*?)(?:$|\n)")
 ENDED = ("completed", "failed", "canceled")
 
 
-def quiz_answer(text: str, percent: int) -> str:
-    m = QUESTION.search(text)
+def quiz_answer(text: str, percent: int, loose: bool = False) -> str:
+    m = (LOOSE if loose else QUESTION).search(text)
     if m is None:
         return "I do not know."
     a, b = (int(g) for g in m.groups())
@@ -56,14 +62,17 @@ class QuizUpstream(FakeOpenAIUpstream):
         body = json.loads(raw)
         model = str(body.get("model", ""))
         behaviour, _, arg = model.partition(":")
-        if behaviour not in ("quiz", "quiz-slow", "judge"):
+        if behaviour not in ("quiz", "quiz-loose", "quiz-slow", "judge", "pick-first"):
             return await super()._handle(_Replay(request, raw))  # type: ignore[arg-type]
         text = last_user_text(body)
         if behaviour == "quiz-slow":
             await asyncio.sleep(float(arg))
             answer = quiz_answer(text, 100)
-        elif behaviour == "quiz":
-            answer = quiz_answer(text, int(arg))
+        elif behaviour in ("quiz", "quiz-loose"):
+            answer = quiz_answer(text, int(arg), loose=behaviour == "quiz-loose")
+        elif behaviour == "pick-first":
+            m = OPTIONS.search(text)
+            answer = str(json.loads(m.group(1))[0]) if m else "no options"
         else:
             answer = judge_answer("\n".join(m.get("content") or "" for m in body["messages"]), arg)
         with self._lock:
@@ -138,8 +147,10 @@ def eval_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
         "models": [
             chat("quiz-80", "quiz:80", price=PRICE),
             chat("quiz-50", "quiz:50", price=PRICE),
+            chat("quiz-loose", "quiz-loose:80", price=PRICE),
+            chat("pick-first", "pick-first"),
             chat("quiz-slow", "quiz-slow:0.4"),
-            chat("judge-label", "judge:label"),
+            chat("judge-label", "judge:label", price=PRICE),
             chat("judge-score", "judge:score"),
             chat("judge-garbage", "judge:garbage"),
             {"name": "embed", "kind": "embedding", "routing": NO_RETRY,

@@ -29,6 +29,7 @@ SIMILARITY = (
     "rouge_l",
 )
 GRADERS = ("exact", "contains", "judge", *SIMILARITY)
+TEXT_PERTURBATIONS = ("lowercase", "typos", "whitespace")
 JUDGE_PROMPT = (
     "Is the answer correct, given the reference?\n\nQuestion: {{item.input}}\n"
     "Reference: {{item.ideal}}\nAnswer: {{sample.output_text}}"
@@ -96,6 +97,22 @@ def _criterion(spec: str, judge: str | None, embedder: str | None) -> dict[str, 
         f"{spec!r}: one of {', '.join(GRADERS)} (similarity graders take NAME:THRESHOLD)",
         param_hint="--grader",
     )
+
+
+def _perturbations(spec: str | None) -> list[str]:
+    if spec is None:
+        return []
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for n in names:
+        if n not in TEXT_PERTURBATIONS:
+            raise click.BadParameter(
+                f"{n!r}: one of {', '.join(TEXT_PERTURBATIONS)} (reorder_options needs an "
+                "item schema marking options: use the API)",
+                param_hint="--robustness",
+            )
+    if not names:
+        raise click.BadParameter("name at least one perturbation", param_hint="--robustness")
+    return list(dict.fromkeys(names))
 
 
 def _bar(run: dict[str, Any], width: int = 20) -> str:
@@ -178,6 +195,29 @@ def _print_compare(cmp: dict[str, Any]) -> None:
             f" {p['a_only_passed']} vs {p['b_only_passed']} items passed by one only)"
         )
     click.echo(f"{len(cmp['disagreements'])} items where the models disagree")
+    _print_robustness(cmp)
+
+
+def _print_robustness(cmp: dict[str, Any]) -> None:
+    names = cmp.get("perturbations") or []
+    models = [m for m in cmp["models"] if m.get("robustness")]
+    if not names or not models:
+        return
+    click.echo("\nRobustness: pass rate on perturbed inputs (drop from the originals)")
+    rows = []
+    for m in models:
+        rob = m["robustness"]
+        cells = [m["model"], _fmt(rob["original"]["pass_rate"], True)]
+        for n in names:
+            r = rob["perturbations"].get(n)
+            if r is None or r["pass_rate"] is None:
+                cells.append("-")
+                continue
+            drop = "" if r["drop"] is None else f" ({0.0 - 100 * r['drop']:+.1f})"
+            cells.append(_fmt(r["pass_rate"], True) + drop + ("*" if r["significant"] else ""))
+        rows.append(cells)
+    table(["MODEL", "ORIGINAL", *[n.upper() for n in names]], rows)
+    click.echo("* the drop is significant (McNemar, 5%)")
 
 
 def _report(client: Client, eval_id: str, run_ids: list[str], dest: Path) -> None:
@@ -210,6 +250,21 @@ def _report(client: Client, eval_id: str, run_ids: list[str], dest: Path) -> Non
 @click.option("--system", metavar="TEXT", help="A system message before each item's input.")
 @click.option("--name", help="The eval's name [default: DATA's file name].")
 @click.option(
+    "--robustness",
+    is_flag=False,
+    flag_value=",".join(TEXT_PERTURBATIONS),
+    metavar="[P,P...]",
+    help="Also send each item perturbed and report each model's drop in pass rate: "
+    f"{', '.join(TEXT_PERTURBATIONS)} [alone: all three].",
+)
+@click.option(
+    "--robustness-seed",
+    type=click.IntRange(0, 1 << 62),
+    default=0,
+    show_default=True,
+    help="The seed of the perturbations (the same seed, the same perturbed inputs).",
+)
+@click.option(
     "--report",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -237,6 +292,8 @@ def run(
     name: str | None,
     report: Path,
     max_tokens: int,
+    robustness: str | None,
+    robustness_seed: int,
     as_json: bool,
 ) -> None:
     """Grade each model on DATA and compare them.
@@ -252,6 +309,7 @@ def run(
         raise click.BadParameter(
             f"{data}: no such file (examples: arithmetic, capitals, sentiment)", param_hint="DATA"
         )
+    perturbations = _perturbations(robustness)
     specs = list(graders) or (["exact", "judge"] if judge else ["exact"])
     criteria = [_criterion(s, judge, embedding_model) for s in specs]
     client = ctx.client()
@@ -289,6 +347,16 @@ def run(
                     "input_messages": {"type": "template", "template": template},
                     "sampling_params": {"temperature": 0, "max_completion_tokens": max_tokens},
                     "source": {"type": "file_id", "id": uploaded["id"]},
+                    **(
+                        {
+                            "robustness": {
+                                "perturbations": perturbations,
+                                "seed": robustness_seed,
+                            }
+                        }
+                        if perturbations
+                        else {}
+                    ),
                 },
             },
         )

@@ -5,6 +5,10 @@ mean scores, latency and time to first token (p50/p95), tokens, cost per 1,000 i
 errors. Between each pair of runs, McNemar's exact test on the items both graded (scipy's
 binomial test on the discordant pairs); the items where runs disagree; and the runs not
 dominated on quality (pass rate), cost and latency together.
+
+All of that is of the original items. A run with robustness (`cumulo.evals.perturb`) also
+gets, for each perturbation, its pass rate (with its 95% interval), the drop from the
+originals' pass rate, and McNemar's test between each item and its perturbed copy.
 """
 
 from __future__ import annotations
@@ -127,9 +131,63 @@ def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return ge and gt
 
 
+def _robustness(
+    job: JobRow, originals: list[dict[str, Any]], perturbed: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    rob = job.params["data_source"].get("robustness")
+    if rob is None:
+        return None
+    base = {o["datasource_item_id"]: o["status"] for o in originals}
+    graded = [s for s in base.values() if s != "error"]
+    original = _rate(sum(s == "pass" for s in graded), len(graded))
+    out: dict[str, Any] = {}
+    for name in rob["perturbations"]:
+        mine = {
+            o["datasource_item_id"]: o["status"]
+            for o in perturbed
+            if o["perturbation"]["type"] == name
+        }
+        ok = [s for s in mine.values() if s != "error"]
+        rate = _rate(sum(s == "pass" for s in ok), len(ok))
+        paired = [i for i in mine if i in base and "error" not in (mine[i], base[i])]
+        lost = sum(base[i] == "pass" and mine[i] != "pass" for i in paired)
+        gained = sum(mine[i] == "pass" and base[i] != "pass" for i in paired)
+        p = mcnemar(lost, gained)
+        drop = None
+        if rate["pass_rate"] is not None and original["pass_rate"] is not None:
+            drop = round(original["pass_rate"] - rate["pass_rate"], 6)
+        out[name] = {
+            **rate,
+            "drop": drop,
+            "paired_items": len(paired),
+            "lost": lost,  # passed as the original, not perturbed
+            "gained": gained,
+            "p_value": round(p, 6),
+            "significant": p < ALPHA,
+            "errors": sum(s == "error" for s in mine.values()),
+        }
+    return {"seed": rob["seed"], "original": original, "perturbations": out}
+
+
 def compare(ev: EvalRow, runs: list[tuple[JobRow, list[dict[str, Any]]]]) -> dict[str, Any]:
     criteria = [c["name"] for c in ev.testing_criteria]
+    split = [
+        (
+            job,
+            [o for o in outs if o.get("perturbation") is None],
+            [o for o in outs if o.get("perturbation") is not None],
+        )
+        for job, outs in runs
+    ]
+    runs = [(job, originals) for job, originals, _ in split]
     models = [_model(job, outs, criteria) for job, outs in runs]
+    for m, (job, originals, perturbed) in zip(models, split, strict=True):
+        m["robustness"] = _robustness(job, originals, perturbed)
+    perturbations: list[str] = []
+    for m in models:
+        for name in (m["robustness"] or {}).get("perturbations", {}):
+            if name not in perturbations:
+                perturbations.append(name)
     by_run = {job.id: {o["datasource_item_id"]: o for o in outs} for job, outs in runs}
     pairs = []
     for (ja, _), (jb, _) in combinations(runs, 2):
@@ -179,6 +237,7 @@ def compare(ev: EvalRow, runs: list[tuple[JobRow, list[dict[str, Any]]]]) -> dic
         "eval_id": ev.id,
         "eval_name": ev.name,
         "criteria": criteria,
+        "perturbations": perturbations,
         "models": models,
         "pairs": pairs,
         "disagreements": disagreements,

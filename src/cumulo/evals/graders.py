@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -36,10 +36,31 @@ ROUGE = {f"rouge_{n}": f"rouge{n}" for n in range(1, 6)} | {"rouge_l": "rougeL"}
 METRICS = ("fuzzy_match", "bleu", "gleu", "meteor", "cosine", *ROUGE)
 ROLES = ("user", "assistant", "system", "developer")
 
-# (model, messages, sampling params) -> the judge's answer text
-Chat = Callable[[str, list[dict[str, str]], dict[str, Any]], Awaitable[str]]
-# (model, texts) -> their vectors
-Embed = Callable[[str, list[str]], Awaitable[list[list[float]]]]
+
+@dataclass(slots=True)
+class Call:
+    """One judge or embedding call a grader made: the model that answered, its tokens and
+    cost (None: the deployment has no price). It lands in the result's `sample` and in the
+    run's `per_model_usage`, under that model."""
+
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cached_tokens": 0,
+        }
+
+
+# (model, messages, sampling params) -> the judge's answer text and the call
+Chat = Callable[[str, list[dict[str, str]], dict[str, Any]], Awaitable[tuple[str, Call]]]
+# (model, texts) -> their vectors and the call
+Embed = Callable[[str, list[str]], Awaitable[tuple[list[list[float]], Call]]]
 
 
 class CriterionInvalid(ValueError):
@@ -56,15 +77,23 @@ class GradeResult:
     score: float
     error: str | None = None
     sample: dict[str, Any] | None = None  # a model grader's exchange with its judge
-    usage: dict[str, int] = field(default_factory=dict)
+    call: Call | None = None  # the judge's or embedding model's call, if one answered
 
     def as_dict(self) -> dict[str, Any]:
+        sample = self.sample
+        if self.call is not None:
+            sample = {
+                **(sample or {}),
+                "model": self.call.model,
+                "usage": self.call.usage(),
+                "cost": self.call.cost,
+            }
         out: dict[str, Any] = {
             "name": self.name,
             "type": self.type,
             "passed": self.passed,
             "score": self.score,
-            "sample": self.sample,
+            "sample": sample,
         }
         if self.error is not None:
             out["error"] = self.error
@@ -383,7 +412,9 @@ class Grader:
         except TemplateError as exc:
             return GradeResult(name, kind, False, 0.0, error=str(exc))
         except JudgeFailed as exc:
-            return GradeResult(name, kind, False, 0.0, error=str(exc), sample=exc.sample)
+            return GradeResult(
+                name, kind, False, 0.0, error=str(exc), sample=exc.sample, call=exc.call
+            )
 
     async def _grade(self, c: dict[str, Any], scope: dict[str, Any]) -> GradeResult:
         name, kind = c["name"], c["type"]
@@ -404,19 +435,19 @@ class Grader:
                 if self.embed is None:
                     raise JudgeFailed("no embedding model is available here", None)
                 try:
-                    a, b = await self.embed(c["model"], [got, ref])
+                    (a, b), call = await self.embed(c["model"], [got, ref])
                 except Exception as exc:
                     raise JudgeFailed(f"embedding model {c['model']}: {exc}", None) from exc
                 score = cosine(a, b)
-            else:
-                score = similarity(metric, got, ref)
+                return GradeResult(name, kind, score >= c["pass_threshold"], score, call=call)
+            score = similarity(metric, got, ref)
             return GradeResult(name, kind, score >= c["pass_threshold"], score)
         messages = _judge_messages(c, scope)
         if self.chat is None:
             raise JudgeFailed("no judge model is available here", None)
         params = c.get("sampling_params") or {}
         try:
-            answer = await self.chat(c["model"], messages, params)
+            answer, call = await self.chat(c["model"], messages, params)
         except Exception as exc:
             raise JudgeFailed(f"judge model {c['model']}: {exc}", {"input": messages}) from exc
         sample = {"input": messages, "output": [{"role": "assistant", "content": answer}]}
@@ -424,22 +455,29 @@ class Grader:
             label = parse_label(answer, c["labels"])
             if label is None:
                 raise JudgeFailed(
-                    f"the judge's answer names none of the labels: {answer[:200]!r}", sample
+                    f"the judge's answer names none of the labels: {answer[:200]!r}", sample, call
                 )
             ok = label in c["passing_labels"]
             return GradeResult(
-                name, kind, ok, 1.0 if ok else 0.0, sample={**sample, "label": label}
+                name, kind, ok, 1.0 if ok else 0.0, sample={**sample, "label": label}, call=call
             )
         given = parse_score(answer)
         lo, hi = c["range"]
         if given is None or not lo <= given <= hi:
             raise JudgeFailed(
-                f"the judge's answer holds no score in [{lo:g}, {hi:g}]: {answer[:200]!r}", sample
+                f"the judge's answer holds no score in [{lo:g}, {hi:g}]: {answer[:200]!r}",
+                sample,
+                call,
             )
-        return GradeResult(name, kind, given >= c["pass_threshold"], given, sample=sample)
+        return GradeResult(
+            name, kind, given >= c["pass_threshold"], given, sample=sample, call=call
+        )
 
 
 class JudgeFailed(Exception):
-    def __init__(self, message: str, sample: dict[str, Any] | None) -> None:
+    def __init__(
+        self, message: str, sample: dict[str, Any] | None, call: Call | None = None
+    ) -> None:
         super().__init__(message)
         self.sample = sample
+        self.call = call

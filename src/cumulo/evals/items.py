@@ -34,10 +34,26 @@ def check_schema(schema: Any) -> str | None:
     return None
 
 
+def validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """The checker of an item schema, to build once for many rows."""
+    return jsonschema.Draft202012Validator(schema)
+
+
+def parse_row(raw: bytes) -> dict[str, Any]:
+    """A row already checked (`check_row`) as {"item", "sample"}."""
+    item, sample = row_of(orjson.loads(raw))
+    return {"item": item, "sample": sample}
+
+
 def check_row(
-    index: int, raw: bytes | Any, schema: dict[str, Any], need_sample: bool
+    index: int,
+    raw: bytes | Any,
+    schema: dict[str, Any],
+    need_sample: bool,
+    checker: jsonschema.Draft202012Validator | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(the row as {"item", "sample"}, None) or (None, an error naming index and field)."""
+    """(the row as {"item", "sample"}, None) or (None, an error naming index and field).
+    `checker`: `validator(schema)`, when many rows are checked."""
 
     def error(field: str | None, message: str) -> dict[str, Any]:
         return {
@@ -58,7 +74,7 @@ def check_row(
     if not isinstance(obj, dict):
         return None, error(None, "must be a JSON object")
     item, sample = row_of(obj)
-    found = next(iter(jsonschema.Draft202012Validator(schema).iter_errors(item)), None)
+    found = next(iter((checker or validator(schema)).iter_errors(item)), None)
     if found is not None:
         where = ".".join(str(p) for p in found.absolute_path)
         field = f"item.{where}" if where else "item"

@@ -2,7 +2,9 @@
 
 Charts are drawn by matplotlib as SVG and inlined: quality against cost, quality against
 latency, and pass rate per criterion (with the 95% intervals). Then the comparison table,
-the pairwise tests, and the items where the models disagree (a `<details>` list).
+the pairwise tests, and the items where the models disagree (a `<details>` list). Runs
+with robustness add a chart and a table of each model's pass rate on the original items
+and on each perturbation, with the drop.
 """
 
 from __future__ import annotations
@@ -75,6 +77,73 @@ def _bars(cmp: dict[str, Any]) -> str | None:
     return _svg(fig)
 
 
+def _robust_bars(cmp: dict[str, Any]) -> str | None:
+    names = cmp.get("perturbations") or []
+    models = [m for m in cmp["models"] if m.get("robustness")]
+    if not names or not models:
+        return None
+    groups = ["original", *names]
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups)), 3.5))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        rob = m["robustness"]
+        rates = [rob["original"]["pass_rate"]] + [
+            (rob["perturbations"].get(n) or {}).get("pass_rate") for n in names
+        ]
+        ax.bar(
+            [j + i * width for j in range(len(groups))],
+            [r or 0.0 for r in rates],
+            width,
+            label=str(m["model"]),
+        )
+    ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(groups))])
+    ax.set_xticklabels(groups)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("pass rate")
+    ax.set_title("Robustness: pass rate on perturbed inputs")
+    ax.legend(fontsize="small")
+    return _svg(fig)
+
+
+def _robust_table(cmp: dict[str, Any]) -> str:
+    names = cmp.get("perturbations") or []
+    if not names:
+        return ""
+    head = "<th class=l>model</th><th>original</th>" + "".join(
+        f"<th>{h.escape(n)}</th><th>{h.escape(n)} drop</th><th>{h.escape(n)} p</th>" for n in names
+    )
+    rows = []
+    for m in cmp["models"]:
+        rob = m.get("robustness")
+        if not rob:
+            continue
+        cells = [f"<td class=l>{_fmt(m['model'])}</td>", f"<td>{_pct(rob['original'])}</td>"]
+        for n in names:
+            r = rob["perturbations"].get(n)
+            if r is None:
+                cells += ["<td>-</td>"] * 3
+                continue
+            drop = "-" if r["drop"] is None else f"{100 * r['drop']:+.1f} pts"
+            mark = " *" if r["significant"] else ""
+            cells += [
+                f"<td>{_pct(r)}</td>",
+                f"<td>{drop}</td>",
+                f"<td>{_fmt(r['p_value'])}{mark}</td>",
+            ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<h2>Robustness</h2><p>Pass rate on the original items and on each perturbation of "
+        "their inputs; drop: original minus perturbed, in percentage points; p: McNemar's "
+        "exact test between each item and its perturbed copy (* below 5%).</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def _pct(r: dict[str, Any]) -> str:
+    rate = r.get("pass_rate")
+    return "-" if rate is None else f"{100 * rate:.1f}% ({r['passed']}/{r['graded']})"
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -96,6 +165,7 @@ def html(cmp: dict[str, Any]) -> str:
             models, lambda m: m["latency_ms"]["p50"], "latency p50 (ms)", "Quality against latency"
         ),
         _bars(cmp),
+        _robust_bars(cmp),
     ]
     names = {m["run_id"]: m["model"] for m in models}
     head = ["model", "run", "items", "pass rate", "95% CI"]
@@ -172,7 +242,8 @@ def html(cmp: dict[str, Any]) -> str:
         + "</tr>"
         + "".join(rows)
         + "</table>"
-        "<h2>Paired tests (McNemar, exact)</h2><table><tr><th class=l>A</th><th class=l>B</th>"
+        + _robust_table(cmp)
+        + "<h2>Paired tests (McNemar, exact)</h2><table><tr><th class=l>A</th><th class=l>B</th>"
         "<th>items</th><th>only A passed</th><th>only B passed</th><th>p</th>"
         f"<th>significant at 5%</th></tr>{pairs}</table>"
         f"<h2>Items where the models disagree ({len(cmp['disagreements'])})</h2>"

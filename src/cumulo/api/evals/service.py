@@ -23,7 +23,9 @@ from starlette.responses import Response
 from cumulo.api.http import OPENAI, JSONResponse, header, list_limit, read_body
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.evals.graders import MAX_CRITERIA, CriterionInvalid, check, content_text
-from cumulo.evals.items import MAX_ITEMS, check_row, check_schema
+from cumulo.evals.items import MAX_ITEMS, check_row, check_schema, validator
+from cumulo.evals.perturb import RobustnessInvalid, check_marks, perturbations_of
+from cumulo.evals.perturb import check as check_robustness
 from cumulo.evals.templates import references
 from cumulo.files import FileStore
 from cumulo.governance.identity.auth import Authenticator, Principal
@@ -110,41 +112,83 @@ def render_eval(row: EvalRow) -> dict[str, Any]:
     }
 
 
+def _count_usage(usage: dict[str, dict[str, Any]], sample: dict[str, Any] | None) -> None:
+    """Adds one call (a generation, or a grader's judge or embedding call) to the usage of
+    its model."""
+    model = (sample or {}).get("model")
+    u = (sample or {}).get("usage")
+    if not model or not isinstance(u, dict):
+        return
+    assert sample is not None
+    m = usage.setdefault(
+        model,
+        {
+            "model_name": model,
+            "invocation_count": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 0,
+            "cached_tokens": 0,
+            "cost": None,  # cumulo: USD, when the model's deployments have prices
+        },
+    )
+    m["invocation_count"] += 1
+    for k in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
+        v = u.get(k)
+        m[k] += v if isinstance(v, int) else 0
+    cost = sample.get("cost")
+    if isinstance(cost, (int, float)):
+        m["cost"] = round((m["cost"] or 0.0) + float(cost), 9)
+
+
 def summarize(
     job: JobRow, results: list[dict[str, Any]]
 ) -> tuple[dict[str, int], list[dict[str, Any]], list[dict[str, Any]]]:
-    """result_counts, per_model_usage, per_testing_criteria_results of a run's output items."""
-    counts = {"total": job.total, "passed": 0, "failed": 0, "errored": 0}
+    """result_counts, per_model_usage, per_testing_criteria_results of a run's output items.
+
+    Counts and criteria are of the original items; usage is of every call the run made:
+    generations (perturbed ones too) and the graders' judge and embedding calls, each under
+    its own model."""
+    copies = 1 + len(perturbations_of(job.params["data_source"]))
+    counts = {"total": job.total // copies, "passed": 0, "failed": 0, "errored": 0}
     usage: dict[str, dict[str, Any]] = {}
     criteria: dict[str, dict[str, Any]] = {}
     for c in job.params["testing_criteria"]:
         criteria[c["name"]] = {"testing_criteria": c["name"], "passed": 0, "failed": 0}
     for out in results:
+        _count_usage(usage, out["sample"])
+        for r in out["results"]:
+            _count_usage(usage, r.get("sample"))
+        if out.get("perturbation") is not None:
+            continue
         counts[{"pass": "passed", "fail": "failed"}.get(out["status"], "errored")] += 1
-        sample = out["sample"]
-        model = sample.get("model")
-        u = sample.get("usage")
-        if model and isinstance(u, dict):
-            m = usage.setdefault(
-                model,
-                {
-                    "model_name": model,
-                    "invocation_count": 0,
-                    "prompt_tokens": 0,
-                    "completion_tokens": 0,
-                    "total_tokens": 0,
-                    "cached_tokens": 0,
-                },
-            )
-            m["invocation_count"] += 1
-            for k in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
-                v = u.get(k)
-                m[k] += v if isinstance(v, int) else 0
         for r in out["results"]:
             entry = criteria.get(r["name"])
             if entry is not None and r.get("error") is None:
                 entry["passed" if r["passed"] else "failed"] += 1
     return counts, list(usage.values()), list(criteria.values())
+
+
+def robustness_counts(job: JobRow, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """cumulo: the run's robustness option and the result counts of each perturbation."""
+    rob = job.params["data_source"].get("robustness")
+    if rob is None:
+        return None
+    per = {
+        name: {
+            "total": job.total // (1 + len(rob["perturbations"])),
+            "passed": 0,
+            "failed": 0,
+            "errored": 0,
+        }
+        for name in rob["perturbations"]
+    }
+    for out in results:
+        p = out.get("perturbation")
+        if p is not None and p["type"] in per:
+            key = {"pass": "passed", "fail": "failed"}.get(out["status"], "errored")
+            per[p["type"]][key] += 1
+    return {**rob, "result_counts": per}
 
 
 def _run_error(error: Any) -> dict[str, str] | None:
@@ -227,7 +271,7 @@ class EvalService:
                 param="data_source_config.type",
             )
         schema = cfg.get("item_schema")
-        if (why := check_schema(schema)) is not None:
+        if (why := check_schema(schema) or check_marks(schema)) is not None:
             raise InvalidRequest(why, param="data_source_config.item_schema")
         raw_criteria = body.get("testing_criteria")
         if not isinstance(raw_criteria, list) or not 1 <= len(raw_criteria) <= MAX_CRITERIA:
@@ -458,8 +502,10 @@ class EvalService:
                 param="data_source.source.content",
             )
         lines = []
+        schema = ev.data_source_config["item_schema"]
+        checker = validator(schema)
         for i, obj in enumerate(content):
-            row, err = check_row(i, obj, ev.data_source_config["item_schema"], need_sample)
+            row, err = check_row(i, obj, schema, need_sample, checker)
             if err is not None:
                 field = f"data_source.source.content[{i}]" + (
                     f".{err['param']}" if err["param"] else ""
@@ -493,6 +539,19 @@ class EvalService:
         ev = await self._eval(who, eval_id)
         ds = _obj(body, "data_source")
         source = self._data_source(ds)
+        if ds.get("robustness") is not None:
+            if source["type"] != "completions":
+                raise InvalidRequest(
+                    "data_source.robustness needs a completions data source (jsonl samples "
+                    "are not generated here, so their inputs cannot be perturbed).",
+                    param="data_source.robustness",
+                )
+            try:
+                source["robustness"] = check_robustness(
+                    ds["robustness"], ev.data_source_config["item_schema"]
+                )
+            except RobustnessInvalid as exc:
+                raise InvalidRequest(str(exc), param=exc.param) from None
         src = _obj(ds, "source", "data_source.source")
         run_id = f"evalrun_{uuid.uuid4().hex}"
         file_id, sha = await self._stored_rows(who, ev, run_id, src, source["type"] == "jsonl")
@@ -569,6 +628,8 @@ class EvalService:
             "result_counts": counts,
             "per_model_usage": usage,
             "per_testing_criteria_results": criteria,
+            # cumulo: the perturbations the items were also sent with, and their counts
+            "robustness": robustness_counts(job, results),
             "report_url": f"{base}/v1/evals/{params['eval_id']}/report?runs={job.id}",
             # cumulo: progress of the job
             "progress": {"total": job.total, "done": job.completed + job.failed},
@@ -665,9 +726,23 @@ class EvalService:
     def _render_item(ev_id: str, job: JobRow, out: dict[str, Any]) -> dict[str, Any]:
         idx = out["datasource_item_id"]
         sample = dict(out["sample"])
+        run = job.id.removeprefix("evalrun_")
+        original = f"outputitem_{idx}_{run}"
+        perturbation = out.get("perturbation")
+        extra: dict[str, Any] = {}
+        if perturbation is not None:
+            # cumulo: a perturbed sample, linked to the original item's output item
+            extra["perturbation"] = {
+                "type": perturbation["type"],
+                "original_id": original,
+                "item": perturbation["item"],
+            }
         return {
+            **extra,
             "object": "eval.run.output_item",
-            "id": f"outputitem_{idx}_{job.id.removeprefix('evalrun_')}",
+            "id": original
+            if perturbation is None
+            else (f"outputitem_{idx}-{perturbation['type']}_{run}"),
             "eval_id": ev_id,
             "run_id": job.id,
             "created_at": out["created_at"],
@@ -771,4 +846,4 @@ class EvalService:
         return await anyio.to_thread.run_sync(html, compare(ev, outs))
 
 
-__all__ = ["OPENAI", "EvalService", "render_eval", "summarize"]
+__all__ = ["OPENAI", "EvalService", "render_eval", "robustness_counts", "summarize"]

@@ -30,8 +30,9 @@ from cumulo.errors import (
     RateLimited,
     Unavailable,
 )
-from cumulo.evals.graders import Grader
-from cumulo.evals.items import MAX_ITEMS, check_row, sample_text
+from cumulo.evals.graders import Call, Grader
+from cumulo.evals.items import MAX_ITEMS, check_row, parse_row, sample_text, validator
+from cumulo.evals.perturb import options_fields, perturb, perturbations_of
 from cumulo.evals.templates import TemplateError, render, sample_scope
 from cumulo.files import FileStore
 from cumulo.files.validate import MAX_ERRORS
@@ -40,6 +41,7 @@ from cumulo.jobs.batch.kind import RangeReader, lines_with_offsets
 from cumulo.jobs.kinds import JobInvalid
 from cumulo.origin import Origin
 from cumulo.request.gateway import Gateway
+from cumulo.request.metering import CallInfo
 from cumulo.store.jobs import COMPLETED, FAILED, ItemResult, ItemRow, JobRow
 from cumulo.types import (
     ChatRequest,
@@ -48,6 +50,7 @@ from cumulo.types import (
     SamplingParams,
     StreamEnd,
     TextDelta,
+    Usage,
 )
 
 KIND = "eval"
@@ -101,7 +104,9 @@ class EvalKind:
         except CumuloError:
             raise JobInvalid([_gone(job)]) from None
         schema = job.params["item_schema"]
+        checker = validator(schema)
         need_sample = job.params["data_source"]["type"] == "jsonl"
+        copies = 1 + len(perturbations_of(job.params["data_source"]))
         errors: list[dict[str, Any]] = []
         pending: list[tuple[int, int, int]] = []
         idx = 0
@@ -118,12 +123,12 @@ class EvalKind:
                     }
                 )
                 break
-            _, err = check_row(idx, raw, schema, need_sample)
+            _, err = check_row(idx, raw, schema, need_sample, checker)
             if err is not None:
                 if len(errors) < MAX_ERRORS:
                     errors.append(err)
-            else:
-                pending.append((idx, offset, len(raw)))
+            else:  # the original, then its perturbed copies (`cumulo.evals.perturb`)
+                pending.extend((idx * copies + p, offset, len(raw)) for p in range(copies))
             idx += 1
             if len(pending) >= ADD_CHUNK and not errors:
                 await add_items(pending)
@@ -140,7 +145,7 @@ class EvalKind:
         if errors:
             raise JobInvalid(errors)
         await add_items(pending)
-        return idx
+        return idx * copies
 
     def worker(self, job: JobRow) -> _EvalWorker:
         return _EvalWorker(self, job)
@@ -155,6 +160,8 @@ class _EvalWorker:
         self.job = job
         self.source: dict[str, Any] = job.params["data_source"]
         self.criteria: list[dict[str, Any]] = job.params["testing_criteria"]
+        self.perturbations = perturbations_of(self.source)
+        self.options = options_fields(job.params["item_schema"])
         self._reader: RangeReader | None = None
         self._lock = asyncio.Lock()
 
@@ -262,7 +269,7 @@ class _EvalWorker:
 
     async def _judge(
         self, model: str, messages: list[dict[str, str]], params: dict[str, Any]
-    ) -> str:
+    ) -> tuple[str, Call]:
         req = ChatRequest(
             model=model,
             messages=[Message(m["role"], m["content"]) for m in messages],  # type: ignore[arg-type]
@@ -275,29 +282,45 @@ class _EvalWorker:
         )
         who = self._who()
 
-        async def once() -> str:
-            resp, _ = await self.kind.gateway.chat(who, req, ENDPOINT)
-            return resp.message.content or ""
+        async def once() -> tuple[str, Call]:
+            resp, info = await self.kind.gateway.chat(who, req, ENDPOINT)
+            return resp.message.content or "", self._call(model, info, resp.usage)
 
-        answer: str = await self._retrying(once)
+        answer: tuple[str, Call] = await self._retrying(once)
         return answer
 
-    async def _embed(self, model: str, texts: list[str]) -> list[list[float]]:
+    async def _embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], Call]:
         who = self._who()
 
-        async def once() -> list[list[float]]:
-            resp, _ = await self.kind.gateway.embed(who, EmbeddingRequest(model, texts), ENDPOINT)
-            return resp.vectors
+        async def once() -> tuple[list[list[float]], Call]:
+            resp, info = await self.kind.gateway.embed(
+                who, EmbeddingRequest(model, texts), ENDPOINT
+            )
+            return resp.vectors, self._call(model, info, resp.usage)
 
-        vectors: list[list[float]] = await self._retrying(once)
+        vectors: tuple[list[list[float]], Call] = await self._retrying(once)
         return vectors
 
-    async def run(self, item: ItemRow, payload: bytes) -> ItemResult | None:
-        row, _ = check_row(
-            item.idx, payload, self.job.params["item_schema"], self.source["type"] == "jsonl"
+    def _call(self, model: str, info: CallInfo, usage: Usage | None) -> Call:
+        """A grader's call to `model` (its public name) as the run's usage counts it."""
+        prompt = usage.prompt_tokens if usage else 0
+        completion = usage.completion_tokens if usage else 0
+        return Call(
+            model,
+            prompt,
+            completion,
+            self._cost(info.model or model, info.deployment, prompt, completion),
         )
-        assert row is not None  # checked at validation
+
+    async def run(self, item: ItemRow, payload: bytes) -> ItemResult | None:
+        index, p = divmod(item.idx, 1 + len(self.perturbations))
+        row = parse_row(payload)  # checked at validation
         data: dict[str, Any] = row["item"]
+        shown, perturbation = data, None  # the item the generation template sees
+        if p:
+            perturbation = self.perturbations[p - 1]
+            seed = self.source["robustness"]["seed"]
+            shown = perturb(data, perturbation, seed, index, self.options)
         sample: dict[str, Any] = {
             "input": [],
             "output": [],
@@ -319,7 +342,7 @@ class _EvalWorker:
         if self.source["type"] == "completions":
             try:
                 messages = [
-                    {"role": m["role"], "content": render(m["content"], {"item": data})}
+                    {"role": m["role"], "content": render(m["content"], {"item": shown})}
                     for m in self.source["template"]
                 ]
                 sample["input"] = messages
@@ -350,13 +373,15 @@ class _EvalWorker:
                 results.append(r.as_dict())
         status = "error" if errored else "pass" if all(r["passed"] for r in results) else "fail"
         out = {
-            "datasource_item_id": item.idx,
+            "datasource_item_id": index,
             "datasource_item": data,
             "sample": sample,
             "results": results,
             "status": status,
             "created_at": int(time.time()),
         }
+        if perturbation is not None:
+            out["perturbation"] = {"type": perturbation, "item": shown}
         return ItemResult(item.idx, FAILED if errored else COMPLETED, orjson.dumps(out).decode())
 
     async def close(self) -> None:
