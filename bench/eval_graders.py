@@ -8,7 +8,9 @@ cumulo's figure includes rendering the criterion's templates over the item and t
 and building the result; the baseline is the library's call alone (string_check: Python's
 `==`). The model graders (label_model, score_model) and cosine time a judge/embedding
 callable that answers at once, so their figure is cumulo's own cost per item (prompt
-rendering, answer parsing), without the model's time.
+rendering, answer parsing), without the model's time; `bench/evals.py` times them inside
+real runs, calling a fake judge and embedding model through the gateway. meteor is timed
+when WordNet is installed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ def baseline(kind: str) -> Callable[[str, str], Any] | None:
         return lambda a, b: sacrebleu.sentence_bleu(a, [b])
     if kind == "gleu":
         return lambda a, b: sentence_gleu([b.split()], a.split())
+    if kind == "meteor":
+        from nltk.translate.meteor_score import single_meteor_score
+
+        from cumulo.evals.graders import wordnet
+
+        wn = wordnet()
+        return lambda a, b: single_meteor_score(b.split(), a.split(), wordnet=wn)
     if kind in rouge:
         scorer = rouge_scorer.RougeScorer([rouge[kind]])
         return lambda a, b: scorer.score(b, a)
@@ -106,8 +115,13 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2000)
     args = ap.parse_args()
     pairs = texts(args.items)
-    kinds = ["string_check", "fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_l",
-             "cosine", "label_model", "score_model"]
+    from cumulo.evals.graders import meteor_available
+
+    kinds = ["string_check", "fuzzy_match", "bleu", "gleu",
+             *(["meteor"] if meteor_available() else []), "rouge_1", "rouge_2", "rouge_3",
+             "rouge_4", "rouge_5", "rouge_l", "cosine", "label_model", "score_model"]
+    if not meteor_available():
+        print("(meteor left out: no WordNet; `make wordnet` installs Debian's wordnet-base)")
     print(f"{'grader':14} {'cumulo us/item':>15} {'library us/item':>16} {'ratio':>7}")
     for kind in kinds:
         ours, base = asyncio.run(timed(kind, pairs))

@@ -4,6 +4,9 @@ leniently and an unreadable one is an errored result, criteria are checked field
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -54,14 +57,36 @@ def test_similarity_scores_are_the_libraries(metric: str, expected: float) -> No
     assert grade(sim(metric, 0.99), REF, {"ref": REF}).passed  # identical texts
 
 
-def test_meteor_without_wordnet_is_refused_not_faked() -> None:
-    if meteor_available():
-        r = grade(sim("meteor"), HYP, {"ref": REF})
-        assert 0 < r.score < 1
-    else:
-        with pytest.raises(CriterionInvalid, match="WordNet") as exc:
-            sim("meteor")
-        assert exc.value.param == "testing_criteria[0].evaluation_metric"
+def test_meteor_matches_wordnet_synonyms() -> None:
+    """WordNet comes from Debian's wordnet-base (`make wordnet`; the test suite installs it)."""
+    assert meteor_available(), "meteor needs WordNet: install Debian's wordnet-base"
+    # "motorcar" matches "car" only through WordNet (a lemma of car.n.01): all 4 words in
+    # one chunk, so Fmean = 1 and the fragmentation penalty is 0.5 * (1/4)^3.
+    r = grade(sim("meteor", 0.99), "the motorcar is red", {"ref": "the car is red"})
+    assert r.score == pytest.approx(1 - 0.5 * (1 / 4) ** 3) and r.passed
+    # "banana" does not: 3 of 4 words in 2 chunks, Fmean 0.75, penalty 0.5 * (2/3)^3
+    r = grade(sim("meteor"), "the banana is red", {"ref": "the car is red"})
+    assert r.score == pytest.approx(0.75 * (1 - 0.5 * (2 / 3) ** 3))
+    r = grade(sim("meteor", 0.5), HYP, {"ref": REF})
+    assert 0.5 < r.score < 1 and r.passed
+
+
+def test_meteor_without_wordnet_is_refused_naming_the_field(tmp_path: Any) -> None:
+    code = (
+        "from cumulo.evals.graders import CriterionInvalid, check\n"
+        "try:\n"
+        "    check({'type': 'text_similarity', 'name': 'm', 'input': 'a', 'reference': 'b',"
+        " 'evaluation_metric': 'meteor', 'pass_threshold': 0.5}, 3)\n"
+        "except CriterionInvalid as e:\n"
+        "    print(e.param, '|', e)\n"
+    )
+    env = {**os.environ, "WNSEARCHDIR": str(tmp_path), "NLTK_DATA": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    param, _, message = out.stdout.partition(" | ")
+    assert param == "testing_criteria[3].evaluation_metric"
+    assert "meteor needs WordNet" in message and "wordnet-base" in message
 
 
 @pytest.mark.parametrize(("op", "output", "passed"), [

@@ -6,8 +6,9 @@
 
 - `string_check`: `eq`, `ne`, `like` (contains), `ilike` (contains, ignoring case).
 - `text_similarity`: `fuzzy_match` (rapidfuzz's `fuzz.ratio`), `bleu` (sacrebleu's sentence
-  BLEU), `gleu` (nltk's sentence GLEU), `meteor` (nltk, which needs the WordNet corpus: a
-  server without it refuses the criterion), `rouge_1`…`rouge_5`, `rouge_l` (rouge-score's
+  BLEU), `gleu` (nltk's sentence GLEU), `meteor` (nltk's, over WordNet: nltk's own corpus, or
+  the WordNet 3.0 database of Debian's `wordnet-base` package; a server without either
+  refuses the criterion), `rouge_1`…`rouge_5`, `rouge_l` (rouge-score's
   F-measure), `cosine` (the vectors of a cumulo embedding model, through the gateway).
   Scores are in [0, 1]; the criterion passes at `score >= pass_threshold`.
 - `label_model`, `score_model`: a cumulo chat model as judge, called through the gateway
@@ -153,17 +154,115 @@ def _number(c: dict[str, Any], key: str, param: str, default: float | None) -> f
     return float(v)
 
 
-def meteor_available() -> bool:
+# Princeton WordNet 3.0's lexicographer files, in number order (lexnames(5WN)): the one
+# file of the database that Debian's `wordnet-base` does not ship and nltk's reader needs.
+LEXNAMES = [
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+]
+WORDNET_DIR = "/usr/share/wordnet"  # Debian's `wordnet-base` (Princeton WordNet 3.0)
+_wordnet: list[Any] = []  # the reader, once loaded
+
+
+def _database_reader(path: str) -> Any:
+    """nltk's WordNet reader over a WordNet 3.0 database directory (WordNet's own `dict`
+    layout, as Debian's `wordnet-base` installs it), with the lexnames list given here."""
+    import io
+    import warnings
+
+    import nltk
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    from nltk.data import FileSystemPathPointer
+
+    cats = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+    lexnames = "".join(
+        f"{i:02d}\t{name}\t{cats[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)
+    )
+
+    class Reader(WordNetCorpusReader):  # type: ignore[misc]
+        def open(self, file: str) -> Any:
+            return io.StringIO(lexnames) if file == "lexnames" else super().open(file)
+
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None  # WordNet 3.0 is nltk's `wordnet`: nothing to map
+
+    if path not in nltk.data.path:
+        nltk.data.path.append(path)  # nltk reads corpora only under its data paths
+    with warnings.catch_warnings():  # no Open Multilingual WordNet: English only
+        warnings.filterwarnings("ignore", "The multilingual functions", UserWarning)
+        return Reader(FileSystemPathPointer(path), None)
+
+
+def wordnet() -> Any | None:
+    """WordNet for meteor: nltk's own `wordnet` corpus if installed, else the WordNet 3.0
+    database in `$WNSEARCHDIR` or Debian's `wordnet-base` directory; None without any."""
+    if _wordnet:
+        return _wordnet[0]
+    import os
+
     import nltk
 
-    try:
-        nltk.data.find("corpora/wordnet")
-    except LookupError:
+    for name in ("corpora/wordnet", "corpora/wordnet.zip"):
         try:
-            nltk.data.find("corpora/wordnet.zip")
+            nltk.data.find(name)
         except LookupError:
-            return False
-    return True
+            continue
+        from nltk.corpus import wordnet as found
+
+        _wordnet.append(found)
+        return found
+    path = os.environ.get("WNSEARCHDIR") or WORDNET_DIR
+    if not os.path.isfile(os.path.join(path, "data.noun")):
+        return None
+    _wordnet.append(_database_reader(path))
+    return _wordnet[0]
+
+
+def meteor_available() -> bool:
+    return wordnet() is not None
 
 
 def check(c: Any, index: int) -> dict[str, Any]:
@@ -201,8 +300,9 @@ def check(c: Any, index: int) -> dict[str, Any]:
         if metric == "meteor" and not meteor_available():
             raise CriterionInvalid(
                 f"{param}.evaluation_metric",
-                f"{param}: meteor needs NLTK's WordNet corpus, which is not installed on this "
-                "server (an administrator can install it with nltk.download('wordnet'))",
+                f"{param}: meteor needs WordNet, which is not installed on this server (an "
+                "administrator can install Debian's wordnet-base package, or NLTK's wordnet "
+                "corpus)",
             )
         threshold = _number(c, "pass_threshold", param, None)
         if threshold is None:
@@ -311,7 +411,7 @@ def similarity(metric: str, hyp: str, ref: str) -> float:
     if metric == "meteor":
         from nltk.translate.meteor_score import single_meteor_score
 
-        return float(single_meteor_score(ref.split(), hyp.split()))
+        return float(single_meteor_score(ref.split(), hyp.split(), wordnet=wordnet()))
     if metric in ROUGE:
         return float(_rouge(ROUGE[metric]).score(ref, hyp)[ROUGE[metric]].fmeasure)
     raise ValueError(metric)
