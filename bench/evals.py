@@ -257,6 +257,9 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
               f"per item: eval {statistics.median(cpu['eval']):.0f} us, client "
               f"{statistics.median(cpu['client']):.0f} us", flush=True)
 
+        if args.only == "generation":
+            procs.check_alive()
+            return
         from cumulo.evals.graders import meteor_available
 
         kinds = ["string_check", "fuzzy_match", "bleu", "gleu",
@@ -296,6 +299,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--grading-rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("generation",), help="(a) alone")
     parser.add_argument("--poll", type=float, default=0.1,
                         help="seconds between polls of each run's status")
     args = parser.parse_args()
