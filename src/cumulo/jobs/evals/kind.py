@@ -3,10 +3,13 @@
 - input: a JSONL file of rows (`{"item": …, "sample": …}`) of purpose `evals`: the
   caller's `file_id`, or the run's `file_content` stored as such a file by the front door;
 - `validate`: checks each row against the eval's `item_schema` (and a sample for `jsonl`
-  runs); each row is an item holding its byte range in the file;
+  runs); each row is an item holding its byte range in the file, and with robustness
+  (`cumulo.evals.perturb`) one more item per perturbation over the same bytes: item
+  `i * (1 + P) + p` is row `i` under perturbation `p` (0: as it is);
 - `worker`: for a `completions` run renders the template over the item and streams the
   answer from the gateway as the run's owner (scopes, limits, budgets, routing, usage),
-  timing the first token; for a `jsonl` run takes the row's sample. Then grades it with
+  timing the first token (a perturbed item renders the template over its perturbed
+  copy); for a `jsonl` run takes the row's sample. Then grades it (on the original) with
   each testing criterion (judges and embeddings through the gateway as the owner too).
   The item's result is its output item (JSON); an item whose generation or grading
   errored is `failed` in the job's counts;
