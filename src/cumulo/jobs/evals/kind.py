@@ -30,7 +30,7 @@ from cumulo.errors import (
     RateLimited,
     Unavailable,
 )
-from cumulo.evals.graders import Grader
+from cumulo.evals.graders import Grader, applies
 from cumulo.evals.items import MAX_ITEMS, check_row, sample_text
 from cumulo.evals.templates import TemplateError, render, sample_scope
 from cumulo.files import FileStore
@@ -343,8 +343,11 @@ class _EvalWorker:
         errored = sample["error"] is not None
         if not errored:
             grader = Grader(self._judge, self._embed)
-            scope = {"item": data, "sample": sample_scope(text)}
+            facts = {"latency_ms": sample["latency_ms"], "cost": sample["cost"]}
+            scope = {"item": data, "sample": {**sample_scope(text), **facts}}
             for c in self.criteria:
+                if not applies(c, data):
+                    continue
                 r = await grader.grade(c, scope)
                 errored = errored or r.error is not None
                 results.append(r.as_dict())
