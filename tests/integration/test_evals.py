@@ -237,7 +237,7 @@ def test_bad_input_is_a_400_naming_the_field(
     r = create([{"type": "python", "name": "p", "source": "def grade(s, i): return 1"}])
     assert r.status_code == 400 and "arbitrary code" in r.json()["error"]["message"]
     assert r.json()["error"]["param"] == "testing_criteria[0].type"
-    r = create([{**EXACT, "operation": "regex"}])
+    r = create([{**EXACT, "operation": "glob"}])
     assert r.status_code == 400 and r.json()["error"]["param"] == "testing_criteria[0].operation"
     r = create([EXACT], schema={"type": "nonsense"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "data_source_config.item_schema"
