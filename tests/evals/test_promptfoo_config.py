@@ -244,6 +244,9 @@ def test_prompt_files_split_on_dashes_and_yaml_tests(tmp_path: Path) -> None:
         "One {{item.vars.country}}",
         "Two {{item.vars.country}}",
     ]
+    (tmp_path / "bad.jsonl").write_text('{"vars": \n')
+    with pytest.raises(ConfigInvalid, match=r"tests: file://bad.jsonl: "):
+        load(write(tmp_path, {**BASE, "tests": "file://bad.jsonl"}))
     with pytest.raises(ConfigInvalid, match=r"prompts\[0\]: file://gone.txt: no such file"):
         load(write(tmp_path, {**BASE, "prompts": ["file://gone.txt"]}))
 

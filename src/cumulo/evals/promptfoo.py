@@ -185,7 +185,10 @@ class _Loader:
             if isinstance(p, str) and p.startswith("file://"):
                 target, text = self.read(p, where)
                 if target.suffix in (".json", ".yaml", ".yml"):
-                    loaded = yaml.safe_load(text)
+                    try:
+                        loaded = yaml.safe_load(text)
+                    except yaml.YAMLError as exc:
+                        raise self.fail(where, f"{p}: {exc}") from None
                     out.append((label or target.name, self.messages(loaded, where)))
                 else:
                     parts = re.split(r"^---\s*$", text, flags=re.M)
@@ -287,11 +290,14 @@ class _Loader:
                     }
                     for r in rows
                 ]
-            if target.suffix == ".jsonl":
-                return [json.loads(line) for line in text.splitlines() if line.strip()]
-            if target.suffix in (".yaml", ".yml", ".json"):
-                loaded = yaml.safe_load(text)
-                return loaded if isinstance(loaded, list) else [loaded]
+            try:
+                if target.suffix == ".jsonl":
+                    return [json.loads(line) for line in text.splitlines() if line.strip()]
+                if target.suffix in (".yaml", ".yml", ".json"):
+                    loaded = yaml.safe_load(text)
+                    return loaded if isinstance(loaded, list) else [loaded]
+            except (json.JSONDecodeError, yaml.YAMLError) as exc:
+                raise self.fail("tests", f"{raw}: {exc}") from None
             raise self.fail("tests", f"{raw}: CSV, YAML, JSON or JSONL")
         if raw is None:
             return [{}]
