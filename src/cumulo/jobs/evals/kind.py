@@ -33,7 +33,7 @@ from cumulo.errors import (
     RateLimited,
     Unavailable,
 )
-from cumulo.evals.graders import Call, Grader
+from cumulo.evals.graders import Call, Grader, applies
 from cumulo.evals.items import MAX_ITEMS, check_row, parse_row, sample_text, validator
 from cumulo.evals.perturb import options_fields, perturb, perturbations_of
 from cumulo.evals.templates import TemplateError, render, sample_scope
@@ -369,8 +369,11 @@ class _EvalWorker:
         errored = sample["error"] is not None
         if not errored:
             grader = Grader(self._judge, self._embed)
-            scope = {"item": data, "sample": sample_scope(text)}
+            facts = {"latency_ms": sample["latency_ms"], "cost": sample["cost"]}
+            scope = {"item": data, "sample": {**sample_scope(text), **facts}}
             for c in self.criteria:
+                if not applies(c, data):
+                    continue
                 r = await grader.grade(c, scope)
                 errored = errored or r.error is not None
                 results.append(r.as_dict())
