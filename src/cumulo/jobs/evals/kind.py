@@ -357,7 +357,9 @@ class _EvalWorker:
             "status": status,
             "created_at": int(time.time()),
         }
-        return ItemResult(item.idx, FAILED if errored else COMPLETED, orjson.dumps(out).decode())
+        return ItemResult(
+            item.idx, FAILED if errored else COMPLETED, orjson.dumps(out).decode(), status
+        )
 
     async def close(self) -> None:
         if self._reader is not None:
