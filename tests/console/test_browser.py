@@ -274,13 +274,11 @@ def unnamed_controls(page: Any) -> list[str]:
         nodes = cdp.send("Accessibility.getFullAXTree")["nodes"]
     finally:
         cdp.detach()
-    return [
-        f"{n['role']['value']} (node {n.get('backendDOMNodeId')})"
-        for n in nodes
-        if not n.get("ignored")
-        and n.get("role", {}).get("value") in CONTROL_ROLES
-        and not str(n.get("name", {}).get("value", "")).strip()
-    ]
+    controls = [n for n in nodes
+                if not n.get("ignored") and n.get("role", {}).get("value") in CONTROL_ROLES]
+    assert controls, "no control in the accessibility tree"  # at least Sign out
+    return [f"{n['role']['value']} (node {n.get('backendDOMNodeId')})" for n in controls
+            if not str(n.get("name", {}).get("value", "")).strip()]
 
 
 def test_every_control_has_a_label_and_the_keyboard_reaches_the_content(
@@ -411,7 +409,7 @@ def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServe
         row.get_by_role("link", name=re.compile("^Side-by-side report")).click()
         assert "chat-echo" in page.content()
         # The Fine-tuning page (its jobs are trained in test_fine_tuning_page.py, whose
-        # server has the demo model; a job's page is read without JavaScript there).
+        # server has the demo model: a trained job's page is read without JavaScript there).
         page.goto(server.url + "/console/fine-tuning")
         assert page.get_by_text("No fine-tuning jobs.").count() == 1
         page.goto(server.url + "/console/audit")

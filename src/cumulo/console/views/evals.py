@@ -1,9 +1,10 @@
-"""Evaluations: the key's tenant's evals and their runs (status, result counts, progress,
-refreshed by HTMX while a run is going; a reload shows it without JavaScript); create an
-eval from an uploaded JSONL file of items and one run per chosen model, the way
-`cumulo eval run` does; open the side-by-side report. Everything goes through the Evals
-API's operations (`api/evals/service.EvalService`) for the key's tenant: another
-tenant's eval is a 404 here as on `/v1/evals`."""
+"""Evaluations: the key's tenant's evals and their runs (status, result counts counted in
+SQL, progress, refreshed by HTMX while a run is going; a reload shows it without
+JavaScript); create an eval from an uploaded JSONL file of items, its graders (built by
+`cumulo.evals.criteria`, as `cumulo eval run --grader` builds them) and one run per chosen
+model, the way `cumulo eval run` does; cancel a run; open the side-by-side report.
+Everything goes through the Evals API's operations (`api/evals/service.EvalService`) for
+the key's tenant: another tenant's eval or run is a 404 here as on `/v1/evals`."""
 
 from __future__ import annotations
 
