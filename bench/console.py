@@ -12,17 +12,26 @@ page --rounds times (after one warm-up), interleaving the two servers:
   usage sorted   /console/usage?range=30d&sort=cost_usd&order=desc
   usage tenant   /console/usage?range=30d&tenant_id=t7&model=m3
 
+  evals          /console/evals   (20 evals of 2 runs each, with their result counts)
+
+The evals page's databases hold 20 evals of 2 finished runs each, with --eval-items output
+items per run in the large one (default 5,000: 200,000 items) and 10 in the small one.
+Beside the page it times `GET /v1/evals/{id}/runs` for the same 20 evals (the API, which
+reads and parses every output item of a run to render it: the page's former way of
+counting), as the same-run reference of what counting in Python costs.
+
 It prints the median ms per page for the large and the small table and their ratio (what
 1,000x the rows costs a page); and first, what the console's covering index costs the
 usage writer (100,000 rows in batches of 1,000, with and without it).
 
-    python bench/console.py [--rows 1000000] [--rounds 5] [--postgres postgresql://127.0.0.1:5432/test]
+    python bench/console.py [--rows 1000000] [--eval-items 5000] [--rounds 5] [--postgres postgresql://127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import re
@@ -39,6 +48,8 @@ from pathlib import Path
 import httpx
 
 ADMIN_KEY = "admin-bench-console"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+REFERENCE = "api evals runs"
 DAY = 86400.0
 PAGES = {
     "overview 24h": "/console/overview?range=24h",
@@ -46,7 +57,12 @@ PAGES = {
     "usage": "/console/usage?range=30d",
     "usage sorted": "/console/usage?range=30d&sort=cost_usd&order=desc",
     "usage tenant": "/console/usage?range=30d&tenant_id=t7&model=m3",
+    "evals": "/console/evals",
 }
+EVALS, RUNS = 20, 2
+CRITERIA = [{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+             "reference": "{{item.ideal}}", "operation": "eq"}]  # fmt: skip
+SCHEMA = {"type": "object", "properties": {"input": {"type": "string"}}}
 COLUMNS = ("ts", "key_id", "endpoint", "model", "deployment", "stream", "prompt_tokens",
            "completion_tokens", "latency_ms", "ttft_ms", "status", "error_type", "served_model",
            "attempts", "queue_ms", "tenant_id", "cost_usd", "guardrail_interventions")  # fmt: skip
@@ -70,6 +86,59 @@ def rows(n: int, now: float) -> Iterator[tuple[object, ...]]:
                f"openai:m{model}", False, p, c, rnd.random() * 900, None, status,
                None if status == 200 else "upstream_error", f"m{model}", 1, None, f"t{tenant}",
                (p + 2 * c) / 1e6, 0)  # fmt: skip
+
+
+def eval_rows(items: int, now: float) -> dict[str, list[tuple[object, ...]]]:
+    """Rows of `evals`, `eval_runs`, `jobs` and `job_items` for the admin key (no tenant):
+    EVALS evals of RUNS completed runs with `items` output items each (7 in 10 passing,
+    2 failing, 1 errored), as the eval job kind writes them."""
+    out: dict[str, list[tuple[object, ...]]] = {"evals": [], "eval_runs": [], "jobs": [],
+                                                 "job_items": []}  # fmt: skip
+    for e in range(EVALS):
+        eval_id = f"eval_bench{e:04d}"
+        created = now - 3600 + e
+        out["evals"].append((eval_id, None, ADMIN_KEY, f"bench {e}", created,
+                             json.dumps({"type": "custom", "item_schema": SCHEMA}),
+                             json.dumps(CRITERIA), None))  # fmt: skip
+        for r in range(RUNS):
+            run_id = f"evalrun_bench{e:04d}{r}"
+            model = f"m{r}"
+            params = {"eval_id": eval_id, "name": model, "metadata": None,
+                      "data_source": {"type": "completions", "model": model, "template": []},
+                      "source": {"type": "file_id", "id": "file-bench"}, "item_schema": SCHEMA,
+                      "testing_criteria": CRITERIA}  # fmt: skip
+            outcomes = [("pass", "fail", "error")[0 if i % 10 < 7 else 1 if i % 10 < 9 else 2]
+                        for i in range(items)]  # fmt: skip
+            failed = outcomes.count("error")
+            out["eval_runs"].append((run_id, eval_id, created + r))
+            out["jobs"].append((run_id, "eval", None, ADMIN_KEY, "completed", items,
+                                items - failed, failed, created + r, json.dumps(params)))  # fmt: skip
+            for i, outcome in enumerate(outcomes):
+                result = {"datasource_item_id": i, "datasource_item": {"input": f"q{i}"},
+                          "sample": {"model": model, "output": [{"role": "assistant",
+                                                                 "content": f"a{i}"}],
+                                     "usage": {"prompt_tokens": 12, "completion_tokens": 3,
+                                               "total_tokens": 15, "cached_tokens": 0},
+                                     "latency_ms": 120.5, "ttft_ms": 40.2, "error": None},
+                          "results": [{"name": "exact", "type": "string_check",
+                                       "passed": outcome == "pass", "score": 1.0,
+                                       "sample": None}],
+                          "status": outcome, "created_at": int(now)}  # fmt: skip
+                status = "failed" if outcome == "error" else "completed"
+                out["job_items"].append((run_id, i, 0, 1, status, json.dumps(result), now,
+                                         outcome))  # fmt: skip
+    return out
+
+
+EVAL_COLUMNS = {
+    "evals": ("id", "tenant_id", "key_id", "name", "created_at", "data_source_config",
+              "testing_criteria", "metadata"),
+    "eval_runs": ("id", "eval_id", "created_at"),
+    "jobs": ("id", "kind", "tenant_id", "key_id", "status", "total", "completed", "failed",
+             "created_at", "params"),
+    "job_items": ("job_id", "idx", "line_offset", "line_length", "status", "result",
+                  "finished_at", "outcome"),
+}  # fmt: skip
 
 
 def cumulo_bin() -> list[str]:
@@ -118,7 +187,7 @@ def migrate(database_url: str, home: Path) -> None:
                    env={**os.environ, "CUMULO_HOME": str(home)})  # fmt: skip
 
 
-def fill_sqlite(path: Path, n: int, now: float) -> None:
+def fill_sqlite(path: Path, n: int, now: float, items: int) -> None:
     migrate(f"sqlite:///{path}", path.parent)
     db = sqlite3.connect(path)
     marks = ", ".join("?" * len(COLUMNS))
@@ -132,11 +201,17 @@ def fill_sqlite(path: Path, n: int, now: float) -> None:
         db.executemany(f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({marks})", rows(n, now))
         for _, sql in indexes:
             db.execute(sql)
+        for table, values in eval_rows(items, now).items():
+            cols = EVAL_COLUMNS[table]
+            db.executemany(
+                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                values,
+            )
     db.execute("ANALYZE")
     db.close()
 
 
-def fill_postgres(base: str, name: str, n: int, now: float, home: Path) -> str:
+def fill_postgres(base: str, name: str, n: int, now: float, home: Path, items: int) -> str:
     import asyncio
 
     import asyncpg
@@ -154,7 +229,10 @@ def fill_postgres(base: str, name: str, n: int, now: float, home: Path) -> str:
     async def copy() -> None:
         conn = await asyncpg.connect(url)
         await conn.copy_records_to_table("usage", records=list(rows(n, now)), columns=COLUMNS)
-        await conn.execute("VACUUM ANALYZE usage")  # as autovacuum leaves a table at rest
+        for table, values in eval_rows(items, now).items():
+            await conn.copy_records_to_table(table, records=values, columns=EVAL_COLUMNS[table])
+        for table in ("usage", *EVAL_COLUMNS):  # as autovacuum leaves a table at rest
+            await conn.execute(f"VACUUM ANALYZE {table}")
         await conn.close()
 
     asyncio.run(copy())
@@ -209,8 +287,10 @@ def measure(urls: dict[str, str], rounds: int) -> dict[tuple[str, str], float]:
     for size, http in clients.items():  # the first long range folds the daily sums
         started = time.perf_counter()
         assert http.get(PAGES["overview 30d"]).status_code == 200
-        print(f"first 30-day overview ({size}, folds the daily sums): "
-              f"{(time.perf_counter() - started) * 1000:.0f} ms")
+        print(
+            f"first 30-day overview ({size}, folds the daily sums): "
+            f"{(time.perf_counter() - started) * 1000:.0f} ms"
+        )
     for page, path in PAGES.items():
         for http in clients.values():
             assert http.get(path).status_code == 200  # warm-up
@@ -220,15 +300,28 @@ def measure(urls: dict[str, str], rounds: int) -> dict[tuple[str, str], float]:
                 resp = http.get(path)
                 times.setdefault((page, size), []).append(time.perf_counter() - started)
                 assert resp.status_code == 200, resp.text[:500]
+    # The reference: every run of the 20 evals rendered by the API, output items parsed.
+    api = f"/v1/evals/eval_bench{{:04d}}/runs?limit={RUNS}"
+    for http in clients.values():
+        for e in range(EVALS):  # warm-up
+            assert http.get(api.format(e), headers=AUTH).status_code == 200
+    for _ in range(rounds):
+        for size, http in clients.items():
+            started = time.perf_counter()
+            for e in range(EVALS):
+                resp = http.get(api.format(e), headers=AUTH)
+                assert resp.status_code == 200, resp.text[:500]
+            times.setdefault((REFERENCE, size), []).append(time.perf_counter() - started)
     for http in clients.values():
         http.close()
     return {k: statistics.median(v) * 1000 for k, v in times.items()}
 
 
-def report(title: str, n: int, result: dict[tuple[str, str], float]) -> None:
-    print(f"\n{title}: median ms per page, {n:,} rows vs 1,000 rows")
+def report(title: str, n: int, items: int, result: dict[tuple[str, str], float]) -> None:
+    print(f"\n{title}: median ms per page, {n:,} rows vs 1,000 rows (evals: {items:,} items a")
+    print(f"run vs 10; {REFERENCE!r}: the API rendering the same runs from their items)")
     print(f"{'page':<16}{'large':>10}{'small':>10}{'ratio':>8}")
-    for page in PAGES:
+    for page in (*PAGES, REFERENCE):
         large, small = result[(page, "large")], result[(page, "small")]
         print(f"{page:<16}{large:>10.1f}{small:>10.1f}{large / small:>8.1f}")
 
@@ -236,6 +329,7 @@ def report(title: str, n: int, result: dict[tuple[str, str], float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--eval-items", type=int, default=5000, help="output items a run")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--postgres", help="a PostgreSQL server URL (a database is made there)")
     args = parser.parse_args()
@@ -243,25 +337,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_cost(root)
-        for size, n in (("large", args.rows), ("small", 1000)):
+        sizes = (("large", args.rows, args.eval_items), ("small", 1000, 10))
+        for size, n, items in sizes:
             (root / size).mkdir()
             started = time.perf_counter()
-            fill_sqlite(root / size / "cumulo.db", n, now)
+            fill_sqlite(root / size / "cumulo.db", n, now, items)
             print(f"sqlite {size}: {n:,} rows in {time.perf_counter() - started:.1f} s")
         with server(root / "large", f"sqlite:///{root / 'large' / 'cumulo.db'}") as large, \
                 server(root / "small", f"sqlite:///{root / 'small' / 'cumulo.db'}") as small:  # fmt: skip
-            report("SQLite", args.rows, measure({"large": large, "small": small}, args.rounds))
+            result = measure({"large": large, "small": small}, args.rounds)
+            report("SQLite", args.rows, args.eval_items, result)
         if args.postgres:
             urls = {}
-            for size, n in (("large", args.rows), ("small", 1000)):
+            for size, n, items in sizes:
                 (root / f"pg-{size}").mkdir()
                 started = time.perf_counter()
                 urls[size] = fill_postgres(args.postgres, f"cumulo_bench_console_{size}", n, now,
-                                           root / f"pg-{size}")  # fmt: skip
+                                           root / f"pg-{size}", items)  # fmt: skip
                 print(f"postgresql {size}: {n:,} rows in {time.perf_counter() - started:.1f} s")
             with server(root / "pg-large", urls["large"]) as large, \
                     server(root / "pg-small", urls["small"]) as small:  # fmt: skip
-                report("PostgreSQL", args.rows, measure({"large": large, "small": small}, args.rounds))
+                result = measure({"large": large, "small": small}, args.rounds)
+                report("PostgreSQL", args.rows, args.eval_items, result)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ def server(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloSer
              "deployments": [openai_deployment(upstream, "echo", price=price)]},
             {"name": "chat-slow", "deployments": [openai_deployment(upstream, "slow:0.3",
                                                                     price=price)]},
+            {"name": "chat-slower", "deployments": [openai_deployment(upstream, "slow:3")]},
+            {"name": "embed-fake", "kind": "embedding",
+             "deployments": [openai_deployment(upstream, "embed")]},
         ],
     })
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from fakes import FakeOpenAIUpstream
-from support import ApiKey, CumuloServer
+from support import ApiKey, CumuloServer, wait_until
 from support.browser import shot
 
 _n = itertools.count()
@@ -64,8 +64,8 @@ def test_an_admin_signs_in_and_every_page_shows(page: Any, server: CumuloServer)
     page.on("pageerror", lambda e: problems.append(str(e)))
     sign_in(page, server, server.admin_key)
     nav = page.get_by_role("navigation", name="Console pages")
-    for title in ("Overview", "Models", "Playground", "Batches and files", "Keys and tenants",
-                  "Guardrails", "Audit", "Usage"):
+    for title in ("Overview", "Models", "Playground", "Evaluations", "Fine-tuning",
+                  "Batches and files", "Keys and tenants", "Guardrails", "Audit", "Usage"):
         nav.get_by_role("link", name=title).click()
         page.wait_for_load_state()
         assert page.locator("h1").inner_text() == title
@@ -260,14 +260,36 @@ UNLABELLED = """() => Array.from(document.querySelectorAll("input, select, texta
   .map((el) => el.outerHTML)"""
 
 
+# The roles of form controls in Chromium's accessibility tree.
+CONTROL_ROLES = {"textbox", "searchbox", "combobox", "listbox", "checkbox", "radio",
+                 "spinbutton", "slider", "button", "switch"}
+
+
+def unnamed_controls(page: Any) -> list[str]:
+    """The form controls the browser's own accessibility tree gives no name (Chromium's
+    accessible-name computation, as a screen reader gets it, through the DevTools
+    protocol): role and DOM node of each."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        nodes = cdp.send("Accessibility.getFullAXTree")["nodes"]
+    finally:
+        cdp.detach()
+    controls = [n for n in nodes
+                if not n.get("ignored") and n.get("role", {}).get("value") in CONTROL_ROLES]
+    assert controls, "no control in the accessibility tree"  # at least Sign out
+    return [f"{n['role']['value']} (node {n.get('backendDOMNodeId')})" for n in controls
+            if not str(n.get("name", {}).get("value", "")).strip()]
+
+
 def test_every_control_has_a_label_and_the_keyboard_reaches_the_content(
     page: Any, server: CumuloServer
 ) -> None:
     sign_in(page, server, server.admin_key)
-    for path in ("overview", "models", "playground", "files", "keys", "guardrails", "audit",
-                 "usage"):
+    for path in ("overview", "models", "playground", "evals", "fine-tuning", "files", "keys",
+                 "guardrails", "audit", "usage"):
         page.goto(f"{server.url}/console/{path}")
         assert page.evaluate(UNLABELLED) == [], path
+        assert unnamed_controls(page) == [], path
     page.goto(server.url + "/console/usage")
     page.keyboard.press("Tab")  # the first stop is the skip link
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
@@ -353,15 +375,18 @@ def test_start_a_batch_and_watch_it_complete(page: Any, server: CumuloServer, tm
     assert len(server.usage_rows(key.id, expect=6)) == 6
 
 
-def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServer) -> None:
+def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServer,
+                                               marker: str) -> None:
     chat(server, server.admin_key, text="short")
     chat(server, server.admin_key, text="a somewhat longer prompt costs a little more")
     server.usage_rows("admin-env", expect=2)
+    eval_id, run_id = finished_eval(server, marker)
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     try:
         sign_in(page, server, server.admin_key)
         for path, title in (("overview", "Overview"), ("models", "Models"), ("usage", "Usage"),
+                            ("evals", "Evaluations"), ("fine-tuning", "Fine-tuning"),
                             ("files", "Batches and files"), ("keys", "Keys and tenants"),
                             ("audit", "Audit"), ("guardrails", "Guardrails")):
             page.goto(f"{server.url}/console/{path}")
@@ -375,9 +400,46 @@ def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServe
         assert values == sorted(values)
         page.goto(server.url + "/console/overview?range=7d")
         assert page.locator("figure.chart svg").count() >= 3
+        # The Evaluations page: a finished run with its counts, and its report.
+        page.goto(server.url + "/console/evals")
+        row = page.locator(f"#evals tr[data-eval='{eval_id}']")
+        assert row.locator(f".status[data-run='{run_id}']").inner_text() == "completed"
+        assert row.locator("td").all_inner_texts()[-4:-1] == ["1", "1", "0"]
+        shot(page, "no-javascript-evals")
+        row.get_by_role("link", name=re.compile("^Side-by-side report")).click()
+        assert "chat-echo" in page.content()
+        # The Fine-tuning page (its jobs are trained in test_fine_tuning_page.py, whose
+        # server has the demo model: a trained job's page is read without JavaScript there).
+        page.goto(server.url + "/console/fine-tuning")
+        assert page.get_by_text("No fine-tuning jobs.").count() == 1
         page.goto(server.url + "/console/audit")
         page.get_by_role("link", name="Verify the chain").click()
         assert page.locator("h1").inner_text() == "Ledger verification"
         shot(page, "no-javascript-verify")
     finally:
         context.close()
+
+
+def finished_eval(server: CumuloServer, marker: str) -> tuple[str, str]:
+    """An eval of the admin key with one run on chat-echo (of 2 items, 1 passing),
+    created through the API and waited for: (eval id, run id)."""
+    headers = {"Authorization": f"Bearer {server.admin_key}"}
+    schema = {"type": "object", "properties": {"input": {"type": "string"},
+                                               "ideal": {"type": "string"}}}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as c:
+        ev = c.post("/v1/evals", json={
+            "name": f"no-js {marker}",
+            "data_source_config": {"type": "custom", "item_schema": schema},
+            "testing_criteria": [{"type": "string_check", "name": "exact", "operation": "eq",
+                                  "input": "{{sample.output_text}}",
+                                  "reference": "{{item.ideal}}"}]}).json()
+        rows = [{"item": {"input": "a", "ideal": "echo: a"}},
+                {"item": {"input": "b", "ideal": "no"}}]
+        run = c.post(f"/v1/evals/{ev['id']}/runs", json={"data_source": {
+            "type": "completions", "model": "chat-echo",
+            "input_messages": {"type": "template",
+                               "template": [{"role": "user", "content": "{{item.input}}"}]},
+            "source": {"type": "file_content", "content": rows}}}).json()
+        path = f"/v1/evals/{ev['id']}/runs/{run['id']}"
+        assert wait_until(lambda: c.get(path).json()["status"] == "completed", timeout=60)
+    return str(ev["id"]), str(run["id"])

@@ -1,6 +1,7 @@
-"""The Evaluations page in a real browser: create an eval from an uploaded file and two
-models, watch its runs complete (HTMX refresh), open the side-by-side report; another
-tenant's eval is not found."""
+"""The Evaluations page in a real browser: create an eval from an uploaded file, two
+models and graders of every kind (string checks, similarity metrics with a threshold, a
+judge model), watch its runs complete (HTMX refresh), open the side-by-side report;
+another tenant's eval is not found."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import json
 import re
 from typing import Any
 
+import httpx
 from test_browser import admin_post, make_key, sign_in
 
+from cumulo.evals import check
+from cumulo.evals.criteria import GRADERS, criterion
 from support import CumuloServer
 from support.browser import shot
 
@@ -30,13 +34,29 @@ def test_create_an_eval_watch_its_runs_and_open_the_report(
     data = tmp_path / "echo-items.jsonl"
     data.write_text("".join(json.dumps(i) + "\n" for i in items))
     page.get_by_label(re.compile("^Items")).set_input_files(str(data))
-    page.get_by_label("Grader").select_option("exact")
+    # Every grader kind the CLI offers: string checks, similarity metrics with a threshold
+    # (cosine with an embedding model), and a judge model.
+    graders = page.locator("fieldset.graders")
+    offered = graders.locator("input[type=checkbox]").evaluate_all("els => els.map(e => e.value)")
+    assert set(offered) >= set(GRADERS) - {"meteor"}  # meteor only where WordNet is installed
+    for grader in ("contains", "fuzzy_match", "cosine", "judge"):
+        graders.get_by_role("checkbox", name=re.compile(f"^{grader} ")).check()
+    page.get_by_label(re.compile("^Pass threshold")).fill("0.9")
+    page.get_by_label(re.compile("^Judge model")).select_option("chat-echo")
+    page.get_by_label(re.compile("^Embedding model")).select_option("embed-fake")
     for model in ("chat-echo", "chat-slow"):
         page.get_by_label(model, exact=True).check()
+    shot(page, "evals-form")
     page.get_by_role("button", name="Create and run").click()
     page.get_by_text("Created").wait_for()
     eval_id = page.locator("p.ok code").inner_text()
     shot(page, "evals-started")
+    # The criteria are the ones `cumulo eval run --grader` builds (one shared builder).
+    resp = httpx.get(f"{server.url}/v1/evals/{eval_id}",
+                     headers={"Authorization": f"Bearer {key.token}"})
+    built = [criterion("exact"), criterion("contains"), criterion("fuzzy_match", 0.9),
+             criterion("cosine", 0.9, embedder="embed-fake"), criterion("judge", judge="chat-echo")]
+    assert resp.json()["testing_criteria"] == [check(c, i) for i, c in enumerate(built)]
     rows = page.locator(f"#evals tr[data-eval='{eval_id}']")
     # The table refreshes itself (htmx) until both runs are done: no reload here.
     for i in range(2):
@@ -44,7 +64,7 @@ def test_create_an_eval_watch_its_runs_and_open_the_report(
     assert rows.count() == 2
     for i in range(2):
         cells = rows.nth(i).locator("td").all_inner_texts()
-        assert cells[-3:] == ["2", "1", "0"], cells  # passed, failed, errored
+        assert cells[-4:-1] == ["2", "1", "0"], cells  # passed, failed, errored (then actions)
         assert "3 of 3" in rows.nth(i).inner_text()
     shot(page, "evals-completed")
     link = page.get_by_role("link", name="Side-by-side report of echo-items")

@@ -13,29 +13,12 @@ import click
 
 from cumulo.cli.common import Ctx, echo_json, iso, json_option, pass_ctx, table
 from cumulo.client import Client
-from cumulo.evals import promptfoo
+from cumulo.evals import CriterionInvalid, promptfoo
+from cumulo.evals.criteria import GRADERS, from_spec
 
 ENDED = ("completed", "failed", "canceled")
 EXAMPLES = Path(__file__).resolve().parent.parent / "data" / "evals"
-SIMILARITY = (
-    "fuzzy_match",
-    "bleu",
-    "gleu",
-    "meteor",
-    "cosine",
-    "rouge_1",
-    "rouge_2",
-    "rouge_3",
-    "rouge_4",
-    "rouge_5",
-    "rouge_l",
-)
-GRADERS = ("exact", "contains", "judge", *SIMILARITY)
 TEXT_PERTURBATIONS = ("lowercase", "typos", "whitespace")
-JUDGE_PROMPT = (
-    "Is the answer correct, given the reference?\n\nQuestion: {{item.input}}\n"
-    "Reference: {{item.ideal}}\nAnswer: {{sample.output_text}}"
-)
 
 
 @click.group(name="eval")
@@ -43,62 +26,15 @@ def eval_() -> None:
     """Evals: grade models on a dataset and compare them side by side."""
 
 
+# Where each part of a bad grader choice is given on the command line.
+_OPTION = {"judge": "--judge", "embedding_model": "--embedding-model"}
+
+
 def _criterion(spec: str, judge: str | None, embedder: str | None) -> dict[str, Any]:
-    name, _, threshold = spec.partition(":")
-    out, ref = "{{sample.output_text}}", "{{item.ideal}}"
-    if name == "exact":
-        return {
-            "type": "string_check",
-            "name": "exact",
-            "input": out,
-            "reference": ref,
-            "operation": "eq",
-        }
-    if name == "contains":
-        return {
-            "type": "string_check",
-            "name": "contains",
-            "input": out,
-            "reference": ref,
-            "operation": "ilike",
-        }
-    if name == "judge":
-        if judge is None:
-            raise click.BadParameter("the judge grader needs --judge MODEL", param_hint="--grader")
-        return {
-            "type": "label_model",
-            "name": "judge",
-            "model": judge,
-            "input": [{"role": "user", "content": JUDGE_PROMPT}],
-            "labels": ["correct", "incorrect"],
-            "passing_labels": ["correct"],
-        }
-    if name in SIMILARITY:
-        try:
-            value = float(threshold) if threshold else 0.8
-        except ValueError:
-            raise click.BadParameter(
-                f"{spec!r}: the threshold must be a number", param_hint="--grader"
-            ) from None
-        c = {
-            "type": "text_similarity",
-            "name": name,
-            "input": out,
-            "reference": ref,
-            "evaluation_metric": name,
-            "pass_threshold": value,
-        }
-        if name == "cosine":
-            if embedder is None:
-                raise click.BadParameter(
-                    "cosine needs --embedding-model MODEL", param_hint="--grader"
-                )
-            c["model"] = embedder
-        return c
-    raise click.BadParameter(
-        f"{spec!r}: one of {', '.join(GRADERS)} (similarity graders take NAME:THRESHOLD)",
-        param_hint="--grader",
-    )
+    try:
+        return from_spec(spec, judge, embedder)
+    except CriterionInvalid as exc:
+        raise click.BadParameter(str(exc), param_hint=_OPTION.get(exc.param, "--grader")) from None
 
 
 def _perturbations(spec: str | None) -> list[str]:

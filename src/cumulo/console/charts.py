@@ -36,10 +36,13 @@ STYLE = Style(
     major_label_font_size=15,
     legend_font_size=16,
     title_font_size=18,
+    no_data_font_size=20,
 )
 
 
-def _config(title: str, height: int = 320) -> dict[str, object]:
+def _config(
+    title: str, height: int = 320, empty: str = "No requests in this range"
+) -> dict[str, object]:
     return {
         "title": title,
         "style": STYLE,
@@ -53,7 +56,7 @@ def _config(title: str, height: int = 320) -> dict[str, object]:
         "x_label_rotation": 0,
         "truncate_label": 18,
         "legend_at_bottom": True,
-        "no_data_text": "No requests in this range",
+        "no_data_text": empty,
         "print_values": False,
     }
 
@@ -70,9 +73,14 @@ def time_labels(starts: Sequence[float], width_s: float) -> list[str]:
     return [time.strftime(fmt, time.gmtime(t)) for t in starts]
 
 
-def line(title: str, labels: Sequence[str], series: Mapping[str, Sequence[float | None]]) -> Markup:
-    """A line chart over time (each series one line)."""
-    chart = pygal.Line(**_config(title))
+def line(
+    title: str,
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[float | None]],
+    empty: str = "No requests in this range",
+) -> Markup:
+    """A line chart over time (each series one line); `empty`: what it says without data."""
+    chart = pygal.Line(**_config(title, empty=empty))
     step = max(1, len(labels) // 8)
     chart.x_labels = list(labels)
     chart.x_labels_major = list(labels[::step])

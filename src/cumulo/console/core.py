@@ -85,6 +85,16 @@ class Console:
             return "caller"
         return who.role
 
+    def models(self, ctx: Ctx, kind: str | None = None) -> list[str]:
+        """The catalog's models (of `kind`) this visitor's key may call: another tenant's
+        fine-tuned models are not among them."""
+        catalog = self.platform.catalog
+        return [
+            e.name
+            for e in catalog.entries()
+            if (kind is None or e.config.kind == kind) and catalog.may_use(ctx.who, e.name)
+        ]
+
     def home(self, ctx: Ctx) -> str:
         """The first page this visitor may open."""
         return next(p.href for p in self.pages if ctx.role in p.roles)

@@ -82,6 +82,7 @@ class ItemResult:
     idx: int
     status: str  # COMPLETED or FAILED
     result: str  # the line for the output or error file
+    outcome: str | None = None  # in the kind's words (an eval run's pass, fail or error)
 
 
 @dataclass(slots=True, frozen=True)
@@ -319,6 +320,7 @@ class JobTable:
             .values(
                 status=bindparam("s"),
                 result=bindparam("r"),
+                outcome=bindparam("o"),
                 finished_at=now,
                 lease_owner=token,
                 lease_expires_at=None,
@@ -330,7 +332,9 @@ class JobTable:
             .group_by(job_items.c.status)
         )
         async with self.engine.begin() as conn:
-            await conn.execute(write, [{"i": r.idx, "s": r.status, "r": r.result} for r in results])
+            await conn.execute(
+                write, [{"i": r.idx, "s": r.status, "r": r.result, "o": r.outcome} for r in results]
+            )
             done = {s: int(n) for s, n in await conn.execute(written)}
             ok, failed = done.get(COMPLETED, 0), done.get(FAILED, 0)
             if ok or failed:
@@ -351,6 +355,22 @@ class JobTable:
         async with self.engine.connect() as conn:
             total, held = (await conn.execute(q)).one()
         return int(total) - int(held), int(held)
+
+    async def outcomes(self, job_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """How many items of each job have each outcome: job id -> {outcome: count}. One
+        GROUP BY over the index (job_id, outcome)."""
+        if not job_ids:
+            return {}
+        q = (
+            select(job_items.c.job_id, job_items.c.outcome, func.count())
+            .where(job_items.c.job_id.in_(job_ids), job_items.c.outcome.is_not(None))
+            .group_by(job_items.c.job_id, job_items.c.outcome)
+        )
+        out: dict[str, dict[str, int]] = {}
+        async with self.engine.connect() as conn:
+            for job_id, outcome, n in await conn.execute(q):
+                out.setdefault(job_id, {})[outcome] = int(n)
+        return out
 
     async def results(
         self, job_id: str, status: str, chunk: int = 1000

@@ -253,7 +253,11 @@ job_items = Table(
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
+    # 0013: the item's outcome in its kind's words (an eval run's pass, fail or error), so
+    # that a run's counts are one indexed GROUP BY
+    Column("outcome", String(8), nullable=True),
     Index("ix_job_items_status", "job_id", "status", "idx"),
+    Index("ix_job_items_outcome", "job_id", "outcome"),
 )
 
 job_events = Table(

@@ -231,8 +231,12 @@ class EvalService:
         return row
 
     async def _run(self, who: Principal, request: Request) -> tuple[EvalRow, JobRow]:
-        ev = await self._eval(who, request.path_params["eval_id"])
-        run_id = request.path_params["run_id"]
+        return await self._run_of(
+            who, request.path_params["eval_id"], request.path_params["run_id"]
+        )
+
+    async def _run_of(self, who: Principal, eval_id: str, run_id: str) -> tuple[EvalRow, JobRow]:
+        ev = await self._eval(who, eval_id)
         job = await self.jobs.get(run_id)
         if (
             job is None
@@ -670,7 +674,15 @@ class EvalService:
     async def cancel_run(self, request: Request) -> Response:
         """POST /v1/evals/{id}/runs/{run_id}: cancel (items in flight are cancelled too)."""
         who = await self._who(request)
-        _, job = await self._run(who, request)
+        p = request.path_params
+        return JSONResponse(
+            await self.render_run(request, await self.cancel(who, p["eval_id"], p["run_id"]))
+        )
+
+    async def cancel(self, who: Principal, eval_id: str, run_id: str) -> JobRow:
+        """Cancel a run of one of `who`'s tenant's evals (the operation behind
+        `POST /v1/evals/{id}/runs/{run_id}`, also the web console's); the run as it is now."""
+        _, job = await self._run_of(who, eval_id, run_id)
         if await self.jobs.move(
             job.id, [VALIDATING, IN_PROGRESS], status=CANCELLING, cancelling_at=time.time()
         ):
@@ -690,8 +702,7 @@ class EvalService:
                 param="run_id",
                 code="run_not_cancellable",
             )
-        fresh = await self.jobs.get(job.id) or job
-        return JSONResponse(await self.render_run(request, fresh))
+        return await self.jobs.get(job.id) or job
 
     async def delete_run(self, request: Request) -> Response:
         """DELETE /v1/evals/{id}/runs/{run_id}: cancels it if running; it is no longer listed."""
@@ -788,6 +799,31 @@ class EvalService:
     async def eval_of(self, who: Principal, eval_id: str) -> EvalRow:
         """One of `who`'s tenant's evals (another tenant's: NotFound)."""
         return await self._eval(who, eval_id)
+
+    async def run_counts(
+        self, who: Principal, eval_ids: list[str]
+    ) -> dict[str, list[tuple[JobRow, dict[str, int]]]]:
+        """The runs of `who`'s tenant's evals `eval_ids` (newest first) with their
+        result_counts, for a page of evals: a few queries whatever the number of items
+        (the counts are an indexed GROUP BY of the items' outcomes, not the output items
+        read and parsed)."""
+        ids = {e: await self.evals.run_ids(e) for e in eval_ids}
+        jobs = await self.jobs.statuses([r for runs in ids.values() for r in runs])
+        outcomes = await self.jobs.outcomes(list(jobs))
+        out: dict[str, list[tuple[JobRow, dict[str, int]]]] = {}
+        for eval_id, run_ids in ids.items():
+            rows = out.setdefault(eval_id, [])
+            for run_id in run_ids:
+                job = jobs.get(run_id)
+                if job is None or job.kind != KIND or job.tenant_id != who.tenant_id:
+                    continue
+                o = outcomes.get(run_id, {})
+                passed, failed = o.get("pass", 0), o.get("fail", 0)
+                errored = sum(o.values()) - passed - failed
+                copies = 1 + len(perturbations_of(job.params["data_source"]))
+                counts = {"total": job.total // copies, "passed": passed, "failed": failed}
+                rows.append((job, {**counts, "errored": errored}))
+        return out
 
     async def runs(self, who: Principal, eval_id: str) -> list[JobRow]:
         """The runs of one of `who`'s tenant's evals, newest first."""

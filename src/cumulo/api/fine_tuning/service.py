@@ -44,6 +44,7 @@ from cumulo.request.guarding import Guarding
 from cumulo.store.jobs import JobRow, JobTable
 
 PAUSED = "paused"
+CANCELLABLE = [VALIDATING, IN_PROGRESS, PAUSED]
 _VERBS = {"cancelled": "cancel", "paused": "pause", "resumed": "resume"}
 MAX_BODY = 64 * 1024
 MAX_EVENTS = 100_000
@@ -431,7 +432,21 @@ class FineTuningService:
         self, request: Request, from_: builtins.list[str], to: str, verb: str, **values: Any
     ) -> Response:
         who = await self._who(request)
-        job = await self._own(who, request.path_params["job_id"])
+        job = await self.move(who, request.path_params["job_id"], from_, to, verb, **values)
+        return JSONResponse(render_job(job))
+
+    async def move(
+        self,
+        who: Principal,
+        job_id: str,
+        from_: builtins.list[str],
+        to: str,
+        verb: str,
+        **values: Any,
+    ) -> JobRow:
+        """Move one of `who`'s tenant's jobs from a status in `from_` to `to` (a ledger
+        entry `fine_tuning.<verb>`); the job as it is now."""
+        job = await self._own(who, job_id)
         if await self.jobs.move(job.id, from_, status=to, **values):
             await self.jobs.add_event(job.id, f"{verb} by key {who.key_id}")
             await self.audit.append(
@@ -448,16 +463,19 @@ class FineTuningService:
                 f"Cannot {_VERBS[verb]} a fine-tuning job that is {_status(job)}.",
                 param="fine_tuning_job_id",
             )
-        return JSONResponse(render_job(await self._own(who, job.id)))
+        return await self._own(who, job.id)
 
     async def cancel(self, request: Request) -> Response:
         """POST /v1/fine_tuning/jobs/{id}/cancel."""
         return await self._move(
-            request,
-            [VALIDATING, IN_PROGRESS, PAUSED],
-            CANCELLING,
-            "cancelled",
-            cancelling_at=time.time(),
+            request, CANCELLABLE, CANCELLING, "cancelled", cancelling_at=time.time()
+        )
+
+    async def stop(self, who: Principal, job_id: str) -> JobRow:
+        """Cancel one of `who`'s tenant's jobs (the operation behind
+        `POST /v1/fine_tuning/jobs/{id}/cancel`, also the web console's)."""
+        return await self.move(
+            who, job_id, CANCELLABLE, CANCELLING, "cancelled", cancelling_at=time.time()
         )
 
     async def pause(self, request: Request) -> Response:

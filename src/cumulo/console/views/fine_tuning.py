@@ -8,10 +8,11 @@ tenant's job is a 404 here as on `/v1/fine_tuning/jobs`."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from markupsafe import Markup
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from cumulo.api.fine_tuning import FineTuningService, render_job
@@ -25,6 +26,7 @@ PER_PAGE = 20
 EVENTS = 100
 CHECKPOINTS = 20
 ACTIVE = ("validating_files", "queued", "running", "cancelling")
+CANCELLABLE = ("validating_files", "queued", "running", "paused")  # as the API's statuses
 
 
 def _service(console: Console) -> FineTuningService:
@@ -46,7 +48,8 @@ def loss_chart(events: list[dict[str, Any]]) -> Markup:
     series: dict[str, list[float | None]] = {"training loss": [d.get("train_loss") for d in steps]}
     if any(d.get("valid_loss") is not None for d in steps):
         series["validation loss"] = [d.get("valid_loss") for d in steps]
-    return charts.line("Loss per step", [str(d["step"]) for d in steps], series)
+    labels = [str(d["step"]) for d in steps]
+    return charts.line("Loss per step", labels, series, empty="No training step yet")
 
 
 def routes(console: Console) -> list[Route]:
@@ -59,7 +62,12 @@ def routes(console: Console) -> list[Route]:
             request,
             ctx,
             "fine_tuning.html",
-            {"jobs": jobs, "has_more": more, "active": any(j["status"] in ACTIVE for j in jobs)},
+            {
+                "jobs": jobs,
+                "has_more": more,
+                "active": any(j["status"] in ACTIVE for j in jobs),
+                "cancellable": CANCELLABLE,
+            },
         )
 
     async def values(ctx: Ctx, job_id: str) -> dict[str, Any]:
@@ -74,6 +82,7 @@ def routes(console: Console) -> list[Route]:
             "checkpoints": checkpoints,
             "chart": loss_chart(events),
             "active": job["status"] in ACTIVE,
+            "cancellable": job["status"] in CANCELLABLE,
         }
 
     async def detail(request: Request, ctx: Ctx) -> Response:
@@ -84,8 +93,15 @@ def routes(console: Console) -> list[Route]:
         values_ = await values(ctx, request.path_params["job_id"])
         return console.render(request, ctx, "_fine_tuning_job.html", values_)
 
+    async def cancel(request: Request, ctx: Ctx) -> Response:
+        """POST /console/fine-tuning/{job_id}/cancel: the Fine-tuning API's cancel."""
+        job_id = request.path_params["job_id"]
+        await _service(console).stop(ctx.who, job_id)
+        return RedirectResponse(f"/console/fine-tuning/{quote(job_id)}", status_code=303)
+
     return [
         Route("/console/fine-tuning", console.view(listing, PAGE), methods=["GET"]),
+        Route("/console/fine-tuning/{job_id}/cancel", console.view(cancel, PAGE), methods=["POST"]),
         Route("/console/fine-tuning/{job_id}", console.view(detail, PAGE), methods=["GET"]),
         Route("/console/fine-tuning/{job_id}/live", console.view(fragment, PAGE), methods=["GET"]),
     ]

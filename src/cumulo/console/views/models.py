@@ -36,7 +36,7 @@ def routes(console: Console) -> list[Route]:
         catalog = [
             render_model(e.config, e.ready, e.load_error)
             for e in platform.catalog.entries()
-            if ctx.who.may_use(e.name)
+            if ctx.is_admin or platform.catalog.may_use(ctx.who, e.name)
         ]
         routing = [route_view(r) for r in platform.router.routes.values()] if ctx.is_admin else []
         return console.render(

@@ -142,11 +142,7 @@ def routes(console: Console) -> list[Route]:
     gateway = platform.gateway
 
     def chat_models(ctx: Ctx) -> list[str]:
-        return [
-            e.name
-            for e in platform.catalog.entries()
-            if e.config.kind == "chat" and ctx.who.may_use(e.name)
-        ]
+        return console.models(ctx, "chat")
 
     async def run(ctx: Ctx, ask: Ask, model: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """One model's answer as events: `delta` {text}, then `done` {figures} or `error`."""

@@ -388,7 +388,11 @@ class _EvalWorker:
         }
         if perturbation is not None:
             out["perturbation"] = {"type": perturbation, "item": shown}
-        return ItemResult(item.idx, FAILED if errored else COMPLETED, orjson.dumps(out).decode())
+        # A perturbed sample's outcome is not counted with the originals' (result_counts).
+        outcome = status if perturbation is None else None
+        return ItemResult(
+            item.idx, FAILED if errored else COMPLETED, orjson.dumps(out).decode(), outcome
+        )
 
     async def close(self) -> None:
         if self._reader is not None:
