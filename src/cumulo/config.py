@@ -108,6 +108,16 @@ class DeploymentConfig(_Strict):
         ge=0,
         description="Local chat: requests waiting for a slot; beyond this they get 429.",
     )
+    prefix_cache_tokens: int = Field(
+        8192,
+        ge=0,
+        le=4_194_304,
+        description="Local chat: KV kept for prompt prefixes across requests, in tokens (whole "
+        "blocks of 16; 0 turns the prefix cache off). A request whose prompt starts with cached "
+        "blocks copies their KV instead of computing it. Memory: this many tokens times the "
+        "model's KV bytes per token, allocated at start (`prefix_cache_bytes` in "
+        "/admin/engine).",
+    )
     max_memory_gb: float | None = Field(
         None,
         gt=0,

@@ -124,7 +124,12 @@ class LocalProvider(Provider):
                 from cumulo.engine.loader import load_causal_lm
 
                 dep = self.deployment
-                limits = EngineLimits(dep.max_running, dep.max_tokens_in_flight, dep.max_queue)
+                limits = EngineLimits(
+                    dep.max_running,
+                    dep.max_tokens_in_flight,
+                    dep.max_queue,
+                    prefix_cache_tokens=dep.prefix_cache_tokens,
+                )
                 lm = load_causal_lm(path, dep.dtype)
                 self._worker = ChatEngine(lm, limits, name=f"cumulo-engine-{path.name}")
             else:
@@ -327,7 +332,8 @@ class LocalProvider(Provider):
         dtype = load_dtype(self.kind, dep.dtype)
         kv = 0
         if self.kind == "chat":  # the engine allocates its whole KV cache at start
-            kv = kv_cache_bytes(path, dtype, dep.max_tokens_in_flight + dep.max_running)
+            tokens = dep.max_tokens_in_flight + dep.max_running + dep.prefix_cache_tokens
+            kv = kv_cache_bytes(path, dtype, tokens)
         check_memory(
             dep.name or path.name, path, dtype, max_memory_gb=dep.max_memory_gb, kv_bytes=kv
         )
