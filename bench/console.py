@@ -209,8 +209,10 @@ def measure(urls: dict[str, str], rounds: int) -> dict[tuple[str, str], float]:
     for size, http in clients.items():  # the first long range folds the daily sums
         started = time.perf_counter()
         assert http.get(PAGES["overview 30d"]).status_code == 200
-        print(f"first 30-day overview ({size}, folds the daily sums): "
-              f"{(time.perf_counter() - started) * 1000:.0f} ms")
+        print(
+            f"first 30-day overview ({size}, folds the daily sums): "
+            f"{(time.perf_counter() - started) * 1000:.0f} ms"
+        )
     for page, path in PAGES.items():
         for http in clients.values():
             assert http.get(path).status_code == 200  # warm-up
@@ -261,7 +263,9 @@ def main() -> None:
                 print(f"postgresql {size}: {n:,} rows in {time.perf_counter() - started:.1f} s")
             with server(root / "pg-large", urls["large"]) as large, \
                     server(root / "pg-small", urls["small"]) as small:  # fmt: skip
-                report("PostgreSQL", args.rows, measure({"large": large, "small": small}, args.rounds))
+                report(
+                    "PostgreSQL", args.rows, measure({"large": large, "small": small}, args.rounds)
+                )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,25 @@ from rouge_score import rouge_scorer
 from cumulo.evals.graders import Grader, check
 from cumulo.evals.templates import sample_scope
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "cat", "sleeps", "on", "the", "warm", "mat"]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "while",
+    "a",
+    "cat",
+    "sleeps",
+    "on",
+    "the",
+    "warm",
+    "mat",
+]
 
 
 def texts(n: int) -> list[tuple[str, str]]:
@@ -49,10 +67,29 @@ def criterion(kind: str) -> dict[str, Any]:
             if kind == "label_model"
             else {"range": [0, 1]}
         )
-        return check({"type": kind, "name": kind, "model": "judge", **extra, "input": [
-            {"role": "user", "content": "answer: {{sample.output_text}} ref: {{item.ref}}"}]}, 0)
-    return check({"type": "text_similarity", "name": kind, **io, "evaluation_metric": kind,
-                  "pass_threshold": 0.5, **({"model": "e"} if kind == "cosine" else {})}, 0)
+        return check(
+            {
+                "type": kind,
+                "name": kind,
+                "model": "judge",
+                **extra,
+                "input": [
+                    {"role": "user", "content": "answer: {{sample.output_text}} ref: {{item.ref}}"}
+                ],
+            },
+            0,
+        )
+    return check(
+        {
+            "type": "text_similarity",
+            "name": kind,
+            **io,
+            "evaluation_metric": kind,
+            "pass_threshold": 0.5,
+            **({"model": "e"} if kind == "cosine" else {}),
+        },
+        0,
+    )
 
 
 async def judge(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
@@ -105,8 +142,18 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2000)
     args = ap.parse_args()
     pairs = texts(args.items)
-    kinds = ["string_check", "fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_l",
-             "cosine", "label_model", "score_model"]
+    kinds = [
+        "string_check",
+        "fuzzy_match",
+        "bleu",
+        "gleu",
+        "rouge_1",
+        "rouge_2",
+        "rouge_l",
+        "cosine",
+        "label_model",
+        "score_model",
+    ]
     print(f"{'grader':14} {'cumulo us/item':>15} {'library us/item':>16} {'ratio':>7}")
     for kind in kinds:
         ours, base = asyncio.run(timed(kind, pairs))

@@ -76,8 +76,14 @@ class ChatRequest:
 
 @dataclass(slots=True)
 class Usage:
+    """Token counts of one request. `prompt_tokens` counts every prompt token; of those,
+    `cached_tokens` were read from a prompt cache (a local engine's prefix cache, a
+    provider's prompt cache) and `cache_write_tokens` were written into a provider's."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -28,16 +28,43 @@ def _insert_job(server: CumuloServer, tenant_id: str, key_id: str, marker: str) 
     job_id = f"ftjob-{uuid.uuid4().hex}"
     tuned = f"ft:demo:{marker}:{job_id}"
     now = time.time()
-    params = {"model": "demo", "suffix": marker, "fine_tuned_model": tuned,
-              "hyperparameters": {"n_epochs": 1, "batch_size": 1,
-                                  "learning_rate_multiplier": 1.0}}
-    events: list[tuple[str, str]] = [("info", f"created by key {key_id}"),
-                                     ("info", "training starts")]
+    params = {
+        "model": "demo",
+        "suffix": marker,
+        "fine_tuned_model": tuned,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0},
+    }
+    events: list[tuple[str, str]] = [
+        ("info", f"created by key {key_id}"),
+        ("info", "training starts"),
+    ]
     for step, loss in enumerate(LOSSES, 1):
-        events.append(("metrics", json.dumps({"step": step, "total_steps": len(LOSSES),
-                                              "train_loss": loss, "tokens_per_s": 120.0})))
-    events.append(("metrics", json.dumps({"type": "checkpoint", "step": len(LOSSES),
-                                          "train_loss": LOSSES[-1], "valid_loss": None})))
+        events.append(
+            (
+                "metrics",
+                json.dumps(
+                    {
+                        "step": step,
+                        "total_steps": len(LOSSES),
+                        "train_loss": loss,
+                        "tokens_per_s": 120.0,
+                    }
+                ),
+            )
+        )
+    events.append(
+        (
+            "metrics",
+            json.dumps(
+                {
+                    "type": "checkpoint",
+                    "step": len(LOSSES),
+                    "train_loss": LOSSES[-1],
+                    "valid_loss": None,
+                }
+            ),
+        )
+    )
     events.append(("info", f"<b>{marker}</b> done"))  # shown as text
     with contextlib.closing(sqlite3.connect(server.db_path)) as db, db:
         db.execute(
@@ -47,8 +74,10 @@ def _insert_job(server: CumuloServer, tenant_id: str, key_id: str, marker: str) 
             (job_id, tenant_id, key_id, now, now, json.dumps(params)),
         )
         for seq, (level, message) in enumerate(events, 1):
-            db.execute("INSERT INTO job_events (job_id, seq, ts, level, message)"
-                       " VALUES (?, ?, ?, ?, ?)", (job_id, seq, now, level, message))
+            db.execute(
+                "INSERT INTO job_events (job_id, seq, ts, level, message) VALUES (?, ?, ?, ?, ?)",
+                (job_id, seq, now, level, message),
+            )
     return job_id, tuned
 
 

@@ -196,7 +196,7 @@ class LocalProvider(Provider):
             async for event in events:
                 if isinstance(event, Finished):
                     reason: FinishReason = event.finish_reason
-                    usage = Usage(event.prompt_tokens, event.completion_tokens)
+                    usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
                     yield StreamEnd(finish_reason=reason, usage=usage, queue_ms=event.queue_ms)
                 elif isinstance(event, TextPiece):
                     yield TextDelta(event.text)
@@ -246,7 +246,11 @@ class LocalProvider(Provider):
             model=request.model,
             created=int(time.time()),
             choices=list(choices),
-            usage=Usage(sum(e.prompt_tokens for e in ends), sum(e.completion_tokens for e in ends)),
+            usage=Usage(
+                sum(e.prompt_tokens for e in ends),
+                sum(e.completion_tokens for e in ends),
+                sum(e.cached_tokens for e in ends),
+            ),
             queue_ms=max(e.queue_ms for e in ends),
         )
 
@@ -260,7 +264,7 @@ class LocalProvider(Provider):
             async for piece in events:
                 yield TextDelta(piece) if isinstance(piece, str) else LogprobsDelta(piece)
         end = self._ended(r)
-        usage = Usage(end.prompt_tokens, end.completion_tokens)
+        usage = Usage(end.prompt_tokens, end.completion_tokens, end.cached_tokens)
         yield StreamEnd(finish_reason=end.finish_reason, usage=usage, queue_ms=end.queue_ms)
 
     def _prompt_run(self, request: CompletionRequest, index: int) -> PromptRun:

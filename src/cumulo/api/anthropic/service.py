@@ -52,6 +52,7 @@ from cumulo.types import (
     ToolCall,
     ToolCallDelta,
     ToolChoice,
+    Usage,
 )
 
 # -- errors -------------------------------------------------------------------
@@ -248,10 +249,20 @@ def render_message(resp: ChatResponse) -> JSON:
         "content": content,
         "stop_reason": _STOP_REASONS[resp.finish_reason],
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": resp.usage.prompt_tokens,
-            "output_tokens": resp.usage.completion_tokens,
-        },
+        "usage": _usage(resp.usage),
+    }
+
+
+def _usage(u: Usage | None) -> JSON:
+    """Messages API usage: `input_tokens` counts the prompt tokens neither read from nor
+    written to a prompt cache (those are `cache_read_input_tokens` and
+    `cache_creation_input_tokens`; the local engine's prefix cache only reads)."""
+    u = u or Usage()
+    return {
+        "input_tokens": max(0, u.prompt_tokens - u.cached_tokens - u.cache_write_tokens),
+        "output_tokens": u.completion_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_read_input_tokens": u.cached_tokens,
     }
 
 
@@ -281,7 +292,7 @@ class _MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": _usage(None),
         }
         return _event("message_start", {"message": message})
 
@@ -331,10 +342,7 @@ class _MessageStream:
         return out
 
     def _end(self, ev: StreamEnd) -> list[bytes]:
-        usage = {
-            "input_tokens": ev.usage.prompt_tokens if ev.usage else 0,
-            "output_tokens": ev.usage.completion_tokens if ev.usage else 0,
-        }
+        usage = _usage(ev.usage)
         delta: JSON = {"stop_reason": _STOP_REASONS[ev.finish_reason], "stop_sequence": None}
         return [
             *self._close(),

@@ -66,6 +66,7 @@ from cumulo.types import (
     ToolCall,
     ToolCallDelta,
     ToolChoice,
+    Usage,
 )
 
 log = logging.getLogger(__name__)
@@ -253,8 +254,18 @@ def _tool_input(arguments: str) -> Any:
         return arguments  # not JSON: passed on as a JSON string rather than dropped
 
 
-def _usage(prompt: int, completion: int) -> JSON:
-    return {"inputTokens": prompt, "outputTokens": completion, "totalTokens": prompt + completion}
+def _usage(u: Usage | None) -> JSON:
+    """Converse usage: `inputTokens` counts the prompt tokens neither read from nor written
+    to a prompt cache (`cacheReadInputTokens`, `cacheWriteInputTokens`); `totalTokens` all."""
+    u = u or Usage()
+    fresh = max(0, u.prompt_tokens - u.cached_tokens - u.cache_write_tokens)
+    return {
+        "inputTokens": fresh,
+        "outputTokens": u.completion_tokens,
+        "totalTokens": u.prompt_tokens + u.completion_tokens,
+        "cacheReadInputTokens": u.cached_tokens,
+        "cacheWriteInputTokens": u.cache_write_tokens,
+    }
 
 
 def render_converse(resp: ChatResponse, latency_ms: int) -> JSON:
@@ -265,7 +276,7 @@ def render_converse(resp: ChatResponse, latency_ms: int) -> JSON:
     return {
         "output": {"message": {"role": "assistant", "content": content or [{"text": ""}]}},
         "stopReason": _STOP[resp.finish_reason],
-        "usage": _usage(resp.usage.prompt_tokens, resp.usage.completion_tokens),
+        "usage": _usage(resp.usage),
         "metrics": {"latencyMs": latency_ms},
     }
 
@@ -384,14 +395,11 @@ class BedrockService:
             elif isinstance(ev, StreamEnd):
                 for frame in stop(current):
                     yield frame
-                u = ev.usage
                 yield es.event("messageStop", {"stopReason": _STOP[ev.finish_reason]})
                 yield es.event(
                     "metadata",
                     {
-                        "usage": _usage(
-                            u.prompt_tokens if u else 0, u.completion_tokens if u else 0
-                        ),
+                        "usage": _usage(ev.usage),
                         "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
                     },
                 )
