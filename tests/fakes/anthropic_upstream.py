@@ -27,6 +27,11 @@ The behaviour is chosen by the upstream model id the request names:
     slow:<s>          like echo, after <s> seconds
     malformed         200 with a body that is not JSON (a broken event when streaming)
 
+Prompt caching is simulated for every behaviour: the words up to the last block (or
+tool) carrying `cache_control` are the cached prefix; the first request with a prefix
+reports them as `cache_creation_input_tokens`, later ones as `cache_read_input_tokens`,
+and `input_tokens` counts the words after it.
+
 The server lifecycle (`start`, `stop`, `url`, `received`, `one`, `release`) is
 the fake OpenAI upstream's; only the request handler differs.
 """
@@ -182,8 +187,52 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> w
     )
 
 
+def _cache_items(body: dict[str, Any]) -> list[tuple[Any, int, bool]]:
+    """The prompt in order (tools, system, message blocks): (item, words, breakpoint)."""
+    items: list[tuple[Any, int, bool]] = []
+    for tool in body.get("tools") or ():
+        items.append((tool, 0, "cache_control" in tool))
+    system = body.get("system")
+    if isinstance(system, str):
+        items.append((system, len(system.split()), False))
+    for block in system or () if isinstance(system, list) else ():
+        items.append((block, len(block.get("text", "").split()), "cache_control" in block))
+    for m in body.get("messages") or ():
+        content = m.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for block in blocks or ():
+            words = len((_text_of([block]) + " " + _text_of([block], "tool_result")).split())
+            items.append(([m["role"], block], words, "cache_control" in block))
+    return items
+
+
 class FakeAnthropicUpstream(FakeOpenAIUpstream):
     """Start with `start()` (or as a context manager); `url` is the API root (no /v1)."""
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(port)
+        self.cached_prefixes: set[str] = set()
+
+    def usage(self, body: dict[str, Any], output: int) -> dict[str, int]:
+        """The request's usage, prompt cache included (see the module doc)."""
+        items = _cache_items(body)
+        last = max((i for i, (_, _, mark) in enumerate(items) if mark), default=-1)
+        cached = sum(words for _, words, _ in items[: last + 1])
+        read = written = 0
+        if last >= 0:
+            key = json.dumps([item for item, _, _ in items[: last + 1]], sort_keys=True)
+            with self._lock:
+                if key in self.cached_prefixes:
+                    read = cached
+                else:
+                    written = cached
+                    self.cached_prefixes.add(key)
+        return {
+            "input_tokens": count_words(body) - cached,
+            "output_tokens": output,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+        }
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -230,11 +279,7 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
                 "content": blocks,
                 "stop_reason": stop,
                 "stop_sequence": sequence,
-                "usage": {
-                    "input_tokens": count_words(body),
-                    "output_tokens": output_tokens(blocks),
-                    "cache_read_input_tokens": 0,
-                },
+                "usage": self.usage(body, output_tokens(blocks)),
             }
         )
 
@@ -260,7 +305,7 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": count_words(body), "output_tokens": 1},
+                    "usage": self.usage(body, 1),
                 },
             )
         )

@@ -164,8 +164,52 @@ def _error(status: int, message: str, kind: str | None = None) -> web.Response:
     )
 
 
+def _cache_items(body: dict[str, Any]) -> list[tuple[Any, int, bool]]:
+    """The prompt in order (tools, system, message blocks): (item, words, cache point)."""
+    items: list[tuple[Any, int, bool]] = []
+    blocks = list((body.get("toolConfig") or {}).get("tools") or ())
+    blocks += list(body.get("system") or ())
+    for m in body.get("messages") or ():
+        blocks += [[m["role"], b] for b in m.get("content") or ()]
+    for item in blocks:
+        block = item[1] if isinstance(item, list) else item
+        items.append((item, len(_texts([block]).split()), "cachePoint" in block))
+    return items
+
+
 class FakeBedrockUpstream(FakeOpenAIUpstream):
-    """Start with `start()` (or as a context manager); `url` is the endpoint root."""
+    """Start with `start()` (or as a context manager); `url` is the endpoint root.
+
+    Prompt caching is simulated: the words before the last `cachePoint` (in the tools,
+    `system` or the messages) are the cached prefix; the first request with a prefix
+    reports them as `cacheWriteInputTokens`, later ones as `cacheReadInputTokens`, and
+    `inputTokens` counts the words after it."""
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(port)
+        self.cached_prefixes: set[str] = set()
+
+    def usage(self, body: dict[str, Any], output: int) -> dict[str, int]:
+        items = _cache_items(body)
+        last = max((i for i, (_, _, mark) in enumerate(items) if mark), default=-1)
+        cached = sum(words for _, words, _ in items[: last + 1])
+        read = written = 0
+        if last >= 0:
+            key = json.dumps([item for item, _, _ in items[: last + 1]], sort_keys=True)
+            with self._lock:
+                if key in self.cached_prefixes:
+                    read = cached
+                else:
+                    written = cached
+                    self.cached_prefixes.add(key)
+        prompt = count_words(body)
+        return {
+            "inputTokens": prompt - cached,
+            "outputTokens": output,
+            "totalTokens": prompt + output,
+            "cacheReadInputTokens": read,
+            "cacheWriteInputTokens": written,
+        }
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -224,15 +268,10 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
         else:
             text = f"echo: {last_user_text(body)}"
             content, stop, output = [{"text": text}], "end_turn", len(text.split())
-        prompt = count_words(body)
         return {
             "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": stop,
-            "usage": {
-                "inputTokens": prompt,
-                "outputTokens": output,
-                "totalTokens": prompt + output,
-            },
+            "usage": self.usage(body, output),
             "metrics": {"latencyMs": 12},
         }
 
@@ -308,16 +347,11 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
             stop, output = "end_turn", len(words)
         await send(event("contentBlockStop", {"contentBlockIndex": 0}))
         await send(event("messageStop", {"stopReason": stop}))
-        prompt = count_words(body)
         await send(
             event(
                 "metadata",
                 {
-                    "usage": {
-                        "inputTokens": prompt,
-                        "outputTokens": output,
-                        "totalTokens": prompt + output,
-                    },
+                    "usage": self.usage(body, output),
                     "metrics": {"latencyMs": 12},
                 },
             )
