@@ -162,6 +162,7 @@ def test_max_tokens_zero_scores_the_prompt_only(
         "prompt_tokens": len(ids),
         "completion_tokens": 0,
         "total_tokens": len(ids),
+        "prompt_tokens_details": {"cached_tokens": 0},  # prompt logprobs: the whole prompt read
     }
 
 
