@@ -160,6 +160,36 @@ def test_requests_sharing_a_prefix_prefill_it_once(
         engine.close()
 
 
+def test_a_cancelled_leader_does_not_hold_up_its_followers(lm: CausalLM, prefix: list[int]) -> None:
+    engine = Scheduler(lm, limits(4096, prefill_chunk=16))
+    try:
+        leader, _ = run(engine, prefix + text_ids(lm, " the leader"))
+        sink = run(engine, prefix + text_ids(lm, " the follower"))[1]
+        engine.cancel(leader)
+        assert sink.end.completion_tokens > 0  # it computed the prefix itself, or part of it
+        assert engine.prefix.pending == {}
+    finally:
+        engine.close()
+
+
+def test_a_full_cache_still_serves_requests_sharing_a_prefix(
+    lm: CausalLM, prefix: list[int]
+) -> None:
+    # Two blocks of budget, both held by a long-running request: the next request cannot
+    # store its blocks, and those sharing its prefix compute it themselves.
+    engine = Scheduler(lm, limits(32, prefill_chunk=16))
+    try:
+        holder, _ = run(engine, list(reversed(prefix)), 250)
+        others = [run(engine, prefix + text_ids(lm, f" request {i}")) for i in range(3)]
+        for _, sink in others:
+            assert sink.end.completion_tokens > 0
+            assert sink.end.cached_tokens == 0  # no room to cache their shared prefix
+        assert not holder.done and holder.blocks is not None and len(holder.blocks.held) == 2
+        engine.cancel(holder)
+    finally:
+        engine.close()
+
+
 def test_eviction_under_a_tiny_budget(lm: CausalLM, prefix: list[int]) -> None:
     engine = Scheduler(lm, limits(64))  # 4 blocks of 16 tokens
     try:

@@ -165,9 +165,9 @@ class PrefixCache:
     def claim(self, blocks: SeqBlocks, owner: object, prefilled: int) -> None:
         """Mark the blocks `owner` computes from `prefilled` on as pending (when nobody
         computes them yet and they are not cached)."""
-        if not self.enabled:
-            return
-        for h in blocks.hashes[prefilled // self.block_tokens :]:
+        if not self.enabled or blocks.stored >= len(blocks.hashes):
+            return  # nothing left to store (or storing failed): nobody should wait for it
+        for h in blocks.hashes[max(prefilled // self.block_tokens, blocks.stored) :]:
             if h not in self._index:
                 self.pending.setdefault(h, owner)
 
