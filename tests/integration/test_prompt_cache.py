@@ -396,3 +396,22 @@ def test_a_misshapen_hint_is_a_400_naming_the_field(
         timeout=30,
     )
     assert resp.status_code == 400 and "cachePoint" in resp.text
+
+
+def test_cache_control_reaches_bedrock_as_cache_points(
+    claude: anthropic.Anthropic, fake_bedrock: FakeBedrockUpstream, marker: str
+) -> None:
+    # The hints are canonical: an Anthropic caller's breakpoints reach a Bedrock upstream
+    # as cachePoint blocks, and its cache reads come back as cache_read_input_tokens.
+    system: Any = [
+        {"type": "text", "text": f"{marker} {LONG}", "cache_control": {"type": "ephemeral"}}
+    ]
+    kw: Any = {"model": "br-cache", "max_tokens": 50, "system": system}
+    first = claude.messages.create(**kw, messages=[{"role": "user", "content": "one"}])
+    sent = [r for r in fake_bedrock.received(marker) if isinstance(r, BedrockRecorded)][-1].body
+    assert sent["system"] == [{"text": f"{marker} {LONG}"}, {"cachePoint": {"type": "default"}}]
+    words = len(LONG.split()) + 1
+    assert first.usage.cache_creation_input_tokens == words
+    second = claude.messages.create(**kw, messages=[{"role": "user", "content": "two"}])
+    assert second.usage.cache_read_input_tokens == words
+    assert second.usage.input_tokens == first.usage.input_tokens
