@@ -197,8 +197,12 @@ def slow_attack(server: Server, count: int, limit_s: float = 60) -> Figures:
     socks = open_many(server, count, figures)
     third = len(socks) // 3  # the first third stays idle
     slow_head, slow_body = socks[third : 2 * third], socks[2 * third :]
-    body_head = (HEAD + b"content-type: application/json\r\nauthorization: Bearer "
-                 + server.token.encode() + b"\r\ncontent-length: 10000\r\n\r\n{")
+    body_head = (
+        HEAD
+        + b"content-type: application/json\r\nauthorization: Bearer "
+        + server.token.encode()
+        + b"\r\ncontent-length: 10000\r\n\r\n{"
+    )
     for group, first in ((slow_head, HEAD), (slow_body, body_head)):
         for sock in group:
             with contextlib.suppress(OSError):
@@ -234,9 +238,12 @@ def slow_attack(server: Server, count: int, limit_s: float = 60) -> Figures:
         peak_rss, peak_files = max(peak_rss, server.rss_mib()), max(peak_files, server.files())
         normal_client(server, figures)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - started) % 1.0))
-    figures.note += (f"{len(socks)} connections; all closed by the server after "
-                     f"{time.monotonic() - started:.0f} s; " if not open_ else
-                     f"{len(open_)} of {len(socks)} still open after {limit_s:.0f} s; ")
+    figures.note += (
+        f"{len(socks)} connections; all closed by the server after "
+        f"{time.monotonic() - started:.0f} s; "
+        if not open_
+        else f"{len(open_)} of {len(socks)} still open after {limit_s:.0f} s; "
+    )
     figures.answers.update(answers.get(s, "open") for s in socks)
     for sock in socks:
         if sock in open_:
@@ -267,9 +274,11 @@ def describe(f: Figures) -> str:
     rss = " -> ".join(f"{x:.0f}" for x in f.rss)
     files = " -> ".join(str(x) for x in f.files)
     answers = ", ".join(f"{k}: {v}" for k, v in f.answers.most_common())
-    return (f"RSS MiB {rss} (before, peak, after); open files {files}; attackers got "
-            f"{answers or '-'}; normal client {f.served} answered / {f.refused} not; "
-            f"/health/live {f.health_ok} / {f.health_failed} not. {f.note}")
+    return (
+        f"RSS MiB {rss} (before, peak, after); open files {files}; attackers got "
+        f"{answers or '-'}; normal client {f.served} answered / {f.refused} not; "
+        f"/health/live {f.health_ok} / {f.health_failed} not. {f.note}"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -301,11 +310,27 @@ def main() -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(entry[1].pid, signal.SIGTERM)
                 entry[1].wait(60)
-        print(json.dumps({n: {a: {"rss_mib": f.rss, "open_files": f.files,
-                                  "answers": dict(f.answers), "served": f.served,
-                                  "refused": f.refused, "health_ok": f.health_ok,
-                                  "health_failed": f.health_failed, "note": f.note}
-                              for a, f in r.items()} for n, r in results.items()}, indent=1))
+        print(
+            json.dumps(
+                {
+                    n: {
+                        a: {
+                            "rss_mib": f.rss,
+                            "open_files": f.files,
+                            "answers": dict(f.answers),
+                            "served": f.served,
+                            "refused": f.refused,
+                            "health_ok": f.health_ok,
+                            "health_failed": f.health_failed,
+                            "note": f.note,
+                        }
+                        for a, f in r.items()
+                    }
+                    for n, r in results.items()
+                },
+                indent=1,
+            )
+        )
     except KeyboardInterrupt:
         return 130
     finally:

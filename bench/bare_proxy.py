@@ -28,7 +28,9 @@ def make_app(upstream: str):  # type: ignore[no-untyped-def]
                 if message["type"] == "lifespan.startup":
                     # Same pool settings as cumulo's Platform.start().
                     state["http"] = aiohttp.ClientSession(
-                        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+                        connector=aiohttp.TCPConnector(
+                            limit=0, limit_per_host=0, ttl_dns_cache=300
+                        ),
                         timeout=aiohttp.ClientTimeout(total=None),
                     )
                     await send({"type": "lifespan.startup.complete"})
@@ -49,11 +51,13 @@ def make_app(upstream: str):  # type: ignore[no-untyped-def]
             data = await resp.read()
             status = resp.status
             ctype = resp.headers.get("content-type", "application/json").encode()
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     return app
@@ -69,8 +73,17 @@ def serve(make, doc: str) -> None:  # type: ignore[no-untyped-def]
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9001")
     args = parser.parse_args()
-    uvicorn.run(make(args.upstream), host=args.host, port=args.port, workers=1, loop="uvloop",
-                http="httptools", access_log=False, log_level="warning", lifespan="on")
+    uvicorn.run(
+        make(args.upstream),
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

@@ -61,27 +61,50 @@ def start_cumulo(procs: Procs, tmp: Path, name: str, config: str) -> tuple[str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
     env.update(CUMULO_HOME=str(tmp / f"{name}-home"), CUMULO_ADMIN_KEY=ADMIN_KEY)
     port = free_port()
-    proc = procs.start(name, [*cumulo_argv(), "serve", "--config", str(tmp / f"{name}.yaml"),
-                       "--port", str(port), "--workers", "1", "--log-level", "warning"], env=env)
+    proc = procs.start(
+        name,
+        [
+            *cumulo_argv(),
+            "serve",
+            "--config",
+            str(tmp / f"{name}.yaml"),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     url = f"http://{HOST}:{port}"
     wait_until(procs, name, lambda: http("GET", url + "/health/ready")[0] == 200, timeout=600)
-    status, raw = http("POST", url + "/admin/keys", json.dumps({"name": "bench"}).encode(),
-                       ADMIN_KEY)
+    status, raw = http(
+        "POST", url + "/admin/keys", json.dumps({"name": "bench"}).encode(), ADMIN_KEY
+    )
     if status != 201:
         raise RuntimeError(f"creating a key answered {status}: {raw[:300]!r}")
     return url, json.loads(raw)["key"], proc.pid
 
 
 def chat_body(model: str, i: int, max_tokens: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": [
-        {"role": "user", "content": f"Write a short story about clouds and the sea, number {i}."}]}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {
+                "role": "user",
+                "content": f"Write a short story about clouds and the sea, number {i}.",
+            }
+        ],
+    }
     if max_tokens is not None:
         body |= {"max_tokens": max_tokens, "temperature": 0}
     return body
 
 
-async def client_run(url: str, key: str, bodies: list[dict[str, Any]], concurrency: int
-                     ) -> tuple[float, int]:
+async def client_run(
+    url: str, key: str, bodies: list[dict[str, Any]], concurrency: int
+) -> tuple[float, int]:
     """Send `bodies` with `concurrency` at once; (seconds, completion tokens)."""
     headers = {"Authorization": f"Bearer {key}"}
     queue = list(reversed(bodies))
@@ -91,8 +114,9 @@ async def client_run(url: str, key: str, bodies: list[dict[str, Any]], concurren
         nonlocal tokens
         while queue:
             body = queue.pop()
-            async with session.post(url + "/v1/chat/completions", json=body,
-                                    headers=headers) as resp:
+            async with session.post(
+                url + "/v1/chat/completions", json=body, headers=headers
+            ) as resp:
                 data = await resp.json()
                 if resp.status != 200:
                     raise RuntimeError(f"{resp.status}: {str(data)[:300]}")
@@ -105,11 +129,14 @@ async def client_run(url: str, key: str, bodies: list[dict[str, Any]], concurren
         return time.perf_counter() - start, tokens
 
 
-async def submit_batch(url: str, key: str, bodies: list[dict[str, Any]], concurrency: int
-                       ) -> str:
-    lines = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST",
-                                "url": "/v1/chat/completions", "body": b}) + "\n"
-                    for i, b in enumerate(bodies))
+async def submit_batch(url: str, key: str, bodies: list[dict[str, Any]], concurrency: int) -> str:
+    lines = "".join(
+        json.dumps(
+            {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}
+        )
+        + "\n"
+        for i, b in enumerate(bodies)
+    )
     headers = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession(headers=headers) as s:
         form = aiohttp.FormData()
@@ -119,8 +146,12 @@ async def submit_batch(url: str, key: str, bodies: list[dict[str, Any]], concurr
             up = await resp.json()
             if resp.status != 200:
                 raise RuntimeError(f"upload: {resp.status} {up}")
-        body = {"input_file_id": up["id"], "endpoint": "/v1/chat/completions",
-                "completion_window": "24h", "concurrency": concurrency}
+        body = {
+            "input_file_id": up["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "concurrency": concurrency,
+        }
         async with s.post(url + "/v1/batches", json=body) as resp:
             b = await resp.json()
             if resp.status != 200:
@@ -139,8 +170,9 @@ async def wait_batch(url: str, key: str, batch_id: str) -> dict[str, Any]:
             await asyncio.sleep(0.05)
 
 
-async def batch_run(url: str, key: str, bodies: list[dict[str, Any]], concurrency: int
-                    ) -> tuple[float, int]:
+async def batch_run(
+    url: str, key: str, bodies: list[dict[str, Any]], concurrency: int
+) -> tuple[float, int]:
     """Run `bodies` as a batch; (seconds from create to completed, completion tokens)."""
     start = time.perf_counter()
     batch_id = await submit_batch(url, key, bodies, concurrency)
@@ -166,8 +198,11 @@ async def ttft(url: str, key: str, model: str, i: int, max_tokens: int) -> float
         async with s.post(url + "/v1/chat/completions", json=body) as resp:
             async for raw in resp.content:
                 line = raw.decode().strip()
-                if line.startswith("data: {") and '"content":"' in line and \
-                        '"content":""' not in line:
+                if (
+                    line.startswith("data: {")
+                    and '"content":"' in line
+                    and '"content":""' not in line
+                ):
                     return time.perf_counter() - start
     raise RuntimeError("the stream ended without a token")
 
@@ -177,13 +212,22 @@ def bench_upstream(args: argparse.Namespace, tmp: Path) -> None:
     try:
         port = free_port()
         procs.start("upstream", [sys.executable, str(HERE / "upstream.py"), "--port", str(port)])
-        wait_until(procs, "upstream", lambda: http("POST", f"http://{HOST}:{port}/v1/chat/"
-                                                   "completions", b"{}")[0] == 200)
+        wait_until(
+            procs,
+            "upstream",
+            lambda: http("POST", f"http://{HOST}:{port}/v1/chat/completions", b"{}")[0] == 200,
+        )
         c = args.concurrency
-        url, key, pid = start_cumulo(procs, tmp, "cumulo-upstream", (
-            f"jobs: {{concurrency: {c}, batch_concurrency: {c}, poll_interval_s: 0.2}}\n"
-            "models:\n  - name: bench-model\n    deployments:\n      - provider: openai\n"
-            f"        model: gpt-bench\n        base_url: http://{HOST}:{port}/v1\n"))
+        url, key, pid = start_cumulo(
+            procs,
+            tmp,
+            "cumulo-upstream",
+            (
+                f"jobs: {{concurrency: {c}, batch_concurrency: {c}, poll_interval_s: 0.2}}\n"
+                "models:\n  - name: bench-model\n    deployments:\n      - provider: openai\n"
+                f"        model: gpt-bench\n        base_url: http://{HOST}:{port}/v1\n"
+            ),
+        )
         bodies = [chat_body("bench-model", i) for i in range(args.lines)]
         asyncio.run(client_run(url, key, bodies[:200], c))  # warm-up
         results: dict[str, list[float]] = {"client": [], "batch": []}
@@ -197,19 +241,25 @@ def bench_upstream(args: argparse.Namespace, tmp: Path) -> None:
                 used = (cpu_seconds(pid) or 0.0) - before
                 results[name].append(len(bodies) / took)
                 cpu[name].append(used / len(bodies) * 1e6)
-                print(f"  {name:6} round {r + 1}: {len(bodies) / took:8.0f} lines/s, cumulo "
-                      f"CPU {cpu[name][-1]:5.0f} us/line", flush=True)
+                print(
+                    f"  {name:6} round {r + 1}: {len(bodies) / took:8.0f} lines/s, cumulo "
+                    f"CPU {cpu[name][-1]:5.0f} us/line",
+                    flush=True,
+                )
         procs.check_alive()
     finally:
         procs.stop_all()
     client, batch = statistics.median(results["client"]), statistics.median(results["batch"])
-    ratio = statistics.median(b / c for b, c in zip(results["batch"], results["client"],
-                                                     strict=True))
-    print(f"(a) {args.lines} chat lines, fast upstream, concurrency {c}: "
-          f"client {client:.0f} lines/s, batch {batch:.0f} lines/s, "
-          f"batch/client {ratio:.2f}x (median of the rounds' ratios; target >= 0.9x); "
-          "cumulo CPU per line: client "
-          f"{statistics.median(cpu['client']):.0f} us, batch {statistics.median(cpu['batch']):.0f} us")
+    ratio = statistics.median(
+        b / c for b, c in zip(results["batch"], results["client"], strict=True)
+    )
+    print(
+        f"(a) {args.lines} chat lines, fast upstream, concurrency {c}: "
+        f"client {client:.0f} lines/s, batch {batch:.0f} lines/s, "
+        f"batch/client {ratio:.2f}x (median of the rounds' ratios; target >= 0.9x); "
+        "cumulo CPU per line: client "
+        f"{statistics.median(cpu['client']):.0f} us, batch {statistics.median(cpu['batch']):.0f} us"
+    )
 
 
 def local_model(args: argparse.Namespace, tmp: Path) -> Path:
@@ -225,11 +275,17 @@ def bench_local(args: argparse.Namespace, tmp: Path) -> None:
     bc = args.batch_concurrency
     procs = Procs(tmp)
     try:
-        url, key, _ = start_cumulo(procs, tmp, "cumulo-local", (
-            f"jobs: {{concurrency: {bc}, batch_concurrency: {bc}, poll_interval_s: 0.2}}\n"
-            "models:\n  - name: local-chat\n    kind: chat\n    untrained: true\n"
-            f"    deployments:\n      - provider: local\n        path: {model_dir}\n"
-            "        max_running: 16\n"))
+        url, key, _ = start_cumulo(
+            procs,
+            tmp,
+            "cumulo-local",
+            (
+                f"jobs: {{concurrency: {bc}, batch_concurrency: {bc}, poll_interval_s: 0.2}}\n"
+                "models:\n  - name: local-chat\n    kind: chat\n    untrained: true\n"
+                f"    deployments:\n      - provider: local\n        path: {model_dir}\n"
+                "        max_running: 16\n"
+            ),
+        )
         n, tokens = args.local_lines, args.local_tokens
         bodies = [chat_body("local-chat", i, tokens) for i in range(n)]
         asyncio.run(client_run(url, key, bodies[:16], 16))  # warm-up
@@ -243,15 +299,21 @@ def bench_local(args: argparse.Namespace, tmp: Path) -> None:
                 else:
                     took, made = asyncio.run(client_run(url, key, bodies, 16))
                 rates[name].append(made / took)
-                print(f"  {name:11} round {r + 1}: {made / took:8.1f} tokens/s "
-                      f"({made} tokens, {took:.1f} s)", flush=True)
-        ratio = statistics.median(b / i for b, i in zip(rates["batch"], rates["interactive"],
-                                                         strict=True))
+                print(
+                    f"  {name:11} round {r + 1}: {made / took:8.1f} tokens/s "
+                    f"({made} tokens, {took:.1f} s)",
+                    flush=True,
+                )
+        ratio = statistics.median(
+            b / i for b, i in zip(rates["batch"], rates["interactive"], strict=True)
+        )
         inter, batch = statistics.median(rates["interactive"]), statistics.median(rates["batch"])
-        print(f"(b) local model, {n} requests x {tokens} tokens: 16 interactive clients "
-              f"{inter:.1f} tok/s, batch (concurrency {bc}) {batch:.1f} tok/s, "
-              f"batch/interactive {ratio:.2f}x (median of the rounds' ratios; target >= 0.9x)",
-              flush=True)
+        print(
+            f"(b) local model, {n} requests x {tokens} tokens: 16 interactive clients "
+            f"{inter:.1f} tok/s, batch (concurrency {bc}) {batch:.1f} tok/s, "
+            f"batch/interactive {ratio:.2f}x (median of the rounds' ratios; target >= 0.9x)",
+            flush=True,
+        )
 
         k = args.ttft_requests
         idle = [asyncio.run(ttft(url, key, "local-chat", i, 8)) for i in range(k)]
@@ -281,9 +343,11 @@ def bench_local(args: argparse.Namespace, tmp: Path) -> None:
     finally:
         procs.stop_all()
     i50, b50 = statistics.median(idle), statistics.median(busy)
-    print(f"(c) interactive TTFT on the local model, {k} requests one after another: idle "
-          f"p50 {i50 * 1000:.0f} ms, during a batch p50 {b50 * 1000:.0f} ms, "
-          f"during/idle {b50 / i50:.2f}x (target <= 2x)")
+    print(
+        f"(c) interactive TTFT on the local model, {k} requests one after another: idle "
+        f"p50 {i50 * 1000:.0f} ms, during a batch p50 {b50 * 1000:.0f} ms, "
+        f"during/idle {b50 / i50:.2f}x (target <= 2x)"
+    )
 
 
 def main() -> int:
@@ -295,8 +359,12 @@ def main() -> int:
     parser.add_argument("--model-dir", help="(b, c) a local chat model [default: demo model]")
     parser.add_argument("--local-lines", type=int, default=512, help="(b) requests")
     parser.add_argument("--local-tokens", type=int, default=48, help="(b) max_tokens each")
-    parser.add_argument("--batch-concurrency", type=int, default=16,
-                        help="(b, c) the batch's lines in flight (the engine runs 16 at once)")
+    parser.add_argument(
+        "--batch-concurrency",
+        type=int,
+        default=16,
+        help="(b, c) the batch's lines in flight (the engine runs 16 at once)",
+    )
     parser.add_argument("--ttft-requests", type=int, default=20, help="(c) requests")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cumulo-bench-batch-") as d:

@@ -41,8 +41,10 @@ from gateway import HOST, Procs, free_port, http, wait_until
 
 ADMIN_KEY = "bench-admin-key-not-secret"
 MODEL = "bench-qwen05b"
-PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle "
-          "on the shore one morning.")
+PROMPT = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle "
+    "on the shore one morning."
+)
 
 
 @dataclass
@@ -112,9 +114,15 @@ def hf_stream(model: Any, input_ids: Any, tokens: int, pad_id: int) -> Stream:
     clock = Clock()
     start = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                             do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
-                             pad_token_id=pad_id, streamer=clock)
+        out = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            pad_token_id=pad_id,
+            streamer=clock,
+        )
     end = time.perf_counter()
     return Stream(start, clock.times[1], end, int(out.shape[1] - input_ids.shape[1]))
 
@@ -134,27 +142,39 @@ def bench_single(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     with quiet_progress():
         hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
-                                        add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
 
     async def run() -> None:
         await provider.start()
         torch.set_num_threads(args.threads)
         try:
-            print(f"single: prompt {ids.shape[1]} tokens, {args.tokens} new tokens, greedy, "
-                  f"torch threads {torch.get_num_threads()}, {args.rounds} rounds", flush=True)
+            print(
+                f"single: prompt {ids.shape[1]} tokens, {args.tokens} new tokens, greedy, "
+                f"torch threads {torch.get_num_threads()}, {args.rounds} rounds",
+                flush=True,
+            )
             await cumulo_stream(provider, 4)  # warm-up
             hf_stream(hf, ids, 4, tokenizer.pad_token_id)
             runs: dict[str, list[Stream]] = {"hf": [], "cumulo": []}
             for i in range(args.rounds):
                 for name in ("hf", "cumulo") if i % 2 == 0 else ("cumulo", "hf"):
-                    s = (hf_stream(hf, ids, args.tokens, tokenizer.pad_token_id) if name == "hf"
-                         else await cumulo_stream(provider, args.tokens))
+                    s = (
+                        hf_stream(hf, ids, args.tokens, tokenizer.pad_token_id)
+                        if name == "hf"
+                        else await cumulo_stream(provider, args.tokens)
+                    )
                     runs[name].append(s)
-                    print(f"  round {i + 1} {name:6} {s.tokens:4d} tokens  {s.tok_s:6.2f} tok/s"
-                          f"  decode {s.decode_tok_s:6.2f} tok/s  ttft {s.ttft * 1e3:6.0f} ms"
-                          f"  load {load_avg()}", flush=True)
+                    print(
+                        f"  round {i + 1} {name:6} {s.tokens:4d} tokens  {s.tok_s:6.2f} tok/s"
+                        f"  decode {s.decode_tok_s:6.2f} tok/s  ttft {s.ttft * 1e3:6.0f} ms"
+                        f"  load {load_avg()}",
+                        flush=True,
+                    )
         finally:
             await provider.close()
         report_single(runs)
@@ -183,7 +203,9 @@ async def http_stream(client: Any, url: str, i: int, tokens: int) -> Stream:
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": f"{PROMPT} Story number {i}."}],
-        "max_tokens": tokens, "temperature": 0, "stream": True,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
         "stream_options": {"include_usage": True},
     }
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -211,8 +233,9 @@ async def drive(url: str, n: int, tokens: int, concurrent: bool) -> tuple[list[S
         await http_stream(client, url, -1, 4)  # warm-up (and a check that it answers)
         start = time.perf_counter()
         if concurrent:
-            streams = list(await asyncio.gather(*(http_stream(client, url, i, tokens)
-                                                  for i in range(n))))
+            streams = list(
+                await asyncio.gather(*(http_stream(client, url, i, tokens) for i in range(n)))
+            )
         else:
             streams = [await http_stream(client, url, i, tokens) for i in range(n)]
         return streams, time.perf_counter() - start
@@ -257,11 +280,24 @@ def start_server(procs: Procs, model_dir: Path, tmp: Path) -> tuple[str, int, st
     cumulo = shutil.which("cumulo", path=str(Path(py).parent)) or shutil.which("cumulo")
     argv = [cumulo] if cumulo else [py, "-c", "from cumulo.cli import main; main()"]
     port = free_port()
-    proc = procs.start("cumulo", [*argv, "serve", "--config", str(config), "--port", str(port),
-                                  "--workers", "1", "--log-level", "warning"], env=env)
+    proc = procs.start(
+        "cumulo",
+        [
+            *argv,
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     base = f"http://{HOST}:{port}"
-    wait_until(procs, "cumulo", lambda: http("GET", base + "/health/ready")[0] == 200,
-               timeout=600)
+    wait_until(procs, "cumulo", lambda: http("GET", base + "/health/ready")[0] == 200, timeout=600)
     return base + "/v1/chat/completions", proc.pid, note
 
 
@@ -271,8 +307,9 @@ def bench_load(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
         print("load: starting cumulo serve ...", flush=True)
         url, pid, note = start_server(procs, model_dir, tmp)
         n, tokens = args.concurrency, args.load_tokens
-        print(f"load: {n} streaming requests x {tokens} new tokens, max_running 16{note}",
-              flush=True)
+        print(
+            f"load: {n} streaming requests x {tokens} new tokens, max_running 16{note}", flush=True
+        )
         print(f"  concurrent ... (load {load_avg()})", flush=True)
         together, t_conc = asyncio.run(drive(url, n, tokens, concurrent=True))
         print(f"  one by one ... (load {load_avg()})", flush=True)
@@ -288,12 +325,16 @@ def bench_load(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
     ttfts = [s.ttft for s in together]
     print()
     print(f"{'':22} {'tokens':>7} {'wall s':>8} {'tok/s':>8} {'ttft p50':>9} {'ttft p99':>9}")
-    for name, streams, wall in (("one by one", alone, t_seq), (f"{n} concurrent", together,
-                                                                 t_conc)):
+    for name, streams, wall in (
+        ("one by one", alone, t_seq),
+        (f"{n} concurrent", together, t_conc),
+    ):
         t = [s.ttft for s in streams]
-        print(f"{name:22} {sum(s.tokens for s in streams):7d} {wall:8.1f}"
-              f" {sum(s.tokens for s in streams) / wall:8.2f}"
-              f" {percentile(t, 50):8.2f}s {percentile(t, 99):8.2f}s")
+        print(
+            f"{name:22} {sum(s.tokens for s in streams):7d} {wall:8.1f}"
+            f" {sum(s.tokens for s in streams) / wall:8.2f}"
+            f" {percentile(t, 50):8.2f}s {percentile(t, 99):8.2f}s"
+        )
     print(f"concurrent/sequential tok/s  {conc_rate / seq_rate:.2f}x   (target >= 8x)")
     print(f"ttft p50 under load          {percentile(ttfts, 50):.2f} s  (target < 2 s)")
     print(f"ttft p99 under load          {percentile(ttfts, 99):.2f} s")

@@ -29,7 +29,25 @@ from rouge_score import rouge_scorer
 from cumulo.evals.graders import Call, Grader, check
 from cumulo.evals.templates import sample_scope
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "cat", "sleeps", "on", "the", "warm", "mat"]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "while",
+    "a",
+    "cat",
+    "sleeps",
+    "on",
+    "the",
+    "warm",
+    "mat",
+]
 
 
 def texts(n: int) -> list[tuple[str, str]]:
@@ -51,14 +69,34 @@ def criterion(kind: str) -> dict[str, Any]:
             if kind == "label_model"
             else {"range": [0, 1]}
         )
-        return check({"type": kind, "name": kind, "model": "judge", **extra, "input": [
-            {"role": "user", "content": "answer: {{sample.output_text}} ref: {{item.ref}}"}]}, 0)
-    return check({"type": "text_similarity", "name": kind, **io, "evaluation_metric": kind,
-                  "pass_threshold": 0.5, **({"model": "e"} if kind == "cosine" else {})}, 0)
+        return check(
+            {
+                "type": kind,
+                "name": kind,
+                "model": "judge",
+                **extra,
+                "input": [
+                    {"role": "user", "content": "answer: {{sample.output_text}} ref: {{item.ref}}"}
+                ],
+            },
+            0,
+        )
+    return check(
+        {
+            "type": "text_similarity",
+            "name": kind,
+            **io,
+            "evaluation_metric": kind,
+            "pass_threshold": 0.5,
+            **({"model": "e"} if kind == "cosine" else {}),
+        },
+        0,
+    )
 
 
-async def judge(model: str, messages: list[dict[str, str]], params: dict[str, Any]
-                ) -> tuple[str, Call]:
+async def judge(
+    model: str, messages: list[dict[str, str]], params: dict[str, Any]
+) -> tuple[str, Call]:
     return '{"label": "correct", "score": 0.8}', Call(model, 20, 8)
 
 
@@ -117,9 +155,22 @@ def main() -> None:
     pairs = texts(args.items)
     from cumulo.evals.graders import meteor_available
 
-    kinds = ["string_check", "fuzzy_match", "bleu", "gleu",
-             *(["meteor"] if meteor_available() else []), "rouge_1", "rouge_2", "rouge_3",
-             "rouge_4", "rouge_5", "rouge_l", "cosine", "label_model", "score_model"]
+    kinds = [
+        "string_check",
+        "fuzzy_match",
+        "bleu",
+        "gleu",
+        *(["meteor"] if meteor_available() else []),
+        "rouge_1",
+        "rouge_2",
+        "rouge_3",
+        "rouge_4",
+        "rouge_5",
+        "rouge_l",
+        "cosine",
+        "label_model",
+        "score_model",
+    ]
     if not meteor_available():
         print("(meteor left out: no WordNet; `make wordnet` installs Debian's wordnet-base)")
     print(f"{'grader':14} {'cumulo us/item':>15} {'library us/item':>16} {'ratio':>7}")

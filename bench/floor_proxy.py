@@ -91,12 +91,16 @@ def make_app(upstream: str):  # type: ignore[no-untyped-def]
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         status, data = await post(scope["path"], b"".join(chunks))
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(data)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     return app

@@ -118,13 +118,20 @@ class Procs:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
-              cpus: str | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cpus: str | None = None
+    ) -> subprocess.Popen[bytes]:
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, cwd=str(HERE.parent))
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=str(HERE.parent),
+        )
         log.close()
         self.procs.append((name, proc))
         return proc
@@ -172,8 +179,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http(method: str, url: str, body: bytes | None = None, token: str | None = None,
-         timeout: float = 5.0) -> tuple[int, bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, token: str | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         req.add_header("Content-Type", "application/json")
@@ -209,13 +217,23 @@ def check_completion(name: str, url: str, token: str | None) -> None:
 # -- load generation -------------------------------------------------------------------
 
 
-def wrk(target: Target, tmp: Path, *, connections: int, threads: int, seconds: float,
-        cpus: str | None) -> Run:
+def wrk(
+    target: Target, tmp: Path, *, connections: int, threads: int, seconds: float, cpus: str | None
+) -> Run:
     auth = f'wrk.headers["Authorization"] = "Bearer {target.token}"' if target.token else ""
     script = tmp / f"{target.name}.lua"
     script.write_text(LUA % {"body": BODY, "auth": auth})
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
-            "-s", str(script), target.url]
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        target.url,
+    ]
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
     cpu0 = cpu_seconds(target.pid)
@@ -227,8 +245,16 @@ def wrk(target: Target, tmp: Path, *, connections: int, threads: int, seconds: f
             f = line.split()[1:]
             reqs, dur_us, e_conn, e_read, e_write, e_status, e_timeout = (int(x) for x in f[:7])
             p50, p99, mean = (float(x) / 1000.0 for x in f[7:10])
-            return Run(reqs, dur_us / 1e6, e_conn + e_read + e_write + e_timeout, e_status,
-                       p50, p99, mean, cpu)
+            return Run(
+                reqs,
+                dur_us / 1e6,
+                e_conn + e_read + e_write + e_timeout,
+                e_status,
+                p50,
+                p99,
+                mean,
+                cpu,
+            )
     raise RuntimeError(f"wrk gave no result for {target.name}:\n{out.stdout}\n{out.stderr}")
 
 
@@ -237,13 +263,20 @@ def wrk(target: Target, tmp: Path, *, connections: int, threads: int, seconds: f
 
 def source_of(env: dict[str, str]) -> str:
     """The directory the `cumulo` package is imported from, with `env`."""
-    out = subprocess.run([sys.executable, "-c", "import cumulo; print(cumulo.__file__)"],
-                         env=env, capture_output=True, text=True, check=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", "import cumulo; print(cumulo.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
     return str(Path(out.stdout.strip()).parent)
 
 
-def start_cumulo(procs: Procs, name: str, tmp: Path, upstream: str, pin: bool,
-                 tree: Path | None = None) -> tuple[Target, str]:
+def start_cumulo(
+    procs: Procs, name: str, tmp: Path, upstream: str, pin: bool, tree: Path | None = None
+) -> tuple[Target, str]:
     """`cumulo serve` on a free port (from `tree`'s sources if given) and a caller key; the
     target, unchecked, and where its package comes from."""
     py = sys.executable
@@ -269,41 +302,72 @@ def start_cumulo(procs: Procs, name: str, tmp: Path, upstream: str, pin: bool,
     source = source_of(env)
     proc = procs.start(
         name,
-        [*argv, "serve", "--config", str(config), "--port", str(port), "--workers", "1",
-         "--log-level", "warning"],
-        env=env, cpus=CORE_PROXY if pin else None,
+        [
+            *argv,
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cpus=CORE_PROXY if pin else None,
     )
     url = f"http://{HOST}:{port}"
     wait_until(procs, name, lambda: http("GET", url + "/health/ready")[0] == 200)
-    status, raw = http("POST", url + "/admin/keys", json.dumps({"name": "bench"}).encode(), ADMIN_KEY)
+    status, raw = http(
+        "POST", url + "/admin/keys", json.dumps({"name": "bench"}).encode(), ADMIN_KEY
+    )
     if status != 201:
         raise RuntimeError(f"{name}: creating a caller key answered {status}: {raw[:300]!r}")
     # taskset execs its command, so the pid is the server's own.
     return Target(name, url + PATH, json.loads(raw)["key"], pid=proc.pid), source
 
 
-def start_servers(procs: Procs, tmp: Path, pin: bool, floor: bool,
-                  baseline: Path | None = None) -> list[Target]:
+def start_servers(
+    procs: Procs, tmp: Path, pin: bool, floor: bool, baseline: Path | None = None
+) -> list[Target]:
     py = sys.executable
     up_port, bare_port, floor_port = free_port(), free_port(), free_port()
     upstream = f"http://{HOST}:{up_port}"
     # The upstream shares the load generator's core; in the direct case that is fair too,
     # because the upstream then replaces the proxy as the one server doing work.
-    up = procs.start("upstream", [py, str(HERE / "upstream.py"), "--port", str(up_port)],
-                     cpus=CORE_LOAD if pin else None)
-    bare = procs.start("bare", [py, str(HERE / "bare_proxy.py"), "--port", str(bare_port),
-                                "--upstream", upstream], cpus=CORE_PROXY if pin else None)
-    floor_proc = procs.start(
-        "floor", [py, str(HERE / "floor_proxy.py"), "--port", str(floor_port), "--upstream", upstream],
+    up = procs.start(
+        "upstream",
+        [py, str(HERE / "upstream.py"), "--port", str(up_port)],
+        cpus=CORE_LOAD if pin else None,
+    )
+    bare = procs.start(
+        "bare",
+        [py, str(HERE / "bare_proxy.py"), "--port", str(bare_port), "--upstream", upstream],
         cpus=CORE_PROXY if pin else None,
-    ) if floor else None
+    )
+    floor_proc = (
+        procs.start(
+            "floor",
+            [py, str(HERE / "floor_proxy.py"), "--port", str(floor_port), "--upstream", upstream],
+            cpus=CORE_PROXY if pin else None,
+        )
+        if floor
+        else None
+    )
 
     wait_until(procs, "upstream", lambda: http("POST", upstream + PATH, b"{}")[0] == 200)
-    wait_until(procs, "bare proxy",
-               lambda: http("POST", f"http://{HOST}:{bare_port}{PATH}", b"{}")[0] == 200)
+    wait_until(
+        procs,
+        "bare proxy",
+        lambda: http("POST", f"http://{HOST}:{bare_port}{PATH}", b"{}")[0] == 200,
+    )
     if floor_proc is not None:
-        wait_until(procs, "floor proxy",
-                   lambda: http("POST", f"http://{HOST}:{floor_port}{PATH}", b"{}")[0] == 200)
+        wait_until(
+            procs,
+            "floor proxy",
+            lambda: http("POST", f"http://{HOST}:{floor_port}{PATH}", b"{}")[0] == 200,
+        )
     # With a baseline, both trees are started the same way (sources on PYTHONPATH).
     here = HERE.parent if baseline is not None else None
     cumulo, source = start_cumulo(procs, "cumulo", tmp, upstream, pin, here)
@@ -355,8 +419,10 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
     slices = f"{args.slices} interleaved slices; p50/p99: median over slices"
     print()
     print(f"POST {PATH}, {len(BODY)}-byte body; pinning: {args.pin}; {slices}")
-    print(f"{'':8} {f'req/s @{args.connections}c':>13} {'CPU us/req':>11} {'p50 @1c':>10}"
-          f" {'p99 @1c':>10} {'failed':>7}")
+    print(
+        f"{'':8} {f'req/s @{args.connections}c':>13} {'CPU us/req':>11} {'p50 @1c':>10}"
+        f" {'p99 @1c':>10} {'failed':>7}"
+    )
     for name, r in rows.items():
         cpu_col = f"{r.cpu_us:11.0f}" if r.cpu_us is not None else f"{'-':>11}"
         print(f"{name:8} {r.rps:13.0f} {cpu_col} {r.p50:8.3f}ms {r.p99:8.3f}ms {r.failed:7d}")
@@ -368,13 +434,17 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         print(f"bare/direct   req/s   {b.rps / d.rps:.2f}")
         print(f"cumulo/bare   req/s   {c.rps / b.rps:.2f}   (target >= 0.60)")
         if b.cpu_us and c.cpu_us:
-            print(f"bare/cumulo   CPU/req {b.cpu_us / c.cpu_us:.2f}   (the same ratio, by CPU cost)")
+            print(
+                f"bare/cumulo   CPU/req {b.cpu_us / c.cpu_us:.2f}   (the same ratio, by CPU cost)"
+            )
         print(f"bare - direct   p50   {b.p50 - d.p50:+.3f} ms")
         print(f"cumulo - direct p50   {c.p50 - d.p50:+.3f} ms   (target <= 0.4 ms)")
         print(f"cumulo - bare   p50   {c.p50 - b.p50:+.3f} ms")
         if "floor" in rows:
-            print(f"floor - direct  p50   {rows['floor'].p50 - d.p50:+.3f} ms   (no gateway work,"
-                  " least possible client)")
+            print(
+                f"floor - direct  p50   {rows['floor'].p50 - d.p50:+.3f} ms   (no gateway work,"
+                " least possible client)"
+            )
     if {"cumulo", "base"} <= rows.keys():
         c, base = rows["cumulo"], rows["base"]
         [tc] = [t for t in targets if t.name == "cumulo"]
@@ -383,11 +453,16 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         # Each slice's pair ran back to back: the median of their ratios shrugs off the slices
         # that other work on the machine slowed.
         rps = statistics.median(a.rps / b.rps for a, b in pairs)
-        cpu = [b.cpu_us_per_req / a.cpu_us_per_req for a, b in pairs
-               if a.cpu_us_per_req and b.cpu_us_per_req]
+        cpu = [
+            b.cpu_us_per_req / a.cpu_us_per_req
+            for a, b in pairs
+            if a.cpu_us_per_req and b.cpu_us_per_req
+        ]
         print()
-        print(f"cumulo/base   req/s   {c.rps / base.rps:.3f}   (this tree against --baseline;"
-              f" median of the slices' ratios {rps:.3f})")
+        print(
+            f"cumulo/base   req/s   {c.rps / base.rps:.3f}   (this tree against --baseline;"
+            f" median of the slices' ratios {rps:.3f})"
+        )
         if base.cpu_us and c.cpu_us:
             median = f" (median of the slices' ratios {statistics.median(cpu):.3f})" if cpu else ""
             print(f"base/cumulo   CPU/req {base.cpu_us / c.cpu_us:.3f}{median}")
@@ -407,32 +482,59 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Gateway overhead: direct vs bare proxy vs cumulo.")
+    parser = argparse.ArgumentParser(
+        description="Gateway overhead: direct vs bare proxy vs cumulo."
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
     parser.add_argument("--connections", type=int, default=32, help="connections for throughput")
-    parser.add_argument("--latency-duration", type=float, default=5.0,
-                        help="seconds per 1-connection latency run")
+    parser.add_argument(
+        "--latency-duration", type=float, default=5.0, help="seconds per 1-connection latency run"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per target")
-    parser.add_argument("--slices", type=int, default=5,
-                        help="split each duration into this many slices, interleaving the targets")
-    parser.add_argument("--pin", choices=("split", "none"), default="split",
-                        help="split: server under test on CPU 0, wrk and upstream on CPU 1; "
-                             "none: let the OS schedule")
-    parser.add_argument("--floor", action="store_true",
-                        help="also measure bench/floor_proxy.py (the latency floor of a proxy hop)")
-    parser.add_argument("--baseline", type=Path, metavar="TREE",
-                        help="also measure cumulo from TREE/src (e.g. an older commit checked "
-                             "out with `git archive`), interleaved with this tree's")
-    parser.add_argument("--only", nargs="+", choices=("direct", "bare", "floor", "cumulo", "base"),
-                        help="measure only these (every server still starts)")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=5,
+        help="split each duration into this many slices, interleaving the targets",
+    )
+    parser.add_argument(
+        "--pin",
+        choices=("split", "none"),
+        default="split",
+        help="split: server under test on CPU 0, wrk and upstream on CPU 1; "
+        "none: let the OS schedule",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench/floor_proxy.py (the latency floor of a proxy hop)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also measure cumulo from TREE/src (e.g. an older commit checked "
+        "out with `git archive`), interleaved with this tree's",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("direct", "bare", "floor", "cumulo", "base"),
+        help="measure only these (every server still starts)",
+    )
     args = parser.parse_args()
     if args.slices < 1 or min(args.duration, args.latency_duration) / args.slices < 1:
-        parser.error("each slice must last at least 1 s (--duration and --latency-duration"
-                     " at least --slices seconds); wrk takes whole seconds")
+        parser.error(
+            "each slice must last at least 1 s (--duration and --latency-duration"
+            " at least --slices seconds); wrk takes whole seconds"
+        )
 
     if shutil.which("wrk") is None:
-        print("bench/gateway.py needs the load generator wrk; install it with:\n"
-              "    apt-get install -y wrk", file=sys.stderr)
+        print(
+            "bench/gateway.py needs the load generator wrk; install it with:\n"
+            "    apt-get install -y wrk",
+            file=sys.stderr,
+        )
         return 2
     pin = args.pin == "split"
     if pin and (shutil.which("taskset") is None or (os.cpu_count() or 1) < 2):
@@ -454,23 +556,50 @@ def main() -> int:
             targets_run = [t for t in targets if t.name in args.only] if args.only else targets
             for t in targets_run:
                 print(f"{t.name}: warm-up {args.warmup:g}s", flush=True)
-                wrk(t, tmp, connections=args.connections, threads=threads, seconds=args.warmup,
-                    cpus=load_cpus)
+                wrk(
+                    t,
+                    tmp,
+                    connections=args.connections,
+                    threads=threads,
+                    seconds=args.warmup,
+                    cpus=load_cpus,
+                )
             # Interleaved slices: a change in the machine's other load hits every target alike.
             names = " ".join(t.name for t in targets_run)
-            print(f"throughput: {args.connections} conns, {args.slices} x [{names}], "
-                  f"{round(args.duration / args.slices)}s each", flush=True)
+            print(
+                f"throughput: {args.connections} conns, {args.slices} x [{names}], "
+                f"{round(args.duration / args.slices)}s each",
+                flush=True,
+            )
             for i in range(args.slices):
                 for t in in_turn(targets_run, i, args.baseline):
-                    t.throughput.append(wrk(t, tmp, connections=args.connections, threads=threads,
-                                            seconds=args.duration / args.slices, cpus=load_cpus))
-            print(f"latency: 1 conn, {args.slices} x [{names}], "
-                  f"{round(args.latency_duration / args.slices)}s each", flush=True)
+                    t.throughput.append(
+                        wrk(
+                            t,
+                            tmp,
+                            connections=args.connections,
+                            threads=threads,
+                            seconds=args.duration / args.slices,
+                            cpus=load_cpus,
+                        )
+                    )
+            print(
+                f"latency: 1 conn, {args.slices} x [{names}], "
+                f"{round(args.latency_duration / args.slices)}s each",
+                flush=True,
+            )
             for i in range(args.slices):
                 for t in in_turn(targets_run, i, args.baseline):
-                    t.latency.append(wrk(t, tmp, connections=1, threads=1,
-                                         seconds=args.latency_duration / args.slices,
-                                         cpus=load_cpus))
+                    t.latency.append(
+                        wrk(
+                            t,
+                            tmp,
+                            connections=1,
+                            threads=1,
+                            seconds=args.latency_duration / args.slices,
+                            cpus=load_cpus,
+                        )
+                    )
             procs.check_alive()
             report(targets, args)
         except KeyboardInterrupt:

@@ -53,8 +53,9 @@ from gateway import (
 HIGH = 1_000_000_000  # limits and budgets that never refuse: the cost, not the refusal
 
 
-def start_cumulo(procs: Procs, tmp: Path, name: str, upstream: str, redis_url: str | None,
-                 prefix: str, pin: bool) -> tuple[str, int]:
+def start_cumulo(
+    procs: Procs, tmp: Path, name: str, upstream: str, redis_url: str | None, prefix: str, pin: bool
+) -> tuple[str, int]:
     home = tmp / f"{name}-home"
     config = tmp / f"{name}.yaml"
     lines = [
@@ -78,9 +79,23 @@ def start_cumulo(procs: Procs, tmp: Path, name: str, upstream: str, redis_url: s
     py = sys.executable
     cumulo = shutil.which("cumulo", path=str(Path(py).parent)) or shutil.which("cumulo")
     argv = [cumulo] if cumulo else [py, "-c", "from cumulo.cli import main; main()"]
-    proc = procs.start(name, [*argv, "serve", "--config", str(config), "--port", str(port),
-                              "--workers", "1", "--log-level", "warning"],
-                       env=env, cpus=CORE_PROXY if pin else None)
+    proc = procs.start(
+        name,
+        [
+            *argv,
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cpus=CORE_PROXY if pin else None,
+    )
     url = f"http://{HOST}:{port}"
     wait_until(procs, name, lambda: http("GET", url + "/health/ready")[0] == 200)
     return url, proc.pid
@@ -113,8 +128,11 @@ def main() -> int:
     parser.add_argument("--latency-duration", type=float, default=5.0)
     parser.add_argument("--slices", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
-                        help="Redis for the shared-limits server ('' to skip it)")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="Redis for the shared-limits server ('' to skip it)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench/governance.py needs wrk: apt-get install -y wrk", file=sys.stderr)
@@ -131,38 +149,73 @@ def main() -> int:
         try:
             up_port = free_port()
             upstream = f"http://{HOST}:{up_port}"
-            procs.start("upstream", [sys.executable, str(HERE / "upstream.py"), "--port",
-                                     str(up_port)], cpus=load_cpus)
-            wait_until(procs, "upstream",
-                       lambda: http("POST", upstream + PATH, b"{}")[0] == 200)
+            procs.start(
+                "upstream",
+                [sys.executable, str(HERE / "upstream.py"), "--port", str(up_port)],
+                cpus=load_cpus,
+            )
+            wait_until(procs, "upstream", lambda: http("POST", upstream + PATH, b"{}")[0] == 200)
             servers = [("mem", None)] + ([("redis", args.redis_url)] if args.redis_url else [])
             targets: list[Target] = []
             for name, redis_url in servers:
-                url, pid = start_cumulo(procs, tmp, f"cumulo-{name}", upstream, redis_url,
-                                        prefix, pin)
+                url, pid = start_cumulo(
+                    procs, tmp, f"cumulo-{name}", upstream, redis_url, prefix, pin
+                )
                 targets.append(Target(f"auth-{name}", url + PATH, make_key(url, "plain"), pid))
-                targets.append(Target(f"governed-{name}", url + PATH,
-                                      make_key(url, "governed", limits=limits, budget=budget),
-                                      pid))
+                targets.append(
+                    Target(
+                        f"governed-{name}",
+                        url + PATH,
+                        make_key(url, "governed", limits=limits, budget=budget),
+                        pid,
+                    )
+                )
                 if redis_url is None:
-                    targets.append(Target("guarded-mem", url + PATH, make_key(
-                        url, "guarded", guardrails=["pii-anonymize", "attacks"]), pid))
+                    targets.append(
+                        Target(
+                            "guarded-mem",
+                            url + PATH,
+                            make_key(url, "guarded", guardrails=["pii-anonymize", "attacks"]),
+                            pid,
+                        )
+                    )
             for t in targets:
                 check_completion(t.name, t.url, t.token)
-                wrk(t, tmp, connections=args.connections, threads=1, seconds=args.warmup,
-                    cpus=load_cpus)
+                wrk(
+                    t,
+                    tmp,
+                    connections=args.connections,
+                    threads=1,
+                    seconds=args.warmup,
+                    cpus=load_cpus,
+                )
             names = " ".join(t.name for t in targets)
             print(f"throughput: {args.connections} conns, {args.slices} x [{names}]", flush=True)
             for _ in range(args.slices):
                 for t in targets:
-                    t.throughput.append(wrk(t, tmp, connections=args.connections, threads=1,
-                                            seconds=args.duration / args.slices, cpus=load_cpus))
+                    t.throughput.append(
+                        wrk(
+                            t,
+                            tmp,
+                            connections=args.connections,
+                            threads=1,
+                            seconds=args.duration / args.slices,
+                            cpus=load_cpus,
+                        )
+                    )
             print(f"latency: 1 conn, {args.slices} x [{names}]", flush=True)
             for _ in range(args.slices):
                 for t in targets:
-                    t.latency.append(wrk(t, tmp, connections=1, threads=1,
-                                         seconds=args.latency_duration / args.slices,
-                                         cpus=load_cpus))
+                    t.latency.append(
+                        wrk(
+                            t,
+                            tmp,
+                            connections=1,
+                            threads=1,
+                            seconds=args.latency_duration / args.slices,
+                            cpus=load_cpus,
+                        )
+                    )
             procs.check_alive()
             report(targets, args)
         except KeyboardInterrupt:
@@ -189,8 +242,10 @@ def _clean_redis(url: str, prefix: str) -> None:
 
 def report(targets: list[Target], args: argparse.Namespace) -> None:
     rows = {}
-    print(f"\n{'':14} {f'req/s @{args.connections}c':>13} {'CPU us/req':>11} {'p50 @1c':>10}"
-          f" {'p99 @1c':>10} {'failed':>7}")
+    print(
+        f"\n{'':14} {f'req/s @{args.connections}c':>13} {'CPU us/req':>11} {'p50 @1c':>10}"
+        f" {'p99 @1c':>10} {'failed':>7}"
+    )
     for t in targets:
         n = sum(r.requests for r in t.throughput)
         rps = n / sum(r.seconds for r in t.throughput)
@@ -206,8 +261,10 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
     for store in ("mem", "redis"):
         if f"governed-{store}" in rows:
             g, a = rows[f"governed-{store}"], rows[f"auth-{store}"]
-            print(f"governed/auth req/s ({store:5}) {g[0] / a[0]:.2f}   (target >= 0.85)"
-                  f"   p50 {g[2] - a[2]:+.3f} ms")
+            print(
+                f"governed/auth req/s ({store:5}) {g[0] / a[0]:.2f}   (target >= 0.85)"
+                f"   p50 {g[2] - a[2]:+.3f} ms"
+            )
     if "guarded-mem" in rows:
         g, a = rows["guarded-mem"], rows["auth-mem"]
         print(f"guardrails: p50 {g[2] - a[2]:+.3f} ms per request, req/s x{g[0] / a[0]:.2f}")

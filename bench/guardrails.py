@@ -52,7 +52,9 @@ from cumulo.governance.guardrails.quality import attack_scores, pii_scores, pii_
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "guardrails"
 
 SHORT = "Can you summarise the main differences between TCP and UDP for my networking class?"
-SHORT_PII = "Please email the invoice to maria.gonzalez@acme-corp.com and call me on +44 20 7946 0958."
+SHORT_PII = (
+    "Please email the invoice to maria.gonzalez@acme-corp.com and call me on +44 20 7946 0958."
+)
 PROSE = (
     "The old lighthouse keeper walked along the shore every morning, collecting shells and "
     "watching the fishing boats come back with the tide. In winter the storms kept him inside, "
@@ -190,8 +192,10 @@ def cost(rounds: int) -> None:
         print(f"  {cname:<8} " + " ".join(f"{c:>17}" for c in cells))
     v = samples[("stream", "2k reply")]
     per_reply = sum(v) / slices
-    print(f"  stream   per 4-char chunk {pct(v, 0.5):.1f} / {pct(v, 0.99):.1f}; "
-          f"{per_reply:.0f} µs per 2,000-character reply (mean {statistics.mean(v):.1f}/chunk)")
+    print(
+        f"  stream   per 4-char chunk {pct(v, 0.5):.1f} / {pct(v, 0.99):.1f}; "
+        f"{per_reply:.0f} µs per 2,000-character reply (mean {statistics.mean(v):.1f}/chunk)"
+    )
     print(json.dumps({f"{c}/{t}": round(pct(v, 0.5), 1) for (c, t), v in samples.items()}))
 
 

@@ -26,11 +26,26 @@ from cumulo.store.db import Store
 
 
 def records(n: int) -> list[UsageRecord]:
-    return [UsageRecord(key_id="k0123456789abcdef", endpoint="chat.completions",
-                        model="gpt-4o-mini", deployment="openai:gpt-4o-mini", stream=False,
-                        prompt_tokens=24, completion_tokens=9, latency_ms=1.234, ttft_ms=None,
-                        status=200, error_type=None, served_model="gpt-4o-mini", attempts=1,
-                        tenant_id="t0123456789", cost_usd=0.0000123) for _ in range(n)]
+    return [
+        UsageRecord(
+            key_id="k0123456789abcdef",
+            endpoint="chat.completions",
+            model="gpt-4o-mini",
+            deployment="openai:gpt-4o-mini",
+            stream=False,
+            prompt_tokens=24,
+            completion_tokens=9,
+            latency_ms=1.234,
+            ttft_ms=None,
+            status=200,
+            error_type=None,
+            served_model="gpt-4o-mini",
+            attempts=1,
+            tenant_id="t0123456789",
+            cost_usd=0.0000123,
+        )
+        for _ in range(n)
+    ]
 
 
 async def main(n: int, slices: int) -> None:
@@ -39,8 +54,10 @@ async def main(n: int, slices: int) -> None:
         await store.migrate()
         journal = UsageJournal(Path(tmp) / "journal", USAGE_COLUMNS)
         journal.open()
-        recorders = {"journal": UsageRecorder(store, UsageConfig(), journal),
-                     "memory": UsageRecorder(store, UsageConfig())}
+        recorders = {
+            "journal": UsageRecorder(store, UsageConfig(), journal),
+            "memory": UsageRecorder(store, UsageConfig()),
+        }
         timings: dict[str, list[float]] = {name: [] for name in recorders}
         gc.disable()
         try:
@@ -61,8 +78,10 @@ async def main(n: int, slices: int) -> None:
                 await rec.close()
             await store.close()
     with_j, without = statistics.median(timings["journal"]), statistics.median(timings["memory"])
-    print(f"record(): {with_j:.2f} us with the journal, {without:.2f} us without "
-          f"(median of {slices} slices of {n:,} records)")
+    print(
+        f"record(): {with_j:.2f} us with the journal, {without:.2f} us without "
+        f"(median of {slices} slices of {n:,} records)"
+    )
     print(f"the journal adds {with_j - without:.2f} us per request")
 
 

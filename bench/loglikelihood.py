@@ -58,7 +58,9 @@ def hf_score(model: Any, batch: list[list[int]], pad: int) -> list[tuple[float, 
     for b, p in enumerate(batch):
         rows = logp[b, : len(p) - 1]
         target = torch.tensor(p[1:]).unsqueeze(1)
-        out.append((float(rows.gather(1, target).sum()), bool((rows.argmax(-1) == target[:, 0]).all())))
+        out.append(
+            (float(rows.gather(1, target).sum()), bool((rows.argmax(-1) == target[:, 0]).all()))
+        )
     return out
 
 
@@ -66,15 +68,22 @@ async def cumulo_score(provider: Any, batch: list[list[int]]) -> list[tuple[floa
     from cumulo.types import CompletionRequest, SamplingParams
 
     req = CompletionRequest(
-        model="bench", prompts=list(batch), params=SamplingParams(temperature=0, max_tokens=1),
-        echo=True, logprobs=1,
+        model="bench",
+        prompts=list(batch),
+        params=SamplingParams(temperature=0, max_tokens=1),
+        echo=True,
+        logprobs=1,
     )
     resp = await provider.complete(req)
     out = []
     for choice in resp.choices:
         tokens = (choice.logprobs or [])[1:-1]  # the prompt's, as lm_eval slices them
-        out.append((sum(t.logprob or 0.0 for t in tokens),
-                    all(t.logprob == max((t.top or {}).values()) for t in tokens)))
+        out.append(
+            (
+                sum(t.logprob or 0.0 for t in tokens),
+                all(t.logprob == max((t.top or {}).values()) for t in tokens),
+            )
+        )
     return out
 
 
@@ -102,8 +111,12 @@ async def main() -> None:
     model_dir = args.model_dir or build_demo_model(tmp / "demo-tiny", seed=0)
     dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
     deployment = DeploymentConfig(
-        provider="local", path=str(model_dir), dtype=args.dtype, max_running=args.batch,
-        max_tokens_in_flight=args.batch * (args.tokens + 8), max_queue=args.prompts,
+        provider="local",
+        path=str(model_dir),
+        dtype=args.dtype,
+        max_running=args.batch,
+        max_tokens_in_flight=args.batch * (args.tokens + 8),
+        max_queue=args.prompts,
     )
     provider = LocalProvider(deployment, "chat", ProviderContext(None, tmp))
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -114,8 +127,10 @@ async def main() -> None:
     prompts = make_prompts(tokenizer, args.prompts, args.tokens)
     batches = [prompts[i : i + args.batch] for i in range(0, len(prompts), args.batch)]
     scored = sum(len(p) - 1 for p in prompts)
-    print(f"model {model_dir.name} {args.dtype}, {len(prompts)} prompts of ~{args.tokens} "
-          f"tokens in batches of {args.batch}; load {load_avg()}")
+    print(
+        f"model {model_dir.name} {args.dtype}, {len(prompts)} prompts of ~{args.tokens} "
+        f"tokens in batches of {args.batch}; load {load_avg()}"
+    )
 
     async def run_cumulo() -> tuple[float, list[tuple[float, bool]]]:
         start = time.perf_counter()
@@ -138,10 +153,14 @@ async def main() -> None:
                 seconds, out = await run_cumulo() if name == "cumulo" else run_hf()
                 rates[name].append(scored / seconds)
                 results[name] = out
-            worst = max(abs(a[0] - b[0]) for a, b in zip(results["cumulo"], results["hf"], strict=True))
-            print(f"round {r + 1}: cumulo {rates['cumulo'][-1]:,.0f} tok/s, "
-                  f"hf {rates['hf'][-1]:,.0f} tok/s; largest |loglikelihood difference| "
-                  f"{worst:.2e}; load {load_avg()}")
+            worst = max(
+                abs(a[0] - b[0]) for a, b in zip(results["cumulo"], results["hf"], strict=True)
+            )
+            print(
+                f"round {r + 1}: cumulo {rates['cumulo'][-1]:,.0f} tok/s, "
+                f"hf {rates['hf'][-1]:,.0f} tok/s; largest |loglikelihood difference| "
+                f"{worst:.2e}; load {load_avg()}"
+            )
         c, h = statistics.median(rates["cumulo"]), statistics.median(rates["hf"])
         print(f"median prompt tokens/s: cumulo {c:,.0f}, hf {h:,.0f}; cumulo/HF {c / h:.2f}x")
     finally:

@@ -27,8 +27,11 @@ COMPLETION = json.dumps(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "Hello! How can I help you today?",
-                            "refusal": None},
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello! How can I help you today?",
+                    "refusal": None,
+                },
                 "logprobs": None,
                 "finish_reason": "stop",
             }
@@ -76,7 +79,9 @@ _OK_HEADERS = [
     (b"content-type", b"application/json"),
     (b"content-length", str(len(COMPLETION)).encode()),
 ]
-_NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}'
+_NOT_FOUND = (
+    b'{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}'
+)
 _NOT_FOUND_HEADERS = [
     (b"content-type", b"application/json"),
     (b"content-length", str(len(_NOT_FOUND)).encode()),
@@ -134,8 +139,17 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", lifespan="on")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

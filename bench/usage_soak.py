@@ -85,13 +85,25 @@ async def soak(db: str, records: int, max_batch: int, postgres: str, work: Path)
         while written < records:
             n = min(rng.randint(1, max_batch), records - written)
             for _ in range(n):
-                recorder.record(UsageRecord(
-                    key_id=rng.choice(keys), endpoint="chat.completions",
-                    model=rng.choice(models), deployment="openai:gpt-4o-mini",
-                    stream=rng.random() < 0.3, prompt_tokens=rng.randint(5, 2000),
-                    completion_tokens=rng.randint(1, 800), latency_ms=rng.uniform(50, 3000),
-                    ttft_ms=None, status=200, error_type=None, served_model="gpt-4o-mini",
-                    attempts=1, tenant_id="t1", cost_usd=0.0001))
+                recorder.record(
+                    UsageRecord(
+                        key_id=rng.choice(keys),
+                        endpoint="chat.completions",
+                        model=rng.choice(models),
+                        deployment="openai:gpt-4o-mini",
+                        stream=rng.random() < 0.3,
+                        prompt_tokens=rng.randint(5, 2000),
+                        completion_tokens=rng.randint(1, 800),
+                        latency_ms=rng.uniform(50, 3000),
+                        ttft_ms=None,
+                        status=200,
+                        error_type=None,
+                        served_model="gpt-4o-mini",
+                        attempts=1,
+                        tenant_id="t1",
+                        cost_usd=0.0001,
+                    )
+                )
             await recorder.flush(recorder.queued)  # what the background writer's tick does
             await recorder.housekeeping()
             before, written = written, written + n
@@ -112,15 +124,23 @@ async def soak(db: str, records: int, max_batch: int, postgres: str, work: Path)
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
     return {
-        "db": db, "source": str(Path(cumulo.__file__).parent), "journal": journal is not None,
-        "records": written, "stored": stored, "warm_mib": warm, "end_mib": end,
-        "samples": samples, "records_per_s": (written - WARMUP) / elapsed if elapsed else 0.0,
+        "db": db,
+        "source": str(Path(cumulo.__file__).parent),
+        "journal": journal is not None,
+        "records": written,
+        "stored": stored,
+        "warm_mib": warm,
+        "end_mib": end,
+        "samples": samples,
+        "records_per_s": (written - WARMUP) / elapsed if elapsed else 0.0,
     }
 
 
 def run_worker(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="cumulo-soak-") as tmp:
-        result = asyncio.run(soak(args.worker, args.records, args.max_batch, args.postgres, Path(tmp)))
+        result = asyncio.run(
+            soak(args.worker, args.records, args.max_batch, args.postgres, Path(tmp))
+        )
     print("SOAK_RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -128,15 +148,25 @@ def run_worker(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description="RSS of the usage write path over many records.")
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--max-batch", type=int, default=5000,
-                        help="records per tick are drawn from 1 to this (the default batch_size)")
-    parser.add_argument("--db", nargs="+", choices=("sqlite", "postgresql"),
-                        default=["sqlite", "postgresql"])
-    parser.add_argument("--postgres", default=os.environ.get(
-        "CUMULO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
-                        help="maintenance database URL; a throwaway database is made beside it")
-    parser.add_argument("--baseline", type=Path, metavar="TREE",
-                        help="also soak TREE/src, in the same run")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=5000,
+        help="records per tick are drawn from 1 to this (the default batch_size)",
+    )
+    parser.add_argument(
+        "--db", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"]
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "CUMULO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="maintenance database URL; a throwaway database is made beside it",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, metavar="TREE", help="also soak TREE/src, in the same run"
+    )
     parser.add_argument("--worker", choices=("sqlite", "postgresql"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.records <= WARMUP:
@@ -155,9 +185,24 @@ def main() -> int:
                 env["PYTHONPATH"] = str(tree / "src")
             print(f"{db}, {label}: {args.records:,} records ...", flush=True)
             out = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--worker", db, "--records",
-                 str(args.records), "--max-batch", str(args.max_batch), "--postgres", args.postgres],
-                env=env, capture_output=True, text=True, check=False, cwd="/")
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--worker",
+                    db,
+                    "--records",
+                    str(args.records),
+                    "--max-batch",
+                    str(args.max_batch),
+                    "--postgres",
+                    args.postgres,
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd="/",
+            )
             line = next((x for x in out.stdout.splitlines() if x.startswith("SOAK_RESULT ")), None)
             if out.returncode != 0 or line is None:
                 print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
@@ -169,13 +214,17 @@ def main() -> int:
             print(f"  RSS MiB by records written: {curve}", flush=True)
 
     print()
-    print(f"{'database':11} {'tree':10} {'journal':8} {'records':>9} {'stored':>9} "
-          f"{'RSS warm':>9} {'RSS end':>8} {'growth':>8} {'rec/s':>8}")
+    print(
+        f"{'database':11} {'tree':10} {'journal':8} {'records':>9} {'stored':>9} "
+        f"{'RSS warm':>9} {'RSS end':>8} {'growth':>8} {'rec/s':>8}"
+    )
     for r in results:
         growth = r["end_mib"] - r["warm_mib"]
-        print(f"{r['db']:11} {r['label']:10} {'yes' if r['journal'] else 'no':8} "
-              f"{r['records']:9,} {r['stored']:9,} {r['warm_mib']:8.0f}M {r['end_mib']:7.0f}M "
-              f"{growth:+7.0f}M {r['records_per_s']:8.0f}")
+        print(
+            f"{r['db']:11} {r['label']:10} {'yes' if r['journal'] else 'no':8} "
+            f"{r['records']:9,} {r['stored']:9,} {r['warm_mib']:8.0f}M {r['end_mib']:7.0f}M "
+            f"{growth:+7.0f}M {r['records_per_s']:8.0f}"
+        )
     print(f"(RSS growth from after {WARMUP:,} records to the end; target: within +30 MiB)")
     bad = [r for r in results if r["stored"] != r["records"]]
     if bad:

@@ -43,8 +43,10 @@ from gateway import HOST, Procs, free_port, http, wait_until
 
 MODEL = "bench-qwen05b"
 ADMIN_KEY = "bench-admin-key-not-secret"
-PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle "
-          "on the shore one morning.")
+PROMPT = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle "
+    "on the shore one morning."
+)
 
 
 @dataclass
@@ -61,22 +63,38 @@ class Row:
 
 def vllm_args(threads: int, eager: bool) -> tuple[list[str], dict[str, str]]:
     """vLLM's options and environment for the CPU benchmark: bf16, `threads` cores."""
-    args = ["--dtype", "bfloat16", "--max-model-len", "2048", "--max-num-seqs", "16",
-            "--kv-cache-memory-bytes", str(2**30), *(["--enforce-eager"] if eager else [])]
+    args = [
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "2048",
+        "--max-num-seqs",
+        "16",
+        "--kv-cache-memory-bytes",
+        str(2**30),
+        *(["--enforce-eager"] if eager else []),
+    ]
     env = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     return args, env
 
 
-async def _stream(client: Any, url: str, model: str, key: str, i: int,
-                  tokens: int) -> tuple[float, float, float, int]:
+async def _stream(
+    client: Any, url: str, model: str, key: str, i: int, tokens: int
+) -> tuple[float, float, float, int]:
     """(start, first token, end, completion tokens) of one streamed request."""
-    body = {"model": model, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "messages": [{"role": "user", "content": f"{PROMPT} Story number {i}."}],
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"{PROMPT} Story number {i}."}],
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     first, count = 0.0, 0
-    async with client.stream("POST", url, json=body,
-                             headers={"Authorization": f"Bearer {key}"}) as resp:
+    async with client.stream(
+        "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"request {i}: {resp.status_code} {(await resp.aread())[:300]!r}")
         async for line in resp.aiter_lines():
@@ -96,8 +114,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def _measure(url: str, model: str, key: str, tokens: int, rounds: int,
-                   concurrency: int, load_tokens: int) -> tuple[float, float, list[float]]:
+async def _measure(
+    url: str, model: str, key: str, tokens: int, rounds: int, concurrency: int, load_tokens: int
+) -> tuple[float, float, list[float]]:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -108,20 +127,30 @@ async def _measure(url: str, model: str, key: str, tokens: int, rounds: int,
             _, first, end, count = await _stream(client, url, model, key, r, tokens)
             single.append((count - 1) / (end - first) if count > 1 and end > first else 0.0)
         began = time.perf_counter()
-        runs = await asyncio.gather(*(_stream(client, url, model, key, i, load_tokens)
-                                      for i in range(concurrency)))
+        runs = await asyncio.gather(
+            *(_stream(client, url, model, key, i, load_tokens) for i in range(concurrency))
+        )
         wall = time.perf_counter() - began
     aggregate = sum(r[3] for r in runs) / wall
     return statistics.median(single), aggregate, [r[1] - r[0] for r in runs]
 
 
-def measure(url: str, model: str, key: str, *, name: str = "vLLM-CPU (started by cumulo)",
-            tokens: int = 128, rounds: int = 3, concurrency: int = 16,
-            load_tokens: int = 64) -> Row:
+def measure(
+    url: str,
+    model: str,
+    key: str,
+    *,
+    name: str = "vLLM-CPU (started by cumulo)",
+    tokens: int = 128,
+    rounds: int = 3,
+    concurrency: int = 16,
+    load_tokens: int = 64,
+) -> Row:
     """Single-stream and `concurrency`-concurrent tokens/s through an OpenAI-compatible
     chat URL (`.../v1/chat/completions`)."""
     single, aggregate, ttfts = asyncio.run(
-        _measure(url, model, key, tokens, rounds, concurrency, load_tokens))
+        _measure(url, model, key, tokens, rounds, concurrency, load_tokens)
+    )
     return Row(name, single, aggregate, _pct(ttfts, 50), _pct(ttfts, 99))
 
 
@@ -141,16 +170,37 @@ def peak_rss(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def cumulo_vllm(model_dir: Path, tmp: Path, *, threads: int = 2, eager: bool = False,
-                startup_timeout_s: float = 1800) -> Iterator[tuple[str, str, str, int]]:
+def cumulo_vllm(
+    model_dir: Path,
+    tmp: Path,
+    *,
+    threads: int = 2,
+    eager: bool = False,
+    startup_timeout_s: float = 1800,
+) -> Iterator[tuple[str, str, str, int]]:
     """`cumulo serve` with a vLLM deployment of `model_dir`: (chat URL, model, key, pid of
     the vLLM replica), once the replica is ready."""
     import yaml
 
     args, env = vllm_args(threads, eager)
-    config = {"models": [{"name": MODEL, "untrained": True, "deployments": [{
-        "provider": "vllm", "path": str(model_dir), "args": args, "env": env,
-        "python": sys.executable, "startup_timeout_s": startup_timeout_s}]}]}
+    config = {
+        "models": [
+            {
+                "name": MODEL,
+                "untrained": True,
+                "deployments": [
+                    {
+                        "provider": "vllm",
+                        "path": str(model_dir),
+                        "args": args,
+                        "env": env,
+                        "python": sys.executable,
+                        "startup_timeout_s": startup_timeout_s,
+                    }
+                ],
+            }
+        ]
+    }
     (tmp / "cumulo.yaml").write_text(yaml.safe_dump(config))
     penv = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
     penv.update(CUMULO_HOME=str(tmp / "home"), CUMULO_ADMIN_KEY=ADMIN_KEY)
@@ -158,11 +208,27 @@ def cumulo_vllm(model_dir: Path, tmp: Path, *, threads: int = 2, eager: bool = F
     port = free_port()
     procs = Procs(tmp)
     try:
-        procs.start("cumulo", [cumulo, "serve", "--config", str(tmp / "cumulo.yaml"),
-                               "--port", str(port), "--log-level", "warning"], env=penv)
+        procs.start(
+            "cumulo",
+            [
+                cumulo,
+                "serve",
+                "--config",
+                str(tmp / "cumulo.yaml"),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=penv,
+        )
         base = f"http://{HOST}:{port}"
-        wait_until(procs, "cumulo", lambda: http("GET", base + "/health/ready")[0] == 200,
-                   timeout=startup_timeout_s)
+        wait_until(
+            procs,
+            "cumulo",
+            lambda: http("GET", base + "/health/ready")[0] == 200,
+            timeout=startup_timeout_s,
+        )
         _, raw = http("GET", base + "/admin/engine", token=ADMIN_KEY)
         pid = next(r["pid"] for r in json.loads(raw)["data"] if r.get("engine") == "vllm")
         yield base + "/v1/chat/completions", MODEL, ADMIN_KEY, pid
@@ -171,32 +237,60 @@ def cumulo_vllm(model_dir: Path, tmp: Path, *, threads: int = 2, eager: bool = F
 
 
 @contextlib.contextmanager
-def direct_vllm(model_dir: Path, tmp: Path, *, threads: int = 2, eager: bool = False,
-                startup_timeout_s: float = 1800) -> Iterator[tuple[str, str, str, int]]:
+def direct_vllm(
+    model_dir: Path,
+    tmp: Path,
+    *,
+    threads: int = 2,
+    eager: bool = False,
+    startup_timeout_s: float = 1800,
+) -> Iterator[tuple[str, str, str, int]]:
     """The same vLLM command, run directly (the baseline of cumulo in front of it)."""
     args, env = vllm_args(threads, eager)
     key, port = secrets.token_urlsafe(16), free_port()
     procs = Procs(tmp)
     try:
-        proc = procs.start("vllm", [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
-            str(model_dir), "--served-model-name", MODEL, "--host", HOST, "--port", str(port),
-            *args], env={**os.environ, **env, "VLLM_API_KEY": key})
+        proc = procs.start(
+            "vllm",
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(model_dir),
+                "--served-model-name",
+                MODEL,
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                *args,
+            ],
+            env={**os.environ, **env, "VLLM_API_KEY": key},
+        )
         base = f"http://{HOST}:{port}"
-        wait_until(procs, "vllm", lambda: http("GET", base + "/health")[0] == 200,
-                   timeout=startup_timeout_s)
+        wait_until(
+            procs,
+            "vllm",
+            lambda: http("GET", base + "/health")[0] == 200,
+            timeout=startup_timeout_s,
+        )
         yield base + "/v1/chat/completions", MODEL, key, proc.pid
     finally:
         procs.stop_all()
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"{'engine':34} {'single tok/s':>12} {'16-conc tok/s':>13} {'ttft p50':>9} "
-          f"{'ttft p99':>9} {'peak RSS':>9}")
+    print(
+        f"{'engine':34} {'single tok/s':>12} {'16-conc tok/s':>13} {'ttft p50':>9} "
+        f"{'ttft p99':>9} {'peak RSS':>9}"
+    )
     for r in rows:
         rss = f"{r.peak_rss_bytes / 2**20:.0f} MiB" if r.peak_rss_bytes else "-"
-        print(f"{r.name:34} {r.single_tok_s:12.2f} {r.concurrent_tok_s:13.2f} "
-              f"{r.ttft_p50_s:8.2f}s {r.ttft_p99_s:8.2f}s {rss:>9}")
+        print(
+            f"{r.name:34} {r.single_tok_s:12.2f} {r.concurrent_tok_s:13.2f} "
+            f"{r.ttft_p50_s:8.2f}s {r.ttft_p99_s:8.2f}s {rss:>9}"
+        )
 
 
 def main() -> int:
@@ -211,12 +305,18 @@ def main() -> int:
     args = parser.parse_args()
     model_dir = ensure_model(args.model_dir)
     opts = {"threads": args.threads, "eager": args.eager}
-    sizes = {"tokens": args.tokens, "rounds": args.rounds, "concurrency": args.concurrency,
-             "load_tokens": args.load_tokens}
+    sizes = {
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "load_tokens": args.load_tokens,
+    }
     rows = []
     with tempfile.TemporaryDirectory(prefix="cumulo-bench-vllm-") as tmp:
-        for name, start in (("vLLM-CPU (started by cumulo)", cumulo_vllm),
-                            ("vLLM-CPU direct (baseline)", direct_vllm)):
+        for name, start in (
+            ("vLLM-CPU (started by cumulo)", cumulo_vllm),
+            ("vLLM-CPU direct (baseline)", direct_vllm),
+        ):
             began = time.monotonic()
             print(f"{name}: starting ...", flush=True)
             run = Path(tmp) / name.split()[1].strip("()")
@@ -229,8 +329,10 @@ def main() -> int:
     print()
     print_rows(rows)
     via, direct = rows
-    print(f"through cumulo / direct: single {via.single_tok_s / direct.single_tok_s:.2f}x, "
-          f"{args.concurrency} concurrent {via.concurrent_tok_s / direct.concurrent_tok_s:.2f}x")
+    print(
+        f"through cumulo / direct: single {via.single_tok_s / direct.single_tok_s:.2f}x, "
+        f"{args.concurrency} concurrent {via.concurrent_tok_s / direct.concurrent_tok_s:.2f}x"
+    )
     return 0
 
 

@@ -37,11 +37,18 @@ def cumulo_factory(
     `start_cumulo` takes them); all still running are stopped at the end."""
     started: list[CumuloServer] = []
 
-    def factory(config: dict[str, Any], *, workdir: Path | None = None,
-                args: tuple[str, ...] = (), cafile: Path | None = None, **env: str) -> CumuloServer:
+    def factory(
+        config: dict[str, Any],
+        *,
+        workdir: Path | None = None,
+        args: tuple[str, ...] = (),
+        cafile: Path | None = None,
+        **env: str,
+    ) -> CumuloServer:
         env = {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "FAKE_AZURE_KEY": AZURE_KEY, **env}
-        server = start_cumulo(config, workdir or tmp_path_factory.mktemp("cumulo"), args=args,
-                              cafile=cafile, **env)
+        server = start_cumulo(
+            config, workdir or tmp_path_factory.mktemp("cumulo"), args=args, cafile=cafile, **env
+        )
         started.append(server)
         return server
 
@@ -51,7 +58,9 @@ def cumulo_factory(
 
 
 @pytest.fixture(scope="session")
-def cumulo(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
+def cumulo(
+    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]
+) -> CumuloServer:
     """The shared gateway, in front of the fake upstream."""
     return cumulo_factory(gateway_config(upstream))
 

@@ -16,5 +16,7 @@ def test_live_needs_no_key(cumulo: CumuloServer) -> None:
 def test_ready_reports_each_check(cumulo: CumuloServer) -> None:
     resp = httpx.get(cumulo.url + "/health/ready")
     assert resp.status_code == 200
-    assert resp.json() == {"status": "ok", "checks": {"config": True, "store": True, "models": True}}
-
+    assert resp.json() == {
+        "status": "ok",
+        "checks": {"config": True, "store": True, "models": True},
+    }

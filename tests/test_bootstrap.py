@@ -28,14 +28,25 @@ def entries(home: Path) -> list[tuple[str, dict[str, object]]]:
 
 
 def config(*models: str) -> object:
-    return parse_config({"models": [
-        {"name": m, "deployments": [{"provider": "openai", "model": m,
-                                     "base_url": "http://127.0.0.1:9/v1"}]} for m in models]},
-        "test")
+    return parse_config(
+        {
+            "models": [
+                {
+                    "name": m,
+                    "deployments": [
+                        {"provider": "openai", "model": m, "base_url": "http://127.0.0.1:9/v1"}
+                    ],
+                }
+                for m in models
+            ]
+        },
+        "test",
+    )
 
 
 def test_the_first_admin_key_and_each_new_configuration_are_ledgered(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CUMULO_ADMIN_KEY", raising=False)
     monkeypatch.delenv("CUMULO_MASTER_KEY", raising=False)
     token = prepare(config("a"), tmp_path)  # type: ignore[arg-type]

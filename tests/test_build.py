@@ -17,8 +17,13 @@ def venv_steps(*variables: str) -> list[str]:
     """The commands `make venv` would run, from scratch (`-B`), without running them."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "venv", *variables],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "-B", "-C", str(ROOT), "venv", *variables],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
@@ -46,10 +51,18 @@ def test_the_metadata_builds_without_deprecations(tmp_path: Path) -> None:
     (tmp_path / "src" / "cumulo").mkdir(parents=True)
     (tmp_path / "src" / "cumulo" / "__init__.py").touch()
     (tmp_path / "out").mkdir()
-    script = ("import setuptools.build_meta as b, sys; "
-              "print(b.prepare_metadata_for_build_wheel(sys.argv[1]))")
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120, check=False)
+    script = (
+        "import setuptools.build_meta as b, sys; "
+        "print(b.prepare_metadata_for_build_wheel(sys.argv[1]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     assert "Deprecat" not in run.stderr + run.stdout, run.stderr
     metadata = (tmp_path / "out" / run.stdout.splitlines()[-1] / "METADATA").read_text()

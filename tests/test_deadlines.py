@@ -27,6 +27,7 @@ def test_a_call_past_its_deadline_raises_deadline_passed() -> None:
 def test_an_outside_cancellation_stays_a_cancellation() -> None:
     async def main() -> None:
         d = Deadlines(tick_s=0.005)
+
         async def sleep_under_deadline() -> None:
             with d.at(time.monotonic() + 10):
                 await asyncio.sleep(5)

@@ -48,8 +48,9 @@ def import_graph() -> dict[str, set[str]]:
                     here = name.split(".") if package else name.split(".")[:-1]
                     here = here[: len(here) - (node.level - 1)]
                     base = ".".join([*here, *([node.module] if node.module else [])])
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
-                           for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names
+                ]
             for target in targets:
                 found = known(target) if target.split(".")[0] == "cumulo" else None
                 if found is not None and found != name:

@@ -23,7 +23,8 @@ def test_a_port_in_use_is_named_with_the_ways_out() -> None:
             listen("127.0.0.1", port)
         assert taken.value.message == (
             f"127.0.0.1:{port} is already in use (another cumulo serve?): choose another port "
-            "with --port PORT or the CUMULO_PORT environment variable")
+            "with --port PORT or the CUMULO_PORT environment variable"
+        )
     finally:
         close(first)
     close(listen("127.0.0.1", port))  # free again once closed (SO_REUSEADDR: no wait)
@@ -49,10 +50,16 @@ def test_every_address_of_a_name_gets_the_same_port() -> None:
         close(sockets)
 
 
-@pytest.mark.parametrize(("host", "message"), [
-    ("192.0.2.1", "cannot listen on 192.0.2.1:8999: no interface of this machine has that address"),
-    ("no-such-host.invalid", "cannot listen on no-such-host.invalid:8999: "),
-])
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        (
+            "192.0.2.1",
+            "cannot listen on 192.0.2.1:8999: no interface of this machine has that address",
+        ),
+        ("no-such-host.invalid", "cannot listen on no-such-host.invalid:8999: "),
+    ],
+)
 def test_other_failures_name_the_address(host: str, message: str) -> None:
     with pytest.raises(CumuloError) as failed:
         listen(host, 8999)

@@ -34,17 +34,32 @@ def test_one_failing_flush_at_shutdown_does_not_skip_the_others(
     try:
         with TcpProxy(database.port or 5432) as proxy:
             url = database.set(port=proxy.port).render_as_string(hide_password=False)
-            config = parse_config({"database_url": url, "redis_url": REDIS_URL,
-                                   "redis_prefix": prefix, "models": []}, "<test>")
+            config = parse_config(
+                {"database_url": url, "redis_url": REDIS_URL, "redis_prefix": prefix, "models": []},
+                "<test>",
+            )
 
             async def scenario() -> None:
                 platform = Platform(config, tmp_path)
                 await platform.store.migrate()
                 await platform.start()
-                platform.usage.record(UsageRecord(
-                    key_id="k1", endpoint="chat.completions", model="m", deployment="d",
-                    stream=False, prompt_tokens=1, completion_tokens=1, latency_ms=1.0,
-                    ttft_ms=None, status=200, error_type=None, tenant_id="t1", cost_usd=1.5))
+                platform.usage.record(
+                    UsageRecord(
+                        key_id="k1",
+                        endpoint="chat.completions",
+                        model="m",
+                        deployment="d",
+                        stream=False,
+                        prompt_tokens=1,
+                        completion_tokens=1,
+                        latency_ms=1.0,
+                        ttft_ms=None,
+                        status=200,
+                        error_type=None,
+                        tenant_id="t1",
+                        cost_usd=1.5,
+                    )
+                )
                 platform.budgets.add([scope], 1.5)
                 proxy.stop()  # the database goes away before the shutdown
                 await platform.close()
@@ -76,10 +91,23 @@ def test_spend_a_shutdown_left_in_the_journal_counts_against_budgets_at_the_next
             await first.store.add_tenant("t1", "acme", budget=budget)
             await first.start()
             for _ in range(3):  # $1.50 of a $1.00 daily budget, still queued
-                first.usage.record(UsageRecord(
-                    key_id="k1", endpoint="chat.completions", model="m", deployment="d",
-                    stream=False, prompt_tokens=1, completion_tokens=1, latency_ms=1.0,
-                    ttft_ms=None, status=200, error_type=None, tenant_id="t1", cost_usd=0.5))
+                first.usage.record(
+                    UsageRecord(
+                        key_id="k1",
+                        endpoint="chat.completions",
+                        model="m",
+                        deployment="d",
+                        stream=False,
+                        prompt_tokens=1,
+                        completion_tokens=1,
+                        latency_ms=1.0,
+                        ttft_ms=None,
+                        status=200,
+                        error_type=None,
+                        tenant_id="t1",
+                        cost_usd=0.5,
+                    )
+                )
             proxy.stop()
             await first.close()  # the database is down: the records stay in the journal
             proxy.start()

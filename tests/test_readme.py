@@ -15,8 +15,9 @@ from cumulo.cli.reference import replace_in
 from support.readme import README, blocks, shell_lines, simple_commands
 
 SHELL = [b for b in blocks() if b.lang == "sh"]
-COMMANDS = [(b.section, cmd) for b in SHELL for line in shell_lines(b)
-            for cmd in simple_commands(line)]
+COMMANDS = [
+    (b.section, cmd) for b in SHELL for line in shell_lines(b) for cmd in simple_commands(line)
+]
 CUMULO = [(section, cmd) for section, cmd in COMMANDS if cmd[0].endswith("cumulo")]
 
 
@@ -25,17 +26,14 @@ def test_the_readme_shows_cumulo_commands() -> None:
     assert {section for section, _ in CUMULO} >= {"Quick start"}
 
 
-@pytest.mark.parametrize(("section", "command"), CUMULO,
-                         ids=[" ".join(c[1:4]) for _, c in CUMULO])
+@pytest.mark.parametrize(("section", "command"), CUMULO, ids=[" ".join(c[1:4]) for _, c in CUMULO])
 def test_each_cumulo_command_is_the_venvs(section: str, command: list[str]) -> None:
     # A bare `cumulo` is "command not found" after `make serve`: the venv is not activated.
     assert command[0] == ".venv/bin/cumulo", f"{section}: {' '.join(command)}"
 
 
-@pytest.mark.parametrize(("section", "command"), CUMULO,
-                         ids=[" ".join(c[1:4]) for _, c in CUMULO])
-def test_each_cumulo_command_exists_and_its_options_parse(section: str,
-                                                          command: list[str]) -> None:
+@pytest.mark.parametrize(("section", "command"), CUMULO, ids=[" ".join(c[1:4]) for _, c in CUMULO])
+def test_each_cumulo_command_exists_and_its_options_parse(section: str, command: list[str]) -> None:
     args = command[1:]
     group: click.Command = cli
     ctx: click.Context | None = None
@@ -62,10 +60,14 @@ MAKE = [(section, cmd) for section, cmd in COMMANDS if cmd[0] == "make"]
 
 
 @pytest.mark.parametrize(("section", "command"), MAKE, ids=[" ".join(c) for _, c in MAKE])
-def test_each_make_command_names_a_target_of_the_makefile(section: str,
-                                                          command: list[str]) -> None:
+def test_each_make_command_names_a_target_of_the_makefile(section: str, command: list[str]) -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    dry = subprocess.run(["make", "-n", "-C", str(README.parent), *command[1:]],
-                         capture_output=True, text=True, timeout=60, check=False)
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(README.parent), *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert dry.returncode == 0, f"{section}: `{' '.join(command)}`: {dry.stderr}"

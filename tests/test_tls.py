@@ -28,8 +28,10 @@ def test_a_self_signed_pair_names_its_hosts_and_expires(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate(pair.cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "gw.internal"]
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"),
-                                                       ipaddress.ip_address("::1")]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+    ]
     days = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
     assert 29 <= days <= 30
     assert cert.issuer == cert.subject
@@ -48,25 +50,39 @@ def test_a_client_trusting_the_certificate_completes_a_handshake(tmp_path: Path)
         def accept() -> None:
             for _ in names:
                 conn, _ = listener.accept()
-                with contextlib.suppress(ssl.SSLError, OSError), \
-                        server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
+                with (
+                    contextlib.suppress(ssl.SSLError, OSError),
+                    server_ctx.wrap_socket(conn, server_side=True) as tls_conn,
+                ):
                     tls_conn.recv(1)
 
         thread = threading.Thread(target=accept)
         thread.start()
         for name in names[:2]:
-            with socket.create_connection(("127.0.0.1", port)) as raw, \
-                    client_ctx.wrap_socket(raw, server_hostname=name) as conn:
+            with (
+                socket.create_connection(("127.0.0.1", port)) as raw,
+                client_ctx.wrap_socket(raw, server_hostname=name) as conn,
+            ):
                 conn.sendall(b"x")
-        with socket.create_connection(("127.0.0.1", port)) as raw, \
-                pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            pytest.raises(ssl.SSLCertVerificationError, match="mismatch"),
+        ):
             client_ctx.wrap_socket(raw, server_hostname=names[2])
         thread.join(10)
 
 
-@pytest.mark.parametrize(("hosts", "days"), [((), 365), (("a b",), 365), (("-x.com",), 365),
-                                             (("localhost",), 0), (("localhost",), 826),
-                                             (tuple(f"h{i}" for i in range(101)), 365)])
+@pytest.mark.parametrize(
+    ("hosts", "days"),
+    [
+        ((), 365),
+        (("a b",), 365),
+        (("-x.com",), 365),
+        (("localhost",), 0),
+        (("localhost",), 826),
+        (tuple(f"h{i}" for i in range(101)), 365),
+    ],
+)
 def test_bounds(hosts: tuple[str, ...], days: int) -> None:
     with pytest.raises(ValueError):
         tls.self_signed(hosts, days)

@@ -54,6 +54,12 @@ class PriceConfig(_Strict):
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        description="Prompt tokens read from a prompt cache (the local prefix cache, a "
+        "provider's prompt cache). Unset: the input price less `pricing.cached_discount`.",
+    )
 
 
 class LimitsConfig(_Strict):
@@ -107,6 +113,16 @@ class DeploymentConfig(_Strict):
         64,
         ge=0,
         description="Local chat: requests waiting for a slot; beyond this they get 429.",
+    )
+    prefix_cache_tokens: int = Field(
+        8192,
+        ge=0,
+        le=4_194_304,
+        description="Local chat: KV kept for prompt prefixes across requests, in tokens (whole "
+        "blocks of 16; 0 turns the prefix cache off). A request whose prompt starts with cached "
+        "blocks copies their KV instead of computing it. Memory: this many tokens times the "
+        "model's KV bytes per token, allocated at start (`prefix_cache_bytes` in "
+        "/admin/engine).",
     )
     max_memory_gb: float | None = Field(
         None,
@@ -484,6 +500,14 @@ class PricingConfig(_Strict):
         None,
         description="Compute rate for local models, in USD per million tokens (a deployment's "
         "own `price` wins). Unset: local requests cost nothing in usage and budgets.",
+    )
+    cached_discount: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The share of the input price taken off prompt tokens read from a prompt "
+        "cache (the local engine's prefix cache, a provider's prompt cache), unless a price "
+        "names its own `cached_input_per_mtok`: 0.5 prices them at half the input price.",
     )
 
 

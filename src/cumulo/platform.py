@@ -124,7 +124,11 @@ class Platform:
         self.http: aiohttp.ClientSession | None = None
         self.provider_ctx = ProviderContext(None, self.home)  # its HTTP client comes at start
         self.catalog = Catalog(config, self.registry, self.provider_ctx)
-        self.router = Router(self.catalog, local_rate=config.pricing.local)
+        self.router = Router(
+            self.catalog,
+            local_rate=config.pricing.local,
+            cached_discount=config.pricing.cached_discount,
+        )
         self.gateway = Gateway(
             self.router, self.usage, self.metrics, self.governance, self.guarding
         )

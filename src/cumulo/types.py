@@ -28,11 +28,16 @@ class ToolCall:
 
 @dataclass(slots=True)
 class Message:
+    """One message. `cache_point`: the caller asked for a prompt-cache breakpoint after it
+    (Anthropic `cache_control`, Bedrock `cachePoint`), which providers with explicit prompt
+    caching pass on; the local engine caches prefixes by itself and takes it as a hint."""
+
     role: Role
     content: str | None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    cache_point: bool = False
 
 
 @dataclass(slots=True)
@@ -40,6 +45,7 @@ class Tool:
     name: str
     description: str | None = None
     parameters: JSON | None = None
+    cache_point: bool = False  # a prompt-cache breakpoint after this tool (see `Message`)
 
 
 @dataclass(slots=True)
@@ -76,8 +82,14 @@ class ChatRequest:
 
 @dataclass(slots=True)
 class Usage:
+    """Token counts of one request. `prompt_tokens` counts every prompt token; of those,
+    `cached_tokens` were read from a prompt cache (a local engine's prefix cache, a
+    provider's prompt cache) and `cache_write_tokens` were written into a provider's."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

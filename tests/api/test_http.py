@@ -24,8 +24,9 @@ def respond(after: After, send: Any) -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
-    asyncio.run(JSONResponse({"ok": True}, raw_headers=[(b"x-a", b"1")], after=after)(
-        SCOPE, receive, send))
+    asyncio.run(
+        JSONResponse({"ok": True}, raw_headers=[(b"x-a", b"1")], after=after)(SCOPE, receive, send)
+    )
 
 
 def test_accounting_runs_once_before_the_response_is_sent() -> None:
@@ -79,8 +80,11 @@ def request(body: bytes = b"") -> Request:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    scope = {**SCOPE, "headers": [(b"content-length", str(len(body)).encode())],
-             "client": ("203.0.113.7", 4242)}
+    scope = {
+        **SCOPE,
+        "headers": [(b"content-length", str(len(body)).encode())],
+        "client": ("203.0.113.7", 4242),
+    }
     return Request(scope, receive)
 
 
@@ -107,8 +111,13 @@ def test_respond_defers_the_accounting_until_the_response_is_sent() -> None:
         await response(req.scope, req.receive, send)
 
     asyncio.run(main())
-    assert events == ["called from 203.0.113.7", "returned", "accounted",
-                      "http.response.start", "http.response.body"]
+    assert events == [
+        "called from 203.0.113.7",
+        "returned",
+        "accounted",
+        "http.response.start",
+        "http.response.body",
+    ]
 
 
 def test_respond_accounts_at_once_when_rendering_fails() -> None:
@@ -138,7 +147,9 @@ def test_accept_reads_and_parses_the_body_or_names_the_field() -> None:
 
     door = FrontDoor(OPENAI, authenticate, 64)
     assert asyncio.run(door.accept(request(b'{"n": 3}'), Body.model_validate_json)) == (
-        who, Body(n=3))
+        who,
+        Body(n=3),
+    )
     with pytest.raises(InvalidRequest, match="The request body is empty"):
         asyncio.run(door.accept(request(b""), Body.model_validate_json))
     with pytest.raises(InvalidRequest, match="not valid JSON"):

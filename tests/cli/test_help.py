@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from cumulo.cli import cli
 
 
-def commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> Iterator[
-        tuple[tuple[str, ...], click.Command]]:
+def commands(
+    group: click.Group = cli, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     yield path, group
     ctx = click.Context(group)
     for name in group.list_commands(ctx):
@@ -36,7 +37,9 @@ def help_of(path: tuple[str, ...]) -> str:
     return result.output
 
 
-@pytest.mark.parametrize(("path", "group"), GROUPS, ids=[" ".join(p) or "cumulo" for p, _ in GROUPS])
+@pytest.mark.parametrize(
+    ("path", "group"), GROUPS, ids=[" ".join(p) or "cumulo" for p, _ in GROUPS]
+)
 def test_no_command_summary_is_cut_off(path: tuple[str, ...], group: click.Group) -> None:
     listing = help_of(path).split("Commands:\n", 1)[1]
     ctx = click.Context(group)
@@ -60,8 +63,10 @@ def test_every_option_is_described(path: tuple[str, ...], command: click.Command
 
 def test_the_key_option_names_its_fallback() -> None:
     text = " ".join(help_of(()).split())
-    assert "--key KEY API key of the client commands (env CUMULO_API_KEY, else CUMULO_ADMIN_KEY)" in text
-
+    assert (
+        "--key KEY API key of the client commands (env CUMULO_API_KEY, else CUMULO_ADMIN_KEY)"
+        in text
+    )
 
 
 def test_an_exit_code_asked_by_a_command_is_the_process_status(

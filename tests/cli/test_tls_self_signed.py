@@ -19,7 +19,8 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def test_it_writes_under_cumulo_home_and_prints_the_serve_command(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CUMULO_HOME", str(tmp_path))
     code, out = run()
     assert code == 0, out
@@ -34,8 +35,9 @@ def test_it_writes_under_cumulo_home_and_prints_the_serve_command(
 def test_it_never_replaces_a_pair_without_force(tmp_path: Path) -> None:
     assert run("--dir", str(tmp_path))[0] == 0
     before = (tmp_path / "key.pem").read_bytes()
-    result = CliRunner().invoke(cli, ["tls", "self-signed", "--dir", str(tmp_path)],
-                                standalone_mode=False)
+    result = CliRunner().invoke(
+        cli, ["tls", "self-signed", "--dir", str(tmp_path)], standalone_mode=False
+    )
     assert result.exception is not None and "already exists" in str(result.exception)
     assert "--force" in str(result.exception)
     assert (tmp_path / "key.pem").read_bytes() == before
@@ -46,10 +48,14 @@ def test_it_never_replaces_a_pair_without_force(tmp_path: Path) -> None:
     assert san.get_values_for_type(x509.DNSName) == ["gw.internal"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--days", "0"), "--days"), (("--days", "9999"), "--days"),
-    (("--host", "not a host"), "not a host name or IP address"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--days", "0"), "--days"),
+        (("--days", "9999"), "--days"),
+        (("--host", "not a host"), "not a host name or IP address"),
+    ],
+)
 def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     code, out = run("--dir", str(tmp_path), *args)
     assert code == 2 and message in out

@@ -18,25 +18,39 @@ from support.browser import chromium_path
 
 
 @pytest.fixture(scope="module")
-def server(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
+def server(
+    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]
+) -> CumuloServer:
     price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
-    return cumulo_factory({
-        "usage": {"flush_interval_s": 0.1},
-        "guardrails": [
-            {"id": "strict", "denied_topics": [{"name": "investment advice",
-                                                "keywords": ["stock tip*"]}],
-             "blocked_input_message": "Sorry, I cannot help with that."},
-        ],
-        "models": [
-            {"name": "chat-echo", "guardrails": ["strict"],
-             "deployments": [openai_deployment(upstream, "echo", price=price)]},
-            {"name": "chat-slow", "deployments": [openai_deployment(upstream, "slow:0.3",
-                                                                    price=price)]},
-            {"name": "chat-slower", "deployments": [openai_deployment(upstream, "slow:3")]},
-            {"name": "embed-fake", "kind": "embedding",
-             "deployments": [openai_deployment(upstream, "embed")]},
-        ],
-    })
+    return cumulo_factory(
+        {
+            "usage": {"flush_interval_s": 0.1},
+            "guardrails": [
+                {
+                    "id": "strict",
+                    "denied_topics": [{"name": "investment advice", "keywords": ["stock tip*"]}],
+                    "blocked_input_message": "Sorry, I cannot help with that.",
+                },
+            ],
+            "models": [
+                {
+                    "name": "chat-echo",
+                    "guardrails": ["strict"],
+                    "deployments": [openai_deployment(upstream, "echo", price=price)],
+                },
+                {
+                    "name": "chat-slow",
+                    "deployments": [openai_deployment(upstream, "slow:0.3", price=price)],
+                },
+                {"name": "chat-slower", "deployments": [openai_deployment(upstream, "slow:3")]},
+                {
+                    "name": "embed-fake",
+                    "kind": "embedding",
+                    "deployments": [openai_deployment(upstream, "embed")],
+                },
+            ],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,4 +71,3 @@ def page(browser: Any) -> Iterator[Any]:
     page.set_default_timeout(15_000)
     yield page
     context.close()
-

@@ -60,12 +60,24 @@ def test_an_admin_signs_in_and_every_page_shows(page: Any, server: CumuloServer)
     requested: list[str] = []
     problems: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on(
+        "console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None
+    )
     page.on("pageerror", lambda e: problems.append(str(e)))
     sign_in(page, server, server.admin_key)
     nav = page.get_by_role("navigation", name="Console pages")
-    for title in ("Overview", "Models", "Playground", "Evaluations", "Fine-tuning",
-                  "Batches and files", "Keys and tenants", "Guardrails", "Audit", "Usage"):
+    for title in (
+        "Overview",
+        "Models",
+        "Playground",
+        "Evaluations",
+        "Fine-tuning",
+        "Batches and files",
+        "Keys and tenants",
+        "Guardrails",
+        "Audit",
+        "Usage",
+    ):
         nav.get_by_role("link", name=title).click()
         page.wait_for_load_state()
         assert page.locator("h1").inner_text() == title
@@ -126,7 +138,10 @@ def test_compare_two_models_side_by_side(page: Any, server: CumuloServer) -> Non
         prompt, completion = panel.locator(".tokens").inner_text().split(" / ")
         assert int(prompt) > 0 and int(completion) > 0
         # 1 and 2 USD per million prompt and completion tokens (the test config's price)
-        assert panel.locator(".cost").inner_text() == f"${(int(prompt) + 2 * int(completion)) / 1e6:.6f}"
+        assert (
+            panel.locator(".cost").inner_text()
+            == f"${(int(prompt) + 2 * int(completion)) / 1e6:.6f}"
+        )
     slow = int(panels.nth(1).locator(".ttft").inner_text().split()[0].replace(",", ""))
     assert slow >= 300  # the slow model waits 0.3 s before its first token
     shot(page, "playground-compare")
@@ -138,12 +153,15 @@ def test_compare_two_models_side_by_side(page: Any, server: CumuloServer) -> Non
     saved = page.locator("#saved")
     saved.get_by_text("purpose evals").wait_for()
     file_id = saved.locator("code").nth(1).inner_text()
-    resp = httpx.get(f"{server.url}/v1/files/{file_id}/content",
-                     headers={"Authorization": f"Bearer {key.token}"})
+    resp = httpx.get(
+        f"{server.url}/v1/files/{file_id}/content", headers={"Authorization": f"Bearer {key.token}"}
+    )
     line = resp.json()
     assert line["item"]["input"] == "compare these two"
-    assert line["item"]["outputs"] == {"chat-echo": "echo: compare these two",
-                                       "chat-slow": "echo: compare these two"}
+    assert line["item"]["outputs"] == {
+        "chat-echo": "echo: compare these two",
+        "chat-slow": "echo: compare these two",
+    }
 
 
 def test_model_output_with_markup_shows_as_text(page: Any, server: CumuloServer) -> None:
@@ -174,8 +192,11 @@ def test_model_output_with_markup_shows_as_text(page: Any, server: CumuloServer)
 
 
 def test_a_tenant_admin_sees_only_its_own_tenant(page: Any, server: CumuloServer) -> None:
-    mine = admin_post(server, "/admin/tenants", {"name": f"mine{next(_n)}",
-                                                 "budget": {"usd": 5, "period": "month"}})
+    mine = admin_post(
+        server,
+        "/admin/tenants",
+        {"name": f"mine{next(_n)}", "budget": {"usd": 5, "period": "month"}},
+    )
     theirs = admin_post(server, "/admin/tenants", {"name": f"theirs{next(_n)}"})
     manager = make_key(server, "tenant_admin", mine["id"])
     other = make_key(server, "caller", theirs["id"])
@@ -200,15 +221,23 @@ def test_a_tenant_admin_sees_only_its_own_tenant(page: Any, server: CumuloServer
     assert "$5.00 a month" in budgets.inner_text()
     shot(page, "tenant-admin-overview")
     # Direct URLs to the other tenant: not found, as if it did not exist.
-    for url in (f"/console/keys?tenant_id={theirs['id']}", f"/console/usage?tenant_id={theirs['id']}",
-                f"/console/tenants/{theirs['id']}", f"/console/usage.csv?tenant_id={theirs['id']}"):
+    for url in (
+        f"/console/keys?tenant_id={theirs['id']}",
+        f"/console/usage?tenant_id={theirs['id']}",
+        f"/console/tenants/{theirs['id']}",
+        f"/console/usage.csv?tenant_id={theirs['id']}",
+    ):
         resp = page.goto(server.url + url)
         assert resp.status == 404, url
         assert other.id not in page.content()
     # Nor can it revoke the other tenant's key.
-    csrf = page.goto(server.url + "/console/keys") and page.locator("input[name=csrf]").first.input_value()
-    resp = page.request.post(f"{server.url}/console/keys/{other.id}/revoke",
-                             form={"csrf": csrf}, max_redirects=0)
+    csrf = (
+        page.goto(server.url + "/console/keys")
+        and page.locator("input[name=csrf]").first.input_value()
+    )
+    resp = page.request.post(
+        f"{server.url}/console/keys/{other.id}/revoke", form={"csrf": csrf}, max_redirects=0
+    )
     assert resp.status == 404
     chat(server, other.token)  # still works
     # The platform-only pages are not offered, and refused on a direct URL.
@@ -251,7 +280,6 @@ def test_wrong_key_is_refused_at_sign_in(page: Any, server: CumuloServer) -> Non
     assert page.get_by_role("alert").inner_text() == "Incorrect API key provided."
 
 
-
 UNLABELLED = """() => Array.from(document.querySelectorAll("input, select, textarea, button"))
   .filter((el) => el.type !== "hidden" && !el.closest("template"))
   .filter((el) => el.tagName === "BUTTON"
@@ -261,8 +289,18 @@ UNLABELLED = """() => Array.from(document.querySelectorAll("input, select, texta
 
 
 # The roles of form controls in Chromium's accessibility tree.
-CONTROL_ROLES = {"textbox", "searchbox", "combobox", "listbox", "checkbox", "radio",
-                 "spinbutton", "slider", "button", "switch"}
+CONTROL_ROLES = {
+    "textbox",
+    "searchbox",
+    "combobox",
+    "listbox",
+    "checkbox",
+    "radio",
+    "spinbutton",
+    "slider",
+    "button",
+    "switch",
+}
 
 
 def unnamed_controls(page: Any) -> list[str]:
@@ -274,19 +312,33 @@ def unnamed_controls(page: Any) -> list[str]:
         nodes = cdp.send("Accessibility.getFullAXTree")["nodes"]
     finally:
         cdp.detach()
-    controls = [n for n in nodes
-                if not n.get("ignored") and n.get("role", {}).get("value") in CONTROL_ROLES]
+    controls = [
+        n for n in nodes if not n.get("ignored") and n.get("role", {}).get("value") in CONTROL_ROLES
+    ]
     assert controls, "no control in the accessibility tree"  # at least Sign out
-    return [f"{n['role']['value']} (node {n.get('backendDOMNodeId')})" for n in controls
-            if not str(n.get("name", {}).get("value", "")).strip()]
+    return [
+        f"{n['role']['value']} (node {n.get('backendDOMNodeId')})"
+        for n in controls
+        if not str(n.get("name", {}).get("value", "")).strip()
+    ]
 
 
 def test_every_control_has_a_label_and_the_keyboard_reaches_the_content(
     page: Any, server: CumuloServer
 ) -> None:
     sign_in(page, server, server.admin_key)
-    for path in ("overview", "models", "playground", "evals", "fine-tuning", "files", "keys",
-                 "guardrails", "audit", "usage"):
+    for path in (
+        "overview",
+        "models",
+        "playground",
+        "evals",
+        "fine-tuning",
+        "files",
+        "keys",
+        "guardrails",
+        "audit",
+        "usage",
+    ):
         page.goto(f"{server.url}/console/{path}")
         assert page.evaluate(UNLABELLED) == [], path
         assert unnamed_controls(page) == [], path
@@ -317,8 +369,9 @@ def test_ledger_verification_names_the_first_bad_entry(page: Any, server: Cumulo
     shot(page, "audit-verify-tampered")
 
 
-def test_a_chat_sends_its_earlier_turns(page: Any, server: CumuloServer,
-                                        upstream: FakeOpenAIUpstream, marker: str) -> None:
+def test_a_chat_sends_its_earlier_turns(
+    page: Any, server: CumuloServer, upstream: FakeOpenAIUpstream, marker: str
+) -> None:
     key = make_key(server)
     sign_in(page, server, key.token)
     page.goto(server.url + "/console/playground?model=chat-echo")
@@ -328,26 +381,41 @@ def test_a_chat_sends_its_earlier_turns(page: Any, server: CumuloServer,
         page.get_by_role("button", name="Send").click()
         page.locator("#transcript li", has_text=f"echo: {text}").wait_for()
     assert page.locator("#transcript li").all_inner_texts() == [
-        f"You: first {marker}", f"Model: echo: first {marker}",
-        f"You: second {marker}", f"Model: echo: second {marker}"]
+        f"You: first {marker}",
+        f"Model: echo: first {marker}",
+        f"You: second {marker}",
+        f"Model: echo: second {marker}",
+    ]
     last = upstream.received(f"second {marker}")[-1].body["messages"]
     assert [(m["role"], m["content"]) for m in last] == [
-        ("system", "You echo."), ("user", f"first {marker}"),
-        ("assistant", f"echo: first {marker}"), ("user", f"second {marker}")]
+        ("system", "You echo."),
+        ("user", f"first {marker}"),
+        ("assistant", f"echo: first {marker}"),
+        ("user", f"second {marker}"),
+    ]
     shot(page, "playground-chat")
     page.get_by_role("button", name="New chat").click()
     assert page.locator("#transcript li").count() == 0
 
 
-def test_start_a_batch_and_watch_it_complete(page: Any, server: CumuloServer, tmp_path: Any,
-                                             marker: str) -> None:
+def test_start_a_batch_and_watch_it_complete(
+    page: Any, server: CumuloServer, tmp_path: Any, marker: str
+) -> None:
     key = make_key(server)
     sign_in(page, server, key.token)
     page.goto(server.url + "/console/files")
     lines = [
-        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "chat-slow",
-                             "messages": [{"role": "user", "content": f"{marker} {i}"}]}})
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "chat-slow",
+                    "messages": [{"role": "user", "content": f"{marker} {i}"}],
+                },
+            }
+        )
         for i in range(6)
     ]
     data = tmp_path / "batch.jsonl"
@@ -369,14 +437,17 @@ def test_start_a_batch_and_watch_it_complete(page: Any, server: CumuloServer, tm
     with page.expect_download() as download:
         row.get_by_role("link", name="Output").click()
     out = [json.loads(x) for x in download.value.path().read_text().splitlines()]
-    replies = {o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"] for o in out}
+    replies = {
+        o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"] for o in out
+    }
     assert replies == {f"r{i}": f"echo: {marker} {i}" for i in range(6)}
     # Run as the key that started it, through the gateway: its usage records.
     assert len(server.usage_rows(key.id, expect=6)) == 6
 
 
-def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServer,
-                                               marker: str) -> None:
+def test_reading_pages_work_without_javascript(
+    browser: Any, server: CumuloServer, marker: str
+) -> None:
     chat(server, server.admin_key, text="short")
     chat(server, server.admin_key, text="a somewhat longer prompt costs a little more")
     server.usage_rows("admin-env", expect=2)
@@ -385,10 +456,17 @@ def test_reading_pages_work_without_javascript(browser: Any, server: CumuloServe
     page = context.new_page()
     try:
         sign_in(page, server, server.admin_key)
-        for path, title in (("overview", "Overview"), ("models", "Models"), ("usage", "Usage"),
-                            ("evals", "Evaluations"), ("fine-tuning", "Fine-tuning"),
-                            ("files", "Batches and files"), ("keys", "Keys and tenants"),
-                            ("audit", "Audit"), ("guardrails", "Guardrails")):
+        for path, title in (
+            ("overview", "Overview"),
+            ("models", "Models"),
+            ("usage", "Usage"),
+            ("evals", "Evaluations"),
+            ("fine-tuning", "Fine-tuning"),
+            ("files", "Batches and files"),
+            ("keys", "Keys and tenants"),
+            ("audit", "Audit"),
+            ("guardrails", "Guardrails"),
+        ):
             page.goto(f"{server.url}/console/{path}")
             assert page.locator("h1").inner_text() == title
         page.goto(server.url + "/console/usage?range=1h")
@@ -424,22 +502,45 @@ def finished_eval(server: CumuloServer, marker: str) -> tuple[str, str]:
     """An eval of the admin key with one run on chat-echo (of 2 items, 1 passing),
     created through the API and waited for: (eval id, run id)."""
     headers = {"Authorization": f"Bearer {server.admin_key}"}
-    schema = {"type": "object", "properties": {"input": {"type": "string"},
-                                               "ideal": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "properties": {"input": {"type": "string"}, "ideal": {"type": "string"}},
+    }
     with httpx.Client(base_url=server.url, headers=headers, timeout=30) as c:
-        ev = c.post("/v1/evals", json={
-            "name": f"no-js {marker}",
-            "data_source_config": {"type": "custom", "item_schema": schema},
-            "testing_criteria": [{"type": "string_check", "name": "exact", "operation": "eq",
-                                  "input": "{{sample.output_text}}",
-                                  "reference": "{{item.ideal}}"}]}).json()
-        rows = [{"item": {"input": "a", "ideal": "echo: a"}},
-                {"item": {"input": "b", "ideal": "no"}}]
-        run = c.post(f"/v1/evals/{ev['id']}/runs", json={"data_source": {
-            "type": "completions", "model": "chat-echo",
-            "input_messages": {"type": "template",
-                               "template": [{"role": "user", "content": "{{item.input}}"}]},
-            "source": {"type": "file_content", "content": rows}}}).json()
+        ev = c.post(
+            "/v1/evals",
+            json={
+                "name": f"no-js {marker}",
+                "data_source_config": {"type": "custom", "item_schema": schema},
+                "testing_criteria": [
+                    {
+                        "type": "string_check",
+                        "name": "exact",
+                        "operation": "eq",
+                        "input": "{{sample.output_text}}",
+                        "reference": "{{item.ideal}}",
+                    }
+                ],
+            },
+        ).json()
+        rows = [
+            {"item": {"input": "a", "ideal": "echo: a"}},
+            {"item": {"input": "b", "ideal": "no"}},
+        ]
+        run = c.post(
+            f"/v1/evals/{ev['id']}/runs",
+            json={
+                "data_source": {
+                    "type": "completions",
+                    "model": "chat-echo",
+                    "input_messages": {
+                        "type": "template",
+                        "template": [{"role": "user", "content": "{{item.input}}"}],
+                    },
+                    "source": {"type": "file_content", "content": rows},
+                }
+            },
+        ).json()
         path = f"/v1/evals/{ev['id']}/runs/{run['id']}"
         assert wait_until(lambda: c.get(path).json()["status"] == "completed", timeout=60)
     return str(ev["id"]), str(run["id"])

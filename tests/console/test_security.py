@@ -41,8 +41,11 @@ def test_the_session_cookie_is_httponly_and_strict(server: CumuloServer) -> None
         token = re.search(r'name="csrf" value="([^"]+)"', http.get("/console/signin").text)
         assert token is not None
         resp = http.post("/console/signin", data={"csrf": token.group(1), "key": server.admin_key})
-    cookie = next(v for k, v in resp.headers.multi_items()
-                  if k == "set-cookie" and v.startswith("cumulo_session="))
+    cookie = next(
+        v
+        for k, v in resp.headers.multi_items()
+        if k == "set-cookie" and v.startswith("cumulo_session=")
+    )
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Max-Age=28800" in cookie
     assert server.admin_key not in cookie
 
@@ -110,8 +113,14 @@ def test_a_caller_gets_no_manager_page(server: CumuloServer) -> None:
     with sign_in(server, key["key"]) as http:
         page = http.get("/console/models").text
         assert 'href="/console/keys"' not in page and 'href="/console/usage"' not in page
-        for path in ("/console/keys", "/console/usage", "/console/usage.csv", "/console/overview",
-                     "/console/audit", "/console/models/engine"):
+        for path in (
+            "/console/keys",
+            "/console/usage",
+            "/console/usage.csv",
+            "/console/overview",
+            "/console/audit",
+            "/console/models/engine",
+        ):
             assert http.get(path).status_code == 403, path
         resp = http.post("/console/keys", data={"name": "x", "csrf": csrf_from(http)})
         assert resp.status_code == 403
@@ -126,9 +135,11 @@ def csrf_from(http: httpx.Client) -> str:
 def test_usage_exports_as_csv_with_the_page_filters(server: CumuloServer) -> None:
     with server.admin() as admin:
         key = admin.post("/admin/keys", json={"name": "csv-export"}).json()
-    resp = httpx.post(server.url + "/v1/chat/completions",
-                      headers={"Authorization": f"Bearer {key['key']}"},
-                      json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]})
+    resp = httpx.post(
+        server.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key['key']}"},
+        json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert resp.status_code == 200
     server.usage_rows(key["id"])
     with sign_in(server, server.admin_key) as http:
@@ -136,43 +147,70 @@ def test_usage_exports_as_csv_with_the_page_filters(server: CumuloServer) -> Non
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/csv")
     lines = list(csv.DictReader(io.StringIO(resp.text)))
-    assert [(r["key_id"], r["model"], r["status"]) for r in lines] == [(key["id"], "chat-echo", "200")]
+    assert [(r["key_id"], r["model"], r["status"]) for r in lines] == [
+        (key["id"], "chat-echo", "200")
+    ]
 
 
 def test_over_https_the_session_cookie_is_secure(
-    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer],
+    upstream: FakeOpenAIUpstream,
+    cumulo_factory: Callable[..., CumuloServer],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     workdir = tmp_path_factory.mktemp("console-tls")
     home = workdir / "home"
-    run = subprocess.run([str(CUMULO_BIN), "tls", "self-signed"], env=clean_env(CUMULO_HOME=str(home)),
-                         capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        [str(CUMULO_BIN), "tls", "self-signed"],
+        env=clean_env(CUMULO_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
-    tls = cumulo_factory({"server": {"tls": {"certfile": "tls/cert.pem", "keyfile": "tls/key.pem"}},
-                          "models": [{"name": "chat-echo",
-                                      "deployments": [openai_deployment(upstream, "echo")]}]},
-                         workdir=workdir, cafile=home / "tls" / "cert.pem")
+    tls = cumulo_factory(
+        {
+            "server": {"tls": {"certfile": "tls/cert.pem", "keyfile": "tls/key.pem"}},
+            "models": [{"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]}],
+        },
+        workdir=workdir,
+        cafile=home / "tls" / "cert.pem",
+    )
     with httpx.Client(base_url=tls.url, verify=tls.verify or True) as http:
         form = http.get("/console/signin")
         assert "Secure" in form.headers["set-cookie"]
         token = re.search(r'name="csrf" value="([^"]+)"', form.text)
         assert token is not None
         resp = http.post("/console/signin", data={"csrf": token.group(1), "key": tls.admin_key})
-    cookie = next(v for k, v in resp.headers.multi_items()
-                  if k == "set-cookie" and v.startswith("cumulo_session="))
+    cookie = next(
+        v
+        for k, v in resp.headers.multi_items()
+        if k == "set-cookie" and v.startswith("cumulo_session=")
+    )
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
 
 
-def test_without_javascript_the_playground_answers_in_the_page_escaped(server: CumuloServer) -> None:
+def test_without_javascript_the_playground_answers_in_the_page_escaped(
+    server: CumuloServer,
+) -> None:
     payload = '<script>alert(1)</script><img src=x onerror="alert(2)">'
     with sign_in(server, server.admin_key) as http:
-        resp = http.post("/console/playground", data={
-            "csrf": csrf_from(http), "model": ["chat-echo", "chat-slow"], "prompt": payload,
-            "system": "", "max_tokens": "64"})
+        resp = http.post(
+            "/console/playground",
+            data={
+                "csrf": csrf_from(http),
+                "model": ["chat-echo", "chat-slow"],
+                "prompt": payload,
+                "system": "",
+                "max_tokens": "64",
+            },
+        )
     assert resp.status_code == 200
     html = resp.text
     assert payload not in html and "<img src=x" not in html
-    escaped = "echo: &lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&#34;alert(2)&#34;&gt;"
+    escaped = (
+        "echo: &lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&#34;alert(2)&#34;&gt;"
+    )
     assert html.count(escaped) == 2  # one panel per model
     assert len(re.findall(r'<dd class="latency">[\d,]+ ms</dd>', html)) == 2  # with figures
     assert len(re.findall(r'<dd class="ttft">[\d,]+ ms</dd>', html)) == 2

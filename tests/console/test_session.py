@@ -35,7 +35,10 @@ def test_a_session_lives_until_sign_out_or_expiry(url: str) -> None:
         # Another replica with the same master key accepts it; another master key does not.
         assert await Sessions(store, key).resolve(cookie) is not None
         assert await Sessions(store, MasterKey(os.urandom(32))).resolve(cookie) is None
-        assert await sessions.resolve(cookie[:-2] + ("A" if cookie[-2] != "A" else "B") + cookie[-1]) is None
+        assert (
+            await sessions.resolve(cookie[:-2] + ("A" if cookie[-2] != "A" else "B") + cookie[-1])
+            is None
+        )
         _, other_cookie = await sessions.open("key1")
         await sessions.close(found)
         assert await sessions.resolve(cookie) is None  # signed out, wherever the cookie is

@@ -29,8 +29,10 @@ def lm(demo_dir: object) -> CausalLM:
 
 @pytest.fixture
 def scheduler(lm: CausalLM) -> Iterator[Scheduler]:
-    engine = Scheduler(lm, EngineLimits(max_running=4, max_tokens_in_flight=4 * 256,
-                                        max_queue=16, prefill_chunk=32))
+    engine = Scheduler(
+        lm,
+        EngineLimits(max_running=4, max_tokens_in_flight=4 * 256, max_queue=16, prefill_chunk=32),
+    )
     yield engine
     engine.close()
 
@@ -44,8 +46,12 @@ def reference(lm: CausalLM, ids: list[int]) -> torch.Tensor:
 
 def run(scheduler: Scheduler, prompt: list[int], max_new: int, top: int) -> Collector:
     sink = Collector()
-    params = GenerationParams(max_new_tokens=max_new, sampling=SamplingConfig(temperature=0.0),
-                              logprobs=top, prompt_logprobs=top)
+    params = GenerationParams(
+        max_new_tokens=max_new,
+        sampling=SamplingConfig(temperature=0.0),
+        logprobs=top,
+        prompt_logprobs=top,
+    )
     scheduler.submit(Sequence(prompt, params, sink))
     return sink
 
@@ -74,8 +80,10 @@ def test_prompt_and_token_logprobs_match_the_model_alone(
             assert abs(value - want[i - 1, ids[i]].item()) < TOLERANCE
             expect = torch.topk(want[i - 1], 3)
             assert [t for t, _ in best] == expect.indices.tolist()
-            assert max(abs(p - q) for (_, p), q in zip(best, expect.values.tolist(),
-                                                        strict=True)) < TOLERANCE
+            assert (
+                max(abs(p - q) for (_, p), q in zip(best, expect.values.tolist(), strict=True))
+                < TOLERANCE
+            )
         # Greedy: every sampled token is the most likely one.
         for e in rest:
             assert e.tokens[0] == e.top[0][0][0]
@@ -97,7 +105,12 @@ def test_max_new_tokens_zero_reads_the_prompt_only(lm: CausalLM, scheduler: Sche
 
 def test_requests_without_logprobs_get_none(lm: CausalLM, scheduler: Scheduler) -> None:
     sink = Collector()
-    scheduler.submit(Sequence(prompts(lm, 1)[0], GenerationParams(
-        max_new_tokens=4, sampling=SamplingConfig(temperature=0.0)), sink))
+    scheduler.submit(
+        Sequence(
+            prompts(lm, 1)[0],
+            GenerationParams(max_new_tokens=4, sampling=SamplingConfig(temperature=0.0)),
+            sink,
+        )
+    )
     sink.end  # noqa: B018 - waits for the end
     assert not [e for e in sink.events if isinstance(e, TokenLogprobs)]

@@ -33,8 +33,10 @@ def lm(demo_dir: Path) -> CausalLM:
 
 @pytest.fixture
 def scheduler(lm: CausalLM) -> Iterator[Scheduler]:
-    engine = Scheduler(lm, EngineLimits(max_running=4, max_tokens_in_flight=4 * 256,
-                                        max_queue=16, prefill_chunk=32))
+    engine = Scheduler(
+        lm,
+        EngineLimits(max_running=4, max_tokens_in_flight=4 * 256, max_queue=16, prefill_chunk=32),
+    )
     yield engine
     engine.close()
 
@@ -70,7 +72,9 @@ def prompts(lm: CausalLM, n: int) -> list[list[int]]:
     return [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def submit(engine: Scheduler, prompt: list[int], max_new: int, **kw: object) -> tuple[Sequence, Collector]:
+def submit(
+    engine: Scheduler, prompt: list[int], max_new: int, **kw: object
+) -> tuple[Sequence, Collector]:
     sink = Collector()
     sampling = kw.pop("sampling", GREEDY)
     params = GenerationParams(max_new_tokens=max_new, sampling=sampling, **kw)  # type: ignore[arg-type]
@@ -97,9 +101,14 @@ def test_batched_greedy_equals_alone(lm: CausalLM, scheduler: Scheduler) -> None
             assert sink.text == text
     # And a request alone agrees with transformers' own greedy generate.
     with torch.inference_mode():
-        out = lm.model.generate(torch.tensor([ps[3]]), max_new_tokens=24, do_sample=False,
-                                pad_token_id=0, eos_token_id=list(lm.stop_token_ids))
-    assert out[0, len(ps[3]):].tolist() == alone[3][0]
+        out = lm.model.generate(
+            torch.tensor([ps[3]]),
+            max_new_tokens=24,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=list(lm.stop_token_ids),
+        )
+    assert out[0, len(ps[3]) :].tolist() == alone[3][0]
 
 
 def test_stop_strings_and_max_tokens_per_request(lm: CausalLM, scheduler: Scheduler) -> None:
@@ -164,15 +173,21 @@ def test_close_fails_queued_and_running_requests(lm: CausalLM) -> None:
 
 
 def test_interactive_requests_are_admitted_ahead_of_background_work(lm: CausalLM) -> None:
-    engine = Scheduler(lm, EngineLimits(max_running=4, max_tokens_in_flight=4 * 256,
-                                        max_queue=16, prefill_chunk=32))
+    engine = Scheduler(
+        lm,
+        EngineLimits(max_running=4, max_tokens_in_flight=4 * 256, max_queue=16, prefill_chunk=32),
+    )
     p = prompts(lm, 1)[0]
 
     def background(n: int) -> list[Sequence]:
         out = []
         for _ in range(n):
-            seq = Sequence(p, GenerationParams(max_new_tokens=150, sampling=GREEDY), Collector(),
-                           priority=BACKGROUND)
+            seq = Sequence(
+                p,
+                GenerationParams(max_new_tokens=150, sampling=GREEDY),
+                Collector(),
+                priority=BACKGROUND,
+            )
             engine.submit(seq)
             out.append(seq)
         deadline = time.monotonic() + 30

@@ -27,6 +27,11 @@ The behaviour is chosen by the upstream model id the request names:
     slow:<s>          like echo, after <s> seconds
     malformed         200 with a body that is not JSON (a broken event when streaming)
 
+Prompt caching is simulated for every behaviour: the words up to the last block (or
+tool) carrying `cache_control` are the cached prefix; the first request with a prefix
+reports them as `cache_creation_input_tokens`, later ones as `cache_read_input_tokens`,
+and `input_tokens` counts the words after it.
+
 The server lifecycle (`start`, `stop`, `url`, `received`, `one`, `release`) is
 the fake OpenAI upstream's; only the request handler differs.
 """
@@ -42,9 +47,15 @@ from aiohttp import web
 
 from fakes.openai_upstream import FakeOpenAIUpstream, Recorded, reflected
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                429: "rate_limit_error", 529: "overloaded_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 
 def _text_of(content: Any, kind: str = "text") -> str:
@@ -89,8 +100,11 @@ def check(body: Any) -> str | None:
             return 'messages: roles must alternate between "user" and "assistant"'
         content = m.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        asked = {b["id"] for b in (previous or {}).get("content") or () if isinstance(b, dict)
-                 and b.get("type") == "tool_use"}
+        asked = {
+            b["id"]
+            for b in (previous or {}).get("content") or ()
+            if isinstance(b, dict) and b.get("type") == "tool_use"
+        }
         seen_other = False
         for j, b in enumerate(blocks):
             kind = b.get("type")
@@ -102,7 +116,9 @@ def check(body: Any) -> str | None:
                 if seen_other:
                     return f"messages.{i}: tool_result blocks must come first in the content"
                 if b.get("tool_use_id") not in asked:
-                    return f"messages.{i}.content.{j}: unexpected tool_use_id {b.get('tool_use_id')!r}"
+                    return (
+                        f"messages.{i}.content.{j}: unexpected tool_use_id {b.get('tool_use_id')!r}"
+                    )
             else:
                 seen_other = True
         previous = m
@@ -123,21 +139,29 @@ def reply(body: dict[str, Any], behaviour: str) -> tuple[list[dict[str, Any]], s
     results = _text_of(content, "tool_result")
     if behaviour == "tools" and body.get("tools") and not results:
         choice = body.get("tool_choice") or {}
-        tools = [t for t in body["tools"] if choice.get("type") != "tool" or t["name"] == choice["name"]]
+        tools = [
+            t for t in body["tools"] if choice.get("type") != "tool" or t["name"] == choice["name"]
+        ]
         blocks: list[dict[str, Any]] = [{"type": "text", "text": "Let me check."}]
         for n, tool in enumerate(tools, 1):
             wants_query = "query" in (tool["input_schema"].get("properties") or {})
-            blocks.append({"type": "tool_use", "id": f"toolu_fake{n:02}", "name": tool["name"],
-                           "input": {"query": _text_of(content)} if wants_query else {}})
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_fake{n:02}",
+                    "name": tool["name"],
+                    "input": {"query": _text_of(content)} if wants_query else {},
+                }
+            )
         return blocks, "tool_use", None
     text = f"result: {results}" if behaviour == "tools" else f"echo: {_text_of(content) or results}"
     stop, sequence = "end_turn", None
     for s in body.get("stop_sequences") or ():
         if s in text:
-            text, stop, sequence = text[:text.index(s)], "stop_sequence", s
+            text, stop, sequence = text[: text.index(s)], "stop_sequence", s
     words = text.split(" ")
     if len(words) > body["max_tokens"]:
-        text, stop, sequence = " ".join(words[:body["max_tokens"]]), "max_tokens", None
+        text, stop, sequence = " ".join(words[: body["max_tokens"]]), "max_tokens", None
     return [{"type": "text", "text": text}], stop, sequence
 
 
@@ -156,12 +180,59 @@ def _pieces(text: str) -> list[str]:
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     kind = _ERROR_TYPES.get(status, "api_error")
-    return web.json_response({"type": "error", "error": {"type": kind, "message": message}},
-                             status=status, headers=headers)
+    return web.json_response(
+        {"type": "error", "error": {"type": kind, "message": message}},
+        status=status,
+        headers=headers,
+    )
+
+
+def _cache_items(body: dict[str, Any]) -> list[tuple[Any, int, bool]]:
+    """The prompt in order (tools, system, message blocks): (item, words, breakpoint)."""
+    items: list[tuple[Any, int, bool]] = []
+    for tool in body.get("tools") or ():
+        items.append((tool, 0, "cache_control" in tool))
+    system = body.get("system")
+    if isinstance(system, str):
+        items.append((system, len(system.split()), False))
+    for block in system or () if isinstance(system, list) else ():
+        items.append((block, len(block.get("text", "").split()), "cache_control" in block))
+    for m in body.get("messages") or ():
+        content = m.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for block in blocks or ():
+            words = len((_text_of([block]) + " " + _text_of([block], "tool_result")).split())
+            items.append(([m["role"], block], words, "cache_control" in block))
+    return items
 
 
 class FakeAnthropicUpstream(FakeOpenAIUpstream):
     """Start with `start()` (or as a context manager); `url` is the API root (no /v1)."""
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(port)
+        self.cached_prefixes: set[str] = set()
+
+    def usage(self, body: dict[str, Any], output: int) -> dict[str, int]:
+        """The request's usage, prompt cache included (see the module doc)."""
+        items = _cache_items(body)
+        last = max((i for i, (_, _, mark) in enumerate(items) if mark), default=-1)
+        cached = sum(words for _, words, _ in items[: last + 1])
+        read = written = 0
+        if last >= 0:
+            key = json.dumps([item for item, _, _ in items[: last + 1]], sort_keys=True)
+            with self._lock:
+                if key in self.cached_prefixes:
+                    read = cached
+                else:
+                    written = cached
+                    self.cached_prefixes.add(key)
+        return {
+            "input_tokens": count_words(body) - cached,
+            "output_tokens": output,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+        }
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -171,8 +242,9 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
             body = raw.decode(errors="replace")
         headers = {k.lower(): v for k, v in request.headers.items()}
         with self._lock:
-            self.requests.append(Recorded(request.method, request.path, dict(request.query),
-                                          headers, body))
+            self.requests.append(
+                Recorded(request.method, request.path, dict(request.query), headers, body)
+            )
         if request.path != "/v1/messages":
             return error(404, f"Unknown path {request.path}.")
         if not headers.get("x-api-key"):
@@ -192,26 +264,51 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
         elif behaviour == "ratelimit":
             return error(429, "Rate limit reached.", headers={"retry-after": arg})
         if behaviour == "malformed" and not body.get("stream"):
-            return web.Response(status=200, text="{this is not json", content_type="application/json")
+            return web.Response(
+                status=200, text="{this is not json", content_type="application/json"
+            )
         blocks, stop, sequence = reply(body, behaviour)
         if body.get("stream"):
             return await self._stream_reply(request, body, behaviour, arg, (blocks, stop, sequence))
-        return web.json_response({
-            "id": "msg_fake0001", "type": "message", "role": "assistant", "model": body["model"],
-            "content": blocks, "stop_reason": stop, "stop_sequence": sequence,
-            "usage": {"input_tokens": count_words(body), "output_tokens": output_tokens(blocks),
-                      "cache_read_input_tokens": 0},
-        })
+        return web.json_response(
+            {
+                "id": "msg_fake0001",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": blocks,
+                "stop_reason": stop,
+                "stop_sequence": sequence,
+                "usage": self.usage(body, output_tokens(blocks)),
+            }
+        )
 
-    async def _stream_reply(self, request: web.Request, body: dict[str, Any], behaviour: str, arg: str,
-                      answer: tuple[list[dict[str, Any]], str, str | None]) -> web.StreamResponse:
+    async def _stream_reply(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        behaviour: str,
+        arg: str,
+        answer: tuple[list[dict[str, Any]], str, str | None],
+    ) -> web.StreamResponse:
         blocks, stop, sequence = answer
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(_event("message_start", message={
-            "id": "msg_fake0002", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": count_words(body), "output_tokens": 1}}))
+        await resp.write(
+            _event(
+                "message_start",
+                message={
+                    "id": "msg_fake0002",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": self.usage(body, 1),
+                },
+            )
+        )
         await resp.write(_event("ping"))
         if behaviour == "malformed":
             await resp.write(b'event: content_block_start\ndata: {"type": "content_block_st\n\n')
@@ -220,35 +317,69 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
         sent = 0
         for index, block in enumerate(blocks):
             if block["type"] == "text":
-                await resp.write(_event("content_block_start", index=index,
-                                        content_block={"type": "text", "text": ""}))
+                await resp.write(
+                    _event(
+                        "content_block_start",
+                        index=index,
+                        content_block={"type": "text", "text": ""},
+                    )
+                )
                 for piece in _pieces(block["text"]):
-                    if (behaviour in ("disconnect", "stream-error", "reflect-stream")
-                            and sent == int(arg)):
+                    if behaviour in (
+                        "disconnect",
+                        "stream-error",
+                        "reflect-stream",
+                    ) and sent == int(arg):
                         return await self._fail(request, resp, behaviour)
-                    await resp.write(_event("content_block_delta", index=index,
-                                            delta={"type": "text_delta", "text": piece}))
+                    await resp.write(
+                        _event(
+                            "content_block_delta",
+                            index=index,
+                            delta={"type": "text_delta", "text": piece},
+                        )
+                    )
                     sent += 1
                     if behaviour == "hold" and sent == 1:
                         assert self._gate is not None
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._gate.wait(), 10)
             else:
-                await resp.write(_event("content_block_start", index=index, content_block={
-                    "type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}))
+                await resp.write(
+                    _event(
+                        "content_block_start",
+                        index=index,
+                        content_block={
+                            "type": "tool_use",
+                            "id": block["id"],
+                            "name": block["name"],
+                            "input": {},
+                        },
+                    )
+                )
                 args = json.dumps(block["input"]) if block["input"] else ""
                 for i in range(0, len(args), 7):
-                    await resp.write(_event("content_block_delta", index=index, delta={
-                        "type": "input_json_delta", "partial_json": args[i:i + 7]}))
+                    await resp.write(
+                        _event(
+                            "content_block_delta",
+                            index=index,
+                            delta={"type": "input_json_delta", "partial_json": args[i : i + 7]},
+                        )
+                    )
             await resp.write(_event("content_block_stop", index=index))
-        await resp.write(_event("message_delta", delta={"stop_reason": stop, "stop_sequence": sequence},
-                                usage={"output_tokens": output_tokens(blocks)}))
+        await resp.write(
+            _event(
+                "message_delta",
+                delta={"stop_reason": stop, "stop_sequence": sequence},
+                usage={"output_tokens": output_tokens(blocks)},
+            )
+        )
         await resp.write(_event("message_stop"))
         await resp.write_eof()
         return resp
 
-    async def _fail(self, request: web.Request, resp: web.StreamResponse,
-                    behaviour: str) -> web.StreamResponse:
+    async def _fail(
+        self, request: web.Request, resp: web.StreamResponse, behaviour: str
+    ) -> web.StreamResponse:
         if behaviour == "disconnect":
             assert request.transport is not None
             request.transport.abort()

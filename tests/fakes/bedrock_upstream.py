@@ -45,13 +45,20 @@ SESSION_TOKEN = "fake-session-token-0001"
 API_KEY = "bedrock-api-key-fake-0001"
 REGION = "us-east-1"
 ERROR_TYPES = {
-    400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
-    408: "ModelTimeoutException", 424: "ModelErrorException", 429: "ThrottlingException",
-    500: "InternalServerException", 503: "ServiceUnavailableException",
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
 }
 _PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream)$")
-_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
-                   r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
+_AUTH = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+    r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$"
+)
 
 
 @dataclass(frozen=True)
@@ -84,28 +91,34 @@ def check_sigv4(method: str, raw_path: str, headers: dict[str, str], body: bytes
     if headers.get("x-amz-security-token", SESSION_TOKEN) != SESSION_TOKEN:
         return "wrong session token"
     names = signed.split(";")
-    canonical = "\n".join([
-        method,
-        quote(raw_path, safe="/~"),  # non-S3 services: each segment encoded twice in total
-        "",
-        "".join(f"{n}:{' '.join(headers.get(n, '').split())}\n" for n in names),
-        signed,
-        hashlib.sha256(body).hexdigest(),
-    ])
+    canonical = "\n".join(
+        [
+            method,
+            quote(raw_path, safe="/~"),  # non-S3 services: each segment encoded twice in total
+            "",
+            "".join(f"{n}:{' '.join(headers.get(n, '').split())}\n" for n in names),
+            signed,
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
     amz_date = headers.get("x-amz-date", "")
     scope = f"{date}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                         hashlib.sha256(canonical.encode()).hexdigest()])
-    key = _hmac(_hmac(_hmac(_hmac(f"AWS4{SECRET_KEY}".encode(), date), region), service),
-                "aws4_request")
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = _hmac(
+        _hmac(_hmac(_hmac(f"AWS4{SECRET_KEY}".encode(), date), region), service), "aws4_request"
+    )
     expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     return None if hmac.compare_digest(expected, signature) else "signature mismatch"
 
 
 def frame(headers: dict[str, str], payload: bytes) -> bytes:
     """One event-stream message with string headers (spec: prelude, headers, payload, CRCs)."""
-    raw = b"".join(bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode()))
-                   + v.encode() for k, v in headers.items())
+    raw = b"".join(
+        bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode())) + v.encode()
+        for k, v in headers.items()
+    )
     prelude = struct.pack(">II", 16 + len(raw) + len(payload), len(raw))
     prelude += struct.pack(">I", zlib.crc32(prelude))
     message = prelude + raw + payload
@@ -144,12 +157,59 @@ def chosen_tool(body: dict[str, Any]) -> str:
 
 def _error(status: int, message: str, kind: str | None = None) -> web.Response:
     kind = kind or ERROR_TYPES.get(status, "InternalServerException")
-    return web.json_response({"message": message}, status=status,
-                             headers={"x-amzn-errortype": f"{kind}:http://internal.amazon.com/"})
+    return web.json_response(
+        {"message": message},
+        status=status,
+        headers={"x-amzn-errortype": f"{kind}:http://internal.amazon.com/"},
+    )
+
+
+def _cache_items(body: dict[str, Any]) -> list[tuple[Any, int, bool]]:
+    """The prompt in order (tools, system, message blocks): (item, words, cache point)."""
+    items: list[tuple[Any, int, bool]] = []
+    blocks = list((body.get("toolConfig") or {}).get("tools") or ())
+    blocks += list(body.get("system") or ())
+    for m in body.get("messages") or ():
+        blocks += [[m["role"], b] for b in m.get("content") or ()]
+    for item in blocks:
+        block = item[1] if isinstance(item, list) else item
+        items.append((item, len(_texts([block]).split()), "cachePoint" in block))
+    return items
 
 
 class FakeBedrockUpstream(FakeOpenAIUpstream):
-    """Start with `start()` (or as a context manager); `url` is the endpoint root."""
+    """Start with `start()` (or as a context manager); `url` is the endpoint root.
+
+    Prompt caching is simulated: the words before the last `cachePoint` (in the tools,
+    `system` or the messages) are the cached prefix; the first request with a prefix
+    reports them as `cacheWriteInputTokens`, later ones as `cacheReadInputTokens`, and
+    `inputTokens` counts the words after it."""
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(port)
+        self.cached_prefixes: set[str] = set()
+
+    def usage(self, body: dict[str, Any], output: int) -> dict[str, int]:
+        items = _cache_items(body)
+        last = max((i for i, (_, _, mark) in enumerate(items) if mark), default=-1)
+        cached = sum(words for _, words, _ in items[: last + 1])
+        read = written = 0
+        if last >= 0:
+            key = json.dumps([item for item, _, _ in items[: last + 1]], sort_keys=True)
+            with self._lock:
+                if key in self.cached_prefixes:
+                    read = cached
+                else:
+                    written = cached
+                    self.cached_prefixes.add(key)
+        prompt = count_words(body)
+        return {
+            "inputTokens": prompt - cached,
+            "outputTokens": output,
+            "totalTokens": prompt + output,
+            "cacheReadInputTokens": read,
+            "cacheWriteInputTokens": written,
+        }
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -165,8 +225,11 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
         else:
             problem = check_sigv4(request.method, request.raw_path, headers, raw)
             if problem:
-                return _error(403, f"The request signature is invalid: {problem}.",
-                              "InvalidSignatureException")
+                return _error(
+                    403,
+                    f"The request signature is invalid: {problem}.",
+                    "InvalidSignatureException",
+                )
             auth = "sigv4"
         model_id, operation = unquote(match.group(1)), match.group(2)
         try:
@@ -174,8 +237,11 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
         except ValueError:
             return _error(400, "The body is not JSON.")
         with self._lock:
-            self.requests.append(BedrockRecorded(  # type: ignore[arg-type]
-                request.raw_path, model_id, operation, headers, body, auth))
+            self.requests.append(
+                BedrockRecorded(  # type: ignore[arg-type]
+                    request.raw_path, model_id, operation, headers, body, auth
+                )
+            )
         behaviour, _, arg = model_id.partition(":")
         if behaviour == "slow":
             await asyncio.sleep(float(arg))
@@ -189,21 +255,29 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
 
     def _converse(self, body: dict[str, Any], behaviour: str) -> dict[str, Any]:
         if behaviour == "tools":
-            content = [{"toolUse": {"toolUseId": "tooluse_fake0001", "name": chosen_tool(body),
-                                    "input": {"query": last_user_text(body)}}}]
+            content = [
+                {
+                    "toolUse": {
+                        "toolUseId": "tooluse_fake0001",
+                        "name": chosen_tool(body),
+                        "input": {"query": last_user_text(body)},
+                    }
+                }
+            ]
             stop, output = "tool_use", 5
         else:
             text = f"echo: {last_user_text(body)}"
             content, stop, output = [{"text": text}], "end_turn", len(text.split())
-        prompt = count_words(body)
-        return {"output": {"message": {"role": "assistant", "content": content}},
-                "stopReason": stop,
-                "usage": {"inputTokens": prompt, "outputTokens": output,
-                          "totalTokens": prompt + output},
-                "metrics": {"latencyMs": 12}}
+        return {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": stop,
+            "usage": self.usage(body, output),
+            "metrics": {"latencyMs": 12},
+        }
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], behaviour: str,
-                      arg: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], behaviour: str, arg: str
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
         await resp.prepare(request)
 
@@ -215,29 +289,54 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
         await send(event("messageStart", {"role": "assistant"}))
         if behaviour == "tools":
             args = json.dumps({"query": last_user_text(body)})
-            await send(event("contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": {
-                "toolUseId": "tooluse_fake0002", "name": chosen_tool(body)}}}))
+            await send(
+                event(
+                    "contentBlockStart",
+                    {
+                        "contentBlockIndex": 0,
+                        "start": {
+                            "toolUse": {"toolUseId": "tooluse_fake0002", "name": chosen_tool(body)}
+                        },
+                    },
+                )
+            )
             for i in range(0, len(args), 7):
-                await send(event("contentBlockDelta", {
-                    "contentBlockIndex": 0, "delta": {"toolUse": {"input": args[i:i + 7]}}}))
+                await send(
+                    event(
+                        "contentBlockDelta",
+                        {"contentBlockIndex": 0, "delta": {"toolUse": {"input": args[i : i + 7]}}},
+                    )
+                )
             stop, output = "tool_use", 5
         else:
             words = f"echo: {last_user_text(body)}".split(" ")
             for n, word in enumerate(words):
                 piece = word + (" " if n < len(words) - 1 else "")
-                await send(event("contentBlockDelta", {"contentBlockIndex": 0,
-                                                       "delta": {"text": piece}}))
+                await send(
+                    event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+                )
                 if behaviour in ("stream-error", "reflect-stream"):
-                    kind, message = (arg, f"fake {arg}") if behaviour == "stream-error" else (
-                        "modelStreamErrorException", reflected(request))
-                    await send(frame({":exception-type": kind, ":content-type": "application/json",
-                                      ":message-type": "exception"},
-                                     json.dumps({"message": message}).encode()))
+                    kind, message = (
+                        (arg, f"fake {arg}")
+                        if behaviour == "stream-error"
+                        else ("modelStreamErrorException", reflected(request))
+                    )
+                    await send(
+                        frame(
+                            {
+                                ":exception-type": kind,
+                                ":content-type": "application/json",
+                                ":message-type": "exception",
+                            },
+                            json.dumps({"message": message}).encode(),
+                        )
+                    )
                     await resp.write_eof()
                     return resp
                 if behaviour == "corrupt":
-                    broken = bytearray(event("contentBlockDelta", {"contentBlockIndex": 0,
-                                                                    "delta": {"text": "x"}}))
+                    broken = bytearray(
+                        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x"}})
+                    )
                     broken[-5] ^= 0xFF
                     await send(bytes(broken))
                     await resp.write_eof()
@@ -248,9 +347,14 @@ class FakeBedrockUpstream(FakeOpenAIUpstream):
             stop, output = "end_turn", len(words)
         await send(event("contentBlockStop", {"contentBlockIndex": 0}))
         await send(event("messageStop", {"stopReason": stop}))
-        prompt = count_words(body)
-        await send(event("metadata", {
-            "usage": {"inputTokens": prompt, "outputTokens": output, "totalTokens": prompt + output},
-            "metrics": {"latencyMs": 12}}))
+        await send(
+            event(
+                "metadata",
+                {
+                    "usage": self.usage(body, output),
+                    "metrics": {"latencyMs": 12},
+                },
+            )
+        )
         await resp.write_eof()
         return resp

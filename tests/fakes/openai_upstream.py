@@ -186,7 +186,9 @@ class FakeOpenAIUpstream:
     def one(self, marker: str) -> Recorded:
         """The single request mentioning `marker`."""
         found = self.received(marker)
-        assert len(found) == 1, f"expected one upstream request mentioning {marker!r}, got {len(found)}"
+        assert len(found) == 1, (
+            f"expected one upstream request mentioning {marker!r}, got {len(found)}"
+        )
         return found[0]
 
     def release(self) -> None:
@@ -242,7 +244,9 @@ class FakeOpenAIUpstream:
         if not request.path.endswith("/chat/completions"):
             return _error(404, f"Unknown path {request.path}.")
         if behaviour == "malformed" and not body.get("stream"):
-            return web.Response(status=200, text="{this is not json", content_type="application/json")
+            return web.Response(
+                status=200, text="{this is not json", content_type="application/json"
+            )
         if body.get("stream"):
             return await self._stream(request, body, behaviour, arg)
         resp = web.json_response(self._completion(body, behaviour))
@@ -253,10 +257,18 @@ class FakeOpenAIUpstream:
     def _completion(self, body: dict[str, Any], behaviour: str) -> dict[str, Any]:
         message: dict[str, Any]
         if behaviour == "tools":
-            message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [{
-                "id": "call_fake0001", "type": "function",
-                "function": {"name": chosen_tool(body), "arguments": tool_arguments(body)},
-            }]}
+            message = {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "tool_calls": [
+                    {
+                        "id": "call_fake0001",
+                        "type": "function",
+                        "function": {"name": chosen_tool(body), "arguments": tool_arguments(body)},
+                    }
+                ],
+            }
             finish, completion = "tool_calls", 5
         else:
             content = echo_reply(body)
@@ -269,21 +281,35 @@ class FakeOpenAIUpstream:
             "created": CREATED,
             "model": body["model"],
             "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion},
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
         }
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], behaviour: str, arg: str
     ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        head = {"id": "chatcmpl-fake0002", "object": "chat.completion.chunk", "created": CREATED,
-                "model": body["model"], "system_fingerprint": "fp_fake"}
+        head = {
+            "id": "chatcmpl-fake0002",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": body["model"],
+            "system_fingerprint": "fp_fake",
+        }
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            chunk: dict[str, Any] = {**head, "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            chunk: dict[str, Any] = {
+                **head,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
             if include_usage:
                 chunk["usage"] = None
             return b"data: " + json.dumps(chunk).encode() + b"\n\n"
@@ -296,14 +322,29 @@ class FakeOpenAIUpstream:
             return resp
         if behaviour == "tools":
             args = tool_arguments(body)
-            await resp.write(event({"role": "assistant", "content": None, "refusal": None,
-                                    "tool_calls": [{"index": 0, "id": "call_fake0002",
-                                                    "type": "function", "function": {
-                                                        "name": chosen_tool(body),
-                                                        "arguments": ""}}]}))
+            await resp.write(
+                event(
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_fake0002",
+                                "type": "function",
+                                "function": {"name": chosen_tool(body), "arguments": ""},
+                            }
+                        ],
+                    }
+                )
+            )
             for i in range(0, len(args), 7):
-                await resp.write(event({"tool_calls": [
-                    {"index": 0, "function": {"arguments": args[i:i + 7]}}]}))
+                await resp.write(
+                    event(
+                        {"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 7]}}]}
+                    )
+                )
             finish, completion = "tool_calls", 5
         else:
             content = echo_reply(body)
@@ -331,17 +372,35 @@ class FakeOpenAIUpstream:
         await resp.write(event({}, finish))
         if include_usage:
             prompt = count_words(body)
-            await resp.write(b"data: " + json.dumps({**head, "choices": [], "usage": {
-                "prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}}).encode() + b"\n\n")
+            await resp.write(
+                b"data: "
+                + json.dumps(
+                    {
+                        **head,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt,
+                            "completion_tokens": completion,
+                            "total_tokens": prompt + completion,
+                        },
+                    }
+                ).encode()
+                + b"\n\n"
+            )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
-    async def _text_completion(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    async def _text_completion(
+        self, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
         prompt = body.get("prompt")
-        prompts = [prompt] if isinstance(prompt, str) or (
-            isinstance(prompt, list) and prompt and isinstance(prompt[0], int)) else list(prompt or [])
+        prompts = (
+            [prompt]
+            if isinstance(prompt, str)
+            or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int))
+            else list(prompt or [])
+        )
         texts = [" ".join(reversed(str(p).split())) for p in prompts]
 
         def logprobs(text: str) -> dict[str, Any] | None:
@@ -349,29 +408,53 @@ class FakeOpenAIUpstream:
                 return None
             words = _pieces(text)
             offsets = [sum(len(w) for w in words[:i]) for i in range(len(words))]
-            return {"tokens": words, "token_logprobs": [-0.5] * len(words),
-                    "top_logprobs": [{w: -0.5} for w in words], "text_offset": offsets}
+            return {
+                "tokens": words,
+                "token_logprobs": [-0.5] * len(words),
+                "top_logprobs": [{w: -0.5} for w in words],
+                "text_offset": offsets,
+            }
 
-        usage = {"prompt_tokens": sum(len(str(p).split()) for p in prompts),
-                 "completion_tokens": sum(len(t.split()) for t in texts)}
+        usage = {
+            "prompt_tokens": sum(len(str(p).split()) for p in prompts),
+            "completion_tokens": sum(len(t.split()) for t in texts),
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        head = {"id": "cmpl-fake0001", "object": "text_completion", "created": CREATED,
-                "model": body["model"]}
+        head = {
+            "id": "cmpl-fake0001",
+            "object": "text_completion",
+            "created": CREATED,
+            "model": body["model"],
+        }
         if not body.get("stream"):
-            return web.json_response({**head, "usage": usage, "choices": [
-                {"index": i, "text": t, "logprobs": logprobs(t), "finish_reason": "stop"}
-                for i, t in enumerate(texts)]})
+            return web.json_response(
+                {
+                    **head,
+                    "usage": usage,
+                    "choices": [
+                        {"index": i, "text": t, "logprobs": logprobs(t), "finish_reason": "stop"}
+                        for i, t in enumerate(texts)
+                    ],
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for piece in _pieces(texts[0]):
-            chunk = {**head, "choices": [{"index": 0, "text": piece, "logprobs": logprobs(piece),
-                                          "finish_reason": None}]}
+            chunk = {
+                **head,
+                "choices": [
+                    {"index": 0, "text": piece, "logprobs": logprobs(piece), "finish_reason": None}
+                ],
+            }
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        end = {**head, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                    "finish_reason": "stop"}]}
+        end = {
+            **head,
+            "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}],
+        }
         await resp.write(b"data: " + json.dumps(end).encode() + b"\n\n")
-        await resp.write(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode()
-                         + b"\n\n")
+        await resp.write(
+            b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n"
+        )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -381,13 +464,21 @@ class FakeOpenAIUpstream:
             return _error(400, f"{body.get('model')} is not an embedding model.")
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
-        data = [{"object": "embedding", "index": i, "embedding": embedding_of(t)}
-                for i, t in enumerate(texts)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": embedding_of(t)}
+            for i, t in enumerate(texts)
+        ]
         if behaviour == "embed-reversed":
             data.reverse()
         tokens = sum(len(str(t).split()) for t in texts)
-        return web.json_response({"object": "list", "data": data, "model": body["model"],
-                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
 
 def reflected(request: web.Request) -> str:
@@ -396,10 +487,15 @@ def reflected(request: web.Request) -> str:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    kind = (
+        "rate_limit_error"
+        if status == 429
+        else "server_error"
+        if status >= 500
+        else "invalid_request_error"
+    )
     return web.json_response(
         {"error": {"message": message, "type": kind, "param": None, "code": None}},
         status=status,
         headers=headers,
     )
-

@@ -296,8 +296,13 @@ def test_an_upload_the_ledger_cannot_record_is_not_kept(url: str, tmp_path: Path
     async def body(fs: FileStore) -> None:
         fs.audit = Down()
         with pytest.raises(Unavailable):
-            await fs.create(tenant_id="t1", key_id=None, purpose="batch", filename="a",
-                            chunks=chunks(b"unaudited"))
+            await fs.create(
+                tenant_id="t1",
+                key_id=None,
+                purpose="batch",
+                filename="a",
+                chunks=chunks(b"unaudited"),
+            )
         assert (await fs.list("t1")).data == []
         async with fs.store.engine.connect() as conn:
             assert (await conn.execute(select(files.c.id))).all() == []

@@ -42,8 +42,9 @@ def test_defaults_and_backends(tmp_path: Path) -> None:
     assert config.files_url is None
     assert config.files.max_file_bytes == 512 * 1024 * 1024
     assert isinstance(blob_store(config.files_url, tmp_path), LocalBlobs)
-    config = load(tmp_path, {"files_url": "s3://my-bucket/cumulo/files",
-                             "files": {"max_file_bytes": 1024}})
+    config = load(
+        tmp_path, {"files_url": "s3://my-bucket/cumulo/files", "files": {"max_file_bytes": 1024}}
+    )
     s3 = blob_store(config.files_url, tmp_path)
     assert isinstance(s3, S3Blobs) and (s3.bucket, s3.prefix) == ("my-bucket", "cumulo/files")
     assert config.files.max_file_bytes == 1024

@@ -36,14 +36,20 @@ def test_two_workers_share_a_batch_and_one_dies(
         cfg = write_config(tmp_path / "worker.yaml", config)
         for i in range(2):  # the server's home: they read the files it stored
             with (tmp_path / f"worker{i}.log").open("wb") as log:
-                workers.append(subprocess.Popen(
-                    [str(CUMULO_BIN), "worker", "--config", str(cfg), "--log-level", "warning"],
-                    env=server.env, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL))
+                workers.append(
+                    subprocess.Popen(
+                        [str(CUMULO_BIN), "worker", "--config", str(cfg), "--log-level", "warning"],
+                        env=server.env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
         _, token = new_key(server, "workers")
         lines = [chat_line(f"{marker}-{i}", "chat-slow", f"{marker}-{i} hi") for i in range(200)]
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30) as c:
+        with httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as c:
             b = submit(c, jsonl(lines))
             wait_batch(c, b["id"], done_at_least=50)
             joined = _events(postgres_url, b["id"], "joins")

@@ -34,7 +34,9 @@ MULTIPLIER = 0.5
 
 
 @pytest.fixture(scope="module")
-def server(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
+def server(
+    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]
+) -> CumuloServer:
     return cumulo_factory(batch_config(upstream, batch_price_multiplier=MULTIPLIER))
 
 
@@ -50,8 +52,9 @@ def new_tenant_key(server: CumuloServer, tenant: str) -> str:
 @pytest.fixture
 def http(server: CumuloServer) -> Iterator[httpx.Client]:
     _, token = new_key(server, "batch-test")
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=30) as c:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as c:
         yield c
 
 
@@ -63,9 +66,16 @@ def test_openai_sdk_batch_of_1000_lines_with_bad_ones(
     for i in range(1000):
         cid = f"{marker}-{i}"
         if i % 50 == 7:  # a body the chat endpoint refuses: the line fails with a 400
-            lines.append(json.dumps({"custom_id": cid, "method": "POST",
-                                     "url": "/v1/chat/completions",
-                                     "body": {"model": "chat-echo", "messages": "not a list"}}))
+            lines.append(
+                json.dumps(
+                    {
+                        "custom_id": cid,
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": "chat-echo", "messages": "not a list"},
+                    }
+                )
+            )
             bad_body.add(cid)
         elif i % 50 == 19:  # the upstream refuses it
             lines.append(chat_line(cid, "chat-upstream-400", f"{cid} rejected"))
@@ -73,12 +83,18 @@ def test_openai_sdk_batch_of_1000_lines_with_bad_ones(
         else:
             lines.append(chat_line(cid, "chat-echo", f"{cid} hello", max_tokens=20))
             good.add(cid)
-    with openai.OpenAI(base_url=server.url + "/v1", api_key=token, max_retries=0,
-                       timeout=60) as client:
-        uploaded = client.files.create(file=("requests.jsonl", io.BytesIO(jsonl(lines))),
-                                       purpose="batch")
-        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h", metadata={"run": marker})
+    with openai.OpenAI(
+        base_url=server.url + "/v1", api_key=token, max_retries=0, timeout=60
+    ) as client:
+        uploaded = client.files.create(
+            file=("requests.jsonl", io.BytesIO(jsonl(lines))), purpose="batch"
+        )
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"run": marker},
+        )
         assert batch.status == "validating" and batch.metadata == {"run": marker}
         assert client.batches.retrieve(batch.id).id == batch.id
         deadline = time.monotonic() + 120
@@ -88,8 +104,11 @@ def test_openai_sdk_batch_of_1000_lines_with_bad_ones(
             batch = client.batches.retrieve(batch.id)
         assert batch.status == "completed", batch
         assert batch.request_counts is not None
-        assert (batch.request_counts.total, batch.request_counts.completed,
-                batch.request_counts.failed) == (1000, len(good), len(bad_body) + len(rejected))
+        assert (
+            batch.request_counts.total,
+            batch.request_counts.completed,
+            batch.request_counts.failed,
+        ) == (1000, len(good), len(bad_body) + len(rejected))
         assert batch.output_file_id and batch.error_file_id
         out = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
         err = [json.loads(x) for x in client.files.content(batch.error_file_id).text.splitlines()]
@@ -102,7 +121,9 @@ def test_openai_sdk_batch_of_1000_lines_with_bad_ones(
     for line in out:
         resp = line["response"]
         assert resp["status_code"] == 200 and line["error"] is None
-        assert resp["body"]["choices"][0]["message"]["content"] == f"echo: {line['custom_id']} hello"
+        assert (
+            resp["body"]["choices"][0]["message"]["content"] == f"echo: {line['custom_id']} hello"
+        )
         assert line["id"].startswith("batch_req_") and resp["request_id"].startswith("req_")
     for line in err:
         resp = line["response"]
@@ -114,20 +135,32 @@ def test_openai_sdk_batch_of_1000_lines_with_bad_ones(
     # Each line the gateway served went upstream once, as the batch's owner, marked as batch.
     sent = upstream.received(marker)
     assert len(sent) == len(good) + len(rejected)
-    rows = server.sql("SELECT origin, job_id, count(*) FROM usage WHERE key_id = ? GROUP BY 1, 2",
-                      (key_id,))
+    rows = server.sql(
+        "SELECT origin, job_id, count(*) FROM usage WHERE key_id = ? GROUP BY 1, 2", (key_id,)
+    )
     assert rows == [("batch", batch.id, len(good) + len(rejected))]
-    ledger = server.sql("SELECT action, data FROM ledger WHERE target = ? ORDER BY seq", (batch.id,))
+    ledger = server.sql(
+        "SELECT action, data FROM ledger WHERE target = ? ORDER BY seq", (batch.id,)
+    )
     assert [a for a, _ in ledger] == ["batch.created", "batch.finished"]
     digest = server.sql("SELECT sha256 FROM files WHERE id = ?", (uploaded.id,))[0][0]
     assert all(json.loads(d)["input_sha256"] == digest for _, d in ledger)
 
 
-def test_embeddings_batch_and_batch_pricing(server: CumuloServer, http: httpx.Client,
-                                            marker: str) -> None:
-    lines = [json.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
-                         "body": {"model": "embed", "input": [f"{marker} {i}"]}})
-             for i in range(20)]
+def test_embeddings_batch_and_batch_pricing(
+    server: CumuloServer, http: httpx.Client, marker: str
+) -> None:
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"e{i}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "embed", "input": [f"{marker} {i}"]},
+            }
+        )
+        for i in range(20)
+    ]
     b = wait_batch(http, submit(http, jsonl(lines), "/v1/embeddings")["id"])
     assert b["status"] == "completed" and b["request_counts"]["completed"] == 20
     out = result_lines(http, b["output_file_id"])
@@ -137,9 +170,16 @@ def test_embeddings_batch_and_batch_pricing(server: CumuloServer, http: httpx.Cl
     key_id, token = new_key(server, "priced")
     h = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=server.url, headers=h, timeout=30) as c:
-        assert c.post("/v1/chat/completions", json={
-            "model": "chat-priced", "messages": [{"role": "user", "content": f"{marker} x"}],
-        }).status_code == 200
+        assert (
+            c.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "chat-priced",
+                    "messages": [{"role": "user", "content": f"{marker} x"}],
+                },
+            ).status_code
+            == 200
+        )
         b = wait_batch(c, submit(c, jsonl([chat_line("p1", "chat-priced", f"{marker} x")]))["id"])
         assert b["request_counts"]["completed"] == 1
     query = "SELECT coalesce(origin, 'interactive'), job_id, cost_usd FROM usage WHERE key_id = ?"
@@ -150,9 +190,11 @@ def test_embeddings_batch_and_batch_pricing(server: CumuloServer, http: httpx.Cl
 
 
 def test_file_that_fails_validation_names_line_and_field(http: httpx.Client) -> None:
-    lines = [chat_line("a", "chat-echo", "x"), chat_line("a", "chat-echo", "y"),
-             json.dumps({"custom_id": "c", "method": "GET", "url": "/v1/chat/completions",
-                         "body": {}})]
+    lines = [
+        chat_line("a", "chat-echo", "x"),
+        chat_line("a", "chat-echo", "y"),
+        json.dumps({"custom_id": "c", "method": "GET", "url": "/v1/chat/completions", "body": {}}),
+    ]
     b = wait_batch(http, submit(http, jsonl(lines))["id"])
     assert b["status"] == "failed"
     errors = b["errors"]["data"]
@@ -163,8 +205,10 @@ def test_file_that_fails_validation_names_line_and_field(http: httpx.Client) -> 
 def test_cancel_mid_batch_cancels_requests_in_flight(
     server: CumuloServer, http: httpx.Client, marker: str
 ) -> None:
-    lines = [chat_line(f"{marker}-{i}", "chat-slow" if i < 8 else "chat-slower", f"{marker} {i}")
-             for i in range(40)]
+    lines = [
+        chat_line(f"{marker}-{i}", "chat-slow" if i < 8 else "chat-slower", f"{marker} {i}")
+        for i in range(40)
+    ]
     b = submit(http, jsonl(lines), concurrency=4)
     b = wait_batch(http, b["id"], done_at_least=8)  # the fast ones are done; 4 slow in flight
     resp = http.post(f"/v1/batches/{b['id']}/cancel")
@@ -175,8 +219,9 @@ def test_cancel_mid_batch_cancels_requests_in_flight(
     assert counts["total"] == 40 and counts["completed"] == 8 and counts["failed"] == 0
     assert len(result_lines(http, b["output_file_id"])) == 8
     # The requests in flight were cancelled: recorded as the client (the batch) going away.
-    statuses = server.sql("SELECT status, count(*) FROM usage WHERE job_id = ? GROUP BY 1",
-                          (b["id"],))
+    statuses = server.sql(
+        "SELECT status, count(*) FROM usage WHERE job_id = ? GROUP BY 1", (b["id"],)
+    )
     assert dict(statuses)[200] == 8
     assert dict(statuses).get(499, 0) >= 1
     assert http.post(f"/v1/batches/{b['id']}/cancel").json()["status"] == "cancelled"
@@ -186,8 +231,9 @@ def test_budget_running_out_fails_the_remaining_lines(server: CumuloServer, mark
     # Each line costs $0.25 at the batch price: a $2 budget lasts about 8 lines.
     key_id, token = new_key(server, "budgeted", budget={"usd": 2.0, "period": "day"})
     lines = [chat_line(f"{marker}-{i}", "chat-priced", f"{marker} {i}") for i in range(60)]
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=30) as c:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as c:
         b = wait_batch(c, submit(c, jsonl(lines), concurrency=1)["id"])
         out = result_lines(c, b["output_file_id"])
         err = result_lines(c, b["error_file_id"])
@@ -208,8 +254,10 @@ def test_tenant_isolation_of_batches(server: CumuloServer, marker: str) -> None:
     with ha, hb:
         batch = submit(ha, jsonl([chat_line("x", "chat-echo", marker)]))
         batch = wait_batch(ha, batch["id"])
-        for method, path in [("GET", f"/v1/batches/{batch['id']}"),
-                             ("POST", f"/v1/batches/{batch['id']}/cancel")]:
+        for method, path in [
+            ("GET", f"/v1/batches/{batch['id']}"),
+            ("POST", f"/v1/batches/{batch['id']}/cancel"),
+        ]:
             resp = hb.request(method, path)
             assert resp.status_code == 404, resp.text
             assert resp.json()["error"]["type"] == "not_found_error"
@@ -217,25 +265,40 @@ def test_tenant_isolation_of_batches(server: CumuloServer, marker: str) -> None:
         assert batch["id"] in [x["id"] for x in ha.get("/v1/batches").json()["data"]]
         assert hb.get("/v1/batches", params={"after": batch["id"]}).status_code == 400
         # Nor can it run a batch on the other tenant's file, or read its results.
-        resp = hb.post("/v1/batches", json={"input_file_id": batch["input_file_id"],
-                                            "endpoint": "/v1/chat/completions",
-                                            "completion_window": "24h"})
+        resp = hb.post(
+            "/v1/batches",
+            json={
+                "input_file_id": batch["input_file_id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
         assert resp.status_code == 404
         assert hb.get(f"/v1/files/{batch['output_file_id']}/content").status_code == 404
 
 
 def test_bad_create_requests_name_the_field(http: httpx.Client) -> None:
     for body, param in [
-        ({"input_file_id": "file-x", "endpoint": "/v1/images", "completion_window": "24h"},
-         "endpoint"),
-        ({"input_file_id": "file-x", "endpoint": "/v1/embeddings", "completion_window": "1h"},
-         "completion_window"),
+        (
+            {"input_file_id": "file-x", "endpoint": "/v1/images", "completion_window": "24h"},
+            "endpoint",
+        ),
+        (
+            {"input_file_id": "file-x", "endpoint": "/v1/embeddings", "completion_window": "1h"},
+            "completion_window",
+        ),
         ({"endpoint": "/v1/embeddings", "completion_window": "24h"}, "input_file_id"),
     ]:
         resp = http.post("/v1/batches", json=body)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
-    resp = http.post("/v1/batches", json={"input_file_id": "file-nope",
-                                         "endpoint": "/v1/embeddings", "completion_window": "24h"})
+    resp = http.post(
+        "/v1/batches",
+        json={
+            "input_file_id": "file-nope",
+            "endpoint": "/v1/embeddings",
+            "completion_window": "24h",
+        },
+    )
     assert resp.status_code == 404
     assert http.get("/v1/batches", params={"limit": "0"}).status_code == 400
     assert http.get("/v1/batches/batch_nope").status_code == 404
@@ -250,8 +313,9 @@ def test_sigkill_mid_batch_then_restart_delivers_every_line_once(
     try:
         _, token = new_key(first, "killed")
         lines = [chat_line(f"{marker}-{i}", "chat-slow", f"{marker}-{i} hi") for i in range(120)]
-        with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30) as c:
+        with httpx.Client(
+            base_url=first.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as c:
             b = submit(c, jsonl(lines), concurrency=concurrency)
             wait_batch(c, b["id"], done_at_least=30)
         first.process.send_signal(signal.SIGKILL)
@@ -261,8 +325,9 @@ def test_sigkill_mid_batch_then_restart_delivers_every_line_once(
     sent_before = len(upstream.received(marker))
     second = start_cumulo(config, tmp_path, FAKE_UPSTREAM_KEY="sk-fake-upstream-" + "0" * 20)
     try:
-        with httpx.Client(base_url=second.url, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30) as c:
+        with httpx.Client(
+            base_url=second.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as c:
             b = wait_batch(c, b["id"])
             out = result_lines(c, b["output_file_id"])
         assert b["status"] == "completed" and b["request_counts"]["completed"] == 120
@@ -271,17 +336,24 @@ def test_sigkill_mid_batch_then_restart_delivers_every_line_once(
         # results not yet written) were sent again.
         again = len(upstream.received(marker)) - 120
         assert 0 <= again <= 2 * concurrency, (again, sent_before)
-        events = [m for (m,) in second.sql(
-            "SELECT message FROM job_events WHERE job_id = ? ORDER BY seq", (b["id"],))]
+        events = [
+            m
+            for (m,) in second.sql(
+                "SELECT message FROM job_events WHERE job_id = ? ORDER BY seq", (b["id"],)
+            )
+        ]
         assert any("runs again" in m for m in events), events
     finally:
         second.stop()
 
 
-def test_expired_batch_delivers_finished_lines(server: CumuloServer, http: httpx.Client,
-                                               marker: str) -> None:
-    lines = [chat_line(f"{marker}-{i}", "chat-echo" if i < 5 else "chat-slower", f"{marker} {i}")
-             for i in range(30)]
+def test_expired_batch_delivers_finished_lines(
+    server: CumuloServer, http: httpx.Client, marker: str
+) -> None:
+    lines = [
+        chat_line(f"{marker}-{i}", "chat-echo" if i < 5 else "chat-slower", f"{marker} {i}")
+        for i in range(30)
+    ]
     b = submit(http, jsonl(lines), concurrency=2)
     wait_batch(http, b["id"], done_at_least=5)
     # Its completion window ends now.
@@ -296,17 +368,35 @@ def test_expired_batch_delivers_finished_lines(server: CumuloServer, http: httpx
     assert {e["error"]["code"] for e in err} == {"batch_expired"}
 
 
-def test_cli_batch_create_wait_downloads_the_output(server: CumuloServer, tmp_path: Path,
-                                                    marker: str) -> None:
+def test_cli_batch_create_wait_downloads_the_output(
+    server: CumuloServer, tmp_path: Path, marker: str
+) -> None:
     _, token = new_key(server, "cli")
     requests = tmp_path / "requests.jsonl"
-    requests.write_bytes(jsonl([chat_line(f"{marker}-{i}", "chat-echo", f"{marker} {i}")
-                                for i in range(25)]))
+    requests.write_bytes(
+        jsonl([chat_line(f"{marker}-{i}", "chat-echo", f"{marker} {i}") for i in range(25)])
+    )
     out = tmp_path / "out.jsonl"
     run = subprocess.run(
-        [str(CUMULO_BIN), "--url", server.url, "--key", token, "batch", "create", str(requests),
-         "--endpoint", "/v1/chat/completions", "--wait", "--output", str(out)],
-        capture_output=True, text=True, timeout=120, env=clean_env(),
+        [
+            str(CUMULO_BIN),
+            "--url",
+            server.url,
+            "--key",
+            token,
+            "batch",
+            "create",
+            str(requests),
+            "--endpoint",
+            "/v1/chat/completions",
+            "--wait",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
     )
     assert run.returncode == 0, run.stderr
     assert "25/25 done, 0 failed" in run.stderr  # the progress line
@@ -316,7 +406,10 @@ def test_cli_batch_create_wait_downloads_the_output(server: CumuloServer, tmp_pa
     batch_id = run.stdout.split("id:")[1].split()[0]
     listed = subprocess.run(
         [str(CUMULO_BIN), "--url", server.url, "--key", token, "batch", "list"],
-        capture_output=True, text=True, timeout=60, env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
     )
     assert batch_id in listed.stdout and "completed" in listed.stdout
 
@@ -327,8 +420,9 @@ def test_lines_are_guarded_and_stop_when_the_key_is_revoked(
     key_id, token = new_key(server, "revoked")
     lines = [chat_line(f"{marker}-g", "chat-private", f"{marker} mail jane.doe@example.com")]
     lines += [chat_line(f"{marker}-{i}", "chat-slow", f"{marker} {i}") for i in range(40)]
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=30) as c:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as c:
         b = submit(c, jsonl(lines), concurrency=2)
         wait_batch(c, b["id"], done_at_least=5)
         with server.admin() as admin:
@@ -349,7 +443,10 @@ def test_lines_are_guarded_and_stop_when_the_key_is_revoked(
 def test_job_metrics(server: CumuloServer, http: httpx.Client, marker: str) -> None:
     wait_batch(http, submit(http, jsonl([chat_line("m", "chat-echo", marker)]))["id"])
     text = httpx.get(server.url + "/metrics").text
-    done = [line for line in text.splitlines()
-            if line.startswith('cumulo_jobs{kind="batch",status="completed"}')]
+    done = [
+        line
+        for line in text.splitlines()
+        if line.startswith('cumulo_jobs{kind="batch",status="completed"}')
+    ]
     assert done and float(done[0].split()[-1]) >= 1
     assert 'cumulo_job_items_total{kind="batch",status="completed"}' in text

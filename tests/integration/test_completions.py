@@ -32,24 +32,44 @@ def demo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(demo_path: Path, upstream: FakeOpenAIUpstream, cumulo_factory: Any) -> CumuloServer:
-    return cumulo_factory({
-        "usage": {"flush_interval_s": 0.1},
-        "guardrails": [
-            {"id": "strict", "denied_topics": [{"name": "investment advice",
-                                                "keywords": ["stock tip*"]}],
-             "blocked_input_message": "Sorry, I cannot help with that."},
-        ],
-        "models": [
-            {"name": "demo-tiny", "deployments": [
-                {"provider": "local", "path": str(demo_path), "dtype": "float32",
-                 "max_running": 4, "max_tokens_in_flight": 4096, "max_queue": 8}]},
-            {"name": "remote-chat", "deployments": [openai_deployment(upstream, "echo")]},
-            {"name": "remote-text", "guardrails": ["pii-anonymize"],
-             "deployments": [openai_deployment(upstream, "completions")]},
-            {"name": "remote-strict", "guardrails": ["strict"],
-             "deployments": [openai_deployment(upstream, "completions")]},
-        ],
-    })
+    return cumulo_factory(
+        {
+            "usage": {"flush_interval_s": 0.1},
+            "guardrails": [
+                {
+                    "id": "strict",
+                    "denied_topics": [{"name": "investment advice", "keywords": ["stock tip*"]}],
+                    "blocked_input_message": "Sorry, I cannot help with that.",
+                },
+            ],
+            "models": [
+                {
+                    "name": "demo-tiny",
+                    "deployments": [
+                        {
+                            "provider": "local",
+                            "path": str(demo_path),
+                            "dtype": "float32",
+                            "max_running": 4,
+                            "max_tokens_in_flight": 4096,
+                            "max_queue": 8,
+                        }
+                    ],
+                },
+                {"name": "remote-chat", "deployments": [openai_deployment(upstream, "echo")]},
+                {
+                    "name": "remote-text",
+                    "guardrails": ["pii-anonymize"],
+                    "deployments": [openai_deployment(upstream, "completions")],
+                },
+                {
+                    "name": "remote-strict",
+                    "guardrails": ["strict"],
+                    "deployments": [openai_deployment(upstream, "completions")],
+                },
+            ],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +79,9 @@ def key(server: CumuloServer) -> ApiKey:
 
 @pytest.fixture(scope="module")
 def http(server: CumuloServer, key: ApiKey) -> Any:
-    with httpx.Client(base_url=server.url, timeout=60,
-                      headers={"Authorization": f"Bearer {key.token}"}) as client:
+    with httpx.Client(
+        base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {key.token}"}
+    ) as client:
         yield client
 
 
@@ -99,15 +120,18 @@ def test_echo_logprobs_equal_transformers(http: httpx.Client, reference: tuple[A
         assert len(lp["tokens"]) == n + 2 and lp["token_logprobs"][0] is None
         assert lp["top_logprobs"][0] is None
         # transformers' own greedy continuation, then one forward over all of it
-        greedy = model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False,
-                                pad_token_id=tok.pad_token_id)[0].tolist()
+        greedy = model.generate(
+            torch.tensor([ids]), max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id
+        )[0].tolist()
         assert lp["tokens"] == [tok.decode([t]) for t in greedy]
         full = direct_logprobs(model, greedy)
         for i in range(1, len(greedy)):
             assert abs(lp["token_logprobs"][i] - full[i - 1, greedy[i]].item()) < TOLERANCE
             best = torch.topk(full[i - 1], 3)
-            want = {tok.decode([t]): v
-                    for t, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)}
+            want = {
+                tok.decode([t]): v
+                for t, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+            }
             assert set(lp["top_logprobs"][i]) == set(want)
             for t, v in want.items():
                 assert abs(lp["top_logprobs"][i][t] - v) < TOLERANCE
@@ -134,8 +158,12 @@ def test_max_tokens_zero_scores_the_prompt_only(
     got = choice["logprobs"]["token_logprobs"][1:]
     assert len(got) == len(want)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < TOLERANCE
-    assert out["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 0,
-                            "total_tokens": len(ids)}
+    assert out["usage"] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": 0,
+        "total_tokens": len(ids),
+        "prompt_tokens_details": {"cached_tokens": 0},  # prompt logprobs: the whole prompt read
+    }
 
 
 def test_a_batch_larger_than_the_engine_queue_is_scored_whole(
@@ -145,8 +173,10 @@ def test_a_batch_larger_than_the_engine_queue_is_scored_whole(
     request feeds the engine as slots free up instead of overflowing its queue."""
     _, tok = reference
     words = ["clouds", "rain", "sea", "wind", "trees", "over", "the", "quiet"]
-    prompts = [tok(" ".join(words[i % 8:] + words[:i % 5]), add_special_tokens=False)["input_ids"]
-               for i in range(100)]
+    prompts = [
+        tok(" ".join(words[i % 8 :] + words[: i % 5]), add_special_tokens=False)["input_ids"]
+        for i in range(100)
+    ]
     out = completion(http, prompt=prompts, echo=True, logprobs=1, max_tokens=0)
     assert len(out["choices"]) == 100
     for ids, choice in zip(prompts, out["choices"], strict=True):
@@ -155,8 +185,7 @@ def test_a_batch_larger_than_the_engine_queue_is_scored_whole(
 
 
 def test_generation_without_echo_has_completion_logprobs(http: httpx.Client) -> None:
-    out = completion(http, prompt="Tell me about clouds", max_tokens=5, temperature=0,
-                     logprobs=2)
+    out = completion(http, prompt="Tell me about clouds", max_tokens=5, temperature=0, logprobs=2)
     lp = out["choices"][0]["logprobs"]
     assert lp["text_offset"][0] == 0 and len(lp["tokens"]) <= 5
     assert all(v is not None and v <= 0 for v in lp["token_logprobs"])
@@ -174,8 +203,15 @@ def test_seeded_sampling_repeats(http: httpx.Client) -> None:
 def test_stream_sends_text_completion_chunks(http: httpx.Client) -> None:
     whole = completion(http, prompt="the sea", max_tokens=6, temperature=0, logprobs=1)
     texts, tokens, finish, usage = [], [], None, None
-    body = {"model": "demo-tiny", "prompt": "the sea", "max_tokens": 6, "temperature": 0,
-            "logprobs": 1, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "demo-tiny",
+        "prompt": "the sea",
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": 1,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with http.stream("POST", "/v1/completions", json=body) as resp:
         assert resp.status_code == 200
         for line in resp.iter_lines():
@@ -198,34 +234,46 @@ def test_stream_sends_text_completion_chunks(http: httpx.Client) -> None:
 
 def test_openai_sdk_completions_create(server: CumuloServer, key: ApiKey) -> None:
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=key.token, max_retries=0)
-    out = client.completions.create(model="demo-tiny", prompt="Once upon a time",
-                                    max_tokens=4, temperature=0, logprobs=2, echo=True)
+    out = client.completions.create(
+        model="demo-tiny",
+        prompt="Once upon a time",
+        max_tokens=4,
+        temperature=0,
+        logprobs=2,
+        echo=True,
+    )
     choice = out.choices[0]
     assert choice.text.startswith("Once upon a time")
     assert choice.logprobs is not None and choice.logprobs.token_logprobs[0] is None
     assert out.usage is not None and out.usage.completion_tokens >= 1
-    chunks = list(client.completions.create(model="demo-tiny", prompt="Once", max_tokens=3,
-                                            temperature=0, stream=True))
+    chunks = list(
+        client.completions.create(
+            model="demo-tiny", prompt="Once", max_tokens=3, temperature=0, stream=True
+        )
+    )
     assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"prompt": 5}, "prompt"),
-    ({"prompt": [1, "a"]}, "prompt"),
-    ({"prompt": [[1, 2], [True]]}, "prompt"),
-    ({"prompt": [-1]}, "prompt"),
-    ({"prompt": []}, "prompt"),
-    ({"prompt": [[1, 2], []]}, "prompt.1"),
-    ({"prompt": "hi", "logprobs": 21}, "logprobs"),
-    ({"prompt": "hi", "logprobs": -1}, "logprobs"),
-    ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
-    ({"prompt": "hi", "echo": "yes"}, "echo"),
-    ({"prompt": "hi", "n": 2}, "n"),
-    ({"prompt": "hi", "temperature": 3}, "temperature"),
-    ({"prompt": [10**9]}, "prompt"),
-    ({"prompt": ["a", "b"], "stream": True}, "prompt"),
-    ({"prompt": "hi", "stop": [str(i) for i in range(17)]}, "stop"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": [1, "a"]}, "prompt"),
+        ({"prompt": [[1, 2], [True]]}, "prompt"),
+        ({"prompt": [-1]}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt.1"),
+        ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+        ({"prompt": "hi", "logprobs": -1}, "logprobs"),
+        ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+        ({"prompt": "hi", "echo": "yes"}, "echo"),
+        ({"prompt": "hi", "n": 2}, "n"),
+        ({"prompt": "hi", "temperature": 3}, "temperature"),
+        ({"prompt": [10**9]}, "prompt"),
+        ({"prompt": ["a", "b"], "stream": True}, "prompt"),
+        ({"prompt": "hi", "stop": [str(i) for i in range(17)]}, "stop"),
+    ],
+)
 def test_bad_requests_are_400s_naming_the_field(
     http: httpx.Client, body: dict[str, Any], param: str
 ) -> None:
@@ -247,8 +295,15 @@ def test_remote_model_without_completions_is_a_400_naming_it(http: httpx.Client)
 def test_tokenizer_endpoints(http: httpx.Client, reference: tuple[Any, Any]) -> None:
     _, tok = reference
     text = "Clouds over the sea"
-    resp = http.post("/tokenize", json={"model": "demo-tiny", "prompt": text,
-                                        "add_special_tokens": False, "return_token_strs": True})
+    resp = http.post(
+        "/tokenize",
+        json={
+            "model": "demo-tiny",
+            "prompt": text,
+            "add_special_tokens": False,
+            "return_token_strs": True,
+        },
+    )
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert out["tokens"] == tok(text, add_special_tokens=False)["input_ids"]
@@ -261,10 +316,15 @@ def test_tokenizer_endpoints(http: httpx.Client, reference: tuple[Any, Any]) -> 
     assert info["eos_token"] == tok.eos_token and info["bos_token"] == tok.bos_token
     assert info["chat_template"]
     chat = http.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})
-    assert chat.json()["tokens"] == tok(
-        tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                add_generation_prompt=True), add_special_tokens=False
-    )["input_ids"]
+    assert (
+        chat.json()["tokens"]
+        == tok(
+            tok.apply_chat_template(
+                [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+    )
     bad = http.post("/detokenize", json={"model": "demo-tiny", "tokens": [10**6]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens.0"
     remote = http.post("/tokenize", json={"model": "remote-chat", "prompt": "x"})
@@ -274,9 +334,12 @@ def test_tokenizer_endpoints(http: httpx.Client, reference: tuple[Any, Any]) -> 
 
 def test_completions_are_metered(server: CumuloServer, http: httpx.Client, key: ApiKey) -> None:
     metered = server.create_key("metered")
-    resp = httpx.post(server.url + "/v1/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {metered.token}"},
-                      json={"model": "demo-tiny", "prompt": "metered", "max_tokens": 2})
+    resp = httpx.post(
+        server.url + "/v1/completions",
+        timeout=60,
+        headers={"Authorization": f"Bearer {metered.token}"},
+        json={"model": "demo-tiny", "prompt": "metered", "max_tokens": 2},
+    )
     assert resp.status_code == 200, resp.text
     [row] = server.usage_rows(metered.id)
     assert row["endpoint"] == "completions" and row["model"] == "demo-tiny"
@@ -285,38 +348,63 @@ def test_completions_are_metered(server: CumuloServer, http: httpx.Client, key: 
 
 
 def test_remote_completions_pass_through(http: httpx.Client, upstream: FakeOpenAIUpstream) -> None:
-    resp = http.post("/v1/completions", json={
-        "model": "remote-text", "prompt": ["alpha beta gamma", "one two"], "max_tokens": 0,
-        "logprobs": 1, "echo": True, "stop": ["x"], "seed": 3})
+    resp = http.post(
+        "/v1/completions",
+        json={
+            "model": "remote-text",
+            "prompt": ["alpha beta gamma", "one two"],
+            "max_tokens": 0,
+            "logprobs": 1,
+            "echo": True,
+            "stop": ["x"],
+            "seed": 3,
+        },
+    )
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert [c["text"] for c in out["choices"]] == ["gamma beta alpha", "two one"]
     assert out["choices"][0]["logprobs"] == {
-        "tokens": ["gamma ", "beta ", "alpha"], "token_logprobs": [-0.5] * 3,
+        "tokens": ["gamma ", "beta ", "alpha"],
+        "token_logprobs": [-0.5] * 3,
         "top_logprobs": [{"gamma ": -0.5}, {"beta ": -0.5}, {"alpha": -0.5}],
-        "text_offset": [0, 6, 11]}
+        "text_offset": [0, 6, 11],
+    }
     assert out["usage"]["prompt_tokens"] == 5 and out["model"] == "remote-text"
     sent = upstream.one("alpha beta gamma").body
     assert sent["model"] == "completions" and sent["prompt"] == ["alpha beta gamma", "one two"]
     assert (sent["max_tokens"], sent["logprobs"], sent["echo"], sent["stop"], sent["seed"]) == (
-        0, 1, True, ["x"], 3)
-    with http.stream("POST", "/v1/completions", json={
-            "model": "remote-text", "prompt": "red green blue", "stream": True,
-            "logprobs": 1}) as streamed:
-        chunks = [json.loads(line.removeprefix("data: ")) for line in streamed.iter_lines()
-                  if line.startswith("data: {")]
+        0,
+        1,
+        True,
+        ["x"],
+        3,
+    )
+    with http.stream(
+        "POST",
+        "/v1/completions",
+        json={"model": "remote-text", "prompt": "red green blue", "stream": True, "logprobs": 1},
+    ) as streamed:
+        chunks = [
+            json.loads(line.removeprefix("data: "))
+            for line in streamed.iter_lines()
+            if line.startswith("data: {")
+        ]
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "blue green red"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_guardrails_read_the_prompt(http: httpx.Client, upstream: FakeOpenAIUpstream) -> None:
-    resp = http.post("/v1/completions", json={
-        "model": "remote-text", "prompt": "marker-pii write to jane.doe@example.com"})
+    resp = http.post(
+        "/v1/completions",
+        json={"model": "remote-text", "prompt": "marker-pii write to jane.doe@example.com"},
+    )
     assert resp.status_code == 200, resp.text
     sent = upstream.one("marker-pii").body
     assert "jane.doe@example.com" not in json.dumps(sent) and "{EMAIL}" in sent["prompt"]
-    blocked = http.post("/v1/completions", json={
-        "model": "remote-strict", "prompt": "marker-blocked give me a stock tip"})
+    blocked = http.post(
+        "/v1/completions",
+        json={"model": "remote-strict", "prompt": "marker-blocked give me a stock tip"},
+    )
     assert blocked.status_code == 200, blocked.text
     choice = blocked.json()["choices"][0]
     assert choice["finish_reason"] == "content_filter"
@@ -335,8 +423,13 @@ def test_token_id_prompts_count_against_token_limits(server: CumuloServer) -> No
         made = admin.post("/admin/keys", json={"name": "tpm", "limits": {"tpm": 200}})
         assert made.status_code == 201, made.text
     auth = {"Authorization": f"Bearer {made.json()['key']}"}
-    body = {"model": "demo-tiny", "prompt": [5 + i % 50 for i in range(150)], "max_tokens": 0,
-            "echo": True, "logprobs": 1}
+    body = {
+        "model": "demo-tiny",
+        "prompt": [5 + i % 50 for i in range(150)],
+        "max_tokens": 0,
+        "echo": True,
+        "logprobs": 1,
+    }
     first = httpx.post(server.url + "/v1/completions", json=body, headers=auth, timeout=60)
     assert first.status_code == 200, first.text
     second = httpx.post(server.url + "/v1/completions", json=body, headers=auth, timeout=60)

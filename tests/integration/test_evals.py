@@ -59,23 +59,37 @@ def token(server: CumuloServer) -> str:
 
 @pytest.fixture
 def http(server: CumuloServer, token: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=60) as c:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as c:
         yield c
 
 
-EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-         "reference": "{{item.answer}}", "operation": "eq"}
-FUZZY = {"type": "text_similarity", "name": "fuzzy", "input": "{{sample.output_text}}",
-         "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match",
-         "pass_threshold": 1.0}
+EXACT = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "operation": "eq",
+}
+FUZZY = {
+    "type": "text_similarity",
+    "name": "fuzzy",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "evaluation_metric": "fuzzy_match",
+    "pass_threshold": 1.0,
+}
 
 
 def completions(model: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "completions", "model": model,
-            "input_messages": {"type": "template", "template": TEMPLATE},
-            "sampling_params": {"temperature": 0, "max_completion_tokens": 16},
-            "source": {"type": "file_content", "content": items}}
+    return {
+        "type": "completions",
+        "model": model,
+        "input_messages": {"type": "template", "template": TEMPLATE},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 16},
+        "source": {"type": "file_content", "content": items},
+    }
 
 
 def test_sdk_two_models_exact_counts_compare_and_report(
@@ -84,25 +98,37 @@ def test_sdk_two_models_exact_counts_compare_and_report(
     with client(server, token) as c:
         ev = c.evals.create(
             name="arithmetic",
-            data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA,
-                                "include_sample_schema": True},
+            data_source_config={
+                "type": "custom",
+                "item_schema": ITEM_SCHEMA,
+                "include_sample_schema": True,
+            },
             testing_criteria=[EXACT, FUZZY],  # type: ignore[list-item]
         )
         assert ev.id.startswith("eval_") and ev.data_source_config.type == "custom"
-        runs = {m: c.evals.runs.create(ev.id, name=m, data_source=completions(m, quiz_items(20)))
-                for m in ("quiz-80", "quiz-50")}  # type: ignore[arg-type]
+        runs = {
+            m: c.evals.runs.create(ev.id, name=m, data_source=completions(m, quiz_items(20)))
+            for m in ("quiz-80", "quiz-50")
+        }  # type: ignore[arg-type]
         done = {m: wait_run(http, ev.id, r.id) for m, r in runs.items()}
         for model, passed in (("quiz-80", 16), ("quiz-50", 10)):
             run = c.evals.runs.retrieve(runs[model].id, eval_id=ev.id)
             assert run.status == "completed", done[model]
             assert run.result_counts.model_dump() == {
-                "total": 20, "passed": passed, "failed": 20 - passed, "errored": 0}
-            per = {r.testing_criteria: (r.passed, r.failed)
-                   for r in run.per_testing_criteria_results or []}
+                "total": 20,
+                "passed": passed,
+                "failed": 20 - passed,
+                "errored": 0,
+            }
+            per = {
+                r.testing_criteria: (r.passed, r.failed)
+                for r in run.per_testing_criteria_results or []
+            }
             assert per == {"exact": (passed, 20 - passed), "fuzzy": (passed, 20 - passed)}
             usage = run.per_model_usage or []
             assert [(u.model_name, u.invocation_count, u.total_tokens) for u in usage] == [
-                (model, 20, 240)]
+                (model, 20, 240)
+            ]
             items = c.evals.runs.output_items.list(runs[model].id, eval_id=ev.id, limit=100)
             got = list(items)
             assert len(got) == 20
@@ -119,9 +145,11 @@ def test_sdk_two_models_exact_counts_compare_and_report(
                 assert extra["cost"] == pytest.approx(0.014)
                 assert [(r.name, r.passed, r.score) for r in it.results] == [
                     ("exact", right, 1.0 if right else 0.0),
-                    ("fuzzy", right, pytest.approx(1.0) if right else it.results[1].score)]
-            one = c.evals.runs.output_items.retrieve(got[3].id, eval_id=ev.id,
-                                                     run_id=runs[model].id)
+                    ("fuzzy", right, pytest.approx(1.0) if right else it.results[1].score),
+                ]
+            one = c.evals.runs.output_items.retrieve(
+                got[3].id, eval_id=ev.id, run_id=runs[model].id
+            )
             assert one.datasource_item == {"question": "What is 3 + 6? (#3)", "answer": "9"}
 
     a, b = runs["quiz-80"].id, runs["quiz-50"].id
@@ -129,8 +157,11 @@ def test_sdk_two_models_exact_counts_compare_and_report(
         ledger = server.sql("SELECT action FROM ledger WHERE target = ? ORDER BY seq", (run_id,))
         assert [x for (x,) in ledger] == ["eval.run.created", "eval.finished"]
         deadline = time.monotonic() + 30
-        while (rows := server.sql("SELECT origin, COUNT(*) FROM usage WHERE job_id = ? "
-                                  "GROUP BY origin", (run_id,))) != [("eval", 20)]:
+        while (
+            rows := server.sql(
+                "SELECT origin, COUNT(*) FROM usage WHERE job_id = ? GROUP BY origin", (run_id,)
+            )
+        ) != [("eval", 20)]:
             assert time.monotonic() < deadline, rows
             time.sleep(0.1)
     cmp = http.get(f"/v1/evals/{ev.id}/compare", params={"runs": f"{a},{b}"}).json()
@@ -147,7 +178,7 @@ def test_sdk_two_models_exact_counts_compare_and_report(
     # items 5, 6, 7, 15, 16, 17: quiz-80 right, quiz-50 wrong; never the reverse
     [pair] = cmp["pairs"]
     assert (pair["a_only_passed"], pair["b_only_passed"]) == (6, 0)
-    assert pair["p_value"] == pytest.approx(2 * 0.5 ** 6) and pair["significant"]
+    assert pair["p_value"] == pytest.approx(2 * 0.5**6) and pair["significant"]
     assert [d["datasource_item_id"] for d in cmp["disagreements"]] == [5, 6, 7, 15, 16, 17]
     # Same cost, better quality: quiz-50 is on the frontier only if it was faster.
     faster = m50["latency_ms"]["p50"] < m80["latency_ms"]["p50"]
@@ -163,17 +194,29 @@ def test_sdk_two_models_exact_counts_compare_and_report(
 def test_judges_label_score_and_garbage(
     server: CumuloServer, token: str, http: httpx.Client
 ) -> None:
-    judge_input = [{"role": "user",
-                    "content": "answer: {{sample.output_text}}, expected: {{item.answer}}"}]
+    judge_input = [
+        {"role": "user", "content": "answer: {{sample.output_text}}, expected: {{item.answer}}"}
+    ]
     with client(server, token) as c:
         ev = c.evals.create(
             data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
             testing_criteria=[  # type: ignore[list-item]
-                {"type": "label_model", "name": "label", "model": "judge-label",
-                 "input": judge_input, "labels": ["correct", "wrong"],
-                 "passing_labels": ["correct"]},
-                {"type": "score_model", "name": "score", "model": "judge-score",
-                 "input": judge_input, "range": [0, 1], "pass_threshold": 0.5},
+                {
+                    "type": "label_model",
+                    "name": "label",
+                    "model": "judge-label",
+                    "input": judge_input,
+                    "labels": ["correct", "wrong"],
+                    "passing_labels": ["correct"],
+                },
+                {
+                    "type": "score_model",
+                    "name": "score",
+                    "model": "judge-score",
+                    "input": judge_input,
+                    "range": [0, 1],
+                    "pass_threshold": 0.5,
+                },
             ],
         )
         run = c.evals.runs.create(ev.id, data_source=completions("quiz-80", quiz_items(10)))  # type: ignore[arg-type]
@@ -210,18 +253,24 @@ def test_judges_label_score_and_garbage(
             data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
             testing_criteria=[  # type: ignore[list-item]
                 EXACT,
-                {"type": "label_model", "name": "garbage", "model": "judge-garbage",
-                 "input": judge_input, "labels": ["correct", "wrong"],
-                 "passing_labels": ["correct"]},
+                {
+                    "type": "label_model",
+                    "name": "garbage",
+                    "model": "judge-garbage",
+                    "input": judge_input,
+                    "labels": ["correct", "wrong"],
+                    "passing_labels": ["correct"],
+                },
             ],
         )
         run = c.evals.runs.create(garbage.id, data_source=completions("quiz-80", quiz_items(10)))  # type: ignore[arg-type]
         done = wait_run(http, garbage.id, run.id)
         assert done["status"] == "completed"
         assert done["result_counts"] == {"total": 10, "passed": 0, "failed": 0, "errored": 10}
-        assert {r["testing_criteria"]: (r["passed"], r["failed"])
-                for r in done["per_testing_criteria_results"]} == {
-            "exact": (8, 2), "garbage": (0, 0)}
+        assert {
+            r["testing_criteria"]: (r["passed"], r["failed"])
+            for r in done["per_testing_criteria_results"]
+        } == {"exact": (8, 2), "garbage": (0, 0)}
         it = next(iter(c.evals.runs.output_items.list(run.id, eval_id=garbage.id)))
         assert it.status == "error"
         assert "names none of the labels" in (it.results[1].model_extra or {})["error"]
@@ -233,31 +282,63 @@ def test_judges_label_score_and_garbage(
 def test_jsonl_samples_graded_without_generation(
     server: CumuloServer, token: str, http: httpx.Client, quiz: QuizUpstream
 ) -> None:
-    rows = [{"item": {"question": f"jsonl-only q{i}", "answer": "Paris"},
-             "sample": {"output_text": "Paris" if i < 3 else "paris, France"}} for i in range(5)]
+    rows = [
+        {
+            "item": {"question": f"jsonl-only q{i}", "answer": "Paris"},
+            "sample": {"output_text": "Paris" if i < 3 else "paris, France"},
+        }
+        for i in range(5)
+    ]
     with client(server, token) as c:
         ev = c.evals.create(
-            data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA,
-                                "include_sample_schema": True},
+            data_source_config={
+                "type": "custom",
+                "item_schema": ITEM_SCHEMA,
+                "include_sample_schema": True,
+            },
             testing_criteria=[  # type: ignore[list-item]
                 {**EXACT, "name": "eq"},
-                {"type": "string_check", "name": "ilike", "input": "{{sample.output_text}}",
-                 "reference": "{{item.answer}}", "operation": "ilike"},
-                {"type": "text_similarity", "name": "rouge", "input": "{{sample.output_text}}",
-                 "reference": "{{item.answer}}", "evaluation_metric": "rouge_l",
-                 "pass_threshold": 0.6},
-                {"type": "text_similarity", "name": "cosine", "input": "{{sample.output_text}}",
-                 "reference": "{{item.answer}}", "evaluation_metric": "cosine",
-                 "pass_threshold": 0.9999, "model": "embed"},
+                {
+                    "type": "string_check",
+                    "name": "ilike",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.answer}}",
+                    "operation": "ilike",
+                },
+                {
+                    "type": "text_similarity",
+                    "name": "rouge",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.answer}}",
+                    "evaluation_metric": "rouge_l",
+                    "pass_threshold": 0.6,
+                },
+                {
+                    "type": "text_similarity",
+                    "name": "cosine",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.answer}}",
+                    "evaluation_metric": "cosine",
+                    "pass_threshold": 0.9999,
+                    "model": "embed",
+                },
             ],
         )
-        run = c.evals.runs.create(ev.id, data_source={  # type: ignore[arg-type]
-            "type": "jsonl", "source": {"type": "file_content", "content": rows}})
+        run = c.evals.runs.create(
+            ev.id,
+            data_source={  # type: ignore[arg-type]
+                "type": "jsonl",
+                "source": {"type": "file_content", "content": rows},
+            },
+        )
         done = wait_run(http, ev.id, run.id)
     assert done["result_counts"] == {"total": 5, "passed": 3, "failed": 2, "errored": 0}
     assert {r["testing_criteria"]: r["passed"] for r in done["per_testing_criteria_results"]} == {
-        "eq": 3, "ilike": 5, "rouge": 5,  # "paris, France": rouge-L F = 2/3 with "Paris"
-        "cosine": 3}  # the embedding model's vectors (through the gateway) of equal texts
+        "eq": 3,
+        "ilike": 5,
+        "rouge": 5,  # "paris, France": rouge-L F = 2/3 with "Paris"
+        "cosine": 3,
+    }  # the embedding model's vectors (through the gateway) of equal texts
     assert quiz.answered("jsonl-only") == 0
 
 
@@ -265,9 +346,13 @@ def test_bad_input_is_a_400_naming_the_field(
     server: CumuloServer, token: str, http: httpx.Client
 ) -> None:
     def create(criteria: list[Any], schema: Any = ITEM_SCHEMA) -> httpx.Response:
-        return http.post("/v1/evals", json={
-            "data_source_config": {"type": "custom", "item_schema": schema},
-            "testing_criteria": criteria})
+        return http.post(
+            "/v1/evals",
+            json={
+                "data_source_config": {"type": "custom", "item_schema": schema},
+                "testing_criteria": criteria,
+            },
+        )
 
     r = create([{"type": "python", "name": "p", "source": "def grade(s, i): return 1"}])
     assert r.status_code == 400 and "arbitrary code" in r.json()["error"]["message"]
@@ -291,8 +376,15 @@ def test_bad_input_is_a_400_naming_the_field(
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "data_source.source.content[2].item.answer"
     assert "item 2" in r.json()["error"]["message"]
-    r = http.post(f"/v1/evals/{ev['id']}/runs", json={"data_source": {
-        "type": "jsonl", "source": {"type": "file_content", "content": quiz_items(2)}}})
+    r = http.post(
+        f"/v1/evals/{ev['id']}/runs",
+        json={
+            "data_source": {
+                "type": "jsonl",
+                "source": {"type": "file_content", "content": quiz_items(2)},
+            }
+        },
+    )
     assert r.status_code == 400 and "sample" in r.json()["error"]["message"]
 
 
@@ -300,20 +392,30 @@ def test_cancel_and_tenant_isolation(server: CumuloServer, http: httpx.Client) -
     with server.admin() as admin:
         t = admin.post("/admin/tenants", json={"name": "evals-other"})
         k = admin.post("/admin/keys", json={"name": "other", "tenant_id": t.json()["id"]})
-    other = httpx.Client(base_url=server.url, timeout=30,
-                         headers={"Authorization": f"Bearer {k.json()['key']}"})
-    ev = http.post("/v1/evals", json={
-        "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
-        "testing_criteria": [EXACT]}).json()
-    run = http.post(f"/v1/evals/{ev['id']}/runs",
-                    json={"data_source": completions("quiz-slow", quiz_items(200))}).json()
+    other = httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {k.json()['key']}"}
+    )
+    ev = http.post(
+        "/v1/evals",
+        json={
+            "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
+            "testing_criteria": [EXACT],
+        },
+    ).json()
+    run = http.post(
+        f"/v1/evals/{ev['id']}/runs",
+        json={"data_source": completions("quiz-slow", quiz_items(200))},
+    ).json()
     wait_run(http, ev["id"], run["id"], done_at_least=3)
     with other:
-        for path in (f"/v1/evals/{ev['id']}", f"/v1/evals/{ev['id']}/runs",
-                     f"/v1/evals/{ev['id']}/runs/{run['id']}",
-                     f"/v1/evals/{ev['id']}/runs/{run['id']}/output_items",
-                     f"/v1/evals/{ev['id']}/report?runs={run['id']}",
-                     f"/v1/evals/{ev['id']}/compare?runs={run['id']}"):
+        for path in (
+            f"/v1/evals/{ev['id']}",
+            f"/v1/evals/{ev['id']}/runs",
+            f"/v1/evals/{ev['id']}/runs/{run['id']}",
+            f"/v1/evals/{ev['id']}/runs/{run['id']}/output_items",
+            f"/v1/evals/{ev['id']}/report?runs={run['id']}",
+            f"/v1/evals/{ev['id']}/compare?runs={run['id']}",
+        ):
             r = other.get(path)
             assert r.status_code == 404, (path, r.text)
         assert other.post(f"/v1/evals/{ev['id']}/runs/{run['id']}").status_code == 404
@@ -325,8 +427,9 @@ def test_cancel_and_tenant_isolation(server: CumuloServer, http: httpx.Client) -
     assert done["status"] == "canceled"
     counts = done["result_counts"]
     assert 3 <= counts["passed"] < 200 and counts["failed"] == counts["errored"] == 0
-    listed = http.get(f"/v1/evals/{ev['id']}/runs/{run['id']}/output_items",
-                      params={"limit": 100}).json()["data"]
+    listed = http.get(
+        f"/v1/evals/{ev['id']}/runs/{run['id']}/output_items", params={"limit": 100}
+    ).json()["data"]
     assert len(listed) == min(counts["passed"], 100)
 
 
@@ -337,13 +440,20 @@ def test_sigkill_mid_run_then_restart_grades_every_item_once(
     first = start_cumulo(config, tmp_path, FAKE_UPSTREAM_KEY=UPSTREAM_KEY)
     try:
         _, token = new_key(first, "killed")
-        with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30) as c:
-            ev = c.post("/v1/evals", json={
-                "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
-                "testing_criteria": [EXACT]}).json()
-            run = c.post(f"/v1/evals/{ev['id']}/runs", json={
-                "data_source": completions("quiz-slow", quiz_items(60, tag="killed "))}).json()
+        with httpx.Client(
+            base_url=first.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as c:
+            ev = c.post(
+                "/v1/evals",
+                json={
+                    "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
+                    "testing_criteria": [EXACT],
+                },
+            ).json()
+            run = c.post(
+                f"/v1/evals/{ev['id']}/runs",
+                json={"data_source": completions("quiz-slow", quiz_items(60, tag="killed "))},
+            ).json()
             wait_run(c, ev["id"], run["id"], done_at_least=10)
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
@@ -351,11 +461,13 @@ def test_sigkill_mid_run_then_restart_grades_every_item_once(
         first.stop()
     second = start_cumulo(config, tmp_path, FAKE_UPSTREAM_KEY=UPSTREAM_KEY)
     try:
-        with httpx.Client(base_url=second.url, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30) as c:
+        with httpx.Client(
+            base_url=second.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as c:
             done = wait_run(c, ev["id"], run["id"])
-            items = c.get(f"/v1/evals/{ev['id']}/runs/{run['id']}/output_items",
-                          params={"limit": 100}).json()["data"]
+            items = c.get(
+                f"/v1/evals/{ev['id']}/runs/{run['id']}/output_items", params={"limit": 100}
+            ).json()["data"]
     finally:
         second.stop()
     assert done["status"] == "completed"
@@ -369,9 +481,26 @@ def test_cli_eval_run_on_the_shipped_arithmetic_example(
 ) -> None:
     env = clean_env(CUMULO_URL=server.url, CUMULO_API_KEY=token)
     proc = subprocess.run(
-        [str(CUMULO_BIN), "eval", "run", "arithmetic", "--model", "quiz-80", "--model", "quiz-50",
-         "--grader", "exact", "--grader", "fuzzy_match:0.99"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            str(CUMULO_BIN),
+            "eval",
+            "run",
+            "arithmetic",
+            "--model",
+            "quiz-80",
+            "--model",
+            "quiz-50",
+            "--grader",
+            "exact",
+            "--grader",
+            "fuzzy_match:0.99",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (EXAMPLES / "arithmetic.jsonl").read_text().splitlines()]
     firsts = [int(r["input"].split()[2]) for r in rows]  # "What is A + B? ..."
@@ -388,41 +517,78 @@ def test_cli_eval_run_on_the_shipped_arithmetic_example(
     report = (tmp_path / "report.html").read_text()
     assert report.count("<svg") == 3 and "What is" in report
 
-    listed = subprocess.run([str(CUMULO_BIN), "eval", "list", "--json"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [str(CUMULO_BIN), "eval", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     ev = json.loads(listed.stdout)["data"][0]
     assert ev["name"] == "arithmetic"
-    shown = subprocess.run([str(CUMULO_BIN), "eval", "show", ev["id"]], env=env,
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [str(CUMULO_BIN), "eval", "show", ev["id"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0 and shown.stdout.count("completed") == 2
-    again = subprocess.run([str(CUMULO_BIN), "eval", "compare", ev["id"], "--json"], env=env,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [str(CUMULO_BIN), "eval", "compare", ev["id"], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert [m["overall"]["passed"] for m in json.loads(again.stdout)["models"]] == [
-        right[80], right[50]]
+        right[80],
+        right[50],
+    ]
 
 
 def test_eval_crud_and_a_bad_file_fails_the_run_naming_the_item(http: httpx.Client) -> None:
-    ev = http.post("/v1/evals", json={
-        "name": "before", "metadata": {"team": "a"},
-        "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
-        "testing_criteria": [EXACT]}).json()
+    ev = http.post(
+        "/v1/evals",
+        json={
+            "name": "before",
+            "metadata": {"team": "a"},
+            "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
+            "testing_criteria": [EXACT],
+        },
+    ).json()
     r = http.post(f"/v1/evals/{ev['id']}", json={"name": "after", "metadata": {"team": "b"}})
     assert (r.json()["name"], r.json()["metadata"]) == ("after", {"team": "b"})
-    assert ev["id"] in [e["id"] for e in http.get("/v1/evals", params={"limit": 100}).json()["data"]]
+    assert ev["id"] in [
+        e["id"] for e in http.get("/v1/evals", params={"limit": 100}).json()["data"]
+    ]
 
     rows = [json.dumps(r) for r in quiz_items(3)] + ['{"item": {"question": "q"}}']
-    up = http.post("/v1/files", files={"file": ("rows.jsonl", "\n".join(rows).encode())},
-                   data={"purpose": "evals"})
+    up = http.post(
+        "/v1/files",
+        files={"file": ("rows.jsonl", "\n".join(rows).encode())},
+        data={"purpose": "evals"},
+    )
     assert up.status_code == 200, up.text
-    run = http.post(f"/v1/evals/{ev['id']}/runs", json={"data_source": {
-        **completions("quiz-80", []), "source": {"type": "file_id", "id": up.json()["id"]}}}).json()
+    run = http.post(
+        f"/v1/evals/{ev['id']}/runs",
+        json={
+            "data_source": {
+                **completions("quiz-80", []),
+                "source": {"type": "file_id", "id": up.json()["id"]},
+            }
+        },
+    ).json()
     done = wait_run(http, ev["id"], run["id"])
     assert done["status"] == "failed"
-    assert "item 3" in done["error"]["message"] and "'answer' is a required property" in \
-        done["error"]["message"]
+    assert (
+        "item 3" in done["error"]["message"]
+        and "'answer' is a required property" in done["error"]["message"]
+    )
 
-    good = http.post(f"/v1/evals/{ev['id']}/runs",
-                     json={"data_source": completions("quiz-80", quiz_items(2))}).json()
+    good = http.post(
+        f"/v1/evals/{ev['id']}/runs", json={"data_source": completions("quiz-80", quiz_items(2))}
+    ).json()
     wait_run(http, ev["id"], good["id"])
     runs = http.get(f"/v1/evals/{ev['id']}/runs").json()["data"]
     assert [r["id"] for r in runs] == [run["id"], good["id"]]  # oldest first, as OpenAI lists

@@ -24,20 +24,30 @@ EXPENSIVE = {"input_per_mtok": 1_000_000, "output_per_mtok": 1_000_000}
 
 
 @pytest.fixture(scope="module")
-def server(upstream: FakeOpenAIUpstream,
-           cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
-    return cumulo_factory({
-        "usage": {"flush_interval_s": 0.1},
-        "models": [
-            {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
-            {"name": "chat-slow", "deployments": [openai_deployment(upstream, "slow:1")]},
-            {"name": "chat-priced", "deployments": [
-                openai_deployment(upstream, "echo", price=EXPENSIVE)]},
-            {"name": "chat-two", "routing": {"retries": 1}, "deployments": [
-                openai_deployment(upstream, "echo", name="small", limits={"rpm": 2}),
-                openai_deployment(upstream, "echo", name="spare")]},
-        ],
-    })
+def server(
+    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]
+) -> CumuloServer:
+    return cumulo_factory(
+        {
+            "usage": {"flush_interval_s": 0.1},
+            "models": [
+                {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
+                {"name": "chat-slow", "deployments": [openai_deployment(upstream, "slow:1")]},
+                {
+                    "name": "chat-priced",
+                    "deployments": [openai_deployment(upstream, "echo", price=EXPENSIVE)],
+                },
+                {
+                    "name": "chat-two",
+                    "routing": {"retries": 1},
+                    "deployments": [
+                        openai_deployment(upstream, "echo", name="small", limits={"rpm": 2}),
+                        openai_deployment(upstream, "echo", name="spare"),
+                    ],
+                },
+            ],
+        }
+    )
 
 
 def tenant(server: CumuloServer, **fields: Any) -> tuple[str, str]:
@@ -50,21 +60,30 @@ def tenant(server: CumuloServer, **fields: Any) -> tuple[str, str]:
     return t.json()["id"], k.json()["key"]
 
 
-def chat(server: CumuloServer, token: str, model: str = "chat-echo",
-         messages: list[dict[str, str]] = HELLO, **extra: Any) -> httpx.Response:
-    with httpx.Client(base_url=server.url, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"}) as http:
-        return http.post("/v1/chat/completions",
-                         json={"model": model, "messages": messages, **extra})
+def chat(
+    server: CumuloServer,
+    token: str,
+    model: str = "chat-echo",
+    messages: list[dict[str, str]] = HELLO,
+    **extra: Any,
+) -> httpx.Response:
+    with httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        return http.post(
+            "/v1/chat/completions", json={"model": model, "messages": messages, **extra}
+        )
 
 
 def test_a_tenant_rate_limit_holds_within_five_percent_under_concurrent_load(
-        server: CumuloServer) -> None:
+    server: CumuloServer,
+) -> None:
     _, token = tenant(server, limits={"rpm": 40})
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
-        statuses = Counter(r.status_code for r in pool.map(lambda _: chat(server, token),
-                                                           range(100)))
+        statuses = Counter(
+            r.status_code for r in pool.map(lambda _: chat(server, token), range(100))
+        )
     # The bucket refills continuously (40 a minute): on a busy machine the burst takes long
     # enough for a request or two more to be due.
     refilled = (time.monotonic() - started) * 40 / 60
@@ -73,7 +92,8 @@ def test_a_tenant_rate_limit_holds_within_five_percent_under_concurrent_load(
 
 
 def test_a_refusal_names_the_limit_with_retry_after_and_ratelimit_headers(
-        server: CumuloServer) -> None:
+    server: CumuloServer,
+) -> None:
     _, token = tenant(server, limits={"rpm": 1})
     ok = chat(server, token)
     assert ok.status_code == 200
@@ -93,10 +113,16 @@ def test_refusals_in_the_anthropic_and_bedrock_wire_formats(server: CumuloServer
     _, token = tenant(server, limits={"rpm": 1})
     assert chat(server, token).status_code == 200
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        a = http.post("/v1/messages", headers={"x-api-key": token, "anthropic-version": "2023-06-01"},
-                      json={"model": "chat-echo", "max_tokens": 10, "messages": HELLO})
-        b = http.post("/model/chat-echo/converse", headers={"Authorization": f"Bearer {token}"},
-                      json={"messages": [{"role": "user", "content": [{"text": "hi"}]}]})
+        a = http.post(
+            "/v1/messages",
+            headers={"x-api-key": token, "anthropic-version": "2023-06-01"},
+            json={"model": "chat-echo", "max_tokens": 10, "messages": HELLO},
+        )
+        b = http.post(
+            "/model/chat-echo/converse",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"messages": [{"role": "user", "content": [{"text": "hi"}]}]},
+        )
     assert a.status_code == 429 and a.json()["error"]["type"] == "rate_limit_error"
     assert "retry-after" in a.headers
     assert b.status_code == 429 and b.headers["x-amzn-errortype"] == "ThrottlingException"
@@ -106,16 +132,18 @@ def test_refusals_in_the_anthropic_and_bedrock_wire_formats(server: CumuloServer
 def test_a_key_limit_narrows_its_tenant_s(server: CumuloServer) -> None:
     tid, _ = tenant(server, limits={"rpm": 100})
     with server.admin() as admin:
-        key = admin.post("/admin/keys", json={"name": "tight", "tenant_id": tid,
-                                              "limits": {"rpm": 2}}).json()["key"]
+        key = admin.post(
+            "/admin/keys", json={"name": "tight", "tenant_id": tid, "limits": {"rpm": 2}}
+        ).json()["key"]
     assert [chat(server, key).status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_a_concurrency_limit_refuses_the_request_beyond_it(server: CumuloServer) -> None:
     _, token = tenant(server, limits={"concurrency": 2})
     with ThreadPoolExecutor(3) as pool:
-        statuses = sorted(pool.map(lambda _: chat(server, token, "chat-slow").status_code,
-                                   range(3)))
+        statuses = sorted(
+            pool.map(lambda _: chat(server, token, "chat-slow").status_code, range(3))
+        )
     assert statuses == [200, 200, 429]
     assert chat(server, token).status_code == 200  # the slots came back
 
@@ -134,7 +162,8 @@ def test_a_deployment_limit_moves_traffic_to_another_deployment(server: CumuloSe
 
 
 def test_an_exhausted_budget_refuses_further_requests_and_alerts_first(
-        server: CumuloServer) -> None:
+    server: CumuloServer,
+) -> None:
     tid, token = tenant(server, budget={"usd": 20, "period": "day", "soft_pct": 0.5})
     statuses = []
     for _ in range(10):
@@ -160,12 +189,14 @@ def test_invocations_are_logged_only_for_tenants_that_turn_it_on(server: CumuloS
     off, token_off = tenant(server)
     marker = f"marker-{time.time_ns()}"
     for token in (token_on, token_off):
-        assert chat(server, token, messages=[{"role": "user", "content": marker}]
-                    ).status_code == 200
+        assert (
+            chat(server, token, messages=[{"role": "user", "content": marker}]).status_code == 200
+        )
     with server.admin() as admin:
+
         def logged(tid: str) -> list[dict[str, Any]]:
-            return list(admin.get("/admin/invocations", params={"tenant_id": tid}
-                                  ).json()["data"])
+            return list(admin.get("/admin/invocations", params={"tenant_id": tid}).json()["data"])
+
         assert wait_until(lambda: logged(on), timeout=5)
         [entry] = logged(on)
         assert entry["request"] == [{"role": "user", "content": marker}]
@@ -174,10 +205,17 @@ def test_invocations_are_logged_only_for_tenants_that_turn_it_on(server: CumuloS
 
 
 def test_a_spent_budget_stays_spent_after_a_restart(
-        upstream: FakeOpenAIUpstream, tmp_path: Path) -> None:
-    config = {"usage": {"flush_interval_s": 0.1}, "models": [
-        {"name": "chat-priced", "deployments": [
-            openai_deployment(upstream, "echo", price=EXPENSIVE)]}]}
+    upstream: FakeOpenAIUpstream, tmp_path: Path
+) -> None:
+    config = {
+        "usage": {"flush_interval_s": 0.1},
+        "models": [
+            {
+                "name": "chat-priced",
+                "deployments": [openai_deployment(upstream, "echo", price=EXPENSIVE)],
+            }
+        ],
+    }
     env = {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}
     first = start_cumulo(config, tmp_path, **env)
     try:

@@ -21,8 +21,14 @@ from support import CUMULO_BIN, CumuloServer, clean_env
 
 
 def cumulo_ledger(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CUMULO_BIN), "ledger", *args], env=clean_env(CUMULO_HOME=str(home)),
-                          text=True, capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(CUMULO_BIN), "ledger", *args],
+        env=clean_env(CUMULO_HOME=str(home)),
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def write_entries(home: Path, n: int) -> None:

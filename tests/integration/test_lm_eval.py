@@ -35,35 +35,74 @@ def demo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(demo_path: Path, cumulo_factory: Any) -> CumuloServer:
-    return cumulo_factory({"models": [{"name": "demo-tiny", "deployments": [
-        {"provider": "local", "path": str(demo_path), "dtype": "float32",
-         "max_running": 4, "max_tokens_in_flight": 4096}]}]})
+    return cumulo_factory(
+        {
+            "models": [
+                {
+                    "name": "demo-tiny",
+                    "deployments": [
+                        {
+                            "provider": "local",
+                            "path": str(demo_path),
+                            "dtype": "float32",
+                            "max_running": 4,
+                            "max_tokens_in_flight": 4096,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
 
 def lm_eval(server: CumuloServer, token: str, tasks: str, out: Path) -> dict[str, Any]:
     """Run lm_eval on `tasks`; its results JSON, and the logged samples beside it."""
     home = out / "hf-home"
-    env = clean_env(OPENAI_API_KEY=token, HF_HOME=str(home), HF_DATASETS_OFFLINE="1",
-                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                    HF_DATASETS_CACHE=str(home / "datasets"))
+    env = clean_env(
+        OPENAI_API_KEY=token,
+        HF_HOME=str(home),
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_CACHE=str(home / "datasets"),
+    )
     args = [
-        str(LM_EVAL), "--model", "local-completions",
+        str(LM_EVAL),
+        "--model",
+        "local-completions",
         "--model_args",
         f"base_url={server.url}/models/demo-tiny/v1/completions,model=demo-tiny,"
         "tokenizer_backend=remote,"
         f"auth_token={token},max_length=512",
-        "--batch_size", "4",
-        "--tasks", tasks, "--include_path", str(TASKS),
-        "--output_path", str(out / "results"), "--log_samples",
+        "--batch_size",
+        "4",
+        "--tasks",
+        tasks,
+        "--include_path",
+        str(TASKS),
+        "--output_path",
+        str(out / "results"),
+        "--log_samples",
     ]
-    done = subprocess.run(args, cwd=TASKS.parents[2], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    done = subprocess.run(
+        args,
+        cwd=TASKS.parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [results] = list((out / "results").rglob("results_*.json"))
     data: dict[str, Any] = json.loads(results.read_text())
     data["samples"] = {
-        task: [json.loads(line) for line in next(results.parent.glob(f"samples_{task}_*.jsonl"))
-               .read_text().splitlines()]
+        task: [
+            json.loads(line)
+            for line in next(results.parent.glob(f"samples_{task}_*.jsonl"))
+            .read_text()
+            .splitlines()
+        ]
         for task in tasks.split(",")
     }
     return data
@@ -72,8 +111,12 @@ def lm_eval(server: CumuloServer, token: str, tasks: str, out: Path) -> dict[str
 @pytest.fixture(scope="module")
 def results(server: CumuloServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     key = server.create_key("lm-eval")
-    return lm_eval(server, key.token, "cumulo_tiny_choice,cumulo_tiny_echo",
-                   tmp_path_factory.mktemp("lm-eval-out"))
+    return lm_eval(
+        server,
+        key.token,
+        "cumulo_tiny_choice,cumulo_tiny_echo",
+        tmp_path_factory.mktemp("lm-eval-out"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +163,13 @@ def test_generation_task_matches_transformers_greedy(
     for doc, sample in zip(docs, samples, strict=True):
         ids = tok(doc["prompt"], add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        text = tok.decode(out[0, len(ids):], skip_special_tokens=True)
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=8,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+        text = tok.decode(out[0, len(ids) :], skip_special_tokens=True)
         for stop in ("\n", tok.eos_token):
             text = text.split(stop)[0]
         assert sample["resps"][0][0] == text

@@ -46,26 +46,36 @@ def start(config: dict[str, Any], workdir: Path) -> CumuloServer:
 
 
 def models(upstream: FakeOpenAIUpstream) -> list[dict[str, Any]]:
-    return [{"name": "chat-priced",
-             "deployments": [openai_deployment(upstream, "echo", price=PRICED)]}]
+    return [
+        {"name": "chat-priced", "deployments": [openai_deployment(upstream, "echo", price=PRICED)]}
+    ]
 
 
 def test_a_spent_budget_stays_closed_when_redis_loses_its_data(
     upstream: FakeOpenAIUpstream, prefix: str, tmp_path: Path
 ) -> None:
-    server = start({"redis_url": REDIS_URL, "redis_prefix": prefix,
-                    "usage": {"flush_interval_s": 0.1}, "models": models(upstream)}, tmp_path)
+    server = start(
+        {
+            "redis_url": REDIS_URL,
+            "redis_prefix": prefix,
+            "usage": {"flush_interval_s": 0.1},
+            "models": models(upstream),
+        },
+        tmp_path,
+    )
     try:
         with server.admin() as admin:
-            tenant = admin.post("/admin/tenants", json={
-                "name": "acme", "budget": {"usd": 20, "period": "day"}}).json()
+            tenant = admin.post(
+                "/admin/tenants", json={"name": "acme", "budget": {"usd": 20, "period": "day"}}
+            ).json()
             key = admin.post("/admin/keys", json={"name": "app", "tenant_id": tenant["id"]}).json()
         headers = {"Authorization": f"Bearer {key['key']}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
 
             def chat() -> int:
-                return http.post("/v1/chat/completions",
-                                 json={"model": "chat-priced", "messages": HELLO}).status_code
+                return http.post(
+                    "/v1/chat/completions", json={"model": "chat-priced", "messages": HELLO}
+                ).status_code
 
             assert wait_until(lambda: chat() == 429, timeout=20)  # spent: refused
             counter = redis.Redis.from_url(REDIS_URL)
@@ -89,8 +99,14 @@ def test_readiness_reports_redis_down_and_back(
     upstream: FakeOpenAIUpstream, prefix: str, tmp_path: Path
 ) -> None:
     with TcpProxy(REDIS_PORT) as proxy:
-        server = start({"redis_url": f"redis://127.0.0.1:{proxy.port}/0", "redis_prefix": prefix,
-                        "models": models(upstream)}, tmp_path)
+        server = start(
+            {
+                "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
+                "redis_prefix": prefix,
+                "models": models(upstream),
+            },
+            tmp_path,
+        )
         try:
             with httpx.Client(base_url=server.url, timeout=10) as http:
                 ready = http.get("/health/ready")
@@ -98,11 +114,14 @@ def test_readiness_reports_redis_down_and_back(
                 proxy.stop()
                 ready = http.get("/health/ready")
                 assert ready.status_code == 503
-                assert ready.json()["checks"] == {"config": True, "store": True, "models": True,
-                                                  "redis": False}
+                assert ready.json()["checks"] == {
+                    "config": True,
+                    "store": True,
+                    "models": True,
+                    "redis": False,
+                }
                 proxy.start()
-                assert wait_until(lambda: http.get("/health/ready").status_code == 200,
-                                  timeout=10)
+                assert wait_until(lambda: http.get("/health/ready").status_code == 200, timeout=10)
         finally:
             server.stop()
 

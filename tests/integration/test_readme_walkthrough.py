@@ -49,11 +49,18 @@ def taken(server: subprocess.Popen[bytes], log: Path) -> bool:
     return server.poll() is not None and "already in use" in log.read_text()
 
 
-def start_in_background(text: str, env: dict[str, str], url: str, cafile: Path | None,
-                        log: Path) -> subprocess.Popen[bytes] | None:
+def start_in_background(
+    text: str, env: dict[str, str], url: str, cafile: Path | None, log: Path
+) -> subprocess.Popen[bytes] | None:
     with log.open("wb") as out:
-        server = subprocess.Popen(["bash", "-c", f"exec {text}"], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            ["bash", "-c", f"exec {text}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     verify = True if cafile is None else ssl.create_default_context(cafile=str(cafile))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -75,9 +82,14 @@ def start(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str, int]:
     for _attempt in range(3):
         port = free_port()
         with log.open("wb") as out:
-            server = subprocess.Popen([str(CUMULO_BIN), "serve", "--port", str(port)], cwd=ROOT,
-                                      env=clean_env(CUMULO_HOME=str(home)), stdout=out,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            server = subprocess.Popen(
+                [str(CUMULO_BIN), "serve", "--port", str(port)],
+                cwd=ROOT,
+                env=clean_env(CUMULO_HOME=str(home)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         key = wait_for_first_start(server, port, log)
         if key is not None:
             return server, key, port
@@ -112,8 +124,9 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
         pytest.skip("the README's commands run from the .venv that `make` creates")
     home = tmp_path / "home"
     server, key, port = start(home, tmp_path / "serve.log")
-    env = clean_env(CUMULO_HOME=str(home), CUMULO_URL=f"http://127.0.0.1:{port}",
-                    CUMULO_API_KEY=key)
+    env = clean_env(
+        CUMULO_HOME=str(home), CUMULO_URL=f"http://127.0.0.1:{port}", CUMULO_API_KEY=key
+    )
     outputs: dict[str, str] = {}
     background: list[subprocess.Popen[bytes]] = []
     try:
@@ -126,7 +139,8 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
                 for _attempt in range(3):
                     url = f"{'https' if https else 'http'}://127.0.0.1:{https_port}"
                     started = start_in_background(
-                        text, env, url, home / "tls" / "cert.pem" if https else None, log)
+                        text, env, url, home / "tls" / "cert.pem" if https else None, log
+                    )
                     if started is not None:
                         break
                     https_port = free_port()
@@ -135,10 +149,14 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
                 background.append(started)
                 outputs[block.section] = outputs.get(block.section, "") + log.read_text()
                 continue
-            argv = (["bash", "-euo", "pipefail", "-c", text] if block.lang == "sh"
-                    else [sys.executable, "-c", text])
-            run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                                 timeout=300, check=False)
+            argv = (
+                ["bash", "-euo", "pipefail", "-c", text]
+                if block.lang == "sh"
+                else [sys.executable, "-c", text]
+            )
+            run = subprocess.run(
+                argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+            )
             assert run.returncode == 0, f"{block.section}:\n{text}\n{run.stdout}\n{run.stderr}"
             assert "Traceback" not in run.stderr, f"{block.section}:\n{run.stderr}"
             if block.lang == "sh":
@@ -152,8 +170,11 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
     quick = outputs["Quick start"]
     assert "UNTRAINED" in quick and "key:    ck-" in quick and quick.rstrip().endswith("ok")
     # `chat demo-tiny "Hello"` and the curl stream are short: demo-tiny's default length.
-    [demo] = [line.split() for line in quick.splitlines() if line.startswith("demo-tiny ")
-              and line.split()[1].isdigit()]
+    [demo] = [
+        line.split()
+        for line in quick.splitlines()
+        if line.startswith("demo-tiny ") and line.split()[1].isdigit()
+    ]
     requests, completion = int(demo[1]), int(demo[4])
     assert requests == 1 and 1 <= completion <= DEMO_MAX_TOKENS
     chunks = [ln for ln in outputs["From curl"].splitlines() if ln.startswith("data: {")]

@@ -30,8 +30,9 @@ PRICED = {**HELLO, "model": "chat-priced"}  # $1 a token
 
 
 @pytest.fixture(scope="module")
-def replicas(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]
-             ) -> Iterator[tuple[CumuloServer, CumuloServer]]:
+def replicas(
+    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]
+) -> Iterator[tuple[CumuloServer, CumuloServer]]:
     prefix = f"cumulo-test-{secrets.token_hex(6)}"
     with postgres_database() as url:
         config: dict[str, Any] = {
@@ -41,8 +42,14 @@ def replicas(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloS
             "usage": {"flush_interval_s": 0.1},
             "models": [
                 {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
-                {"name": "chat-priced", "deployments": [openai_deployment(
-                    upstream, "echo", price={"input_per_mtok": 1e6, "output_per_mtok": 1e6})]},
+                {
+                    "name": "chat-priced",
+                    "deployments": [
+                        openai_deployment(
+                            upstream, "echo", price={"input_per_mtok": 1e6, "output_per_mtok": 1e6}
+                        )
+                    ],
+                },
             ],
         }
         # Replicas sharing a database share the master key (key secrets for SigV4, ledger).
@@ -61,17 +68,23 @@ def replicas(upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloS
             r.close()
 
 
-def call(server: CumuloServer, token: str, path: str = "/v1/chat/completions",
-         body: dict[str, Any] | None = None) -> httpx.Response:
-    with httpx.Client(base_url=server.url, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"}) as http:
+def call(
+    server: CumuloServer,
+    token: str,
+    path: str = "/v1/chat/completions",
+    body: dict[str, Any] | None = None,
+) -> httpx.Response:
+    with httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
         if body is None:
             return http.get(path)
         return http.post(path, json=body)
 
 
 def test_a_key_created_on_one_replica_works_on_the_other(
-        replicas: tuple[CumuloServer, CumuloServer]) -> None:
+    replicas: tuple[CumuloServer, CumuloServer],
+) -> None:
     a, b = replicas
     with a.admin() as admin:
         tenant = admin.post("/admin/tenants", json={"name": "shared"}).json()
@@ -81,7 +94,8 @@ def test_a_key_created_on_one_replica_works_on_the_other(
 
 
 def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second(
-        replicas: tuple[CumuloServer, CumuloServer]) -> None:
+    replicas: tuple[CumuloServer, CumuloServer],
+) -> None:
     a, b = replicas
     with a.admin() as admin:
         created = admin.post("/admin/keys", json={"name": "doomed"}).json()
@@ -93,25 +107,30 @@ def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second(
 
 
 def test_a_tenant_change_on_one_replica_applies_on_the_other(
-        replicas: tuple[CumuloServer, CumuloServer]) -> None:
+    replicas: tuple[CumuloServer, CumuloServer],
+) -> None:
     a, b = replicas
     with a.admin() as admin:
         tenant = admin.post("/admin/tenants", json={"name": "narrowed"}).json()
-        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}
-                           ).json()["key"]
+        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}).json()[
+            "key"
+        ]
         assert call(b, token, body=HELLO).status_code == 200
         admin.patch(f"/admin/tenants/{tenant['id']}", json={"models": []})
     assert wait_until(lambda: call(b, token, body=HELLO).status_code == 404, timeout=1.0)
 
 
 def test_both_replicas_enforce_one_shared_limit(
-        replicas: tuple[CumuloServer, CumuloServer]) -> None:
+    replicas: tuple[CumuloServer, CumuloServer],
+) -> None:
     a, b = replicas
     with a.admin() as admin:
-        tenant = admin.post("/admin/tenants", json={"name": "limited",
-                                                    "limits": {"rpm": 20}}).json()
-        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}
-                           ).json()["key"]
+        tenant = admin.post(
+            "/admin/tenants", json={"name": "limited", "limits": {"rpm": 20}}
+        ).json()
+        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}).json()[
+            "key"
+        ]
 
     def one(i: int) -> int:
         return call(a if i % 2 else b, token, body=HELLO).status_code
@@ -129,13 +148,16 @@ def test_both_replicas_enforce_one_shared_limit(
 
 
 def test_both_replicas_refuse_once_the_shared_budget_is_spent(
-        replicas: tuple[CumuloServer, CumuloServer]) -> None:
+    replicas: tuple[CumuloServer, CumuloServer],
+) -> None:
     a, b = replicas
     with a.admin() as admin:
-        tenant = admin.post("/admin/tenants", json={
-            "name": "budgeted", "budget": {"usd": 10, "period": "day"}}).json()
-        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}
-                           ).json()["key"]
+        tenant = admin.post(
+            "/admin/tenants", json={"name": "budgeted", "budget": {"usd": 10, "period": "day"}}
+        ).json()
+        token = admin.post("/admin/keys", json={"name": "k", "tenant_id": tenant["id"]}).json()[
+            "key"
+        ]
     spent = 0
     while call(a, token, body=PRICED).status_code == 200:
         spent += 1

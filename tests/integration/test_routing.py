@@ -36,13 +36,23 @@ def routing_config(primary: FakeOpenAIUpstream, secondary: FakeOpenAIUpstream) -
         "models": [
             model("ha", dep(primary, "slow:0.1", "primary"), dep(secondary, "echo", "secondary")),
             model("rate-limited", dep(secondary, "ratelimit-once:0.3", "rl")),
-            model("broken", dep(secondary, "status:503", "broken"), fallbacks=["backup"],
-                  routing={"retries": 0}),
+            model(
+                "broken",
+                dep(secondary, "status:503", "broken"),
+                fallbacks=["backup"],
+                routing={"retries": 0},
+            ),
             model("backup", dep(secondary, "echo", "backup")),
-            model("stream-early", dep(secondary, "disconnect:0", "dies-early"),
-                  dep(secondary, "echo", "steady")),
-            model("stream-late", dep(secondary, "disconnect:2", "dies-late"),
-                  dep(secondary, "echo", "steady")),
+            model(
+                "stream-early",
+                dep(secondary, "disconnect:0", "dies-early"),
+                dep(secondary, "echo", "steady"),
+            ),
+            model(
+                "stream-late",
+                dep(secondary, "disconnect:2", "dies-late"),
+                dep(secondary, "echo", "steady"),
+            ),
             model("hang", dep(secondary, "slow:3", "hang")),
         ],
     }
@@ -73,8 +83,9 @@ def key(server: CumuloServer, request: pytest.FixtureRequest) -> ApiKey:
 
 @pytest.fixture
 def http(server: CumuloServer, key: ApiKey) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30,
-                      headers={"Authorization": f"Bearer {key.token}"}) as c:
+    with httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {key.token}"}
+    ) as c:
         yield c
 
 
@@ -91,8 +102,10 @@ def deployments(server: CumuloServer) -> dict[str, dict[str, Any]]:
 
 
 def usage(server: CumuloServer, key: ApiKey, expect: int) -> list[tuple[Any, ...]]:
-    query = ("SELECT model, served_model, deployment, attempts, status FROM usage "
-             "WHERE key_id = ? ORDER BY id")
+    query = (
+        "SELECT model, served_model, deployment, attempts, status FROM usage "
+        "WHERE key_id = ? ORDER BY id"
+    )
     assert wait_until(lambda: len(server.sql(query, (key.id,))) >= expect, timeout=10)
     return server.sql(query, (key.id,))
 
@@ -112,13 +125,19 @@ def sse_data(resp: httpx.Response) -> list[str]:
     return [line.removeprefix("data: ") for line in resp.text.splitlines() if line]
 
 
-async def _load(server: CumuloServer, key: ApiKey, primary: FakeOpenAIUpstream,
-                total: int, concurrency: int) -> list[httpx.Response]:
+async def _load(
+    server: CumuloServer, key: ApiKey, primary: FakeOpenAIUpstream, total: int, concurrency: int
+) -> list[httpx.Response]:
     """`total` requests to `ha`, `concurrency` at a time; `primary` stops after its 60th."""
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits,
-                                 headers={"Authorization": f"Bearer {key.token}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=server.url,
+        timeout=30,
+        limits=limits,
+        headers={"Authorization": f"Bearer {key.token}"},
+    ) as client:
+
         async def one(i: int) -> httpx.Response:
             async with gate:
                 return await client.post("/v1/chat/completions", json=body("ha", f"request {i}"))
@@ -139,10 +158,15 @@ def test_first_deployment_dying_under_load_loses_no_request_and_its_circuit_reco
     primary = primaries[0]
     responses = asyncio.run(_load(server, key, primary, total=200, concurrency=50))
     assert [r.status_code for r in responses] == [200] * 200, [r.text for r in responses][:3]
-    served = Counter((r.headers["x-cumulo-deployment"], r.headers["x-cumulo-attempts"])
-                     for r in responses)
-    assert set(served) <= {("primary", "1"), ("secondary", "1"), ("secondary", "2"),
-                           ("secondary", "3")}
+    served = Counter(
+        (r.headers["x-cumulo-deployment"], r.headers["x-cumulo-attempts"]) for r in responses
+    )
+    assert set(served) <= {
+        ("primary", "1"),
+        ("secondary", "1"),
+        ("secondary", "2"),
+        ("secondary", "3"),
+    }
     assert served[("primary", "1")] >= 10  # before the kill
     assert served[("secondary", "2")] >= 3  # failed over at once while the circuit was closed
     assert all(r.headers["x-cumulo-model"] == "ha" for r in responses)
@@ -158,12 +182,15 @@ def test_first_deployment_dying_under_load_loses_no_request_and_its_circuit_reco
     # The upstream comes back on its port; after the cooldown a half-open probe closes the circuit.
     primaries.append(FakeOpenAIUpstream(port=primary.port).start())
     time.sleep(BREAKER["cooldown_s"] + 0.1)
-    with httpx.Client(base_url=server.url, timeout=30,
-                      headers={"Authorization": f"Bearer {key.token}"}) as http:
+    with httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {key.token}"}
+    ) as http:
         resp = http.post("/v1/chat/completions", json=body("ha"))
     assert resp.status_code == 200
     assert (resp.headers["x-cumulo-deployment"], resp.headers["x-cumulo-attempts"]) == (
-        "primary", "1")
+        "primary",
+        "1",
+    )
     assert deployments(server)["ha"]["primary"]["state"] == "closed"
 
 
@@ -181,9 +208,9 @@ def test_fallback_model_serves_and_is_recorded(
     resp = http.post("/v1/chat/completions", json=body("broken", marker))
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["message"]["content"] == f"echo: {marker}"
-    assert {k: resp.headers[k] for k in ("x-cumulo-model", "x-cumulo-deployment",
-                                         "x-cumulo-attempts")} == {
-        "x-cumulo-model": "backup", "x-cumulo-deployment": "backup", "x-cumulo-attempts": "2"}
+    assert {
+        k: resp.headers[k] for k in ("x-cumulo-model", "x-cumulo-deployment", "x-cumulo-attempts")
+    } == {"x-cumulo-model": "backup", "x-cumulo-deployment": "backup", "x-cumulo-attempts": "2"}
     assert usage(server, key, expect=1) == [("broken", "backup", "backup", 2, 200)]
 
 
@@ -191,7 +218,9 @@ def test_stream_dying_before_the_first_byte_fails_over(http: httpx.Client, marke
     resp = http.post("/v1/chat/completions", json=body("stream-early", marker, stream=True))
     assert resp.status_code == 200
     assert (resp.headers["x-cumulo-deployment"], resp.headers["x-cumulo-attempts"]) == (
-        "steady", "2")
+        "steady",
+        "2",
+    )
     assert '"error"' not in resp.text and sse_data(resp)[-1] == "[DONE]"
     assert marker in resp.text
 
@@ -199,11 +228,14 @@ def test_stream_dying_before_the_first_byte_fails_over(http: httpx.Client, marke
 def test_stream_dying_after_the_first_byte_ends_with_an_error_event(
     http: httpx.Client, server: CumuloServer, key: ApiKey
 ) -> None:
-    resp = http.post("/v1/chat/completions",
-                     json=body("stream-late", "one two three four", stream=True))
+    resp = http.post(
+        "/v1/chat/completions", json=body("stream-late", "one two three four", stream=True)
+    )
     assert resp.status_code == 200
     assert (resp.headers["x-cumulo-deployment"], resp.headers["x-cumulo-attempts"]) == (
-        "dies-late", "1")
+        "dies-late",
+        "1",
+    )
     events = sse_data(resp)
     assert events[-1] == "[DONE]" and '"upstream_error"' in events[-2]
     assert usage(server, key, expect=1) == [("stream-late", "stream-late", "dies-late", 1, 502)]
@@ -231,29 +263,61 @@ def test_admin_deployments_shows_routing_and_needs_an_admin_key(
         data = {m["model"]: m for m in admin.get("/admin/deployments").json()["data"]}
     broken = data["broken"]
     assert (broken["strategy"], broken["fallbacks"], broken["kind"]) == (
-        "priority", ["backup"], "chat")
+        "priority",
+        ["backup"],
+        "chat",
+    )
     [view] = broken["deployments"]
-    assert set(view) == {"label", "provider", "upstream_model", "state", "opened_count",
-                         "in_flight", "requests", "failures", "latency_ewma_ms", "ttft_ewma_ms",
-                         "price", "weight", "ready"}
-    assert (view["label"], view["provider"], view["upstream_model"], view["weight"],
-            view["ready"], view["price"]) == ("broken", "openai", "status:503", 1.0, True, None)
+    assert set(view) == {
+        "label",
+        "provider",
+        "upstream_model",
+        "state",
+        "opened_count",
+        "in_flight",
+        "requests",
+        "failures",
+        "latency_ewma_ms",
+        "ttft_ewma_ms",
+        "price",
+        "weight",
+        "ready",
+    }
+    assert (
+        view["label"],
+        view["provider"],
+        view["upstream_model"],
+        view["weight"],
+        view["ready"],
+        view["price"],
+    ) == ("broken", "openai", "status:503", 1.0, True, None)
 
 
 def test_metrics_are_served_without_a_key(http: httpx.Client, server: CumuloServer) -> None:
     assert http.post("/v1/chat/completions", json=body("backup")).status_code == 200
-    assert http.post("/v1/chat/completions",
-                     json=body("backup", stream=True)).status_code == 200
+    assert http.post("/v1/chat/completions", json=body("backup", stream=True)).status_code == 200
     resp = httpx.get(server.url + "/metrics")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
-    assert metric(server, "cumulo_requests_total", model="backup", deployment="backup",
-                  status="200") >= 1
-    assert metric(server, "cumulo_tokens_total", model="backup", deployment="backup",
-                  type="completion") >= 1
-    assert metric(server, "cumulo_request_duration_seconds_count", model="backup",
-                  deployment="backup") >= 1
-    assert metric(server, "cumulo_time_to_first_token_seconds_count", model="backup",
-                  deployment="backup") >= 1
+    assert (
+        metric(server, "cumulo_requests_total", model="backup", deployment="backup", status="200")
+        >= 1
+    )
+    assert (
+        metric(
+            server, "cumulo_tokens_total", model="backup", deployment="backup", type="completion"
+        )
+        >= 1
+    )
+    assert (
+        metric(server, "cumulo_request_duration_seconds_count", model="backup", deployment="backup")
+        >= 1
+    )
+    assert (
+        metric(
+            server, "cumulo_time_to_first_token_seconds_count", model="backup", deployment="backup"
+        )
+        >= 1
+    )
     assert metric(server, "cumulo_circuit_state", model="stream-early", deployment="steady") == 0
     assert metric(server, "cumulo_deployment_in_flight", model="backup", deployment="backup") == 0

@@ -21,8 +21,14 @@ from support.cumulo import UPSTREAM_KEY
 
 
 def serve(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CUMULO_BIN), "serve", *args], env=clean_env(CUMULO_HOME=str(home), **env),
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(CUMULO_BIN), "serve", *args],
+        env=clean_env(CUMULO_HOME=str(home), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -34,7 +40,9 @@ def taken() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
-def assert_stopped_before_loading(run: subprocess.CompletedProcess[str], home: Path, port: int) -> None:
+def assert_stopped_before_loading(
+    run: subprocess.CompletedProcess[str], home: Path, port: int
+) -> None:
     assert run.returncode == 1, run.stderr
     assert f"cumulo: error: 127.0.0.1:{port} is already in use" in run.stderr
     assert "--port PORT or the CUMULO_PORT environment variable" in run.stderr
@@ -59,23 +67,34 @@ def test_cumulo_port_sets_the_port(tmp_path: Path, taken: int) -> None:
     cfg = tmp_path / "cumulo.yaml"
     cfg.write_text(yaml.safe_dump({"server": {"port": free_port()}}))
     # The environment wins over the config...
-    assert_stopped_before_loading(serve(home, "--config", str(cfg), CUMULO_PORT=str(taken)),
-                                  home, taken)
+    assert_stopped_before_loading(
+        serve(home, "--config", str(cfg), CUMULO_PORT=str(taken)), home, taken
+    )
     # ... and the flag over the environment.
-    assert_stopped_before_loading(serve(home, "--port", str(taken), CUMULO_PORT=str(free_port())),
-                                  home, taken)
+    assert_stopped_before_loading(
+        serve(home, "--port", str(taken), CUMULO_PORT=str(free_port())), home, taken
+    )
 
 
 def test_cumulo_port_is_where_it_serves(upstream: FakeOpenAIUpstream, tmp_path: Path) -> None:
     cfg = tmp_path / "cumulo.yaml"
-    cfg.write_text(yaml.safe_dump({"models": [
-        {"name": "oa-echo", "deployments": [openai_deployment(upstream, "echo")]}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"models": [{"name": "oa-echo", "deployments": [openai_deployment(upstream, "echo")]}]}
+        )
+    )
     port = free_port()
-    env = clean_env(CUMULO_HOME=str(tmp_path / "home"), CUMULO_PORT=str(port),
-                    FAKE_UPSTREAM_KEY=UPSTREAM_KEY)
+    env = clean_env(
+        CUMULO_HOME=str(tmp_path / "home"), CUMULO_PORT=str(port), FAKE_UPSTREAM_KEY=UPSTREAM_KEY
+    )
     with (tmp_path / "serve.log").open("wb") as log:
-        process = subprocess.Popen([str(CUMULO_BIN), "serve", "--config", str(cfg)], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [str(CUMULO_BIN), "serve", "--config", str(cfg)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:

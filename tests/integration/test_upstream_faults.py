@@ -17,15 +17,17 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture
 def client(cumulo: CumuloServer, caller_key: ApiKey) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=cumulo.url + "/v1", api_key=caller_key.token, max_retries=0,
-                       timeout=30) as c:
+    with openai.OpenAI(
+        base_url=cumulo.url + "/v1", api_key=caller_key.token, max_retries=0, timeout=30
+    ) as c:
         yield c
 
 
 @pytest.fixture
 def http(cumulo: CumuloServer, caller_key: ApiKey) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cumulo.url, timeout=30,
-                      headers={"Authorization": f"Bearer {caller_key.token}"}) as c:
+    with httpx.Client(
+        base_url=cumulo.url, timeout=30, headers={"Authorization": f"Bearer {caller_key.token}"}
+    ) as c:
         yield c
 
 
@@ -40,17 +42,25 @@ def assert_openai_error(resp: httpx.Response, status: int, type_: str) -> dict[s
 
 
 def test_slow_first_byte_still_streams(client: openai.OpenAI, marker: str) -> None:
-    chunks = list(client.chat.completions.create(
-        model="chat-slow", messages=[{"role": "user", "content": marker}], stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"echo: {marker}"
+    chunks = list(
+        client.chat.completions.create(
+            model="chat-slow", messages=[{"role": "user", "content": marker}], stream=True
+        )
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"echo: {marker}"
+    )
 
 
 def test_disconnect_mid_stream_is_an_error_event_and_an_error_record(
     client: openai.OpenAI, cumulo: CumuloServer, caller_key: ApiKey
 ) -> None:
     stream = client.chat.completions.create(
-        model="chat-disconnect", messages=[{"role": "user", "content": "one two three four"}],
-        stream=True, stream_options={"include_usage": True})
+        model="chat-disconnect",
+        messages=[{"role": "user", "content": "one two three four"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     received: list[str] = []
     with pytest.raises(openai.APIError) as info:
         for chunk in stream:
@@ -64,12 +74,14 @@ def test_disconnect_mid_stream_is_an_error_event_and_an_error_record(
 
 def test_disconnect_mid_stream_raw_sse(http: httpx.Client) -> None:
     messages = [{"role": "user", "content": "one two three four"}]
-    resp = http.post("/v1/chat/completions",
-                     json={"model": "chat-disconnect", "messages": messages, "stream": True})
+    resp = http.post(
+        "/v1/chat/completions",
+        json={"model": "chat-disconnect", "messages": messages, "stream": True},
+    )
     assert resp.status_code == 200  # headers were sent before the upstream failed
     events = [line.removeprefix("data: ") for line in resp.text.splitlines() if line]
     assert events[-1] == "[DONE]"
-    assert '"error"' in events[-2] and "finish_reason\":\"stop" not in resp.text
+    assert '"error"' in events[-2] and 'finish_reason":"stop' not in resp.text
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
@@ -83,9 +95,18 @@ def test_disconnect_mid_stream_raw_sse(http: httpx.Client) -> None:
         ("chat-upstream-400", 400, "invalid_request_error"),
     ],
 )
-def test_upstream_failure_status(http: httpx.Client, cumulo: CumuloServer, caller_key: ApiKey,
-                                 model: str, status: int, error_type: str, stream: bool) -> None:
-    resp = http.post("/v1/chat/completions", json={"model": model, "messages": HELLO, "stream": stream})
+def test_upstream_failure_status(
+    http: httpx.Client,
+    cumulo: CumuloServer,
+    caller_key: ApiKey,
+    model: str,
+    status: int,
+    error_type: str,
+    stream: bool,
+) -> None:
+    resp = http.post(
+        "/v1/chat/completions", json={"model": model, "messages": HELLO, "stream": stream}
+    )
     assert_openai_error(resp, status, error_type)
     [row] = cumulo.usage_rows(caller_key.id)
     assert (row["model"], row["status"], row["error_type"]) == (model, status, error_type)
@@ -108,8 +129,9 @@ def test_timeout_is_504_and_takes_the_deployment_timeout(http: httpx.Client) -> 
 
 def test_upstream_429_keeps_retry_after(http: httpx.Client, client: openai.OpenAI) -> None:
     for stream in (False, True):
-        resp = http.post("/v1/chat/completions",
-                         json={"model": "chat-429", "messages": HELLO, "stream": stream})
+        resp = http.post(
+            "/v1/chat/completions", json={"model": "chat-429", "messages": HELLO, "stream": stream}
+        )
         assert_openai_error(resp, 429, "rate_limit_error")
         assert resp.headers["retry-after"] == "7"
     with pytest.raises(openai.RateLimitError) as info:
@@ -121,11 +143,19 @@ def test_client_going_away_mid_stream_is_recorded_as_499(
     cumulo: CumuloServer, caller_key: ApiKey, upstream: FakeOpenAIUpstream, marker: str
 ) -> None:
     try:
-        body = {"model": "chat-hold", "messages": [{"role": "user", "content": f"a b {marker}"}],
-                "stream": True}
-        with (httpx.Client(base_url=cumulo.url, timeout=5,
-                           headers={"Authorization": f"Bearer {caller_key.token}"}) as http,
-              http.stream("POST", "/v1/chat/completions", json=body) as resp):
+        body = {
+            "model": "chat-hold",
+            "messages": [{"role": "user", "content": f"a b {marker}"}],
+            "stream": True,
+        }
+        with (
+            httpx.Client(
+                base_url=cumulo.url,
+                timeout=5,
+                headers={"Authorization": f"Bearer {caller_key.token}"},
+            ) as http,
+            http.stream("POST", "/v1/chat/completions", json=body) as resp,
+        ):
             assert any("echo: " in line for line in resp.iter_lines())
         # Leaving the block closed the connection while the upstream still held the stream.
         [row] = cumulo.usage_rows(caller_key.id)
@@ -134,13 +164,17 @@ def test_client_going_away_mid_stream_is_recorded_as_499(
         upstream.release()
 
 
-def test_usage_summary_counts_errors(cumulo: CumuloServer, http: httpx.Client,
-                                     caller_key: ApiKey) -> None:
+def test_usage_summary_counts_errors(
+    cumulo: CumuloServer, http: httpx.Client, caller_key: ApiKey
+) -> None:
     http.post("/v1/chat/completions", json={"model": "chat-500", "messages": HELLO})
     http.post("/v1/chat/completions", json={"model": "chat-echo", "messages": HELLO})
     with cumulo.admin() as admin:
-        assert wait_until(lambda: any(
-            r["key"] == caller_key.id for r in admin.get("/admin/usage").json()["by_key"]))
+        assert wait_until(
+            lambda: any(
+                r["key"] == caller_key.id for r in admin.get("/admin/usage").json()["by_key"]
+            )
+        )
         summary = admin.get("/admin/usage").json()
     [mine] = [r for r in summary["by_key"] if r["key"] == caller_key.id]
     assert (mine["requests"], mine["errors"]) == (2, 1)

@@ -74,10 +74,18 @@ def query(server: CumuloServer, database_url: str | None, sql: str) -> list[tupl
 
 def usage_of(server: CumuloServer, database_url: str | None, key_id: str) -> tuple[int, int, int]:
     """(records, records with status 200, records stored more than once) of a key."""
-    [(total, ok)] = query(server, database_url, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN "
-                          f"status = 200 THEN 1 ELSE 0 END), 0) FROM usage WHERE key_id = '{key_id}'")
-    doubled = query(server, database_url, "SELECT ts, latency_ms FROM usage WHERE key_id = "
-                    f"'{key_id}' GROUP BY ts, latency_ms HAVING COUNT(*) > 1")
+    [(total, ok)] = query(
+        server,
+        database_url,
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN "
+        f"status = 200 THEN 1 ELSE 0 END), 0) FROM usage WHERE key_id = '{key_id}'",
+    )
+    doubled = query(
+        server,
+        database_url,
+        "SELECT ts, latency_ms FROM usage WHERE key_id = "
+        f"'{key_id}' GROUP BY ts, latency_ms HAVING COUNT(*) > 1",
+    )
     return int(total), int(ok), len(doubled)
 
 
@@ -187,8 +195,10 @@ def test_sigterm_with_the_database_down_keeps_every_usage_record(
         finally:
             server.stop()
         log = server.output()
-        assert f"{requests} usage records (and 0 journal files written from disk only) could " \
-               "not be written at shutdown" in log
+        assert (
+            f"{requests} usage records (and 0 journal files written from disk only) could "
+            "not be written at shutdown" in log
+        )
         assert "kept in the usage journal" in log
 
         again = start(cfg, tmp_path)  # the database is back

@@ -20,19 +20,25 @@ from support import CumuloServer, openai_deployment, wait_until
 
 
 @pytest.fixture(scope="module")
-def server(upstream: FakeOpenAIUpstream,
-           cumulo_factory: Callable[..., CumuloServer]) -> CumuloServer:
-    return cumulo_factory({
-        "server": {"workers": 2},
-        # The writers would not flush on their own during these tests: only shutdown writes.
-        "usage": {"flush_interval_s": 3600, "batch_size": 1000},
-        "models": [
-            {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
-            {"name": "chat-slow", "deployments": [openai_deployment(upstream, "slow:1")]},
-            {"name": "embed", "kind": "embedding",
-             "deployments": [openai_deployment(upstream, "embed")]},
-        ],
-    })
+def server(
+    upstream: FakeOpenAIUpstream, cumulo_factory: Callable[..., CumuloServer]
+) -> CumuloServer:
+    return cumulo_factory(
+        {
+            "server": {"workers": 2},
+            # The writers would not flush on their own during these tests: only shutdown writes.
+            "usage": {"flush_interval_s": 3600, "batch_size": 1000},
+            "models": [
+                {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
+                {"name": "chat-slow", "deployments": [openai_deployment(upstream, "slow:1")]},
+                {
+                    "name": "embed",
+                    "kind": "embedding",
+                    "deployments": [openai_deployment(upstream, "embed")],
+                },
+            ],
+        }
+    )
 
 
 def test_a_new_key_works_at_once_on_every_worker(server: CumuloServer) -> None:
@@ -82,8 +88,11 @@ def test_sigterm_right_after_n_requests_loses_no_usage_record(
         # One more request is still in flight when SIGTERM arrives: it completes and counts.
         in_flight: list[int] = []
         slow_body = {"model": "chat-slow", "messages": [{"role": "user", "content": marker}]}
-        slow = threading.Thread(target=lambda: in_flight.append(
-            http.post("/v1/chat/completions", json=slow_body).status_code))
+        slow = threading.Thread(
+            target=lambda: in_flight.append(
+                http.post("/v1/chat/completions", json=slow_body).status_code
+            )
+        )
         slow.start()
         assert wait_until(lambda: bool(upstream.received(marker)), timeout=10)
         assert server.sql("SELECT COUNT(*) FROM usage") == [(0,)]  # all still in memory
@@ -91,8 +100,9 @@ def test_sigterm_right_after_n_requests_loses_no_usage_record(
         slow.join(10)
     assert in_flight == [200]
 
-    rows = server.sql("SELECT model, status, stream, prompt_tokens FROM usage WHERE key_id = ?",
-                      (key.id,))
+    rows = server.sql(
+        "SELECT model, status, stream, prompt_tokens FROM usage WHERE key_id = ?", (key.id,)
+    )
     assert len(rows) == len(requests) + 1
     assert Counter((model, status, stream) for model, status, stream, _ in rows) == {
         ("chat-echo", 200, 0): 30,

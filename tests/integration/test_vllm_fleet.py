@@ -80,7 +80,8 @@ def test_cumulo_serves_through_its_vllm_replicas_and_covers_one_that_dies(
     vllm_rows = sorted((r for r in rows if r.get("engine") == "vllm"), key=lambda r: r["replica"])
     # One row per replica, though it serves two models.
     assert [(r["model"], r["deployment"]) for r in vllm_rows] == [
-        ("tiny", "vllm:tiny/0"), ("tiny", "vllm:tiny/1")
+        ("tiny", "vllm:tiny/0"),
+        ("tiny", "vllm:tiny/1"),
     ]
     first = next(r for r in vllm_rows if r["deployment"] == "vllm:tiny/0")
     assert first["state"] == "ready" and first["loaded"] is True
@@ -95,8 +96,10 @@ def test_cumulo_serves_through_its_vllm_replicas_and_covers_one_that_dies(
     assert sum(during.values()) == 20
     # ... and it comes back on a new process, serving again.
     assert wait_until(
-        lambda: _row(fleet, "vllm:tiny/0").get("state") == "ready"
-        and _row(fleet, "vllm:tiny/0")["pid"] != pid,
+        lambda: (
+            _row(fleet, "vllm:tiny/0").get("state") == "ready"
+            and _row(fleet, "vllm:tiny/0")["pid"] != pid
+        ),
         timeout=20,
     )
     assert _row(fleet, "vllm:tiny/0")["restarts"] == 1

@@ -37,16 +37,24 @@ if importlib.util.find_spec("vllm") is None:
         raise RuntimeError("vLLM is not installed: `make vllm` installs the extra")
     pytest.skip("vLLM is not installed (`make vllm`)", allow_module_level=True)
 
-SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4,
-         "num_key_value_heads": 2}
+SHAPE = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 VLLM_ARGS = [
     "--enforce-eager",  # no CUDA graphs / torch.compile of the model: a faster start
-    "--dtype", "float32",
-    "--max-model-len", "1024",
-    "--max-num-seqs", "8",
+    "--dtype",
+    "float32",
+    "--max-model-len",
+    "1024",
+    "--max-num-seqs",
+    "8",
     # The KV cache's size, whatever the machine's memory (on the CPU backend
     # --gpu-memory-utilization is a share of the machine's memory, and must be free at start).
-    "--kv-cache-memory-bytes", str(128 * 2**20),
+    "--kv-cache-memory-bytes",
+    str(128 * 2**20),
 ]
 
 
@@ -62,18 +70,36 @@ def test_cumulo_runs_a_real_vllm_replica_restarts_it_and_fails_over(
 ) -> None:
     began = time.monotonic()
     config = {
-        "models": [{
-            "name": "tiny",
-            "untrained": True,
-            "routing": {"strategy": "priority", "backoff_s": 0.01, "timeout_s": 60,
-                        "breaker": {"cooldown_s": 1.0}},
-            "deployments": [
-                {"provider": "vllm", "name": "vllm", "path": str(tiny_model), "args": VLLM_ARGS,
-                 "python": sys.executable, "restart_backoff_s": 1.0, "startup_timeout_s": 600},
-                {"provider": "local", "name": "local", "path": str(tiny_model),
-                 "max_running": 4, "max_tokens_in_flight": 4096},
-            ],
-        }],
+        "models": [
+            {
+                "name": "tiny",
+                "untrained": True,
+                "routing": {
+                    "strategy": "priority",
+                    "backoff_s": 0.01,
+                    "timeout_s": 60,
+                    "breaker": {"cooldown_s": 1.0},
+                },
+                "deployments": [
+                    {
+                        "provider": "vllm",
+                        "name": "vllm",
+                        "path": str(tiny_model),
+                        "args": VLLM_ARGS,
+                        "python": sys.executable,
+                        "restart_backoff_s": 1.0,
+                        "startup_timeout_s": 600,
+                    },
+                    {
+                        "provider": "local",
+                        "name": "local",
+                        "path": str(tiny_model),
+                        "max_running": 4,
+                        "max_tokens_in_flight": 4096,
+                    },
+                ],
+            }
+        ],
     }
     server = start_cumulo(config, tmp_path, ready_timeout=300)
     try:
@@ -84,12 +110,14 @@ def test_cumulo_runs_a_real_vllm_replica_restarts_it_and_fails_over(
 
 
 def _run(server: CumuloServer, began: float) -> None:
-    client = OpenAI(base_url=server.url + "/v1", api_key=server.admin_key, max_retries=0,
-                    timeout=120)
+    client = OpenAI(
+        base_url=server.url + "/v1", api_key=server.admin_key, max_retries=0, timeout=120
+    )
 
     def ask(max_tokens: int = 8) -> str:
         raw = client.chat.completions.with_raw_response.create(
-            model="tiny", messages=[{"role": "user", "content": "Hello there"}],
+            model="tiny",
+            messages=[{"role": "user", "content": "Hello there"}],
             max_tokens=max_tokens,
         )
         assert raw.parse().choices[0].message.content is not None
@@ -108,8 +136,11 @@ def _run(server: CumuloServer, began: float) -> None:
     # 2. It serves: non-streamed and streamed through the openai SDK, its metrics read.
     assert Counter(ask() for _ in range(5)) == {"vllm": 5}
     stream = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=16,
-        stream=True, stream_options={"include_usage": True},
+        model="tiny",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
@@ -140,7 +171,8 @@ def _run(server: CumuloServer, began: float) -> None:
 def _call(client: OpenAI, errors: list[BaseException]) -> None:
     try:
         client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "Tell me more"}],
+            model="tiny",
+            messages=[{"role": "user", "content": "Tell me more"}],
             max_tokens=600,
         )
     except openai.OpenAIError as exc:
@@ -148,7 +180,8 @@ def _call(client: OpenAI, errors: list[BaseException]) -> None:
 
 
 def _replica(server: CumuloServer) -> dict[str, Any]:
-    with httpx.Client(base_url=server.url, timeout=10,
-                      headers={"Authorization": f"Bearer {server.admin_key}"}) as http:
+    with httpx.Client(
+        base_url=server.url, timeout=10, headers={"Authorization": f"Bearer {server.admin_key}"}
+    ) as http:
         rows = http.get("/admin/engine").json()["data"]
     return next(r for r in rows if r.get("engine") == "vllm")

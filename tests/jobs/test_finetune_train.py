@@ -16,7 +16,10 @@ from cumulo.jobs.finetune.train import Stopped, TrainSpec, checkpoints, encode_e
 pytestmark = pytest.mark.slow
 
 EXAMPLES = [
-    [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+    [
+        {"role": "user", "content": f"Question {i}?"},
+        {"role": "assistant", "content": f"Answer {i}."},
+    ]
     for i in range(5)
 ]
 
@@ -27,8 +30,18 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def spec(demo: Path, out: Path, **kw: Any) -> TrainSpec:
-    return TrainSpec(demo, out, EXAMPLES, n_epochs=2, batch_size=2, seed=3, dropout=0.1,
-                     checkpoint_every=2, threads=1, **kw)
+    return TrainSpec(
+        demo,
+        out,
+        EXAMPLES,
+        n_epochs=2,
+        batch_size=2,
+        seed=3,
+        dropout=0.1,
+        checkpoint_every=2,
+        threads=1,
+        **kw,
+    )
 
 
 def adapter(path: Path) -> dict[str, Any]:
@@ -39,11 +52,13 @@ def test_only_assistant_turns_with_weight_carry_loss(demo: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(demo))
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Hello there"},
-                {"role": "assistant", "content": "Skipped reply", "weight": 0},
-                {"role": "user", "content": "Again"},
-                {"role": "assistant", "content": "Learned reply"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": "Skipped reply", "weight": 0},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Learned reply"},
+    ]
     enc = encode_example(tok, messages)
     trained = tok.decode([i for i, label in zip(enc.ids, enc.labels, strict=True) if label != -100])
     assert trained.startswith("Learned reply")
@@ -77,22 +92,31 @@ def test_same_seed_same_adapter_and_resume_equals_one_run(demo: Path, tmp_path: 
     c = adapter(tmp_path / "c")
     assert all(((a[k] - c[k]).abs() < 1e-6).all() for k in a)
     other = tmp_path / "d"
-    train(TrainSpec(demo, other, EXAMPLES, n_epochs=2, batch_size=2, seed=4, dropout=0.1,
-                    threads=1), lambda e: None, lambda: False)
+    train(
+        TrainSpec(demo, other, EXAMPLES, n_epochs=2, batch_size=2, seed=4, dropout=0.1, threads=1),
+        lambda e: None,
+        lambda: False,
+    )
     d = adapter(other)
     assert any(not (a[k] == d[k]).all() for k in a)  # another seed: another adapter
 
 
 def test_file_errors_name_line_and_field() -> None:
-    content = (b'{"messages": [{"role": "user", "content": "hi"}, '
-               b'{"role": "assistant", "content": "yo"}]}\n\n'
-               b'{"messages": [{"role": "robot", "content": "hi"}]}\n'
-               b'not json\n'
-               b'{"messages": [{"role": "user", "content": "a", "weight": 1}]}\n'
-               b'{"messages": [{"role": "user", "content": "a"}, '
-               b'{"role": "assistant", "content": "b", "weight": 0}]}\n')
+    content = (
+        b'{"messages": [{"role": "user", "content": "hi"}, '
+        b'{"role": "assistant", "content": "yo"}]}\n\n'
+        b'{"messages": [{"role": "robot", "content": "hi"}]}\n'
+        b"not json\n"
+        b'{"messages": [{"role": "user", "content": "a", "weight": 1}]}\n'
+        b'{"messages": [{"role": "user", "content": "a"}, '
+        b'{"role": "assistant", "content": "b", "weight": 0}]}\n'
+    )
     examples, errors = parse_file(content)
     assert len(examples) == 1
     assert [(e["line"], e["param"]) for e in errors] == [
-        (3, "messages[0].role"), (4, None), (5, "messages[0].weight"), (6, "messages")]
+        (3, "messages[0].role"),
+        (4, None),
+        (5, "messages[0].weight"),
+        (6, "messages"),
+    ]
     assert all(e["message"].startswith(f"line {e['line']}:") for e in errors)

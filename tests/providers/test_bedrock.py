@@ -39,8 +39,13 @@ from fakes.bedrock_upstream import (
 )
 
 T = TypeVar("T")
-SIGV4_ENV = {"T_AWS_KEY_ID": ACCESS_KEY_ID, "T_AWS_SECRET": SECRET_KEY, "T_AWS_TOKEN": SESSION_TOKEN,
-             "T_BEDROCK_API_KEY": API_KEY, "T_WRONG_SECRET": "not-the-secret"}
+SIGV4_ENV = {
+    "T_AWS_KEY_ID": ACCESS_KEY_ID,
+    "T_AWS_SECRET": SECRET_KEY,
+    "T_AWS_TOKEN": SESSION_TOKEN,
+    "T_BEDROCK_API_KEY": API_KEY,
+    "T_WRONG_SECRET": "not-the-secret",
+}
 SIGV4 = {"aws_access_key_id_env": "T_AWS_KEY_ID", "aws_secret_access_key_env": "T_AWS_SECRET"}
 
 
@@ -56,15 +61,26 @@ def credentials_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-def call(fake: FakeBedrockUpstream, model: str, fn: Callable[[BedrockProvider], Awaitable[T]],
-         **deployment: Any) -> T:
+def call(
+    fake: FakeBedrockUpstream,
+    model: str,
+    fn: Callable[[BedrockProvider], Awaitable[T]],
+    **deployment: Any,
+) -> T:
     """Start a provider for `model` at the fake (SigV4 by default) and run `fn(provider)`."""
+
     async def main() -> T:
         async with aiohttp.ClientSession() as http:
-            fields = {"provider": "bedrock", "model": model, "base_url": fake.url,
-                      "region": REGION, **(deployment or SIGV4)}
-            provider = BedrockProvider(DeploymentConfig(**fields), "chat",
-                                       ProviderContext(http, Path(".")))
+            fields = {
+                "provider": "bedrock",
+                "model": model,
+                "base_url": fake.url,
+                "region": REGION,
+                **(deployment or SIGV4),
+            }
+            provider = BedrockProvider(
+                DeploymentConfig(**fields), "chat", ProviderContext(http, Path("."))
+            )
             await provider.start()
             return await fn(provider)
 
@@ -85,7 +101,9 @@ async def collect(provider: BedrockProvider, req: ChatRequest) -> list[StreamEve
     return [ev async for ev in provider.stream(req)]
 
 
-async def until_error(provider: BedrockProvider, req: ChatRequest) -> tuple[list[StreamEvent], CumuloError]:
+async def until_error(
+    provider: BedrockProvider, req: ChatRequest
+) -> tuple[list[StreamEvent], CumuloError]:
     events: list[StreamEvent] = []
     try:
         async for ev in provider.stream(req):
@@ -95,8 +113,10 @@ async def until_error(provider: BedrockProvider, req: ChatRequest) -> tuple[list
     raise AssertionError(f"the stream ended without an error: {events}")
 
 
-TOOLS = [Tool("lookup", "Look things up", {"type": "object", "properties": {"q": {"type": "string"}}}),
-         Tool("weather")]
+TOOLS = [
+    Tool("lookup", "Look things up", {"type": "object", "properties": {"q": {"type": "string"}}}),
+    Tool("weather"),
+]
 
 
 def test_translation_to_converse() -> None:
@@ -105,51 +125,88 @@ def test_translation_to_converse() -> None:
         messages=[
             Message("system", "be brief"),
             Message("user", "weather?"),
-            Message("assistant", "Let me look.", tool_calls=[
-                ToolCall("t1", "lookup", '{"q": "oslo"}'), ToolCall("t2", "weather", "")]),
+            Message(
+                "assistant",
+                "Let me look.",
+                tool_calls=[
+                    ToolCall("t1", "lookup", '{"q": "oslo"}'),
+                    ToolCall("t2", "weather", ""),
+                ],
+            ),
             Message("tool", "sunny", tool_call_id="t1"),
             Message("tool", "12C", tool_call_id="t2"),
             Message("user", "thanks"),
             Message("system", "and polite"),
         ],
         params=SamplingParams(temperature=0.2, top_p=0.9, top_k=5, max_tokens=42, stop=["END"]),
-        tools=TOOLS, tool_choice=ToolChoice("required"),
+        tools=TOOLS,
+        tool_choice=ToolChoice("required"),
     )
     assert converse_body(req) == {
         "system": [{"text": "be brief"}, {"text": "and polite"}],
         "messages": [
             {"role": "user", "content": [{"text": "weather?"}]},
-            {"role": "assistant", "content": [
-                {"text": "Let me look."},
-                {"toolUse": {"toolUseId": "t1", "name": "lookup", "input": {"q": "oslo"}}},
-                {"toolUse": {"toolUseId": "t2", "name": "weather", "input": {}}}]},
-            {"role": "user", "content": [  # tool results and the next user turn, merged
-                {"toolResult": {"toolUseId": "t1", "content": [{"text": "sunny"}]}},
-                {"toolResult": {"toolUseId": "t2", "content": [{"text": "12C"}]}},
-                {"text": "thanks"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"text": "Let me look."},
+                    {"toolUse": {"toolUseId": "t1", "name": "lookup", "input": {"q": "oslo"}}},
+                    {"toolUse": {"toolUseId": "t2", "name": "weather", "input": {}}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [  # tool results and the next user turn, merged
+                    {"toolResult": {"toolUseId": "t1", "content": [{"text": "sunny"}]}},
+                    {"toolResult": {"toolUseId": "t2", "content": [{"text": "12C"}]}},
+                    {"text": "thanks"},
+                ],
+            },
         ],
-        "inferenceConfig": {"maxTokens": 42, "temperature": 0.2, "topP": 0.9,
-                            "stopSequences": ["END"]},
-        "toolConfig": {"tools": [
-            {"toolSpec": {"name": "lookup", "description": "Look things up", "inputSchema": {
-                "json": {"type": "object", "properties": {"q": {"type": "string"}}}}}},
-            {"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}}],
-            "toolChoice": {"any": {}}},
+        "inferenceConfig": {
+            "maxTokens": 42,
+            "temperature": 0.2,
+            "topP": 0.9,
+            "stopSequences": ["END"],
+        },
+        "toolConfig": {
+            "tools": [
+                {
+                    "toolSpec": {
+                        "name": "lookup",
+                        "description": "Look things up",
+                        "inputSchema": {
+                            "json": {"type": "object", "properties": {"q": {"type": "string"}}}
+                        },
+                    }
+                },
+                {"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}},
+            ],
+            "toolChoice": {"any": {}},
+        },
     }
     auto = converse_body(user("x", tools=TOOLS, tool_choice=ToolChoice("auto")))
     assert auto["toolConfig"]["toolChoice"] == {"auto": {}}
     named = converse_body(user("x", tools=TOOLS, tool_choice=ToolChoice("tool", "weather")))
     assert named["toolConfig"]["toolChoice"] == {"tool": {"name": "weather"}}
-    assert "toolChoice" not in converse_body(user("x", tools=TOOLS, tool_choice=ToolChoice("none")))["toolConfig"]
+    assert (
+        "toolChoice"
+        not in converse_body(user("x", tools=TOOLS, tool_choice=ToolChoice("none")))["toolConfig"]
+    )
     assert converse_body(user("x")) == {"messages": [{"role": "user", "content": [{"text": "x"}]}]}
     bad = ChatRequest("m", [Message("assistant", None, tool_calls=[ToolCall("t", "f", "{nope")])])
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         converse_body(bad)
 
 
-def test_chat_is_sigv4_signed_and_the_model_id_encoded(fake: FakeBedrockUpstream, marker: str) -> None:
-    resp = call(fake, "echo:v1/x", lambda p: p.chat(user(f"hi {marker}", params=SamplingParams(
-        temperature=0.5))))
+def test_chat_is_sigv4_signed_and_the_model_id_encoded(
+    fake: FakeBedrockUpstream, marker: str
+) -> None:
+    resp = call(
+        fake,
+        "echo:v1/x",
+        lambda p: p.chat(user(f"hi {marker}", params=SamplingParams(temperature=0.5))),
+    )
     assert resp.message.content == f"echo: hi {marker}"
     assert (resp.finish_reason, resp.usage, resp.model) == ("stop", Usage(2, 3), "public-name")
     got = one(fake, marker)
@@ -176,17 +233,29 @@ def test_bearer_api_key(fake: FakeBedrockUpstream, marker: str) -> None:
 
 def test_refused_credentials_are_an_upstream_error(fake: FakeBedrockUpstream) -> None:
     with pytest.raises(UpstreamError, match="refused cumulo's credentials") as info:
-        call(fake, "echo", lambda p: p.chat(user("x")), aws_access_key_id_env="T_AWS_KEY_ID",
-             aws_secret_access_key_env="T_WRONG_SECRET")
+        call(
+            fake,
+            "echo",
+            lambda p: p.chat(user("x")),
+            aws_access_key_id_env="T_AWS_KEY_ID",
+            aws_secret_access_key_env="T_WRONG_SECRET",
+        )
     assert "not-the-secret" not in str(info.value)
 
 
 def test_tool_use(fake: FakeBedrockUpstream, marker: str) -> None:
-    resp = call(fake, "tools", lambda p: p.chat(user(marker, tools=TOOLS,
-                                                     tool_choice=ToolChoice("tool", "weather"))))
+    resp = call(
+        fake,
+        "tools",
+        lambda p: p.chat(user(marker, tools=TOOLS, tool_choice=ToolChoice("tool", "weather"))),
+    )
     assert resp.finish_reason == "tool_calls" and resp.message.content is None
     [tc] = resp.message.tool_calls or []
-    assert (tc.id, tc.name, json.loads(tc.arguments)) == ("tooluse_fake0001", "weather", {"query": marker})
+    assert (tc.id, tc.name, json.loads(tc.arguments)) == (
+        "tooluse_fake0001",
+        "weather",
+        {"query": marker},
+    )
 
 
 def test_stream_text(fake: FakeBedrockUpstream, marker: str) -> None:
@@ -206,20 +275,31 @@ def test_stream_tool_use(fake: FakeBedrockUpstream, marker: str) -> None:
     assert events[-1] == StreamEnd("tool_calls", Usage(1, 5))
 
 
-@pytest.mark.parametrize(("kind", "error"), [
-    ("throttlingException", RateLimited), ("validationException", InvalidRequest),
-    ("modelStreamErrorException", UpstreamError), ("internalServerException", UpstreamError),
-])
-def test_exception_frames_mid_stream(fake: FakeBedrockUpstream, kind: str, error: type[CumuloError]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("throttlingException", RateLimited),
+        ("validationException", InvalidRequest),
+        ("modelStreamErrorException", UpstreamError),
+        ("internalServerException", UpstreamError),
+    ],
+)
+def test_exception_frames_mid_stream(
+    fake: FakeBedrockUpstream, kind: str, error: type[CumuloError]
+) -> None:
     events, exc = call(fake, f"stream-error:{kind}", lambda p: until_error(p, user("a b")))
     assert events == [TextDelta("echo: ")]
     assert type(exc) is error and "mid-stream" in exc.message
     assert f"fake {kind}" not in exc.message  # the upstream's words stay in the log
 
 
-@pytest.mark.parametrize(("model", "message"), [
-    ("corrupt", "malformed event stream"), ("truncated", "before it finished"),
-])
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("corrupt", "malformed event stream"),
+        ("truncated", "before it finished"),
+    ],
+)
 def test_broken_streams(fake: FakeBedrockUpstream, model: str, message: str) -> None:
     events, exc = call(fake, model, lambda p: until_error(p, user("a b")))
     assert events == [TextDelta("echo: ")]
@@ -235,8 +315,10 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="needs `model` and `region`"):
         DeploymentConfig(provider="bedrock", model="m")
     with pytest.raises(ValueError, match="or neither"):
-        DeploymentConfig(provider="bedrock", model="m", region="us-east-1",
-                         aws_access_key_id_env="T_AWS_KEY_ID")
+        DeploymentConfig(
+            provider="bedrock", model="m", region="us-east-1", aws_access_key_id_env="T_AWS_KEY_ID"
+        )
     d = DeploymentConfig(provider="bedrock", model="anthropic.claude-3-haiku", region="eu-west-1")
     assert BedrockProvider(d, "chat", None).describe() == (  # type: ignore[arg-type]
-        "bedrock anthropic.claude-3-haiku at https://bedrock-runtime.eu-west-1.amazonaws.com")
+        "bedrock anthropic.claude-3-haiku at https://bedrock-runtime.eu-west-1.amazonaws.com"
+    )

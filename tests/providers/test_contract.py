@@ -59,44 +59,74 @@ HARNESSES = [
     Harness(
         "openai",
         FakeOpenAIUpstream,
-        lambda url, model: {"provider": "openai", "model": model, "base_url": url + "/v1",
-                            "api_key_env": "CONTRACT_KEY"},
+        lambda url, model: {
+            "provider": "openai",
+            "model": model,
+            "base_url": url + "/v1",
+            "api_key_env": "CONTRACT_KEY",
+        },
         {"CONTRACT_KEY": OPENAI_KEY},
         OPENAI_KEY,
-        [("status:500", UpstreamError), ("status:503", UpstreamError),
-         ("status:400", InvalidRequest), ("status:504", UpstreamTimeout),
-         ("status:401", UpstreamError), ("ratelimit:7", RateLimited),
-         ("malformed", UpstreamError)],
+        [
+            ("status:500", UpstreamError),
+            ("status:503", UpstreamError),
+            ("status:400", InvalidRequest),
+            ("status:504", UpstreamTimeout),
+            ("status:401", UpstreamError),
+            ("ratelimit:7", RateLimited),
+            ("malformed", UpstreamError),
+        ],
         retry_after="ratelimit:7",
         slow="slow:3",
     ),
     Harness(
         "anthropic",
         FakeAnthropicUpstream,
-        lambda url, model: {"provider": "anthropic", "model": model, "base_url": url,
-                            "api_key_env": "CONTRACT_KEY"},
+        lambda url, model: {
+            "provider": "anthropic",
+            "model": model,
+            "base_url": url,
+            "api_key_env": "CONTRACT_KEY",
+        },
         {"CONTRACT_KEY": ANTHROPIC_KEY},
         ANTHROPIC_KEY,
-        [("status:500", UpstreamError), ("status:529", UpstreamError),
-         ("status:400", InvalidRequest), ("status:413", InvalidRequest),
-         ("status:504", UpstreamTimeout), ("status:401", UpstreamError),
-         ("status:403", UpstreamError), ("ratelimit:7", RateLimited),
-         ("malformed", UpstreamError)],
+        [
+            ("status:500", UpstreamError),
+            ("status:529", UpstreamError),
+            ("status:400", InvalidRequest),
+            ("status:413", InvalidRequest),
+            ("status:504", UpstreamTimeout),
+            ("status:401", UpstreamError),
+            ("status:403", UpstreamError),
+            ("ratelimit:7", RateLimited),
+            ("malformed", UpstreamError),
+        ],
         retry_after="ratelimit:7",
         slow="slow:3",
     ),
     Harness(
         "bedrock",
         FakeBedrockUpstream,
-        lambda url, model: {"provider": "bedrock", "model": model, "base_url": url,
-                            "region": REGION, "aws_access_key_id_env": "CONTRACT_KEY_ID",
-                            "aws_secret_access_key_env": "CONTRACT_KEY"},
+        lambda url, model: {
+            "provider": "bedrock",
+            "model": model,
+            "base_url": url,
+            "region": REGION,
+            "aws_access_key_id_env": "CONTRACT_KEY_ID",
+            "aws_secret_access_key_env": "CONTRACT_KEY",
+        },
         {"CONTRACT_KEY_ID": ACCESS_KEY_ID, "CONTRACT_KEY": SECRET_KEY},
         SECRET_KEY,
-        [("status:400", InvalidRequest), ("status:429", RateLimited),
-         ("status:408", UpstreamTimeout), ("status:424", UpstreamError),
-         ("status:500", UpstreamError), ("status:503", UpstreamError),
-         ("status:403", UpstreamError), ("status:404", UpstreamError)],
+        [
+            ("status:400", InvalidRequest),
+            ("status:429", RateLimited),
+            ("status:408", UpstreamTimeout),
+            ("status:424", UpstreamError),
+            ("status:500", UpstreamError),
+            ("status:503", UpstreamError),
+            ("status:403", UpstreamError),
+            ("status:404", UpstreamError),
+        ],
         retry_after="",
         slow="slow:2",
     ),
@@ -133,7 +163,9 @@ def call(
     async def main() -> T:
         async with aiohttp.ClientSession() as http:
             cls = ProviderRegistry().get(h.kind)
-            provider = cls.create(DeploymentConfig(**fields), "chat", ProviderContext(http, Path(".")))
+            provider = cls.create(
+                DeploymentConfig(**fields), "chat", ProviderContext(http, Path("."))
+            )
             await provider.start()
             try:
                 return await fn(provider)
@@ -171,8 +203,9 @@ def test_chat_answers_and_the_stream_ends_with_exactly_one_end(
     assert [type(e) for e in events].count(StreamEnd) == 1 and isinstance(events[-1], StreamEnd)
 
 
-@pytest.mark.parametrize(("h", "model", "error"), FAILURES,
-                         ids=[f"{h.kind}-{m}" for h, m, _ in FAILURES])
+@pytest.mark.parametrize(
+    ("h", "model", "error"), FAILURES, ids=[f"{h.kind}-{m}" for h, m, _ in FAILURES]
+)
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
 def test_upstream_failures_become_cumulo_errors(
     h: Harness, model: str, error: type[CumuloError], stream: bool,

@@ -257,8 +257,12 @@ def test_requests_are_batched_with_their_own_settings(chat: LocalProvider) -> No
     alone = greedy_text(chat, 16)
 
     async def scenario() -> list[ChatResponse]:
-        reqs = [request(temperature=0, max_tokens=16), request(temperature=0, max_tokens=4),
-                request(temperature=1.0, seed=5, max_tokens=16), request("Hi", temperature=0)]
+        reqs = [
+            request(temperature=0, max_tokens=16),
+            request(temperature=0, max_tokens=4),
+            request(temperature=1.0, seed=5, max_tokens=16),
+            request("Hi", temperature=0),
+        ]
         return list(await asyncio.gather(*(chat.chat(r) for r in reqs)))
 
     same, short, sampled, other = run(scenario())

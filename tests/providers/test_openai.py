@@ -50,10 +50,17 @@ def call(
 
     async def main() -> T:
         async with aiohttp.ClientSession() as http:
-            fields: dict[str, Any] = {"provider": "openai", "model": model,
-                                      "base_url": upstream.base_url(), **deployment}
-            provider = OpenAIProvider(DeploymentConfig(**fields), kind,  # type: ignore[arg-type]
-                                      ProviderContext(http, Path(".")))
+            fields: dict[str, Any] = {
+                "provider": "openai",
+                "model": model,
+                "base_url": upstream.base_url(),
+                **deployment,
+            }
+            provider = OpenAIProvider(
+                DeploymentConfig(**fields),
+                kind,  # type: ignore[arg-type]
+                ProviderContext(http, Path(".")),
+            )
             return await fn(provider)
 
     return asyncio.run(main())
@@ -79,8 +86,9 @@ async def collect_until_error(
     raise AssertionError(f"the stream ended without an error: {events}")
 
 
-def test_chat_sends_the_upstream_model_and_every_parameter(upstream: FakeOpenAIUpstream,
-                                                           marker: str) -> None:
+def test_chat_sends_the_upstream_model_and_every_parameter(
+    upstream: FakeOpenAIUpstream, marker: str
+) -> None:
     req = ChatRequest(
         model="public-name",
         messages=[
@@ -102,15 +110,31 @@ def test_chat_sends_the_upstream_model_and_every_parameter(upstream: FakeOpenAIU
     assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "tool", "user"]
     assert body["messages"][1]["name"] == "ann"
     assert body["messages"][2]["tool_calls"] == [
-        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "lookup", "arguments": '{"q": 1}'},
+        }
     ]
     assert body["messages"][3]["tool_call_id"] == "call_1"
     assert {k: body[k] for k in ("temperature", "top_p", "max_tokens", "stop", "seed", "user")} == {
-        "temperature": 0.2, "top_p": 0.9, "max_tokens": 42, "stop": ["END"], "seed": 7, "user": "u-1"
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 42,
+        "stop": ["END"],
+        "seed": 7,
+        "user": "u-1",
     }
-    assert body["tools"] == [{"type": "function", "function": {
-        "name": "lookup", "description": "Look things up",
-        "parameters": {"type": "object", "properties": {}}}}]
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Look things up",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
     assert "stream" not in body
 
@@ -130,8 +154,13 @@ def test_bearer_key_comes_from_the_named_env_var(
     upstream: FakeOpenAIUpstream, marker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PROVIDER_TEST_KEY", KEY)
-    call(upstream, "echo", lambda p: p.chat(user(marker)),
-         api_key_env="PROVIDER_TEST_KEY", headers={"X-Team": "search", "OpenAI-Organization": "org-1"})
+    call(
+        upstream,
+        "echo",
+        lambda p: p.chat(user(marker)),
+        api_key_env="PROVIDER_TEST_KEY",
+        headers={"X-Team": "search", "OpenAI-Organization": "org-1"},
+    )
     got = upstream.one(marker)
     assert got.headers["authorization"] == f"Bearer {KEY}"
     assert got.headers["x-team"] == "search"
@@ -148,9 +177,15 @@ def test_azure_mode_sends_api_key_header_and_api_version(
     upstream: FakeOpenAIUpstream, marker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AZURE_TEST_KEY", KEY)
-    call(upstream, "echo", lambda p: p.chat(user(marker)),
-         base_url=upstream.url + "/openai/deployments/prod/", api_key_env="AZURE_TEST_KEY",
-         auth_header="api-key", api_version="2024-10-21")
+    call(
+        upstream,
+        "echo",
+        lambda p: p.chat(user(marker)),
+        base_url=upstream.url + "/openai/deployments/prod/",
+        api_key_env="AZURE_TEST_KEY",
+        auth_header="api-key",
+        api_version="2024-10-21",
+    )
     got = upstream.one(marker)
     assert got.path == "/openai/deployments/prod/chat/completions"
     assert got.query == {"api-version": "2024-10-21"}
@@ -188,11 +223,15 @@ def test_stream_tool_call_arrives_in_pieces_with_id_and_name_first(
 
 
 def test_chat_tool_call_reply(upstream: FakeOpenAIUpstream, marker: str) -> None:
-    req = user(marker, tools=[Tool("search"), Tool("other")], tool_choice=ToolChoice("tool", "other"))
+    req = user(
+        marker, tools=[Tool("search"), Tool("other")], tool_choice=ToolChoice("tool", "other")
+    )
     resp = call(upstream, "tools", lambda p: p.chat(req))
     assert resp.finish_reason == "tool_calls"
     assert resp.message.content is None
-    assert resp.message.tool_calls == [ToolCall("call_fake0001", "other", json.dumps({"query": marker}))]
+    assert resp.message.tool_calls == [
+        ToolCall("call_fake0001", "other", json.dumps({"query": marker}))
+    ]
 
 
 def test_slow_first_byte_within_the_deadline_is_fine(upstream: FakeOpenAIUpstream) -> None:
@@ -203,8 +242,9 @@ def test_slow_first_byte_within_the_deadline_is_fine(upstream: FakeOpenAIUpstrea
 def test_deadline_covers_the_whole_stream(upstream: FakeOpenAIUpstream) -> None:
     # `hold` sends a first word and then stalls: the stream must not hang past timeout_s.
     try:
-        events, exc = call(upstream, "hold", lambda p: collect_until_error(p, user("a b c")),
-                           timeout_s=0.5)
+        events, exc = call(
+            upstream, "hold", lambda p: collect_until_error(p, user("a b c")), timeout_s=0.5
+        )
     finally:
         upstream.release()
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["echo: "]
@@ -218,7 +258,9 @@ def test_disconnect_mid_stream_raises_after_the_text_so_far(upstream: FakeOpenAI
     assert type(exc) is UpstreamError and exc.status == 502
 
 
-def test_request_that_cannot_be_encoded_is_invalid_not_a_crash(upstream: FakeOpenAIUpstream) -> None:
+def test_request_that_cannot_be_encoded_is_invalid_not_a_crash(
+    upstream: FakeOpenAIUpstream,
+) -> None:
     req = user("hi", response_format={"type": "json_schema", "max": 10**30})
     with pytest.raises(InvalidRequest):
         call(upstream, "echo", lambda p: p.chat(req))
@@ -233,8 +275,12 @@ def test_embeddings_are_returned_in_input_order(upstream: FakeOpenAIUpstream, ma
     assert resp.model == "public-embed"
     assert resp.usage.prompt_tokens == 4
     body = upstream.one(marker).body
-    assert body == {"model": "embed-reversed", "input": texts, "encoding_format": "float",
-                    "dimensions": 8}
+    assert body == {
+        "model": "embed-reversed",
+        "input": texts,
+        "encoding_format": "float",
+        "dimensions": 8,
+    }
 
 
 def test_describe_names_the_upstream_but_never_the_key(

@@ -117,8 +117,18 @@ def fake_line(p: VLLMProvider, what: str) -> Any:
 def test_the_command_line_is_vllms_openai_server_with_cumulos_own_options_first() -> None:
     cmd = replica_command("/venv/bin/python", "/models/m", "m", 8123, ["--enforce-eager"])
     assert cmd == [
-        "/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/m",
-        "--served-model-name", "m", "--host", "127.0.0.1", "--port", "8123", "--enforce-eager",
+        "/venv/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/models/m",
+        "--served-model-name",
+        "m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
+        "--enforce-eager",
     ]
 
 
@@ -133,7 +143,9 @@ def test_each_replica_runs_on_its_own_port_with_its_gpus_and_without_cumulos_set
 ) -> None:
     monkeypatch.setenv("CUMULO_MASTER_KEY", "must-not-reach-vllm")
     d = deployment(
-        tmp_path, replicas=2, devices=[0, 1, 2, 3],
+        tmp_path,
+        replicas=2,
+        devices=[0, 1, 2, 3],
         args=["--enforce-eager", "--max-model-len", "1024"],
     )
 
@@ -143,9 +155,17 @@ def test_each_replica_runs_on_its_own_port_with_its_gpus_and_without_cumulos_set
         for i, p in enumerate(ps):
             argv = fake_line(p, "argv")
             assert argv == [
-                "--model", str(tmp_path / "model"), "--served-model-name", "tiny",
-                "--host", "127.0.0.1", "--port", str(p.replica.port if p.replica else 0),
-                "--enforce-eager", "--max-model-len", "1024",
+                "--model",
+                str(tmp_path / "model"),
+                "--served-model-name",
+                "tiny",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(p.replica.port if p.replica else 0),
+                "--enforce-eager",
+                "--max-model-len",
+                "1024",
             ]
             env = fake_line(p, "env")
             assert env["CUDA_VISIBLE_DEVICES"] == ["0,1", "2,3"][i]
@@ -153,7 +173,9 @@ def test_each_replica_runs_on_its_own_port_with_its_gpus_and_without_cumulos_set
             assert not any(k.startswith("CUMULO_") for k in env)
             assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env  # no --enable-lora
         # The log file is named after the replica's label, under CUMULO_HOME/logs.
-        assert ps[0].replica and ps[0].replica.log.path == tmp_path / "home/logs/vllm-vllm_tiny_0.log"
+        assert (
+            ps[0].replica and ps[0].replica.log.path == tmp_path / "home/logs/vllm-vllm_tiny_0.log"
+        )
 
     run_fleet(tmp_path, d, body)
 
@@ -197,8 +219,12 @@ def test_a_vllm_model_routes_least_busy_unless_told_and_needs_one_worker(tmp_pat
 
 
 def test_an_adapter_cannot_take_the_name_of_a_model(tmp_path: Path) -> None:
-    d = {"provider": "vllm", "path": str(tmp_path), "args": ["--enable-lora"],
-         "adapters": {"other": str(tmp_path)}}
+    d = {
+        "provider": "vllm",
+        "path": str(tmp_path),
+        "args": ["--enable-lora"],
+        "adapters": {"other": str(tmp_path)},
+    }
     models = [{"name": "m", "deployments": [d]}, {"name": "other", "deployments": [d]}]
     with pytest.raises(ConfigError) as err:
         parse_config({"models": models}, "c.yaml")
@@ -262,8 +288,11 @@ def test_a_replica_that_crashes_is_restarted_with_backoff_and_serves_again(tmp_p
         assert (await p.chat(chat())).message.content.startswith("fake-vllm")
         assert list(r.exit_codes) == [-signal.SIGKILL, -signal.SIGKILL]
         # The waits doubled: 0.2 s, then 0.4 s, between the exit and the next start.
-        times = [_when(line) for line in log_lines(p) if "==> cumulo" in line
-                 and ("exited with status" in line or "starting replica" in line)]
+        times = [
+            _when(line)
+            for line in log_lines(p)
+            if "==> cumulo" in line and ("exited with status" in line or "starting replica" in line)
+        ]
         gaps = [b - a for a, b in zip(times[1::2], times[2::2], strict=False)]
         assert len(gaps) == 2 and gaps[0] >= 0.2 and gaps[1] >= 0.4, gaps
 
@@ -400,9 +429,7 @@ def test_vllm_metrics_are_read_into_stats(tmp_path: Path) -> None:
     async def body(ps: list[VLLMProvider]) -> None:
         p = ps[0]
         call = asyncio.create_task(p.chat(chat("slow:1.5")))
-        assert await eventually(
-            lambda: _async((p.stats() or {}).get("running") == 1.0), within=5
-        )
+        assert await eventually(lambda: _async((p.stats() or {}).get("running") == 1.0), within=5)
         stats = p.stats() or {}
         assert stats["engine"] == "vllm" and stats["state"] == "ready" and stats["loaded"]
         assert stats["waiting"] == 0.0 and stats["kv_cache_usage"] == 0.25

@@ -45,15 +45,20 @@ def test_stream_fails_over_before_the_first_event() -> None:
         gw, records, _ = gateway(router)
         provider(router, "m", 0).script = [UpstreamError("dropped before the first byte")]
         stream = await gw.stream(WHO, chat_request(), "chat.completions")
-        assert stream.info.headers() == {"x-cumulo-deployment": "b", "x-cumulo-attempts": "2",
-                                         "x-cumulo-model": "m"}
+        assert stream.info.headers() == {
+            "x-cumulo-deployment": "b",
+            "x-cumulo-attempts": "2",
+            "x-cumulo-model": "m",
+        }
         events = await drain(stream.events())
         assert [type(e) for e in events] == [TextDelta, StreamEnd]
         [rec] = records
         assert (rec.status, rec.deployment, rec.attempts, rec.served_model) == (200, "b", 2, "m")
 
-    run_with_router(models({"name": "m", "deployments": [scripted("a", name="a"),
-                                                         scripted("b", name="b")]}), main)
+    run_with_router(
+        models({"name": "m", "deployments": [scripted("a", name="a"), scripted("b", name="b")]}),
+        main,
+    )
 
 
 def test_stream_waiting_past_the_ttft_timeout_fails_over() -> None:
@@ -64,9 +69,16 @@ def test_stream_waiting_past_the_ttft_timeout_fails_over() -> None:
         assert (stream.info.deployment, stream.info.attempts) == ("b", 2)
         await drain(stream.events())
 
-    run_with_router(models({"name": "m", "routing": {"ttft_timeout_s": 0.1},
-                            "deployments": [scripted("a", name="a"), scripted("b", name="b")]}),
-                    main)
+    run_with_router(
+        models(
+            {
+                "name": "m",
+                "routing": {"ttft_timeout_s": 0.1},
+                "deployments": [scripted("a", name="a"), scripted("b", name="b")],
+            }
+        ),
+        main,
+    )
 
 
 def test_stream_failing_after_the_first_event_ends_with_the_error(
@@ -84,8 +96,12 @@ def test_stream_failing_after_the_first_event_ends_with_the_error(
         assert (rec.status, rec.error_type, rec.deployment) == (502, "upstream_error", "dies")
         state = router.routes["m"].deployments[0]
         assert (state.failures, state.in_flight) == (1, 0)
-        assert sample(metrics, "cumulo_request_errors_total", model="m", deployment="dies",
-                      status="502") == 1
+        assert (
+            sample(
+                metrics, "cumulo_request_errors_total", model="m", deployment="dies", status="502"
+            )
+            == 1
+        )
 
     dep = {**openai_deployment(upstream, "disconnect:2"), "api_key_env": None, "name": "dies"}
     echo = {**openai_deployment(upstream, "echo"), "api_key_env": None, "name": "echo"}
@@ -122,27 +138,53 @@ def test_requests_are_recorded_and_counted_whatever_the_outcome() -> None:
         with pytest.raises(asyncio.CancelledError):
             await slow
         assert [(r.model, r.served_model, r.status, r.attempts) for r in records] == [
-            ("m", "n", 200, 2), ("_unknown", None, 404, 0), ("slow", None, 499, 0)]
-        assert sample(metrics, "cumulo_requests_total", model="m", deployment="scripted:b",
-                      status="200") == 1
-        assert sample(metrics, "cumulo_tokens_total", model="m", deployment="scripted:b",
-                      type="prompt") == 3
-        assert sample(metrics, "cumulo_requests_total", model="_unknown", deployment="",
-                      status="404") == 1
-        assert sample(metrics, "cumulo_request_duration_seconds_count", model="slow",
-                      deployment="") == 1
+            ("m", "n", 200, 2),
+            ("_unknown", None, 404, 0),
+            ("slow", None, 499, 0),
+        ]
+        assert (
+            sample(
+                metrics, "cumulo_requests_total", model="m", deployment="scripted:b", status="200"
+            )
+            == 1
+        )
+        assert (
+            sample(
+                metrics, "cumulo_tokens_total", model="m", deployment="scripted:b", type="prompt"
+            )
+            == 3
+        )
+        assert (
+            sample(metrics, "cumulo_requests_total", model="_unknown", deployment="", status="404")
+            == 1
+        )
+        assert (
+            sample(metrics, "cumulo_request_duration_seconds_count", model="slow", deployment="")
+            == 1
+        )
         assert sample(metrics, "cumulo_circuit_state", model="m", deployment="scripted:a") == 0
-        assert sample(metrics, "cumulo_deployment_failures_total", model="m",
-                      deployment="scripted:a") == 1
-        assert sample(metrics, "cumulo_deployment_in_flight", model="slow",
-                      deployment="scripted:s") == 0
+        assert (
+            sample(metrics, "cumulo_deployment_failures_total", model="m", deployment="scripted:a")
+            == 1
+        )
+        assert (
+            sample(metrics, "cumulo_deployment_in_flight", model="slow", deployment="scripted:s")
+            == 0
+        )
 
-    run_with_router(models(
-        {"name": "m", "deployments": [scripted("a")], "fallbacks": ["n"],
-         "routing": {"retries": 0}},
-        {"name": "n", "deployments": [scripted("b")]},
-        {"name": "slow", "deployments": [scripted("s")]},
-    ), lambda router: _slow_script(router, main))
+    run_with_router(
+        models(
+            {
+                "name": "m",
+                "deployments": [scripted("a")],
+                "fallbacks": ["n"],
+                "routing": {"retries": 0},
+            },
+            {"name": "n", "deployments": [scripted("b")]},
+            {"name": "slow", "deployments": [scripted("s")]},
+        ),
+        lambda router: _slow_script(router, main),
+    )
 
 
 async def _slow_script(router: Router, main: Any) -> None:
@@ -154,6 +196,7 @@ def test_a_deferred_request_is_accounted_when_its_deferred_work_runs() -> None:
     """A front door that sends first (`defer`) gets the response and its headers at once;
     the usage record, the deployment's health and the metrics follow when it runs the
     deferred work, exactly once."""
+
     async def main(router: Router) -> None:
         gw, records, metrics = gateway(router)
         deferred: list[Any] = []
@@ -166,8 +209,12 @@ def test_a_deferred_request_is_accounted_when_its_deferred_work_runs() -> None:
         assert (rec.model, rec.status, rec.deployment) == ("m", 200, "scripted:a")
         assert rec.latency_ms > 0
         assert router.routes["m"].deployments[0].in_flight == 0
-        assert sample(metrics, "cumulo_requests_total", model="m", deployment="scripted:a",
-                      status="200") == 1
+        assert (
+            sample(
+                metrics, "cumulo_requests_total", model="m", deployment="scripted:a", status="200"
+            )
+            == 1
+        )
 
     run_with_router(models({"name": "m", "deployments": [scripted("a")]}), main)
 
@@ -189,18 +236,27 @@ def test_a_models_default_max_tokens_applies_when_the_request_gives_none() -> No
         await gw.chat(WHO, chat_request(model="plain"), "chat.completions")
         assert [r.params.max_tokens for r in provider(router, "plain").requests] == [None]
 
-    run_with_router(models(
-        {"name": "m", "default_max_tokens": 12, "fallbacks": ["fb"], "routing": {"retries": 0},
-         "deployments": [scripted("a")]},
-        {"name": "fb", "default_max_tokens": 30, "deployments": [scripted("b")]},
-        {"name": "plain", "deployments": [scripted("c")]},
-    ), main)
+    run_with_router(
+        models(
+            {
+                "name": "m",
+                "default_max_tokens": 12,
+                "fallbacks": ["fb"],
+                "routing": {"retries": 0},
+                "deployments": [scripted("a")],
+            },
+            {"name": "fb", "default_max_tokens": 30, "deployments": [scripted("b")]},
+            {"name": "plain", "deployments": [scripted("c")]},
+        ),
+        main,
+    )
 
 
 def test_a_stream_is_recorded_before_its_last_event_is_handed_on() -> None:
     """The usage record (and its journal line) precede the stream's end: a front door
     sending the last event sends it after the record exists, so a crash cannot lose the
     record of a stream the client saw end."""
+
     async def main(router: Router) -> None:
         gw, records, _ = gateway(router)
         stream = await gw.stream(WHO, chat_request(), "chat.completions")

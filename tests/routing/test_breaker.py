@@ -6,8 +6,17 @@ from cumulo.routing.breaker import BreakerPolicy, CircuitBreaker
 
 
 def breaker(**policy: float) -> CircuitBreaker:
-    return CircuitBreaker(BreakerPolicy(**{"consecutive_failures": 3, "error_rate": 0.5,
-                                           "window": 10, "cooldown_s": 5.0, **policy}))
+    return CircuitBreaker(
+        BreakerPolicy(
+            **{
+                "consecutive_failures": 3,
+                "error_rate": 0.5,
+                "window": 10,
+                "cooldown_s": 5.0,
+                **policy,
+            }
+        )
+    )
 
 
 def test_opens_after_consecutive_failures_and_a_success_resets_the_count() -> None:

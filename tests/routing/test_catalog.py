@@ -13,20 +13,32 @@ from support.routing import chat_request, provider, run_with_router, scripted
 @pytest.mark.parametrize(
     ("message", "public"),
     [
-        ("local model directory /srv/home/models/demo-tiny does not exist; build it with "
-         "`cumulo models build-demo`",
-         "local model directory <path> does not exist; build it with `cumulo models build-demo`"),
-        ("cannot read the safetensors header of /m/x/model.safetensors: bad",
-         "cannot read the safetensors header of <path>: bad"),
-        ("Error no file named model.bin found in directory '/opt/x y'.",
-         "Error no file named model.bin found in directory '<path> y'."),
-        ("package 'pkg' points to ~/models/x, which is not a directory",
-         "package 'pkg' points to <path>, which is not a directory"),
-        ("cannot reach https://api.example.com/v1/models (status 503), 2/3 tried",
-         "cannot reach https://api.example.com/v1/models (status 503), 2/3 tried"),
+        (
+            "local model directory /srv/home/models/demo-tiny does not exist; build it with "
+            "`cumulo models build-demo`",
+            "local model directory <path> does not exist; build it with `cumulo models build-demo`",
+        ),
+        (
+            "cannot read the safetensors header of /m/x/model.safetensors: bad",
+            "cannot read the safetensors header of <path>: bad",
+        ),
+        (
+            "Error no file named model.bin found in directory '/opt/x y'.",
+            "Error no file named model.bin found in directory '<path> y'.",
+        ),
+        (
+            "package 'pkg' points to ~/models/x, which is not a directory",
+            "package 'pkg' points to <path>, which is not a directory",
+        ),
+        (
+            "cannot reach https://api.example.com/v1/models (status 503), 2/3 tried",
+            "cannot reach https://api.example.com/v1/models (status 503), 2/3 tried",
+        ),
         ("no such directory: /a/b.", "no such directory: <path>."),
-        ("needs 1.5 GiB, but only 0.2 GiB of memory is available; not loaded",
-         "needs 1.5 GiB, but only 0.2 GiB of memory is available; not loaded"),
+        (
+            "needs 1.5 GiB, but only 0.2 GiB of memory is available; not loaded",
+            "needs 1.5 GiB, but only 0.2 GiB of memory is available; not loaded",
+        ),
     ],
 )
 def test_public_reasons_hold_no_server_paths(message: str, public: str) -> None:
@@ -35,8 +47,11 @@ def test_public_reasons_hold_no_server_paths(message: str, public: str) -> None:
 
 def models(*, optional: bool) -> list[dict[str, object]]:
     return [
-        {"name": "m", "optional": optional, "deployments": [scripted("a", name="a"),
-                                                           scripted("b", name="b")]},
+        {
+            "name": "m",
+            "optional": optional,
+            "deployments": [scripted("a", name="a"), scripted("b", name="b")],
+        },
         {"name": "other", "deployments": [scripted("c")]},
     ]
 
@@ -44,7 +59,8 @@ def models(*, optional: bool) -> list[dict[str, object]]:
 def test_a_deployment_that_fails_to_start_is_skipped_and_reported() -> None:
     async def main(router: Router) -> None:
         provider(router, "m", 0).start_error = ConfigError(
-            "local model directory /srv/secret/models/x does not exist")
+            "local model directory /srv/secret/models/x does not exist"
+        )
         await router.catalog.start()
         assert (await router.run("m", "chat", attempt, 0)).deployment.label == "b"
         assert router.catalog.failures() == {"m": "local model directory <path> does not exist"}
@@ -63,11 +79,13 @@ def test_a_model_whose_deployments_all_failed_says_why() -> None:
             await router.run("m", "chat", attempt, 0)
         assert info.value.code == "model_load_failed"
         assert info.value.message == (
-            "The model 'm' failed to load: weights at <path> are corrupt; out of memory")
+            "The model 'm' failed to load: weights at <path> are corrupt; out of memory"
+        )
         # An optional model that failed does not hold readiness back; a required one does.
         assert not router.catalog.ready
         assert router.catalog.failures(required=True) == {
-            "m": "weights at <path> are corrupt; out of memory"}
+            "m": "weights at <path> are corrupt; out of memory"
+        }
 
     run_with_router(models(optional=False), main)
 

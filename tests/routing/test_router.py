@@ -41,8 +41,9 @@ def attempt_for(req: ChatRequest) -> Any:
     return attempt
 
 
-async def chat(router: Router, model: str = "m", text: str = "hello",
-               prompt_tokens: int = 0) -> Lease[ChatResponse]:
+async def chat(
+    router: Router, model: str = "m", text: str = "hello", prompt_tokens: int = 0
+) -> Lease[ChatResponse]:
     lease = await router.run(model, "chat", attempt_for(chat_request(text, model)), prompt_tokens)
     lease.finish(True)
     return lease
@@ -77,9 +78,16 @@ def test_retryable_failure_moves_on_to_the_next_deployment() -> None:
     run_with_router([model("m", scripted("a", name="a"), scripted("b", name="b"))], main)
 
 
-@pytest.mark.parametrize("error", [
-    UpstreamError("502"), UpstreamTimeout("slow"), RateLimited("429"), Unavailable("loading"),
-], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamError("502"),
+        UpstreamTimeout("slow"),
+        RateLimited("429"),
+        Unavailable("loading"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_each_retryable_failure_is_retried(error: CumuloError) -> None:
     async def main(router: Router) -> None:
         provider(router, "m").script = [error, "ok"]
@@ -96,8 +104,9 @@ def test_upstream_400_is_not_retried(upstream: FakeOpenAIUpstream, marker: str) 
         assert len(upstream.received(marker)) == 1  # the second deployment was never asked
         assert router.routes["m"].deployments[0].breaker.state == "closed"
 
-    run_with_router([model("m", named(upstream, "status:400", "bad"),
-                           named(upstream, "echo", "good"))], main)
+    run_with_router(
+        [model("m", named(upstream, "status:400", "bad"), named(upstream, "echo", "good"))], main
+    )
 
 
 def test_upstream_500_fails_over_to_the_next_deployment(
@@ -108,8 +117,9 @@ def test_upstream_500_fails_over_to_the_next_deployment(
         assert (lease.deployment.label, lease.attempts) == ("good", 2)
         assert lease.value.message.content == f"echo: {marker}"
 
-    run_with_router([model("m", named(upstream, "status:500", "bad"),
-                           named(upstream, "echo", "good"))], main)
+    run_with_router(
+        [model("m", named(upstream, "status:500", "bad"), named(upstream, "echo", "good"))], main
+    )
 
 
 def test_retry_after_is_honoured(upstream: FakeOpenAIUpstream, marker: str) -> None:
@@ -132,8 +142,9 @@ def test_retry_after_past_the_deadline_is_not_waited_for(
         assert isinstance(error, RateLimited) and error.retry_after == 5
         assert error.attempts == 1
 
-    run_with_router([model("m", named(upstream, "ratelimit:5", "rl"),
-                           routing={"timeout_s": 1.0})], main)
+    run_with_router(
+        [model("m", named(upstream, "ratelimit:5", "rl"), routing={"timeout_s": 1.0})], main
+    )
 
 
 class RecordedRandom(random.Random):
@@ -164,8 +175,16 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
         for gap, wait in zip(gaps, waits, strict=True):
             assert gap >= wait - 0.001  # asyncio may wake within its clock's resolution
 
-    run_with_router([model("m", scripted("a"), routing={"retries": 3, "backoff_s": 0.05,
-                                                        "strategy": "priority"})], main)
+    run_with_router(
+        [
+            model(
+                "m",
+                scripted("a"),
+                routing={"retries": 3, "backoff_s": 0.05, "strategy": "priority"},
+            )
+        ],
+        main,
+    )
 
 
 def test_the_deadline_bounds_all_attempts(upstream: FakeOpenAIUpstream, marker: str) -> None:
@@ -177,8 +196,17 @@ def test_the_deadline_bounds_all_attempts(upstream: FakeOpenAIUpstream, marker: 
         assert 0.5 <= elapsed < 4.0  # the upstreams would take 5 s; 0.5 s is the deadline
         assert error.attempts >= 1
 
-    run_with_router([model("m", named(upstream, "slow:5", "a"), named(upstream, "slow:5", "b"),
-                           routing={"timeout_s": 0.5, "retries": 5})], main)
+    run_with_router(
+        [
+            model(
+                "m",
+                named(upstream, "slow:5", "a"),
+                named(upstream, "slow:5", "b"),
+                routing={"timeout_s": 0.5, "retries": 5},
+            )
+        ],
+        main,
+    )
 
 
 def test_an_attempt_ends_at_its_deployments_timeout_and_moves_on(
@@ -191,8 +219,17 @@ def test_an_attempt_ends_at_its_deployments_timeout_and_moves_on(
         assert (lease.deployment.label, lease.attempts) == ("fast", 2)
 
     slow = {**named(upstream, "slow:5", "slow"), "timeout_s": 0.3}
-    run_with_router([model("m", slow, named(upstream, "echo", "fast"),
-                           routing={"strategy": "priority", "timeout_s": 10})], main)
+    run_with_router(
+        [
+            model(
+                "m",
+                slow,
+                named(upstream, "echo", "fast"),
+                routing={"strategy": "priority", "timeout_s": 10},
+            )
+        ],
+        main,
+    )
 
 
 def test_a_deployment_timeout_is_a_504_naming_timeout_s(
@@ -216,8 +253,13 @@ def test_fallback_model_serves_when_the_model_fails() -> None:
         lease = await chat(router)
         assert (lease.model, lease.deployment.label, lease.attempts) == ("n", "scripted:b", 2)
 
-    run_with_router([model("m", scripted("a"), fallbacks=["n"], routing={"retries": 0}),
-                     model("n", scripted("b"))], main)
+    run_with_router(
+        [
+            model("m", scripted("a"), fallbacks=["n"], routing={"retries": 0}),
+            model("n", scripted("b")),
+        ],
+        main,
+    )
 
 
 def test_a_caller_error_does_not_fall_back() -> None:
@@ -239,22 +281,27 @@ def test_a_prompt_too_long_for_the_window_goes_to_a_larger_model() -> None:
         raise AssertionError(f"served {error}")
 
     with pytest.raises(InvalidRequest) as info:
-        run_with_router([
-            model("small", scripted("s"), context_window=100, fallbacks=["large"]),
-            model("large", scripted("l"), context_window=1000),
-        ], main)
+        run_with_router(
+            [
+                model("small", scripted("s"), context_window=100, fallbacks=["large"]),
+                model("large", scripted("l"), context_window=1000),
+            ],
+            main,
+        )
     assert info.value.code == "context_length_exceeded" and info.value.status == 400
 
 
 def test_upstream_context_length_exceeded_falls_back() -> None:
     async def main(router: Router) -> None:
         provider(router, "small").script = [
-            InvalidRequest("too long", code="context_length_exceeded")]
+            InvalidRequest("too long", code="context_length_exceeded")
+        ]
         lease = await chat(router, "small")
         assert (lease.model, lease.attempts) == ("large", 2)
 
-    run_with_router([model("small", scripted("s"), fallbacks=["large"]),
-                     model("large", scripted("l"))], main)
+    run_with_router(
+        [model("small", scripted("s"), fallbacks=["large"]), model("large", scripted("l"))], main
+    )
 
 
 # -- circuit breaker and readiness --------------------------------------------------------
@@ -300,8 +347,14 @@ def test_open_circuit_is_skipped_without_an_attempt() -> None:
         assert len(provider(router, "m", 0).calls) == 1
 
     breaker = {"consecutive_failures": 1, "cooldown_s": 60}
-    run_with_router([model("m", scripted("a", name="a"), scripted("b", name="b"),
-                           routing={"breaker": breaker})], main)
+    run_with_router(
+        [
+            model(
+                "m", scripted("a", name="a"), scripted("b", name="b"), routing={"breaker": breaker}
+            )
+        ],
+        main,
+    )
 
 
 def test_deployments_still_loading_are_skipped() -> None:
@@ -351,15 +404,19 @@ def test_a_label_never_holds_a_path_or_a_url(deployment: dict[str, Any], label: 
 
 def test_labels_are_unique_within_a_model() -> None:
     local = {"provider": "local", "path": "/a"}
-    config = parse_config({"models": [model("m", local, {**local, "path": "/b"},
-                                            {**local, "name": "x"})]}, "test")
+    config = parse_config(
+        {"models": [model("m", local, {**local, "path": "/b"}, {**local, "name": "x"})]}, "test"
+    )
     assert deployment_labels(config.models[0]) == ["local:m#1", "local:m#2", "x"]
 
 
 def test_same_upstream_model_twice_gets_distinct_labels(upstream: FakeOpenAIUpstream) -> None:
     async def main(router: Router) -> None:
         assert [d.label for d in router.routes["m"].deployments] == [
-            "openai:echo#1", "openai:echo#2", "named"]
+            "openai:echo#1",
+            "openai:echo#2",
+            "named",
+        ]
 
     dep = {**openai_deployment(upstream, "echo"), "api_key_env": None}
     run_with_router([model("m", dep, dep, {**dep, "name": "named"})], main)

@@ -55,8 +55,12 @@ def test_weighted_first_choice_is_proportional_to_weight() -> None:
 
 
 def test_least_busy_prefers_fewest_in_flight_and_breaks_ties_at_random() -> None:
-    ds = [state("a", in_flight=3), state("b", in_flight=0), state("c", in_flight=1),
-          state("d", in_flight=0)]
+    ds = [
+        state("a", in_flight=3),
+        state("b", in_flight=0),
+        state("c", in_flight=1),
+        state("d", in_flight=0),
+    ]
     rng = random.Random(3)
     firsts = Counter(STRATEGIES["least-busy"](ds, rng)[0].label for _ in range(400))
     assert set(firsts) == {"b", "d"} and min(firsts.values()) > 100
@@ -64,10 +68,18 @@ def test_least_busy_prefers_fewest_in_flight_and_breaks_ties_at_random() -> None
 
 
 def test_least_latency_tries_untried_first_then_lowest_moving_average() -> None:
-    ds = [state("slow", latency_ewma=0.9), state("fast", latency_ewma=0.1),
-          state("streams", latency_ewma=2.0, ttft_ewma=0.05), state("new")]
+    ds = [
+        state("slow", latency_ewma=0.9),
+        state("fast", latency_ewma=0.1),
+        state("streams", latency_ewma=2.0, ttft_ewma=0.05),
+        state("new"),
+    ]
     assert labels(STRATEGIES["least-latency"](ds, random.Random(1))) == [
-        "new", "streams", "fast", "slow"]
+        "new",
+        "streams",
+        "fast",
+        "slow",
+    ]
 
 
 def test_prices_come_from_genai_prices_or_the_config() -> None:
@@ -77,23 +89,44 @@ def test_prices_come_from_genai_prices_or_the_config() -> None:
     assert (mini.source, big.source) == ("genai-prices", "genai-prices")
     assert 0 < mini.input_per_mtok < big.input_per_mtok
     assert 0 < mini.output_per_mtok < big.output_per_mtok
-    override = price_of(DeploymentConfig(provider="openai", model="gpt-4o", base_url=URL,
-                                         price={"input_per_mtok": 0.01, "output_per_mtok": 0.02}))
+    override = price_of(
+        DeploymentConfig(
+            provider="openai",
+            model="gpt-4o",
+            base_url=URL,
+            price={"input_per_mtok": 0.01, "output_per_mtok": 0.02},
+        )
+    )
     assert override is not None and override.source == "config"
     assert (override.input_per_mtok, override.output_per_mtok) == (0.01, 0.02)
     assert price_of(DeploymentConfig(provider="openai", model="echo", base_url=URL)) is None
     # A self-hosted OpenAI-compatible server is not priced by the table, whatever its model id.
-    assert price_of(DeploymentConfig(provider="openai", model="gpt-4o", base_url=SELF_HOSTED)) is None
-    azure = price_of(DeploymentConfig(
-        provider="openai", model="gpt-4o", auth_header="api-key",
-        base_url="https://example.openai.azure.com/openai/deployments/gpt-4o"))
+    assert (
+        price_of(DeploymentConfig(provider="openai", model="gpt-4o", base_url=SELF_HOSTED)) is None
+    )
+    azure = price_of(
+        DeploymentConfig(
+            provider="openai",
+            model="gpt-4o",
+            auth_header="api-key",
+            base_url="https://example.openai.azure.com/openai/deployments/gpt-4o",
+        )
+    )
     assert azure is not None and azure.input_per_mtok == big.input_per_mtok
 
 
 def test_lowest_cost_orders_by_price_with_unpriced_last() -> None:
-    ds = [state("unpriced", model="echo"), state("gpt-4o", model="gpt-4o"),
-          state("gpt-4o-mini", model="gpt-4o-mini"),
-          state("self-hosted", model="gpt-4o",
-                price={"input_per_mtok": 0.01, "output_per_mtok": 0.01})]
+    ds = [
+        state("unpriced", model="echo"),
+        state("gpt-4o", model="gpt-4o"),
+        state("gpt-4o-mini", model="gpt-4o-mini"),
+        state(
+            "self-hosted", model="gpt-4o", price={"input_per_mtok": 0.01, "output_per_mtok": 0.01}
+        ),
+    ]
     assert labels(STRATEGIES["lowest-cost"](ds, random.Random(1))) == [
-        "self-hosted", "gpt-4o-mini", "gpt-4o", "unpriced"]
+        "self-hosted",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "unpriced",
+    ]

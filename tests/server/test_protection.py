@@ -31,14 +31,21 @@ def server(
     upstream: FakeOpenAIUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CumuloServer]:
     config = {
-        "server": {"header_timeout_s": 1.0, "body_timeout_s": 1.5, "keep_alive_timeout_s": 1.0,
-                   "max_connections": MAX_CONNECTIONS, "health_connections": HEALTH_CONNECTIONS},
+        "server": {
+            "header_timeout_s": 1.0,
+            "body_timeout_s": 1.5,
+            "keep_alive_timeout_s": 1.0,
+            "max_connections": MAX_CONNECTIONS,
+            "health_connections": HEALTH_CONNECTIONS,
+        },
         "models": [
             {"name": "chat-echo", "deployments": [openai_deployment(upstream, "echo")]},
             {"name": "chat-slow", "deployments": [openai_deployment(upstream, "slow:3")]},
         ],
     }
-    server = start_cumulo(config, tmp_path_factory.mktemp("protect"), FAKE_UPSTREAM_KEY=UPSTREAM_KEY)
+    server = start_cumulo(
+        config, tmp_path_factory.mktemp("protect"), FAKE_UPSTREAM_KEY=UPSTREAM_KEY
+    )
     yield server
     server.stop()
 
@@ -74,8 +81,11 @@ def connect(server: CumuloServer) -> socket.socket:
 def served(server: CumuloServer, key: ApiKey) -> None:
     """A normal client and a health probe are answered, each on a new connection."""
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        resp = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key.token}"},
-                         json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]})
+        resp = http.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key.token}"},
+            json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert resp.status_code == 200, resp.text
         assert resp.json()["choices"][0]["message"]["content"] == "echo: hi"
     with httpx.Client(base_url=server.url, timeout=10) as http:
@@ -116,8 +126,9 @@ def test_unfinished_huge_header_blocks_get_431(server: CumuloServer, key: ApiKey
 
 def test_a_whole_header_block_over_the_limit_gets_431(server: CumuloServer) -> None:
     sock = connect(server)
-    sock.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (100 * 1024)
-                 + b"\r\n\r\n")
+    sock.sendall(
+        b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (100 * 1024) + b"\r\n\r\n"
+    )
     reply = answer(sock)
     sock.close()
     assert reply.startswith(b"HTTP/1.1 431 "), reply[:80]
@@ -152,9 +163,12 @@ def test_slow_headers_and_slow_bodies_get_408(server: CumuloServer, key: ApiKey)
     for sock in slow_header:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
     for sock in slow_body:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
-                     b"application/json\r\nauthorization: Bearer " + key.token.encode()
-                     + b"\r\ncontent-length: 1000\r\n\r\n{")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+            b"application/json\r\nauthorization: Bearer "
+            + key.token.encode()
+            + b"\r\ncontent-length: 1000\r\n\r\n{"
+        )
     live = slow_header + slow_body
     # Keep trickling a byte each until the server has closed every one of them.
     deadline = time.monotonic() + 30
@@ -190,8 +204,10 @@ def test_a_connection_answered_before_its_body_arrived_is_closed_when_idle(
     server: CumuloServer,
 ) -> None:
     sock = connect(server)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer nope"
-                 b"\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n")
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer nope"
+        b"\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+    )
     sock.settimeout(10)
     first = sock.recv(65536)  # refused before the body is read
     while b"\r\n\r\n" not in first or not first.endswith(b"}"):
@@ -205,8 +221,10 @@ def test_a_connection_answered_before_its_body_arrived_is_closed_when_idle(
 def test_health_is_answered_while_every_connection_is_busy(
     server: CumuloServer, key: ApiKey
 ) -> None:
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
-               b"\r\nauthorization: Bearer " + key.token.encode() + b"\r\ncontent-length: %d\r\n\r\n")
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+        b"\r\nauthorization: Bearer " + key.token.encode() + b"\r\ncontent-length: %d\r\n\r\n"
+    )
     body = b'{"model":"chat-slow","messages":[{"role":"user","content":"wait"}]}'
     busy = []
     for _ in range(MAX_CONNECTIONS):  # each waits 3 s for the upstream
@@ -215,8 +233,11 @@ def test_health_is_answered_while_every_connection_is_busy(
         busy.append(sock)
     time.sleep(0.3)
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        refused = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key.token}"},
-                            json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]})
+        refused = http.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key.token}"},
+            json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
     with httpx.Client(base_url=server.url, timeout=10) as http:

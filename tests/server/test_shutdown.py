@@ -40,10 +40,16 @@ def test_sigterm_ends_hanging_requests_in_their_wire_format(
         "server": {"shutdown_timeout_s": SHUTDOWN_TIMEOUT_S},
         "usage": {"flush_interval_s": 60},  # recorded at shutdown, by the final flush
         "models": [
-            {"name": "hang", "routing": {"retries": 0},
-             "deployments": [openai_deployment(upstream, "slow:60", timeout_s=120)]},
-            {"name": "hang-stream", "routing": {"retries": 0, "ttft_timeout_s": 60},
-             "deployments": [openai_deployment(upstream, "hold", timeout_s=120)]},
+            {
+                "name": "hang",
+                "routing": {"retries": 0},
+                "deployments": [openai_deployment(upstream, "slow:60", timeout_s=120)],
+            },
+            {
+                "name": "hang-stream",
+                "routing": {"retries": 0, "ttft_timeout_s": 60},
+                "deployments": [openai_deployment(upstream, "hold", timeout_s=120)],
+            },
         ],
     }
     server = start_cumulo(config, tmp_path, FAKE_UPSTREAM_KEY=UPSTREAM_KEY)
@@ -53,55 +59,92 @@ def test_sigterm_ends_hanging_requests_in_their_wire_format(
 
     def openai() -> None:
         with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http:
-            resp = http.post("/v1/chat/completions", headers=auth,
-                             json={"model": "hang", "messages": ask("oa")})
+            resp = http.post(
+                "/v1/chat/completions", headers=auth, json={"model": "hang", "messages": ask("oa")}
+            )
             results["openai"] = (resp.status_code, resp.json())
 
     def openai_stream() -> None:
-        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http, http.stream(
-            "POST", "/v1/chat/completions", headers=auth,
-            json={"model": "hang-stream", "messages": ask("oa-stream"), "stream": True},
-        ) as resp:
+        with (
+            httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http,
+            http.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers=auth,
+                json={"model": "hang-stream", "messages": ask("oa-stream"), "stream": True},
+            ) as resp,
+        ):
             results["openai_stream"] = (resp.status_code, list(resp.iter_lines()))
 
     def anthropic() -> None:
         with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http:
-            resp = http.post("/v1/messages", headers={"x-api-key": key.token},
-                             json={"model": "hang", "max_tokens": 16, "messages": ask("an")})
+            resp = http.post(
+                "/v1/messages",
+                headers={"x-api-key": key.token},
+                json={"model": "hang", "max_tokens": 16, "messages": ask("an")},
+            )
             results["anthropic"] = (resp.status_code, resp.json())
 
     def anthropic_stream() -> None:
-        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http, http.stream(
-            "POST", "/v1/messages", headers={"x-api-key": key.token},
-            json={"model": "hang-stream", "max_tokens": 16, "messages": ask("an-stream"),
-                  "stream": True},
-        ) as resp:
+        with (
+            httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http,
+            http.stream(
+                "POST",
+                "/v1/messages",
+                headers={"x-api-key": key.token},
+                json={
+                    "model": "hang-stream",
+                    "max_tokens": 16,
+                    "messages": ask("an-stream"),
+                    "stream": True,
+                },
+            ) as resp,
+        ):
             results["anthropic_stream"] = (resp.status_code, list(resp.iter_lines()))
 
     def bedrock() -> None:
         with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http:
-            resp = http.post("/model/hang/converse", headers=auth,
-                             json={"messages": bedrock_ask("br")})
-            results["bedrock"] = (resp.status_code, resp.headers.get("x-amzn-errortype"),
-                                  resp.json())
+            resp = http.post(
+                "/model/hang/converse", headers=auth, json={"messages": bedrock_ask("br")}
+            )
+            results["bedrock"] = (
+                resp.status_code,
+                resp.headers.get("x-amzn-errortype"),
+                resp.json(),
+            )
 
     def bedrock_stream() -> None:
-        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http, http.stream(
-            "POST", "/model/hang-stream/converse-stream", headers=auth,
-            json={"messages": bedrock_ask("br-stream")},
-        ) as resp:
+        with (
+            httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as http,
+            http.stream(
+                "POST",
+                "/model/hang-stream/converse-stream",
+                headers=auth,
+                json={"messages": bedrock_ask("br-stream")},
+            ) as resp,
+        ):
             decoder = Decoder()
             frames = [m for chunk in resp.iter_bytes() for m in decoder.feed(chunk)]
             results["bedrock_stream"] = (resp.status_code, frames)
 
-    clients: list[Callable[[], None]] = [openai, openai_stream, anthropic, anthropic_stream,
-                                         bedrock, bedrock_stream]
+    clients: list[Callable[[], None]] = [
+        openai,
+        openai_stream,
+        anthropic,
+        anthropic_stream,
+        bedrock,
+        bedrock_stream,
+    ]
     threads = [threading.Thread(target=c) for c in clients]
     for t in threads:
         t.start()
-    wait_until(lambda: len(upstream.received("wait")) >= len(clients)
-               and all(upstream.received(m) for m in ("oa-stream", "an-stream", "br-stream")),
-               timeout=10)
+    wait_until(
+        lambda: (
+            len(upstream.received("wait")) >= len(clients)
+            and all(upstream.received(m) for m in ("oa-stream", "an-stream", "br-stream"))
+        ),
+        timeout=10,
+    )
     server.process.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(CLIENT_TIMEOUT_S + 5)

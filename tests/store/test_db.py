@@ -37,10 +37,23 @@ def with_store(url: str, fn: Callable[[Store], Awaitable[T]], migrate: bool = Tr
 
 
 def usage_row(**over: Any) -> dict[str, Any]:
-    row = {"ts": time.time(), "key_id": "k1", "endpoint": "chat.completions", "model": "m",
-           "deployment": "openai:m", "stream": False, "prompt_tokens": 1, "completion_tokens": 2,
-           "latency_ms": 10.0, "ttft_ms": None, "status": 200, "error_type": None,
-           "tenant_id": None, "cost_usd": None, "guardrail_interventions": 0}
+    row = {
+        "ts": time.time(),
+        "key_id": "k1",
+        "endpoint": "chat.completions",
+        "model": "m",
+        "deployment": "openai:m",
+        "stream": False,
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "latency_ms": 10.0,
+        "ttft_ms": None,
+        "status": 200,
+        "error_type": None,
+        "tenant_id": None,
+        "cost_usd": None,
+        "guardrail_interventions": 0,
+    }
     return {**row, **over}
 
 
@@ -93,12 +106,22 @@ def test_keys_add_list_revoke(db_url: str) -> None:
 def test_tenants_and_scoped_keys(db_url: str) -> None:
     async def scenario(store: Store) -> None:
         v0 = await store.keys_version()
-        acme = await store.add_tenant("t1", "acme", models=["m1", "m2"], limits={"rpm": 60},
-                                      budget={"usd": 12.5, "period": "month"},
-                                      guardrails=["pii"], log_invocations=True,
-                                      log_retention_days=7)
+        acme = await store.add_tenant(
+            "t1",
+            "acme",
+            models=["m1", "m2"],
+            limits={"rpm": 60},
+            budget={"usd": 12.5, "period": "month"},
+            guardrails=["pii"],
+            log_invocations=True,
+            log_retention_days=7,
+        )
         assert (acme.models, acme.limits, acme.budget, acme.guardrails) == (
-            ["m1", "m2"], {"rpm": 60}, {"usd": 12.5, "period": "month"}, ["pii"])
+            ["m1", "m2"],
+            {"rpm": 60},
+            {"usd": 12.5, "period": "month"},
+            ["pii"],
+        )
         assert (acme.log_invocations, acme.log_retention_days) == (True, 7)
         other = await store.add_tenant("t2", "other")
         assert (other.models, other.log_invocations) == (None, False)
@@ -106,12 +129,19 @@ def test_tenants_and_scoped_keys(db_url: str) -> None:
         assert [t.id for t in await store.list_tenants()] == ["t1", "t2"]
         assert await store.keys_version() != v0
 
-        old = await store.add_key("k1", "svc", "caller", "h" * 64, tenant_id="t1",
-                                  models=["m1"], limits={"tpm": 1000}, budget={"usd": 1.0})
+        old = await store.add_key(
+            "k1",
+            "svc",
+            "caller",
+            "h" * 64,
+            tenant_id="t1",
+            models=["m1"],
+            limits={"tpm": 1000},
+            budget={"usd": 1.0},
+        )
         assert await store.get_key("k1") == old
         at = time.time() + 3600
-        await store.add_key("k2", "svc", "caller", "g" * 64, tenant_id="t1",
-                            expire_key=("k1", at))
+        await store.add_key("k2", "svc", "caller", "g" * 64, tenant_id="t1", expire_key=("k1", at))
         assert (await store.get_key("k1")).expires_at == at  # type: ignore[union-attr]
         await store.add_key("k3", "x", "caller", "f" * 64, tenant_id="t2")
         assert [k.id for k in await store.list_keys(tenant_id="t1")] == ["k1", "k2"]
@@ -120,7 +150,10 @@ def test_tenants_and_scoped_keys(db_url: str) -> None:
         updated = await store.update_tenant("t1", limits={"rpm": 5}, log_invocations=False)
         assert updated is not None
         assert (updated.limits, updated.log_invocations, updated.models) == (
-            {"rpm": 5}, False, ["m1", "m2"])
+            {"rpm": 5},
+            False,
+            ["m1", "m2"],
+        )
         assert await store.keys_version() != v1
         assert await store.update_tenant("nope", limits={}) is None
 
@@ -141,30 +174,76 @@ def test_usage_insert_and_summary(db_url: str) -> None:
     async def scenario(store: Store) -> dict[str, Any]:
         empty = await store.usage_summary()
         assert empty == {"by_key": [], "by_model": [], "by_tenant": []}
-        await store.insert_usage([
-            usage_row(ts=100, key_id="k1", model="a", prompt_tokens=3, completion_tokens=4,
-                      tenant_id="t1", cost_usd=0.25),
-            usage_row(ts=200, key_id="k1", model="b", status=502, error_type="upstream_error",
-                      prompt_tokens=0, completion_tokens=0, latency_ms=30.0, tenant_id="t1"),
-            usage_row(ts=300, key_id="k2", model="a", prompt_tokens=5, completion_tokens=6,
-                      tenant_id="t2", cost_usd=0.5, guardrail_interventions=2),
-            usage_row(ts=300, key_id=None, model="a", status=401, error_type="authentication_error"),
-        ])
+        await store.insert_usage(
+            [
+                usage_row(
+                    ts=100,
+                    key_id="k1",
+                    model="a",
+                    prompt_tokens=3,
+                    completion_tokens=4,
+                    tenant_id="t1",
+                    cost_usd=0.25,
+                ),
+                usage_row(
+                    ts=200,
+                    key_id="k1",
+                    model="b",
+                    status=502,
+                    error_type="upstream_error",
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    latency_ms=30.0,
+                    tenant_id="t1",
+                ),
+                usage_row(
+                    ts=300,
+                    key_id="k2",
+                    model="a",
+                    prompt_tokens=5,
+                    completion_tokens=6,
+                    tenant_id="t2",
+                    cost_usd=0.5,
+                    guardrail_interventions=2,
+                ),
+                usage_row(
+                    ts=300, key_id=None, model="a", status=401, error_type="authentication_error"
+                ),
+            ]
+        )
         await store.insert_usage([])
         assert await store.count_usage() == 4
-        assert await store.spend_since(150) == {("tenant", "t1"): 0.0, ("key", "k1"): 0.0,
-                                                ("tenant", "t2"): 0.5, ("key", "k2"): 0.5}
-        return {"all": await store.usage_summary(), "since": await store.usage_summary(since=250),
-                "t1": await store.usage_summary(tenant_id="t1")}
+        assert await store.spend_since(150) == {
+            ("tenant", "t1"): 0.0,
+            ("key", "k1"): 0.0,
+            ("tenant", "t2"): 0.5,
+            ("key", "k2"): 0.5,
+        }
+        return {
+            "all": await store.usage_summary(),
+            "since": await store.usage_summary(since=250),
+            "t1": await store.usage_summary(tenant_id="t1"),
+        }
 
     got = with_store(db_url, scenario)
     by_key = {r["key"]: r for r in got["all"]["by_key"]}
-    assert by_key["k1"] == {"key": "k1", "requests": 2, "prompt_tokens": 3, "completion_tokens": 4,
-                            "errors": 1, "avg_latency_ms": 20.0, "cost_usd": 0.25,
-                            "guardrail_interventions": 0}
+    assert by_key["k1"] == {
+        "key": "k1",
+        "requests": 2,
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "errors": 1,
+        "avg_latency_ms": 20.0,
+        "cost_usd": 0.25,
+        "guardrail_interventions": 0,
+    }
     assert (by_key["k2"]["requests"], by_key[None]["errors"]) == (1, 1)
     by_model = {r["model"]: r for r in got["all"]["by_model"]}
-    assert (by_model["a"]["requests"], by_model["a"]["prompt_tokens"], by_model["a"]["errors"]) == (3, 9, 1)
+    assert (by_model["a"]["requests"], by_model["a"]["prompt_tokens"], by_model["a"]["errors"]) == (
+        3,
+        9,
+        1,
+    )
     assert (by_model["b"]["requests"], by_model["b"]["errors"]) == (1, 1)
     by_tenant = {r["tenant"]: r for r in got["all"]["by_tenant"]}
     assert (by_tenant["t2"]["cost_usd"], by_tenant["t2"]["guardrail_interventions"]) == (0.5, 2)
@@ -180,19 +259,51 @@ def test_usage_insert_and_summary(db_url: str) -> None:
 
 def test_usage_records_as_the_recorder_writes_them(db_url: str) -> None:
     records = [
-        UsageRecord("k1", "chat.completions", "m", "local:m", True, 7, 9, 12.5, 3.25, 200, None,
-                    served_model="m", attempts=1, queue_ms=0.5, tenant_id="t1", cost_usd=0.001,
-                    guardrail_interventions=1, ts=time.time()),
-        UsageRecord(None, "embeddings", "e", None, False, 0, 0, 1.0, None, 401,
-                    "authentication_error", ts=time.time()),
+        UsageRecord(
+            "k1",
+            "chat.completions",
+            "m",
+            "local:m",
+            True,
+            7,
+            9,
+            12.5,
+            3.25,
+            200,
+            None,
+            served_model="m",
+            attempts=1,
+            queue_ms=0.5,
+            tenant_id="t1",
+            cost_usd=0.001,
+            guardrail_interventions=1,
+            ts=time.time(),
+        ),
+        UsageRecord(
+            None,
+            "embeddings",
+            "e",
+            None,
+            False,
+            0,
+            0,
+            1.0,
+            None,
+            401,
+            "authentication_error",
+            ts=time.time(),
+        ),
     ]
 
     async def scenario(store: Store) -> list[tuple[Any, ...]]:
         await store.insert_usage([r.as_row() for r in records])
         async with store.engine.connect() as conn:
-            rows = await conn.execute(text(
-                "SELECT key_id, stream, ttft_ms, queue_ms, attempts, served_model, cost_usd, "
-                "guardrail_interventions FROM usage ORDER BY id"))
+            rows = await conn.execute(
+                text(
+                    "SELECT key_id, stream, ttft_ms, queue_ms, attempts, served_model, cost_usd, "
+                    "guardrail_interventions FROM usage ORDER BY id"
+                )
+            )
             return [tuple(r) for r in rows]
 
     first, second = with_store(db_url, scenario)
@@ -222,11 +333,13 @@ def test_values_longer_than_their_column_do_not_fail_the_write(db_url: str) -> N
     long_model = "m" * 300  # a model name a caller made up (answered 404, still metered)
 
     async def scenario(store: Store) -> None:
-        await store.insert_usage([
-            usage_row(key_id="k1", model=long_model, status=404, error_type="not_found_error"),
-            usage_row(key_id="k1", model="a"),
-            usage_row(key_id="k1", model="nul\x00model", status=404),  # JSON allows "\u0000"
-        ])
+        await store.insert_usage(
+            [
+                usage_row(key_id="k1", model=long_model, status=404, error_type="not_found_error"),
+                usage_row(key_id="k1", model="a"),
+                usage_row(key_id="k1", model="nul\x00model", status=404),  # JSON allows "\u0000"
+            ]
+        )
         by_model = {r["model"]: r["requests"] for r in (await store.usage_summary())["by_model"]}
         assert by_model == {"m" * 128: 1, "a": 1, "nul\ufffdmodel": 1}
 
@@ -239,22 +352,31 @@ def test_values_longer_than_their_column_do_not_fail_the_write(db_url: str) -> N
     with_store(db_url, scenario)
 
 
-MIGRATE = "import asyncio, sys; from cumulo.store.db import Store; " \
-          "s = Store(sys.argv[1]); asyncio.run(s.migrate()); asyncio.run(s.close())"
+MIGRATE = (
+    "import asyncio, sys; from cumulo.store.db import Store; "
+    "s = Store(sys.argv[1]); asyncio.run(s.migrate()); asyncio.run(s.close())"
+)
 
 
 def test_postgres_replicas_migrating_a_new_database_at_once(postgres_url: str) -> None:
     """Replicas starting together on an empty database take turns; all of them start."""
-    replicas = [subprocess.Popen([sys.executable, "-c", MIGRATE, postgres_url],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                for _ in range(3)]
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE, postgres_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=120)[0].decode() for p in replicas]
     assert [p.returncode for p in replicas] == [0, 0, 0], outputs
 
     async def version(store: Store) -> list[tuple[Any, ...]]:
         async with store.engine.connect() as conn:
-            return [tuple(r) for r in await conn.execute(
-                text("SELECT version_num FROM alembic_version"))]
+            return [
+                tuple(r)
+                for r in await conn.execute(text("SELECT version_num FROM alembic_version"))
+            ]
 
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert with_store(postgres_url, version, migrate=False) == [(head,)]
@@ -267,7 +389,8 @@ def test_postgres_test_databases_are_dropped_even_when_the_test_fails() -> None:
         with pytest.raises(RuntimeError), postgres_database(prefix="cumulo_dropcheck") as url:
             name = url.rsplit("/", 1)[-1]
             left_open = loop.run_until_complete(
-                asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://")))
+                asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+            )
             assert name in database_names("cumulo_dropcheck")
             raise RuntimeError("the test failed")
         assert name not in database_names("cumulo_dropcheck")

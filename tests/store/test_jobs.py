@@ -14,8 +14,14 @@ async def _table(db_url: str) -> tuple[Store, JobTable]:
     store = Store(db_url)
     await store.migrate()
     table = JobTable(store)
-    await table.create(id="batch_1", kind="batch", status="in_progress", created_at=time.time(),
-                       params={"endpoint": "/v1/chat/completions"}, total=100)
+    await table.create(
+        id="batch_1",
+        kind="batch",
+        status="in_progress",
+        created_at=time.time(),
+        params={"endpoint": "/v1/chat/completions"},
+        total=100,
+    )
     await table.add_items("batch_1", [(i, i * 10, 9) for i in range(100)])
     return store, table
 

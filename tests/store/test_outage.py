@@ -33,9 +33,13 @@ def test_a_database_going_away_is_unavailable_for_every_statement(postgres_url: 
                 await store.migrate()
                 await store.add_key("k1", "first", "admin", "h" * 64)
                 proxy.stop()  # open connections reset, new ones refused
-                for call in (store.list_keys(), store.usage_summary(), store.ping(),
-                             store.add_key("k2", "second", "admin", "h" * 64),
-                             records.recent_alerts(store)):
+                for call in (
+                    store.list_keys(),
+                    store.usage_summary(),
+                    store.ping(),
+                    store.add_key("k2", "second", "admin", "h" * 64),
+                    records.recent_alerts(store),
+                ):
                     with pytest.raises(Unavailable) as caught:
                         await call
                     err = caught.value
@@ -52,6 +56,7 @@ def test_a_cancelled_statement_stays_cancelled(postgres_url: str) -> None:
     async def scenario() -> None:
         store = Store(postgres_url)
         try:
+
             async def slow() -> None:
                 async with store.engine.connect() as conn:
                     await conn.execute(text("SELECT pg_sleep(5)"))

@@ -14,9 +14,12 @@ from support import UPSTREAM_KEY, openai_deployment, start_cumulo, wait_until
 PASSWORD = "pg-Pa55word-in-the-url"  # the local server trusts 127.0.0.1, so any password works
 
 
-def test_cumulo_serves_on_postgresql(upstream: FakeOpenAIUpstream, postgres_url: str,
-                                     tmp_path: Path) -> None:
-    url = postgres_url.replace("postgresql+asyncpg://postgres@", f"postgresql://postgres:{PASSWORD}@")
+def test_cumulo_serves_on_postgresql(
+    upstream: FakeOpenAIUpstream, postgres_url: str, tmp_path: Path
+) -> None:
+    url = postgres_url.replace(
+        "postgresql+asyncpg://postgres@", f"postgresql://postgres:{PASSWORD}@"
+    )
     config = {
         "database_url": url,
         "server": {"workers": 2},
@@ -30,15 +33,25 @@ def test_cumulo_serves_on_postgresql(upstream: FakeOpenAIUpstream, postgres_url:
         with httpx.Client(base_url=server.url, headers=auth, timeout=30) as http:
             # The key was made by one worker; every worker finds it in the database.
             assert wait_until(
-                lambda: all(http.get("/v1/models").status_code == 200 for _ in range(6)), 10)
+                lambda: all(http.get("/v1/models").status_code == 200 for _ in range(6)), 10
+            )
             assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["chat-echo"]
-            reply = http.post("/v1/chat/completions", json={
-                "model": "chat-echo", "messages": [{"role": "user", "content": "hello postgres"}]})
+            reply = http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "chat-echo",
+                    "messages": [{"role": "user", "content": "hello postgres"}],
+                },
+            )
             assert reply.status_code == 200, reply.text
         with server.admin() as admin:
-            assert wait_until(lambda: any(
-                r["key"] == key.id and r["requests"] >= 1
-                for r in admin.get("/admin/usage").json()["by_key"]), 10)
+            assert wait_until(
+                lambda: any(
+                    r["key"] == key.id and r["requests"] >= 1
+                    for r in admin.get("/admin/usage").json()["by_key"]
+                ),
+                10,
+            )
     finally:
         assert server.stop() == 0
     assert PASSWORD not in server.output()

@@ -17,8 +17,10 @@ from cumulo.store.sqlite_rows import RowWriter, insert_chunks
 
 
 def rows(n: int, start: int = 0) -> list[tuple[Any, ...]]:
-    return [tuple(start + i if c == "attempts" else f"{c}-{start + i}" for c in USAGE_COLUMNS)
-            for i in range(n)]
+    return [
+        tuple(start + i if c == "attempts" else f"{c}-{start + i}" for c in USAGE_COLUMNS)
+        for i in range(n)
+    ]
 
 
 def table(db: sqlite3.Connection) -> None:
@@ -41,7 +43,8 @@ def test_any_number_of_batch_sizes_prepares_a_few_statements() -> None:
     # Full chunks, then powers of two: at most log2(chunk) + 1 shapes (9 for 256 rows).
     assert len(prepared) <= 12
     assert [r[0] for r in db.execute("SELECT attempts FROM usage ORDER BY rowid")] == list(
-        range(stored))
+        range(stored)
+    )
     db.close()
 
 

@@ -57,7 +57,8 @@ def feeds_client(url: str) -> Iterator[TestClient]:
         yield
         await store.close()
 
-    app = Starlette(routes=routes(authenticate, AlertSink(store), InvocationLog(store)),
-                    lifespan=lifespan)
+    app = Starlette(
+        routes=routes(authenticate, AlertSink(store), InvocationLog(store)), lifespan=lifespan
+    )
     with TestClient(app) as client:
         yield client

@@ -16,18 +16,27 @@ ENDED = ("completed", "failed", "expired", "cancelled")
 
 
 def chat_line(custom_id: str, model: str, text: str, **body: Any) -> str:
-    return json.dumps({
-        "custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
-    })
+    return json.dumps(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+        }
+    )
 
 
 def jsonl(lines: list[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def wait_batch(http: httpx.Client, batch_id: str, until: tuple[str, ...] = ENDED,
-               timeout: float = 120, done_at_least: int | None = None) -> dict[str, Any]:
+def wait_batch(
+    http: httpx.Client,
+    batch_id: str,
+    until: tuple[str, ...] = ENDED,
+    timeout: float = 120,
+    done_at_least: int | None = None,
+) -> dict[str, Any]:
     """The batch once its status is in `until` (or `done_at_least` lines are finished)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -60,8 +69,12 @@ PRICE = {"input_per_mtok": 100_000.0, "output_per_mtok": 100_000.0}  # $0.1 a to
 
 def batch_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
     def chat(name: str, model: str, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "kind": "chat", "routing": NO_RETRY,
-                "deployments": [openai_deployment(upstream, model, **extra)]}
+        return {
+            "name": name,
+            "kind": "chat",
+            "routing": NO_RETRY,
+            "deployments": [openai_deployment(upstream, model, **extra)],
+        }
 
     return {
         "usage": {"flush_interval_s": 0.1},
@@ -73,8 +86,12 @@ def batch_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
             chat("chat-upstream-400", "status:400"),
             chat("chat-priced", "echo", price=PRICE),
             {**chat("chat-private", "echo"), "guardrails": ["pii-anonymize"]},
-            {"name": "embed", "kind": "embedding", "routing": NO_RETRY,
-             "deployments": [openai_deployment(upstream, "embed")]},
+            {
+                "name": "embed",
+                "kind": "embedding",
+                "routing": NO_RETRY,
+                "deployments": [openai_deployment(upstream, "embed")],
+            },
         ],
     }
 
@@ -86,11 +103,19 @@ def new_key(server: CumuloServer, name: str, **fields: Any) -> tuple[str, str]:
     return resp.json()["id"], resp.json()["key"]
 
 
-def submit(http: httpx.Client, data: bytes, endpoint: str = "/v1/chat/completions",
-           **extra: Any) -> dict[str, Any]:
+def submit(
+    http: httpx.Client, data: bytes, endpoint: str = "/v1/chat/completions", **extra: Any
+) -> dict[str, Any]:
     up = http.post("/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})
     assert up.status_code == 200, up.text
-    resp = http.post("/v1/batches", json={"input_file_id": up.json()["id"], "endpoint": endpoint,
-                                          "completion_window": "24h", **extra})
+    resp = http.post(
+        "/v1/batches",
+        json={
+            "input_file_id": up.json()["id"],
+            "endpoint": endpoint,
+            "completion_window": "24h",
+            **extra,
+        },
+    )
     assert resp.status_code == 200, resp.text
     return dict(resp.json())

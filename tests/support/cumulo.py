@@ -48,8 +48,11 @@ def free_port() -> int:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """os.environ without anything that would change cumulo's behaviour, plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CUMULO_") and k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CUMULO_") and k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+    }
     env.update(extra)
     return env
 
@@ -78,8 +81,12 @@ class CumuloServer:
         return self.home / "cumulo.db"
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=self.verify or True,
-                            headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30)
+        return httpx.Client(
+            base_url=self.url,
+            verify=self.verify or True,
+            headers={"Authorization": f"Bearer {self.admin_key}"},
+            timeout=30,
+        )
 
     def create_key(self, name: str = "test", role: str = "caller") -> ApiKey:
         with self.admin() as http:
@@ -94,8 +101,18 @@ class CumuloServer:
 
     def usage_rows(self, key_id: str, expect: int = 1) -> list[dict[str, Any]]:
         """Usage records of `key_id` once at least `expect` are written (ordered by id)."""
-        cols = ["endpoint", "model", "deployment", "stream", "prompt_tokens",
-                "completion_tokens", "latency_ms", "ttft_ms", "status", "error_type"]
+        cols = [
+            "endpoint",
+            "model",
+            "deployment",
+            "stream",
+            "prompt_tokens",
+            "completion_tokens",
+            "latency_ms",
+            "ttft_ms",
+            "status",
+            "error_type",
+        ]
         query = f"SELECT {', '.join(cols)} FROM usage WHERE key_id = ? ORDER BY id"
         wait_until(lambda: len(self.sql(query, (key_id,))) >= expect, timeout=10)
         return [dict(zip(cols, row, strict=True)) for row in self.sql(query, (key_id,))]
@@ -121,9 +138,15 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def start_cumulo(config: dict[str, Any], workdir: Path, *, args: tuple[str, ...] = (),
-                 cafile: Path | None = None, ready_timeout: float = 60,
-                 **env: str) -> CumuloServer:
+def start_cumulo(
+    config: dict[str, Any],
+    workdir: Path,
+    *,
+    args: tuple[str, ...] = (),
+    cafile: Path | None = None,
+    ready_timeout: float = 60,
+    **env: str,
+) -> CumuloServer:
     """Run `cumulo serve --config <workdir>/cumulo.yaml [args]` and wait until it is ready.
 
     With `cafile` the server speaks HTTPS (its certificate given in the config or `args`),
@@ -138,13 +161,26 @@ def start_cumulo(config: dict[str, Any], workdir: Path, *, args: tuple[str, ...]
         port = free_port()
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [str(CUMULO_BIN), "serve", "--config", str(cfg), "--port", str(port),
-                 "--log-level", "warning", *args],
-                env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    str(CUMULO_BIN),
+                    "serve",
+                    "--config",
+                    str(cfg),
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    *args,
+                ],
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         scheme = "http" if verify is None else "https"
-        server = CumuloServer(f"{scheme}://127.0.0.1:{port}", admin_key, home, process, log,
-                              full_env, verify)
+        server = CumuloServer(
+            f"{scheme}://127.0.0.1:{port}", admin_key, home, process, log, full_env, verify
+        )
         if _wait_ready(server, ready_timeout):
             return server
         if "already in use" not in server.output():
@@ -168,8 +204,13 @@ def _wait_ready(server: CumuloServer, timeout: float = 60) -> bool:
 
 
 def openai_deployment(upstream: FakeOpenAIUpstream, model: str, **extra: Any) -> dict[str, Any]:
-    return {"provider": "openai", "model": model, "base_url": upstream.base_url(),
-            "api_key_env": "FAKE_UPSTREAM_KEY", **extra}
+    return {
+        "provider": "openai",
+        "model": model,
+        "base_url": upstream.base_url(),
+        "api_key_env": "FAKE_UPSTREAM_KEY",
+        **extra,
+    }
 
 
 def gateway_config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
@@ -181,19 +222,29 @@ def gateway_config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
     no_routing = {"retries": 0, "breaker": {"consecutive_failures": 1_000_000, "error_rate": 1.0}}
 
     def chat(name: str, model: str, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "kind": "chat", "routing": no_routing,
-                "deployments": [openai_deployment(upstream, model, **extra)]}
+        return {
+            "name": name,
+            "kind": "chat",
+            "routing": no_routing,
+            "deployments": [openai_deployment(upstream, model, **extra)],
+        }
 
     return {
-        "server": {"max_body_bytes": TEST_MAX_BODY, "max_messages": TEST_MAX_MESSAGES,
-                   "max_embedding_inputs": TEST_MAX_EMBEDDING_INPUTS},
+        "server": {
+            "max_body_bytes": TEST_MAX_BODY,
+            "max_messages": TEST_MAX_MESSAGES,
+            "max_embedding_inputs": TEST_MAX_EMBEDDING_INPUTS,
+        },
         "usage": {"flush_interval_s": 0.1},
         "models": [
             chat("chat-echo", "echo", headers={"X-Team": "search"}),
             chat("team/chat-echo", "echo"),
             # By a host name: cookies from a bare IP address are refused anyway.
-            chat("chat-cookie", "cookie",
-                 base_url=upstream.base_url().replace("127.0.0.1", "localhost")),
+            chat(
+                "chat-cookie",
+                "cookie",
+                base_url=upstream.base_url().replace("127.0.0.1", "localhost"),
+            ),
             chat("chat-tools", "tools"),
             chat("chat-slow", "slow:0.6"),
             chat("chat-hold", "hold"),
@@ -203,15 +254,35 @@ def gateway_config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
             chat("chat-upstream-400", "status:400"),
             chat("chat-429", "ratelimit:7"),
             chat("chat-malformed", "malformed"),
-            {"name": "chat-down", "routing": no_routing, "deployments": [{
-                "provider": "openai", "model": "echo", "base_url": f"http://127.0.0.1:{free_port()}/v1",
-                "connect_timeout_s": 2}]},
-            {"name": "azure-chat", "deployments": [{
-                "provider": "openai", "model": "echo",
-                "base_url": upstream.url + "/openai/deployments/gpt-4o-prod",
-                "api_key_env": "FAKE_AZURE_KEY", "auth_header": "api-key",
-                "api_version": "2024-10-21"}]},
-            {"name": "embed", "kind": "embedding",
-             "deployments": [openai_deployment(upstream, "embed-reversed")]},
+            {
+                "name": "chat-down",
+                "routing": no_routing,
+                "deployments": [
+                    {
+                        "provider": "openai",
+                        "model": "echo",
+                        "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                        "connect_timeout_s": 2,
+                    }
+                ],
+            },
+            {
+                "name": "azure-chat",
+                "deployments": [
+                    {
+                        "provider": "openai",
+                        "model": "echo",
+                        "base_url": upstream.url + "/openai/deployments/gpt-4o-prod",
+                        "api_key_env": "FAKE_AZURE_KEY",
+                        "auth_header": "api-key",
+                        "api_version": "2024-10-21",
+                    }
+                ],
+            },
+            {
+                "name": "embed",
+                "kind": "embedding",
+                "deployments": [openai_deployment(upstream, "embed-reversed")],
+            },
         ],
     }

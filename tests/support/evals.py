@@ -91,19 +91,36 @@ class QuizUpstream(FakeOpenAIUpstream):
             self.requests.append(_recorded(request, body))
         usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
         if not body.get("stream"):
-            return web.json_response({
-                "id": "chatcmpl-quiz", "object": "chat.completion", "created": 1, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                             "finish_reason": "stop", "logprobs": None}],
-                "usage": usage,
-            })
+            return web.json_response(
+                {
+                    "id": "chatcmpl-quiz",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer},
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
         def chunk(delta: dict[str, Any], finish: str | None, u: Any = None) -> bytes:
-            c = {"id": "chatcmpl-quiz", "object": "chat.completion.chunk", "created": 1,
-                 "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                              "finish_reason": finish}]}
+            c = {
+                "id": "chatcmpl-quiz",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
             if u is not None:
                 c = {**c, "choices": [], "usage": u}
             return b"data: " + json.dumps(c).encode() + b"\n\n"
@@ -140,8 +157,13 @@ class _Replay:
 def _recorded(request: web.Request, body: Any) -> Any:
     from fakes.openai_upstream import Recorded
 
-    return Recorded(request.method, request.path, dict(request.query),
-                    {k.lower(): v for k, v in request.headers.items()}, body)
+    return Recorded(
+        request.method,
+        request.path,
+        dict(request.query),
+        {k.lower(): v for k, v in request.headers.items()},
+        body,
+    )
 
 
 NO_RETRY = {"retries": 0, "breaker": {"consecutive_failures": 1_000_000, "error_rate": 1.0}}
@@ -150,8 +172,12 @@ PRICE = {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0}
 
 def eval_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
     def chat(name: str, model: str, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "kind": "chat", "routing": NO_RETRY,
-                "deployments": [openai_deployment(upstream, model, **extra)]}
+        return {
+            "name": name,
+            "kind": "chat",
+            "routing": NO_RETRY,
+            "deployments": [openai_deployment(upstream, model, **extra)],
+        }
 
     return {
         "usage": {"flush_interval_s": 0.1},
@@ -166,16 +192,22 @@ def eval_config(upstream: FakeOpenAIUpstream, **jobs: Any) -> dict[str, Any]:
             chat("judge-score", "judge:score"),
             chat("judge-garbage", "judge:garbage"),
             chat("judge-rubric", "judge:rubric"),
-            {"name": "embed", "kind": "embedding", "routing": NO_RETRY,
-             "deployments": [openai_deployment(upstream, "embed")]},
+            {
+                "name": "embed",
+                "kind": "embedding",
+                "routing": NO_RETRY,
+                "deployments": [openai_deployment(upstream, "embed")],
+            },
         ],
     }
 
 
 def quiz_items(n: int, tag: str = "") -> list[dict[str, Any]]:
     """Item i asks "What is i + 2i? (#i)"; its answer is 3i."""
-    return [{"item": {"question": f"{tag}What is {i} + {2 * i}? (#{i})", "answer": str(3 * i)}}
-            for i in range(n)]
+    return [
+        {"item": {"question": f"{tag}What is {i} + {2 * i}? (#{i})", "answer": str(3 * i)}}
+        for i in range(n)
+    ]
 
 
 ITEM_SCHEMA = {
@@ -183,12 +215,20 @@ ITEM_SCHEMA = {
     "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
     "required": ["question", "answer"],
 }
-TEMPLATE = [{"role": "system", "content": "Answer with the number only."},
-            {"role": "user", "content": "{{item.question}}"}]
+TEMPLATE = [
+    {"role": "system", "content": "Answer with the number only."},
+    {"role": "user", "content": "{{item.question}}"},
+]
 
 
-def wait_run(http: httpx.Client, eval_id: str, run_id: str, until: tuple[str, ...] = ENDED,
-             timeout: float = 120, done_at_least: int | None = None) -> dict[str, Any]:
+def wait_run(
+    http: httpx.Client,
+    eval_id: str,
+    run_id: str,
+    until: tuple[str, ...] = ENDED,
+    timeout: float = 120,
+    done_at_least: int | None = None,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         r = http.get(f"/v1/evals/{eval_id}/runs/{run_id}")

@@ -21,9 +21,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-ADMIN_URL = os.environ.get(
-    "CUMULO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("CUMULO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 async def _admin(sql: str) -> None:
@@ -48,8 +46,10 @@ def postgres_database(prefix: str = "cumulo_test") -> Iterator[str]:
     """Create a fresh database; yield its async SQLAlchemy URL; drop it at the end."""
     problem = _reachable()
     if problem is not None:
-        pytest.fail(f"PostgreSQL not reachable at {make_url(ADMIN_URL).render_as_string()}: "
-                    f"{problem} (set CUMULO_TEST_POSTGRES)")
+        pytest.fail(
+            f"PostgreSQL not reachable at {make_url(ADMIN_URL).render_as_string()}: "
+            f"{problem} (set CUMULO_TEST_POSTGRES)"
+        )
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:

@@ -25,8 +25,9 @@ class TcpProxy:
         self.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -50,7 +51,9 @@ class TcpProxy:
             open_sockets, self._sockets = self._sockets, set()
         for s in open_sockets:
             with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
@@ -72,12 +75,15 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets |= {client, upstream}
-            pumps = [threading.Thread(target=self._pump, args=pair, daemon=True)
-                     for pair in ((client, upstream), (upstream, client))]
+            pumps = [
+                threading.Thread(target=self._pump, args=pair, daemon=True)
+                for pair in ((client, upstream), (upstream, client))
+            ]
             for pump in pumps:
                 pump.start()
-            threading.Thread(target=self._close_after, args=(pumps, client, upstream),
-                             daemon=True).start()
+            threading.Thread(
+                target=self._close_after, args=(pumps, client, upstream), daemon=True
+            ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -7,7 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02
+) -> bool:
     """Poll `predicate` until it is true or `timeout` passes; its final truth."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

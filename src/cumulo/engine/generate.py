@@ -62,10 +62,12 @@ class ChatEngine:
         return self.scheduler.stats()
 
     async def generate(
-        self, prompt_ids: list[int], params: GenerationParams
+        self, prompt_ids: list[int], params: GenerationParams, *, cache_salt: str | None = None
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Yield `TextPiece`s (and `TokenLogprobs`, when `params` ask for them) then one
-        `Finished`; closing the iterator cancels the request.
+        `Finished`; closing the iterator cancels the request. Prompt KV is reused from the
+        prefix cache only among requests of the same `cache_salt` (e.g. a LoRA adapter's
+        key; None: the base model).
 
         Raises `RateLimited` when the queue is full and `Unavailable` once closing.
         """
@@ -79,7 +81,9 @@ class ChatEngine:
                 return False
             return True
 
-        seq = Sequence(list(prompt_ids), params, sink, priority=origin.priority())
+        seq = Sequence(
+            list(prompt_ids), params, sink, priority=origin.priority(), cache_salt=cache_salt
+        )
         self.scheduler.submit(seq)
         try:
             while True:

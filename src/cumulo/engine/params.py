@@ -32,13 +32,15 @@ class Finished:
 
     `completion_tokens` counts every token sampled, the end-of-sequence token
     and the tokens of a stop string included. `queue_ms` is how long the
-    request waited for a slot in the running batch.
+    request waited for a slot in the running batch. `cached_tokens` of the prompt
+    tokens were copied from the prefix cache instead of computed.
     """
 
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
     queue_ms: float = 0.0
+    cached_tokens: int = 0
 
 
 @dataclass(slots=True)

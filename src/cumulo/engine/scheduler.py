@@ -26,6 +26,13 @@ are served as full-attention ones). Tokens are sampled per request (`Sampler`: i
 generator), detokenized incrementally with stop strings (`IncrementalText`) and
 handed to the request's `sink`, which must not block.
 
+Prompt prefixes are cached across requests (`PrefixCache`, engine/prefix.py) within
+`prefix_cache_tokens` of KV: before a prefill chunk, a sequence at a block boundary copies
+the cached blocks that continue its prompt into its slot and skips their prefill (not one
+that asks for its prompt's log probabilities: those need the logits of every position);
+after it, the full prompt blocks it wrote are copied into the cache. A sequence whose next
+block another running sequence is computing waits for it instead of computing it too.
+
 Log probabilities come from the same forwards: a request that asks for its prompt's
 (`prompt_logprobs`) has the head run over every position of its prefill chunks, and one
 that asks for its tokens' (`logprobs`) has the log-softmax of the logits its token is
@@ -61,6 +68,7 @@ from cumulo.engine.params import (
     TextPiece,
     TokenLogprobs,
 )
+from cumulo.engine.prefix import PrefixCache, SeqBlocks
 from cumulo.engine.sampling import Sampler
 from cumulo.engine.stats import EngineStats, Recent, p50
 from cumulo.errors import RateLimited, Unavailable
@@ -81,6 +89,7 @@ class EngineLimits:
     max_tokens_in_flight: int = 32768
     max_queue: int = 64
     prefill_chunk: int = 256
+    prefix_cache_tokens: int = 0  # KV kept for prompt prefixes across requests; 0: none
 
 
 @dataclass(eq=False, slots=True)
@@ -101,6 +110,8 @@ class Sequence:
     prompt_logprobs: TokenLogprobs | None = None  # gathered chunk by chunk, when asked for
     queue_ms: float = 0.0
     priority: int = INTERACTIVE  # above: background work (`cumulo.origin`), admitted after
+    cache_salt: str | None = None  # prefix-cache key (an adapter's): KV is reused only within it
+    blocks: SeqBlocks | None = None  # its prefix-cache blocks, while it runs
     cancelled: bool = False
     done: bool = False
 
@@ -120,6 +131,7 @@ class Scheduler:
             raise ValueError("max_tokens_in_flight leaves less than 2 tokens per running sequence")
         self.layout = KVLayout.for_model(lm.model.config, limits.max_running, slot_len, lm.dtype)
         self.cache = SlotCache(self.layout, lm.device)
+        self.prefix = PrefixCache(self.layout, lm.device, limits.prefix_cache_tokens)
         self.recent = Recent()
         self._decoder: Any = lm.model.get_decoder()
         # The cache argument's name: `cache` since transformers 5.2x, `past_key_values` before.
@@ -177,6 +189,7 @@ class Scheduler:
 
     def stats(self) -> EngineStats:
         running = list(self._running)
+        prefix = self.prefix.stats()
         return EngineStats(
             running=len(running),
             waiting=len(self._waiting) + len(self._background),
@@ -191,6 +204,11 @@ class Scheduler:
             tokens_per_s=round(self.recent.tokens_per_s(), 2),
             queue_ms_p50=p50(self.recent.queue_ms),
             ttft_ms_p50=p50(self.recent.ttft_ms),
+            prefix_cache_tokens=prefix.capacity_tokens,
+            prefix_cache_used_tokens=prefix.used_tokens,
+            prefix_cache_bytes=prefix.nbytes,
+            prefix_cached_tokens=prefix.hit_tokens,
+            prefix_cache_hits=prefix.hits,
         )
 
     def _retry_after(self) -> float:
@@ -209,10 +227,13 @@ class Scheduler:
                 except Exception as exc:
                     logger.exception("generation failed on %s", self.lm.path.name)
                     for seq in self._running:
+                        self._leave(seq)
                         self._post(seq, exc)
                     self._running.clear()
         with self._lock:
             left = [*self._running, *self._waiting, *self._background]
+            for seq in self._running:
+                self._leave(seq)
             self._running.clear()
             self._waiting.clear()
             self._background.clear()
@@ -248,7 +269,15 @@ class Scheduler:
         seq.sampler = Sampler(seq.params.sampling, self._vocab, self.lm.device)
         seq.text = IncrementalText(self.lm.tokenizer, seq.params.stop)
         seq.slot = len(self._running)
+        if self.prefix.enabled:
+            reuse = seq.params.prompt_logprobs is None
+            seq.blocks = self.prefix.open(seq.prompt_ids, seq.cache_salt, reuse)
         self._running.append(seq)
+
+    def _leave(self, seq: Sequence) -> None:
+        """Release what `seq` holds in the prefix cache."""
+        if seq.blocks is not None:
+            self.prefix.release(seq.blocks, seq)
 
     def _reap(self) -> None:
         """Free the slots of finished and cancelled sequences; keep the rest in 0..n-1."""
@@ -258,6 +287,7 @@ class Scheduler:
             if not (seq.done or seq.cancelled):
                 i += 1
                 continue
+            self._leave(seq)
             last = running.pop()
             if last is not seq:
                 self.cache.move(last.slot, seq.slot, last.length)
@@ -275,6 +305,10 @@ class Scheduler:
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         """One chunk of prompt tokens, one forward per run of adjacent slots."""
+        if self.prefix.enabled:
+            seqs = self._reuse(seqs)
+            if not seqs:
+                return
         budget, chosen = self.limits.prefill_chunk, []
         for seq in sorted(seqs, key=lambda s: (s.priority, s.slot)):  # interactive first
             if budget <= 0:
@@ -305,6 +339,8 @@ class Scheduler:
                     last = self._prompt_logprobs(seq, self._logits(hidden[b, :n]))
                 seq.prefilled += n
                 seq.length += n
+                if seq.blocks is not None:
+                    self.prefix.store(seq.blocks, seq, self.cache, seq.slot, seq.prefilled)
                 if seq.prefilled == len(seq.prompt_ids):
                     if seq.prompt_logprobs is not None:
                         self._post(seq, seq.prompt_logprobs)
@@ -321,6 +357,21 @@ class Scheduler:
                 self._sample(ready, self._logits(torch.stack(last_rows)))
             if ready_logits:
                 self._sample(ready_logits, torch.stack(logit_rows))
+
+    def _reuse(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Copy cached prompt blocks into the slots of `seqs`; return those to prefill now
+        (not those waiting for a block another sequence is computing)."""
+        ready = []
+        for seq in seqs:
+            assert seq.blocks is not None
+            if self.prefix.blocked_by(seq.blocks, seq.prefilled, seq) is not None:
+                continue
+            n = self.prefix.load(seq.blocks, self.cache, seq.slot, seq.prefilled)
+            seq.prefilled += n
+            seq.length += n
+            self.prefix.claim(seq.blocks, seq, seq.prefilled)
+            ready.append(seq)
+        return ready
 
     def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> torch.Tensor:
         """Gather the log probabilities of this chunk's next prompt tokens from `logits`
@@ -416,7 +467,10 @@ class Scheduler:
         piece = seq.text.flush()
         if piece:
             self._post(seq, TextPiece(piece))
-        self._post(seq, Finished(reason, len(seq.prompt_ids), len(seq.tokens), seq.queue_ms))
+        cached = seq.blocks.cached_tokens if seq.blocks is not None else 0
+        self._post(
+            seq, Finished(reason, len(seq.prompt_ids), len(seq.tokens), seq.queue_ms, cached)
+        )
         seq.done = True
 
     @staticmethod

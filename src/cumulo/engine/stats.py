@@ -29,6 +29,11 @@ class EngineStats:
     tokens_per_s: float
     queue_ms_p50: float | None
     ttft_ms_p50: float | None
+    prefix_cache_tokens: int = 0  # the prefix cache's budget, in tokens of KV
+    prefix_cache_used_tokens: int = 0  # tokens of KV it holds now
+    prefix_cache_bytes: int = 0  # its memory (allocated at start)
+    prefix_cached_tokens: int = 0  # prompt tokens copied from it since start
+    prefix_cache_hits: int = 0  # requests that copied at least one block since start
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -11,8 +11,11 @@ arguments); tool messages become `tool_result` blocks in a user message;
 consecutive messages of one role are merged, tool results first, as the API
 requires. `max_tokens` is required upstream: 4096 unless the request sets it.
 Seed, penalties and `response_format` have no Anthropic equivalent and are not
-sent. Prompt tokens count cached input too (`input_tokens` +
-`cache_creation_input_tokens` + `cache_read_input_tokens`).
+sent. A canonical `cache_point` becomes `cache_control: {"type": "ephemeral"}` on the
+message's last block (the system prompt is then sent as text blocks) or on the tool
+definition. Prompt tokens count cached input too (`input_tokens` +
+`cache_creation_input_tokens` + `cache_read_input_tokens`); the reads are the usage's
+`cached_tokens`, the creations its `cache_write_tokens`.
 
 Streams ("Streaming Messages") are translated event by event as they arrive:
 `text_delta` → TextDelta, `tool_use` blocks and their `input_json_delta`s →
@@ -172,6 +175,7 @@ def messages_body(req: ChatRequest, model: str, stream: bool) -> JSON:
                 "name": t.name,
                 **({"description": t.description} if t.description else {}),
                 "input_schema": t.parameters or {"type": "object", "properties": {}},
+                **({"cache_control": _EPHEMERAL} if t.cache_point else {}),
             }
             for t in req.tools
         ]
@@ -185,14 +189,18 @@ def messages_body(req: ChatRequest, model: str, stream: bool) -> JSON:
     return body
 
 
-def _messages(messages: list[Message]) -> tuple[str | None, list[JSON]]:
-    """The top-level `system` and the alternating user/assistant messages."""
-    system: list[str] = []
+_EPHEMERAL: JSON = {"type": "ephemeral"}
+
+
+def _messages(messages: list[Message]) -> tuple[str | list[JSON] | None, list[JSON]]:
+    """The top-level `system` (text blocks when one has a cache breakpoint) and the
+    alternating user/assistant messages."""
+    system: list[Message] = []
     out: list[JSON] = []
     for m in messages:
         if m.role == "system":
             if m.content:
-                system.append(m.content)
+                system.append(m)
             continue
         role = "assistant" if m.role == "assistant" else "user"
         blocks = _blocks(m)
@@ -204,10 +212,25 @@ def _messages(messages: list[Message]) -> tuple[str | None, list[JSON]]:
             ]
         else:
             out.append({"role": role, "content": blocks})
-    return ("\n\n".join(system) or None), out
+    if any(m.cache_point for m in system):
+        text_blocks = []
+        for m in system:
+            block: JSON = {"type": "text", "text": m.content}
+            if m.cache_point:
+                block["cache_control"] = _EPHEMERAL
+            text_blocks.append(block)
+        return text_blocks, out
+    return ("\n\n".join(m.content or "" for m in system) or None), out
 
 
 def _blocks(m: Message) -> list[JSON]:
+    blocks = _plain_blocks(m)
+    if m.cache_point:
+        blocks[-1]["cache_control"] = _EPHEMERAL
+    return blocks
+
+
+def _plain_blocks(m: Message) -> list[JSON]:
     if m.role == "tool":
         block: JSON = {"type": "tool_result", "tool_use_id": m.tool_call_id or ""}
         if m.content:
@@ -257,16 +280,24 @@ def chat_response(data: Any, model: str) -> ChatResponse:
     )
 
 
-def _usage(data: Any, prompt: int = 0) -> Usage | None:
+def _usage(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None
-    cached = int(data.get("cache_creation_input_tokens") or 0) + int(
-        data.get("cache_read_input_tokens") or 0
-    )
-    inputs = data.get("input_tokens")
-    return Usage(
-        prompt if inputs is None else int(inputs) + cached, int(data.get("output_tokens") or 0)
-    )
+    written = int(data.get("cache_creation_input_tokens") or 0)
+    read = int(data.get("cache_read_input_tokens") or 0)
+    inputs = int(data.get("input_tokens") or 0)
+    return Usage(inputs + written + read, int(data.get("output_tokens") or 0), read, written)
+
+
+def _delta_usage(data: Any, before: Usage) -> Usage:
+    """A `message_delta`'s usage over `message_start`'s: the output count, and the input
+    counts only when it repeats them."""
+    if not isinstance(data, dict):
+        return before
+    if data.get("input_tokens") is None:
+        out = int(data.get("output_tokens") or 0)
+        return Usage(before.prompt_tokens, out, before.cached_tokens, before.cache_write_tokens)
+    return _usage(data) or before
 
 
 class _StreamState:
@@ -311,7 +342,7 @@ class _StreamState:
             stop = (event.get("delta") or {}).get("stop_reason")
             if stop:
                 self.finish = _STOP.get(stop, "stop")
-            self.usage = _usage(event.get("usage"), self.usage.prompt_tokens) or self.usage
+            self.usage = _delta_usage(event.get("usage"), self.usage)
         elif kind == "message_stop":
             yield StreamEnd(self.finish, self.usage)
         elif kind == "error":

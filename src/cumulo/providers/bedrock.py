@@ -14,7 +14,10 @@ Canonical ⇄ Converse: system messages become `system` blocks; tool results
 become user messages with `toolResult` blocks; consecutive messages of one
 role are merged (Converse wants them alternating). `top_k`, `seed`, penalties
 and `response_format` have no Converse equivalent and are not sent; a
-`tool_choice` of `none` sends the tools without a `toolChoice`.
+`tool_choice` of `none` sends the tools without a `toolChoice`. A canonical
+`cache_point` becomes a `cachePoint` block after the message's content, the system
+prompt's text or the tool's spec. Usage: `inputTokens` + `cacheReadInputTokens` +
+`cacheWriteInputTokens` are the prompt tokens, the reads its `cached_tokens`.
 """
 
 from __future__ import annotations
@@ -251,7 +254,15 @@ def _tool_input(call: ToolCall) -> Any:
         ) from exc
 
 
+_CACHE_POINT: JSON = {"cachePoint": {"type": "default"}}
+
+
 def _blocks(m: Message) -> list[JSON]:
+    blocks = _plain_blocks(m)
+    return [*blocks, _CACHE_POINT] if m.cache_point else blocks
+
+
+def _plain_blocks(m: Message) -> list[JSON]:
     if m.role == "tool":
         result: JSON = {"toolUseId": m.tool_call_id or "", "content": [{"text": m.content or ""}]}
         return [{"toolResult": result}]
@@ -270,6 +281,8 @@ def converse_body(req: ChatRequest) -> JSON:
         if m.role == "system":
             if m.content:
                 system.append({"text": m.content})
+                if m.cache_point:
+                    system.append(_CACHE_POINT)
             continue
         role = "assistant" if m.role == "assistant" else "user"
         if messages and messages[-1]["role"] == role:
@@ -299,6 +312,8 @@ def converse_body(req: ChatRequest) -> JSON:
             if t.description:
                 spec["description"] = t.description
             specs.append({"toolSpec": spec})
+            if t.cache_point:
+                specs.append(_CACHE_POINT)
         tool_config: JSON = {"tools": specs}
         choice = req.tool_choice
         if choice is not None and choice.mode == "auto":
@@ -321,7 +336,10 @@ def _json(tool_use: JSON) -> str:
 def _usage(data: Any) -> Usage:
     if not isinstance(data, dict):
         return Usage()
-    return Usage(int(data.get("inputTokens") or 0), int(data.get("outputTokens") or 0))
+    read = int(data.get("cacheReadInputTokens") or 0)
+    written = int(data.get("cacheWriteInputTokens") or 0)
+    inputs = int(data.get("inputTokens") or 0) + read + written
+    return Usage(inputs, int(data.get("outputTokens") or 0), read, written)
 
 
 def _error(

@@ -124,7 +124,12 @@ class LocalProvider(Provider):
                 from cumulo.engine.loader import load_causal_lm
 
                 dep = self.deployment
-                limits = EngineLimits(dep.max_running, dep.max_tokens_in_flight, dep.max_queue)
+                limits = EngineLimits(
+                    dep.max_running,
+                    dep.max_tokens_in_flight,
+                    dep.max_queue,
+                    prefix_cache_tokens=dep.prefix_cache_tokens,
+                )
                 lm = load_causal_lm(path, dep.dtype)
                 self._worker = ChatEngine(lm, limits, name=f"cumulo-engine-{path.name}")
             else:
@@ -191,7 +196,7 @@ class LocalProvider(Provider):
             async for event in events:
                 if isinstance(event, Finished):
                     reason: FinishReason = event.finish_reason
-                    usage = Usage(event.prompt_tokens, event.completion_tokens)
+                    usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
                     yield StreamEnd(finish_reason=reason, usage=usage, queue_ms=event.queue_ms)
                 elif isinstance(event, TextPiece):
                     yield TextDelta(event.text)
@@ -241,7 +246,11 @@ class LocalProvider(Provider):
             model=request.model,
             created=int(time.time()),
             choices=list(choices),
-            usage=Usage(sum(e.prompt_tokens for e in ends), sum(e.completion_tokens for e in ends)),
+            usage=Usage(
+                sum(e.prompt_tokens for e in ends),
+                sum(e.completion_tokens for e in ends),
+                sum(e.cached_tokens for e in ends),
+            ),
             queue_ms=max(e.queue_ms for e in ends),
         )
 
@@ -255,7 +264,7 @@ class LocalProvider(Provider):
             async for piece in events:
                 yield TextDelta(piece) if isinstance(piece, str) else LogprobsDelta(piece)
         end = self._ended(r)
-        usage = Usage(end.prompt_tokens, end.completion_tokens)
+        usage = Usage(end.prompt_tokens, end.completion_tokens, end.cached_tokens)
         yield StreamEnd(finish_reason=end.finish_reason, usage=usage, queue_ms=end.queue_ms)
 
     def _prompt_run(self, request: CompletionRequest, index: int) -> PromptRun:
@@ -327,7 +336,8 @@ class LocalProvider(Provider):
         dtype = load_dtype(self.kind, dep.dtype)
         kv = 0
         if self.kind == "chat":  # the engine allocates its whole KV cache at start
-            kv = kv_cache_bytes(path, dtype, dep.max_tokens_in_flight + dep.max_running)
+            tokens = dep.max_tokens_in_flight + dep.max_running + dep.prefix_cache_tokens
+            kv = kv_cache_bytes(path, dtype, tokens)
         check_memory(
             dep.name or path.name, path, dtype, max_memory_gb=dep.max_memory_gb, kv_bytes=kv
         )

@@ -87,10 +87,11 @@ class RequestContext:
         deployment = lease.deployment.label if lease else None
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
+        cached = usage.cached_tokens if usage else 0
         price = lease.deployment.price if lease else None
         cost: float | None = None  # unknown: a remote deployment the price table does not know
         if price is not None:
-            cost = price.cost(prompt, completion)
+            cost = price.cost(prompt, completion, cached)
         elif lease is not None and lease.deployment.provider.deployment.provider == "local":
             cost = 0.0  # local compute with no `pricing.local` rate set
         rec = UsageRecord(
@@ -111,6 +112,7 @@ class RequestContext:
             tenant_id=who.tenant_id,
             cost_usd=cost,
             guardrail_interventions=self.interventions,
+            cached_tokens=cached,
         )
         books.usage.record(rec)
         if books.governance is not None:

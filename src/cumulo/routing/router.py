@@ -85,11 +85,13 @@ class Router:
         catalog: Catalog,
         rng: random.Random | None = None,
         local_rate: PriceConfig | None = None,
+        cached_discount: float = 0.5,
     ) -> None:
         self.catalog = catalog
         self.rng = rng or random.Random()
         self.deadlines = Deadlines()
         self.local_rate = local_rate
+        self.cached_discount = cached_discount
         self.routes: dict[str, Route] = {}
         for entry in catalog.entries():
             self.add(entry)
@@ -102,7 +104,10 @@ class Router:
         policy = BreakerPolicy(b.consecutive_failures, b.error_rate, b.window, b.cooldown_s)
         states = [
             DeploymentState(
-                p, p.label, CircuitBreaker(policy), price_of(p.deployment, self.local_rate)
+                p,
+                p.label,
+                CircuitBreaker(policy),
+                price_of(p.deployment, self.local_rate, self.cached_discount),
             )
             for p in entry.deployments
         ]

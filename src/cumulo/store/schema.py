@@ -82,6 +82,8 @@ usage = Table(
     Column("guardrail_interventions", Integer, nullable=False, server_default="0"),  # 0005
     Column("origin", String(16), nullable=True),  # 0010: the job kind ("batch"); NULL: a client
     Column("job_id", String(40), nullable=True),  # 0010
+    # 0014: of prompt_tokens, those read from a prompt cache
+    Column("cached_tokens", Integer, nullable=False, server_default="0"),
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_key_model", "key_id", "model"),
     Index("ix_usage_tenant_ts", "tenant_id", "ts"),

@@ -22,8 +22,9 @@ def admin(cumulo: CumuloServer) -> Iterator[httpx.Client]:
 
 
 def as_key(cumulo: CumuloServer, token: str) -> httpx.Client:
-    return httpx.Client(base_url=cumulo.url, headers={"Authorization": f"Bearer {token}"},
-                        timeout=30)
+    return httpx.Client(
+        base_url=cumulo.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
 
 
 def test_create_key_shows_the_secret_once_and_stores_only_its_hash(
@@ -64,8 +65,10 @@ def test_a_new_key_works_at_once_and_is_refused_once_revoked(
         assert revoked.status_code == 200
         assert revoked.json() == {"id": created["id"], "revoked": True}
 
-        for resp in (caller.get("/v1/models"),
-                     caller.post("/v1/chat/completions", json={"model": "chat-echo", "messages": HELLO})):
+        for resp in (
+            caller.get("/v1/models"),
+            caller.post("/v1/chat/completions", json={"model": "chat-echo", "messages": HELLO}),
+        ):
             assert resp.status_code == 401
             assert resp.json()["error"]["type"] == "authentication_error"
 
@@ -89,8 +92,12 @@ def test_a_caller_key_cannot_use_the_admin_api(cumulo: CumuloServer, admin: http
     caller = cumulo.create_key("nosy")
     other = cumulo.create_key("victim")
     with as_key(cumulo, caller.token) as c:
-        for resp in (c.get("/admin/keys"), c.post("/admin/keys", json={"name": "mine", "role": "admin"}),
-                     c.delete(f"/admin/keys/{other.id}"), c.get("/admin/usage")):
+        for resp in (
+            c.get("/admin/keys"),
+            c.post("/admin/keys", json={"name": "mine", "role": "admin"}),
+            c.delete(f"/admin/keys/{other.id}"),
+            c.get("/admin/usage"),
+        ):
             assert resp.status_code == 403, resp.text
             assert resp.json()["error"]["type"] == "permission_error"
     # Nothing changed: the other key still works and no key was created.
@@ -115,8 +122,13 @@ def test_the_admin_api_needs_a_key(cumulo: CumuloServer) -> None:
 
 @pytest.mark.parametrize(
     ("body", "param"),
-    [({}, "name"), ({"name": ""}, "name"), ({"name": "x", "role": "root"}, "role"),
-     ({"name": "x", "scopes": ["all"]}, "scopes"), ({"name": 5}, "name")],
+    [
+        ({}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": "x", "role": "root"}, "role"),
+        ({"name": "x", "scopes": ["all"]}, "scopes"),
+        ({"name": 5}, "name"),
+    ],
 )
 def test_create_key_validation(admin: httpx.Client, body: dict[str, object], param: str) -> None:
     resp = admin.post("/admin/keys", json=body)
@@ -149,13 +161,25 @@ def test_usage_summary_per_key_and_per_model(cumulo: CumuloServer, admin: httpx.
     a, b = cumulo.create_key("team-a"), cumulo.create_key("team-b")
     with as_key(cumulo, a.token) as c:
         for _ in range(2):
-            assert c.post("/v1/chat/completions",
-                          json={"model": "chat-echo", "messages": HELLO}).status_code == 200
-        assert c.post("/v1/chat/completions",
-                      json={"model": "chat-500", "messages": HELLO}).status_code == 502
+            assert (
+                c.post(
+                    "/v1/chat/completions", json={"model": "chat-echo", "messages": HELLO}
+                ).status_code
+                == 200
+            )
+        assert (
+            c.post(
+                "/v1/chat/completions", json={"model": "chat-500", "messages": HELLO}
+            ).status_code
+            == 502
+        )
     with as_key(cumulo, b.token) as c:
-        assert c.post("/v1/embeddings",
-                      json={"model": "embed", "input": ["one two", "three"]}).status_code == 200
+        assert (
+            c.post(
+                "/v1/embeddings", json={"model": "embed", "input": ["one two", "three"]}
+            ).status_code
+            == 200
+        )
 
     resp = admin.get("/admin/usage", params={"since": since})
     assert resp.status_code == 200
@@ -165,7 +189,11 @@ def test_usage_summary_per_key_and_per_model(cumulo: CumuloServer, admin: httpx.
     assert (by_key[a.id]["requests"], by_key[a.id]["errors"]) == (3, 1)
     assert (by_key[a.id]["prompt_tokens"], by_key[a.id]["completion_tokens"]) == (4, 6)
     assert by_key[a.id]["avg_latency_ms"] > 0
-    assert (by_key[b.id]["requests"], by_key[b.id]["errors"], by_key[b.id]["prompt_tokens"]) == (1, 0, 3)
+    assert (by_key[b.id]["requests"], by_key[b.id]["errors"], by_key[b.id]["prompt_tokens"]) == (
+        1,
+        0,
+        3,
+    )
     by_model = {r["model"]: r for r in summary["by_model"]}
     assert set(by_model) == {"chat-echo", "chat-500", "embed"}
     assert (by_model["chat-echo"]["requests"], by_model["chat-echo"]["errors"]) == (2, 0)
@@ -186,8 +214,9 @@ def test_rotation_issues_a_new_key_and_the_old_one_expires_after_its_grace(
     cumulo: CumuloServer, admin: httpx.Client
 ) -> None:
     tenant = admin.post("/admin/tenants", json={"name": f"rotating-{time.time_ns()}"}).json()
-    old = admin.post("/admin/keys", json={"name": "svc", "tenant_id": tenant["id"],
-                                          "models": ["chat-echo"]}).json()
+    old = admin.post(
+        "/admin/keys", json={"name": "svc", "tenant_id": tenant["id"], "models": ["chat-echo"]}
+    ).json()
     resp = admin.post(f"/admin/keys/{old['id']}/rotate", json={"grace_s": 3600})
     assert resp.status_code == 201, resp.text
     new = resp.json()
@@ -195,8 +224,12 @@ def test_rotation_issues_a_new_key_and_the_old_one_expires_after_its_grace(
     assert (new["name"], new["tenant_id"], new["models"]) == ("svc", tenant["id"], ["chat-echo"])
     for token in (old["key"], new["key"]):  # both work during the grace period
         with as_key(cumulo, token) as c:
-            assert c.post("/v1/chat/completions", json={
-                "model": "chat-echo", "messages": HELLO}).status_code == 200
+            assert (
+                c.post(
+                    "/v1/chat/completions", json={"model": "chat-echo", "messages": HELLO}
+                ).status_code
+                == 200
+            )
     listed = {k["id"]: k for k in admin.get("/admin/keys").json()["data"]}
     assert listed[old["id"]]["expires_at"] == pytest.approx(new["old_expires_at"])
 
@@ -267,7 +300,11 @@ def test_a_key_narrowed_to_some_models_sees_and_uses_only_those(
         assert c.get("/v1/models/chat-tools").status_code == 404
         resp = c.post("/v1/chat/completions", json={"model": "chat-tools", "messages": HELLO})
         assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
-        assert c.post("/v1/chat/completions", json={
-            "model": "chat-echo", "messages": HELLO}).status_code == 200
+        assert (
+            c.post(
+                "/v1/chat/completions", json={"model": "chat-echo", "messages": HELLO}
+            ).status_code
+            == 200
+        )
     resp = admin.post("/admin/keys", json={"name": "bad", "models": ["no-such-model"]})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "models.0"

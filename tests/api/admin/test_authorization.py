@@ -29,8 +29,9 @@ class Tenant:
 
 
 def client(cumulo: CumuloServer, token: str) -> httpx.Client:
-    return httpx.Client(base_url=cumulo.url, headers={"Authorization": f"Bearer {token}"},
-                        timeout=30)
+    return httpx.Client(
+        base_url=cumulo.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
 
 
 _names = itertools.count()
@@ -42,8 +43,9 @@ def make_tenant(admin: httpx.Client, label: str) -> Tenant:
     tid = resp.json()["id"]
     keys = {}
     for role in ("tenant_admin", "caller"):
-        r = admin.post("/admin/keys", json={"name": f"{label}-{role}", "tenant_id": tid,
-                                            "role": role})
+        r = admin.post(
+            "/admin/keys", json={"name": f"{label}-{role}", "tenant_id": tid, "role": role}
+        )
         assert r.status_code == 201, r.text
         keys[role] = r.json()["key"]
     return Tenant(tid, keys["tenant_admin"], keys["caller"])
@@ -82,19 +84,26 @@ MANAGER = "tenant"  # platform admin, or the tenant's own admin
 ADMIN = "admin"  # platform admin only
 
 ENDPOINTS: list[tuple[str, str, Builder]] = [
-    ("create key", MANAGER,
-     lambda a, t: ("POST", "/admin/keys", {"name": "new", "tenant_id": t})),
+    ("create key", MANAGER, lambda a, t: ("POST", "/admin/keys", {"name": "new", "tenant_id": t})),
     ("list keys", MANAGER, lambda a, t: ("GET", f"/admin/keys?tenant_id={t}", None)),
     ("revoke key", MANAGER, lambda a, t: ("DELETE", f"/admin/keys/{fresh_key(a, t)}", None)),
-    ("rotate key", MANAGER,
-     lambda a, t: ("POST", f"/admin/keys/{fresh_key(a, t)}/rotate", {"grace_s": 10})),
+    (
+        "rotate key",
+        MANAGER,
+        lambda a, t: ("POST", f"/admin/keys/{fresh_key(a, t)}/rotate", {"grace_s": 10}),
+    ),
     ("read tenant", MANAGER, lambda a, t: ("GET", f"/admin/tenants/{t}", None)),
-    ("change tenant", ADMIN,
-     lambda a, t: ("PATCH", f"/admin/tenants/{t}", {"log_invocations": False})),
-    ("delete tenant", ADMIN,
-     lambda a, t: ("DELETE", f"/admin/tenants/{fresh_tenant(a, t)}", None)),
-    ("create tenant", ADMIN,
-     lambda a, t: ("POST", "/admin/tenants", {"name": f"new-{next(_names)}-{id(a)}"})),
+    (
+        "change tenant",
+        ADMIN,
+        lambda a, t: ("PATCH", f"/admin/tenants/{t}", {"log_invocations": False}),
+    ),
+    ("delete tenant", ADMIN, lambda a, t: ("DELETE", f"/admin/tenants/{fresh_tenant(a, t)}", None)),
+    (
+        "create tenant",
+        ADMIN,
+        lambda a, t: ("POST", "/admin/tenants", {"name": f"new-{next(_names)}-{id(a)}"}),
+    ),
     ("usage", MANAGER, lambda a, t: ("GET", f"/admin/usage?tenant_id={t}", None)),
     ("guardrails", MANAGER, lambda a, t: ("GET", "/admin/guardrails", None)),
     ("alerts", MANAGER, lambda a, t: ("GET", f"/admin/alerts?tenant_id={t}", None)),
@@ -122,31 +131,50 @@ def expected(role: str, own: bool, who_may: str, name: str = "") -> set[int]:
 @pytest.mark.parametrize("role", ["admin", "tenant_admin", "caller"])
 @pytest.mark.parametrize("own", [True, False], ids=["own-tenant", "other-tenant"])
 @pytest.mark.parametrize(("name", "who_may", "build"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS])
-def test_matrix(cumulo: CumuloServer, admin: httpx.Client, tenants: dict[str, Tenant],
-                role: str, own: bool, name: str, who_may: str, build: Builder) -> None:
+def test_matrix(
+    cumulo: CumuloServer,
+    admin: httpx.Client,
+    tenants: dict[str, Tenant],
+    role: str,
+    own: bool,
+    name: str,
+    who_may: str,
+    build: Builder,
+) -> None:
     target = tenants["A" if own else "B"]
     method, path, body = build(admin, target.id)
-    token = {"admin": cumulo.admin_key, "tenant_admin": tenants["A"].tenant_admin,
-             "caller": tenants["A"].caller}[role]
+    token = {
+        "admin": cumulo.admin_key,
+        "tenant_admin": tenants["A"].tenant_admin,
+        "caller": tenants["A"].caller,
+    }[role]
     with client(cumulo, token) as http:
         resp = http.request(method, path, json=body)
     assert resp.status_code in expected(role, own, who_may, name), (
-        name, resp.status_code, resp.text)
+        name,
+        resp.status_code,
+        resp.text,
+    )
     if resp.status_code >= 400:
         assert resp.json()["error"]["message"]
     if role == "tenant_admin" and not own:
         assert tenants["B"].id not in resp.text or resp.status_code == 404
 
 
-def test_tenant_admin_lists_only_its_own_tenant(cumulo: CumuloServer, admin: httpx.Client,
-                                                tenants: dict[str, Tenant]) -> None:
+def test_tenant_admin_lists_only_its_own_tenant(
+    cumulo: CumuloServer, admin: httpx.Client, tenants: dict[str, Tenant]
+) -> None:
     a, b = tenants["A"], tenants["B"]
     with client(cumulo, a.caller) as http:  # some usage in A
-        http.post("/v1/chat/completions", json={
-            "model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]})
+        http.post(
+            "/v1/chat/completions",
+            json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]},
+        )
     with client(cumulo, b.caller) as http:  # and in B
-        http.post("/v1/chat/completions", json={
-            "model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]})
+        http.post(
+            "/v1/chat/completions",
+            json={"model": "chat-echo", "messages": [{"role": "user", "content": "hi"}]},
+        )
     with client(cumulo, a.tenant_admin) as http:
         keys = http.get("/admin/keys").json()["data"]
         assert keys and {k["tenant_id"] for k in keys} == {a.id}
@@ -162,7 +190,8 @@ def test_tenant_admin_lists_only_its_own_tenant(cumulo: CumuloServer, admin: htt
 
 
 def test_a_tenant_admin_cannot_mint_admin_keys_or_escape_its_tenant(
-        cumulo: CumuloServer, tenants: dict[str, Tenant]) -> None:
+    cumulo: CumuloServer, tenants: dict[str, Tenant]
+) -> None:
     with client(cumulo, tenants["A"].tenant_admin) as http:
         resp = http.post("/admin/keys", json={"name": "x", "role": "admin"})
         assert resp.status_code == 403 and resp.json()["error"]["param"] == "role"
@@ -170,8 +199,7 @@ def test_a_tenant_admin_cannot_mint_admin_keys_or_escape_its_tenant(
         assert resp.status_code == 201 and resp.json()["tenant_id"] == tenants["A"].id
 
 
-def test_keys_of_a_deleted_tenant_stop_working(cumulo: CumuloServer,
-                                               admin: httpx.Client) -> None:
+def test_keys_of_a_deleted_tenant_stop_working(cumulo: CumuloServer, admin: httpx.Client) -> None:
     t = make_tenant(admin, "deleted")
     with client(cumulo, t.caller) as http:
         assert http.get("/v1/models").status_code == 200

@@ -79,12 +79,15 @@ def test_a_tenant_admin_cannot_poison_the_key_list(
     cumulo: CumuloServer, admin: httpx.Client
 ) -> None:
     tenant = admin.post("/admin/tenants", json={"name": "poison-check"}).json()
-    made = admin.post("/admin/keys", json={"name": "ta", "role": "tenant_admin",
-                                           "tenant_id": tenant["id"]})
-    with httpx.Client(base_url=cumulo.url, timeout=30,
-                      headers={"Authorization": f"Bearer {made.json()['key']}"}) as ta:
-        assert_400(ta.post("/admin/keys", json={"name": "x", "limits": {"rpm": HUGE}}),
-                   "limits.rpm")
+    made = admin.post(
+        "/admin/keys", json={"name": "ta", "role": "tenant_admin", "tenant_id": tenant["id"]}
+    )
+    with httpx.Client(
+        base_url=cumulo.url, timeout=30, headers={"Authorization": f"Bearer {made.json()['key']}"}
+    ) as ta:
+        assert_400(
+            ta.post("/admin/keys", json={"name": "x", "limits": {"rpm": HUGE}}), "limits.rpm"
+        )
         assert ta.get("/admin/keys").status_code == 200
     assert admin.get("/admin/keys").status_code == 200
 
@@ -124,10 +127,14 @@ def test_a_bad_stored_row_is_shown_as_null_and_the_list_still_answers(
         bad = admin.post("/admin/keys", json={"name": "bad"}).json()
         tenant = admin.post("/admin/tenants", json={"name": "bad-tenant"}).json()
         with contextlib.closing(sqlite3.connect(server.db_path, timeout=10)) as db, db:
-            db.execute("UPDATE api_keys SET limits = ? WHERE id = ?",
-                       (json.dumps({"rpm": HUGE}), bad["id"]))
-            db.execute("UPDATE tenants SET budget = ? WHERE id = ?",
-                       (json.dumps({"usd": HUGE, "period": "day"}), tenant["id"]))
+            db.execute(
+                "UPDATE api_keys SET limits = ? WHERE id = ?",
+                (json.dumps({"rpm": HUGE}), bad["id"]),
+            )
+            db.execute(
+                "UPDATE tenants SET budget = ? WHERE id = ?",
+                (json.dumps({"usd": HUGE, "period": "day"}), tenant["id"]),
+            )
 
         keys = admin.get("/admin/keys")
         assert keys.status_code == 200, keys.text
@@ -145,8 +152,12 @@ def test_a_bad_stored_row_is_shown_as_null_and_the_list_still_answers(
         assert one.status_code == 200 and one.json()["unreadable"] == ["budget"]
 
     listed = subprocess.run(
-        [str(CUMULO_BIN), "keys", "list"], capture_output=True, text=True, timeout=60,
-        env=clean_env(CUMULO_URL=server.url, CUMULO_API_KEY=server.admin_key), check=False,
+        [str(CUMULO_BIN), "keys", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(CUMULO_URL=server.url, CUMULO_API_KEY=server.admin_key),
+        check=False,
     )
     assert listed.returncode == 0, listed.stderr
     assert bad["id"] in listed.stdout and good["id"] in listed.stdout
@@ -155,5 +166,7 @@ def test_a_bad_stored_row_is_shown_as_null_and_the_list_still_answers(
 
 @pytest.mark.parametrize("value", ["yes", 1, "true"])
 def test_booleans_are_json_booleans(admin: httpx.Client, value: object) -> None:
-    assert_400(admin.post("/admin/tenants", json={"name": f"bool-{value}",
-                                                  "log_invocations": value}), "log_invocations")
+    assert_400(
+        admin.post("/admin/tenants", json={"name": f"bool-{value}", "log_invocations": value}),
+        "log_invocations",
+    )

@@ -61,8 +61,17 @@ def test_list_is_newest_first_and_pages(tmp_path: Path) -> None:
         first = (await http.get("/admin/ledger?limit=4", headers=bearer(ADMIN))).json()
         assert [e["seq"] for e in first["data"]] == [6, 5, 4, 3] and first["has_more"]
         assert first["data"][0]["action"] == "guardrail.block"
-        assert set(first["data"][0]) == {"seq", "ts", "actor", "action", "target", "tenant_id",
-                                         "data", "prev_hash", "hash"}
+        assert set(first["data"][0]) == {
+            "seq",
+            "ts",
+            "actor",
+            "action",
+            "target",
+            "tenant_id",
+            "data",
+            "prev_hash",
+            "hash",
+        }
         rest = (await http.get("/admin/ledger?before_seq=3", headers=bearer(ADMIN))).json()
         assert [e["seq"] for e in rest["data"]] == [2, 1] and not rest["has_more"]
         forward = (await http.get("/admin/ledger?after_seq=4", headers=bearer(ADMIN))).json()
@@ -109,17 +118,24 @@ def test_a_repair_fails_verification_until_an_admin_acknowledges_it(tmp_path: Pa
         path = "/admin/ledger/acknowledge"
         refused = await http.post(path, headers=bearer(caller), json={"seq": 3, "reason": "x"})
         assert refused.status_code == 403
-        for bad, param in (({"seq": 2, "reason": "not that one"}, "seq"),
-                           ({"seq": 3}, "reason"), ({"seq": 3, "reason": ""}, "reason"),
-                           ({"seq": 2**70, "reason": "x"}, "seq")):
+        for bad, param in (
+            ({"seq": 2, "reason": "not that one"}, "seq"),
+            ({"seq": 3}, "reason"),
+            ({"seq": 3, "reason": ""}, "reason"),
+            ({"seq": 2**70, "reason": "x"}, "seq"),
+        ):
             resp = await http.post(path, headers=bearer(ADMIN), json=bad)
             assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
-        done = await http.post(path, headers=bearer(ADMIN),
-                               json={"seq": 3, "reason": "restored after a disk failure"})
+        done = await http.post(
+            path, headers=bearer(ADMIN), json={"seq": 3, "reason": "restored after a disk failure"}
+        )
         assert done.status_code == 201, done.text
         entry = done.json()
         assert (entry["seq"], entry["action"], entry["actor"]) == (
-            5, "ledger.acknowledged", "admin-env")
+            5,
+            "ledger.acknowledged",
+            "admin-env",
+        )
         assert entry["data"] == {"seq": 3, "reason": "restored after a disk failure"}
         ok = (await http.get("/admin/ledger/verify", headers=bearer(ADMIN))).json()
         assert ok["ok"] is True and ok["unacknowledged_repairs"] == []

@@ -27,8 +27,9 @@ def key(cumulo: CumuloServer) -> ApiKey:
 
 @pytest.fixture(scope="module")
 def http(cumulo: CumuloServer, key: ApiKey) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cumulo.url, timeout=30,
-                      headers={"Authorization": f"Bearer {key.token}"}) as c:
+    with httpx.Client(
+        base_url=cumulo.url, timeout=30, headers={"Authorization": f"Bearer {key.token}"}
+    ) as c:
         yield c
 
 
@@ -61,8 +62,14 @@ def error_of(resp: httpx.Response, status: int) -> dict[str, Any]:
         (chat(stream="yes"), "stream"),
         (chat(stream="true"), "stream"),
         (chat(stream=1), "stream"),
-        (chat(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage"),
-        (chat(stream=True, stream_options={"include_usage": "perhaps"}), "stream_options.include_usage"),
+        (
+            chat(stream=True, stream_options={"include_usage": "yes"}),
+            "stream_options.include_usage",
+        ),
+        (
+            chat(stream=True, stream_options={"include_usage": "perhaps"}),
+            "stream_options.include_usage",
+        ),
         (chat(user=5), "user"),
         (chat(tool_choice="sometimes"), "tool_choice"),
         (chat(tools=[{"type": "function"}]), "tools.0.function"),
@@ -78,22 +85,54 @@ def error_of(resp: httpx.Response, status: int) -> dict[str, Any]:
         ({"model": "chat-echo", "messages": "hi"}, "messages"),
         ({"model": "chat-echo", "messages": ["hi"]}, "messages.0"),
         ({"model": "chat-echo", "messages": [{"content": "hi"}]}, "messages.0.role"),
-        ({"model": "chat-echo", "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        (
+            {"model": "chat-echo", "messages": [{"role": "robot", "content": "hi"}]},
+            "messages.0.role",
+        ),
         ({"model": "chat-echo", "messages": [{"role": "user"}]}, "messages.0.content"),
-        ({"model": "chat-echo", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
-        ({"model": "chat-echo", "messages": [*USER, {"role": "tool", "content": "42"}]},
-         "messages.1.tool_call_id"),
-        ({"model": "chat-echo", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "look"},
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
-         "messages.0.content.1.type"),
-        ({"model": "chat-echo", "messages": [{"role": "assistant", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {}}]}]},
-         "messages.0.tool_calls.0.function.name"),
+        (
+            {"model": "chat-echo", "messages": [{"role": "user", "content": 5}]},
+            "messages.0.content",
+        ),
+        (
+            {"model": "chat-echo", "messages": [*USER, {"role": "tool", "content": "42"}]},
+            "messages.1.tool_call_id",
+        ),
+        (
+            {
+                "model": "chat-echo",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "look"},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "https://example.com/cat.png"},
+                            },
+                        ],
+                    }
+                ],
+            },
+            "messages.0.content.1.type",
+        ),
+        (
+            {
+                "model": "chat-echo",
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c1", "type": "function", "function": {}}],
+                    }
+                ],
+            },
+            "messages.0.tool_calls.0.function.name",
+        ),
     ],
 )
-def test_invalid_chat_request_names_the_field(http: httpx.Client, body: dict[str, Any],
-                                              param: str) -> None:
+def test_invalid_chat_request_names_the_field(
+    http: httpx.Client, body: dict[str, Any], param: str
+) -> None:
     error = error_of(http.post("/v1/chat/completions", json=body), 400)
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
@@ -107,12 +146,13 @@ def test_unknown_role_message_lists_the_valid_roles(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{not json", b"", b"[]", b"null", b'"a string"', b"{\"model\": \"chat-echo\",", b"\xff\xfe"],
+    [b"{not json", b"", b"[]", b"null", b'"a string"', b'{"model": "chat-echo",', b"\xff\xfe"],
     ids=["broken", "empty", "array", "null", "string", "truncated", "not-utf8"],
 )
 def test_body_that_is_not_a_json_object_is_400(http: httpx.Client, raw: bytes) -> None:
-    resp = http.post("/v1/chat/completions", content=raw,
-                     headers={"Content-Type": "application/json"})
+    resp = http.post(
+        "/v1/chat/completions", content=raw, headers={"Content-Type": "application/json"}
+    )
     assert error_of(resp, 400)["type"] == "invalid_request_error"
 
 
@@ -133,15 +173,18 @@ def test_body_over_the_limit_without_content_length_is_413(http: httpx.Client) -
             yield b"x" * 1024
         yield b'"}]}'
 
-    resp = http.post("/v1/chat/completions", content=chunks(),
-                     headers={"Content-Type": "application/json"})
+    resp = http.post(
+        "/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert "content-length" not in resp.request.headers
     error_of(resp, 413)
 
 
 def test_body_just_under_the_limit_is_served(http: httpx.Client) -> None:
     text = "y" * (TEST_MAX_BODY - 200)
-    resp = http.post("/v1/chat/completions", json=chat(messages=[{"role": "user", "content": text}]))
+    resp = http.post(
+        "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": text}])
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["message"]["content"] == f"echo: {text}"
 
@@ -173,29 +216,40 @@ def test_message_and_input_counts_are_limited(http: httpx.Client) -> None:
         ({"model": "embed", "input": "x", "dimensions": 0}, "dimensions"),
     ],
 )
-def test_invalid_embedding_request_names_the_field(http: httpx.Client, body: dict[str, Any],
-                                                   param: str) -> None:
+def test_invalid_embedding_request_names_the_field(
+    http: httpx.Client, body: dict[str, Any], param: str
+) -> None:
     error = error_of(http.post("/v1/embeddings", json=body), 400)
     assert error["param"] == param
 
 
 def test_unknown_fields_are_ignored_like_openai_sdks_expect(http: httpx.Client) -> None:
-    resp = http.post("/v1/chat/completions",
-                     json=chat(logprobs=False, parallel_tool_calls=True, metadata={"a": "b"}))
+    resp = http.post(
+        "/v1/chat/completions",
+        json=chat(logprobs=False, parallel_tool_calls=True, metadata={"a": "b"}),
+    )
     assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer"},
-     {"Authorization": "Bearer ck-nope.nope"}],
+    [
+        {},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer ck-nope.nope"},
+    ],
     ids=["missing", "basic", "empty-bearer", "unknown"],
 )
-def test_without_a_valid_key_is_401_before_anything_else(cumulo: CumuloServer,
-                                                         headers: dict[str, str]) -> None:
+def test_without_a_valid_key_is_401_before_anything_else(
+    cumulo: CumuloServer, headers: dict[str, str]
+) -> None:
     with httpx.Client(base_url=cumulo.url, headers=headers) as anon:
-        for path, body in (("/v1/chat/completions", {"model": "chat-echo"}),
-                           ("/v1/embeddings", {}), ("/v1/models", None)):
+        for path, body in (
+            ("/v1/chat/completions", {"model": "chat-echo"}),
+            ("/v1/embeddings", {}),
+            ("/v1/models", None),
+        ):
             resp = anon.post(path, json=body) if body is not None else anon.get(path)
             assert error_of(resp, 401)["type"] == "authentication_error"
 
@@ -205,8 +259,9 @@ def test_unknown_route_and_wrong_method_use_the_error_shape(http: httpx.Client) 
     error_of(http.get("/v1/chat/completions"), 405)
 
 
-def test_no_garbage_request_causes_a_500(http: httpx.Client, cumulo: CumuloServer,
-                                         key: ApiKey) -> None:
+def test_no_garbage_request_causes_a_500(
+    http: httpx.Client, cumulo: CumuloServer, key: ApiKey
+) -> None:
     odd: list[Any] = [
         chat(messages=[{"role": "user", "content": [{"type": "text"}]}]),
         chat(messages=[{"role": "user", "content": None}]),
@@ -231,6 +286,7 @@ def test_no_garbage_request_causes_a_500(http: httpx.Client, cumulo: CumuloServe
         path = "/v1/embeddings" if body.get("model") == "embed" else "/v1/chat/completions"
         resp = http.post(path, json=body)
         assert resp.status_code < 500, (body, resp.text)
-    statuses = [row[0] for row in cumulo.sql(
-        "SELECT status FROM usage WHERE key_id = ?", (key.id,))]
+    statuses = [
+        row[0] for row in cumulo.sql("SELECT status FROM usage WHERE key_id = ?", (key.id,))
+    ]
     assert all(s < 500 for s in statuses)

@@ -17,19 +17,35 @@ from support.stores import sqlite_url as sqlite
 
 DAY = 86400.0
 NOW = 1_700_000_000.0
-MESSAGES = [{"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Où est la gare ? 🚉"}]
-
-
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Où est la gare ? 🚉"},
+]
 
 
 def test_record_only_queues_and_entries_read_it_back(tmp_path: Path) -> None:
     async def scenario(store: Store) -> None:
         log = InvocationLog(store, clock=lambda: NOW)
-        log.record("t1", "k1", "gpt-4o-mini", MESSAGES, "Rue de la Gare.",
-                   endpoint="chat.completions", prompt_tokens=12, completion_tokens=4)
-        log.record("t1", "k2", "llama", "a bare prompt", None, endpoint="completions",
-                   status=502, ts=NOW + 1)
+        log.record(
+            "t1",
+            "k1",
+            "gpt-4o-mini",
+            MESSAGES,
+            "Rue de la Gare.",
+            endpoint="chat.completions",
+            prompt_tokens=12,
+            completion_tokens=4,
+        )
+        log.record(
+            "t1",
+            "k2",
+            "llama",
+            "a bare prompt",
+            None,
+            endpoint="completions",
+            status=502,
+            ts=NOW + 1,
+        )
         log.record("t2", "k3", "gpt-4o-mini", MESSAGES, "Ici.", ts=NOW + 2)
         assert log.queued == 3
         assert await records.invocation_entries(store) == []  # nothing written yet
@@ -37,7 +53,9 @@ def test_record_only_queues_and_entries_read_it_back(tmp_path: Path) -> None:
         got = await log.entries("t1")  # writes this process's queue first
         assert log.queued == 0
         assert [(e.key_id, e.status, e.response) for e in got] == [
-            ("k2", 502, None), ("k1", 200, "Rue de la Gare.")]
+            ("k2", 502, None),
+            ("k1", 200, "Rue de la Gare."),
+        ]
         first = got[1]
         assert first.request == MESSAGES  # the structure, unicode intact
         assert (first.ts, first.model, first.endpoint) == (NOW, "gpt-4o-mini", "chat.completions")
@@ -58,8 +76,12 @@ def test_each_tenant_keeps_entries_for_its_own_retention(tmp_path: Path) -> None
     async def scenario(store: Store) -> None:
         now = [NOW]
         retention = {"short": 1.0, "long": 365.0}
-        log = InvocationLog(store, InvocationLogConfig(default_retention_days=30),
-                            retention_days=retention.get, clock=lambda: now[0])
+        log = InvocationLog(
+            store,
+            InvocationLogConfig(default_retention_days=30),
+            retention_days=retention.get,
+            clock=lambda: now[0],
+        )
         for tenant in ("short", "long", "default"):
             for age_days in (0.5, 2, 40, 400):
                 log.record(tenant, "k", "m", MESSAGES, "ok", ts=NOW - age_days * DAY)
@@ -67,8 +89,14 @@ def test_each_tenant_keeps_entries_for_its_own_retention(tmp_path: Path) -> None
         assert await log.purge() == 3 + 1 + 2
         left = await log.entries(None)
         ages = sorted((e.tenant_id, round((NOW - e.ts) / DAY, 1)) for e in left)
-        assert ages == [("default", 0.5), ("default", 2.0), ("long", 0.5), ("long", 2.0),
-                        ("long", 40.0), ("short", 0.5)]
+        assert ages == [
+            ("default", 0.5),
+            ("default", 2.0),
+            ("long", 0.5),
+            ("long", 2.0),
+            ("long", 40.0),
+            ("short", 0.5),
+        ]
         now[0] += DAY  # a day later, the next purge takes what has aged past it
         assert await log.purge() == 1  # short's 0.5-day entry
 
@@ -123,7 +151,6 @@ def test_invocations_round_trip_on_postgresql() -> None:
 
     with postgres_database() as url:
         run(url, scenario)
-
 
 
 def test_admin_invocations_endpoint_scopes_by_tenant(tmp_path: Path) -> None:

@@ -76,7 +76,10 @@ def assert_bad(result: Verification, seq: int, reason: Reason) -> None:
     assert result.first_bad is not None, result
     assert (result.first_bad.seq, result.first_bad.reason) == (seq, reason), result.first_bad
     assert result.checked == seq - 1 or reason in (
-        Reason.TRUNCATED, Reason.CHECKPOINT, Reason.REPAIRED)
+        Reason.TRUNCATED,
+        Reason.CHECKPOINT,
+        Reason.REPAIRED,
+    )
 
 
 # -- an untouched ledger -----------------------------------------------------------
@@ -97,8 +100,15 @@ def test_untouched_ledger_verifies_and_hashes_are_the_documented_chain(url: str)
     # SHA-256(prev_hash + canonical JSON), recomputed here from the module's docstring.
     prev = "0" * 64
     for e in entries:
-        body = {"seq": e.seq, "ts": e.ts, "actor": e.actor, "action": e.action,
-                "target": e.target, "tenant_id": e.tenant_id, "data": e.data}
+        body = {
+            "seq": e.seq,
+            "ts": e.ts,
+            "actor": e.actor,
+            "action": e.action,
+            "target": e.target,
+            "tenant_id": e.tenant_id,
+            "data": e.data,
+        }
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert e.prev_hash == prev
         assert e.hash == hashlib.sha256((prev + canonical).encode()).hexdigest()
@@ -142,12 +152,25 @@ def test_an_edit_with_every_hash_recomputed_is_caught_by_the_mac(url: str) -> No
         prev = entries[1].hash
         for e in entries[2:]:
             target = "someone-else" if e.seq == 3 else e.target
-            body = {"seq": e.seq, "ts": e.ts, "actor": e.actor, "action": e.action,
-                    "target": target, "tenant_id": e.tenant_id, "data": e.data}
+            body = {
+                "seq": e.seq,
+                "ts": e.ts,
+                "actor": e.actor,
+                "action": e.action,
+                "target": target,
+                "tenant_id": e.tenant_id,
+                "data": e.data,
+            }
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
             digest = hashlib.sha256((prev + canonical).encode()).hexdigest()
-            await tamper(store, "UPDATE ledger SET target = :t, prev_hash = :p, hash = :h "
-                         "WHERE seq = :s", t=target, p=prev, h=digest, s=e.seq)
+            await tamper(
+                store,
+                "UPDATE ledger SET target = :t, prev_hash = :p, hash = :h WHERE seq = :s",
+                t=target,
+                p=prev,
+                h=digest,
+                s=e.seq,
+            )
             prev = digest
         await tamper(store, "UPDATE ledger_head SET hash = :h", h=prev)
         return await verify_fresh(store)
@@ -205,8 +228,12 @@ def test_a_forged_checkpoint_is_caught(url: str) -> None:
 
     async def scenario(store: Store) -> Verification:
         entries = await fill(store)
-        await tamper(store, "DELETE FROM ledger WHERE seq >= 5",
-                     "UPDATE ledger_head SET seq = 4, hash = :h", h=entries[3].hash)
+        await tamper(
+            store,
+            "DELETE FROM ledger WHERE seq >= 5",
+            "UPDATE ledger_head SET seq = 4, hash = :h",
+            h=entries[3].hash,
+        )
         return await verify_fresh(store)
 
     assert_bad(run(url, scenario), 4, Reason.CHECKPOINT)
@@ -215,9 +242,13 @@ def test_a_forged_checkpoint_is_caught(url: str) -> None:
 def test_an_entry_mac_cannot_stand_in_for_the_checkpoint(url: str) -> None:
     async def scenario(store: Store) -> Verification:
         entries = await fill(store)
-        await tamper(store, "DELETE FROM ledger WHERE seq >= 5",
-                     "UPDATE ledger_head SET seq = 4, hash = :h, "
-                     "mac = (SELECT mac FROM ledger WHERE seq = 4)", h=entries[3].hash)
+        await tamper(
+            store,
+            "DELETE FROM ledger WHERE seq >= 5",
+            "UPDATE ledger_head SET seq = 4, hash = :h, "
+            "mac = (SELECT mac FROM ledger WHERE seq = 4)",
+            h=entries[3].hash,
+        )
         return await verify_fresh(store)
 
     assert_bad(run(url, scenario), 4, Reason.CHECKPOINT)
@@ -229,8 +260,13 @@ def test_a_rolled_back_checkpoint_is_caught(url: str) -> None:
         async with store.engine.connect() as conn:
             old = (await conn.execute(text("SELECT seq, hash, mac FROM ledger_head"))).one()
         await fill(store, 3)
-        await tamper(store, "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m",
-                     s=old.seq, h=old.hash, m=old.mac)
+        await tamper(
+            store,
+            "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m",
+            s=old.seq,
+            h=old.hash,
+            m=old.mac,
+        )
         return await verify_fresh(store)
 
     assert_bad(run(url, scenario), 4, Reason.CHECKPOINT)
@@ -248,9 +284,14 @@ def test_a_full_rollback_is_seen_by_a_process_that_saw_the_newer_entries(url: st
         writer = Ledger(store, MASTER)
         for i in range(3):
             await writer.append("k-admin", "tenant.update", f"t{i}")
-        await tamper(store, "DELETE FROM ledger WHERE seq > 3",
-                     "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m",
-                     s=old.seq, h=old.hash, m=old.mac)
+        await tamper(
+            store,
+            "DELETE FROM ledger WHERE seq > 3",
+            "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m",
+            s=old.seq,
+            h=old.hash,
+            m=old.mac,
+        )
         return await verify_fresh(store), await writer.verify()
 
     fresh, writer = run(url, scenario)
@@ -303,7 +344,11 @@ def test_a_truncated_ledger_stays_failed_after_the_next_write_until_acknowledged
             await ledger_.acknowledge("k-admin", 5, " ")
         ack = await ledger_.acknowledge("k-admin", 5, "restored from the nightly backup")
         assert (ack.seq, ack.action, ack.actor, ack.target) == (
-            8, "ledger.acknowledged", "k-admin", "seq:5")
+            8,
+            "ledger.acknowledged",
+            "k-admin",
+            "seq:5",
+        )
         assert ack.data == {"seq": 5, "reason": "restored from the nightly backup"}
         await writer.append("k-admin", "key.create", "key9")
         return before, *after, await verify_fresh(store), await writer.verify()
@@ -318,8 +363,10 @@ def test_a_truncated_ledger_stays_failed_after_the_next_write_until_acknowledged
         assert result.ok and result.first_bad is None and result.checked == 9
         assert result.unacknowledged == ()
         assert any("entry 5: the head checkpoint was missing" in w for w in result.warnings)
-        assert any("k-admin acknowledged entry 5: restored from the nightly backup" in w
-                   for w in result.warnings)
+        assert any(
+            "k-admin acknowledged entry 5: restored from the nightly backup" in w
+            for w in result.warnings
+        )
 
 
 def test_a_checkpoint_problem_can_be_acknowledged_before_anything_is_appended(url: str) -> None:
@@ -331,7 +378,9 @@ def test_a_checkpoint_problem_can_be_acknowledged_before_anything_is_appended(ur
 
     ack, result, tail = run(url, scenario)
     assert [(e.seq, e.action) for e in tail] == [
-        (5, "ledger.head_repaired"), (6, "ledger.acknowledged")]
+        (5, "ledger.head_repaired"),
+        (6, "ledger.acknowledged"),
+    ]
     assert ack.data["seq"] == 5 and ack.data["problem"].startswith("checkpoint: ")
     assert result.ok and result.checked == 6
 
@@ -385,9 +434,14 @@ def test_the_head_is_exported_and_a_full_rollback_is_caught_by_any_process(
         for i in range(3):
             await writer.append("k-admin", "tenant.update", f"t{i}")
         assert json.loads(exported.read_text())["seq"] == 6
-        await tamper(store, "DELETE FROM ledger WHERE seq > 3",
-                     "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m",
-                     s=old.seq, h=old.hash, m=old.mac)
+        await tamper(
+            store,
+            "DELETE FROM ledger WHERE seq > 3",
+            "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m",
+            s=old.seq,
+            h=old.hash,
+            m=old.mac,
+        )
         unaware = await verify_fresh(store)
         caught = await Ledger(store, MASTER, checkpoint_file=exported).verify()
         await Ledger(store, MASTER, checkpoint_file=exported).append("k-admin", "key.revoke", "k")
@@ -425,9 +479,7 @@ def test_deleting_entries_and_the_checkpoint_is_named_by_the_export(
 
 
 @pytest.mark.parametrize("damage", ["forged", "garbage"])
-def test_an_edited_export_is_reported_not_trusted(
-    url: str, tmp_path: Path, damage: str
-) -> None:
+def test_an_edited_export_is_reported_not_trusted(url: str, tmp_path: Path, damage: str) -> None:
     exported = tmp_path / "head.json"
 
     async def scenario(store: Store) -> tuple[Verification, Verification]:
@@ -439,7 +491,8 @@ def test_an_edited_export_is_reported_not_trusted(
             exported.write_text("{not json")
         result = await Ledger(store, MASTER, checkpoint_file=exported).verify()
         await Ledger(store, MASTER, checkpoint_file=exported).acknowledge(
-            "k-admin", result.first_bad.seq, "rewrote the file by hand")  # type: ignore[union-attr]
+            "k-admin", result.first_bad.seq, "rewrote the file by hand"
+        )  # type: ignore[union-attr]
         return result, await Ledger(store, MASTER, checkpoint_file=exported).verify()
 
     result, acked = run(url, scenario)

@@ -229,7 +229,11 @@ def test_boto3_with_a_guardrail_arn(server: Server) -> None:
 
 
 def post(server: Server, path: str, body: object, token: str | None = "key") -> httpx.Response:
-    headers = {} if token is None else {"authorization": f"Bearer {keys.PREFIX}{server.key.id}.{server.key.secret}"}
+    headers = (
+        {}
+        if token is None
+        else {"authorization": f"Bearer {keys.PREFIX}{server.key.id}.{server.key.secret}"}
+    )
     kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
     return httpx.post(server.url + path, headers=headers, timeout=10, **kwargs)
 
@@ -284,6 +288,8 @@ def test_a_body_over_the_limit_is_413_in_bedrock_s_shape(server: Server) -> None
 
 
 def test_missing_credentials_are_refused(server: Server) -> None:
-    r = post(server, "/guardrail/pii-anonymize/apply", {"source": "INPUT", "content": []}, token=None)
+    r = post(
+        server, "/guardrail/pii-anonymize/apply", {"source": "INPUT", "content": []}, token=None
+    )
     assert r.status_code == 403
     assert r.headers["x-amzn-errortype"] == "MissingAuthenticationTokenException"

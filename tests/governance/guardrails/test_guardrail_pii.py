@@ -50,8 +50,15 @@ def test_national_id_rules() -> None:
     assert cs.spanish_id("12345678", "Z") and not cs.spanish_id("12345678", "A")
     assert cs.spanish_id("X1234567", "L")  # NIE: X counts as 0
     assert cs.us_ssn("536", "22", "8714")
-    assert not any(cs.us_ssn(*p) for p in (("000", "12", "3456"), ("666", "12", "3456"),
-                                           ("912", "12", "3456"), ("536", "00", "8714")))
+    assert not any(
+        cs.us_ssn(*p)
+        for p in (
+            ("000", "12", "3456"),
+            ("666", "12", "3456"),
+            ("912", "12", "3456"),
+            ("536", "00", "8714"),
+        )
+    )
     assert cs.uk_nino("AB") and not cs.uk_nino("GB")
 
 
@@ -120,7 +127,9 @@ def test_the_default_guardrail_anonymizes_every_type_both_ways() -> None:
         assert v.action == "GUARDRAIL_INTERVENED" and not v.blocked
         assert v.text == "I'm {EMAIL}, card {CREDIT_DEBIT_CARD_NUMBER}, phone {PHONE}."
         assert [f.match for f in v.findings] == [
-            "bob@example.com", "4111 1111 1111 1111", "+1 (312) 555-0148"
+            "bob@example.com",
+            "4111 1111 1111 1111",
+            "+1 (312) 555-0148",
         ]
 
 
@@ -128,7 +137,10 @@ def test_clean_text_passes_unchanged() -> None:
     guard = build_guardrails(default_guardrails())["pii-anonymize"]
     v = guard.check("What is the capital of France?", "INPUT")
     assert (v.action, v.blocked, v.text, v.findings) == (
-        "NONE", False, "What is the capital of France?", ()
+        "NONE",
+        False,
+        "What is the capital of France?",
+        (),
     )
 
 
@@ -146,7 +158,8 @@ def test_block_action_and_per_type_override() -> None:
     v = guard.check("mail a@b.io card 4111111111111111 +44 20 7946 0958", "INPUT")
     assert v.blocked and v.text == "No card numbers, please."
     assert {(f.type, f.action) for f in v.findings} == {
-        ("EMAIL", "ANONYMIZED"), ("CREDIT_DEBIT_CARD_NUMBER", "BLOCKED")
+        ("EMAIL", "ANONYMIZED"),
+        ("CREDIT_DEBIT_CARD_NUMBER", "BLOCKED"),
     }  # the phone is not among this guardrail's types
 
 
@@ -182,4 +195,3 @@ def test_config_refuses_bad_regexes_and_clashing_names() -> None:
         PiiConfig(regexes=[RegexConfig(name="EMAIL", pattern="x@y")])
     with pytest.raises(ValidationError):
         PiiConfig(entities=["PASSPORT"])  # type: ignore[list-item]
-

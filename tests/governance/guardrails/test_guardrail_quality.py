@@ -31,6 +31,9 @@ def test_pii_precision_and_recall_on_the_held_out_set() -> None:
 
 def test_the_development_sets_are_fully_right() -> None:
     """The patterns were tuned on these: a regression shows here first."""
-    attacks, pii = attack_scores(DATA / "prompt_attacks.dev.jsonl"), pii_scores(DATA / "pii.dev.jsonl")
+    attacks, pii = (
+        attack_scores(DATA / "prompt_attacks.dev.jsonl"),
+        pii_scores(DATA / "pii.dev.jsonl"),
+    )
     assert (attacks.fp, attacks.fn) == (0, 0), attacks.errors
     assert (pii.fp, pii.fn) == (0, 0), pii.errors

@@ -38,7 +38,9 @@ def chunks(text: str, size: int) -> Iterator[str]:
         yield text[i : i + size]
 
 
-def run(checker: StreamChecker | ChainedStreamChecker, pieces: Iterator[str]) -> tuple[str, StreamCheck | None]:
+def run(
+    checker: StreamChecker | ChainedStreamChecker, pieces: Iterator[str]
+) -> tuple[str, StreamCheck | None]:
     """Feed everything; return what was sent and the blocking step, if one blocked."""
     sent = []
     for piece in pieces:
@@ -104,7 +106,9 @@ def test_a_match_at_the_end_waits_for_the_next_chunk() -> None:
 def test_a_topic_stops_a_stream() -> None:
     g = Guardrail(GuardrailConfig(id="t", denied_topics=[DeniedTopicConfig(
         name="investment advice", keywords=["buy shares"])]))  # fmt: skip
-    sent, blocked = run(g.stream_checker(), chunks("Well. " * 30 + "You should buy shares of X.", 5))
+    sent, blocked = run(
+        g.stream_checker(), chunks("Well. " * 30 + "You should buy shares of X.", 5)
+    )
     assert blocked is not None and "buy" not in sent
 
 

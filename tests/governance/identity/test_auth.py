@@ -46,7 +46,6 @@ async def refused(auth: Authenticator, token: str) -> bool:
     return False
 
 
-
 def test_a_stored_key_authenticates_with_its_role(tmp_path: Path) -> None:
     async def scenario(ours: Store, theirs: Store) -> None:
         admin, caller = await add_key(ours, "admin"), await add_key(ours)
@@ -72,7 +71,10 @@ def test_missing_or_malformed_authorization(tmp_path: Path, header: str | None) 
         await auth.reload()
         with pytest.raises(AuthenticationFailed) as info:
             await auth.authenticate(header)
-        assert info.value.status == 401 and info.value.code in ("missing_api_key", "invalid_api_key")
+        assert info.value.status == 401 and info.value.code in (
+            "missing_api_key",
+            "invalid_api_key",
+        )
 
     run(tmp_path, scenario)
 
@@ -122,8 +124,9 @@ def test_concurrent_unknown_keys_share_one_reload(tmp_path: Path) -> None:
             new = await add_key(theirs)
             reads = ours.reads
             bad = [f"ck-{i:016x}.not-a-key" for i in range(50)]
-            results = await asyncio.gather(*(auth.check_token(t) for t in [*bad, new.token]),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(auth.check_token(t) for t in [*bad, new.token]), return_exceptions=True
+            )
             assert all(isinstance(r, AuthenticationFailed) for r in results[:-1])
             assert not isinstance(results[-1], BaseException) and results[-1].key_id == new.id
             # All waited for the same next reload, not one each.

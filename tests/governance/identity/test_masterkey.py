@@ -39,8 +39,9 @@ def test_created_once_with_mode_0600_and_reused(tmp_path: Path) -> None:
 def test_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
     sealed = MasterKey(b"\0" * 32).encrypt("k", "v")  # only to have something to compare
     found: list[MasterKey] = []
-    threads = [threading.Thread(target=lambda: found.append(MasterKey.load(tmp_path)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: found.append(MasterKey.load(tmp_path))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -81,6 +82,7 @@ def test_migration_0002_keeps_existing_keys_as_bearer_only(tmp_path: Path) -> No
         store = Store(url)
         try:
             async with store.engine.begin() as conn:
+
                 def to_0001(sync_conn: object) -> None:
                     cfg = _alembic_config(url)
                     cfg.attributes["connection"] = sync_conn
@@ -88,8 +90,11 @@ def test_migration_0002_keeps_existing_keys_as_bearer_only(tmp_path: Path) -> No
 
                 await conn.run_sync(to_0001)
             with contextlib.closing(sqlite3.connect(db)) as raw, raw:
-                raw.execute("INSERT INTO api_keys (id, name, role, secret_hash, created_at) "
-                            "VALUES ('old', 'old', 'caller', ?, 0)", (keys.hash_secret("s"),))
+                raw.execute(
+                    "INSERT INTO api_keys (id, name, role, secret_hash, created_at) "
+                    "VALUES ('old', 'old', 'caller', ?, 0)",
+                    (keys.hash_secret("s"),),
+                )
             await store.migrate()
             [row] = await store.list_keys()
             assert (row.id, row.secret_enc) == ("old", None)

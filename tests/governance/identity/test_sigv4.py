@@ -23,15 +23,27 @@ KEY_ID, SECRET = "0123456789abcdef", "the-secret"
 BODY = b'{"messages": [{"role": "user", "content": [{"text": "hi"}]}]}'
 
 
-def signed(secret: str = SECRET, body: bytes = BODY, service: str = "bedrock",
-           path: str = "/model/team%2Fecho%3Av1/converse", key_id: str = KEY_ID,
-           **headers: str) -> sigv4.SignedRequest:
+def signed(
+    secret: str = SECRET,
+    body: bytes = BODY,
+    service: str = "bedrock",
+    path: str = "/model/team%2Fecho%3Av1/converse",
+    key_id: str = KEY_ID,
+    **headers: str,
+) -> sigv4.SignedRequest:
     """A request as boto3 would send it, signed now by botocore."""
-    req = AWSRequest(method="POST", url=f"http://127.0.0.1:8080{path}", data=body,
-                     headers={"Content-Type": "application/json", **headers})
+    req = AWSRequest(
+        method="POST",
+        url=f"http://127.0.0.1:8080{path}",
+        data=body,
+        headers={"Content-Type": "application/json", **headers},
+    )
     SigV4Auth(Credentials(key_id, secret), service, "us-east-1").add_auth(req)
-    sent = [("host", "127.0.0.1:8080"), ("user-agent", "Boto3/1.0"),
-            *((k.lower(), v) for k, v in req.headers.items())]
+    sent = [
+        ("host", "127.0.0.1:8080"),
+        ("user-agent", "Boto3/1.0"),
+        *((k.lower(), v) for k, v in req.headers.items()),
+    ]
     return sigv4.SignedRequest("POST", path, "", sent, body)
 
 
@@ -50,30 +62,60 @@ def test_a_botocore_signature_verifies() -> None:
 
 
 def tampered(req: sigv4.SignedRequest, **change: Any) -> sigv4.SignedRequest:
-    fields = {"method": req.method, "raw_path": req.raw_path, "query_string": req.query_string,
-              "headers": req.headers, "body": req.body, **change}
+    fields = {
+        "method": req.method,
+        "raw_path": req.raw_path,
+        "query_string": req.query_string,
+        "headers": req.headers,
+        "body": req.body,
+        **change,
+    }
     return sigv4.SignedRequest(**fields)
 
 
-@pytest.mark.parametrize(("req", "code"), [
-    (signed(secret="another-secret"), "invalid_signature"),
-    (tampered(signed(), body=BODY.replace(b"hi", b"ho")), "invalid_signature"),
-    (tampered(signed(), raw_path="/model/other/converse"), "invalid_signature"),
-    (tampered(signed(), query_string="a=1"), "invalid_signature"),
-    (tampered(signed(), headers=[(k, "text/plain" if k == "content-type" else v)
-                                 for k, v in signed().headers]), "invalid_signature"),
-    (tampered(signed(), headers=[(k, v) for k, v in signed().headers if k != "x-amz-date"]),
-     "incomplete_signature"),
-    (signed(service="s3"), "invalid_signature"),
-    # SignedHeaders naming a header that was not sent, around a signature that is otherwise
-    # right (a signer that skipped the header it lists).
-    (tampered(signed(), headers=[(k, v.replace("SignedHeaders=", "SignedHeaders=a-missing;"))
-                                 for k, v in signed().headers]), "invalid_signature"),
-    (tampered(signed(**{"X-Extra": "1"}), headers=[
-        (k, v) for k, v in signed(**{"X-Extra": "1"}).headers if k != "x-extra"]),
-     "invalid_signature"),
-    (signed(**{"X-Amz-Content-SHA256": "0" * 64}), "invalid_signature"),
-])
+@pytest.mark.parametrize(
+    ("req", "code"),
+    [
+        (signed(secret="another-secret"), "invalid_signature"),
+        (tampered(signed(), body=BODY.replace(b"hi", b"ho")), "invalid_signature"),
+        (tampered(signed(), raw_path="/model/other/converse"), "invalid_signature"),
+        (tampered(signed(), query_string="a=1"), "invalid_signature"),
+        (
+            tampered(
+                signed(),
+                headers=[
+                    (k, "text/plain" if k == "content-type" else v) for k, v in signed().headers
+                ],
+            ),
+            "invalid_signature",
+        ),
+        (
+            tampered(signed(), headers=[(k, v) for k, v in signed().headers if k != "x-amz-date"]),
+            "incomplete_signature",
+        ),
+        (signed(service="s3"), "invalid_signature"),
+        # SignedHeaders naming a header that was not sent, around a signature that is otherwise
+        # right (a signer that skipped the header it lists).
+        (
+            tampered(
+                signed(),
+                headers=[
+                    (k, v.replace("SignedHeaders=", "SignedHeaders=a-missing;"))
+                    for k, v in signed().headers
+                ],
+            ),
+            "invalid_signature",
+        ),
+        (
+            tampered(
+                signed(**{"X-Extra": "1"}),
+                headers=[(k, v) for k, v in signed(**{"X-Extra": "1"}).headers if k != "x-extra"],
+            ),
+            "invalid_signature",
+        ),
+        (signed(**{"X-Amz-Content-SHA256": "0" * 64}), "invalid_signature"),
+    ],
+)
 def test_anything_changed_is_refused(req: sigv4.SignedRequest, code: str) -> None:
     with pytest.raises(AuthenticationFailed) as info:
         check(req)
@@ -106,8 +148,13 @@ def test_the_key_cache_carries_decrypted_secrets(tmp_path: Path) -> None:
         store = Store(f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}")
         await store.migrate()
         new, old = keys.generate(), keys.generate()
-        await store.add_key(new.id, "new", "caller", keys.hash_secret(new.secret),
-                            master.encrypt(new.id, new.secret))
+        await store.add_key(
+            new.id,
+            "new",
+            "caller",
+            keys.hash_secret(new.secret),
+            master.encrypt(new.id, new.secret),
+        )
         await store.add_key(old.id, "old", "caller", keys.hash_secret(old.secret))
         auth = Authenticator(store, master_key=master)
         try:

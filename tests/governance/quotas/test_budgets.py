@@ -46,9 +46,10 @@ class Clock:
         self.t = at.timestamp()
 
 
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-
 
 
 @asynccontextmanager
@@ -106,7 +107,11 @@ def test_every_replica_refuses_once_the_shared_spend_reaches_the_budget(
                     "Budget exhausted for tenant 'acme': $10.00 per day spent; "
                     "it resets at 2026-11-23 00:00 UTC."
                 )
-                assert (exc.status, exc.type, exc.code) == (429, "insufficient_quota", "budget_exceeded")
+                assert (exc.status, exc.type, exc.code) == (
+                    429,
+                    "insufficient_quota",
+                    "budget_exceeded",
+                )
                 assert tracker.spent(ACME_DAY) == pytest.approx(10.01)
                 assert tracker.spent(APP_MONTH) == pytest.approx(10.01)
                 tracker.check([APP_MONTH])  # the key's own budget is far from spent
@@ -164,7 +169,9 @@ def test_spend_starts_again_at_each_utc_day_and_month(backend: str, prefix: str)
             clock.set(utc(2026, 12, 2, 12, 0))  # next day, same month
             await sync(a, b)
             a.check([ACME_DAY])
-            with pytest.raises(BudgetExceeded, match=r"\$5.00 per month spent; it resets at 2027-01-01"):
+            with pytest.raises(
+                BudgetExceeded, match=r"\$5.00 per month spent; it resets at 2027-01-01"
+            ):
                 a.check([small_month])
 
     asyncio.run(scenario())
@@ -279,6 +286,7 @@ def test_budget_from_stored_json() -> None:
 
 # -- Redis losing its data ------------------------------------------------------------------
 
+
 def wipe(prefix: str) -> None:
     """Redis loses every counter of this platform (a restart without persistence)."""
     client = redis.Redis.from_url(REDIS_URL)
@@ -292,13 +300,27 @@ async def usage_store(tmp_path: Path, at: datetime, **cost_by_tenant: float) -> 
     """A store whose usage table holds each tenant's spend, recorded at `at`."""
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}")
     await store.migrate()
-    await store.insert_usage([
-        UsageRecord(key_id="k9", endpoint="chat.completions", model="m", deployment="d",
-                    stream=False, prompt_tokens=1, completion_tokens=1, latency_ms=1.0,
-                    ttft_ms=None, status=200, error_type=None, tenant_id=tenant, cost_usd=cost,
-                    ts=at.timestamp()).as_row()
-        for tenant, cost in cost_by_tenant.items()
-    ])
+    await store.insert_usage(
+        [
+            UsageRecord(
+                key_id="k9",
+                endpoint="chat.completions",
+                model="m",
+                deployment="d",
+                stream=False,
+                prompt_tokens=1,
+                completion_tokens=1,
+                latency_ms=1.0,
+                ttft_ms=None,
+                status=200,
+                error_type=None,
+                tenant_id=tenant,
+                cost_usd=cost,
+                ts=at.timestamp(),
+            ).as_row()
+            for tenant, cost in cost_by_tenant.items()
+        ]
+    )
     return store
 
 
@@ -309,10 +331,12 @@ def test_a_spent_budget_stays_closed_when_redis_loses_its_counters(
 
     async def scenario() -> None:
         store = await usage_store(tmp_path, utc(2026, 11, 22, 9), t1=12.0)
-        a = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
-                                        spend=store.spend_since)
-        b = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
-                                        spend=store.spend_since)
+        a = RedisBudgetTracker.from_url(
+            REDIS_URL, prefix=prefix, clock=clock, spend=store.spend_since
+        )
+        b = RedisBudgetTracker.from_url(
+            REDIS_URL, prefix=prefix, clock=clock, spend=store.spend_since
+        )
         try:
             a.load([(ACME_DAY, 12.0)])  # seeded from usage at start: spent out
             await sync(a)
@@ -344,8 +368,9 @@ def test_spend_redis_lost_is_re_seeded_before_new_costs_are_added(
 
     async def scenario() -> None:
         store = await usage_store(tmp_path, utc(2026, 11, 22, 9), t1=7.0)
-        a = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
-                                        spend=store.spend_since)
+        a = RedisBudgetTracker.from_url(
+            REDIS_URL, prefix=prefix, clock=clock, spend=store.spend_since
+        )
         try:
             a.check([ACME_DAY])  # first seen now (started before any spend): no seed
             wipe(prefix)
@@ -368,8 +393,9 @@ def test_reconcile_raises_a_counter_below_the_usage_table(prefix: str, tmp_path:
 
     async def scenario() -> None:
         store = await usage_store(tmp_path, utc(2026, 11, 22, 9), t1=12.0)
-        a = RedisBudgetTracker.from_url(REDIS_URL, prefix=prefix, clock=clock,
-                                        spend=store.spend_since)
+        a = RedisBudgetTracker.from_url(
+            REDIS_URL, prefix=prefix, clock=clock, spend=store.spend_since
+        )
         try:
             a.load([(ACME_DAY, 12.0)])
             await sync(a)

@@ -44,7 +44,6 @@ class Clock:
         self.t += seconds
 
 
-
 @asynccontextmanager
 async def replicas(
     backend: str, prefix: str, clock: Clock | None = None, **kwargs: float

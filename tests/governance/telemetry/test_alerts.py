@@ -20,12 +20,22 @@ from support.stores import sqlite_url as sqlite
 T0 = 1_700_000_000.0
 
 
-def alert(kind: str = "anomaly.request_spike", tenant: str | None = "t1", key: str | None = "k1",
-          ts: float = T0, severity: str = "warning") -> Alert:
-    return Alert(kind, key, tenant, ts, severity,  # type: ignore[arg-type]
-                 f"Key {key}: something unusual", {"count": 412, "threshold": 80.5})
-
-
+def alert(
+    kind: str = "anomaly.request_spike",
+    tenant: str | None = "t1",
+    key: str | None = "k1",
+    ts: float = T0,
+    severity: str = "warning",
+) -> Alert:
+    return Alert(
+        kind,
+        key,
+        tenant,
+        ts,
+        severity,  # type: ignore[arg-type]
+        f"Key {key}: something unusual",
+        {"count": 412, "threshold": 80.5},
+    )
 
 
 def test_emit_only_queues_and_recent_reads_them_back(tmp_path: Path) -> None:
@@ -33,8 +43,12 @@ def test_emit_only_queues_and_recent_reads_them_back(tmp_path: Path) -> None:
         seen: list[str] = []
         sink = AlertSink(store, on_alert=lambda a: seen.append(a.kind))
         sink.emit(alert(ts=T0))
-        sink.emit_all([alert("budget.soft_threshold", key=None, ts=T0 + 1, severity="critical"),
-                       alert(tenant="t2", key="k9", ts=T0 + 2)])
+        sink.emit_all(
+            [
+                alert("budget.soft_threshold", key=None, ts=T0 + 1, severity="critical"),
+                alert(tenant="t2", key="k9", ts=T0 + 2),
+            ]
+        )
         assert sink.queued == 3
         assert await records.recent_alerts(store) == []  # nothing written yet
         assert seen == ["anomaly.request_spike", "budget.soft_threshold", "anomaly.request_spike"]
@@ -129,7 +143,8 @@ def test_alerts_round_trip_on_postgresql() -> None:
         await sink.close()
         got = await sink.recent("t2")
         assert [(a.kind, a.key_id, a.details["count"]) for a in got] == [
-            ("budget.soft_threshold", None, 412)]
+            ("budget.soft_threshold", None, 412)
+        ]
         assert len(await sink.recent()) == 2
 
     with postgres_database() as url:
@@ -139,12 +154,16 @@ def test_alerts_round_trip_on_postgresql() -> None:
 # -- GET /admin/alerts ------------------------------------------------------------
 
 
-
 def test_admin_alerts_endpoint_scopes_by_tenant(tmp_path: Path) -> None:
     async def seed(store: Store) -> None:
         sink = AlertSink(store)
-        sink.emit_all([alert(tenant="t1", key="k1", ts=T0), alert(tenant="t2", key="k2", ts=T0 + 1),
-                       alert("budget.soft_threshold", tenant="t1", key=None, ts=T0 + 2)])
+        sink.emit_all(
+            [
+                alert(tenant="t1", key="k1", ts=T0),
+                alert(tenant="t2", key="k2", ts=T0 + 1),
+                alert("budget.soft_threshold", tenant="t1", key=None, ts=T0 + 2),
+            ]
+        )
         await sink.close()
 
     run(sqlite(tmp_path), seed)
@@ -154,8 +173,16 @@ def test_admin_alerts_endpoint_scopes_by_tenant(tmp_path: Path) -> None:
         assert [a["tenant_id"] for a in body["data"]] == ["t1", "t2", "t1"]  # type: ignore[index,union-attr]
         assert body["has_more"] is False
         first = body["data"][0]  # type: ignore[index]
-        assert set(first) == {"id", "ts", "kind", "severity", "tenant_id", "key_id", "message",
-                              "details"}
+        assert set(first) == {
+            "id",
+            "ts",
+            "kind",
+            "severity",
+            "tenant_id",
+            "key_id",
+            "message",
+            "details",
+        }
         assert get(client, "/admin/alerts?tenant_id=t2", "admin")[1]["data"][0]["key_id"] == "k2"  # type: ignore[index]
 
         status, body = get(client, "/admin/alerts", "ta1")

@@ -17,9 +17,19 @@ from support import eventually
 
 
 def record(model: str = "m", status: int = 200) -> UsageRecord:
-    return UsageRecord(key_id="k1", endpoint="chat.completions", model=model, deployment="openai:m",
-                       stream=False, prompt_tokens=2, completion_tokens=3, latency_ms=5.0,
-                       ttft_ms=None, status=status, error_type=None if status < 400 else "x")
+    return UsageRecord(
+        key_id="k1",
+        endpoint="chat.completions",
+        model=model,
+        deployment="openai:m",
+        stream=False,
+        prompt_tokens=2,
+        completion_tokens=3,
+        latency_ms=5.0,
+        ttft_ms=None,
+        status=status,
+        error_type=None if status < 400 else "x",
+    )
 
 
 def run(tmp_path: Path, fn: Callable[[Store], Awaitable[None]], migrate: bool = True) -> None:
@@ -35,10 +45,11 @@ def run(tmp_path: Path, fn: Callable[[Store], Awaitable[None]], migrate: bool = 
     asyncio.run(main())
 
 
-
 async def models_in(store: Store) -> list[str]:
     async with store.engine.connect() as conn:
-        return [r[0] for r in (await conn.execute(text("SELECT model FROM usage ORDER BY id"))).all()]
+        return [
+            r[0] for r in (await conn.execute(text("SELECT model FROM usage ORDER BY id"))).all()
+        ]
 
 
 def test_record_does_no_io_and_flush_writes_everything(tmp_path: Path) -> None:
@@ -53,7 +64,7 @@ def test_record_does_no_io_and_flush_writes_everything(tmp_path: Path) -> None:
         assert (recorder.queued, recorder.written) == (0, 10)
         assert await models_in(store) == [f"m{i}" for i in range(10)]
         async with store.engine.connect() as conn:
-                ts = [r[0] for r in (await conn.execute(text("SELECT ts FROM usage"))).all()]
+            ts = [r[0] for r in (await conn.execute(text("SELECT ts FROM usage"))).all()]
         assert all(t >= before - 1 for t in ts)  # stamped when recorded
 
     run(tmp_path, scenario)
@@ -119,8 +130,9 @@ def test_a_failed_write_keeps_the_records_for_the_next_attempt(tmp_path: Path) -
     run(tmp_path, scenario, migrate=False)
 
 
-def test_the_background_writer_retries_until_the_store_is_back(tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_the_background_writer_retries_until_the_store_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario(store: Store) -> None:
         recorder = UsageRecorder(store, UsageConfig(flush_interval_s=0.05))
         recorder.start()

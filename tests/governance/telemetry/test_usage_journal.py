@@ -37,9 +37,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def record(model: str = "m") -> UsageRecord:
-    return UsageRecord(key_id="k1", endpoint="chat.completions", model=model, deployment="openai:m",
-                       stream=False, prompt_tokens=2, completion_tokens=3, latency_ms=5.0,
-                       ttft_ms=None, status=200, error_type=None, cost_usd=0.25)
+    return UsageRecord(
+        key_id="k1",
+        endpoint="chat.completions",
+        model=model,
+        deployment="openai:m",
+        stream=False,
+        prompt_tokens=2,
+        completion_tokens=3,
+        latency_ms=5.0,
+        ttft_ms=None,
+        status=200,
+        error_type=None,
+        cost_usd=0.25,
+    )
 
 
 def run(url: str, fn: Callable[[Store], Awaitable[None]], migrate: bool = True) -> None:
@@ -57,8 +68,9 @@ def run(url: str, fn: Callable[[Store], Awaitable[None]], migrate: bool = True) 
 
 def recorder(store: Store, directory: Path, database: str = "", **config: object) -> UsageRecorder:
     """A recorder with its journal in `directory`, its writer not started (tests flush)."""
-    rec = UsageRecorder(store, UsageConfig(**config),
-                        UsageJournal(directory, USAGE_COLUMNS, database))
+    rec = UsageRecorder(
+        store, UsageConfig(**config), UsageJournal(directory, USAGE_COLUMNS, database)
+    )
     assert rec.journal is not None
     rec.journal.open()
     return rec
@@ -79,7 +91,9 @@ def die(rec: UsageRecorder) -> None:
 
 async def models(store: Store) -> list[str]:
     async with store.engine.connect() as conn:
-        return [r[0] for r in (await conn.execute(text("SELECT model FROM usage ORDER BY id"))).all()]
+        return [
+            r[0] for r in (await conn.execute(text("SELECT model FROM usage ORDER BY id"))).all()
+        ]
 
 
 def journal_files(directory: Path) -> list[Path]:
@@ -119,7 +133,8 @@ def test_what_a_dead_process_did_not_store_is_stored_once_at_the_next_start(
         second = recorder(store, directory)
         assert await second.recover() == 4
         assert sorted(await models(store)) == sorted(
-            [f"stored-{i}" for i in range(6)] + [f"lost-{i}" for i in range(4)])
+            [f"stored-{i}" for i in range(6)] + [f"lost-{i}" for i in range(4)]
+        )
         assert journal_files(directory) == [second.journal.current.path]  # type: ignore[union-attr]
         die(second)
 
@@ -158,8 +173,10 @@ def test_a_shutdown_with_the_database_down_keeps_the_records_for_the_next_start(
         for i in range(5):
             rec.record(record(f"m{i}"))
         await rec.close()  # the schema is missing: every write fails
-        assert "5 usage records (and 0 journal files written from disk only) could not be " \
-               "written at shutdown" in caplog.text
+        assert (
+            "5 usage records (and 0 journal files written from disk only) could not be "
+            "written at shutdown" in caplog.text
+        )
         assert len(journal_files(directory)) == 1
 
         await store.migrate()
@@ -192,7 +209,8 @@ def test_a_full_queue_is_left_to_the_journal_and_written_once_the_database_is_ba
         await rec.flush()
         await rec.housekeeping()  # the background writer's next tick
         assert sorted(await models(store)) == sorted(
-            [f"early-{i}" for i in range(5)] + [f"late-{i}" for i in range(2)])
+            [f"early-{i}" for i in range(5)] + [f"late-{i}" for i in range(2)]
+        )
         assert journal_files(directory) == [rec.journal.current.path]  # type: ignore[union-attr]
         await rec.close()
 
@@ -203,8 +221,9 @@ def test_files_rotate_and_go_once_their_records_are_stored(tmp_path: Path) -> No
     directory = tmp_path / "journal"
 
     async def scenario(store: Store) -> None:
-        rec = UsageRecorder(store, UsageConfig(),
-                            UsageJournal(directory, USAGE_COLUMNS, segment_bytes=1000))
+        rec = UsageRecorder(
+            store, UsageConfig(), UsageJournal(directory, USAGE_COLUMNS, segment_bytes=1000)
+        )
         rec.start()  # the background writer, with its housekeeping
         try:
             for round in range(4):
@@ -221,7 +240,9 @@ def test_files_rotate_and_go_once_their_records_are_stored(tmp_path: Path) -> No
     run(f"sqlite+aiosqlite:///{tmp_path / 'cumulo.db'}", scenario)
 
 
-def test_a_line_a_crash_cut_short_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_line_a_crash_cut_short_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     directory = tmp_path / "journal"
 
     async def scenario(store: Store) -> None:
@@ -249,8 +270,11 @@ def test_without_a_writable_directory_records_are_kept_in_memory(
     blocker.write_text("")
 
     async def scenario(store: Store) -> None:
-        rec = UsageRecorder(store, UsageConfig(flush_interval_s=3600),
-                            UsageJournal(blocker / "journal", USAGE_COLUMNS))
+        rec = UsageRecorder(
+            store,
+            UsageConfig(flush_interval_s=3600),
+            UsageJournal(blocker / "journal", USAGE_COLUMNS),
+        )
         rec.start()
         rec.record(record("kept"))
         await rec.close()

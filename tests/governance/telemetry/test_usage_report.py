@@ -21,11 +21,27 @@ T0 = 1_699_999_200.0  # a whole hour (UTC)
 
 def rows() -> list[dict[str, object]]:
     """Three hours: hour 0 has 3 requests of tenant a (one error), hour 2 has 2 of tenant b."""
-    def row(ts: float, tenant: str, key: str, model: str, status: int, cost: float | None) -> dict[str, object]:
-        return {"ts": ts, "tenant_id": tenant, "key_id": key, "endpoint": "chat", "model": model,
-                "deployment": "d", "stream": False, "prompt_tokens": 10, "completion_tokens": 5,
-                "latency_ms": 100.0, "ttft_ms": None, "status": status, "error_type": None,
-                "cost_usd": cost}
+
+    def row(
+        ts: float, tenant: str, key: str, model: str, status: int, cost: float | None
+    ) -> dict[str, object]:
+        return {
+            "ts": ts,
+            "tenant_id": tenant,
+            "key_id": key,
+            "endpoint": "chat",
+            "model": model,
+            "deployment": "d",
+            "stream": False,
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "latency_ms": 100.0,
+            "ttft_ms": None,
+            "status": status,
+            "error_type": None,
+            "cost_usd": cost,
+        }
+
     return [
         row(T0 + 10, "a", "ka", "m1", 200, 0.5),
         row(T0 + 20, "a", "ka", "m1", 500, None),
@@ -50,7 +66,9 @@ def test_series_top_rows_and_csv(url: str) -> None:
         every = Filters(since=T0)
         buckets = await report.series(every, 3600)
         assert [(b.start, b.requests, b.errors, b.tokens) for b in buckets] == [
-            (T0, 3, 1, 45), (T0 + 7200, 2, 1, 30)]
+            (T0, 3, 1, 45),
+            (T0 + 7200, 2, 1, 30),
+        ]
         assert [round(b.cost_usd, 6) for b in buckets] == [0.75, 1.0]
         top = await report.top(every, "model")
         assert [t.requests for t in top] == [2, 2, 1]  # most requests first
@@ -89,8 +107,10 @@ def test_whole_days_come_from_the_daily_sums_plus_what_is_not_folded_yet(url: st
         async def both(f: Filters) -> tuple[list[tuple[float, int, int, int]], ...]:
             by_day = await report.series(f, 86400)  # the sums
             by_hour = await report.series(dataclasses.replace(f, since=f.since + 0.5), 86400)
-            return ([(b.start, b.requests, b.errors, b.tokens) for b in by_day],
-                    [(b.start, b.requests, b.errors, b.tokens) for b in by_hour])
+            return (
+                [(b.start, b.requests, b.errors, b.tokens) for b in by_day],
+                [(b.start, b.requests, b.errors, b.tokens) for b in by_hour],
+            )
 
         folded, raw = await both(daily)
         assert folded == raw == [(day, 5, 2, 75)]

@@ -1,7 +1,8 @@
 """Anthropic Messages API wire models (pydantic), as in https://docs.anthropic.com/en/api/messages.
 
-Only what cumulo reads is modelled; unknown fields (`cache_control`,
-`thinking`, `service_tier`, …) are ignored. Content block types other than
+Only what cumulo reads is modelled; unknown fields (`thinking`, `service_tier`, …)
+are ignored. `cache_control` is read on text, tool_use and tool_result blocks and on
+tool definitions (a prompt-cache breakpoint: see `types.Message.cache_point`). Content block types other than
 those below are rejected with a 400; image blocks are modelled only to be
 rejected with a clear message. Booleans are JSON booleans (`"stream": "yes"` is a 400).
 """
@@ -20,9 +21,17 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class CacheControl(_Wire):
+    """A prompt-cache breakpoint ("Prompt caching"); `ttl` is not passed on."""
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
 class TextBlock(_Wire):
     type: Literal["text"]
     text: str
+    cache_control: CacheControl | None = None
 
 
 class ImageBlock(_Wire):
@@ -35,6 +44,7 @@ class ToolUseBlock(_Wire):
     id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     input: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
 ResultBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
@@ -45,6 +55,7 @@ class ToolResultBlock(_Wire):
     tool_use_id: str = Field(min_length=1)
     content: str | list[ResultBlock] | None = None
     is_error: StrictBool = False
+    cache_control: CacheControl | None = None
 
 
 ContentBlock = Annotated[
@@ -63,6 +74,7 @@ class ToolDef(_Wire):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
     input_schema: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
 class ToolChoiceWire(_Wire):

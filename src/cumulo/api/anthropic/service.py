@@ -8,6 +8,11 @@ cumulo key is accepted as `x-api-key` or as `Authorization: Bearer`.
 Translation notes: `system` (a string or text blocks) becomes a leading system
 message; `tool_result` blocks become tool messages, in order with the user's
 text; a result marked `is_error` reaches the model prefixed with "Error: ".
+`cache_control` on a block marks a prompt-cache breakpoint at the end of the canonical
+message holding that block (the system prompt, a turn's text, a tool result), or after a
+tool definition; its `ttl` is not kept. Usage reports prompt-cache reads as
+`cache_read_input_tokens` (and writes, by a provider's cache, as `cache_creation_input_tokens`),
+which `input_tokens` then leaves out, as the Messages API does.
 Canonical responses carry no matched stop sequence, so `stop_sequence` is
 always null and a stop is reported as `end_turn`.
 """
@@ -52,6 +57,7 @@ from cumulo.types import (
     ToolCall,
     ToolCallDelta,
     ToolChoice,
+    Usage,
 )
 
 # -- errors -------------------------------------------------------------------
@@ -131,26 +137,29 @@ def _user(blocks: list[Any], param: str) -> list[Message]:
     """A user turn: tool results become tool messages, text around them user messages."""
     out: list[Message] = []
     text: list[str] = []
+    cached = False  # a breakpoint on a text block: after the text message it is in
     for j, block in enumerate(blocks):
         if isinstance(block, wire.TextBlock):
             text.append(block.text)
+            cached = cached or block.cache_control is not None
         elif isinstance(block, wire.ToolResultBlock):
             if text:
-                out.append(Message("user", "".join(text)))
-                text = []
-            out.append(
-                Message("tool", _result_text(block, f"{param}.{j}"), tool_call_id=block.tool_use_id)
-            )
+                out.append(Message("user", "".join(text), cache_point=cached))
+                text, cached = [], False
+            result = _result_text(block, f"{param}.{j}")
+            point = block.cache_control is not None
+            out.append(Message("tool", result, tool_call_id=block.tool_use_id, cache_point=point))
         else:
             raise _unsupported(block, f"{param}.{j}")
     if text or not out:
-        out.append(Message("user", "".join(text)))
+        out.append(Message("user", "".join(text), cache_point=cached))
     return out
 
 
 def _assistant(blocks: list[Any], param: str) -> Message:
     text: list[str] = []
     calls: list[ToolCall] = []
+    cached = False
     for j, block in enumerate(blocks):
         if isinstance(block, wire.TextBlock):
             text.append(block.text)
@@ -158,7 +167,9 @@ def _assistant(blocks: list[Any], param: str) -> Message:
             calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
         else:
             raise _unsupported(block, f"{param}.{j}")
-    return Message("assistant", "".join(text) if text else None, tool_calls=calls or None)
+        cached = cached or block.cache_control is not None
+    content = "".join(text) if text else None
+    return Message("assistant", content, tool_calls=calls or None, cache_point=cached)
 
 
 def _tool_choice(w: wire.ToolChoiceWire | None) -> ToolChoice | None:
@@ -180,7 +191,9 @@ def to_chat_request(w: wire.MessagesRequest, max_messages: int) -> ChatRequest:
     messages: list[Message] = []
     system = w.system if isinstance(w.system, str) else "".join(b.text for b in w.system or ())
     if system:
-        messages.append(Message("system", system))
+        blocks = w.system if isinstance(w.system, list) else ()
+        cached = any(b.cache_control is not None for b in blocks)
+        messages.append(Message("system", system, cache_point=cached))
     for i, m in enumerate(w.messages):
         if isinstance(m.content, str):
             messages.append(Message(m.role, m.content))
@@ -188,7 +201,10 @@ def to_chat_request(w: wire.MessagesRequest, max_messages: int) -> ChatRequest:
             messages.append(_assistant(m.content, f"messages.{i}.content"))
         else:
             messages.extend(_user(m.content, f"messages.{i}.content"))
-    tools = [Tool(t.name, t.description, t.input_schema) for t in w.tools or ()]
+    tools = [
+        Tool(t.name, t.description, t.input_schema, cache_point=t.cache_control is not None)
+        for t in w.tools or ()
+    ]
     return ChatRequest(
         model=w.model,
         messages=messages,
@@ -248,10 +264,20 @@ def render_message(resp: ChatResponse) -> JSON:
         "content": content,
         "stop_reason": _STOP_REASONS[resp.finish_reason],
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": resp.usage.prompt_tokens,
-            "output_tokens": resp.usage.completion_tokens,
-        },
+        "usage": _usage(resp.usage),
+    }
+
+
+def _usage(u: Usage | None) -> JSON:
+    """Messages API usage: `input_tokens` counts the prompt tokens neither read from nor
+    written to a prompt cache (those are `cache_read_input_tokens` and
+    `cache_creation_input_tokens`; the local engine's prefix cache only reads)."""
+    u = u or Usage()
+    return {
+        "input_tokens": max(0, u.prompt_tokens - u.cached_tokens - u.cache_write_tokens),
+        "output_tokens": u.completion_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_read_input_tokens": u.cached_tokens,
     }
 
 
@@ -281,7 +307,7 @@ class _MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": _usage(None),
         }
         return _event("message_start", {"message": message})
 
@@ -331,10 +357,7 @@ class _MessageStream:
         return out
 
     def _end(self, ev: StreamEnd) -> list[bytes]:
-        usage = {
-            "input_tokens": ev.usage.prompt_tokens if ev.usage else 0,
-            "output_tokens": ev.usage.completion_tokens if ev.usage else 0,
-        }
+        usage = _usage(ev.usage)
         delta: JSON = {"stop_reason": _STOP_REASONS[ev.finish_reason], "stop_sequence": None}
         return [
             *self._close(),

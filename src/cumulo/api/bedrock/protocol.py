@@ -40,6 +40,12 @@ class ToolResultBlock(_Wire):
     status: Literal["success", "error"] | None = None
 
 
+class CachePoint(_Wire):
+    """A prompt-cache checkpoint: what precedes it in `system`, the messages or the tools."""
+
+    type: Literal["default"]
+
+
 class ContentBlock(_Wire):
     """A union: exactly one member is set."""
 
@@ -48,6 +54,7 @@ class ContentBlock(_Wire):
     text: str | None = None
     toolUse: ToolUseBlock | None = None
     toolResult: ToolResultBlock | None = None
+    cachePoint: CachePoint | None = None
 
 
 class Message(_Wire):
@@ -59,6 +66,7 @@ class SystemBlock(_Wire):
     model_config = ConfigDict(extra="allow")
 
     text: str | None = None
+    cachePoint: CachePoint | None = None
 
 
 class InferenceConfiguration(_Wire):
@@ -79,9 +87,10 @@ class ToolSpecification(_Wire):
 
 
 class Tool(_Wire):
-    """A union of `toolSpec` and `cachePoint`; cache points are accepted and ignored."""
+    """A union of `toolSpec` and `cachePoint` (a checkpoint after the tools before it)."""
 
     toolSpec: ToolSpecification | None = None
+    cachePoint: CachePoint | None = None
 
 
 class SpecificToolChoice(_Wire):

@@ -9,8 +9,12 @@ secret (`governance.identity.sigv4`), or a key as `Authorization: Bearer`.
 
 Translation notes: text blocks of one message are concatenated; a
 `toolResult` with `status: error` reaches the model as text prefixed `Error: `
-(the canonical tool message has no status); `cachePoint` blocks are ignored;
-image, document and other block kinds are refused with a ValidationException.
+(the canonical tool message has no status); a `cachePoint` block (in `system`, a
+message's content or the tools) marks a prompt-cache breakpoint after the canonical
+message or tool it follows (`cache_point`); image, document and other block kinds are
+refused with a ValidationException. Usage reports prompt-cache reads as
+`cacheReadInputTokens` (and a provider's cache writes as `cacheWriteInputTokens`), which
+`inputTokens` leaves out, as Bedrock does.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from cumulo.types import (
     ToolCall,
     ToolCallDelta,
     ToolChoice,
+    Usage,
 )
 
 log = logging.getLogger(__name__)
@@ -146,7 +151,8 @@ BEDROCK = WireFormat(
 
 
 def _kinds(block: wire.ContentBlock) -> list[str]:
-    known = [k for k in ("text", "toolUse", "toolResult") if getattr(block, k) is not None]
+    members = ("text", "toolUse", "toolResult", "cachePoint")
+    known = [k for k in members if getattr(block, k) is not None]
     return known + list(block.model_extra or {})
 
 
@@ -171,6 +177,8 @@ def _message(m: wire.Message, i: int) -> list[Message]:
     texts: list[str] = []
     calls: list[ToolCall] = []
     results: list[Message] = []
+    cached = False  # a cache point after text (or a tool call): on the message they make
+    previous: str | None = None
     for j, block in enumerate(m.content):
         param = f"messages.{i}.content.{j}"
         kinds = _kinds(block)
@@ -190,14 +198,23 @@ def _message(m: wire.Message, i: int) -> list[Message]:
             result = block.toolResult
             text = _result_text(result, f"{param}.toolResult")
             results.append(Message("tool", text, tool_call_id=result.toolUseId))
-        elif kinds[0] != "cachePoint":
+        elif block.cachePoint is not None:
+            if previous == "toolResult":
+                results[-1].cache_point = True
+            elif previous is not None:
+                cached = True
+        else:
             raise InvalidRequest(
                 f"Content block type '{kinds[0]}' is not supported; send text, toolUse or toolResult.",
                 param=f"{param}.{kinds[0]}",
             )
+        previous = kinds[0]
     if m.role == "assistant":
-        return [Message("assistant", "".join(texts) or None, tool_calls=calls or None)]
-    return results + ([Message("user", "".join(texts))] if texts or not results else [])
+        content = "".join(texts) or None
+        return [Message("assistant", content, tool_calls=calls or None, cache_point=cached)]
+    if texts or not results:
+        return [*results, Message("user", "".join(texts), cache_point=cached)]
+    return results
 
 
 def to_chat_request(
@@ -207,17 +224,23 @@ def to_chat_request(
         raise InvalidRequest(
             f"Too many messages: {len(w.messages)}; the limit is {max_messages}.", param="messages"
         )
-    messages = [Message("system", s.text) for s in w.system or () if s.text is not None]
+    messages: list[Message] = []
+    for s in w.system or ():
+        if s.text is not None:
+            messages.append(Message("system", s.text))
+        elif s.cachePoint is not None and messages:
+            messages[-1].cache_point = True
     for i, m in enumerate(w.messages):
         messages.extend(_message(m, i))
     tools: list[Tool] = []
     tool_choice = None
     if w.toolConfig is not None:
-        tools = [
-            Tool(t.toolSpec.name, t.toolSpec.description, t.toolSpec.inputSchema.json_)
-            for t in w.toolConfig.tools
-            if t.toolSpec is not None
-        ]
+        for t in w.toolConfig.tools:
+            if t.toolSpec is not None:
+                spec = t.toolSpec
+                tools.append(Tool(spec.name, spec.description, spec.inputSchema.json_))
+            elif t.cachePoint is not None and tools:
+                tools[-1].cache_point = True
         choice = w.toolConfig.toolChoice
         if choice is not None and choice.tool is not None:
             tool_choice = ToolChoice("tool", choice.tool.name)
@@ -253,8 +276,18 @@ def _tool_input(arguments: str) -> Any:
         return arguments  # not JSON: passed on as a JSON string rather than dropped
 
 
-def _usage(prompt: int, completion: int) -> JSON:
-    return {"inputTokens": prompt, "outputTokens": completion, "totalTokens": prompt + completion}
+def _usage(u: Usage | None) -> JSON:
+    """Converse usage: `inputTokens` counts the prompt tokens neither read from nor written
+    to a prompt cache (`cacheReadInputTokens`, `cacheWriteInputTokens`); `totalTokens` all."""
+    u = u or Usage()
+    fresh = max(0, u.prompt_tokens - u.cached_tokens - u.cache_write_tokens)
+    return {
+        "inputTokens": fresh,
+        "outputTokens": u.completion_tokens,
+        "totalTokens": u.prompt_tokens + u.completion_tokens,
+        "cacheReadInputTokens": u.cached_tokens,
+        "cacheWriteInputTokens": u.cache_write_tokens,
+    }
 
 
 def render_converse(resp: ChatResponse, latency_ms: int) -> JSON:
@@ -265,7 +298,7 @@ def render_converse(resp: ChatResponse, latency_ms: int) -> JSON:
     return {
         "output": {"message": {"role": "assistant", "content": content or [{"text": ""}]}},
         "stopReason": _STOP[resp.finish_reason],
-        "usage": _usage(resp.usage.prompt_tokens, resp.usage.completion_tokens),
+        "usage": _usage(resp.usage),
         "metrics": {"latencyMs": latency_ms},
     }
 
@@ -384,14 +417,11 @@ class BedrockService:
             elif isinstance(ev, StreamEnd):
                 for frame in stop(current):
                     yield frame
-                u = ev.usage
                 yield es.event("messageStop", {"stopReason": _STOP[ev.finish_reason]})
                 yield es.event(
                     "metadata",
                     {
-                        "usage": _usage(
-                            u.prompt_tokens if u else 0, u.completion_tokens if u else 0
-                        ),
+                        "usage": _usage(ev.usage),
                         "metrics": {"latencyMs": round((time.perf_counter() - started) * 1000)},
                     },
                 )

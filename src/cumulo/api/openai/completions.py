@@ -35,6 +35,7 @@ from cumulo.types import (
     StreamEnd,
     TextDelta,
     TokenLogprob,
+    Usage,
 )
 
 MAX_PROMPTS = 256  # prompts in one completion request
@@ -125,11 +126,19 @@ def render_completion(resp: CompletionResponse) -> JSON:
             }
             for i, c in enumerate(resp.choices)
         ],
-        "usage": {
-            "prompt_tokens": resp.usage.prompt_tokens,
-            "completion_tokens": resp.usage.completion_tokens,
-            "total_tokens": resp.usage.total_tokens,
-        },
+        "usage": render_usage(resp.usage),
+    }
+
+
+def render_usage(u: Usage | None) -> JSON:
+    """A response's `usage`; `prompt_tokens_details.cached_tokens` counts the prompt tokens
+    read from a prompt cache (the local engine's prefix cache or the upstream's)."""
+    u = u or Usage()
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     }
 
 
@@ -297,10 +306,5 @@ async def _sse(
         elif isinstance(ev, StreamEnd):
             yield chunk("", ev.finish_reason)
             if include_usage:
-                u = ev.usage
-                usage = {
-                    "prompt_tokens": u.prompt_tokens if u else 0,
-                    "completion_tokens": u.completion_tokens if u else 0,
-                    "total_tokens": u.total_tokens if u else 0,
-                }
+                usage = render_usage(ev.usage)
                 yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"

@@ -28,7 +28,7 @@ from cumulo.api.http import (
     sse_headers,
 )
 from cumulo.api.openai import protocol as wire
-from cumulo.api.openai.completions import CompletionsService
+from cumulo.api.openai.completions import CompletionsService, render_usage
 from cumulo.config import ModelConfig, ServerConfig
 from cumulo.errors import InvalidRequest, NotFound
 from cumulo.governance.identity.auth import Authenticator, Principal
@@ -171,11 +171,7 @@ def render_chat(resp: ChatResponse) -> JSON:
         "choices": [
             {"index": 0, "message": message, "logprobs": None, "finish_reason": resp.finish_reason}
         ],
-        "usage": {
-            "prompt_tokens": resp.usage.prompt_tokens,
-            "completion_tokens": resp.usage.completion_tokens,
-            "total_tokens": resp.usage.total_tokens,
-        },
+        "usage": render_usage(resp.usage),
     }
 
 
@@ -272,12 +268,7 @@ class OpenAIService:
             elif isinstance(ev, StreamEnd):
                 yield chunk({}, ev.finish_reason)
                 if include_usage:
-                    u = ev.usage
-                    usage = {
-                        "prompt_tokens": u.prompt_tokens if u else 0,
-                        "completion_tokens": u.completion_tokens if u else 0,
-                        "total_tokens": u.total_tokens if u else 0,
-                    }
+                    usage = render_usage(ev.usage)
                     yield (
                         b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
                     )

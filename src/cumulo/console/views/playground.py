@@ -123,13 +123,15 @@ def _history(raw: str) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def _cost(stream: MeteredStream | BlockedStream, prompt: int, completion: int) -> float | None:
+def _cost(
+    stream: MeteredStream | BlockedStream, prompt: int, completion: int, cached: int = 0
+) -> float | None:
     """What the call cost, priced as its usage record is (`RequestContext.settle`)."""
     if not isinstance(stream, MeteredStream):
         return 0.0
     deployment = stream.lease.deployment
     if deployment.price is not None:
-        return deployment.price.cost(prompt, completion)
+        return deployment.price.cost(prompt, completion, cached)
     return 0.0 if deployment.provider.deployment.provider == "local" else None
 
 
@@ -172,7 +174,7 @@ def routes(console: Console) -> list[Route]:
                 "ttft_ms": None if ttft is None else round(ttft * 1000.0, 1),
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
-                "cost_usd": _cost(stream, prompt, completion),
+                "cost_usd": _cost(stream, prompt, completion, usage.cached_tokens if usage else 0),
             },
         )
 

@@ -53,6 +53,7 @@ class UsageRecord:
     tenant_id: str | None = None
     cost_usd: float | None = None  # None: the deployment has no known price
     guardrail_interventions: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from a prompt cache (priced lower)
     origin: str | None = None  # the job kind whose work this was (`cumulo.origin`); None: a client
     job_id: str | None = None
     ts: float = 0.0

@@ -39,7 +39,8 @@ SORTABLE = {
 }
 COLUMNS = (
     "id", "ts", "tenant_id", "key_id", "endpoint", "model", "deployment", "status",
-    "error_type", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd",
+    "error_type", "prompt_tokens", "cached_tokens", "completion_tokens", "latency_ms", "ttft_ms",
+    "cost_usd",
 )  # fmt: skip
 
 

@@ -236,6 +236,7 @@ class _EvalWorker:
             ended = time.perf_counter()
             prompt = usage.prompt_tokens if usage else 0
             completion = usage.completion_tokens if usage else 0
+            cached = usage.cached_tokens if usage else 0
             info = stream.info
             return (
                 "".join(parts),
@@ -244,12 +245,12 @@ class _EvalWorker:
                         "prompt_tokens": prompt,
                         "completion_tokens": completion,
                         "total_tokens": prompt + completion,
-                        "cached_tokens": 0,
+                        "cached_tokens": cached,
                     },
                     "latency_ms": round((ended - started) * 1000.0, 3),
                     "ttft_ms": None if first is None else round((first - started) * 1000.0, 3),
                     "cost": self._cost(
-                        info.model or src["model"], info.deployment, prompt, completion
+                        info.model or src["model"], info.deployment, prompt, completion, cached
                     ),
                     "deployment": info.deployment,
                 },
@@ -260,14 +261,14 @@ class _EvalWorker:
         return result
 
     def _cost(
-        self, model: str, deployment: str | None, prompt: int, completion: int
+        self, model: str, deployment: str | None, prompt: int, completion: int, cached: int = 0
     ) -> float | None:
         route = self.kind.gateway.router.routes.get(model)
         if route is None or deployment is None:
             return None
         for state in route.deployments:
             if state.label == deployment and state.price is not None:
-                return float(state.price.cost(prompt, completion))
+                return float(state.price.cost(prompt, completion, cached))
         return None
 
     async def _judge(

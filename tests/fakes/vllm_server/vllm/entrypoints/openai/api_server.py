@@ -110,10 +110,10 @@ class Handler(BaseHTTPRequestHandler):
                 f'vllm:kv_cache_usage_perc{{engine="0",model_name="{name}"}} 0.25',
                 "# TYPE vllm:prompt_tokens counter",
                 f'vllm:prompt_tokens_total{{engine="0",model_name="{name}"}} '
-                f'{STATE["prompt_tokens"]}.0',
+                f"{STATE['prompt_tokens']}.0",
                 "# TYPE vllm:generation_tokens counter",
                 f'vllm:generation_tokens_total{{engine="0",model_name="{name}"}} '
-                f'{STATE["generation_tokens"]}.0',
+                f"{STATE['generation_tokens']}.0",
                 "# TYPE vllm:e2e_request_latency_seconds histogram",
                 f'vllm:e2e_request_latency_seconds_bucket{{le="1.0",model_name="{name}"}} 3.0',
             ]
@@ -171,12 +171,23 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["prompt_tokens"] += 5
                 STATE["generation_tokens"] += 3
             if not body.get("stream"):
-                self._json(200, {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
-                    "model": model, "usage": usage,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply}}],
-                })
+                self._json(
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": 1,
+                        "model": model,
+                        "usage": usage,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": reply},
+                            }
+                        ],
+                    },
+                )
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
