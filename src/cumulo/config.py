@@ -108,6 +108,14 @@ class DeploymentConfig(_Strict):
         ge=0,
         description="Local chat: requests waiting for a slot; beyond this they get 429.",
     )
+    lora_cache_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Local chat: LoRA adapters (fine-tuned models of this base, served on its "
+        "engine) kept loaded in memory; loading one more drops the least recently used. An "
+        "adapter a running request uses stays loaded until the request ends.",
+    )
     max_memory_gb: float | None = Field(
         None,
         gt=0,
