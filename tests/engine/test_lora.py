@@ -78,7 +78,7 @@ def adapters(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 @pytest.fixture
 def registry(lm: CausalLM, adapters: dict[str, Path]) -> AdapterRegistry:
-    reg = AdapterRegistry(lm.model, lm.device, lm.dtype, cache_size=4)
+    reg = AdapterRegistry(lm.model, lm.device, cache_size=4)
     for name, path in adapters.items():
         reg.register(name, path)
     return reg
@@ -199,7 +199,7 @@ def test_lora_batch_leaves_base_rows_untouched(registry: AdapterRegistry) -> Non
 
 
 def test_lru_cache_keeps_at_most_its_size(lm: CausalLM, adapters: dict[str, Path]) -> None:
-    reg = AdapterRegistry(lm.model, lm.device, lm.dtype, cache_size=1)
+    reg = AdapterRegistry(lm.model, lm.device, cache_size=1)
     for name, path in adapters.items():
         reg.register(name, path)
     a = reg.get("ft:a")
@@ -216,13 +216,13 @@ def test_lru_cache_keeps_at_most_its_size(lm: CausalLM, adapters: dict[str, Path
     with pytest.raises(Unavailable):
         reg.get("ft:a")
     with pytest.raises(ValueError):
-        AdapterRegistry(lm.model, lm.device, lm.dtype, cache_size=0)
+        AdapterRegistry(lm.model, lm.device, cache_size=0)
 
 
 def test_adapters_that_do_not_fit_the_base_are_refused(
     lm: CausalLM, demo_dir: Path, adapters: dict[str, Path], tmp_path: Path
 ) -> None:
-    reg = AdapterRegistry(lm.model, lm.device, lm.dtype, cache_size=2)
+    reg = AdapterRegistry(lm.model, lm.device, cache_size=2)
     head = make_adapter(demo_dir, tmp_path / "head", 3, r=2, target_modules=["lm_head"])
     with pytest.raises(ConfigError, match="targets 'lm_head', which is not a linear layer"):
         reg.register("ft:head", head)

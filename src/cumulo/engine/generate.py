@@ -55,7 +55,7 @@ class ChatEngine:
         lora_cache_size: int = 8,
     ) -> None:
         self.lm = lm
-        self.adapters = AdapterRegistry(lm.model, lm.device, lm.dtype, lora_cache_size)
+        self.adapters = AdapterRegistry(lm.model, lm.device, lora_cache_size)
         self.scheduler = Scheduler(lm, limits or EngineLimits(), name=name)
         # Token ids the model reads: its input embeddings' rows.
         self.vocab_size = int(lm.model.get_input_embeddings().weight.shape[0])

@@ -20,9 +20,9 @@ merged into the base's weights, so one loaded base serves every adapter of it at
   (`model.layers.3.self_attn.q_proj`); with no step (a batch of the base only) they
   return at once. A forward of its own calls `apply` itself for each projection.
 
-The delta is computed as PEFT computes it (`lora_B(lora_A(x)) * scaling`, added to the
-base's output), in the base's dtype, so a row's output equals PEFT's for that adapter up
-to floating-point rounding. Supported adapters: LoRA on `nn.Linear` modules of the decoder
+The delta is PEFT's (`lora_B(lora_A(x)) * scaling` added to the base's output), in
+float32 as PEFT computes it for a float32, bfloat16 or float16 base, so a row's output
+equals PEFT's for that adapter up to floating-point rounding. Supported adapters: LoRA on `nn.Linear` modules of the decoder
 (`fan_in_fan_out` false, no DoRA, no trained biases or `modules_to_save`), with `rank_pattern`,
 `alpha_pattern` and `use_rslora` honoured; anything else is refused when registered.
 """
@@ -51,6 +51,7 @@ __all__ = [
     "LoadedAdapter",
     "LoraBatch",
     "LoraHooks",
+    "LoraStack",
     "LoraStep",
     "LoraWeights",
 ]
@@ -85,7 +86,7 @@ class LoraWeights:
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
 class LoadedAdapter:
-    """An adapter's weights, on the base's device and in its dtype, by module name."""
+    """An adapter's weights, on the base's device in float32, by module name."""
 
     name: str
     modules: dict[str, LoraWeights]
@@ -117,13 +118,10 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 class AdapterRegistry:
     """The LoRA adapters of one base model (see the module docstring). Thread-safe."""
 
-    def __init__(
-        self, model: Any, device: torch.device, dtype: torch.dtype, cache_size: int
-    ) -> None:
+    def __init__(self, model: Any, device: torch.device, cache_size: int) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self.device = device
-        self.dtype = dtype
         self.cache_size = cache_size
         decoder = model.get_decoder()
         prefix = next((n for n, m in model.named_modules() if m is decoder), "")
@@ -277,51 +275,111 @@ class AdapterRegistry:
             raise Unavailable(f"the adapter of model {name!r} changed on disk")
         modules = {}
         for module, scale in plan.scales.items():
-            a = pairs[module]["A"].to(self.device, self.dtype).contiguous()
-            b = pairs[module]["B"].to(self.device, self.dtype).contiguous()
+            a = pairs[module]["A"].to(self.device, torch.float32).contiguous()
+            b = pairs[module]["B"].to(self.device, torch.float32).contiguous()
             modules[module] = LoraWeights(a, b, scale)
         self.loads += 1
         return LoadedAdapter(name, modules)
 
 
+class LoraStack:
+    """Some adapters side by side, per projection: their A matrices stacked into one
+    [sum of ranks, in], their B into one [out, sum of ranks] (built once per projection,
+    reused by every step over the same adapters)."""
+
+    def __init__(self, adapters: Sequence[LoadedAdapter]) -> None:
+        self.adapters = tuple(adapters)
+        self.index = {id(a): i for i, a in enumerate(self.adapters)}
+        self._modules: dict[str, _Stacked | None] = {}
+
+    def module(self, name: str) -> _Stacked | None:
+        """The stacked weights of projection `name`; None when no adapter targets it."""
+        if name in self._modules:
+            return self._modules[name]
+        blocks: list[tuple[int, int, float] | None] = []
+        a_parts, b_parts, at = [], [], 0
+        for adapter in self.adapters:
+            w = adapter.modules.get(name)
+            if w is None:
+                blocks.append(None)
+                continue
+            rank = w.a.shape[0]
+            blocks.append((at, at + rank, w.scale))
+            a_parts.append(w.a)
+            b_parts.append(w.b)
+            at += rank
+        stacked = None
+        if a_parts:
+            stacked = _Stacked(torch.cat(a_parts), torch.cat(b_parts, dim=1), tuple(blocks))
+        self._modules[name] = stacked
+        return stacked
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Stacked:
+    a: torch.Tensor  # [sum of ranks, in]
+    b: torch.Tensor  # [out, sum of ranks]
+    blocks: tuple[tuple[int, int, float] | None, ...]  # per adapter: its columns and scale
+
+
 class LoraBatch:
     """`LoraStep` of one forward: row i of the batch has adapter `rows[i]` (None: the base).
 
-    Rows of one adapter are gathered once per step: a run of adjacent rows is a view,
-    others an index."""
+    Per projection, two matrix products over the whole batch with the step's adapters
+    stacked (`LoraStack`): `h = x A^T` gives every row every adapter's low-rank
+    activations; a mask keeps, on each row, only its own adapter's columns, times that
+    adapter's scale (zero on a base row); `y += h B^T`. A few kernels per projection,
+    whatever the mix of adapters; the extra work (each row through every adapter's A) is
+    a few percent of the projection's own. Computed in float32 (PEFT upcasts adapters of a
+    bfloat16 or float16 base too), added into `y` in its dtype."""
 
-    def __init__(self, rows: Sequence[LoadedAdapter | None], device: torch.device) -> None:
-        where: dict[int, tuple[LoadedAdapter, list[int]]] = {}
-        for i, adapter in enumerate(rows):
-            if adapter is not None:
-                where.setdefault(id(adapter), (adapter, []))[1].append(i)
-        self.groups: list[tuple[LoadedAdapter, slice | torch.Tensor]] = []
-        for adapter, index in where.values():
-            if index[-1] - index[0] + 1 == len(index):
-                self.groups.append((adapter, slice(index[0], index[-1] + 1)))
-            else:
-                self.groups.append((adapter, torch.tensor(index, device=device)))
+    def __init__(
+        self,
+        rows: Sequence[LoadedAdapter | None],
+        device: torch.device,
+        stack: LoraStack | None = None,
+    ) -> None:
+        if stack is None:
+            stack = LoraStack(list({id(a): a for a in rows if a is not None}.values()))
+        self.stack = stack
+        self.device = device
+        self.rows = [None if a is None else stack.index[id(a)] for a in rows]
+        self._masks: dict[tuple[tuple[int, int, float] | None, ...], torch.Tensor] = {}
 
     @classmethod
-    def of(cls, rows: Sequence[LoadedAdapter | None], device: torch.device) -> LoraBatch | None:
+    def of(
+        cls,
+        rows: Sequence[LoadedAdapter | None],
+        device: torch.device,
+        stack: LoraStack | None = None,
+    ) -> LoraBatch | None:
         """The step of `rows`; None when every row is the base's."""
         if all(r is None for r in rows):
             return None
-        return cls(rows, device)
+        return cls(rows, device, stack)
 
     def adapters(self) -> Iterator[LoadedAdapter]:
-        return (adapter for adapter, _ in self.groups)
+        return iter(self.stack.adapters)
+
+    def _mask(self, stacked: _Stacked) -> torch.Tensor:
+        mask = self._masks.get(stacked.blocks)
+        if mask is None:
+            mask = torch.zeros(len(self.rows), 1, stacked.a.shape[0], dtype=stacked.a.dtype)
+            for i, j in enumerate(self.rows):
+                block = None if j is None else stacked.blocks[j]
+                if block is not None:
+                    mask[i, 0, block[0] : block[1]] = block[2]
+            mask = self._masks[stacked.blocks] = mask.to(self.device)
+        return mask
 
     def apply(self, name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        linear = torch.nn.functional.linear
-        for adapter, rows in self.groups:
-            w = adapter.modules.get(name)
-            if w is None:
-                continue
-            if isinstance(rows, slice):
-                y[rows] += linear(linear(x[rows], w.a), w.b) * w.scale
-            else:
-                y.index_add_(0, rows, linear(linear(x[rows], w.a), w.b) * w.scale)
+        stacked = self.stack.module(name)
+        if stacked is None:
+            return y
+        mask = self._mask(stacked)
+        h = torch.nn.functional.linear(x.to(stacked.a.dtype), stacked.a)
+        h = h.view(h.shape[0], -1, h.shape[-1]).mul_(mask).view(h.shape)
+        y += torch.nn.functional.linear(h, stacked.b)
         return y
 
 

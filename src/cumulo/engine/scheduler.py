@@ -60,7 +60,7 @@ import torch
 from cumulo.engine.detok import IncrementalText
 from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import CausalLM
-from cumulo.engine.lora import LoadedAdapter, LoraBatch, LoraHooks, LoraStep
+from cumulo.engine.lora import LoadedAdapter, LoraBatch, LoraHooks, LoraStack, LoraStep
 from cumulo.engine.params import (
     Finished,
     GenerationEvent,
@@ -139,6 +139,8 @@ class Scheduler:
         self._head: Any = lm.model.get_output_embeddings()
         self._vocab = int(self._head.weight.shape[0])
         self._hooks = LoraHooks(lm.model)
+        self._stacks: dict[tuple[int, ...], LoraStack] = {}  # the last few sets of adapters
+        self._last_step: tuple[tuple[int, ...], LoraBatch | None] = ((), None)
         self._running: list[Sequence] = []
         self._waiting: deque[Sequence] = deque()
         self._background: deque[Sequence] = deque()  # waiting background work
@@ -376,11 +378,24 @@ class Scheduler:
         return logits
 
     def _lora(self, rows: list[Sequence]) -> LoraStep | None:
-        """The adapters of a forward over `rows` (in batch order); None when all are the base's."""
-        step = LoraBatch.of([seq.lora for seq in rows], self.lm.device)
-        if step is not None:
-            for adapter in step.adapters():
+        """The adapters of a forward over `rows` (in batch order); None when all are the
+        base's. Consecutive decode steps over the same rows share one step object, and
+        steps over the same adapters their stacked weights."""
+        key = tuple(id(seq.lora) for seq in rows)
+        if self._last_step[0] == key:
+            return self._last_step[1]
+        adapters = sorted({id(s.lora): s.lora for s in rows if s.lora}.values(), key=_by_name)
+        step = None
+        if adapters:
+            ids = tuple(id(a) for a in adapters)
+            stack = self._stacks.pop(ids, None) or LoraStack(adapters)
+            self._stacks[ids] = stack
+            while len(self._stacks) > 4:
+                del self._stacks[next(iter(self._stacks))]
+            for adapter in adapters:
                 self._hooks.ensure(adapter.modules)
+            step = LoraBatch([seq.lora for seq in rows], self.lm.device, stack)
+        self._last_step = (key, step)
         return step
 
     def _forward(
@@ -452,6 +467,10 @@ class Scheduler:
     def _post(seq: Sequence, item: Posted) -> None:
         if not seq.cancelled and not seq.sink(item):
             seq.cancelled = True
+
+
+def _by_name(adapter: LoadedAdapter) -> str:
+    return adapter.name
 
 
 def _logprobs(
