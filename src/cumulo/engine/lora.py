@@ -11,7 +11,8 @@ merged into the base's weights, so one loaded base serves every adapter of it at
   `cache_size` (the deployment's `lora_cache_size`); loading one beyond it drops the least
   recently used. A request holds its adapter while it runs, so an adapter dropped from
   the cache stays in memory until its requests end (and a request for it meanwhile uses
-  that same copy); at most `cache_size` + `max_running` adapters are ever loaded.
+  that same copy); beyond `cache_size`, only adapters of running requests (and of the
+  engine's last few batches, whose stacked weights it keeps) stay loaded.
 - `LoraStep`: what a forward calls on each target projection: `apply(name, x, y)` adds
   each row's adapter delta to the projection's output. `LoraBatch` is the engine's: it
   knows which adapter each row of the step's batch has (None: the base, left untouched).
@@ -377,6 +378,22 @@ class LoraBatch:
         if stacked is None:
             return y
         mask = self._mask(stacked)
+        if self.device.type != "cpu":
+            return self._add(stacked, mask, x, y)
+        # On a CPU these products are too small to gain from several threads, and each
+        # threaded kernel waits for its slowest thread: on a busy machine that wait is most
+        # of the time they take. They run on this thread alone.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._add(stacked, mask, x, y)
+        finally:
+            torch.set_num_threads(threads)
+
+    @staticmethod
+    def _add(
+        stacked: _Stacked, mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         h = torch.nn.functional.linear(x.to(stacked.a.dtype), stacked.a)
         h = h.view(h.shape[0], -1, h.shape[-1]).mul_(mask).view(h.shape)
         y += torch.nn.functional.linear(h, stacked.b)
