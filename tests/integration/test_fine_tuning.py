@@ -166,6 +166,21 @@ def test_sdk_job_teaches_an_answer_served_at_once_to_its_tenant_only(server: Cum
         listed = {m.id for m in c.models.list().data}
         assert {c.fine_tuned_model_checkpoint for c in ckpts} <= listed
         assert ANSWER in ask(c, last)
+        # A batch job runs it too, as its tenant: one line for the tuned model, one for the base.
+        lines = [{"custom_id": model, "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": model, "temperature": 0, "max_tokens": 24,
+                           "messages": [{"role": "system", "content": "Answer briefly."},
+                                        {"role": "user", "content": QUESTION}]}}
+                 for model in (name, "demo-tiny")]
+        batch_file = c.files.create(file=("b.jsonl", io.BytesIO(
+            b"".join(json.dumps(x).encode() + b"\n" for x in lines))), purpose="batch")
+        batch = c.batches.create(input_file_id=batch_file.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h")
+        wait_until(lambda: c.batches.retrieve(batch.id).status == "completed", timeout=120)
+        output = c.files.content(c.batches.retrieve(batch.id).output_file_id or "").text
+        replies = {r["custom_id"]: r["response"]["body"]["choices"][0]["message"]["content"]
+                   for r in map(json.loads, output.splitlines())}
+        assert ANSWER in replies[name] and ANSWER not in replies["demo-tiny"]
     with client(server, other) as o:
         assert last not in {m.id for m in o.models.list().data}
         with pytest.raises(openai.NotFoundError):
