@@ -211,7 +211,9 @@ def create_app(
         hot.add([r for r in routes if r.path.startswith("/v1/")])
         if runner is not None:
             runner.start()
-        tuned = TunedModels(JobTable(platform.store), platform.catalog, platform.router)
+        tuned = TunedModels(
+            JobTable(platform.store), platform.catalog, platform.router, platform.home
+        )
         syncing = asyncio.create_task(
             tuned.run(platform.config.jobs.poll_interval_s, platform.models_loaded),
             name="cumulo-tuned-models",

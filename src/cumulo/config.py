@@ -124,6 +124,14 @@ class DeploymentConfig(_Strict):
         "model's KV bytes per token, allocated at start (`prefix_cache_bytes` in "
         "/admin/engine).",
     )
+    lora_cache_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Local chat: LoRA adapters (fine-tuned models of this base, served on its "
+        "engine) kept loaded in memory; loading one more drops the least recently used. An "
+        "adapter a running request uses stays loaded until the request ends.",
+    )
     max_memory_gb: float | None = Field(
         None,
         gt=0,

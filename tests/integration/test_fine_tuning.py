@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -182,6 +183,49 @@ def test_sdk_job_teaches_an_answer_served_at_once_to_its_tenant_only(server: Cum
     )
     assert r.status_code == 200, r.text
     assert ANSWER in r.json()["content"][0]["text"]
+    # And the Bedrock Converse API, and a stream.
+    r = httpx.post(f"{server.url}/model/{quote(name, safe='')}/converse", timeout=60,
+                   headers={"Authorization": f"Bearer {token}"}, json={
+                       "system": [{"text": "Answer briefly."}],
+                       "messages": [{"role": "user", "content": [{"text": QUESTION}]}],
+                       "inferenceConfig": {"maxTokens": 24, "temperature": 0}})
+    assert r.status_code == 200, r.text
+    assert ANSWER in r.json()["output"]["message"]["content"][0]["text"]
+    with client(server, token) as c:
+        chunks = c.chat.completions.create(
+            model=name, stream=True, temperature=0, max_tokens=24,
+            messages=[{"role": "system", "content": "Answer briefly."},
+                      {"role": "user", "content": QUESTION}])
+        assert ANSWER in "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        # Its checkpoints are models too, of its tenant only: the last one is the final adapter.
+        last = ckpts[0].fine_tuned_model_checkpoint
+        assert last == f"{name}:ckpt-step-{TEACH['n_epochs'] * 2}"
+        listed = {m.id for m in c.models.list().data}
+        assert {c.fine_tuned_model_checkpoint for c in ckpts} <= listed
+        assert ANSWER in ask(c, last)
+        # A batch job runs it too, as its tenant: one line for the tuned model, one for the base.
+        lines = [{"custom_id": model, "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": model, "temperature": 0, "max_tokens": 24,
+                           "messages": [{"role": "system", "content": "Answer briefly."},
+                                        {"role": "user", "content": QUESTION}]}}
+                 for model in (name, "demo-tiny")]
+        batch_file = c.files.create(file=("b.jsonl", io.BytesIO(
+            b"".join(json.dumps(x).encode() + b"\n" for x in lines))), purpose="batch")
+        batch = c.batches.create(input_file_id=batch_file.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h")
+        wait_until(lambda: c.batches.retrieve(batch.id).status == "completed", timeout=120)
+        output = c.files.content(c.batches.retrieve(batch.id).output_file_id or "").text
+        replies = {r["custom_id"]: r["response"]["body"]["choices"][0]["message"]["content"]
+                   for r in map(json.loads, output.splitlines())}
+        assert ANSWER in replies[name] and ANSWER not in replies["demo-tiny"]
+    with client(server, other) as o:
+        assert last not in {m.id for m in o.models.list().data}
+        with pytest.raises(openai.NotFoundError):
+            ask(o, last)
+    # Served on the base's engine: one engine only, whatever the number of tuned models.
+    with server.admin() as admin:
+        engines = admin.get("/admin/engine").json()
+    assert [e["model"] for e in engines["data"]] == ["demo-tiny"], engines
     # The ledger records the lineage: training file hash, job, adapter hash, model name.
     rows = server.sql("SELECT action, data FROM ledger WHERE target = ? ORDER BY seq", (job.id,))
     finished = [json.loads(d) for a, d in rows if a == "fine_tuning.finished"]

@@ -9,6 +9,7 @@ __all__ = [
     "hf",
     "kvcache",
     "loader",
+    "lora",
     "params",
     "sampling",
     "scheduler",

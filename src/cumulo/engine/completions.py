@@ -45,8 +45,10 @@ class PromptRun:
         prompt_ids: list[int],
         params: GenerationParams,
         echo_text: str | None,
+        adapter: str | None = None,
     ) -> None:
         self.engine = engine
+        self.adapter = adapter  # the LoRA adapter it runs with (None: the model itself)
         self.strings = strings
         self.prompt_ids = prompt_ids
         self.params = params
@@ -81,7 +83,9 @@ class PromptRun:
         if self.echo_text and self.params.prompt_logprobs is None:
             self.offset = len(self.echo_text)
             yield self.echo_text
-        async with aclosing(self.engine.generate(self.prompt_ids, self.params)) as events:
+        async with aclosing(
+            self.engine.generate(self.prompt_ids, self.params, self.adapter)
+        ) as events:
             async for event in events:
                 if isinstance(event, TextPiece):
                     yield event.text

@@ -39,6 +39,12 @@ that asks for its tokens' (`logprobs`) has the log-softmax of the logits its tok
 sampled from (`TokenLogprobs`, the model's own distribution, before temperature or
 penalties). A request with `max_new_tokens` 0 finishes once its prompt is read.
 
+LoRA adapters (`engine.lora`): a sequence may carry an adapter (`Sequence.adapter`, its
+loaded weights in `Sequence.lora`). Sequences of different adapters of the model, and of the
+model itself, share every forward: each forward gets a `LoraStep` for its rows (None when
+all are the base's), applied on the Hugging Face path by forward hooks on the target
+projections (`LoraHooks`); a forward of its own would call `lora.apply` per projection.
+
 Greedy results do not depend on the batch up to floating-point rounding: a row
 computed in a batch of 8 may differ in the last bits from the same row alone,
 which bf16 can turn into a different token after many steps (fp32 agrees in
@@ -61,6 +67,7 @@ import torch
 from cumulo.engine.detok import IncrementalText
 from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import CausalLM
+from cumulo.engine.lora import LoadedAdapter, LoraBatch, LoraHooks, LoraStack, LoraStep
 from cumulo.engine.params import (
     Finished,
     GenerationEvent,
@@ -112,6 +119,10 @@ class Sequence:
     priority: int = INTERACTIVE  # above: background work (`cumulo.origin`), admitted after
     cache_salt: str | None = None  # prefix-cache key (an adapter's): KV is reused only within it
     blocks: SeqBlocks | None = None  # its prefix-cache blocks, while it runs
+    # The LoRA adapter's name (None: the base model), the identity of the weights that
+    # compute this sequence (a prefix cache keys on it); `lora` holds them while it runs.
+    adapter: str | None = None
+    lora: LoadedAdapter | None = None
     cancelled: bool = False
     done: bool = False
 
@@ -139,6 +150,9 @@ class Scheduler:
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._head: Any = lm.model.get_output_embeddings()
         self._vocab = int(self._head.weight.shape[0])
+        self._hooks = LoraHooks(lm.model)
+        self._stacks: dict[tuple[int, ...], LoraStack] = {}  # the last few sets of adapters
+        self._last_step: tuple[tuple[int, ...], LoraBatch | None] = ((), None)
         self._running: list[Sequence] = []
         self._waiting: deque[Sequence] = deque()
         self._background: deque[Sequence] = deque()  # waiting background work
@@ -330,7 +344,8 @@ class Scheduler:
                 ids[b, :n] = torch.tensor(seq.prompt_ids[seq.prefilled : seq.prefilled + n])
                 pos[b] = torch.arange(seq.prefilled, seq.prefilled + width)
             counts = torch.tensor([n for _, n in run])
-            hidden = self._forward(run[0][0].slot, run[-1][0].slot + 1, ids, pos, counts)
+            lora = self._lora([seq for seq, _ in run])
+            hidden = self._forward(run[0][0].slot, run[-1][0].slot + 1, ids, pos, counts, lora)
             last_rows, ready = [], []  # sampled from hidden states through the head
             logit_rows, ready_logits = [], []  # from logits the prompt's log probabilities had
             for b, (seq, n) in enumerate(run):
@@ -402,7 +417,7 @@ class Scheduler:
                 active.append(seq)
             else:  # still prefilling: a padding row that reads what it has
                 pos[seq.slot, 0] = max(seq.length - 1, 0)
-        hidden = self._forward(0, n, ids, pos, counts)
+        hidden = self._forward(0, n, ids, pos, counts, self._lora(self._running))
         for seq in active:
             seq.length += 1
             seq.next_input = None
@@ -413,11 +428,39 @@ class Scheduler:
         logits: torch.Tensor = self._head(hidden)
         return logits
 
+    def _lora(self, rows: list[Sequence]) -> LoraStep | None:
+        """The adapters of a forward over `rows` (in batch order); None when all are the
+        base's. Consecutive decode steps over the same rows share one step object, and
+        steps over the same adapters their stacked weights."""
+        key = tuple(id(seq.lora) for seq in rows)
+        if self._last_step[0] == key:
+            return self._last_step[1]
+        adapters = sorted({id(s.lora): s.lora for s in rows if s.lora}.values(), key=_by_name)
+        step = None
+        if adapters:
+            ids = tuple(id(a) for a in adapters)
+            stack = self._stacks.pop(ids, None) or LoraStack(adapters)
+            self._stacks[ids] = stack
+            while len(self._stacks) > 4:
+                del self._stacks[next(iter(self._stacks))]
+            for adapter in adapters:
+                self._hooks.ensure(adapter.modules)
+            step = LoraBatch([seq.lora for seq in rows], self.lm.device, stack)
+        self._last_step = (key, step)
+        return step
+
     def _forward(
-        self, lo: int, hi: int, ids: torch.Tensor, pos: torch.Tensor, counts: torch.Tensor
+        self,
+        lo: int,
+        hi: int,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        counts: torch.Tensor,
+        lora: LoraStep | None = None,
     ) -> torch.Tensor:
         """Run rows lo..hi-1 on `ids` [batch, width] at positions `pos` (right-padded: row b
-        has `counts[b]` real tokens). Returns the last hidden states [batch, width, hidden]."""
+        has `counts[b]` real tokens), with `lora` on the projections of the rows' adapters.
+        Returns the last hidden states [batch, width, hidden]."""
         device = self.lm.device
         ids, pos, counts = ids.to(device), pos.to(device), counts.to(device)
         width = ids.shape[1]
@@ -427,13 +470,14 @@ class Scheduler:
         keys = torch.arange(read, device=device)
         mask = (keys.view(1, 1, read) <= pos.unsqueeze(-1)).unsqueeze(1)  # [batch, 1, width, read]
         self.cache.prepare(lo, hi, write_cols, read)
-        out = self._decoder(
-            input_ids=ids,
-            position_ids=pos,
-            attention_mask=mask,  # a 4D mask is used as it is, by every attention layer
-            use_cache=True,
-            **{self._cache_arg: self.cache},
-        )
+        with self._hooks.active(lora):
+            out = self._decoder(
+                input_ids=ids,
+                position_ids=pos,
+                attention_mask=mask,  # a 4D mask is used as it is, by every attention layer
+                use_cache=True,
+                **{self._cache_arg: self.cache},
+            )
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
 
@@ -477,6 +521,10 @@ class Scheduler:
     def _post(seq: Sequence, item: Posted) -> None:
         if not seq.cancelled and not seq.sink(item):
             seq.cancelled = True
+
+
+def _by_name(adapter: LoadedAdapter) -> str:
+    return adapter.name
 
 
 def _logprobs(

@@ -6,6 +6,7 @@ __all__ = [
     "bedrock",
     "http",
     "local",
+    "local_adapter",
     "openai",
     "registry",
     "vllm",

@@ -69,7 +69,12 @@ class LocalProvider(Provider):
     text prompt is tokenized as the model's tokenizer does by default (special tokens
     such as a BOS added). The prompt plus `max_tokens` must fit the window; `max_tokens`
     0 reads the prompt only.
+
+    A fine-tuned model is a `LocalAdapter` (`providers.local_adapter`): this class with an
+    `adapter`, generating on its base's engine with that LoRA adapter.
     """
+
+    adapter: str | None = None  # the LoRA adapter requests run with (None: the model itself)
 
     def __init__(self, deployment: DeploymentConfig, kind: ModelKind, ctx: ProviderContext) -> None:
         super().__init__(deployment, kind, ctx)
@@ -131,7 +136,12 @@ class LocalProvider(Provider):
                     prefix_cache_tokens=dep.prefix_cache_tokens,
                 )
                 lm = load_causal_lm(path, dep.dtype)
-                self._worker = ChatEngine(lm, limits, name=f"cumulo-engine-{path.name}")
+                self._worker = ChatEngine(
+                    lm,
+                    limits,
+                    name=f"cumulo-engine-{path.name}",
+                    lora_cache_size=dep.lora_cache_size,
+                )
             else:
                 from cumulo.engine.embeddings import Embedder
 
@@ -192,7 +202,7 @@ class LocalProvider(Provider):
         prompt_ids = self._encode_prompt(worker, request.messages)
         params = self._generation_params(worker, request.params, len(prompt_ids))
         # Closing this generator closes the worker's, which cancels the request.
-        async with aclosing(worker.generate(prompt_ids, params)) as events:
+        async with aclosing(worker.generate(prompt_ids, params, self.adapter)) as events:
             async for event in events:
                 if isinstance(event, Finished):
                     reason: FinishReason = event.finish_reason
@@ -210,7 +220,8 @@ class LocalProvider(Provider):
         return EmbeddingResponse(model=request.model, vectors=vectors, usage=Usage(tokens, 0))
 
     def tokenizer(self) -> Any | None:
-        return None if self._worker is None else self._worker.lm.tokenizer
+        worker = self.worker
+        return None if worker is None else worker.lm.tokenizer
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         """Every prompt checked first; then at most `max_running` of them in the engine at
@@ -304,7 +315,8 @@ class LocalProvider(Provider):
             params = dataclasses.replace(
                 params, logprobs=request.logprobs, prompt_logprobs=prompt_logprobs
             )
-        return PromptRun(worker, self._strings(worker), ids, params, text if request.echo else None)
+        echo = text if request.echo else None
+        return PromptRun(worker, self._strings(worker), ids, params, echo, self.adapter)
 
     def _strings(self, worker: ChatEngine) -> TokenStrings:
         from cumulo.engine.completions import TokenStrings
@@ -324,9 +336,10 @@ class LocalProvider(Provider):
             raise InvalidRequest(
                 "this local deployment serves embeddings, not completions", param="model"
             )
-        if self._worker is None:
+        worker = self.worker
+        if worker is None:
             raise self._not_serving()
-        return self._worker
+        return worker
 
     def _check_memory(self, path: Path) -> None:
         """Refuse, before loading, a model whose weights do not fit in memory."""
@@ -345,9 +358,10 @@ class LocalProvider(Provider):
     def _chat_worker(self) -> ChatEngine:
         if self.kind != "chat":
             raise InvalidRequest("this local deployment serves embeddings, not chat", param="model")
-        if self._worker is None:
+        worker = self.worker
+        if worker is None:
             raise self._not_serving()
-        return self._worker
+        return worker
 
     def _not_serving(self) -> Unavailable:
         if self._closed:

@@ -127,17 +127,20 @@ class Catalog:
             return who.may_use(name)
         return entry.owner.tenant_id == who.tenant_id and who.may_use(entry.owner.base)
 
-    async def add(self, config: ModelConfig, owner: Owner) -> ModelEntry:
+    async def add(
+        self, config: ModelConfig, owner: Owner, providers: list[Provider] | None = None
+    ) -> ModelEntry:
         """Add and start a tenant's own model (a fine-tuned model) while serving.
 
-        Its providers start (a local model loads) before it is visible; a name already
-        present is kept as it is."""
+        Its providers (`providers`, one per deployment of `config`, else made from them)
+        start before it is visible; a name already present is kept as it is."""
         if config.name in self._entries:
             return self._entries[config.name]
-        providers = [
-            self._registry.get(d.provider).create(d, config.kind, self._ctx)
-            for d in config.deployments
-        ]
+        if providers is None:
+            providers = [
+                self._registry.get(d.provider).create(d, config.kind, self._ctx)
+                for d in config.deployments
+            ]
         for provider, label in zip(providers, deployment_labels(config), strict=True):
             provider.label = label
         entry = ModelEntry(config, providers, owner)
