@@ -125,18 +125,12 @@ def checkpoint_metrics(path: Path) -> dict[str, Any]:
     return data
 
 
-def train(
-    spec: TrainSpec,
-    on_event: Callable[[dict[str, Any]], None],
-    should_stop: Callable[[], bool],
-) -> dict[str, Any]:
-    """Train (or resume) as the module docstring says; the final metrics."""
+def load_model(spec: TrainSpec) -> tuple[Any, Any]:
+    """(tokenizer, the base wrapped in a fresh LoRA adapter) for `spec`, seeded."""
     import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(spec.base_path), local_files_only=True)
     base = AutoModelForCausalLM.from_pretrained(
@@ -151,9 +145,120 @@ def train(
         target_modules=targets if targets != ["all-linear"] else "all-linear",
         task_type="CAUSAL_LM",
     )
-    model: Any = get_peft_model(base, lora)
+    return tokenizer, get_peft_model(base, lora)
+
+
+def make_optimizer(model: Any, spec: TrainSpec) -> Any:
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=BASE_LR * spec.learning_rate_multiplier)
+    return torch.optim.AdamW(params, lr=BASE_LR * spec.learning_rate_multiplier)
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    """The examples of epoch `epoch` in training order (drawn from `seed` and the epoch)."""
+    order = list(range(n_examples))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return order
+
+
+def step_batch(spec: TrainSpec, n_examples: int, step: int) -> tuple[int, list[int]]:
+    """(epoch, the indices of the examples) of step `step` (0-based)."""
+    per_epoch = steps_per_epoch(n_examples, spec.batch_size)
+    epoch, in_epoch = divmod(step, per_epoch)
+    order = epoch_order(n_examples, spec.seed, epoch)
+    return epoch, order[in_epoch * spec.batch_size : (in_epoch + 1) * spec.batch_size]
+
+
+def loss_of(model: Any, ex: Encoded) -> tuple[Any, int]:
+    """The summed loss of one example's trained tokens, and their number."""
+    import torch
+
+    ids = torch.tensor([ex.ids])
+    labels = torch.tensor([ex.labels])
+    logits = model(input_ids=ids).logits[:, :-1, :]
+    target = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+    )
+    return loss, int((target != -100).sum())
+
+
+def train_step(model: Any, optimizer: Any, batch: Sequence[Encoded]) -> dict[str, Any]:
+    """One optimizer update over `batch` (gradients accumulated, the loss averaged over its
+    trained tokens): {train_loss, trained_tokens, seen_tokens}."""
+    n_tokens = sum(ex.trained_tokens for ex in batch) or 1
+    seen = 0
+    optimizer.zero_grad()
+    total = 0.0
+    for ex in batch:
+        loss, _ = loss_of(model, ex)
+        (loss / n_tokens).backward()
+        total += float(loss.detach())
+        seen += len(ex.ids)
+    optimizer.step()
+    return {"train_loss": total / n_tokens, "trained_tokens": n_tokens, "seen_tokens": seen}
+
+
+def eval_loss(model: Any, val: Sequence[Encoded]) -> float | None:
+    """The mean loss per trained token over `val` (None without examples)."""
+    import torch
+
+    if not val:
+        return None
+    model.eval()
+    with torch.no_grad():
+        total, n = 0.0, 0
+        for ex in val:
+            loss, k = loss_of(model, ex)
+            total, n = total + float(loss.detach()), n + k
+    model.train()
+    return total / max(n, 1)
+
+
+def save_checkpoint(
+    model: Any, optimizer: Any, out_dir: Path, step: int, metrics: dict[str, Any]
+) -> bool:
+    """Write `ckpt-step-<step>/` whole or not at all; False when it was there already."""
+    import torch
+
+    final = out_dir / f"{CKPT_PREFIX}{step}"
+    if final.exists():
+        return False
+    tmp = out_dir / f".tmp-{CKPT_PREFIX}{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+    torch.save(state, tmp / STATE)
+    (tmp / METRICS).write_text(json.dumps(metrics), encoding="utf-8")
+    tmp.rename(final)
+    return True
+
+
+def load_checkpoint(model: Any, optimizer: Any, path: Path) -> None:
+    """Restore the adapter, optimizer and random state of checkpoint `path`."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    state = torch.load(path / STATE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+
+
+def train(
+    spec: TrainSpec,
+    on_event: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
+    """Train (or resume) as the module docstring says; the final metrics."""
+    import torch
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    tokenizer, model = load_model(spec)
+    optimizer = make_optimizer(model, spec)
     data = [encode_example(tokenizer, ex) for ex in spec.examples]
     val = [encode_example(tokenizer, ex) for ex in spec.validation]
     per_epoch = steps_per_epoch(len(data), spec.batch_size)
@@ -162,84 +267,37 @@ def train(
     found = checkpoints(spec.out_dir)
     if found:
         step, path = found[-1]
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-        state = torch.load(path / STATE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        load_checkpoint(model, optimizer, path)
         on_event({"type": "message", "message": f"resumed from the checkpoint at step {step}"})
     spec.out_dir.mkdir(parents=True, exist_ok=True)
-
-    def loss_of(ex: Encoded) -> tuple[Any, int]:
-        ids = torch.tensor([ex.ids])
-        labels = torch.tensor([ex.labels])
-        logits = model(input_ids=ids).logits[:, :-1, :]
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
-        )
-        return loss, int((target != -100).sum())
-
-    def val_loss() -> float | None:
-        if not val:
-            return None
-        model.eval()
-        with torch.no_grad():
-            total, n = 0.0, 0
-            for ex in val:
-                loss, k = loss_of(ex)
-                total, n = total + float(loss.detach()), n + k
-        model.train()
-        return total / max(n, 1)
-
-    def save(step: int, metrics: dict[str, Any]) -> None:
-        final = spec.out_dir / f"{CKPT_PREFIX}{step}"
-        if final.exists():
-            return
-        tmp = spec.out_dir / f".tmp-{CKPT_PREFIX}{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp))
-        state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
-        torch.save(state, tmp / STATE)
-        (tmp / METRICS).write_text(json.dumps(metrics), encoding="utf-8")
-        tmp.rename(final)
-        on_event({"type": "checkpoint", "step": step, **metrics})
 
     model.train()
     last: dict[str, Any] = {"step": step}
     while step < total_steps:
-        epoch, in_epoch = divmod(step, per_epoch)
-        order = list(range(len(data)))
-        random.Random(spec.seed * 1000 + epoch).shuffle(order)
-        batch = order[in_epoch * spec.batch_size : (in_epoch + 1) * spec.batch_size]
+        epoch, batch = step_batch(spec, len(data), step)
         started = time.perf_counter()
-        n_tokens = sum(data[i].trained_tokens for i in batch) or 1
-        seen = 0
-        optimizer.zero_grad()
-        total = 0.0
-        for i in batch:
-            loss, _ = loss_of(data[i])
-            (loss / n_tokens).backward()
-            total += float(loss.detach())
-            seen += len(data[i].ids)
-        optimizer.step()
+        done = train_step(model, optimizer, [data[i] for i in batch])
         step += 1
         elapsed = max(time.perf_counter() - started, 1e-9)
         last = {
             "step": step,
             "total_steps": total_steps,
             "epoch": epoch + 1,
-            "train_loss": total / n_tokens,
-            "tokens_per_s": seen / elapsed,
-            "trained_tokens": n_tokens,
+            "train_loss": done["train_loss"],
+            "tokens_per_s": done["seen_tokens"] / elapsed,
+            "trained_tokens": done["trained_tokens"],
         }
         on_event({"type": "metrics", **last})
         epoch_end = step % per_epoch == 0
         stopping = should_stop() and step < total_steps
         if epoch_end or step % spec.checkpoint_every == 0 or stopping:
-            metrics = {"step": step, "train_loss": last["train_loss"], "valid_loss": val_loss()}
-            save(step, metrics)
+            metrics = {
+                "step": step,
+                "train_loss": last["train_loss"],
+                "valid_loss": eval_loss(model, val),
+            }
+            if save_checkpoint(model, optimizer, spec.out_dir, step, metrics):
+                on_event({"type": "checkpoint", "step": step, **metrics})
         if stopping:
             raise Stopped(f"stopped at step {step}")
     adapter = spec.out_dir / "adapter"
@@ -259,7 +317,7 @@ def train(
             if (spec.base_path / extra).is_file():
                 shutil.copy(spec.base_path / extra, tmp / extra)
         tmp.rename(merged_dir)
-    return {**last, "valid_loss": val_loss()}
+    return {**last, "valid_loss": eval_loss(model, val)}
 
 
 __all__ = [
@@ -269,6 +327,15 @@ __all__ = [
     "checkpoint_metrics",
     "checkpoints",
     "encode_example",
+    "epoch_order",
+    "eval_loss",
+    "load_checkpoint",
+    "load_model",
+    "loss_of",
+    "make_optimizer",
+    "save_checkpoint",
+    "step_batch",
     "steps_per_epoch",
     "train",
+    "train_step",
 ]
