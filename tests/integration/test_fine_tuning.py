@@ -35,8 +35,9 @@ def config(path: Path, upstream: FakeOpenAIUpstream) -> dict[str, Any]:
     return {
         "usage": {"flush_interval_s": 0.1},
         "guardrails": [{"id": "attacks", "prompt_attack": {"strength": "medium"}}],
-        "jobs": {"poll_interval_s": 0.2, "lease_s": 2, "training_threads": 1,
+        "jobs": {"poll_interval_s": 0.2, "lease_s": 2,
                  "training_price_per_mtok": PRICE},
+        "training": {"threads": 1},
         "models": [
             {"name": "demo-tiny", "routing": NO_ROUTING, "untrained": True,
              "deployments": [{"provider": "local", "path": str(path), "dtype": "float32"}]},
@@ -157,6 +158,9 @@ def test_sdk_job_teaches_an_answer_served_at_once_to_its_tenant_only(server: Cum
     out = lineage.stdout
     assert f"sha256 {finished[0]['training_sha256']} (verified)" in out
     assert f"adapter        sha256 {finished[0]['adapter_sha256']} (verified)" in out
+    assert len(finished[0]["base_sha256"]) == 64
+    assert (f"base model   demo-tiny sha256 {finished[0]['base_sha256']} (verified)"
+            in out)
     assert f"job            {job.id}" in out and f"model          {name}" in out
     adapter = server.home / "finetune" / job.id / "adapter" / "adapter_model.safetensors"
     adapter.write_bytes(adapter.read_bytes() + b"tampered")
