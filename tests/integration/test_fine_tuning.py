@@ -205,8 +205,17 @@ def test_pause_resume_and_cancel(server: CumuloServer) -> None:
         assert c.fine_tuning.jobs.pause(job.id).status == "paused"
         wait_until(lambda: any(
             "paused" in e.message for e in c.fine_tuning.jobs.list_events(job.id).data), 30)
-        time.sleep(2)
-        steps = metric_steps(c, job.id)
+        # The step under way when the pause came ends (at a lowered priority that can
+        # take a while on a busy machine), then no other starts.
+        seen: list[list[int]] = [metric_steps(c, job.id)]
+
+        def settled() -> bool:
+            time.sleep(2)
+            seen.append(metric_steps(c, job.id))
+            return seen[-1] == seen[-2]
+
+        wait_until(settled, timeout=120)
+        steps = seen[-1]
         time.sleep(2)
         assert metric_steps(c, job.id) == steps  # no step while paused
         saved = c.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number

@@ -372,6 +372,7 @@ def train(
             "train_loss": done["train_loss"],
             "tokens_per_s": done["seen_tokens"] / elapsed,
             "trained_tokens": done["trained_tokens"],
+            "seen_tokens": done["seen_tokens"],
         }
         on_event({"type": "metrics", **last})
         epoch_end = step % per_epoch == 0
