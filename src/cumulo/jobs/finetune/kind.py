@@ -54,8 +54,13 @@ def job_dir(home: Path, job_id: str) -> Path:
 
 def sha256_of_dir(path: Path) -> str:
     """One SHA-256 over the files of `path` (names and contents, in name order)."""
+    return sha256_of_files(path, sorted(q for q in path.rglob("*") if q.is_file()))
+
+
+def sha256_of_files(path: Path, files: Sequence[Path]) -> str:
+    """One SHA-256 over `files` under `path` (names relative to it, and contents)."""
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in files:
         h.update(str(p.relative_to(path)).encode() + b"\0")
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -255,4 +260,12 @@ class _TrainWorker:
         return None
 
 
-__all__ = ["KIND", "METRICS", "FineTuneKind", "job_dir", "read_all", "sha256_of_dir"]
+__all__ = [
+    "KIND",
+    "METRICS",
+    "FineTuneKind",
+    "job_dir",
+    "read_all",
+    "sha256_of_dir",
+    "sha256_of_files",
+]
