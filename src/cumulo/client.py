@@ -93,14 +93,23 @@ class Client:
         except ValueError as exc:
             raise self._not_cumulo() from exc
 
-    def download(self, path: str, out: BinaryIO) -> int:
-        """GET `path` into `out` as it arrives; the number of bytes written."""
+    def download(
+        self,
+        path: str,
+        out: BinaryIO,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """GET `path` into `out` as it arrives; the number of bytes written. `headers`, when
+        given, receives the response's headers."""
         written = 0
         try:
-            with self._http.stream("GET", path) as resp:
+            with self._http.stream("GET", path, params=params) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     self._check(resp)
+                if headers is not None:
+                    headers.update(resp.headers)
                 for chunk in resp.iter_bytes(1 << 20):
                     out.write(chunk)
                     written += len(chunk)

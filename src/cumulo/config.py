@@ -551,13 +551,6 @@ class JobsConfig(_Strict):
         "tokens times epochs), in usage and budgets. A job whose estimate exceeds the "
         "budget left is refused. Unset: training costs nothing.",
     )
-    training_threads: int | None = Field(
-        None,
-        ge=1,
-        le=1024,
-        description="CPU threads a fine-tuning job trains with (torch's intra-op threads, "
-        "shared by the whole process). Unset: torch's default.",
-    )
     poll_interval_s: float = Field(
         1.0, gt=0, le=60, description="How often a runner looks for work it can take."
     )
@@ -567,6 +560,39 @@ class JobsConfig(_Strict):
         le=3600,
         description="A worker that has not renewed its hold on a job's work for this long is "
         "taken as dead: other workers take the work over (renewed every third of it).",
+    )
+
+
+class TrainingConfig(_Strict):
+    """How fine-tuning jobs train (`cumulo.jobs.finetune.train`)."""
+
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads a fine-tuning job trains with (torch's intra-op threads of "
+        "the training thread only; serving in the same process keeps its own). Unset: "
+        "torch's default (one per core).",
+    )
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of the training threads (Linux): above 0, the operating system "
+        "runs interactive requests on the same machine first. 0: same priority.",
+    )
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Training precision of the base: `auto` is bf16 on a CUDA device that "
+        "supports it, else fp32 (the CPU: fp32 unless bf16 is asked). The adapter's own "
+        "weights stay fp32.",
+    )
+    micro_batch_tokens: int = Field(
+        2048,
+        ge=16,
+        le=1_048_576,
+        description="Padded tokens per forward pass: a step's examples, bucketed by length, "
+        "run as few passes as hold this many tokens each (gradients accumulated).",
     )
 
 
@@ -583,6 +609,7 @@ class Config(_Strict):
     pricing: PricingConfig = PricingConfig()
     ledger: LedgerConfig = LedgerConfig()
     jobs: JobsConfig = JobsConfig()
+    training: TrainingConfig = TrainingConfig()
     files: FilesConfig = FilesConfig()
     files_url: str | None = Field(
         None,

@@ -39,7 +39,8 @@ def ft_server(
     return cumulo_factory(
         {
             "usage": {"flush_interval_s": 0.1},
-            "jobs": {"poll_interval_s": 0.2, "lease_s": 2, "training_threads": 1},
+            "jobs": {"poll_interval_s": 0.2, "lease_s": 2},
+            "training": {"threads": 1},
             "models": [
                 {
                     "name": "demo-tiny",

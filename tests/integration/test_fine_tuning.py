@@ -36,12 +36,8 @@ def config(path: Path, upstream: FakeOpenAIUpstream) -> dict[str, Any]:
     return {
         "usage": {"flush_interval_s": 0.1},
         "guardrails": [{"id": "attacks", "prompt_attack": {"strength": "medium"}}],
-        "jobs": {
-            "poll_interval_s": 0.2,
-            "lease_s": 2,
-            "training_threads": 1,
-            "training_price_per_mtok": PRICE,
-        },
+        "jobs": {"poll_interval_s": 0.2, "lease_s": 2, "training_price_per_mtok": PRICE},
+        "training": {"threads": 1},
         "models": [
             {
                 "name": "demo-tiny",
@@ -243,6 +239,9 @@ def test_sdk_job_teaches_an_answer_served_at_once_to_its_tenant_only(server: Cum
     out = lineage.stdout
     assert f"sha256 {finished[0]['training_sha256']} (verified)" in out
     assert f"adapter        sha256 {finished[0]['adapter_sha256']} (verified)" in out
+    assert len(finished[0]["base_sha256"]) == 64
+    assert (f"base model   demo-tiny sha256 {finished[0]['base_sha256']} (verified)"
+            in out)
     assert f"job            {job.id}" in out and f"model          {name}" in out
     adapter = server.home / "finetune" / job.id / "adapter" / "adapter_model.safetensors"
     adapter.write_bytes(adapter.read_bytes() + b"tampered")
@@ -307,8 +306,17 @@ def test_pause_resume_and_cancel(server: CumuloServer) -> None:
             lambda: any("paused" in e.message for e in c.fine_tuning.jobs.list_events(job.id).data),
             30,
         )
-        time.sleep(2)
-        steps = metric_steps(c, job.id)
+        # The step under way when the pause came ends (at a lowered priority that can
+        # take a while on a busy machine), then no other starts.
+        seen: list[list[int]] = [metric_steps(c, job.id)]
+
+        def settled() -> bool:
+            time.sleep(2)
+            seen.append(metric_steps(c, job.id))
+            return seen[-1] == seen[-2]
+
+        wait_until(settled, timeout=120)
+        steps = seen[-1]
         time.sleep(2)
         assert metric_steps(c, job.id) == steps  # no step while paused
         saved = c.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number

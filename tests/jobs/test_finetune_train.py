@@ -120,3 +120,105 @@ def test_file_errors_name_line_and_field() -> None:
         (6, "messages"),
     ]
     assert all(e["message"].startswith(f"line {e['line']}:") for e in errors)
+
+
+def test_a_padded_pass_equals_each_example_alone(demo: Path) -> None:
+    """Examples of one forward pass are rows of their own: right padding and the mask keep
+    each one's loss what it is alone (no attention across examples, no loss on padding)."""
+    import torch
+
+    from cumulo.jobs.finetune.train import load_model, loss_of
+
+    tok, model = load_model(TrainSpec(demo, Path("unused"), EXAMPLES, seed=1))
+    model.eval()
+    long = [{"role": "user", "content": "A much longer question, with many more words in it?"},
+            {"role": "assistant", "content": "And a longer answer too, to pad the others."}]
+    encoded = [encode_example(tok, ex) for ex in [*EXAMPLES[:2], long]]
+    assert len({len(e.ids) for e in encoded}) > 1
+    with torch.no_grad():
+        together, n = loss_of(model, encoded)
+        alone = [loss_of(model, [e]) for e in encoded]
+    assert n == sum(k for _, k in alone) == sum(e.trained_tokens for e in encoded)
+    assert abs(float(together) - sum(float(x) for x, _ in alone)) < 1e-3
+
+
+def test_batches_bucket_by_length_and_cover_each_example_once() -> None:
+    from cumulo.jobs.finetune.train import (
+        BUCKET_BATCHES,
+        epoch_batches,
+        micro_batches,
+        steps_per_epoch,
+    )
+
+    lengths = [(i * 37) % 101 + 1 for i in range(200)]
+    batches = epoch_batches(lengths, 4, seed=5, epoch=0)
+    assert len(batches) == steps_per_epoch(200, 4) == 50
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    assert batches == epoch_batches(lengths, 4, seed=5, epoch=0)
+    assert batches != epoch_batches(lengths, 4, seed=5, epoch=1)
+    # Within a window the batches are length-sorted slices: their spreads are small.
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    shuffled = [list(range(200))[k:k + 4] for k in range(0, 200, 4)]
+    assert spread * 3 < sum(max(lengths[i] for i in b) - min(lengths[i] for i in b)
+                            for b in shuffled)
+    assert BUCKET_BATCHES * 4 < 200  # several windows were drawn
+    from cumulo.jobs.finetune.train import Encoded
+
+    exs = [Encoded([1] * n, [1] * n) for n in (10, 30, 20, 50)]
+    parts = micro_batches(exs, 60)
+    assert [[len(e.ids) for e in p] for p in parts] == [[50], [30, 20], [10]]
+    assert all(len(p) * len(p[0].ids) <= 60 for p in parts)
+
+
+def test_training_threads_and_niceness_hold_for_the_training_thread_only() -> None:
+    import os
+    import threading
+
+    import torch
+
+    from cumulo.jobs.finetune.train import limit_threads
+
+    before = torch.get_num_threads()
+    seen: dict[str, int] = {}
+
+    def trainer() -> None:
+        limit_threads(1, 7)
+        seen["threads"] = torch.get_num_threads()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        def other() -> None:
+            seen["other"] = torch.get_num_threads()
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+
+    t = threading.Thread(target=trainer)
+    t.start()
+    t.join()
+    assert seen["threads"] == 1 and seen["nice"] == 7
+    assert torch.get_num_threads() == before
+    assert seen["other"] == before  # a thread started later keeps the process's count
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
+
+
+def test_dtype_auto_is_fp32_on_cpu_and_bf16_trains_when_asked(demo: Path, tmp_path: Path) -> None:
+    import torch
+
+    from cumulo.jobs.finetune.train import resolve_dtype
+
+    if not torch.cuda.is_available():
+        assert resolve_dtype("auto") == (torch.float32, "cpu")
+    assert resolve_dtype("bf16")[0] == torch.bfloat16
+    with pytest.raises(ValueError, match="fp32"):
+        resolve_dtype("fp16")
+    events: list[dict[str, Any]] = []
+    train(spec(demo, tmp_path / "bf16", dtype="bf16"), events.append, lambda: False)
+    losses = [e["train_loss"] for e in events if e["type"] == "metrics"]
+    assert len(losses) == 6 and all(0 < x < 100 for x in losses)
+    a = adapter(tmp_path / "bf16")
+    assert all(v.dtype == torch.float32 for v in a.values())  # the adapter itself stays fp32
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16" / "model"))
+    assert next(merged.parameters()).dtype == torch.bfloat16

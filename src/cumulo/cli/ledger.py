@@ -144,22 +144,26 @@ def ledger_list(
 def ledger_lineage(model: str, config_path: str | None) -> None:
     """The lineage of a fine-tuned MODEL, its files checked.
 
-    Training file SHA-256 -> job (base model, hyperparameters, data checks) -> adapter
-    SHA-256 -> model name, from the ledger; the training file (in a local file store) and
-    the adapter are hashed again when they are still on this machine. Exit 1 if a hash
-    differs."""
+    Training file SHA-256 -> job (base model and its weights' SHA-256, hyperparameters,
+    data checks) -> adapter SHA-256 -> model name -> exports, from the ledger; the
+    training file (in a local file store), the base's weights and the adapter are hashed
+    again when they are still on this machine (the base's hash is cached while its weight
+    files keep their sizes and times). Exit 1 if a hash differs."""
     from cumulo.files.blobs import LocalBlobs
+    from cumulo.jobs.finetune.hashes import cache_file, weights_sha256
     from cumulo.jobs.finetune.kind import job_dir, sha256_of_dir
 
-    async def find(led: Ledger) -> tuple[Any, Any]:
+    async def find(led: Ledger) -> tuple[Any, Any, list[Any]]:
         finished = await led.entries(limit=10_000, action="fine_tuning.finished")
         done = next((e for e in finished if e.data.get("fine_tuned_model") == model), None)
         if done is None:
-            return None, None
+            return None, None, []
         created = await led.entries(limit=10_000, action="fine_tuning.created")
-        return done, next((e for e in created if e.target == done.target), None)
+        exported = await led.entries(limit=10_000, action="fine_tuning.exported")
+        exports = [e for e in exported if e.target == done.target]
+        return done, next((e for e in created if e.target == done.target), None), exports
 
-    done, created = _with_ledger(config_path, find)
+    done, created, exports = _with_ledger(config_path, find)
     if done is None:
         raise click.ClickException(f"no fine-tuning job on the ledger made {model!r}")
     d, home = done.data, cumulo_home()
@@ -186,6 +190,17 @@ def ledger_lineage(model: str, config_path: str | None) -> None:
         if train_sha
         else "not recorded"
     )
+    base_sha = d.get("base_sha256")
+    base_state = (
+        check(
+            "base model",
+            base_sha,
+            Path(d.get("base_path") or "/nonexistent"),
+            lambda p: weights_sha256(p, cache_file(home)),
+        )
+        if base_sha
+        else "not recorded"
+    )
     adapter = job_dir(home, str(done.target)) / "adapter"
     adapter_state = check("adapter", d.get("adapter_sha256"), adapter, sha256_of_dir)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(done.ts))
@@ -197,10 +212,17 @@ def ledger_lineage(model: str, config_path: str | None) -> None:
     click.echo(f"job            {done.target} (ledger entry {done.seq}, {when})")
     if created is not None:
         click.echo(f"  created by   {created.actor} (ledger entry {created.seq})")
-    click.echo(f"  base model   {d.get('base_model')}")
+    click.echo(f"  base model   {d.get('base_model')} sha256 {base_sha} ({base_state})")
     click.echo(f"  hyperparams  {json.dumps(d.get('hyperparameters'), sort_keys=True)}")
     click.echo(f"adapter        sha256 {d.get('adapter_sha256')} ({adapter_state})")
     click.echo(f"model          {d.get('fine_tuned_model')}")
+    for e in reversed(exports):  # oldest first
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.ts))
+        what = e.data.get("model") if e.data.get("model") != model else ""
+        click.echo(
+            f"export         {e.data.get('format')} sha256 {e.data.get('sha256')} "
+            f"by {e.actor} {at} (ledger entry {e.seq}){' ' + what if what else ''}"
+        )
     if bad:
         sys.exit(1)
 

@@ -59,7 +59,7 @@ def job_runner(platform: Platform, gateway: Gateway, owner: str | None = None) -
         platform.files,
         table,
         platform.home,
-        config.jobs.training_threads,
+        config.training,
         platform.models_loaded,
         training_charge(platform),
     )

@@ -22,4 +22,5 @@ def routes(service: FineTuningService) -> list[Route]:
         route(base + "/{job_id}/resume", service.resume, "POST"),
         route(base + "/{job_id}/events", service.events, "GET"),
         route(base + "/{job_id}/checkpoints", service.checkpoints, "GET"),
+        route("/v1/fine_tuning/models/{model}/export", service.export, "GET"),
     ]

@@ -39,6 +39,7 @@ from cumulo.jobs import AuditLog, JobRunner
 from cumulo.jobs.finetune.checks import DataCheck, Flagged, check_examples
 from cumulo.jobs.finetune.data import line_numbers, parse_file
 from cumulo.jobs.finetune.kind import KIND, METRICS, job_dir, read_all
+from cumulo.jobs.finetune.train import CKPT_PREFIX
 from cumulo.jobs.runner import CANCELLING, FINALIZING, IN_PROGRESS, VALIDATING
 from cumulo.request.guarding import Guarding
 from cumulo.store.jobs import JobRow, JobTable
@@ -464,6 +465,71 @@ class FineTuningService:
                 param="fine_tuning_job_id",
             )
         return await self._own(who, job.id)
+
+    async def _tuned(self, who: Principal, name: str) -> tuple[JobRow, int | None]:
+        """The job that made the tuned model `name` (`ft:...:<job>`, or a checkpoint's
+        `ft:...:<job>:ckpt-step-N`) and the checkpoint's step; NotFound unless `who` may
+        call it (its tenant's, and a key that may use its base)."""
+        missing = NotFound(f"The model '{name}' does not exist.", param="model")
+        parts = name.split(":")
+        step: int | None = None
+        if len(parts) > 4 and parts[-1].startswith(CKPT_PREFIX):
+            try:
+                step = int(parts[-1][len(CKPT_PREFIX) :])
+            except ValueError:
+                raise missing from None
+            parts = parts[:-1]
+        if not name.startswith("ft:") or len(parts) < 4:
+            raise missing
+        try:
+            job = await self._own(who, parts[-1])
+        except NotFound:
+            raise missing from None
+        made = job.params.get("fine_tuned_model")
+        if made != ":".join(parts) or not who.may_use(str(job.params.get("model"))):
+            raise missing
+        return job, step
+
+    async def export(self, request: Request) -> Response:
+        """GET /v1/fine_tuning/models/{model}/export?format=adapter|merged (cumulo): the
+        tuned model's adapter (PEFT) or merged model (Hugging Face, safetensors) as a tar
+        archive; `X-Cumulo-Sha256` is the SHA-256 of its files (names and contents, in
+        name order), recorded on the ledger as `fine_tuning.exported`."""
+        from starlette.responses import StreamingResponse
+
+        from cumulo.jobs.finetune import export as ex
+        from cumulo.jobs.finetune.kind import sha256_of_files
+
+        who = await self._who(request)
+        name = request.path_params["model"]
+        form = request.query_params.get("format", "adapter")
+        if form not in ("adapter", "merged"):
+            raise InvalidRequest("format must be 'adapter' or 'merged'.", param="format")
+        job, step = await self._tuned(who, name)
+        where = job_dir(self.home, job.id)
+        path = ex.adapter_dir(where, step)
+        if path is None:
+            raise NotFound(
+                f"The files of the model '{name}' are not on this server.", param="model"
+            )
+        if form == "merged":
+            path = await asyncio.to_thread(
+                ex.merged_dir, where, Path(job.params["base_path"]), step
+            )
+        files = ex.files_of(path)
+        sha = await asyncio.to_thread(sha256_of_files, path, files)
+        await self.audit.append(
+            who.key_id,
+            "fine_tuning.exported",
+            job.id,
+            who.tenant_id,
+            {"model": name, "format": form, "sha256": sha},
+        )
+        return StreamingResponse(
+            ex.tar_stream(path, files),
+            media_type="application/x-tar",
+            headers={"x-cumulo-sha256": sha},
+        )
 
     async def cancel(self, request: Request) -> Response:
         """POST /v1/fine_tuning/jobs/{id}/cancel."""

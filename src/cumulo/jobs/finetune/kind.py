@@ -28,12 +28,15 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cumulo.config import TrainingConfig
 from cumulo.errors import NotFound
 from cumulo.files import FileStore
 from cumulo.jobs.finetune.data import parse_file
+from cumulo.jobs.finetune.hashes import cache_file, weights_sha256
 from cumulo.jobs.kinds import JobInvalid
 from cumulo.origin import Origin
 from cumulo.store.jobs import COMPLETED, FAILED, ItemResult, ItemRow, JobRow, JobTable
@@ -51,8 +54,13 @@ def job_dir(home: Path, job_id: str) -> Path:
 
 def sha256_of_dir(path: Path) -> str:
     """One SHA-256 over the files of `path` (names and contents, in name order)."""
+    return sha256_of_files(path, sorted(q for q in path.rglob("*") if q.is_file()))
+
+
+def sha256_of_files(path: Path, files: Sequence[Path]) -> str:
+    """One SHA-256 over `files` under `path` (names relative to it, and contents)."""
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in files:
         h.update(str(p.relative_to(path)).encode() + b"\0")
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -74,7 +82,7 @@ class FineTuneKind:
         files: FileStore,
         jobs: JobTable,
         home: Path,
-        threads: int | None = None,
+        training: TrainingConfig | None = None,
         ready: Callable[[], Awaitable[None]] | None = None,
         charge: Callable[[JobRow, int], None] | None = None,
     ) -> None:
@@ -83,7 +91,7 @@ class FineTuneKind:
         self.files = files
         self.jobs = jobs
         self.home = home
-        self.threads = threads
+        self.training = training or TrainingConfig()
 
     def origin(self, job: JobRow) -> Origin:
         return Origin(KIND, job.id)
@@ -98,6 +106,7 @@ class FineTuneKind:
             "data_checks": p.get("data_checks"),
             "base_model": p.get("model"),
             "base_sha256": p.get("base_sha256"),
+            "base_path": p.get("base_path"),
             "hyperparameters": p.get("hyperparameters"),
             "adapter_sha256": p.get("adapter_sha256"),
             "fine_tuned_model": p.get("fine_tuned_model"),
@@ -141,6 +150,11 @@ class FineTuneKind:
         out = job_dir(self.home, job.id)
         adapter_sha = await asyncio.to_thread(sha256_of_dir, out / "adapter")
         p = job.params
+        base_sha = p.get("base_sha256")
+        if not base_sha:
+            base_sha = await asyncio.to_thread(
+                weights_sha256, Path(p["base_path"]), cache_file(self.home)
+            )
         name = f"ft:{p['model']}:{p.get('suffix') or 'custom'}:{job.id}"
         results = [r async for _, r in self.jobs.results(job.id, COMPLETED)]
         metrics = json.loads(results[0]) if results and results[0] else {}
@@ -148,12 +162,23 @@ class FineTuneKind:
             **p,
             "fine_tuned_model": name,
             "adapter_sha256": adapter_sha,
+            "base_sha256": base_sha,
             "model_path": str(out / "model"),
             "result": metrics,
         }
         if self.charge is not None:
             self.charge(job, int(p.get("estimated_tokens") or 0))
         return {"params": params}
+
+
+def _own_thread(work: Callable[[], dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
+    """`work()` on a thread of its own (not the loop's shared executor: the trainer lowers
+    its thread's priority and sets its thread count, which must not outlive the run)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cumulo-train")
+    try:
+        return asyncio.get_running_loop().run_in_executor(pool, work)
+    finally:
+        pool.shutdown(wait=False)  # its one thread ends with `work`
 
 
 class _TrainWorker:
@@ -184,7 +209,10 @@ class _TrainWorker:
             alpha=int(lora.get("alpha", 16)),
             dropout=float(lora.get("dropout", 0.0)),
             checkpoint_every=int(p.get("checkpoint_every", 10)),
-            threads=kind.threads,
+            threads=kind.training.threads,
+            nice=kind.training.nice,
+            dtype=kind.training.dtype,
+            micro_batch_tokens=kind.training.micro_batch_tokens,
         )
         if kind.ready is not None:  # transformers' first imports are not thread-safe
             await kind.ready()
@@ -207,7 +235,7 @@ class _TrainWorker:
             await kind.jobs.add_event(job.id, f"training resumes (attempt {item.attempt})")
         else:
             await kind.jobs.add_event(job.id, "training starts")
-        thread = asyncio.ensure_future(asyncio.to_thread(train, spec, on_event, stop.is_set))
+        thread = _own_thread(lambda: train(spec, on_event, stop.is_set))
         try:
             try:
                 metrics = await asyncio.shield(thread)
@@ -232,4 +260,12 @@ class _TrainWorker:
         return None
 
 
-__all__ = ["KIND", "METRICS", "FineTuneKind", "job_dir", "read_all", "sha256_of_dir"]
+__all__ = [
+    "KIND",
+    "METRICS",
+    "FineTuneKind",
+    "job_dir",
+    "read_all",
+    "sha256_of_dir",
+    "sha256_of_files",
+]

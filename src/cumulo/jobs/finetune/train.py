@@ -6,10 +6,21 @@
   exactly the tokens it is served with; only the tokens of assistant turns (those whose
   `weight` is not 0) carry loss, the prompt and the other turns are context;
 - runs `n_epochs` over the examples, each step one optimizer update over `batch_size`
-  examples (gradient accumulation: one example per forward pass, no padding, the loss
-  summed over the batch's assistant tokens and divided by their number);
-- is deterministic for a given `seed`: the initial adapter weights, the order of each
-  epoch (drawn from `seed` and the epoch) and dropout;
+  examples, the loss summed over the batch's assistant tokens and divided by their number;
+- buckets by length: each epoch's shuffled order is cut into windows of
+  `BUCKET_BATCHES` batches, each window sorted by length and cut into batches (so a batch
+  holds examples of similar length), the window's batches then shuffled. A batch runs as
+  few forward passes as fit `micro_batch_tokens` padded tokens each (gradient
+  accumulation over them); the examples of one pass are right-padded and masked, so no
+  token attends to another example's (each example is its own row) and padding carries no
+  loss;
+- trains in `dtype` (`auto`: bf16 on a CUDA device that supports it, else fp32; the
+  adapter's own weights stay fp32), on CUDA when there is a device, else on the CPU with
+  `threads` threads (those of the training thread only: the serving threads of the same
+  process keep theirs) at niceness `nice`;
+- is deterministic for a given `seed` (on the CPU: the same adapter bytes): the initial
+  adapter weights, the batches of each epoch (drawn from `seed` and the epoch) and
+  dropout;
 - writes a checkpoint every `checkpoint_every` steps and at each epoch's end
   (`ckpt-step-N/`: the adapter, the optimizer and random state, the position and its
   metrics), each written beside its place and renamed into it, so a checkpoint is whole or
@@ -24,8 +35,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +50,8 @@ STATE = "trainer_state.pt"
 METRICS = "metrics.json"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BASE_LR = 1e-3  # learning_rate_multiplier 1.0 (LoRA adapters take larger rates than full tuning)
+BUCKET_BATCHES = 16  # batches per length-sorted window of an epoch
+DTYPES = ("auto", "fp32", "bf16")
 
 
 class Stopped(Exception):
@@ -59,6 +74,9 @@ class TrainSpec:
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     checkpoint_every: int = 10
     threads: int | None = None
+    dtype: str = "auto"  # one of DTYPES
+    nice: int = 0  # niceness of the training thread (and its CPU threads), 0 to 19
+    micro_batch_tokens: int = 2048  # padded tokens per forward pass (one example at least)
 
 
 @dataclass(slots=True, frozen=True)
@@ -125,23 +143,20 @@ def checkpoint_metrics(path: Path) -> dict[str, Any]:
     return data
 
 
-def train(
-    spec: TrainSpec,
-    on_event: Callable[[dict[str, Any]], None],
-    should_stop: Callable[[], bool],
-) -> dict[str, Any]:
-    """Train (or resume) as the module docstring says; the final metrics."""
+def load_model(spec: TrainSpec) -> tuple[Any, Any]:
+    """(tokenizer, the base wrapped in a fresh LoRA adapter) for `spec`, seeded."""
     import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
+    dtype, device = resolve_dtype(spec.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(spec.base_path), local_files_only=True)
-    base = AutoModelForCausalLM.from_pretrained(
-        str(spec.base_path), dtype=torch.float32, local_files_only=True
+    base: Any = AutoModelForCausalLM.from_pretrained(
+        str(spec.base_path), dtype=dtype, local_files_only=True
     )
+    if device != "cpu":
+        base = base.to(device)
     names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
     targets = [t for t in spec.target_modules if t in names] or ["all-linear"]
     lora = LoraConfig(
@@ -151,9 +166,179 @@ def train(
         target_modules=targets if targets != ["all-linear"] else "all-linear",
         task_type="CAUSAL_LM",
     )
-    model: Any = get_peft_model(base, lora)
+    return tokenizer, get_peft_model(base, lora)
+
+
+def resolve_dtype(name: str) -> tuple[Any, str]:
+    """(torch dtype, device) of `training.dtype` `name` on this machine."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"training dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    if name == "bf16" or (name == "auto" and cuda and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, device
+    return torch.float32, device
+
+
+def limit_threads(threads: int | None, nice: int) -> None:
+    """Give the calling thread `threads` CPU threads (torch's intra-op pool) and niceness
+    `nice`, leaving the rest of the process as it was.
+
+    torch keeps one process-wide thread count that each thread reads once, at its first
+    parallel operation, into its own OpenMP setting: set here, then set back from a short
+    helper thread, the count holds for this thread alone. The pool's threads are created by
+    this thread and inherit its niceness (Linux: niceness is per thread)."""
+    import torch
+
+    if threads:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        restore = threading.Thread(target=torch.set_num_threads, args=(before,))
+        restore.start()
+        restore.join()
+    if nice > 0 and hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        if nice > current:
+            os.setpriority(os.PRIO_PROCESS, tid, min(nice, 19))
+
+
+def make_optimizer(model: Any, spec: TrainSpec) -> Any:
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=BASE_LR * spec.learning_rate_multiplier)
+    return torch.optim.AdamW(params, lr=BASE_LR * spec.learning_rate_multiplier)
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int
+) -> list[list[int]]:
+    """The batches of epoch `epoch` (indices into `lengths`), bucketed by length as the
+    module docstring says; drawn from `seed` and the epoch alone."""
+    rng = random.Random(seed * 1000 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = BUCKET_BATCHES * batch_size
+    out: list[list[int]] = []
+    for start in range(0, len(order), window):
+        part = sorted(order[start : start + window], key=lambda i: lengths[i])
+        cut = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        rng.shuffle(cut)
+        out += cut
+    return out
+
+
+def micro_batches(batch: Sequence[Encoded], max_tokens: int) -> list[list[Encoded]]:
+    """`batch` in as few forward passes as hold at most `max_tokens` padded tokens each
+    (longest first; an example longer than that is a pass of its own)."""
+    out: list[list[Encoded]] = []
+    for ex in sorted(batch, key=lambda e: len(e.ids), reverse=True):
+        if out and (len(out[-1]) + 1) * len(out[-1][0].ids) <= max_tokens:
+            out[-1].append(ex)
+        else:
+            out.append([ex])
+    return out
+
+
+def loss_of(model: Any, examples: Sequence[Encoded]) -> tuple[Any, int]:
+    """The summed loss over the trained tokens of `examples` in one forward pass (each its
+    own row, right-padded and masked), and their number."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ex.ids) for ex in examples)
+    ids = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        n = len(ex.ids)
+        ids[row, :n] = torch.tensor(ex.ids)
+        labels[row, :n] = torch.tensor(ex.labels)
+        mask[row, :n] = 1
+    ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :]
+    target = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="sum"
+    )
+    return loss, int((target != -100).sum())
+
+
+def train_step(
+    model: Any, optimizer: Any, batch: Sequence[Encoded], micro_batch_tokens: int = 2048
+) -> dict[str, Any]:
+    """One optimizer update over `batch` (gradients accumulated over its forward passes,
+    the loss averaged over its trained tokens): {train_loss, trained_tokens, seen_tokens}."""
+    n_tokens = sum(ex.trained_tokens for ex in batch) or 1
+    optimizer.zero_grad()
+    total = 0.0
+    for part in micro_batches(batch, micro_batch_tokens):
+        loss, _ = loss_of(model, part)
+        (loss / n_tokens).backward()
+        total += float(loss.detach())
+    optimizer.step()
+    seen = sum(len(ex.ids) for ex in batch)
+    return {"train_loss": total / n_tokens, "trained_tokens": n_tokens, "seen_tokens": seen}
+
+
+def eval_loss(model: Any, val: Sequence[Encoded], micro_batch_tokens: int = 2048) -> float | None:
+    """The mean loss per trained token over `val` (None without examples)."""
+    import torch
+
+    if not val:
+        return None
+    model.eval()
+    with torch.no_grad():
+        total, n = 0.0, 0
+        for part in micro_batches(val, micro_batch_tokens):
+            loss, k = loss_of(model, part)
+            total, n = total + float(loss.detach()), n + k
+    model.train()
+    return total / max(n, 1)
+
+
+def save_checkpoint(
+    model: Any, optimizer: Any, out_dir: Path, step: int, metrics: dict[str, Any]
+) -> bool:
+    """Write `ckpt-step-<step>/` whole or not at all; False when it was there already."""
+    import torch
+
+    final = out_dir / f"{CKPT_PREFIX}{step}"
+    if final.exists():
+        return False
+    tmp = out_dir / f".tmp-{CKPT_PREFIX}{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+    torch.save(state, tmp / STATE)
+    (tmp / METRICS).write_text(json.dumps(metrics), encoding="utf-8")
+    tmp.rename(final)
+    return True
+
+
+def load_checkpoint(model: Any, optimizer: Any, path: Path) -> None:
+    """Restore the adapter, optimizer and random state of checkpoint `path`."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    state = torch.load(path / STATE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+
+
+def train(
+    spec: TrainSpec,
+    on_event: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
+    """Train (or resume) as the module docstring says; the final metrics."""
+    limit_threads(spec.threads, spec.nice)
+    tokenizer, model = load_model(spec)
+    optimizer = make_optimizer(model, spec)
     data = [encode_example(tokenizer, ex) for ex in spec.examples]
     val = [encode_example(tokenizer, ex) for ex in spec.validation]
     per_epoch = steps_per_epoch(len(data), spec.batch_size)
@@ -162,84 +347,44 @@ def train(
     found = checkpoints(spec.out_dir)
     if found:
         step, path = found[-1]
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-        state = torch.load(path / STATE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        load_checkpoint(model, optimizer, path)
         on_event({"type": "message", "message": f"resumed from the checkpoint at step {step}"})
     spec.out_dir.mkdir(parents=True, exist_ok=True)
 
-    def loss_of(ex: Encoded) -> tuple[Any, int]:
-        ids = torch.tensor([ex.ids])
-        labels = torch.tensor([ex.labels])
-        logits = model(input_ids=ids).logits[:, :-1, :]
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
-        )
-        return loss, int((target != -100).sum())
-
-    def val_loss() -> float | None:
-        if not val:
-            return None
-        model.eval()
-        with torch.no_grad():
-            total, n = 0.0, 0
-            for ex in val:
-                loss, k = loss_of(ex)
-                total, n = total + float(loss.detach()), n + k
-        model.train()
-        return total / max(n, 1)
-
-    def save(step: int, metrics: dict[str, Any]) -> None:
-        final = spec.out_dir / f"{CKPT_PREFIX}{step}"
-        if final.exists():
-            return
-        tmp = spec.out_dir / f".tmp-{CKPT_PREFIX}{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp))
-        state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
-        torch.save(state, tmp / STATE)
-        (tmp / METRICS).write_text(json.dumps(metrics), encoding="utf-8")
-        tmp.rename(final)
-        on_event({"type": "checkpoint", "step": step, **metrics})
-
+    lengths = [len(ex.ids) for ex in data]
+    tokens = spec.micro_batch_tokens
     model.train()
     last: dict[str, Any] = {"step": step}
+    batches: tuple[int, list[list[int]]] = (-1, [])
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
-        order = list(range(len(data)))
-        random.Random(spec.seed * 1000 + epoch).shuffle(order)
-        batch = order[in_epoch * spec.batch_size : (in_epoch + 1) * spec.batch_size]
+        if batches[0] != epoch:
+            batches = (epoch, epoch_batches(lengths, spec.batch_size, spec.seed, epoch))
+        batch = batches[1][in_epoch]
         started = time.perf_counter()
-        n_tokens = sum(data[i].trained_tokens for i in batch) or 1
-        seen = 0
-        optimizer.zero_grad()
-        total = 0.0
-        for i in batch:
-            loss, _ = loss_of(data[i])
-            (loss / n_tokens).backward()
-            total += float(loss.detach())
-            seen += len(data[i].ids)
-        optimizer.step()
+        done = train_step(model, optimizer, [data[i] for i in batch], tokens)
         step += 1
         elapsed = max(time.perf_counter() - started, 1e-9)
         last = {
             "step": step,
             "total_steps": total_steps,
             "epoch": epoch + 1,
-            "train_loss": total / n_tokens,
-            "tokens_per_s": seen / elapsed,
-            "trained_tokens": n_tokens,
+            "train_loss": done["train_loss"],
+            "tokens_per_s": done["seen_tokens"] / elapsed,
+            "trained_tokens": done["trained_tokens"],
+            "seen_tokens": done["seen_tokens"],
         }
         on_event({"type": "metrics", **last})
         epoch_end = step % per_epoch == 0
         stopping = should_stop() and step < total_steps
         if epoch_end or step % spec.checkpoint_every == 0 or stopping:
-            metrics = {"step": step, "train_loss": last["train_loss"], "valid_loss": val_loss()}
-            save(step, metrics)
+            metrics = {
+                "step": step,
+                "train_loss": last["train_loss"],
+                "valid_loss": eval_loss(model, val, tokens),
+            }
+            if save_checkpoint(model, optimizer, spec.out_dir, step, metrics):
+                on_event({"type": "checkpoint", "step": step, **metrics})
         if stopping:
             raise Stopped(f"stopped at step {step}")
     adapter = spec.out_dir / "adapter"
@@ -259,7 +404,7 @@ def train(
             if (spec.base_path / extra).is_file():
                 shutil.copy(spec.base_path / extra, tmp / extra)
         tmp.rename(merged_dir)
-    return {**last, "valid_loss": val_loss()}
+    return {**last, "valid_loss": eval_loss(model, val, tokens)}
 
 
 __all__ = [
@@ -269,6 +414,17 @@ __all__ = [
     "checkpoint_metrics",
     "checkpoints",
     "encode_example",
+    "epoch_batches",
+    "eval_loss",
+    "limit_threads",
+    "load_checkpoint",
+    "load_model",
+    "loss_of",
+    "make_optimizer",
+    "micro_batches",
+    "resolve_dtype",
+    "save_checkpoint",
     "steps_per_epoch",
     "train",
+    "train_step",
 ]
