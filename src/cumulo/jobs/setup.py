@@ -62,6 +62,7 @@ def job_runner(platform: Platform, gateway: Gateway, owner: str | None = None) -
         config.jobs.training_threads,
         platform.models_loaded,
         training_charge(platform),
+        config.training,
     )
     return JobRunner(
         table,

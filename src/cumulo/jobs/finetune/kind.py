@@ -15,6 +15,9 @@ model unchanged as a job of one item (no change to the runner or `JobKind`):
 - the item's result is the final metrics; `finalize` records the tuned model's name, the
   adapter's SHA-256 and the metrics in the job's params (the catalog serves it from them).
 
+With `training: {backend: ray}` the worker runs `ray_backend.train_on_ray` instead of
+`train.train`: the same training on a Ray cluster, ending the same way.
+
 Training events (step, train loss, validation loss, tokens/s, checkpoints) are job events
 at level `metrics`, their message the JSON of the figures.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -31,6 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cumulo.config import TrainingConfig
 from cumulo.errors import NotFound
 from cumulo.files import FileStore
 from cumulo.jobs.finetune.data import parse_file
@@ -77,7 +82,9 @@ class FineTuneKind:
         threads: int | None = None,
         ready: Callable[[], Awaitable[None]] | None = None,
         charge: Callable[[JobRow, int], None] | None = None,
+        training: TrainingConfig | None = None,
     ) -> None:
+        self.training = training or TrainingConfig()  # where jobs train (local or Ray)
         self.charge = charge  # records a finished run's training tokens in usage and budgets
         self.ready = ready  # training waits for it: the served models have loaded
         self.files = files
@@ -207,7 +214,17 @@ class _TrainWorker:
             await kind.jobs.add_event(job.id, f"training resumes (attempt {item.attempt})")
         else:
             await kind.jobs.add_event(job.id, "training starts")
-        thread = asyncio.ensure_future(asyncio.to_thread(train, spec, on_event, stop.is_set))
+        run: Callable[..., dict[str, Any]] = train
+        if kind.training.backend == "ray":
+            from cumulo.jobs.finetune.ray_backend import train_on_ray
+
+            storage = kind.training.storage(kind.home)
+            run = functools.partial(
+                train_on_ray, config=kind.training, storage=storage, name=job.id
+            )
+        thread = asyncio.ensure_future(
+            asyncio.to_thread(run, spec, on_event=on_event, should_stop=stop.is_set)
+        )
         try:
             try:
                 metrics = await asyncio.shield(thread)

@@ -18,6 +18,12 @@
   a checkpoint there, by raising `Stopped`;
 - at the end writes the adapter (`adapter/`) and the base with the adapter merged in
   (`model/`, a Hugging Face directory the local provider serves as it is).
+
+With `parallel` (the Ray backend, `ray_backend`), `train` is one of several processes
+training data-parallel: each takes its share of every batch, the gradients (and the
+step's figures) are summed across processes before each update, so every process holds
+the same weights, and the outputs are left to the caller (written from the last
+checkpoint).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 CKPT_PREFIX = "ckpt-step-"
 STATE = "trainer_state.pt"
@@ -41,6 +47,19 @@ BASE_LR = 1e-3  # learning_rate_multiplier 1.0 (LoRA adapters take larger rates 
 
 class Stopped(Exception):
     """Training stopped at a step boundary on request; a checkpoint holds the position."""
+
+
+class Parallel(Protocol):
+    """One process of a data-parallel run (implemented by `ray_backend`)."""
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This process's share of a step's examples."""
+        ...
+
+    def all_sum(self, params: list[Any], figures: list[float]) -> list[float]:
+        """Sum the gradients of `params` and `figures` across processes (in place for the
+        gradients); the summed figures."""
+        ...
 
 
 @dataclass(slots=True)
@@ -129,6 +148,7 @@ def train(
     spec: TrainSpec,
     on_event: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) as the module docstring says; the final metrics."""
     import torch
@@ -218,11 +238,14 @@ def train(
         seen = 0
         optimizer.zero_grad()
         total = 0.0
-        for i in batch:
+        for i in batch if parallel is None else parallel.shard(batch):
             loss, _ = loss_of(data[i])
             (loss / n_tokens).backward()
             total += float(loss.detach())
             seen += len(data[i].ids)
+        if parallel is not None:
+            total, all_seen = parallel.all_sum(params, [total, seen])
+            seen = round(all_seen)
         optimizer.step()
         step += 1
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -242,6 +265,8 @@ def train(
             save(step, metrics)
         if stopping:
             raise Stopped(f"stopped at step {step}")
+    if parallel is not None:
+        return last
     adapter = spec.out_dir / "adapter"
     if not adapter.exists():
         tmp = spec.out_dir / ".tmp-adapter"
@@ -264,6 +289,7 @@ def train(
 
 __all__ = [
     "Encoded",
+    "Parallel",
     "Stopped",
     "TrainSpec",
     "checkpoint_metrics",
