@@ -1,7 +1,7 @@
 """Fine-tuning on Ray (`training: {backend: ray}`): `cumulo serve` drives a local Ray cluster
 of 2 CPU workers (`ray start --head` of the test's own) through Ray Train's TorchTrainer;
 the job is paused and resumed from its checkpoint in the shared storage, and ends as on
-the local backend. Marked `ray`: about 10 minutes on a busy 2-core machine, most of it
+the local backend. Marked `ray`: about 7 minutes on a busy 2-core machine, most of it
 Ray starting its workers (twice: before the pause and after the resume)."""
 
 from __future__ import annotations
