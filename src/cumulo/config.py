@@ -563,8 +563,46 @@ class JobsConfig(_Strict):
     )
 
 
+_RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}:[0-9]{1,5})$")
+
+
 class TrainingConfig(_Strict):
-    """How fine-tuning jobs train (`cumulo.jobs.finetune.train`)."""
+    """Where fine-tuning jobs train: in the job worker's own process (`local`), or on a Ray
+    cluster with Ray Train (`ray`, the `cumulo[ray]` extra)."""
+
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="`local`: the job worker's process trains (`threads`). "
+        "`ray`: Ray Train's TorchTrainer runs the same training data-parallel on "
+        "`num_workers` Ray workers (the `cumulo[ray]` extra).",
+    )
+    address: str | None = Field(
+        None,
+        description="The Ray cluster (backend `ray`, required there): `auto` (the cluster "
+        "this machine belongs to, or RAY_ADDRESS), `HOST:PORT` (its GCS, as `ray start "
+        "--head` prints it), `ray://HOST:PORT` (Ray Client) or `local` (a Ray instance "
+        "started inside the cumulo process: one machine, for trying it).",
+    )
+    num_workers: int = Field(
+        2, ge=1, le=1024, description="Ray Train workers, each taking a share of every batch."
+    )
+    cpus_per_worker: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="CPUs Ray reserves for each worker, and the torch threads it trains with.",
+    )
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train's storage, where every worker reads and writes checkpoints: a "
+        "directory all Ray nodes reach (a shared filesystem) or a pyarrow URI "
+        "(`s3://bucket/prefix`). A job's run is `<storage_path>/<job id>`; its checkpoints "
+        "are copied to the job's directory for the API and serving. Default: "
+        "CUMULO_HOME/finetune (the jobs' own directories: one machine, or a shared "
+        "CUMULO_HOME).",
+        min_length=1,
+        max_length=1024,
+    )
 
     threads: int | None = Field(
         None,
@@ -594,6 +632,51 @@ class TrainingConfig(_Strict):
         description="Padded tokens per forward pass: a step's examples, bucketed by length, "
         "run as few passes as hold this many tokens each (gradients accumulated).",
     )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not _RAY_ADDRESS.match(v):
+            raise ValueError(
+                "not a Ray address (expected `auto`, `local`, HOST:PORT or ray://HOST:PORT)"
+            )
+        if v is not None and ":" in v and not 0 < int(v.rsplit(":", 1)[1]) < 65536:
+            raise ValueError("the port is not between 1 and 65535")
+        return v
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_path(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if any(c.isspace() for c in v) or "\0" in v:
+            raise ValueError("must not contain whitespace")
+        scheme = v.split("://", 1)[0] if "://" in v else None
+        if scheme is not None and scheme not in {"s3", "gs", "abfs", "hdfs", "file"}:
+            raise ValueError(
+                f"{scheme}:// is not a storage Ray Train writes to (s3, gs, abfs, "
+                "hdfs, file, or a path)"
+            )
+        if scheme is None and not Path(v).expanduser().is_absolute():
+            raise ValueError("must be an absolute path (every Ray node resolves it alike)")
+        return v
+
+    @model_validator(mode="after")
+    def _ray_needs_address(self) -> TrainingConfig:
+        if self.backend == "ray" and self.address is None:
+            raise ValueError(
+                "address: required with backend `ray` (e.g. `auto`, `127.0.0.1:6380`, "
+                "`ray://head:10001` or `local`)"
+            )
+        return self
+
+    def storage(self, home: Path) -> str:
+        """Ray Train's storage path: the configured one, or CUMULO_HOME/finetune."""
+        if self.storage_path is None:
+            return str(home / "finetune")
+        if "://" in self.storage_path:
+            return self.storage_path
+        return str(Path(self.storage_path).expanduser())
 
 
 class Config(_Strict):
@@ -778,6 +861,7 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
     config = parse_config(data, str(p))
     _check_env(config, str(p))
+    _check_training(config, str(p))
     _check_tls(config, str(p))
     return config
 
@@ -797,6 +881,16 @@ def _check_env(config: Config, source: str) -> None:
                         f"{source}: models.{i}.deployments.{j}.{key}: "
                         f"environment variable {name} is not set"
                     )
+
+
+def _check_training(config: Config, source: str) -> None:
+    """Ray is installed when jobs train on it (the optional extra)."""
+    import importlib.util
+
+    if config.training.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            f"{source}: training.backend: `ray` needs the ray extra (pip install 'cumulo[ray]')"
+        )
 
 
 def _check_tls(config: Config, source: str) -> None:

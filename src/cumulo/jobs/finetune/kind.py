@@ -15,6 +15,9 @@ model unchanged as a job of one item (no change to the runner or `JobKind`):
 - the item's result is the final metrics; `finalize` records the tuned model's name, the
   adapter's SHA-256 and the metrics in the job's params (the catalog serves it from them).
 
+With `training: {backend: ray}` the worker runs `ray_backend.train_on_ray` instead of
+`train.train`: the same training on a Ray cluster, ending the same way.
+
 Training events (step, train loss, validation loss, tokens/s, checkpoints) are job events
 at level `metrics`, their message the JSON of the figures.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -86,12 +90,12 @@ class FineTuneKind:
         ready: Callable[[], Awaitable[None]] | None = None,
         charge: Callable[[JobRow, int], None] | None = None,
     ) -> None:
+        self.training = training or TrainingConfig()  # where jobs train (local or Ray)
         self.charge = charge  # records a finished run's training tokens in usage and budgets
         self.ready = ready  # training waits for it: the served models have loaded
         self.files = files
         self.jobs = jobs
         self.home = home
-        self.training = training or TrainingConfig()
 
     def origin(self, job: JobRow) -> Origin:
         return Origin(KIND, job.id)
@@ -235,7 +239,15 @@ class _TrainWorker:
             await kind.jobs.add_event(job.id, f"training resumes (attempt {item.attempt})")
         else:
             await kind.jobs.add_event(job.id, "training starts")
-        thread = _own_thread(lambda: train(spec, on_event, stop.is_set))
+        run: Callable[..., dict[str, Any]] = train
+        if kind.training.backend == "ray":
+            from cumulo.jobs.finetune.ray_backend import train_on_ray
+
+            storage = kind.training.storage(kind.home)
+            run = functools.partial(
+                train_on_ray, config=kind.training, storage=storage, name=job.id
+            )
+        thread = _own_thread(lambda: run(spec, on_event=on_event, should_stop=stop.is_set))
         try:
             try:
                 metrics = await asyncio.shield(thread)

@@ -29,6 +29,12 @@
   a checkpoint there, by raising `Stopped`;
 - at the end writes the adapter (`adapter/`) and the base with the adapter merged in
   (`model/`, a Hugging Face directory the local provider serves as it is).
+
+With `parallel` (the Ray backend, `ray_backend`), `train` is one of several processes
+training data-parallel: each takes its share of every batch, the gradients (and the
+step's figures) are summed across processes before each update, so every process holds
+the same weights, and the outputs are left to the caller (written from the last
+checkpoint).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 CKPT_PREFIX = "ckpt-step-"
 STATE = "trainer_state.pt"
@@ -56,6 +62,19 @@ DTYPES = ("auto", "fp32", "bf16")
 
 class Stopped(Exception):
     """Training stopped at a step boundary on request; a checkpoint holds the position."""
+
+
+class Parallel(Protocol):
+    """One process of a data-parallel run (implemented by `ray_backend`)."""
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This process's share of a step's examples."""
+        ...
+
+    def all_sum(self, params: list[Any], figures: list[float]) -> list[float]:
+        """Sum the gradients of `params` and `figures` across processes (in place for the
+        gradients); the summed figures."""
+        ...
 
 
 @dataclass(slots=True)
@@ -267,19 +286,33 @@ def loss_of(model: Any, examples: Sequence[Encoded]) -> tuple[Any, int]:
 
 
 def train_step(
-    model: Any, optimizer: Any, batch: Sequence[Encoded], micro_batch_tokens: int = 2048
+    model: Any,
+    optimizer: Any,
+    batch: Sequence[Encoded],
+    micro_batch_tokens: int = 2048,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """One optimizer update over `batch` (gradients accumulated over its forward passes,
-    the loss averaged over its trained tokens): {train_loss, trained_tokens, seen_tokens}."""
+    the loss averaged over its trained tokens): {train_loss, trained_tokens, seen_tokens}.
+
+    With `parallel`, this process computes only its share of `batch`; the gradients and
+    figures are summed across the processes before the update."""
     n_tokens = sum(ex.trained_tokens for ex in batch) or 1
+    mine = list(batch)
+    if parallel is not None:
+        mine = [batch[i] for i in parallel.shard(list(range(len(batch))))]
     optimizer.zero_grad()
     total = 0.0
-    for part in micro_batches(batch, micro_batch_tokens):
+    for part in micro_batches(mine, micro_batch_tokens) if mine else []:
         loss, _ = loss_of(model, part)
         (loss / n_tokens).backward()
         total += float(loss.detach())
+    seen = sum(len(ex.ids) for ex in mine)
+    if parallel is not None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        total, all_seen = parallel.all_sum(params, [total, float(seen)])
+        seen = round(all_seen)
     optimizer.step()
-    seen = sum(len(ex.ids) for ex in batch)
     return {"train_loss": total / n_tokens, "trained_tokens": n_tokens, "seen_tokens": seen}
 
 
@@ -334,6 +367,7 @@ def train(
     spec: TrainSpec,
     on_event: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) as the module docstring says; the final metrics."""
     limit_threads(spec.threads, spec.nice)
@@ -362,7 +396,7 @@ def train(
             batches = (epoch, epoch_batches(lengths, spec.batch_size, spec.seed, epoch))
         batch = batches[1][in_epoch]
         started = time.perf_counter()
-        done = train_step(model, optimizer, [data[i] for i in batch], tokens)
+        done = train_step(model, optimizer, [data[i] for i in batch], tokens, parallel)
         step += 1
         elapsed = max(time.perf_counter() - started, 1e-9)
         last = {
@@ -387,6 +421,8 @@ def train(
                 on_event({"type": "checkpoint", "step": step, **metrics})
         if stopping:
             raise Stopped(f"stopped at step {step}")
+    if parallel is not None:
+        return last
     adapter = spec.out_dir / "adapter"
     if not adapter.exists():
         tmp = spec.out_dir / ".tmp-adapter"
@@ -409,6 +445,7 @@ def train(
 
 __all__ = [
     "Encoded",
+    "Parallel",
     "Stopped",
     "TrainSpec",
     "checkpoint_metrics",
