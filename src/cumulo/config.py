@@ -108,6 +108,12 @@ class DeploymentConfig(_Strict):
         ge=0,
         description="Local chat: requests waiting for a slot; beyond this they get 429.",
     )
+    deterministic: bool = Field(
+        False,
+        description="Local chat: greedy outputs are identical whether a request runs alone or "
+        "batched with others, in bfloat16 too: each sequence is computed on its own (and its "
+        "prompt in fixed chunks), at the cost of batching's throughput.",
+    )
     max_memory_gb: float | None = Field(
         None,
         gt=0,

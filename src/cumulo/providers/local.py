@@ -124,7 +124,12 @@ class LocalProvider(Provider):
                 from cumulo.engine.loader import load_causal_lm
 
                 dep = self.deployment
-                limits = EngineLimits(dep.max_running, dep.max_tokens_in_flight, dep.max_queue)
+                limits = EngineLimits(
+                    dep.max_running,
+                    dep.max_tokens_in_flight,
+                    dep.max_queue,
+                    deterministic=dep.deterministic,
+                )
                 lm = load_causal_lm(path, dep.dtype)
                 self._worker = ChatEngine(lm, limits, name=f"cumulo-engine-{path.name}")
             else:
