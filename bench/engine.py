@@ -1,20 +1,31 @@
-"""Local serving engine: decode speed vs Hugging Face, and throughput under concurrency.
+"""Local serving engine: one table of engines on the same model, with the memory roofline.
 
 The model is shaped like Qwen2-0.5B with random weights (`bench_model.py`; built once into
-~/.cache/cumulo-bench/qwen05b), bfloat16. Two measurements, each against a baseline in the
-same run:
+~/.cache/cumulo-bench/qwen05b), bfloat16, 2 torch threads. The rows, all measured in one run:
 
-  single  in-process, one request at a time, greedy, ~32-token prompt, 128 new tokens:
-          cumulo's `LocalProvider.stream()` vs Hugging Face `model.generate` on the same
-          weights, alternated over rounds. Ratio cumulo/HF of tokens/s (target >= 1.0).
-  load    `cumulo serve` as a subprocess serving the model (max_running 16). 16 streaming
-          requests (64 new tokens each) through POST /v1/chat/completions all at once vs the
-          same 16 one after another on the same server. Aggregate tokens/s of both and their
-          ratio (target >= 8), time to first token p50/p99 under load (target p50 < 2 s),
-          and the server's peak RSS (VmHWM).
+  HF generate              in-process `model.generate`: single stream (greedy, `--tokens` new
+                           tokens, `--rounds` rounds) and the 16 prompts as one left-padded
+                           batch (`--load-tokens` each)
+  cumulo engine            `cumulo serve` (local deployment, max_running 16), streamed through
+                           POST /v1/chat/completions (`vllm_row.measure`): single stream, then 16
+                           requests at once; as the batching baseline, `--sequential` requests
+                           one after another (ratio target >= 8x); prefix-cached vs uncached
+                           time to first token of a `--prefix-tokens` prompt prefix
+  cumulo deterministic     the same with `deterministic: true`: its cost against the row above
+  vLLM-CPU (by cumulo)     with `--vllm` only (vLLM starts and compiles for minutes):
+                           `vllm_row.cumulo_vllm`, measured the same way
+  roofline                 the bandwidth of a streaming read of 1 GiB (best of 3, 2 threads),
+                           measured before every row, divided by the bytes of weights a token
+                           reads (every parameter once: the tied head reads the embedding)
 
-    python bench/engine.py [--only single|load] [--rounds 2] [--tokens 128]
-                           [--concurrency 16] [--load-tokens 64] [--model-dir DIR]
+Single stream is decode tokens/s (first token to last, median); "% roof" compares it with
+the roofline measured just before that row. The prefix columns read the second request's
+`usage.prompt_tokens_details.cached_tokens`: "n/a" while the engine keeps no prefix cache.
+Peak RSS is the server's VmHWM (vLLM: summed over its processes).
+
+    python bench/engine.py [--vllm] [--rounds 2] [--tokens 128] [--concurrency 16]
+                           [--load-tokens 64] [--sequential 4] [--prefix-tokens 2000]
+                           [--skip-hf] [--skip-deterministic] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -32,12 +43,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench_model import DEFAULT_DIR, ensure_model
 from gateway import HOST, Procs, free_port, http, wait_until
+from vllm_row import cumulo_vllm, measure
 
 ADMIN_KEY = "bench-admin-key-not-secret"
 MODEL = "bench-qwen05b"
@@ -79,22 +92,51 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-# -- (a) single stream, in-process -----------------------------------------------------
+# -- the roofline -----------------------------------------------------------------------
 
 
-async def cumulo_stream(provider: Any, tokens: int, prompt: str = PROMPT) -> Stream:
-    from cumulo.types import ChatRequest, Message, SamplingParams, StreamEnd, TextDelta
+def read_bandwidth(threads: int) -> float:
+    """Bytes/s of a streaming read of 1 GiB (the best of 3 sums of a float32 tensor)."""
+    import torch
 
-    params = SamplingParams(temperature=0, max_tokens=tokens)
-    request = ChatRequest(model=MODEL, messages=[Message("user", prompt)], params=params)
-    start = time.perf_counter()
-    first, count = 0.0, 0
-    async for event in provider.stream(request):
-        if isinstance(event, TextDelta) and not first:
-            first = time.perf_counter()
-        elif isinstance(event, StreamEnd):
-            count = event.usage.completion_tokens if event.usage else 0
-    return Stream(start, first or time.perf_counter(), time.perf_counter(), count)
+    torch.set_num_threads(threads)
+    data = torch.ones(2**28, dtype=torch.float32)
+    data.sum()  # the pages are touched before timing
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - began)
+    del data
+    return 2**30 / best
+
+
+def weight_bytes(model_dir: Path) -> int:
+    """Bytes of weights one decoded token reads: every parameter once (bf16)."""
+    import torch
+
+    from cumulo.engine.loader import weight_bytes as stored
+
+    return stored(model_dir, torch.bfloat16)
+
+
+@dataclass
+class Row:
+    """One engine's figures in the table (None: not measured)."""
+
+    name: str
+    single: float | None = None  # decode tok/s, single stream
+    roofline: float | None = None  # the roofline tok/s measured just before
+    concurrent: float | None = None  # aggregate tok/s, `concurrency` at once
+    sequential: float | None = None  # aggregate tok/s, one after another
+    ttft_p50: float | None = None
+    ttft_p99: float | None = None
+    prefix: tuple[float, float | None] | None = None  # uncached, cached TTFT (s)
+    rss: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- HF generate, in-process ---------------------------------------------------------------
 
 
 def hf_stream(model: Any, input_ids: Any, tokens: int, pad_id: int) -> Stream:
@@ -112,133 +154,145 @@ def hf_stream(model: Any, input_ids: Any, tokens: int, pad_id: int) -> Stream:
             pass
 
     clock = Clock()
+    attention = (input_ids != pad_id).long() if input_ids.shape[0] > 1 else None
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
             input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=attention if attention is not None else torch.ones_like(input_ids),
             do_sample=False,
             max_new_tokens=tokens,
             min_new_tokens=tokens,
             pad_token_id=pad_id,
-            streamer=clock,
+            streamer=clock if input_ids.shape[0] == 1 else None,
         )
     end = time.perf_counter()
-    return Stream(start, clock.times[1], end, int(out.shape[1] - input_ids.shape[1]))
+    new = int(out.shape[1] - input_ids.shape[1]) * int(input_ids.shape[0])
+    first = clock.times[1] if len(clock.times) > 1 else end
+    return Stream(start, first, end, new)
 
 
-def bench_single(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
+def bench_hf(model_dir: Path, args: argparse.Namespace) -> Row:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cumulo.config import DeploymentConfig
     from cumulo.engine.hf import quiet_progress
-    from cumulo.providers.base import ProviderContext
-    from cumulo.providers.local import LocalProvider
 
-    deployment = DeploymentConfig(provider="local", path=str(model_dir), dtype="bfloat16")
-    ctx = ProviderContext(http=None, home=tmp)  # type: ignore[arg-type]  # local needs no HTTP
-    provider = LocalProvider(deployment, "chat", ctx)
+    torch.set_num_threads(args.threads)
+    row = Row("HF generate (in-process)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer.padding_side = "left"
     with quiet_progress():
         hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": PROMPT}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )["input_ids"]
+    pad = tokenizer.pad_token_id
 
-    async def run() -> None:
-        await provider.start()
-        torch.set_num_threads(args.threads)
-        try:
-            print(
-                f"single: prompt {ids.shape[1]} tokens, {args.tokens} new tokens, greedy, "
-                f"torch threads {torch.get_num_threads()}, {args.rounds} rounds",
-                flush=True,
+    def chat(text: str) -> str:
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
             )
-            await cumulo_stream(provider, 4)  # warm-up
-            hf_stream(hf, ids, 4, tokenizer.pad_token_id)
-            runs: dict[str, list[Stream]] = {"hf": [], "cumulo": []}
-            for i in range(args.rounds):
-                for name in ("hf", "cumulo") if i % 2 == 0 else ("cumulo", "hf"):
-                    s = (
-                        hf_stream(hf, ids, args.tokens, tokenizer.pad_token_id)
-                        if name == "hf"
-                        else await cumulo_stream(provider, args.tokens)
-                    )
-                    runs[name].append(s)
-                    print(
-                        f"  round {i + 1} {name:6} {s.tokens:4d} tokens  {s.tok_s:6.2f} tok/s"
-                        f"  decode {s.decode_tok_s:6.2f} tok/s  ttft {s.ttft * 1e3:6.0f} ms"
-                        f"  load {load_avg()}",
-                        flush=True,
-                    )
-        finally:
-            await provider.close()
-        report_single(runs)
+        )
 
-    asyncio.run(run())
-
-
-def report_single(runs: dict[str, list[Stream]]) -> None:
-    def rate(streams: list[Stream], decode: bool = False) -> float:
-        return statistics.median(s.decode_tok_s if decode else s.tok_s for s in streams)
-
-    hf, cu = runs["hf"], runs["cumulo"]
-    print()
-    print(f"{'single stream':14} {'tok/s':>8} {'decode tok/s':>13} {'ttft':>8}   (medians)")
-    for name, streams in (("HF generate", hf), ("cumulo", cu)):
-        ttft = statistics.median(s.ttft for s in streams) * 1e3
-        print(f"{name:14} {rate(streams):8.2f} {rate(streams, True):13.2f} {ttft:6.0f}ms")
-    print(f"cumulo/HF tok/s         {rate(cu) / rate(hf):.2f}   (target >= 1.0)")
-    print(f"cumulo/HF decode tok/s  {rate(cu, True) / rate(hf, True):.2f}")
+    ids = tokenizer(chat(PROMPT), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    hf_stream(hf, ids, 4, pad)  # warm-up
+    row.roofline = args.roof()
+    runs = []
+    for r in range(args.rounds):
+        s = hf_stream(hf, ids, args.tokens, pad)
+        runs.append(s.decode_tok_s)
+        print(
+            f"  HF round {r + 1}: decode {s.decode_tok_s:.2f} tok/s  load {load_avg()}", flush=True
+        )
+    row.single = statistics.median(runs)
+    texts = [chat(f"{PROMPT} Story number {i}.") for i in range(args.concurrency)]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    s = hf_stream(hf, batch["input_ids"], args.load_tokens, pad)
+    row.concurrent = s.tokens / (s.end - s.start)
+    row.notes.append(f"{args.concurrency} prompts as one padded batch; no server, no RSS")
+    print(
+        f"  HF batch of {args.concurrency}: {row.concurrent:.2f} tok/s  load {load_avg()}",
+        flush=True,
+    )
+    del hf
+    gc.collect()
+    return row
 
 
-# -- (b) throughput under concurrency, over HTTP -------------------------------------------
+# -- cumulo serve --------------------------------------------------------------------------
 
 
-async def http_stream(client: Any, url: str, i: int, tokens: int) -> Stream:
+async def http_stream(client: Any, url: str, body: dict[str, Any]) -> tuple[Stream, dict[str, Any]]:
+    """One streamed chat request: its timing and its usage chunk."""
     body = {
+        **body,
         "model": MODEL,
-        "messages": [{"role": "user", "content": f"{PROMPT} Story number {i}."}],
-        "max_tokens": tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     start = time.perf_counter()
-    first, count = 0.0, 0
+    first, usage = 0.0, {}
     async with client.stream("POST", url, json=body, headers=headers) as resp:
         if resp.status_code != 200:
-            raise RuntimeError(f"request {i}: {resp.status_code} {(await resp.aread())[:300]!r}")
+            raise RuntimeError(f"{resp.status_code} {(await resp.aread())[:300]!r}")
         async for line in resp.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
-                count = int(chunk["usage"]["completion_tokens"])
+                usage = chunk["usage"]
             if not first and any(c.get("delta", {}).get("content") for c in chunk["choices"]):
                 first = time.perf_counter()
-    return Stream(start, first or time.perf_counter(), time.perf_counter(), count)
+    end = time.perf_counter()
+    return Stream(start, first or end, end, int(usage.get("completion_tokens", 0))), usage
 
 
-async def drive(url: str, n: int, tokens: int, concurrent: bool) -> tuple[list[Stream], float]:
+async def sequential_rate(url: str, n: int, tokens: int) -> float:
+    """Aggregate tok/s of `n` requests one after another."""
     import httpx
 
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        await http_stream(client, url, -1, 4)  # warm-up (and a check that it answers)
-        start = time.perf_counter()
-        if concurrent:
-            streams = list(
-                await asyncio.gather(*(http_stream(client, url, i, tokens) for i in range(n)))
-            )
-        else:
-            streams = [await http_stream(client, url, i, tokens) for i in range(n)]
-        return streams, time.perf_counter() - start
+    async with httpx.AsyncClient(timeout=900) as client:
+        began, total = time.perf_counter(), 0
+        for i in range(n):
+            body = {
+                "messages": [{"role": "user", "content": f"{PROMPT} Story number {i}."}],
+                "max_tokens": tokens,
+            }
+            total += (await http_stream(client, url, body))[0].tokens
+        return total / (time.perf_counter() - began)
+
+
+def long_prefix(model_dir: Path, tokens: int, seed: int) -> str:
+    """A text of about `tokens` tokens (under the benchmark tokenizer), distinct per seed."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    words = ("harbour", "lantern", "tide", "gull", "rope", "salt", "storm", "keeper", "shore")
+    text = " ".join(f"{words[(i * 7 + seed) % len(words)]}{i % 13}" for i in range(tokens))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
+    return str(tokenizer.decode(ids))
+
+
+async def prefix_ttft(url: str, prefix: str) -> tuple[float, float | None]:
+    """TTFT of a request with `prefix` as its system prompt, the first time (uncached) and
+    again with another question (cached, when the usage says cached tokens were reused)."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=900) as client:
+        ttfts, cached = [], 0
+        for question in ("Who found the bottle?", "What did the message say?"):
+            body = {
+                "messages": [
+                    {"role": "system", "content": prefix},
+                    {"role": "user", "content": question},
+                ],
+                "max_tokens": 2,
+            }
+            stream, usage = await http_stream(client, url, body)
+            ttfts.append(stream.ttft)
+            cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        return ttfts[0], (ttfts[1] if cached > 0 else None)
 
 
 def peak_rss(pid: int) -> int:
@@ -255,14 +309,10 @@ def peak_rss(pid: int) -> int:
     return best
 
 
-def start_server(procs: Procs, model_dir: Path, tmp: Path) -> tuple[str, int, str]:
-    from cumulo.config import DeploymentConfig
-
-    note = ""
-    if "max_running" in DeploymentConfig.model_fields:
-        extra = "        max_running: 16\n"
-    else:
-        extra, note = "", " (this cumulo has no max_running: run without it)"
+@contextlib.contextmanager
+def cumulo_server(model_dir: Path, tmp: Path, *, deterministic: bool) -> Iterator[tuple[str, int]]:
+    """`cumulo serve` with a local deployment of the model: (chat URL, server pid)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "cumulo.yaml"
     config.write_text(
         "models:\n"
@@ -272,7 +322,9 @@ def start_server(procs: Procs, model_dir: Path, tmp: Path) -> tuple[str, int, st
         "    deployments:\n"
         "      - provider: local\n"
         f"        path: {model_dir}\n"
-        "        dtype: bfloat16\n" + extra
+        "        dtype: bfloat16\n"
+        "        max_running: 16\n"
+        f"        deterministic: {'true' if deterministic else 'false'}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
     env.update(CUMULO_HOME=str(tmp / "home"), CUMULO_ADMIN_KEY=ADMIN_KEY)
@@ -280,66 +332,162 @@ def start_server(procs: Procs, model_dir: Path, tmp: Path) -> tuple[str, int, st
     cumulo = shutil.which("cumulo", path=str(Path(py).parent)) or shutil.which("cumulo")
     argv = [cumulo] if cumulo else [py, "-c", "from cumulo.cli import main; main()"]
     port = free_port()
-    proc = procs.start(
-        "cumulo",
-        [
-            *argv,
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    base = f"http://{HOST}:{port}"
-    wait_until(procs, "cumulo", lambda: http("GET", base + "/health/ready")[0] == 200, timeout=600)
-    return base + "/v1/chat/completions", proc.pid, note
-
-
-def bench_load(model_dir: Path, args: argparse.Namespace, tmp: Path) -> None:
     procs = Procs(tmp)
     try:
-        print("load: starting cumulo serve ...", flush=True)
-        url, pid, note = start_server(procs, model_dir, tmp)
-        n, tokens = args.concurrency, args.load_tokens
-        print(
-            f"load: {n} streaming requests x {tokens} new tokens, max_running 16{note}", flush=True
+        proc = procs.start(
+            "cumulo",
+            [
+                *argv,
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
         )
-        print(f"  concurrent ... (load {load_avg()})", flush=True)
-        together, t_conc = asyncio.run(drive(url, n, tokens, concurrent=True))
-        print(f"  one by one ... (load {load_avg()})", flush=True)
-        alone, t_seq = asyncio.run(drive(url, n, tokens, concurrent=False))
-        load_after = load_avg()
+        base = f"http://{HOST}:{port}"
+        wait_until(
+            procs, "cumulo", lambda: http("GET", base + "/health/ready")[0] == 200, timeout=900
+        )
+        yield base + "/v1/chat/completions", proc.pid
         procs.check_alive()
-        rss = peak_rss(pid)
     finally:
         procs.stop_all()
 
-    conc_rate = sum(s.tokens for s in together) / t_conc
-    seq_rate = sum(s.tokens for s in alone) / t_seq
-    ttfts = [s.ttft for s in together]
-    print()
-    print(f"{'':22} {'tokens':>7} {'wall s':>8} {'tok/s':>8} {'ttft p50':>9} {'ttft p99':>9}")
-    for name, streams, wall in (
-        ("one by one", alone, t_seq),
-        (f"{n} concurrent", together, t_conc),
-    ):
-        t = [s.ttft for s in streams]
-        print(
-            f"{name:22} {sum(s.tokens for s in streams):7d} {wall:8.1f}"
-            f" {sum(s.tokens for s in streams) / wall:8.2f}"
-            f" {percentile(t, 50):8.2f}s {percentile(t, 99):8.2f}s"
+
+def bench_cumulo(
+    model_dir: Path, args: argparse.Namespace, tmp: Path, *, deterministic: bool
+) -> Row:
+    name = "cumulo deterministic: true" if deterministic else "cumulo engine"
+    row = Row(name)
+    print(f"{name}: starting cumulo serve ...", flush=True)
+    with cumulo_server(model_dir, tmp, deterministic=deterministic) as (url, pid):
+        row.roofline = args.roof()
+        print(f"  measuring (load {load_avg()})", flush=True)
+        got = measure(
+            url,
+            MODEL,
+            ADMIN_KEY,
+            name=name,
+            tokens=args.tokens,
+            rounds=args.rounds,
+            concurrency=args.concurrency,
+            load_tokens=args.load_tokens,
         )
-    print(f"concurrent/sequential tok/s  {conc_rate / seq_rate:.2f}x   (target >= 8x)")
-    print(f"ttft p50 under load          {percentile(ttfts, 50):.2f} s  (target < 2 s)")
-    print(f"ttft p99 under load          {percentile(ttfts, 99):.2f} s")
-    print(f"server peak RSS (VmHWM)      {rss / 2**20:.0f} MiB")
-    print(f"load average at the end      {load_after}")
+        row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
+        row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
+        if args.sequential:
+            print(f"  {args.sequential} one after another (load {load_avg()})", flush=True)
+            row.sequential = asyncio.run(sequential_rate(url, args.sequential, args.load_tokens))
+        if args.prefix_tokens:
+            print(f"  prefix TTFT, {args.prefix_tokens} tokens (load {load_avg()})", flush=True)
+            prefix = long_prefix(model_dir, args.prefix_tokens, seed=int(deterministic))
+            row.prefix = asyncio.run(prefix_ttft(url, prefix))
+        row.rss = peak_rss(pid)
+    return row
+
+
+def bench_vllm(model_dir: Path, args: argparse.Namespace, tmp: Path) -> Row:
+    name = "vLLM-CPU (started by cumulo)"
+    row = Row(name)
+    began = time.monotonic()
+    print(f"{name}: starting (vLLM compiles for minutes) ...", flush=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    from vllm_row import peak_rss as summed_rss
+
+    with cumulo_vllm(model_dir, tmp, threads=args.threads) as (url, model, key, pid):
+        print(f"  ready after {time.monotonic() - began:.0f} s; measuring", flush=True)
+        row.roofline = args.roof()
+        got = measure(
+            url,
+            model,
+            key,
+            name=name,
+            tokens=args.tokens,
+            rounds=args.rounds,
+            concurrency=args.concurrency,
+            load_tokens=args.load_tokens,
+        )
+        row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
+        row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
+        row.rss = summed_rss(pid)
+    return row
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def print_table(
+    rows: list[Row], roofs: list[float], per_token: int, args: argparse.Namespace
+) -> None:
+    n = args.concurrency
+    print()
+    print(
+        f"{'engine':30} {'single tok/s':>12} {'% roof':>7} {f'{n}-conc tok/s':>13} "
+        f"{'x seq':>6} {'ttft p50':>9} {'ttft p99':>9} {'prefix uncached':>16} "
+        f"{'cached':>8} {'peak RSS':>9}"
+    )
+    for r in rows:
+        roof = f"{100 * r.single / r.roofline:.0f}%" if r.single and r.roofline else "-"
+        ratio = fmt(
+            r.concurrent / r.sequential if r.concurrent and r.sequential else None, ".1f", "x"
+        )
+        uncached = fmt(r.prefix[0] if r.prefix else None, ".2f", "s")
+        cached = "-" if r.prefix is None else fmt(r.prefix[1], ".2f", "s").replace("-", "n/a")
+        rss = f"{r.rss / 2**20:.0f} MiB" if r.rss else "-"
+        print(
+            f"{r.name:30} {fmt(r.single, '.2f'):>12} {roof:>7} {fmt(r.concurrent, '.2f'):>13}"
+            f" {ratio:>6} {fmt(r.ttft_p50, '.2f', 's'):>9} {fmt(r.ttft_p99, '.2f', 's'):>9}"
+            f" {uncached:>16} {cached:>8} {rss:>9}"
+        )
+    roof = statistics.median(roofs)
+    print(
+        f"{'roofline (measured)':30} {roof:12.2f} {'100%':>7}"
+        f"   ({statistics.median(args.bandwidths) / 1e9:.1f} GB/s streaming read, "
+        f"{per_token / 1e9:.3f} GB of weights per token; "
+        f"range {min(roofs):.1f}-{max(roofs):.1f} tok/s over the run)"
+    )
+    print()
+    by = {r.name: r for r in rows}
+    engine, det = by.get("cumulo engine"), by.get("cumulo deterministic: true")
+    vllm = by.get("vLLM-CPU (started by cumulo)")
+    if engine and engine.single and engine.roofline:
+        print(
+            f"cumulo single / roofline          {engine.single / engine.roofline:.2f}"
+            "   (target >= 0.80)"
+        )
+    if engine and engine.concurrent and engine.sequential:
+        print(
+            f"cumulo {n} concurrent / sequential  {engine.concurrent / engine.sequential:.1f}x"
+            "   (target >= 8x)"
+        )
+    if engine and vllm and engine.single and vllm.single:
+        print(
+            f"cumulo single / vLLM-CPU single   {engine.single / vllm.single:.2f}   (target >= 1.0)"
+        )
+    if engine and det and engine.single and det.single and engine.concurrent and det.concurrent:
+        print(
+            f"deterministic cost: single {det.single / engine.single:.2f}x, "
+            f"{n} concurrent {det.concurrent / engine.concurrent:.2f}x of the default engine"
+        )
+    if engine and engine.prefix and engine.prefix[1] is not None:
+        print(
+            f"prefix cached / uncached TTFT     {engine.prefix[1] / engine.prefix[0]:.2f}"
+            "   (target <= 0.15)"
+        )
+    for r in rows:
+        for note in r.notes:
+            print(f"note: {r.name}: {note}")
+    print(f"load average at the end: {load_avg()}; {os.cpu_count()} CPUs")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -347,15 +495,35 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Local engine: decode speed and throughput.")
-    parser.add_argument("--only", choices=("single", "load"), help="run one measurement only")
+    parser = argparse.ArgumentParser(
+        description="Local engine: a table of engines and the memory roofline."
+    )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--rebuild", action="store_true", help="rebuild the benchmark model")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (single)")
-    parser.add_argument("--rounds", type=int, default=2, help="single: alternated rounds")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (roofline, HF)")
+    parser.add_argument("--rounds", type=int, default=2, help="single-stream rounds")
     parser.add_argument("--tokens", type=int, default=128, help="single: new tokens")
-    parser.add_argument("--concurrency", type=int, default=16, help="load: requests")
-    parser.add_argument("--load-tokens", type=int, default=64, help="load: new tokens each")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests at once")
+    parser.add_argument("--load-tokens", type=int, default=64, help="new tokens each, at once")
+    parser.add_argument(
+        "--sequential",
+        type=int,
+        default=4,
+        help="requests one after another: the batching baseline (0: skip)",
+    )
+    parser.add_argument(
+        "--prefix-tokens",
+        type=int,
+        default=2000,
+        help="prefix length of the cached/uncached TTFT (0: skip)",
+    )
+    parser.add_argument(
+        "--vllm",
+        action="store_true",
+        help="add vLLM-CPU started by cumulo (needs `make vllm`; minutes)",
+    )
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-deterministic", action="store_true")
     args = parser.parse_args()
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -363,13 +531,32 @@ def main() -> int:
     print(f"load average at start: {load_avg()}; {os.cpu_count()} CPUs", flush=True)
     try:
         model_dir = ensure_model(args.model_dir, rebuild=args.rebuild)
+        per_token = weight_bytes(model_dir)
+        args.bandwidths, roofs = [], []
+
+        def roof() -> float:
+            bw = read_bandwidth(args.threads)
+            args.bandwidths.append(bw)
+            roofs.append(bw / per_token)
+            print(
+                f"  roofline now: {bw / 1e9:.1f} GB/s -> {roofs[-1]:.1f} tok/s (load {load_avg()})",
+                flush=True,
+            )
+            return roofs[-1]
+
+        args.roof = roof
+        rows = []
         with tempfile.TemporaryDirectory(prefix="cumulo-bench-engine-") as tmpdir:
-            if args.only in (None, "single"):
-                bench_single(model_dir, args, Path(tmpdir))
-                gc.collect()
-            if args.only in (None, "load"):
-                print(flush=True)
-                bench_load(model_dir, args, Path(tmpdir))
+            tmp = Path(tmpdir)
+            if not args.skip_hf:
+                rows.append(bench_hf(model_dir, args))
+            rows.append(bench_cumulo(model_dir, args, tmp / "engine", deterministic=False))
+            if not args.skip_deterministic:
+                rows.append(bench_cumulo(model_dir, args, tmp / "det", deterministic=True))
+            if args.vllm:
+                rows.append(bench_vllm(model_dir, args, tmp / "vllm"))
+            roof()
+        print_table(rows, roofs, per_token, args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -132,6 +132,12 @@ class DeploymentConfig(_Strict):
         "engine) kept loaded in memory; loading one more drops the least recently used. An "
         "adapter a running request uses stays loaded until the request ends.",
     )
+    deterministic: bool = Field(
+        False,
+        description="Local chat: greedy outputs are identical whether a request runs alone or "
+        "batched with others, in bfloat16 too: each sequence is computed on its own (and its "
+        "prompt in fixed chunks, with no prefix cache), at the cost of batching's throughput.",
+    )
     max_memory_gb: float | None = Field(
         None,
         gt=0,

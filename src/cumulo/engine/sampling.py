@@ -44,6 +44,11 @@ class Sampler:
         if config.presence_penalty or config.frequency_penalty:
             self._counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy without penalties: the token is the argmax of the logits, nothing to keep."""
+        return self._generator is None and self._counts is None
+
     def __call__(self, logits: torch.Tensor) -> int:
         """The next token for the 1-D `logits` of the last position."""
         logits = logits.float()

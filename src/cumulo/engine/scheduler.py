@@ -48,7 +48,17 @@ projections (`LoraHooks`); a forward of its own would call `lora.apply` per proj
 Greedy results do not depend on the batch up to floating-point rounding: a row
 computed in a batch of 8 may differ in the last bits from the same row alone,
 which bf16 can turn into a different token after many steps (fp32 agrees in
-practice; see tests/engine/test_scheduler.py).
+practice; see tests/engine/test_scheduler.py). With `deterministic` they are
+identical, in bf16 too: every forward then computes one sequence (a decode step
+runs each row on its own, reading only its own positions, and the head on its row
+alone), and a prompt is read in chunks that start at multiples of `prefill_chunk`
+whatever else is running, so each matrix product has the same shape and inputs as
+when the request runs alone. That gives up batching: each row reads all the weights.
+
+Decode steps of Llama-shaped models run through `FastDecoder` (engine/fastpath.py),
+cumulo's own forward with fewer operators than the Hugging Face one; prefill and other
+models use the Hugging Face forward (`_forward`). Greedy rows without penalties take
+their tokens from one argmax over the batch's logits.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ from typing import Any, Literal, TypeAlias
 import torch
 
 from cumulo.engine.detok import IncrementalText
+from cumulo.engine.fastpath import FastDecoder
 from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import CausalLM
 from cumulo.engine.lora import LoadedAdapter, LoraBatch, LoraHooks, LoraStack, LoraStep
@@ -97,6 +108,7 @@ class EngineLimits:
     max_queue: int = 64
     prefill_chunk: int = 256
     prefix_cache_tokens: int = 0  # KV kept for prompt prefixes across requests; 0: none
+    deterministic: bool = False  # each sequence computed on its own (see the module doc)
 
 
 @dataclass(eq=False, slots=True)
@@ -153,6 +165,7 @@ class Scheduler:
         self._hooks = LoraHooks(lm.model)
         self._stacks: dict[tuple[int, ...], LoraStack] = {}  # the last few sets of adapters
         self._last_step: tuple[tuple[int, ...], LoraBatch | None] = ((), None)
+        self._fast = FastDecoder(lm.model, self.cache) if FastDecoder.supports(lm.model) else None
         self._running: list[Sequence] = []
         self._waiting: deque[Sequence] = deque()
         self._background: deque[Sequence] = deque()  # waiting background work
@@ -323,16 +336,23 @@ class Scheduler:
             seqs = self._reuse(seqs)
             if not seqs:
                 return
-        budget, chosen = self.limits.prefill_chunk, []
+        budget, chosen = self.limits.prefill_chunk, list[tuple[Sequence, int]]()
+        exact = self.limits.deterministic
         for seq in sorted(seqs, key=lambda s: (s.priority, s.slot)):  # interactive first
             if budget <= 0:
                 break
-            n = min(len(seq.prompt_ids) - seq.prefilled, budget)
+            left = len(seq.prompt_ids) - seq.prefilled
+            if exact:  # a whole chunk (as when alone), or nothing this step
+                n = min(left, self.limits.prefill_chunk)
+                if chosen and n > budget:
+                    break
+            else:
+                n = min(left, budget)
             chosen.append((seq, n))
             budget -= n
         runs: list[list[tuple[Sequence, int]]] = [[chosen[0]]]
         for item in chosen[1:]:
-            if item[0].slot == runs[-1][-1][0].slot + 1:
+            if item[0].slot == runs[-1][-1][0].slot + 1 and not exact:
                 runs[-1].append(item)
             else:
                 runs.append([item])
@@ -406,23 +426,55 @@ class Scheduler:
 
     def _decode(self) -> None:
         """One token for every running sequence that has one to feed."""
-        n = len(self._running)
-        ids = torch.zeros(n, 1, dtype=torch.long)
-        pos = torch.zeros(n, 1, dtype=torch.long)
-        counts = torch.zeros(n, dtype=torch.long)
-        active = []
-        for seq in self._running:
+        if self.limits.deterministic:
+            ready = [s for s in self._running if s.next_input is not None]
+            for seq in ready:
+                self._decode_rows(seq.slot, [seq])
+            return
+        self._decode_rows(0, list(self._running))
+
+    def _decode_rows(self, lo: int, seqs: list[Sequence]) -> None:
+        """One decode forward over the adjacent slots of `seqs` (from `lo`), with their
+        adapters (applied by the fast forward itself, or by the hooks on the HF forward);
+        those with a token to feed sample their next one."""
+        n = len(seqs)
+        ids, pos, cols, active = [0] * n, [0] * n, [self.cache.scratch] * n, []
+        for seq in seqs:
+            row = seq.slot - lo
             if seq.next_input is not None:
-                ids[seq.slot, 0], pos[seq.slot, 0], counts[seq.slot] = seq.next_input, seq.length, 1
+                ids[row] = seq.next_input
+                pos[row] = cols[row] = seq.length
                 active.append(seq)
             else:  # still prefilling: a padding row that reads what it has
-                pos[seq.slot, 0] = max(seq.length - 1, 0)
-        hidden = self._forward(0, n, ids, pos, counts, self._lora(self._running))
+                pos[row] = max(seq.length - 1, 0)
+        lora = self._lora(seqs)
+        if self._fast is not None:
+            device = self.lm.device
+            hidden = self._fast.forward(
+                lo,
+                torch.tensor(ids, device=device),
+                torch.tensor(pos, device=device),
+                torch.tensor(cols, device=device),
+                max(pos) + 1,
+                lora,
+            )
+        else:
+            counts = torch.tensor([int(c != self.cache.scratch) for c in cols])
+            hidden = self._forward(
+                lo,
+                lo + n,
+                torch.tensor(ids).view(n, 1),
+                torch.tensor(pos).view(n, 1),
+                counts,
+                lora,
+            )[:, 0]
         for seq in active:
             seq.length += 1
             seq.next_input = None
-        rows = torch.tensor([seq.slot for seq in active], device=hidden.device)
-        self._sample(active, self._head(hidden[rows, 0]))
+        if len(active) < n:
+            rows = torch.tensor([seq.slot - lo for seq in active], device=hidden.device)
+            hidden = hidden[rows]
+        self._sample(active, self._head(hidden))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self._head(hidden)
@@ -484,9 +536,16 @@ class Scheduler:
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         now = time.perf_counter()
         self.recent.tokens(len(seqs), now)
-        for seq, row in zip(seqs, logits, strict=True):
+        # Plain greedy rows: one argmax for the batch (exact, so the same token as alone).
+        greedy: list[int | None] = [None] * len(seqs)
+        plain = [i for i, s in enumerate(seqs) if s.sampler is not None and s.sampler.plain_greedy]
+        if plain:
+            picked = logits if len(plain) == len(seqs) else logits[torch.tensor(plain)]
+            for i, token in zip(plain, picked.argmax(dim=-1).tolist(), strict=True):
+                greedy[i] = int(token)
+        for seq, row, fixed in zip(seqs, logits, greedy, strict=True):
             assert seq.sampler is not None and seq.text is not None
-            token = seq.sampler(row)
+            token = seq.sampler(row) if fixed is None else fixed
             if not seq.tokens:
                 self.recent.ttft_ms.append((now - seq.submitted) * 1000.0)
             seq.tokens.append(token)

@@ -133,7 +133,9 @@ class LocalProvider(Provider):
                     dep.max_running,
                     dep.max_tokens_in_flight,
                     dep.max_queue,
-                    prefix_cache_tokens=dep.prefix_cache_tokens,
+                    # deterministic: a prompt is always computed the same way, never partly copied
+                    prefix_cache_tokens=0 if dep.deterministic else dep.prefix_cache_tokens,
+                    deterministic=dep.deterministic,
                 )
                 lm = load_causal_lm(path, dep.dtype)
                 self._worker = ChatEngine(
