@@ -83,8 +83,9 @@ def server(cluster: str, tmp_path: Path) -> Iterator[CumuloServer]:
     (tmp_path / "cumulo").mkdir()
     server = start_cumulo(
         {
-            "jobs": {"poll_interval_s": 0.2, "lease_s": 10, "training_threads": 1},
+            "jobs": {"poll_interval_s": 0.2, "lease_s": 10},
             "training": {
+                "threads": 1,
                 "backend": "ray",
                 "address": cluster,
                 "num_workers": 2,
