@@ -330,6 +330,12 @@ def test_pause_resume_and_cancel(server: CumuloServer) -> None:
         assert done.fine_tuned_model is None
         with pytest.raises(openai.BadRequestError):
             c.fine_tuning.jobs.resume(job.id)
+        # The SDK's auto-pagination walks every checkpoint once, page after page (`after`).
+        every = [ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(job.id, limit=100)]
+        paged = [ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(job.id, limit=1)]
+        assert len(every) >= 2 and paged == every == sorted(every, reverse=True)
+        with pytest.raises(openai.BadRequestError, match="after"):
+            c.fine_tuning.jobs.checkpoints.list(job.id, after="ftckpt-elsewhere-1")
 
 
 def test_kill_mid_training_then_restart_resumes_from_checkpoint(

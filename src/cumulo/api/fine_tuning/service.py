@@ -599,21 +599,33 @@ class FineTuningService:
         return data, len(rows) > limit
 
     async def checkpoints(self, request: Request) -> Response:
-        """GET /v1/fine_tuning/jobs/{id}/checkpoints (newest first)."""
+        """GET /v1/fine_tuning/jobs/{id}/checkpoints?limit=&after= (newest first)."""
         who = await self._who(request)
         data, more = await self.checkpoint_list(
-            who, request.path_params["job_id"], self._limit(request, 10)
+            who,
+            request.path_params["job_id"],
+            self._limit(request, 10),
+            request.query_params.get("after"),
         )
         return JSONResponse({"object": "list", "data": data, "has_more": more})
 
     async def checkpoint_list(
-        self, who: Principal, job_id: str, limit: int
+        self, who: Principal, job_id: str, limit: int, after: str | None = None
     ) -> tuple[builtins.list[dict[str, Any]], bool]:
-        """A job's `fine_tuning.job.checkpoint` objects, newest first."""
+        """A job's `fine_tuning.job.checkpoint` objects, newest first; with `after` (a
+        checkpoint's id), those older than it."""
         from cumulo.jobs.finetune.train import checkpoint_metrics, checkpoints
 
         job = await self._own(who, job_id)
         found = builtins.list(reversed(checkpoints(job_dir(self.home, job.id))))
+        if after is not None:
+            prefix = f"ftckpt-{job.id}-"
+            step_s = after[len(prefix) :] if after.startswith(prefix) else ""
+            if not step_s.isdigit() or len(step_s) > 12:
+                raise InvalidRequest(
+                    f"after: no checkpoint {after[:80]!r} of this job.", param="after"
+                )
+            found = [(step, path) for step, path in found if step < int(step_s)]
         data = []
         for step, path in found[:limit]:
             m = checkpoint_metrics(path)
