@@ -25,7 +25,7 @@ from test_fine_tuning import (
 )
 
 from cumulo.engine.demo import build_demo_model
-from cumulo.jobs.finetune.kind import sha256_of_dir
+from cumulo.jobs.finetune.hashes import sha256_of_dir
 from fakes import FakeOpenAIUpstream
 from support import CUMULO_BIN, UPSTREAM_KEY, CumuloServer, clean_env, start_cumulo
 

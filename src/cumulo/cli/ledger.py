@@ -150,8 +150,8 @@ def ledger_lineage(model: str, config_path: str | None) -> None:
     again when they are still on this machine (the base's hash is cached while its weight
     files keep their sizes and times). Exit 1 if a hash differs."""
     from cumulo.files.blobs import LocalBlobs
-    from cumulo.jobs.finetune.hashes import cache_file, weights_sha256
-    from cumulo.jobs.finetune.kind import job_dir, sha256_of_dir
+    from cumulo.jobs.finetune.hashes import cache_file, sha256_of_dir, weights_sha256
+    from cumulo.jobs.finetune.kind import job_dir
 
     async def find(led: Ledger) -> tuple[Any, Any, list[Any]]:
         finished = await led.entries(limit=10_000, action="fine_tuning.finished")

@@ -85,7 +85,7 @@ def models_export(ctx: Ctx, model: str, directory: Path, merged: bool, onnx: boo
     By default its LoRA adapter (a PEFT directory). Downloaded from the running platform with your key (only your tenant's models); DIR
     must be new or empty. The export is recorded on the audit ledger (`cumulo ledger
     lineage MODEL` lists it)."""
-    from cumulo.jobs.finetune.kind import sha256_of_dir
+    from cumulo.jobs.finetune.hashes import sha256_of_dir
 
     if directory.exists() and any(directory.iterdir()):
         raise click.UsageError(f"{directory} is not empty")

@@ -498,7 +498,7 @@ class FineTuningService:
         from starlette.responses import StreamingResponse
 
         from cumulo.jobs.finetune import export as ex
-        from cumulo.jobs.finetune.kind import sha256_of_files
+        from cumulo.jobs.finetune.hashes import sha256_of_files
 
         who = await self._who(request)
         name = request.path_params["model"]

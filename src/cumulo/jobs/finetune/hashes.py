@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,16 @@ def weight_files(model_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: str(p.relative_to(model_dir)))
 
 
-def _hash(model_dir: Path, files: list[Path]) -> str:
+def sha256_of_dir(path: Path) -> str:
+    """One SHA-256 over the files of `path` (names and contents, in name order)."""
+    return sha256_of_files(path, sorted(q for q in path.rglob("*") if q.is_file()))
+
+
+def sha256_of_files(path: Path, files: Sequence[Path]) -> str:
+    """One SHA-256 over `files` under `path` (each name relative to it, then its bytes)."""
     h = hashlib.sha256()
     for p in files:
-        h.update(str(p.relative_to(model_dir)).encode() + b"\0")
+        h.update(str(p.relative_to(path)).encode() + b"\0")
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
@@ -67,7 +74,7 @@ def weights_sha256(model_dir: Path, cache: Path | None = None) -> str:
         hit = _read(cache).get(key)
         if isinstance(hit, dict) and hit.get("files") == signature:
             return str(hit["sha256"])
-    digest = _hash(model_dir, files)
+    digest = sha256_of_files(model_dir, files)
     if cache is not None:
         data = _read(cache)
         data.pop(key, None)
@@ -85,4 +92,11 @@ def cache_file(home: Path) -> Path:
     return home / "cache" / "weights-sha256.json"
 
 
-__all__ = ["WEIGHT_SUFFIXES", "cache_file", "weight_files", "weights_sha256"]
+__all__ = [
+    "WEIGHT_SUFFIXES",
+    "cache_file",
+    "sha256_of_dir",
+    "sha256_of_files",
+    "weight_files",
+    "weights_sha256",
+]

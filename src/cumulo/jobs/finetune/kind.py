@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import threading
@@ -40,7 +39,7 @@ from cumulo.config import TrainingConfig
 from cumulo.errors import NotFound
 from cumulo.files import FileStore
 from cumulo.jobs.finetune.data import parse_file
-from cumulo.jobs.finetune.hashes import cache_file, weights_sha256
+from cumulo.jobs.finetune.hashes import cache_file, sha256_of_dir, weights_sha256
 from cumulo.jobs.kinds import JobInvalid
 from cumulo.origin import Origin
 from cumulo.store.jobs import COMPLETED, FAILED, ItemResult, ItemRow, JobRow, JobTable
@@ -54,22 +53,6 @@ METRICS = "metrics"
 def job_dir(home: Path, job_id: str) -> Path:
     """Where a job's checkpoints, adapter and merged model live."""
     return home / "finetune" / job_id
-
-
-def sha256_of_dir(path: Path) -> str:
-    """One SHA-256 over the files of `path` (names and contents, in name order)."""
-    return sha256_of_files(path, sorted(q for q in path.rglob("*") if q.is_file()))
-
-
-def sha256_of_files(path: Path, files: Sequence[Path]) -> str:
-    """One SHA-256 over `files` under `path` (names relative to it, and contents)."""
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(path)).encode() + b"\0")
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 async def read_all(files: FileStore, tenant_id: str | None, file_id: str) -> tuple[bytes, str]:
@@ -278,6 +261,4 @@ __all__ = [
     "FineTuneKind",
     "job_dir",
     "read_all",
-    "sha256_of_dir",
-    "sha256_of_files",
 ]
