@@ -141,6 +141,11 @@ def _count_usage(usage: dict[str, dict[str, Any]], sample: dict[str, Any] | None
         m["cost"] = round((m["cost"] or 0.0) + float(cost), 9)
 
 
+def items_of(job: JobRow) -> int:
+    """How many original items a run grades: its job's items less the perturbed copies."""
+    return job.total // (1 + len(perturbations_of(job.params["data_source"])))
+
+
 def summarize(
     job: JobRow, results: list[dict[str, Any]]
 ) -> tuple[dict[str, int], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -149,8 +154,7 @@ def summarize(
     Counts and criteria are of the original items; usage is of every call the run made:
     generations (perturbed ones too) and the graders' judge and embedding calls, each under
     its own model."""
-    copies = 1 + len(perturbations_of(job.params["data_source"]))
-    counts = {"total": job.total // copies, "passed": 0, "failed": 0, "errored": 0}
+    counts = {"total": items_of(job), "passed": 0, "failed": 0, "errored": 0}
     usage: dict[str, dict[str, Any]] = {}
     criteria: dict[str, dict[str, Any]] = {}
     for c in job.params["testing_criteria"]:
@@ -174,13 +178,9 @@ def robustness_counts(job: JobRow, results: list[dict[str, Any]]) -> dict[str, A
     rob = job.params["data_source"].get("robustness")
     if rob is None:
         return None
+    total = items_of(job)
     per = {
-        name: {
-            "total": job.total // (1 + len(rob["perturbations"])),
-            "passed": 0,
-            "failed": 0,
-            "errored": 0,
-        }
+        name: {"total": total, "passed": 0, "failed": 0, "errored": 0}
         for name in rob["perturbations"]
     }
     for out in results:
@@ -820,8 +820,7 @@ class EvalService:
                 o = outcomes.get(run_id, {})
                 passed, failed = o.get("pass", 0), o.get("fail", 0)
                 errored = sum(o.values()) - passed - failed
-                copies = 1 + len(perturbations_of(job.params["data_source"]))
-                counts = {"total": job.total // copies, "passed": passed, "failed": failed}
+                counts = {"total": items_of(job), "passed": passed, "failed": failed}
                 rows.append((job, {**counts, "errored": errored}))
         return out
 
