@@ -101,6 +101,23 @@ def test_same_seed_same_adapter_and_resume_equals_one_run(demo: Path, tmp_path: 
     assert any(not (a[k] == d[k]).all() for k in a)  # another seed: another adapter
 
 
+def test_a_cancel_stops_at_the_step_boundary_and_writes_nothing_more(
+    demo: Path, tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    with pytest.raises(Stopped):
+        # Cancelled during step 4, a checkpoint step: no checkpoint for it, no adapter.
+        train(
+            spec(demo, tmp_path / "x"),
+            events.append,
+            lambda: False,
+            discard=lambda: len([e for e in events if e["type"] == "metrics"]) >= 4,
+        )
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 3]
+    assert [s for s, _ in checkpoints(tmp_path / "x")] == [2, 3]
+    assert not (tmp_path / "x" / "adapter").exists()
+
+
 def test_file_errors_name_line_and_field() -> None:
     content = (
         b'{"messages": [{"role": "user", "content": "hi"}, '

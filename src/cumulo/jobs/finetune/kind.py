@@ -41,6 +41,7 @@ from cumulo.files import FileStore
 from cumulo.jobs.finetune.data import parse_file
 from cumulo.jobs.finetune.hashes import cache_file, sha256_of_dir, weights_sha256
 from cumulo.jobs.kinds import JobInvalid
+from cumulo.jobs.runner import CANCELLED, CANCELLING, IN_PROGRESS
 from cumulo.origin import Origin
 from cumulo.store.jobs import COMPLETED, FAILED, ItemResult, ItemRow, JobRow, JobTable
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 KIND = "fine_tuning"
 METRICS = "metrics"
+WATCH_S = 0.5  # how often a training run looks at its job's status
 
 
 def job_dir(home: Path, job_id: str) -> Path:
@@ -168,6 +170,28 @@ def _own_thread(work: Callable[[], dict[str, Any]]) -> asyncio.Future[dict[str, 
         pool.shutdown(wait=False)  # its one thread ends with `work`
 
 
+async def _watch(
+    jobs: JobTable, job_id: str, stop: threading.Event, discard: threading.Event
+) -> None:
+    """Tell the trainer at once when its job leaves `in_progress` (not at the runner's next
+    heartbeat, nor only when the item's lease is given back): stop for a pause, and stop
+    without writing another checkpoint for a cancel. A checkpoint is never written after
+    the job is reported cancelled."""
+    while not stop.is_set():
+        await asyncio.sleep(WATCH_S)
+        with contextlib.suppress(Exception):  # the database is away: the runner stops us
+            status = await _status(jobs, job_id)
+            if status in (None, CANCELLING, CANCELLED):
+                discard.set()
+            if status != IN_PROGRESS:
+                stop.set()
+
+
+async def _status(jobs: JobTable, job_id: str) -> str | None:
+    row = (await jobs.statuses([job_id])).get(job_id)
+    return None if row is None else row.status
+
+
 class _TrainWorker:
     def __init__(self, kind: FineTuneKind, job: JobRow) -> None:
         self.kind = kind
@@ -204,7 +228,7 @@ class _TrainWorker:
         if kind.ready is not None:  # transformers' first imports are not thread-safe
             await kind.ready()
         loop = asyncio.get_running_loop()
-        stop = threading.Event()
+        stop, discard = threading.Event(), threading.Event()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
         def on_event(event: dict[str, Any]) -> None:
@@ -222,7 +246,7 @@ class _TrainWorker:
             await kind.jobs.add_event(job.id, f"training resumes (attempt {item.attempt})")
         else:
             await kind.jobs.add_event(job.id, "training starts")
-        run: Callable[..., dict[str, Any]] = train
+        run: Callable[..., dict[str, Any]]
         if kind.training.backend == "ray":
             from cumulo.jobs.finetune.ray_backend import train_on_ray
 
@@ -230,12 +254,18 @@ class _TrainWorker:
             run = functools.partial(
                 train_on_ray, config=kind.training, storage=storage, name=job.id
             )
+        else:
+            run = functools.partial(train, discard=discard.is_set)
         thread = _own_thread(lambda: run(spec, on_event=on_event, should_stop=stop.is_set))
+        watcher = asyncio.create_task(_watch(kind.jobs, job.id, stop, discard))
         try:
             try:
                 metrics = await asyncio.shield(thread)
             except asyncio.CancelledError:
-                stop.set()  # the trainer checkpoints at the next step and stops
+                with contextlib.suppress(Exception):
+                    if await _status(kind.jobs, job.id) in (None, CANCELLING, CANCELLED):
+                        discard.set()  # a cancel: nothing more is written
+                stop.set()  # else the trainer checkpoints at the next step and stops
                 with contextlib.suppress(Stopped, Exception):
                     await thread
                 raise
@@ -247,6 +277,7 @@ class _TrainWorker:
                 return ItemResult(item.idx, FAILED, json.dumps({"error": str(exc)}))
             return ItemResult(item.idx, COMPLETED, json.dumps(metrics))
         finally:
+            watcher.cancel()
             queue.put_nowait(None)
             with contextlib.suppress(Exception):
                 await asyncio.shield(writer)

@@ -26,7 +26,8 @@
   metrics), each written beside its place and renamed into it, so a checkpoint is whole or
   absent; `train` called again on the same `out_dir` resumes from the last one;
 - stops at a step boundary when `should_stop()` (pause, cancel, shutdown), after writing
-  a checkpoint there, by raising `Stopped`;
+  a checkpoint there, by raising `Stopped`; when `discard()` (the job was cancelled: it
+  will never resume) it stops at the step boundary without writing anything more;
 - at the end writes the adapter (`adapter/`) and the base with the adapter merged in
   (`model/`, a Hugging Face directory the local provider serves as it is).
 
@@ -368,6 +369,7 @@ def train(
     on_event: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
     parallel: Parallel | None = None,
+    discard: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Train (or resume) as the module docstring says; the final metrics."""
     limit_threads(spec.threads, spec.nice)
@@ -409,6 +411,8 @@ def train(
             "seen_tokens": done["seen_tokens"],
         }
         on_event({"type": "metrics", **last})
+        if discard():
+            raise Stopped(f"cancelled at step {step}")
         epoch_end = step % per_epoch == 0
         stopping = should_stop() and step < total_steps
         if epoch_end or step % spec.checkpoint_every == 0 or stopping:
