@@ -14,6 +14,12 @@ weights: dozens of small operators per layer, each with its own checks and alloc
 - the query heads that share a KV head attend as one group (scaled dot-product
   attention without repeating the keys), with no mask when a single sequence runs.
 
+In bfloat16 on a CPU with cumulo's kernels (`engine/cpu.py`) a step without adapters
+runs every operation of a layer as one kernel call on buffers allocated once per batch
+size (norms, projections streaming each weight row once, the rotary embedding with the
+cache write, attention over the cache, the gated activation, the residual adds), and
+the projections of a step with adapters and the output head use the same kernels.
+
 `FastDecoder.supports` says which models it handles (the others keep the Hugging Face
 forward). `LoraStep` is the per-step hook of adapter batching: when a step runs with
 one, every projection's output `y` of input `x` becomes `lora.apply(name, x, y)`, where
@@ -28,11 +34,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cumulo.engine.cpu import Kernels, kernels
 from cumulo.engine.kvcache import SlotCache
 from cumulo.engine.lora import LoraStep
 
 __all__ = ["FastDecoder"]
 
+# Up to this many rows the kernels' matrix-vector products beat the general matrix
+# product (they stream the weights once; beyond it the work is compute-bound).
+KERNEL_ROWS = 16
 _MODEL_TYPES = frozenset({"llama", "qwen2", "mistral"})
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -50,6 +60,19 @@ class _Layer:
     gate_up_bias: torch.Tensor | None
     down: torch.Tensor
     down_bias: torch.Tensor | None
+
+
+@dataclass(slots=True)
+class _Buffers:
+    """The activations of a kernel step over `batch` rows, reused step after step."""
+
+    x: torch.Tensor  # the residual stream [B, hidden]
+    h: torch.Tensor  # a normed copy of it
+    qkv: torch.Tensor
+    attn: torch.Tensor  # [B, heads * dim]
+    gate_up: torch.Tensor
+    act: torch.Tensor
+    out: torch.Tensor  # the final normed hidden states
 
 
 def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -98,6 +121,8 @@ class FastDecoder:
         self.head_dim = cache.layout.head_dim
         self.scale = self.head_dim**-0.5
         self.layers: list[_Layer] = []
+        head = model.get_output_embeddings()
+        self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
         for i, layer in enumerate(decoder.layers):
             attn, mlp = layer.self_attn, layer.mlp
             qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
@@ -117,6 +142,22 @@ class FastDecoder:
                     down_bias=mlp.down_proj.bias,
                 )
             )
+        self.kernels = self._kernels(model)
+        self._buffers: dict[int, _Buffers] = {}
+
+    def _kernels(self, model: Any) -> Kernels | None:
+        """cumulo's CPU kernels, when they compute this model (bf16 weights on the CPU)."""
+        weights = [self.embed, self.head_weight, self.final_norm]
+        for layer in self.layers:
+            weights += [layer.qkv, layer.o, layer.gate_up, layer.down]
+        fits = (
+            all(w.dtype == torch.bfloat16 and w.device.type == "cpu" for w in weights)
+            and all(w.is_contiguous() for w in weights)
+            and self.cache.layout.dtype == torch.bfloat16
+            and self.head_dim % 2 == 0
+            and self.head_dim <= 512
+        )
+        return kernels() if fits else None
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -145,6 +186,33 @@ class FastDecoder:
         except (AttributeError, IndexError):
             return False
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The logits of final hidden states [B, hidden] with the kernels; None without."""
+        k = self.kernels
+        if k is None or hidden.shape[0] > KERNEL_ROWS:
+            return None
+        return self._linear(k, hidden.contiguous(), self.head_weight, self.head_bias)
+
+    @staticmethod
+    def _linear(
+        k: Kernels, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        rows, (n, inner) = x.shape[0], weight.shape
+        y = torch.empty(rows, n, dtype=x.dtype)
+        bias_at = None if bias is None else bias.data_ptr()
+        k.linear(
+            x.data_ptr(),
+            weight.data_ptr(),
+            bias_at,
+            None,
+            y.data_ptr(),
+            rows,
+            n,
+            inner,
+            torch.get_num_threads(),
+        )
+        return y
+
     def forward(
         self,
         lo: int,
@@ -158,8 +226,17 @@ class FastDecoder:
         (a padding row writes to the scratch column); attention reads columns
         `0..read-1`, each row up to its own position. Returns the final normed hidden
         states [B, hidden]."""
+        if self.kernels is not None and lora is None and ids.shape[0] <= KERNEL_ROWS:
+            return self._forward_kernels(self.kernels, lo, ids, pos, write_cols)
         batch = ids.shape[0]
         hi = lo + batch
+        kern = self.kernels
+
+        def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+            if kern is None or batch > KERNEL_ROWS:
+                return F.linear(x, w, b)
+            return self._linear(kern, x.contiguous(), w, b)
+
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         q_out, kv_out = heads * dim, kv_heads * dim
         group = heads // kv_heads
@@ -174,7 +251,7 @@ class FastDecoder:
         half = dim // 2
         for i, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.input_norm, self.eps)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            qkv = linear(h, layer.qkv, layer.qkv_bias)
             if lora is None:
                 qk = qkv[:, : q_out + kv_out].view(batch, heads + kv_heads, dim)
                 v = qkv[:, q_out + kv_out :]
@@ -199,12 +276,12 @@ class FastDecoder:
                 scale=self.scale,
             )
             o_in = attn_out.reshape(batch, q_out)
-            o = F.linear(o_in, layer.o, layer.o_bias)
+            o = linear(o_in, layer.o, layer.o_bias)
             if lora is not None:
                 o = lora.apply(f"{layer.prefix}.self_attn.o_proj", o_in, o)
             x = x + o
             h = _rms_norm(x, layer.post_norm, self.eps)
-            gu = F.linear(h, layer.gate_up, layer.gate_up_bias)
+            gu = linear(h, layer.gate_up, layer.gate_up_bias)
             inter = gu.shape[-1] // 2
             gate, up = gu[:, :inter], gu[:, inter:]
             if lora is not None:
@@ -212,8 +289,128 @@ class FastDecoder:
                 gate = lora.apply(f"{mlp}.gate_proj", h, gate)
                 up = lora.apply(f"{mlp}.up_proj", h, up)
             act = F.silu(gate) * up
-            down = F.linear(act, layer.down, layer.down_bias)
+            down = linear(act, layer.down, layer.down_bias)
             if lora is not None:
                 down = lora.apply(f"{layer.prefix}.mlp.down_proj", act, down)
             x = x + down
         return _rms_norm(x, self.final_norm, self.eps)
+
+    def _buffers_for(self, batch: int) -> _Buffers:
+        found = self._buffers.get(batch)
+        if found is None:
+            hidden = self.embed.shape[1]
+            width = (self.heads + 2 * self.kv_heads) * self.head_dim
+            inter = self.layers[0].gate_up.shape[0] // 2
+
+            def new(n: int) -> torch.Tensor:
+                return torch.empty(batch, n, dtype=torch.bfloat16)
+
+            found = _Buffers(
+                new(hidden),
+                new(hidden),
+                new(width),
+                new(self.heads * self.head_dim),
+                new(2 * inter),
+                new(inter),
+                new(hidden),
+            )
+            self._buffers[batch] = found
+        return found
+
+    def _forward_kernels(
+        self, k: Kernels, lo: int, ids: torch.Tensor, pos: torch.Tensor, write_cols: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward` without adapters, each operation one kernel call (see the module doc).
+        Returns a buffer the next step overwrites."""
+        batch = ids.shape[0]
+        b = self._buffers_for(batch)
+        threads = torch.get_num_threads()
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        hidden, q_out = b.x.shape[1], heads * dim
+        width, inter = b.qkv.shape[1], b.act.shape[1]
+        cols = self.cache.keys[0].shape[2]
+        torch.index_select(self.embed, 0, ids, out=b.x)
+        cos, sin = self.rotary(b.x, pos.unsqueeze(0))
+        cos, sin = cos.reshape(batch, dim).contiguous(), sin.reshape(batch, dim).contiguous()
+        writes = write_cols.to(torch.int64).contiguous()
+        reads = (pos.to(torch.int64) + 1).contiguous()
+        x, h, qkv, attn = b.x.data_ptr(), b.h.data_ptr(), b.qkv.data_ptr(), b.attn.data_ptr()
+        gu, act = b.gate_up.data_ptr(), b.act.data_ptr()
+        eps = self.eps
+        for i, layer in enumerate(self.layers):
+            keys, values = self.cache.keys[i].data_ptr(), self.cache.values[i].data_ptr()
+            k.rms_norm(x, layer.input_norm.data_ptr(), h, batch, hidden, eps)
+            k.linear(
+                h,
+                layer.qkv.data_ptr(),
+                _ptr(layer.qkv_bias),
+                None,
+                qkv,
+                batch,
+                width,
+                hidden,
+                threads,
+            )
+            k.rope_write(
+                qkv,
+                cos.data_ptr(),
+                sin.data_ptr(),
+                keys,
+                values,
+                writes.data_ptr(),
+                lo,
+                batch,
+                heads,
+                kv_heads,
+                dim,
+                cols,
+            )
+            k.attention(
+                qkv,
+                width,
+                keys,
+                values,
+                attn,
+                reads.data_ptr(),
+                lo,
+                batch,
+                heads,
+                kv_heads,
+                dim,
+                cols,
+                self.scale,
+                threads,
+            )
+            k.linear(
+                attn, layer.o.data_ptr(), _ptr(layer.o_bias), x, x, batch, hidden, q_out, threads
+            )
+            k.rms_norm(x, layer.post_norm.data_ptr(), h, batch, hidden, eps)
+            k.linear(
+                h,
+                layer.gate_up.data_ptr(),
+                _ptr(layer.gate_up_bias),
+                None,
+                gu,
+                batch,
+                2 * inter,
+                hidden,
+                threads,
+            )
+            k.silu_mul(gu, act, batch, inter)
+            k.linear(
+                act,
+                layer.down.data_ptr(),
+                _ptr(layer.down_bias),
+                x,
+                x,
+                batch,
+                hidden,
+                inter,
+                threads,
+            )
+        k.rms_norm(x, self.final_norm.data_ptr(), b.out.data_ptr(), batch, hidden, eps)
+        return b.out
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()

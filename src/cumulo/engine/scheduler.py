@@ -474,10 +474,12 @@ class Scheduler:
         if len(active) < n:
             rows = torch.tensor([seq.slot - lo for seq in active], device=hidden.device)
             hidden = hidden[rows]
-        self._sample(active, self._head(hidden))
+        self._sample(active, self._logits(hidden))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self._head(hidden)
+        logits = self._fast.head(hidden) if self._fast is not None else None
+        if logits is None:
+            logits = self._head(hidden)
         return logits
 
     def _lora(self, rows: list[Sequence]) -> LoraStep | None:
