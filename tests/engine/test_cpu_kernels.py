@@ -31,7 +31,13 @@ def close(got: torch.Tensor, want: torch.Tensor, rel: float = 0.02) -> bool:
     return err <= rel * max(want.float().abs().max().item(), 1e-6)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, r: torch.Tensor | None):
+def linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    r: torch.Tensor | None,
+    exact: bool = False,
+) -> torch.Tensor:
     assert K is not None
     y = torch.empty(x.shape[0], w.shape[0], dtype=BF16)
     K.linear(
@@ -43,6 +49,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, r: torch.Te
         x.shape[0],
         w.shape[0],
         x.shape[1],
+        exact,
         2,
     )
     return y
@@ -61,9 +68,10 @@ def test_linear_is_the_matrix_product_with_bias_and_residual(
     with_bias = (want + b.float()).to(BF16)
     assert close(linear(x, w, b, None), with_bias)
     assert close(linear(x, w, b, r), r + with_bias)  # the residual add, rounded as PyTorch
-    # One row alone gives the same value whatever the others.
-    alone = linear(x[:1].contiguous(), w, b, None)
-    assert close(linear(x, w, b, None)[:1], alone, rel=0.01)
+    # Exact: each row bit for bit as alone, whatever the others.
+    for i in range(rows):
+        alone = linear(x[i : i + 1].contiguous(), w, b, r[i : i + 1].contiguous())
+        assert torch.equal(linear(x, w, b, r, exact=True)[i : i + 1], alone)
 
 
 def test_rms_norm_and_gated_activation_match_pytorch() -> None:

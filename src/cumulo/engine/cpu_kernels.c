@@ -241,19 +241,21 @@ static inline void put(const uint16_t *bias, const uint16_t *resid, uint16_t *y,
    x [M, K], w [N, K], bias [N] or NULL, resid and y [M, N].
 
    One row (M == 1) streams the weight rows one after another, the fastest read; several
-   rows take the weights four rows at a time against up to four input rows. A row's
-   result then depends on M (the order of its sums): the deterministic mode runs rows one
-   at a time. */
+   rows take the weights four rows at a time against up to four input rows, where a row's
+   result depends on M (the order of its sums). With `exact` several rows are computed
+   each as when alone (one weight row at a time against each input row: slower, and
+   batch-invariant, for the deterministic mode). */
 typedef struct {
     const uint16_t *x, *w, *bias, *resid;
     uint16_t *y;
     int64_t M, N, K;
 } linear_args;
 
-static void linear_one(const void *ctx, int64_t begin, int64_t end) {
+static void linear_rows(const void *ctx, int64_t begin, int64_t end) {
     const linear_args *a = ctx;
     for (int64_t n = begin; n < end; n++)
-        put(a->bias, a->resid, a->y, n, n, dot_row(a->w + n * a->K, a->x, a->K));
+        for (int64_t m = 0; m < a->M; m++)
+            put(a->bias, a->resid, a->y, m * a->N + n, n, dot_row(a->w + n * a->K, a->x + m * a->K, a->K));
 }
 
 static void linear_blocks(const void *ctx, int64_t begin, int64_t end) {
@@ -286,9 +288,9 @@ static void linear_blocks(const void *ctx, int64_t begin, int64_t end) {
 
 void cumulo_linear(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
                    const uint16_t *resid, uint16_t *y, int64_t M, int64_t N, int64_t K,
-                   int threads) {
+                   int exact, int threads) {
     const linear_args a = {x, w, bias, resid, y, M, N, K};
-    if (M == 1) parallel(N, threads, linear_one, &a);
+    if (M == 1 || exact) parallel(N, threads, linear_rows, &a);
     else parallel((N + 3) / 4, threads, linear_blocks, &a);
 }
 

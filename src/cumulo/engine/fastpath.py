@@ -29,7 +29,7 @@ one, every projection's output `y` of input `x` becomes `lora.apply(name, x, y)`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +144,10 @@ class FastDecoder:
             )
         self.kernels = self._kernels(model)
         self._buffers: dict[int, _Buffers] = {}
+        self._layer_pointers: list[_LayerPointers] | None = None
+        # With the kernels: compute each row of a batch exactly as alone (the deterministic
+        # mode), at some cost in speed when several rows run.
+        self.exact = False
 
     def _kernels(self, model: Any) -> Kernels | None:
         """cumulo's CPU kernels, when they compute this model (bf16 weights on the CPU)."""
@@ -193,25 +197,21 @@ class FastDecoder:
             return None
         return self._linear(k, hidden.contiguous(), self.head_weight, self.head_bias)
 
-    @staticmethod
     def _linear(
-        k: Kernels, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+        self, k: Kernels, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         rows, (n, inner) = x.shape[0], weight.shape
         y = torch.empty(rows, n, dtype=x.dtype)
         bias_at = None if bias is None else bias.data_ptr()
-        k.linear(
-            x.data_ptr(),
-            weight.data_ptr(),
-            bias_at,
-            None,
-            y.data_ptr(),
-            rows,
-            n,
-            inner,
-            torch.get_num_threads(),
-        )
+        threads = torch.get_num_threads()
+        k.linear(x.data_ptr(), weight.data_ptr(), bias_at, None, y.data_ptr(), rows, n, inner,
+                 self.exact, threads)  # fmt: skip
         return y
+
+    def batch_invariant(self, lora: LoraStep | None) -> bool:
+        """Whether a step over several rows computes each row exactly as alone: with the
+        kernels in `exact` mode and no adapters."""
+        return self.kernels is not None and self.exact and lora is None
 
     def forward(
         self,
@@ -295,6 +295,29 @@ class FastDecoder:
             x = x + down
         return _rms_norm(x, self.final_norm, self.eps)
 
+    def _pointers(self) -> list[_LayerPointers]:
+        """Each layer's addresses, taken once (the weights and the cache do not move)."""
+        if self._layer_pointers is None:
+            cache = self.cache
+            self._layer_pointers = [
+                _LayerPointers(
+                    layer.input_norm.data_ptr(),
+                    layer.post_norm.data_ptr(),
+                    layer.qkv.data_ptr(),
+                    _ptr(layer.qkv_bias),
+                    layer.o.data_ptr(),
+                    _ptr(layer.o_bias),
+                    layer.gate_up.data_ptr(),
+                    _ptr(layer.gate_up_bias),
+                    layer.down.data_ptr(),
+                    _ptr(layer.down_bias),
+                    cache.keys[i].data_ptr(),
+                    cache.values[i].data_ptr(),
+                )
+                for i, layer in enumerate(self.layers)
+            ]
+        return self._layer_pointers
+
     def _buffers_for(self, batch: int) -> _Buffers:
         found = self._buffers.get(batch)
         if found is None:
@@ -336,81 +359,46 @@ class FastDecoder:
         reads = (pos.to(torch.int64) + 1).contiguous()
         x, h, qkv, attn = b.x.data_ptr(), b.h.data_ptr(), b.qkv.data_ptr(), b.attn.data_ptr()
         gu, act = b.gate_up.data_ptr(), b.act.data_ptr()
-        eps = self.eps
-        for i, layer in enumerate(self.layers):
-            keys, values = self.cache.keys[i].data_ptr(), self.cache.values[i].data_ptr()
-            k.rms_norm(x, layer.input_norm.data_ptr(), h, batch, hidden, eps)
-            k.linear(
-                h,
-                layer.qkv.data_ptr(),
-                _ptr(layer.qkv_bias),
-                None,
-                qkv,
-                batch,
-                width,
-                hidden,
-                threads,
-            )
-            k.rope_write(
-                qkv,
-                cos.data_ptr(),
-                sin.data_ptr(),
-                keys,
-                values,
-                writes.data_ptr(),
-                lo,
-                batch,
-                heads,
-                kv_heads,
-                dim,
-                cols,
-            )
-            k.attention(
-                qkv,
-                width,
-                keys,
-                values,
-                attn,
-                reads.data_ptr(),
-                lo,
-                batch,
-                heads,
-                kv_heads,
-                dim,
-                cols,
-                self.scale,
-                threads,
-            )
-            k.linear(
-                attn, layer.o.data_ptr(), _ptr(layer.o_bias), x, x, batch, hidden, q_out, threads
-            )
-            k.rms_norm(x, layer.post_norm.data_ptr(), h, batch, hidden, eps)
-            k.linear(
-                h,
-                layer.gate_up.data_ptr(),
-                _ptr(layer.gate_up_bias),
-                None,
-                gu,
-                batch,
-                2 * inter,
-                hidden,
-                threads,
-            )
+        cos_at, sin_at, writes_at, reads_at = (
+            cos.data_ptr(),
+            sin.data_ptr(),
+            writes.data_ptr(),
+            reads.data_ptr(),
+        )
+        eps, exact = self.eps, self.exact
+        for w in self._pointers():
+            k.rms_norm(x, w.input_norm, h, batch, hidden, eps)
+            k.linear(h, w.qkv, w.qkv_bias, None, qkv, batch, width, hidden, exact, threads)
+            k.rope_write(qkv, cos_at, sin_at, w.keys, w.values, writes_at, lo, batch, heads,
+                         kv_heads, dim, cols)  # fmt: skip
+            k.attention(qkv, width, w.keys, w.values, attn, reads_at, lo, batch, heads, kv_heads,
+                        dim, cols, self.scale, threads)  # fmt: skip
+            k.linear(attn, w.o, w.o_bias, x, x, batch, hidden, q_out, exact, threads)
+            k.rms_norm(x, w.post_norm, h, batch, hidden, eps)
+            k.linear(h, w.gate_up, w.gate_up_bias, None, gu, batch, 2 * inter, hidden, exact,
+                     threads)  # fmt: skip
             k.silu_mul(gu, act, batch, inter)
-            k.linear(
-                act,
-                layer.down.data_ptr(),
-                _ptr(layer.down_bias),
-                x,
-                x,
-                batch,
-                hidden,
-                inter,
-                threads,
-            )
+            k.linear(act, w.down, w.down_bias, x, x, batch, hidden, inter, exact, threads)
         k.rms_norm(x, self.final_norm.data_ptr(), b.out.data_ptr(), batch, hidden, eps)
         return b.out
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
+
+
+class _LayerPointers(NamedTuple):
+    """The addresses of one layer's weights and cache, for the kernels' calls."""
+
+    input_norm: int
+    post_norm: int
+    qkv: int
+    qkv_bias: int | None
+    o: int
+    o_bias: int | None
+    gate_up: int
+    gate_up_bias: int | None
+    down: int
+    down_bias: int | None
+    keys: int
+    values: int

@@ -53,7 +53,9 @@ identical, in bf16 too: every forward then computes one sequence (a decode step
 runs each row on its own, reading only its own positions, and the head on its row
 alone), and a prompt is read in chunks that start at multiples of `prefill_chunk`
 whatever else is running, so each matrix product has the same shape and inputs as
-when the request runs alone. That gives up batching: each row reads all the weights.
+when the request runs alone. That gives up batching (each row reads all the weights),
+except where cumulo's CPU kernels decode: their exact mode computes each row of a
+batch in the order it has alone, so decode steps without adapters stay batched.
 
 Decode steps of Llama-shaped models run through `FastDecoder` (engine/fastpath.py),
 cumulo's own forward with fewer operators than the Hugging Face one; prefill and other
@@ -75,7 +77,7 @@ from typing import Any, Literal, TypeAlias
 import torch
 
 from cumulo.engine.detok import IncrementalText
-from cumulo.engine.fastpath import FastDecoder
+from cumulo.engine.fastpath import KERNEL_ROWS, FastDecoder
 from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import CausalLM
 from cumulo.engine.lora import LoadedAdapter, LoraBatch, LoraHooks, LoraStack, LoraStep
@@ -166,6 +168,8 @@ class Scheduler:
         self._stacks: dict[tuple[int, ...], LoraStack] = {}  # the last few sets of adapters
         self._last_step: tuple[tuple[int, ...], LoraBatch | None] = ((), None)
         self._fast = FastDecoder(lm.model, self.cache) if FastDecoder.supports(lm.model) else None
+        if self._fast is not None:
+            self._fast.exact = limits.deterministic
         self._running: list[Sequence] = []
         self._waiting: deque[Sequence] = deque()
         self._background: deque[Sequence] = deque()  # waiting background work
@@ -426,12 +430,24 @@ class Scheduler:
 
     def _decode(self) -> None:
         """One token for every running sequence that has one to feed."""
-        if self.limits.deterministic:
-            ready = [s for s in self._running if s.next_input is not None]
-            for seq in ready:
-                self._decode_rows(seq.slot, [seq])
+        rows = list(self._running)
+        if self.limits.deterministic and not self._invariant(rows):
+            for seq in rows:
+                if seq.next_input is not None:
+                    self._decode_rows(seq.slot, [seq])
             return
-        self._decode_rows(0, list(self._running))
+        self._decode_rows(0, rows)
+
+    def _invariant(self, rows: list[Sequence]) -> bool:
+        """Whether one decode step over `rows` computes each as alone (the kernels'
+        exact mode, no adapters), so the deterministic mode may batch them."""
+        fast = self._fast
+        return (
+            fast is not None
+            and len(rows) <= KERNEL_ROWS
+            and all(seq.lora is None for seq in rows)
+            and fast.batch_invariant(None)
+        )
 
     def _decode_rows(self, lo: int, seqs: list[Sequence]) -> None:
         """One decode forward over the adjacent slots of `seqs` (from `lo`), with their
