@@ -19,6 +19,10 @@ The model is shaped like Qwen2-0.5B with random weights (`bench_model.py`; built
                            once: the tied head reads the embedding); measured before HF's row
                            and before and after each single-stream round of a server's row
 
+Under the table, the compute ceiling of the concurrent run: this CPU's bf16 dot-product
+peak (`compute_peak.c`, registers only) against the multiply-adds of the run's prompt and
+new tokens, i.e. the most any engine could batch here.
+
 Single stream is decode tokens/s (first token to last, median of the rounds); "% roof"
 compares it with the roofline of the same moments: the median over the rounds of the mean
 of the measurements just before and just after each (this machine's bandwidth swings
@@ -114,6 +118,32 @@ def read_bandwidth(threads: int) -> float:
     return 2**30 / best
 
 
+def compute_peak(threads: int, tmp: Path) -> float | None:
+    """Multiply-adds/s of bf16 dot products on `threads` threads (compute_peak.c, the best
+    of 2 runs); None without an AVX-512 BF16 CPU or a C compiler."""
+    from cumulo.engine.cpu import compiler, cpu_supported
+
+    cc = compiler()
+    if cc is None or not cpu_supported():
+        return None
+    exe = tmp / "compute_peak"
+    source = Path(__file__).with_name("compute_peak.c")
+    flags = ["-O2", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-pthread"]
+    subprocess.run([cc, *flags, "-o", str(exe), str(source)], check=True, timeout=120)
+    runs = [subprocess.run([str(exe), str(threads)], capture_output=True, text=True) for _ in "ab"]
+    return max(float(r.stdout) for r in runs)
+
+
+def params_per_token(model_dir: Path) -> tuple[int, int]:
+    """Multiply-adds of the matrix products per token: (prompt, new). Every weight once
+    for a new token (the head included); a prompt token skips the head (only the last
+    one is projected on the vocabulary) and looks its embedding up."""
+    config = json.loads((model_dir / "config.json").read_text())
+    params = weight_bytes(model_dir) // 2  # bf16
+    head = int(config["vocab_size"]) * int(config["hidden_size"])
+    return params - head, params
+
+
 def weight_bytes(model_dir: Path) -> int:
     """Bytes of weights one decoded token reads: every parameter once (bf16)."""
     import torch
@@ -137,6 +167,7 @@ class Row:
     prefix: tuple[float, float | None] | None = None  # uncached, cached TTFT (s)
     rss: int = 0
     notes: list[str] = field(default_factory=list)
+    concurrent_tokens: tuple[int, int] = (0, 0)  # the concurrent run's prompt, completion
 
 
 # -- HF generate, in-process ---------------------------------------------------------------
@@ -385,6 +416,7 @@ def bench_cumulo(
         row.roofline = statistics.median(got.round_roofs)
         row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
         row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
+        row.concurrent_tokens = got.concurrent_tokens
         if args.sequential:
             print(f"  {args.sequential} one after another (load {load_avg()})", flush=True)
             row.sequential = asyncio.run(sequential_rate(url, args.sequential, args.load_tokens))
@@ -475,6 +507,18 @@ def print_table(
             f"cumulo {n} concurrent / sequential  {engine.concurrent / engine.sequential:.1f}x"
             "   (target >= 8x)"
         )
+    if engine and engine.concurrent and engine.sequential and args.peak_macs:
+        # The compute floor of the concurrent run: its matrix products at the measured peak.
+        prompt, completion = engine.concurrent_tokens
+        macs = prompt * args.params_per_token[0] + completion * args.params_per_token[1]
+        floor_s = macs / args.peak_macs
+        best = completion / floor_s
+        print(
+            f"  compute ceiling: {args.peak_macs / 1e9:.0f} GMAC/s bf16 peak ({args.threads} "
+            f"threads, registers only); the {n} requests' {prompt} prompt + {completion} new "
+            f"tokens are {macs / 1e9:.0f} GMAC: >= {floor_s:.2f} s, <= {best:.0f} tok/s = "
+            f"{best / engine.sequential:.1f}x sequential at 100% of peak"
+        )
     if engine and vllm and engine.single and vllm.single:
         print(
             f"cumulo single / vLLM-CPU single   {engine.single / vllm.single:.2f}   (target >= 1.0)"
@@ -550,9 +594,11 @@ def main() -> int:
             return roofs[-1]
 
         args.roof = roof
+        args.params_per_token = params_per_token(model_dir)
         rows = []
         with tempfile.TemporaryDirectory(prefix="cumulo-bench-engine-") as tmpdir:
             tmp = Path(tmpdir)
+            args.peak_macs = compute_peak(args.threads, tmp)
             if not args.skip_hf:
                 rows.append(bench_hf(model_dir, args))
             rows.append(bench_cumulo(model_dir, args, tmp / "engine", deterministic=False))

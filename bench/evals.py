@@ -52,15 +52,19 @@ ADMIN_KEY = "bench-admin-key-not-secret"
 MODELS = ("bench-a", "bench-b", "bench-c")
 SYSTEM = "Answer in one short sentence."
 ANSWER = "Hello! How can I help you today?"  # what the fake upstream says
-SCHEMA = {"type": "object", "properties": {"input": {"type": "string"},
-                                           "ideal": {"type": "string"}},
-          "required": ["input", "ideal"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"input": {"type": "string"}, "ideal": {"type": "string"}},
+    "required": ["input", "ideal"],
+}
 MAX_TOKENS = 16
 
 
 def items(n: int) -> list[dict[str, Any]]:
-    return [{"input": f"Say hello to visitor number {i} of the cloud museum.", "ideal": ANSWER}
-            for i in range(n)]
+    return [
+        {"input": f"Say hello to visitor number {i} of the cloud museum.", "ideal": ANSWER}
+        for i in range(n)
+    ]
 
 
 def criterion(kind: str) -> dict[str, Any]:
@@ -70,23 +74,45 @@ def criterion(kind: str) -> dict[str, Any]:
     if kind in ("label_model", "score_model"):
         extra: dict[str, Any] = (
             {"labels": ["correct", "wrong"], "passing_labels": ["correct"]}
-            if kind == "label_model" else {"range": [0, 1], "pass_threshold": 0.5})
-        return {"type": kind, "name": kind, "model": "bench-judge", **extra, "input": [
-            {"role": "user", "content": "Answer: {{sample.output_text}}\nReference: "
-                                        "{{item.ideal}}\nIs the answer right?"}]}
-    return {"type": "text_similarity", "name": kind, **io, "evaluation_metric": kind,
-            "pass_threshold": 0.5, **({"model": "bench-embed"} if kind == "cosine" else {})}
+            if kind == "label_model"
+            else {"range": [0, 1], "pass_threshold": 0.5}
+        )
+        return {
+            "type": kind,
+            "name": kind,
+            "model": "bench-judge",
+            **extra,
+            "input": [
+                {
+                    "role": "user",
+                    "content": "Answer: {{sample.output_text}}\nReference: "
+                    "{{item.ideal}}\nIs the answer right?",
+                }
+            ],
+        }
+    return {
+        "type": "text_similarity",
+        "name": kind,
+        **io,
+        "evaluation_metric": kind,
+        "pass_threshold": 0.5,
+        **({"model": "bench-embed"} if kind == "cosine" else {}),
+    }
 
 
 def config(upstream: str, c: int) -> str:
     def model(name: str, kind: str = "chat") -> str:
-        return (f"  - name: {name}\n    kind: {kind}\n    deployments:\n"
-                f"      - provider: openai\n        model: {name}\n        base_url: {upstream}\n")
+        return (
+            f"  - name: {name}\n    kind: {kind}\n    deployments:\n"
+            f"      - provider: openai\n        model: {name}\n        base_url: {upstream}\n"
+        )
 
-    return (f"jobs: {{concurrency: {c}, batch_concurrency: {c}, poll_interval_s: 0.2}}\n"
-            "usage: {flush_interval_s: 0.5}\nmodels:\n"
-            + "".join(model(m) for m in (*MODELS, "bench-judge"))
-            + model("bench-embed", "embedding"))
+    return (
+        f"jobs: {{concurrency: {c}, batch_concurrency: {c}, poll_interval_s: 0.2}}\n"
+        "usage: {flush_interval_s: 0.5}\nmodels:\n"
+        + "".join(model(m) for m in (*MODELS, "bench-judge"))
+        + model("bench-embed", "embedding")
+    )
 
 
 def start_cumulo(procs: Procs, tmp: Path, cfg: str) -> tuple[str, str, int]:
@@ -94,15 +120,26 @@ def start_cumulo(procs: Procs, tmp: Path, cfg: str) -> tuple[str, str, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
     env.update(CUMULO_HOME=str(tmp / "home"), CUMULO_ADMIN_KEY=ADMIN_KEY)
     port = free_port()
-    argv = [sys.executable, "-c", "from cumulo.cli import main; main()", "serve", "--config",
-            str(tmp / "cumulo.yaml"), "--port", str(port), "--workers", "1",
-            "--log-level", "warning"]
+    argv = [
+        sys.executable,
+        "-c",
+        "from cumulo.cli import main; main()",
+        "serve",
+        "--config",
+        str(tmp / "cumulo.yaml"),
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     proc = procs.start("cumulo", argv, env=env)
     url = f"http://{HOST}:{port}"
-    wait_until(procs, "cumulo", lambda: http("GET", url + "/health/ready")[0] == 200,
-               timeout=300)
-    status, raw = http("POST", url + "/admin/keys", json.dumps({"name": "bench"}).encode(),
-                       ADMIN_KEY)
+    wait_until(procs, "cumulo", lambda: http("GET", url + "/health/ready")[0] == 200, timeout=300)
+    status, raw = http(
+        "POST", url + "/admin/keys", json.dumps({"name": "bench"}).encode(), ADMIN_KEY
+    )
     if status != 201:
         raise RuntimeError(f"creating a key answered {status}: {raw[:300]!r}")
     return url, json.loads(raw)["key"], proc.pid
@@ -113,11 +150,21 @@ def start_cumulo(procs: Procs, tmp: Path, cfg: str) -> tuple[str, str, int]:
 
 def chat_bodies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The requests the three runs send: the template over each item, for each model."""
-    return [{"model": m, "messages": [{"role": "system", "content": SYSTEM},
-                                      {"role": "user", "content": r["input"]}],
-             "temperature": 0.0, "max_tokens": MAX_TOKENS, "stream": True,
-             "stream_options": {"include_usage": True}}
-            for m in MODELS for r in rows]
+    return [
+        {
+            "model": m,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": r["input"]},
+            ],
+            "temperature": 0.0,
+            "max_tokens": MAX_TOKENS,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for m in MODELS
+        for r in rows
+    ]
 
 
 async def client_run(url: str, key: str | None, bodies: list[dict[str, Any]], c: int) -> float:
@@ -128,8 +175,9 @@ async def client_run(url: str, key: str | None, bodies: list[dict[str, Any]], c:
     async def one(session: aiohttp.ClientSession) -> None:
         while queue:
             body = queue.pop()
-            async with session.post(url + "/v1/chat/completions", json=body,
-                                    headers=headers) as resp:
+            async with session.post(
+                url + "/v1/chat/completions", json=body, headers=headers
+            ) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"{resp.status}: {(await resp.text())[:300]}")
                 text = (await resp.read()).decode()
@@ -152,8 +200,9 @@ class Evals:
         self.headers = {"Authorization": f"Bearer {key}"}
         self.poll = poll
 
-    async def _json(self, s: aiohttp.ClientSession, method: str, path: str,
-                    **kw: Any) -> dict[str, Any]:
+    async def _json(
+        self, s: aiohttp.ClientSession, method: str, path: str, **kw: Any
+    ) -> dict[str, Any]:
         async with s.request(method, self.url + path, **kw) as resp:
             data: dict[str, Any] = await resp.json()
             if resp.status != 200:
@@ -162,14 +211,25 @@ class Evals:
 
     async def create(self, criteria: list[dict[str, Any]], sample: bool = False) -> str:
         async with aiohttp.ClientSession(headers=self.headers) as s:
-            ev = await self._json(s, "POST", "/v1/evals", json={
-                "name": "bench", "data_source_config": {
-                    "type": "custom", "item_schema": SCHEMA, "include_sample_schema": sample},
-                "testing_criteria": criteria})
+            ev = await self._json(
+                s,
+                "POST",
+                "/v1/evals",
+                json={
+                    "name": "bench",
+                    "data_source_config": {
+                        "type": "custom",
+                        "item_schema": SCHEMA,
+                        "include_sample_schema": sample,
+                    },
+                    "testing_criteria": criteria,
+                },
+            )
             return str(ev["id"])
 
-    async def run(self, eval_id: str, rows: list[dict[str, Any]],
-                  models: tuple[str, ...] | None) -> float:
+    async def run(
+        self, eval_id: str, rows: list[dict[str, Any]], models: tuple[str, ...] | None
+    ) -> float:
         """Upload the rows, create one run per model (none: one `jsonl` run), wait for all
         to complete; seconds from the upload."""
         data = "".join(json.dumps(r) + "\n" for r in rows).encode()
@@ -183,15 +243,26 @@ class Evals:
             if models is None:
                 sources: list[dict[str, Any]] = [{"type": "jsonl", "source": source}]
             else:
-                sources = [{"type": "completions", "model": m, "source": source,
-                            "input_messages": {"type": "template", "template": [
+                sources = [
+                    {
+                        "type": "completions",
+                        "model": m,
+                        "source": source,
+                        "input_messages": {
+                            "type": "template",
+                            "template": [
                                 {"role": "system", "content": SYSTEM},
-                                {"role": "user", "content": "{{item.input}}"}]},
-                            "sampling_params": {"temperature": 0,
-                                                "max_completion_tokens": MAX_TOKENS}}
-                           for m in models]
-            runs = [await self._json(s, "POST", f"/v1/evals/{eval_id}/runs",
-                                     json={"data_source": d}) for d in sources]
+                                {"role": "user", "content": "{{item.input}}"},
+                            ],
+                        },
+                        "sampling_params": {"temperature": 0, "max_completion_tokens": MAX_TOKENS},
+                    }
+                    for m in models
+                ]
+            runs = [
+                await self._json(s, "POST", f"/v1/evals/{eval_id}/runs", json={"data_source": d})
+                for d in sources
+            ]
             left = {r["id"] for r in runs}
             while left:
                 await asyncio.sleep(self.poll)
@@ -220,8 +291,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         port = free_port()
         procs.start("upstream", [sys.executable, str(HERE / "upstream.py"), "--port", str(port)])
         upstream = f"http://{HOST}:{port}"
-        wait_until(procs, "upstream", lambda: http(
-            "POST", upstream + "/v1/chat/completions", b"{}")[0] == 200)
+        wait_until(
+            procs,
+            "upstream",
+            lambda: http("POST", upstream + "/v1/chat/completions", b"{}")[0] == 200,
+        )
         c = args.concurrency
         url, key, pid = start_cumulo(procs, tmp, config(upstream + "/v1", c))
         rows = items(args.items)
@@ -248,24 +322,40 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
                 extra = f", cumulo CPU {cpu[name][-1]:5.0f} us/item" if name in cpu else ""
                 print(f"  {name:8} round {r + 1}: {n / took:7.0f} items/s{extra}", flush=True)
         ratio = statistics.median(
-            e / cl for e, cl in zip(rates["eval"], rates["client"], strict=True))
-        print(f"(a) {args.items} items x {len(MODELS)} models, fast upstream, concurrency {c}: "
-              f"eval runs {statistics.median(rates['eval']):.0f} items/s, client through "
-              f"cumulo {statistics.median(rates['client']):.0f} items/s, eval/client "
-              f"{ratio:.2f}x (median of the rounds' ratios; target >= 0.9x); client straight "
-              f"to the upstream {statistics.median(rates['upstream']):.0f} items/s; cumulo CPU "
-              f"per item: eval {statistics.median(cpu['eval']):.0f} us, client "
-              f"{statistics.median(cpu['client']):.0f} us", flush=True)
+            e / cl for e, cl in zip(rates["eval"], rates["client"], strict=True)
+        )
+        print(
+            f"(a) {args.items} items x {len(MODELS)} models, fast upstream, concurrency {c}: "
+            f"eval runs {statistics.median(rates['eval']):.0f} items/s, client through "
+            f"cumulo {statistics.median(rates['client']):.0f} items/s, eval/client "
+            f"{ratio:.2f}x (median of the rounds' ratios; target >= 0.9x); client straight "
+            f"to the upstream {statistics.median(rates['upstream']):.0f} items/s; cumulo CPU "
+            f"per item: eval {statistics.median(cpu['eval']):.0f} us, client "
+            f"{statistics.median(cpu['client']):.0f} us",
+            flush=True,
+        )
 
         if args.only == "generation":
             procs.check_alive()
             return
         from cumulo.evals.graders import meteor_available
 
-        kinds = ["string_check", "fuzzy_match", "bleu", "gleu",
-                 *(["meteor"] if meteor_available() else []),
-                 "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l", "cosine",
-                 "label_model", "score_model"]
+        kinds = [
+            "string_check",
+            "fuzzy_match",
+            "bleu",
+            "gleu",
+            *(["meteor"] if meteor_available() else []),
+            "rouge_1",
+            "rouge_2",
+            "rouge_3",
+            "rouge_4",
+            "rouge_5",
+            "rouge_l",
+            "cosine",
+            "label_model",
+            "score_model",
+        ]
         sampled = [{"item": r, "sample": {"output_text": ANSWER}} for r in rows]
         evals = {k: asyncio.run(ev.create([criterion(k)], sample=True)) for k in kinds}
         for k in kinds:  # imports, scorers and connections made once, outside the clock
@@ -275,7 +365,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         for r in range(args.grading_rounds):
             # each round starts one kind further on, so that no kind always runs first
             # (after the generation rounds' writes) or after the same one
-            for k in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:
+            for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 took, used = measured(pid, lambda k=k: ev.run(evals[k], sampled, None))
                 times[k].append(took / len(rows))
                 cpus[k].append(used / len(rows))
@@ -284,11 +374,13 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         procs.stop_all()
     floor = statistics.median(times["string_check"])
     floor_cpu = statistics.median(cpus["string_check"])
-    print(f"(b) grading, jsonl runs of {args.items} items, one criterion each (median of "
-          f"{args.grading_rounds} rounds); a run's own cost per item (string_check): "
-          f"{floor * 1e6:.0f} us wall, {floor_cpu * 1e6:.0f} us cumulo CPU. The wall time of a "
-          "run is mostly the runner's (claims, writes, polls) and moves with the machine's "
-          "load; the CPU added over string_check is the grader's own cost")
+    print(
+        f"(b) grading, jsonl runs of {args.items} items, one criterion each (median of "
+        f"{args.grading_rounds} rounds); a run's own cost per item (string_check): "
+        f"{floor * 1e6:.0f} us wall, {floor_cpu * 1e6:.0f} us cumulo CPU. The wall time of a "
+        "run is mostly the runner's (claims, writes, polls) and moves with the machine's "
+        "load; the CPU added over string_check is the grader's own cost"
+    )
     print(f"    {'grader':14} {'run us/item':>12} {'CPU us/item':>12} {'CPU added':>10}")
     for k in kinds:
         t, u = statistics.median(times[k]), statistics.median(cpus[k])
@@ -302,8 +394,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--grading-rounds", type=int, default=3)
     parser.add_argument("--only", choices=("generation",), help="(a) alone")
-    parser.add_argument("--poll", type=float, default=0.1,
-                        help="seconds between polls of each run's status")
+    parser.add_argument(
+        "--poll", type=float, default=0.1, help="seconds between polls of each run's status"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cumulo-bench-evals-") as d:
         bench(args, Path(d))

@@ -47,19 +47,29 @@ JUDGED = COMPLETION.replace(b"Hello! How can I help you today?", json.dumps(VERD
 
 def _sse(content: str) -> bytes:
     def chunk(delta: dict, finish: str | None) -> dict:  # type: ignore[type-arg]
-        return {"id": "chatcmpl-bench0000000000000000000000", "object": "chat.completion.chunk",
-                "created": 1700000000, "model": "gpt-bench",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish}]}
+        return {
+            "id": "chatcmpl-bench0000000000000000000000",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "gpt-bench",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     events = [
         chunk({"role": "assistant", "content": content}, None),
         chunk({}, "stop"),
-        {**chunk({}, None), "choices": [],
-         "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}},
+        {
+            **chunk({}, None),
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
+        },
     ]
-    return b"".join(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n"
-                    for e in events) + b"data: [DONE]\n\n"
+    return (
+        b"".join(
+            b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events
+        )
+        + b"data: [DONE]\n\n"
+    )
 
 
 STREAM = _sse("Hello! How can I help you today?")
@@ -71,8 +81,7 @@ _VECTOR = [0.1, 0.2, 0.3, 0.4]
 
 
 def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode())]
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
 _OK_HEADERS = [
@@ -113,8 +122,9 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
             await send({"type": "http.response.body", "body": STREAM_JUDGED if judge else STREAM})
             return
         if judge:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": _json_headers(JUDGED)})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": _json_headers(JUDGED)}
+            )
             await send({"type": "http.response.body", "body": JUDGED})
             return
         await send({"type": "http.response.start", "status": 200, "headers": _OK_HEADERS})
@@ -122,9 +132,16 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     elif scope["method"] == "POST" and scope["path"] == "/v1/embeddings":
         inputs = json.loads(body).get("input")
         n = len(inputs) if isinstance(inputs, list) else 1
-        out = json.dumps({"object": "list", "model": "embed-bench", "data": [
-            {"object": "embedding", "index": i, "embedding": _VECTOR} for i in range(n)],
-            "usage": {"prompt_tokens": 4 * n, "total_tokens": 4 * n}}).encode()
+        out = json.dumps(
+            {
+                "object": "list",
+                "model": "embed-bench",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": _VECTOR} for i in range(n)
+                ],
+                "usage": {"prompt_tokens": 4 * n, "total_tokens": 4 * n},
+            }
+        ).encode()
         await send({"type": "http.response.start", "status": 200, "headers": _json_headers(out)})
         await send({"type": "http.response.body", "body": out})
     else:

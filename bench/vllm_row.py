@@ -63,6 +63,8 @@ class Row:
     # With `between`: the roofline (tok/s) measured around each single-stream round, the
     # mean of the measurements just before and just after it.
     round_roofs: list[float] = field(default_factory=list)
+    # The concurrent run's prompt and completion tokens (summed over its requests).
+    concurrent_tokens: tuple[int, int] = (0, 0)
 
 
 def vllm_args(threads: int, eager: bool) -> tuple[list[str], dict[str, str]]:
@@ -84,8 +86,8 @@ def vllm_args(threads: int, eager: bool) -> tuple[list[str], dict[str, str]]:
 
 async def _stream(
     client: Any, url: str, model: str, key: str, i: int, tokens: int
-) -> tuple[float, float, float, int]:
-    """(start, first token, end, completion tokens) of one streamed request."""
+) -> tuple[float, float, float, int, int]:
+    """(start, first token, end, completion tokens, prompt tokens) of one streamed request."""
     body = {
         "model": model,
         "max_tokens": tokens,
@@ -95,7 +97,7 @@ async def _stream(
         "stream_options": {"include_usage": True},
     }
     start = time.perf_counter()
-    first, count = 0.0, 0
+    first, count, prompt = 0.0, 0, 0
     async with client.stream(
         "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
     ) as resp:
@@ -107,10 +109,11 @@ async def _stream(
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 count = int(chunk["usage"]["completion_tokens"])
+                prompt = int(chunk["usage"].get("prompt_tokens") or 0)
             if not first and any(c.get("delta", {}).get("content") for c in chunk["choices"]):
                 first = time.perf_counter()
     end = time.perf_counter()
-    return start, first or end, end, count
+    return start, first or end, end, count, prompt
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -127,7 +130,7 @@ async def _measure(
     concurrency: int,
     load_tokens: int,
     between: Callable[[], float] | None = None,
-) -> tuple[float, float, list[float], list[float]]:
+) -> tuple[float, float, list[float], list[float], tuple[int, int]]:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -135,7 +138,7 @@ async def _measure(
         await _stream(client, url, model, key, -1, 4)  # warm-up, and a check that it answers
         single, roofs = [], [between()] if between else []
         for r in range(rounds):
-            _, first, end, count = await _stream(client, url, model, key, r, tokens)
+            _, first, end, count, _ = await _stream(client, url, model, key, r, tokens)
             single.append((count - 1) / (end - first) if count > 1 and end > first else 0.0)
             if between:
                 roofs.append(between())
@@ -146,7 +149,8 @@ async def _measure(
         wall = time.perf_counter() - began
     aggregate = sum(r[3] for r in runs) / wall
     around = [(a + b) / 2 for a, b in itertools.pairwise(roofs)]
-    return statistics.median(single), aggregate, [r[1] - r[0] for r in runs], around
+    tokens_in = (sum(r[4] for r in runs), sum(r[3] for r in runs))
+    return statistics.median(single), aggregate, [r[1] - r[0] for r in runs], around, tokens_in
 
 
 def measure(
@@ -164,10 +168,18 @@ def measure(
     """Single-stream and `concurrency`-concurrent tokens/s through an OpenAI-compatible
     chat URL (`.../v1/chat/completions`); `between()` (the roofline, tok/s) is measured
     before the first single-stream round and after each."""
-    single, aggregate, ttfts, around = asyncio.run(
+    single, aggregate, ttfts, around, used = asyncio.run(
         _measure(url, model, key, tokens, rounds, concurrency, load_tokens, between)
     )
-    return Row(name, single, aggregate, _pct(ttfts, 50), _pct(ttfts, 99), round_roofs=around)
+    return Row(
+        name,
+        single,
+        aggregate,
+        _pct(ttfts, 50),
+        _pct(ttfts, 99),
+        round_roofs=around,
+        concurrent_tokens=used,
+    )
 
 
 def peak_rss(pid: int) -> int:

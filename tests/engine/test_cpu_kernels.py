@@ -182,3 +182,15 @@ def test_decode_forward_on_the_kernels_equals_pytorch_to_rounding(demo_dir: Path
             assert close(got, want, rel=0.05), step
             logits = fast.head(got)
             assert logits is not None and close(logits, lm.model.lm_head(want), rel=0.05)
+
+
+def test_argmax_is_torch_argmax_ties_to_the_first() -> None:
+    assert K is not None
+    torch.manual_seed(5)
+    logits = bf(5, 1003, scale=3.0)
+    logits[1, 17] = logits[1, 900] = 99.0  # a tie: the first one wins, as in PyTorch
+    logits[2] = -1.0
+    out = torch.empty(5, dtype=torch.int64)
+    K.argmax(logits.data_ptr(), out.data_ptr(), 5, 1003, 2)
+    assert out.tolist() == logits.argmax(dim=-1).tolist()
+    assert out[1] == 17 and out[2] == 0

@@ -41,6 +41,7 @@ _SIGNATURES = {
     "cumulo_rope_write": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I],
     "cumulo_attention": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _F, ctypes.c_int],
     "cumulo_silu_mul": [_P, _P, _I, _I],
+    "cumulo_argmax": [_P, _P, _I, _I, ctypes.c_int],
 }
 
 
@@ -58,6 +59,7 @@ class Kernels:
         self.rope_write = lib.cumulo_rope_write
         self.attention = lib.cumulo_attention
         self.silu_mul = lib.cumulo_silu_mul
+        self.argmax = lib.cumulo_argmax
 
 
 def cpu_supported() -> bool:

@@ -80,16 +80,24 @@ static struct {
     atomic_int pending;           /* helpers not done with this call yet */
     atomic_int sleepers;
     int helpers;                  /* started (only the holder of `busy` changes it) */
-    int parts;
+    int parts;                    /* threads taking part in this call */
     task_fn fn;
     const void *ctx;
-    int64_t n;
+    int64_t n, chunk;
+    _Atomic int64_t next;         /* the next chunk's first item */
 } pool;
 
+/* Take chunks of the call until none is left. Chunks are handed out as threads ask (not
+   split in advance), so a thread the OS pauses (the server's own threads share these
+   cores) leaves its share to the others instead of holding the call up. */
 static inline void run_part(int t) {
-    const int64_t n = pool.n, parts = pool.parts;
-    const int64_t begin = n * t / parts, end = n * (t + 1) / parts;
-    if (t < parts && begin < end) pool.fn(pool.ctx, begin, end);
+    if (t >= pool.parts) return;
+    const int64_t n = pool.n, chunk = pool.chunk;
+    for (;;) {
+        const int64_t begin = atomic_fetch_add(&pool.next, chunk);
+        if (begin >= n) return;
+        pool.fn(pool.ctx, begin, begin + chunk < n ? begin + chunk : n);
+    }
 }
 
 static int64_t now_ns(void) {
@@ -129,7 +137,7 @@ static void *helper_main(void *arg) {
     return NULL;
 }
 
-/* fn(ctx, begin, end) over 0..n-1 split in `threads` parts, this thread doing the first. */
+/* fn(ctx, begin, end) over 0..n-1 in chunks, on `threads` threads (this one among them). */
 static void parallel(int64_t n, int threads, task_fn fn, const void *ctx) {
     if (threads > MAX_HELPERS + 1) threads = MAX_HELPERS + 1;
     if (threads <= 1 || n <= 1 || atomic_exchange(&pool.busy, 1)) {
@@ -153,6 +161,8 @@ static void parallel(int64_t n, int threads, task_fn fn, const void *ctx) {
     pool.ctx = ctx;
     pool.n = n;
     pool.parts = threads < pool.helpers + 1 ? threads : pool.helpers + 1;
+    pool.chunk = (n + 8 * pool.parts - 1) / (8 * pool.parts); /* about 8 chunks a thread */
+    atomic_store(&pool.next, 0);
     atomic_store(&pool.pending, pool.helpers);
     atomic_fetch_add(&pool.generation, 1);
     if (atomic_load(&pool.sleepers))
@@ -181,36 +191,55 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* One weight row with one input row, the row streamed in order: blocks of 32 along k go
-   to four accumulators in turn (block j to accumulator j % 4), summed (a0 + a1) + (a2 + a3)
-   at the end. */
-static inline float dot_row(const uint16_t *w, const uint16_t *x, int64_t K) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t k = 0;
-    for (; k + 128 <= K; k += 128) {
-        a0 = _mm512_dpbf16_ps(a0, load_bh(w + k), load_bh(x + k));
-        a1 = _mm512_dpbf16_ps(a1, load_bh(w + k + 32), load_bh(x + k + 32));
-        a2 = _mm512_dpbf16_ps(a2, load_bh(w + k + 64), load_bh(x + k + 64));
-        a3 = _mm512_dpbf16_ps(a3, load_bh(w + k + 96), load_bh(x + k + 96));
+/* One weight row with MB input rows, the weight row streamed in order: for each input
+   row, blocks of 32 along k go to four accumulators in turn (block j to accumulator
+   j % 4), summed (a0 + a1) + (a2 + a3) at the end. The same order for any MB, so a
+   product is bit for bit the same computed with others or alone. */
+#define DOT_ROWS(MB)                                                                        \
+    static inline void dot_rows_##MB(const uint16_t *w, const uint16_t *x, int64_t K,     \
+                                     float *out) {                                          \
+        __m512 acc[MB][4];                                                                  \
+        _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++)                                \
+            _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++) acc[j][a] = _mm512_setzero_ps(); \
+        int64_t k = 0;                                                                      \
+        for (; k + 128 <= K; k += 128) {                                                    \
+            _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++) {                           \
+                const __m512bh wv = load_bh(w + k + 32 * a);                                \
+                _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++)                        \
+                    acc[j][a] = _mm512_dpbf16_ps(acc[j][a], wv, load_bh(x + j * K + k + 32 * a)); \
+            }                                                                               \
+        }                                                                                   \
+        for (int a = 0; k < K; k += 32, a++) {                                              \
+            const __mmask32 m = tail_mask(K - k);                                           \
+            const __m512bh wv = load_bh_masked(m, w + k);                                   \
+            _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++)                            \
+                acc[j][a] = _mm512_dpbf16_ps(acc[j][a], wv, load_bh_masked(m, x + j * K + k)); \
+        }                                                                                   \
+        _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++)                                \
+            out[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), \
+                                                        _mm512_add_ps(acc[j][2], acc[j][3]))); \
     }
-    __m512 *acc[4] = {&a0, &a1, &a2, &a3};
-    for (int a = 0; k < K; k += 32, a++) {
-        const __mmask32 m = tail_mask(K - k);
-        *acc[a] = _mm512_dpbf16_ps(*acc[a], load_bh_masked(m, w + k), load_bh_masked(m, x + k));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
+DOT_ROWS(1)
+DOT_ROWS(2)
+DOT_ROWS(3)
+DOT_ROWS(4)
 
-/* Four weight rows (n0..n0+3) with MB input rows (one accumulator per pair: 4 * MB
-   independent chains, each weight block loaded once for the MB rows). */
+/* Four weight rows (one block) with MB input rows: one accumulator per pair, 4 * MB
+   independent chains, each weight vector loaded once for the MB rows. With `next`, the
+   lines of the next block's rows at the same places are prefetched meanwhile, so the
+   next block's first pass finds them in the cache. */
 #define DOT_TILE(MB)                                                                       \
     static inline void dot_tile_##MB(const uint16_t *w, const uint16_t *x, int64_t K,    \
-                                     float out[4][4]) {                                    \
+                                     const uint16_t *next, float out[4][4]) {             \
         __m512 acc[4][MB];                                                                 \
         _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                                \
             _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++) acc[r][j] = _mm512_setzero_ps(); \
         for (int64_t k = 0; k < K; k += 32) {                                              \
             const __mmask32 m = tail_mask(K - k);                                          \
+            if (next) {                                                                    \
+                _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                        \
+                    _mm_prefetch((const char *)(next + r * K + k), _MM_HINT_T0);           \
+            }                                                                              \
             __m512bh xv[MB];                                                               \
             _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++)                           \
                 xv[j] = load_bh_masked(m, x + j * K + k);                                  \
@@ -240,11 +269,11 @@ static inline void put(const uint16_t *bias, const uint16_t *resid, uint16_t *y,
    y[m, n] = resid[m, n] + that, rounded again (a residual add; y may be resid).
    x [M, K], w [N, K], bias [N] or NULL, resid and y [M, N].
 
-   One row (M == 1) streams the weight rows one after another, the fastest read; several
-   rows take the weights four rows at a time against up to four input rows, where a row's
-   result depends on M (the order of its sums). With `exact` several rows are computed
-   each as when alone (one weight row at a time against each input row: slower, and
-   batch-invariant, for the deterministic mode). */
+   One row, a few short ones, or any number with `exact` stream the weight rows one after another
+   (the fastest read), each against up to four input rows at a time, in an order that
+   makes a row's result the same alone or in a batch. More rows take the weights four
+   rows at a time against four input rows (compute-bound there, with the next weights
+   prefetched), where a row's result depends on the batch (the order of its sums). */
 typedef struct {
     const uint16_t *x, *w, *bias, *resid;
     uint16_t *y;
@@ -253,9 +282,22 @@ typedef struct {
 
 static void linear_rows(const void *ctx, int64_t begin, int64_t end) {
     const linear_args *a = ctx;
-    for (int64_t n = begin; n < end; n++)
-        for (int64_t m = 0; m < a->M; m++)
-            put(a->bias, a->resid, a->y, m * a->N + n, n, dot_row(a->w + n * a->K, a->x + m * a->K, a->K));
+    const int64_t M = a->M, N = a->N, K = a->K;
+    for (int64_t n = begin; n < end; n++) {
+        const uint16_t *row = a->w + n * K;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            float out[4];
+            const int64_t mb = M - m0 < 4 ? M - m0 : 4;
+            const uint16_t *xs = a->x + m0 * K;
+            switch (mb) {
+                case 1: dot_rows_1(row, xs, K, out); break;
+                case 2: dot_rows_2(row, xs, K, out); break;
+                case 3: dot_rows_3(row, xs, K, out); break;
+                default: dot_rows_4(row, xs, K, out); break;
+            }
+            for (int64_t j = 0; j < mb; j++) put(a->bias, a->resid, a->y, (m0 + j) * N + n, n, out[j]);
+        }
+    }
 }
 
 static void linear_blocks(const void *ctx, int64_t begin, int64_t end) {
@@ -265,19 +307,25 @@ static void linear_blocks(const void *ctx, int64_t begin, int64_t end) {
         const int64_t n0 = blk * 4;
         if (n0 + 4 > N) { /* the last rows, one at a time */
             for (int64_t n = n0; n < N; n++)
-                for (int64_t m = 0; m < M; m++)
-                    put(a->bias, a->resid, a->y, m * N + n, n, dot_row(a->w + n * K, a->x + m * K, K));
+                for (int64_t m = 0; m < M; m++) {
+                    float v;
+                    dot_rows_1(a->w + n * K, a->x + m * K, K, &v);
+                    put(a->bias, a->resid, a->y, m * N + n, n, v);
+                }
             continue;
         }
+        const uint16_t *rows = a->w + n0 * K;
+        const uint16_t *next = blk + 1 < end && n0 + 8 <= N ? rows + 4 * K : NULL;
         for (int64_t m0 = 0; m0 < M; m0 += 4) {
             float out[4][4];
             const int64_t mb = M - m0 < 4 ? M - m0 : 4;
-            const uint16_t *rows = a->w + n0 * K, *xs = a->x + m0 * K;
+            const uint16_t *xs = a->x + m0 * K;
+            const uint16_t *ahead = m0 + 4 >= M ? next : NULL; /* during the last pass */
             switch (mb) {
-                case 1: dot_tile_1(rows, xs, K, out); break;
-                case 2: dot_tile_2(rows, xs, K, out); break;
-                case 3: dot_tile_3(rows, xs, K, out); break;
-                default: dot_tile_4(rows, xs, K, out); break;
+                case 1: dot_tile_1(rows, xs, K, ahead, out); break;
+                case 2: dot_tile_2(rows, xs, K, ahead, out); break;
+                case 3: dot_tile_3(rows, xs, K, ahead, out); break;
+                default: dot_tile_4(rows, xs, K, ahead, out); break;
             }
             for (int r = 0; r < 4; r++)
                 for (int64_t j = 0; j < mb; j++)
@@ -290,7 +338,8 @@ void cumulo_linear(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
                    const uint16_t *resid, uint16_t *y, int64_t M, int64_t N, int64_t K,
                    int exact, int threads) {
     const linear_args a = {x, w, bias, resid, y, M, N, K};
-    if (M == 1 || exact) parallel(N, threads, linear_rows, &a);
+    /* Rows while the input rows stay in the L1 cache beside the streamed weights. */
+    if (exact || M == 1 || (M <= 4 && M * K <= 8192)) parallel(N, threads, linear_rows, &a);
     else parallel((N + 3) / 4, threads, linear_blocks, &a);
 }
 
@@ -440,4 +489,32 @@ void cumulo_silu_mul(const uint16_t *gu, uint16_t *act, int64_t M, int64_t inter
             a[i] = f32_to_bf16(round_bf16(x / (1.0f + expf(-x))) * bf16_to_f32(u[i]));
         }
     }
+}
+
+/* The index of the largest value of each row of bfloat16 logits [M, N] (the first, on a
+   tie, as torch.argmax): greedy decoding's choice without a pass in PyTorch. */
+typedef struct {
+    const uint16_t *logits;
+    int64_t *out;
+    int64_t N;
+} argmax_args;
+
+static void argmax_rows(const void *ctx, int64_t begin, int64_t end) {
+    const argmax_args *a = ctx;
+    for (int64_t m = begin; m < end; m++) {
+        const uint16_t *row = a->logits + m * a->N;
+        __m512 best = _mm512_set1_ps(-INFINITY);
+        int64_t i = 0;
+        for (; i + 16 <= a->N; i += 16) best = _mm512_max_ps(best, load16_f32(row + i));
+        float top = _mm512_reduce_max_ps(best);
+        for (; i < a->N; i++) top = fmaxf(top, bf16_to_f32(row[i]));
+        int64_t at = 0;
+        while (at < a->N && bf16_to_f32(row[at]) != top) at++;
+        a->out[m] = at < a->N ? at : 0;
+    }
+}
+
+void cumulo_argmax(const uint16_t *logits, int64_t *out, int64_t M, int64_t N, int threads) {
+    const argmax_args a = {logits, out, N};
+    parallel(M, threads, argmax_rows, &a);
 }

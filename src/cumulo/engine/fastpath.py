@@ -145,6 +145,7 @@ class FastDecoder:
         self.kernels = self._kernels(model)
         self._buffers: dict[int, _Buffers] = {}
         self._layer_pointers: list[_LayerPointers] | None = None
+        self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
         # With the kernels: compute each row of a batch exactly as alone (the deterministic
         # mode), at some cost in speed when several rows run.
         self.exact = False
@@ -196,6 +197,18 @@ class FastDecoder:
         if k is None or hidden.shape[0] > KERNEL_ROWS:
             return None
         return self._linear(k, hidden.contiguous(), self.head_weight, self.head_bias)
+
+    def argmax(self, logits: torch.Tensor) -> list[int] | None:
+        """Each row's greedy token, by the kernels (bf16 logits on the CPU); None without."""
+        k = self.kernels
+        if k is None or logits.dtype != torch.bfloat16 or logits.device.type != "cpu":
+            return None
+        logits = logits.contiguous()
+        out = torch.empty(logits.shape[0], dtype=torch.int64)
+        k.argmax(logits.data_ptr(), out.data_ptr(), logits.shape[0], logits.shape[1],
+                 torch.get_num_threads())  # fmt: skip
+        tokens: list[int] = out.tolist()
+        return tokens
 
     def _linear(
         self, k: Kernels, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
@@ -295,6 +308,16 @@ class FastDecoder:
             x = x + down
         return _rms_norm(x, self.final_norm, self.eps)
 
+    def _rotary_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every cache position [cols, dim], from the model's own rotary
+        embedding (elementwise per position: the values it gives a step)."""
+        if self._rotary is None:
+            cols = self.cache.keys[0].shape[2]
+            like = self.embed[:1]
+            cos, sin = self.rotary(like, torch.arange(cols).unsqueeze(0))
+            self._rotary = (cos[0].contiguous(), sin[0].contiguous())
+        return self._rotary
+
     def _pointers(self) -> list[_LayerPointers]:
         """Each layer's addresses, taken once (the weights and the cache do not move)."""
         if self._layer_pointers is None:
@@ -353,8 +376,8 @@ class FastDecoder:
         width, inter = b.qkv.shape[1], b.act.shape[1]
         cols = self.cache.keys[0].shape[2]
         torch.index_select(self.embed, 0, ids, out=b.x)
-        cos, sin = self.rotary(b.x, pos.unsqueeze(0))
-        cos, sin = cos.reshape(batch, dim).contiguous(), sin.reshape(batch, dim).contiguous()
+        cos_table, sin_table = self._rotary_table()
+        cos, sin = cos_table.index_select(0, pos), sin_table.index_select(0, pos)
         writes = write_cols.to(torch.int64).contiguous()
         reads = (pos.to(torch.int64) + 1).contiguous()
         x, h, qkv, attn = b.x.data_ptr(), b.h.data_ptr(), b.qkv.data_ptr(), b.attn.data_ptr()

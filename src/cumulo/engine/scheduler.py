@@ -559,7 +559,9 @@ class Scheduler:
         plain = [i for i, s in enumerate(seqs) if s.sampler is not None and s.sampler.plain_greedy]
         if plain:
             picked = logits if len(plain) == len(seqs) else logits[torch.tensor(plain)]
-            for i, token in zip(plain, picked.argmax(dim=-1).tolist(), strict=True):
+            fast = self._fast.argmax(picked) if self._fast is not None else None
+            tokens = fast if fast is not None else picked.argmax(dim=-1).tolist()
+            for i, token in zip(plain, tokens, strict=True):
                 greedy[i] = int(token)
         for seq, row, fixed in zip(seqs, logits, greedy, strict=True):
             assert seq.sampler is not None and seq.text is not None
