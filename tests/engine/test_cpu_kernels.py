@@ -79,13 +79,13 @@ def test_rms_norm_and_gated_activation_match_pytorch() -> None:
     torch.manual_seed(1)
     x, weight = bf(3, 77, scale=3.0), bf(77)
     y = torch.empty_like(x)
-    K.rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), 3, 77, 1e-6)
+    K.rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), 3, 77, 1e-6, 2)
     x32 = x.float()
     want = weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(BF16)
     assert close(y, want, rel=0.01)
     gu = bf(3, 2 * 45, scale=4.0)
     act = torch.empty(3, 45, dtype=BF16)
-    K.silu_mul(gu.data_ptr(), act.data_ptr(), 3, 45)
+    K.silu_mul(gu.data_ptr(), act.data_ptr(), 3, 45, 2)
     assert close(act, F.silu(gu[:, :45]) * gu[:, 45:], rel=0.01)
 
 

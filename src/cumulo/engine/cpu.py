@@ -37,10 +37,10 @@ CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"})
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "cumulo_linear": [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int, ctypes.c_int],
-    "cumulo_rms_norm": [_P, _P, _P, _I, _I, _F],
+    "cumulo_rms_norm": [_P, _P, _P, _I, _I, _F, ctypes.c_int],
     "cumulo_rope_write": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I],
     "cumulo_attention": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _F, ctypes.c_int],
-    "cumulo_silu_mul": [_P, _P, _I, _I],
+    "cumulo_silu_mul": [_P, _P, _I, _I, ctypes.c_int],
     "cumulo_argmax": [_P, _P, _I, _I, ctypes.c_int],
 }
 

@@ -256,7 +256,65 @@ DOT_ROWS(4)
 DOT_TILE(1)
 DOT_TILE(2)
 DOT_TILE(3)
-DOT_TILE(4)
+
+/* Lane i of the result is the sum of the lanes of v[i] (16 horizontal sums at once). */
+static inline __m512 sum16(const __m512 v[16]) {
+    __m512 t[8], u[4];
+    for (int k = 0; k < 8; k++)
+        t[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]),
+                             _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+    for (int k = 0; k < 4; k++)
+        u[k] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0x44),
+                             _mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0xEE));
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88),
+                                     _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88),
+                                     _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88),
+                         _mm512_shuffle_f32x4(s01, s23, 0xDD));
+}
+
+/* Four weight rows with four input rows, as DOT_TILE, ending vectorized: lane 4 j + r of
+   the sums is input row j with weight row r; bias, residual and rounding on all 16 at
+   once, each input row's four outputs stored together. */
+static inline void tile_4x4(const uint16_t *w, const uint16_t *x, int64_t K, const uint16_t *next,
+                            const uint16_t *bias, const uint16_t *resid, uint16_t *y, int64_t N) {
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 32) {
+        const __mmask32 m = tail_mask(K - k);
+        if (next) {
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(next + r * K + k), _MM_HINT_T0);
+        }
+        __m512bh xv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) xv[j] = load_bh_masked(m, x + j * K + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const __m512bh wv = load_bh_masked(m, w + r * K + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) acc[4 * j + r] = _mm512_dpbf16_ps(acc[4 * j + r], wv, xv[j]);
+        }
+    }
+    __m512 done[16]; /* a copy: `acc` itself stays in registers through the loop */
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) done[i] = acc[i];
+    __m512 v = sum16(done);
+    if (bias) v = _mm512_add_ps(v, _mm512_broadcast_f32x4(_mm512_castps512_ps128(load16_f32_masked(0xf, bias))));
+    if (resid) {
+        uint64_t parts[4];
+        for (int j = 0; j < 4; j++) __builtin_memcpy(&parts[j], resid + j * N, 8);
+        const __m256i packed = _mm256_set_epi64x((long long)parts[3], (long long)parts[2],
+                                                 (long long)parts[1], (long long)parts[0]);
+        const __m512 r = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(packed), 16));
+        v = _mm512_add_ps(r, _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(v)));
+    }
+    uint16_t out[16];
+    _mm256_storeu_si256((__m256i *)out, (__m256i)_mm512_cvtneps_pbh(v));
+    for (int j = 0; j < 4; j++) __builtin_memcpy(y + j * N, out + 4 * j, 8);
+}
 
 static inline void put(const uint16_t *bias, const uint16_t *resid, uint16_t *y, int64_t at,
                        int64_t n, float v) {
@@ -325,7 +383,10 @@ static void linear_blocks(const void *ctx, int64_t begin, int64_t end) {
                 case 1: dot_tile_1(rows, xs, K, ahead, out); break;
                 case 2: dot_tile_2(rows, xs, K, ahead, out); break;
                 case 3: dot_tile_3(rows, xs, K, ahead, out); break;
-                default: dot_tile_4(rows, xs, K, ahead, out); break;
+                default:
+                    tile_4x4(rows, xs, K, ahead, a->bias ? a->bias + n0 : NULL,
+                             a->resid ? a->resid + m0 * N + n0 : NULL, a->y + m0 * N + n0, N);
+                    continue;
             }
             for (int r = 0; r < 4; r++)
                 for (int64_t j = 0; j < mb; j++)
@@ -344,11 +405,25 @@ void cumulo_linear(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 }
 
 /* RMS norm as Llama's: y = weight * bf16(x * rsqrt(mean(x^2) + eps)), x [M, K]. */
-void cumulo_rms_norm(const uint16_t *x, const uint16_t *weight, uint16_t *y, int64_t M,
-                     int64_t K, float eps) {
-    for (int64_t m = 0; m < M; m++) {
-        const uint16_t *xr = x + m * K;
-        uint16_t *yr = y + m * K;
+static inline __m512 round16(__m512 v) { return _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(v)); }
+
+static inline void store16(uint16_t *p, __m512 v) {
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+typedef struct {
+    const uint16_t *x, *weight;
+    uint16_t *y;
+    int64_t K;
+    float eps;
+} norm_args;
+
+static void norm_rows(const void *ctx, int64_t begin, int64_t end) {
+    const norm_args *a = ctx;
+    const int64_t K = a->K;
+    for (int64_t m = begin; m < end; m++) {
+        const uint16_t *xr = a->x + m * K;
+        uint16_t *yr = a->y + m * K;
         __m512 acc = _mm512_setzero_ps();
         int64_t k = 0;
         for (; k + 16 <= K; k += 16) {
@@ -359,10 +434,21 @@ void cumulo_rms_norm(const uint16_t *x, const uint16_t *weight, uint16_t *y, int
             __m512 v = load16_f32_masked((__mmask16)((1u << (K - k)) - 1u), xr + k);
             acc = _mm512_fmadd_ps(v, v, acc);
         }
-        const float scale = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)K + eps);
-        for (k = 0; k < K; k++)
-            yr[k] = f32_to_bf16(bf16_to_f32(weight[k]) * round_bf16(bf16_to_f32(xr[k]) * scale));
+        const float scale = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)K + a->eps);
+        const __m512 sv = _mm512_set1_ps(scale);
+        for (k = 0; k + 16 <= K; k += 16)
+            store16(yr + k, _mm512_mul_ps(load16_f32(a->weight + k),
+                                          round16(_mm512_mul_ps(load16_f32(xr + k), sv))));
+        for (; k < K; k++)
+            yr[k] = f32_to_bf16(bf16_to_f32(a->weight[k]) * round_bf16(bf16_to_f32(xr[k]) * scale));
     }
+}
+
+/* RMS norm as Llama's: y = weight * bf16(x * rsqrt(mean(x^2) + eps)), x [M, K]. */
+void cumulo_rms_norm(const uint16_t *x, const uint16_t *weight, uint16_t *y, int64_t M,
+                     int64_t K, float eps, int threads) {
+    const norm_args a = {x, weight, y, K, eps};
+    parallel(M, threads, norm_rows, &a);
 }
 
 /* The rotary embedding of the query and key heads of each row, in place, and the row's
@@ -470,25 +556,36 @@ void cumulo_attention(const uint16_t *q, int64_t q_stride, const uint16_t *keys,
     parallel(B * heads, threads, attention_part, &a);
 }
 
-/* act = bf16(silu(gate)) * up, rounded: gu [M, 2 * inter] (gate, then up), act [M, inter]. */
-void cumulo_silu_mul(const uint16_t *gu, uint16_t *act, int64_t M, int64_t inter) {
-    for (int64_t m = 0; m < M; m++) {
-        const uint16_t *g = gu + m * 2 * inter, *u = g + inter;
-        uint16_t *a = act + m * inter;
+typedef struct {
+    const uint16_t *gu;
+    uint16_t *act;
+    int64_t inter;
+} silu_args;
+
+static void silu_rows(const void *ctx, int64_t begin, int64_t end) {
+    const silu_args *a = ctx;
+    const int64_t inter = a->inter;
+    for (int64_t m = begin; m < end; m++) {
+        const uint16_t *g = a->gu + m * 2 * inter, *u = g + inter;
+        uint16_t *out = a->act + m * inter;
         int64_t i = 0;
-        float s[16];
         for (; i + 16 <= inter; i += 16) {
             const __m512 x = load16_f32(g + i);
             const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
-            _mm512_storeu_ps(s, _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
-            for (int j = 0; j < 16; j++)
-                a[i + j] = f32_to_bf16(round_bf16(s[j]) * bf16_to_f32(u[i + j]));
+            const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+            store16(out + i, _mm512_mul_ps(round16(silu), load16_f32(u + i)));
         }
         for (; i < inter; i++) {
             const float x = bf16_to_f32(g[i]);
-            a[i] = f32_to_bf16(round_bf16(x / (1.0f + expf(-x))) * bf16_to_f32(u[i]));
+            out[i] = f32_to_bf16(round_bf16(x / (1.0f + expf(-x))) * bf16_to_f32(u[i]));
         }
     }
+}
+
+/* act = bf16(silu(gate)) * up, rounded: gu [M, 2 * inter] (gate, then up), act [M, inter]. */
+void cumulo_silu_mul(const uint16_t *gu, uint16_t *act, int64_t M, int64_t inter, int threads) {
+    const silu_args a = {gu, act, inter};
+    parallel(M, threads, silu_rows, &a);
 }
 
 /* The index of the largest value of each row of bfloat16 logits [M, N] (the first, on a

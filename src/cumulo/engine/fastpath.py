@@ -390,19 +390,19 @@ class FastDecoder:
         )
         eps, exact = self.eps, self.exact
         for w in self._pointers():
-            k.rms_norm(x, w.input_norm, h, batch, hidden, eps)
+            k.rms_norm(x, w.input_norm, h, batch, hidden, eps, threads)
             k.linear(h, w.qkv, w.qkv_bias, None, qkv, batch, width, hidden, exact, threads)
             k.rope_write(qkv, cos_at, sin_at, w.keys, w.values, writes_at, lo, batch, heads,
                          kv_heads, dim, cols)  # fmt: skip
             k.attention(qkv, width, w.keys, w.values, attn, reads_at, lo, batch, heads, kv_heads,
                         dim, cols, self.scale, threads)  # fmt: skip
             k.linear(attn, w.o, w.o_bias, x, x, batch, hidden, q_out, exact, threads)
-            k.rms_norm(x, w.post_norm, h, batch, hidden, eps)
+            k.rms_norm(x, w.post_norm, h, batch, hidden, eps, threads)
             k.linear(h, w.gate_up, w.gate_up_bias, None, gu, batch, 2 * inter, hidden, exact,
                      threads)  # fmt: skip
-            k.silu_mul(gu, act, batch, inter)
+            k.silu_mul(gu, act, batch, inter, threads)
             k.linear(act, w.down, w.down_bias, x, x, batch, hidden, inter, exact, threads)
-        k.rms_norm(x, self.final_norm.data_ptr(), b.out.data_ptr(), batch, hidden, eps)
+        k.rms_norm(x, self.final_norm.data_ptr(), b.out.data_ptr(), batch, hidden, eps, threads)
         return b.out
 
 
