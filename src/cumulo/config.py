@@ -135,8 +135,10 @@ class DeploymentConfig(_Strict):
     deterministic: bool = Field(
         False,
         description="Local chat: greedy outputs are identical whether a request runs alone or "
-        "batched with others, in bfloat16 too: each sequence is computed on its own (and its "
-        "prompt in fixed chunks, with no prefix cache), at the cost of batching's throughput.",
+        "batched with others, in bfloat16 too: each sequence is computed in the order it has "
+        "alone (its prompt in fixed chunks, with no prefix cache; decode steps stay batched "
+        "on cumulo's CPU kernels, else each sequence runs on its own), at a cost in "
+        "throughput.",
     )
     max_memory_gb: float | None = Field(
         None,

@@ -5,6 +5,7 @@ the decode forward built on them against the PyTorch one."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,25 @@ def test_argmax_is_torch_argmax_ties_to_the_first() -> None:
     K.argmax(logits.data_ptr(), out.data_ptr(), 5, 1003, 2)
     assert out.tolist() == logits.argmax(dim=-1).tolist()
     assert out[1] == 17 and out[2] == 0
+
+
+def test_a_forked_child_computes_with_helpers_of_its_own() -> None:
+    import os
+
+    torch.manual_seed(6)
+    w, x = bf(513, 64, scale=0.1), bf(1, 64)
+    want = linear(x, w, None, None)  # the parent's helpers are running now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the kernels work (no helper to wait for)
+        ok = torch.equal(linear(x, w, None, None), want)
+        os._exit(0 if ok else 1)
+    for _ in range(600):  # a child waiting for helpers it does not have would hang
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in a kernel call")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -73,3 +73,23 @@ def test_more_than_the_available_memory_is_unavailable(demo_dir: Path) -> None:
     assert available is not None and available > 0  # Linux: /proc/meminfo
     with pytest.raises(Unavailable, match=r"'demo' .* needs .* bytes .* only .* bytes"):
         check_memory("demo", demo_dir, None, kv_bytes=available + 1)
+
+
+def test_the_check_counts_the_prefix_cache_only_where_the_engine_keeps_one(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    # A budget with room for the weights and the running KV, not for 1M prefix tokens.
+    fields = {"max_tokens_in_flight": 4096, "max_running": 4, "prefix_cache_tokens": 1_000_000}
+    dtype = load_dtype("chat", "auto")
+    need = weight_bytes(demo_dir, dtype) + kv_cache_bytes(demo_dir, dtype, 4096 + 4)
+    budget = (need + 2**20) / 2**30
+    assert kv_cache_bytes(demo_dir, dtype, 1_000_000) > 2**20
+    kept = provider(demo_dir, "chat", tmp_path, max_memory_gb=budget, **fields)
+    with pytest.raises(ConfigError, match="max_memory_gb"):
+        asyncio.run(kept.start())
+    exact = provider(demo_dir, "chat", tmp_path, max_memory_gb=budget, deterministic=True, **fields)
+    asyncio.run(exact.start())  # deterministic: no prefix cache, nothing to count for it
+    try:
+        assert exact.ready
+    finally:
+        asyncio.run(exact.close())

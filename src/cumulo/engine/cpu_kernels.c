@@ -137,6 +137,17 @@ static void *helper_main(void *arg) {
     return NULL;
 }
 
+/* A child forked from a process with helpers has none of them (fork copies one thread):
+   it starts its own when it first needs them. */
+static void forget_helpers(void) {
+    pool.helpers = 0;
+    atomic_store(&pool.busy, 0);
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.pending, 0);
+}
+
+__attribute__((constructor)) static void on_load(void) { pthread_atfork(NULL, NULL, forget_helpers); }
+
 /* fn(ctx, begin, end) over 0..n-1 in chunks, on `threads` threads (this one among them). */
 static void parallel(int64_t n, int threads, task_fn fn, const void *ctx) {
     if (threads > MAX_HELPERS + 1) threads = MAX_HELPERS + 1;

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from cumulo.config import DeploymentConfig
     from cumulo.engine.completions import PromptRun, TokenStrings
     from cumulo.engine.embeddings import Embedder
-    from cumulo.engine.generate import ChatEngine, Finished, GenerationParams
+    from cumulo.engine.generate import ChatEngine, EngineLimits, Finished, GenerationParams
     from cumulo.engine.stats import EngineStats
 
 _LOADS = threading.Lock()  # see LocalProvider._load
@@ -125,22 +125,14 @@ class LocalProvider(Provider):
         with _LOADS:
             self._check_memory(path)
             if self.kind == "chat":
-                from cumulo.engine.generate import ChatEngine, EngineLimits
+                from cumulo.engine.generate import ChatEngine
                 from cumulo.engine.loader import load_causal_lm
 
                 dep = self.deployment
-                limits = EngineLimits(
-                    dep.max_running,
-                    dep.max_tokens_in_flight,
-                    dep.max_queue,
-                    # deterministic: a prompt is always computed the same way, never partly copied
-                    prefix_cache_tokens=0 if dep.deterministic else dep.prefix_cache_tokens,
-                    deterministic=dep.deterministic,
-                )
                 lm = load_causal_lm(path, dep.dtype)
                 self._worker = ChatEngine(
                     lm,
-                    limits,
+                    self._limits(),
                     name=f"cumulo-engine-{path.name}",
                     lora_cache_size=dep.lora_cache_size,
                 )
@@ -343,6 +335,20 @@ class LocalProvider(Provider):
             raise self._not_serving()
         return worker
 
+    def _limits(self) -> EngineLimits:
+        """The chat engine's limits from the deployment (the memory check counts these)."""
+        from cumulo.engine.generate import EngineLimits
+
+        dep = self.deployment
+        return EngineLimits(
+            dep.max_running,
+            dep.max_tokens_in_flight,
+            dep.max_queue,
+            # deterministic: a prompt is always computed the same way, never partly copied
+            prefix_cache_tokens=0 if dep.deterministic else dep.prefix_cache_tokens,
+            deterministic=dep.deterministic,
+        )
+
     def _check_memory(self, path: Path) -> None:
         """Refuse, before loading, a model whose weights do not fit in memory."""
         from cumulo.engine.loader import check_memory, kv_cache_bytes, load_dtype
@@ -351,7 +357,8 @@ class LocalProvider(Provider):
         dtype = load_dtype(self.kind, dep.dtype)
         kv = 0
         if self.kind == "chat":  # the engine allocates its whole KV cache at start
-            tokens = dep.max_tokens_in_flight + dep.max_running + dep.prefix_cache_tokens
+            limits = self._limits()
+            tokens = limits.max_tokens_in_flight + limits.max_running + limits.prefix_cache_tokens
             kv = kv_cache_bytes(path, dtype, tokens)
         check_memory(
             dep.name or path.name, path, dtype, max_memory_gb=dep.max_memory_gb, kv_bytes=kv
