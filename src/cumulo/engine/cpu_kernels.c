@@ -202,6 +202,10 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* How far ahead (bytes) the weights being streamed are asked into the L2 cache: the
+   hardware prefetchers alone leave a fifth of the bandwidth unused here. */
+#define PREFETCH 2048
+
 /* One weight row with MB input rows, the weight row streamed in order: for each input
    row, blocks of 32 along k go to four accumulators in turn (block j to accumulator
    j % 4), summed (a0 + a1) + (a2 + a3) at the end. The same order for any MB, so a
@@ -214,6 +218,8 @@ static inline __m512 exp16(__m512 x) {
             _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++) acc[j][a] = _mm512_setzero_ps(); \
         int64_t k = 0;                                                                      \
         for (; k + 128 <= K; k += 128) {                                                    \
+            _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++)                             \
+                _mm_prefetch((const char *)(w + k + 32 * a) + PREFETCH, _MM_HINT_T1);       \
             _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++) {                           \
                 const __m512bh wv = load_bh(w + k + 32 * a);                                \
                 _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++)                        \
