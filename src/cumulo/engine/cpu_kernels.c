@@ -255,7 +255,7 @@ DOT_ROWS(4)
             const __mmask32 m = tail_mask(K - k);                                          \
             if (next) {                                                                    \
                 _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                        \
-                    _mm_prefetch((const char *)(next + r * K + k), _MM_HINT_T0);           \
+                    _mm_prefetch((const char *)(next + r * K + k), _MM_HINT_T1);           \
             }                                                                              \
             __m512bh xv[MB];                                                               \
             _Pragma("GCC unroll 4") for (int j = 0; j < MB; j++)                           \
@@ -303,7 +303,7 @@ static inline void tile_4x4(const uint16_t *w, const uint16_t *x, int64_t K, con
         const __mmask32 m = tail_mask(K - k);
         if (next) {
 #pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(next + r * K + k), _MM_HINT_T0);
+            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(next + r * K + k), _MM_HINT_T1);
         }
         __m512bh xv[4];
 #pragma GCC unroll 4
