@@ -402,21 +402,7 @@ def bench_cumulo(
     print(f"{name}: starting cumulo serve ...", flush=True)
     with cumulo_server(model_dir, tmp, deterministic=deterministic) as (url, pid):
         print(f"  measuring (load {load_avg()})", flush=True)
-        got = measure(
-            url,
-            MODEL,
-            ADMIN_KEY,
-            name=name,
-            tokens=args.tokens,
-            rounds=args.rounds,
-            concurrency=args.concurrency,
-            load_tokens=args.load_tokens,
-            between=args.roof,
-        )
-        row.roofline = statistics.median(got.round_roofs)
-        row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
-        row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
-        row.concurrent_tokens = got.concurrent_tokens
+        measure_into(row, url, MODEL, ADMIN_KEY, args)
         if args.sequential:
             print(f"  {args.sequential} one after another (load {load_avg()})", flush=True)
             row.sequential = asyncio.run(sequential_rate(url, args.sequential, args.load_tokens))
@@ -426,6 +412,26 @@ def bench_cumulo(
             row.prefix = asyncio.run(prefix_ttft(url, prefix))
         row.rss = peak_rss(pid)
     return row
+
+
+def measure_into(row: Row, url: str, model: str, key: str, args: argparse.Namespace) -> None:
+    """A server's single-stream rounds (each between two roofline measurements) and its
+    concurrent run (`vllm_row.measure`), into `row`."""
+    got = measure(
+        url,
+        model,
+        key,
+        name=row.name,
+        tokens=args.tokens,
+        rounds=args.rounds,
+        concurrency=args.concurrency,
+        load_tokens=args.load_tokens,
+        between=args.roof,
+    )
+    row.roofline = statistics.median(got.round_roofs)
+    row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
+    row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
+    row.concurrent_tokens = got.concurrent_tokens
 
 
 def bench_vllm(model_dir: Path, args: argparse.Namespace, tmp: Path) -> Row:
@@ -438,20 +444,7 @@ def bench_vllm(model_dir: Path, args: argparse.Namespace, tmp: Path) -> Row:
 
     with cumulo_vllm(model_dir, tmp, threads=args.threads) as (url, model, key, pid):
         print(f"  ready after {time.monotonic() - began:.0f} s; measuring", flush=True)
-        got = measure(
-            url,
-            model,
-            key,
-            name=name,
-            tokens=args.tokens,
-            rounds=args.rounds,
-            concurrency=args.concurrency,
-            load_tokens=args.load_tokens,
-            between=args.roof,
-        )
-        row.roofline = statistics.median(got.round_roofs)
-        row.single, row.concurrent = got.single_tok_s, got.concurrent_tok_s
-        row.ttft_p50, row.ttft_p99 = got.ttft_p50_s, got.ttft_p99_s
+        measure_into(row, url, model, key, args)
         row.rss = summed_rss(pid)
     return row
 

@@ -338,24 +338,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         if args.only == "generation":
             procs.check_alive()
             return
+        from cumulo.evals.criteria import SIMILARITY
         from cumulo.evals.graders import meteor_available
 
-        kinds = [
-            "string_check",
-            "fuzzy_match",
-            "bleu",
-            "gleu",
-            *(["meteor"] if meteor_available() else []),
-            "rouge_1",
-            "rouge_2",
-            "rouge_3",
-            "rouge_4",
-            "rouge_5",
-            "rouge_l",
-            "cosine",
-            "label_model",
-            "score_model",
-        ]
+        metrics = [m for m in SIMILARITY if m != "meteor" or meteor_available()]
+        kinds = ["string_check", *metrics, "label_model", "score_model"]
         sampled = [{"item": r, "sample": {"output_text": ANSWER}} for r in rows]
         evals = {k: asyncio.run(ev.create([criterion(k)], sample=True)) for k in kinds}
         for k in kinds:  # imports, scorers and connections made once, outside the clock

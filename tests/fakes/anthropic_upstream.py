@@ -209,24 +209,9 @@ def _cache_items(body: dict[str, Any]) -> list[tuple[Any, int, bool]]:
 class FakeAnthropicUpstream(FakeOpenAIUpstream):
     """Start with `start()` (or as a context manager); `url` is the API root (no /v1)."""
 
-    def __init__(self, port: int = 0) -> None:
-        super().__init__(port)
-        self.cached_prefixes: set[str] = set()
-
     def usage(self, body: dict[str, Any], output: int) -> dict[str, int]:
         """The request's usage, prompt cache included (see the module doc)."""
-        items = _cache_items(body)
-        last = max((i for i, (_, _, mark) in enumerate(items) if mark), default=-1)
-        cached = sum(words for _, words, _ in items[: last + 1])
-        read = written = 0
-        if last >= 0:
-            key = json.dumps([item for item, _, _ in items[: last + 1]], sort_keys=True)
-            with self._lock:
-                if key in self.cached_prefixes:
-                    read = cached
-                else:
-                    written = cached
-                    self.cached_prefixes.add(key)
+        cached, read, written = self.prompt_cache(_cache_items(body))
         return {
             "input_tokens": count_words(body) - cached,
             "output_tokens": output,

@@ -118,6 +118,22 @@ class FakeOpenAIUpstream:
         self._runner: web.AppRunner | None = None
         self._gate: asyncio.Event | None = None
         self.url = ""
+        self.cached_prefixes: set[str] = set()  # prompt caching, for the fakes that have it
+
+    def prompt_cache(self, items: list[tuple[Any, int, bool]]) -> tuple[int, int, int]:
+        """(cached, read, written) words of a request whose prompt is `items` (item, its
+        words, whether a cache mark ends it): the words up to the last mark are the cached
+        prefix, written the first time that prefix is seen and read after."""
+        last = max((i for i, (_, _, mark) in enumerate(items) if mark), default=-1)
+        cached = sum(words for _, words, _ in items[: last + 1])
+        if last < 0:
+            return cached, 0, 0
+        key = json.dumps([item for item, _, _ in items[: last + 1]], sort_keys=True)
+        with self._lock:
+            if key in self.cached_prefixes:
+                return cached, cached, 0
+            self.cached_prefixes.add(key)
+        return cached, 0, cached
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from cumulo.engine.cpu import Kernels, kernels
 from cumulo.engine.kvcache import SlotCache
 from cumulo.engine.lora import LoraStep
 
-__all__ = ["KERNEL_ROWS", "FastDecoder"]
+__all__ = ["FastDecoder"]
 
 # Up to this many rows the kernels' products beat PyTorch's general matrix product
 # (measured on the 0.5B-shaped bench model: 1.8x at 1 row, 1.6x at 16, 1.2x at 32; about
@@ -192,10 +192,14 @@ class FastDecoder:
         except (AttributeError, IndexError):
             return False
 
+    def _kernels_for(self, rows: int) -> Kernels | None:
+        """The kernels for a product over `rows` rows (None: PyTorch's is faster there)."""
+        return self.kernels if rows <= KERNEL_ROWS else None
+
     def head(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """The logits of final hidden states [B, hidden] with the kernels; None without."""
-        k = self.kernels
-        if k is None or hidden.shape[0] > KERNEL_ROWS:
+        k = self._kernels_for(hidden.shape[0])
+        if k is None:
             return None
         return self._linear(k, hidden.contiguous(), self.head_weight, self.head_bias)
 
@@ -222,10 +226,10 @@ class FastDecoder:
                  self.exact, threads)  # fmt: skip
         return y
 
-    def batch_invariant(self, lora: LoraStep | None) -> bool:
-        """Whether a step over several rows computes each row exactly as alone: with the
-        kernels in `exact` mode and no adapters."""
-        return self.kernels is not None and self.exact and lora is None
+    def batch_invariant(self, rows: int, adapters: bool) -> bool:
+        """Whether a decode step over `rows` rows computes each exactly as alone: on the
+        kernels in `exact` mode, without adapters."""
+        return self.exact and not adapters and self._kernels_for(rows) is not None
 
     def forward(
         self,
@@ -240,14 +244,14 @@ class FastDecoder:
         (a padding row writes to the scratch column); attention reads columns
         `0..read-1`, each row up to its own position. Returns the final normed hidden
         states [B, hidden]."""
-        if self.kernels is not None and lora is None and ids.shape[0] <= KERNEL_ROWS:
-            return self._forward_kernels(self.kernels, lo, ids, pos, write_cols)
         batch = ids.shape[0]
+        kern = self._kernels_for(batch)
+        if kern is not None and lora is None:
+            return self._forward_kernels(kern, lo, ids, pos, write_cols)
         hi = lo + batch
-        kern = self.kernels
 
         def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-            if kern is None or batch > KERNEL_ROWS:
+            if kern is None:
                 return F.linear(x, w, b)
             return self._linear(kern, x.contiguous(), w, b)
 

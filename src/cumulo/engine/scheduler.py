@@ -77,7 +77,7 @@ from typing import Any, Literal, TypeAlias
 import torch
 
 from cumulo.engine.detok import IncrementalText
-from cumulo.engine.fastpath import KERNEL_ROWS, FastDecoder
+from cumulo.engine.fastpath import FastDecoder
 from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import CausalLM
 from cumulo.engine.lora import LoadedAdapter, LoraBatch, LoraHooks, LoraStack, LoraStep
@@ -431,23 +431,16 @@ class Scheduler:
     def _decode(self) -> None:
         """One token for every running sequence that has one to feed."""
         rows = list(self._running)
-        if self.limits.deterministic and not self._invariant(rows):
+        adapters = any(seq.lora is not None for seq in rows)
+        fast = self._fast
+        if self.limits.deterministic and not (
+            fast is not None and fast.batch_invariant(len(rows), adapters)
+        ):  # each row on its own, unless one step computes each row as alone
             for seq in rows:
                 if seq.next_input is not None:
                     self._decode_rows(seq.slot, [seq])
             return
         self._decode_rows(0, rows)
-
-    def _invariant(self, rows: list[Sequence]) -> bool:
-        """Whether one decode step over `rows` computes each as alone (the kernels'
-        exact mode, no adapters), so the deterministic mode may batch them."""
-        fast = self._fast
-        return (
-            fast is not None
-            and len(rows) <= KERNEL_ROWS
-            and all(seq.lora is None for seq in rows)
-            and fast.batch_invariant(None)
-        )
 
     def _decode_rows(self, lo: int, seqs: list[Sequence]) -> None:
         """One decode forward over the adjacent slots of `seqs` (from `lo`), with their

@@ -179,17 +179,21 @@ async def _watch(
     the job is reported cancelled."""
     while not stop.is_set():
         await asyncio.sleep(WATCH_S)
-        with contextlib.suppress(Exception):  # the database is away: the runner stops us
-            status = await _status(jobs, job_id)
-            if status in (None, CANCELLING, CANCELLED):
-                discard.set()
-            if status != IN_PROGRESS:
-                stop.set()
+        await _look(jobs, job_id, stop, discard)
 
 
-async def _status(jobs: JobTable, job_id: str) -> str | None:
-    row = (await jobs.statuses([job_id])).get(job_id)
-    return None if row is None else row.status
+async def _look(
+    jobs: JobTable, job_id: str, stop: threading.Event, discard: threading.Event
+) -> None:
+    """Read the job's status once: out of `in_progress` sets `stop`; cancelled (or gone)
+    also sets `discard`. A database that does not answer changes nothing."""
+    with contextlib.suppress(Exception):  # the database is away: the runner stops us in time
+        row = (await jobs.statuses([job_id])).get(job_id)
+        status = None if row is None else row.status
+        if status in (None, CANCELLING, CANCELLED):
+            discard.set()
+        if status != IN_PROGRESS:
+            stop.set()
 
 
 class _TrainWorker:
@@ -262,10 +266,8 @@ class _TrainWorker:
             try:
                 metrics = await asyncio.shield(thread)
             except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    if await _status(kind.jobs, job.id) in (None, CANCELLING, CANCELLED):
-                        discard.set()  # a cancel: nothing more is written
-                stop.set()  # else the trainer checkpoints at the next step and stops
+                await _look(kind.jobs, job.id, stop, discard)  # a cancel writes nothing more
+                stop.set()  # a pause or a shutdown: a checkpoint at the next step, then stop
                 with contextlib.suppress(Stopped, Exception):
                     await thread
                 raise
