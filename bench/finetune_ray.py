@@ -40,7 +40,11 @@ from cumulo.config import TrainingConfig
 from cumulo.engine.demo import build_demo_model
 from cumulo.jobs.finetune.train import TrainSpec, encode_example, train
 
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_raylet_start_wait_time_s": "180",  # a busy machine registers its raylet slowly
+}
 
 
 def free_port() -> int:

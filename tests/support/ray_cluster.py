@@ -20,7 +20,13 @@ from support.waiting import wait_until
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 # Ray's token authentication is off for these clusters (loopback only, the test's own).
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray gives a new node's raylet 30 s to register; on a busy 2-core machine (the rest of the
+# suite running) it can take longer, and `ray start` then gives up.
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_raylet_start_wait_time_s": "180",
+}
 
 
 @contextlib.contextmanager
