@@ -119,16 +119,17 @@ def read_bandwidth(threads: int) -> float:
 
 
 def compute_peak(threads: int, tmp: Path) -> float | None:
-    """Multiply-adds/s of bf16 dot products on `threads` threads (compute_peak.c, the best
-    of 2 runs); None without an AVX-512 BF16 CPU or a C compiler."""
-    from cumulo.engine.cpu import compiler, cpu_supported
+    """Multiply-adds/s of a bf16 matrix product's instructions on `threads` threads
+    (compute_peak.c, the best of 2 runs); None without a C compiler or a CPU the kernels
+    build for."""
+    from cumulo.engine.cpu import compiler, target_flags
 
-    cc = compiler()
-    if cc is None or not cpu_supported():
+    cc, target = compiler(), target_flags()
+    if cc is None or target is None:
         return None
     exe = tmp / "compute_peak"
     source = Path(__file__).with_name("compute_peak.c")
-    flags = ["-O2", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-pthread"]
+    flags = ["-O2", *target, "-pthread"]
     subprocess.run([cc, *flags, "-o", str(exe), str(source)], check=True, timeout=120)
     runs = [subprocess.run([str(exe), str(threads)], capture_output=True, text=True) for _ in "ab"]
     return max(float(r.stdout) for r in runs)

@@ -4,6 +4,7 @@ the decode forward built on them against the PyTorch one."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from cumulo.engine.kvcache import KVLayout, SlotCache
 from cumulo.engine.loader import load_causal_lm
 
 K = cpu.kernels()
-pytestmark = pytest.mark.skipif(K is None, reason="no AVX-512 BF16 CPU or no C compiler")
+pytestmark = pytest.mark.skipif(K is None, reason="no AVX2 CPU or no C compiler")
 BF16 = torch.bfloat16
 
 
@@ -156,14 +157,16 @@ def test_calls_from_several_threads_at_once_are_each_right() -> None:
 def test_the_library_is_built_once_and_a_failed_build_says_why(tmp_path: Path) -> None:
     cc = cpu.compiler()
     assert cc is not None
-    first = cpu.build(tmp_path, cc)
+    target = cpu.target_flags()
+    assert target is not None
+    first = cpu.build(tmp_path, cc, target)
     stamp = first.stat().st_mtime_ns
-    assert cpu.build(tmp_path, cc) == first and first.stat().st_mtime_ns == stamp
+    assert cpu.build(tmp_path, cc, target) == first and first.stat().st_mtime_ns == stamp
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\necho 'cc: no such flag' >&2\nexit 1\n")
     broken.chmod(0o755)
     with pytest.raises(RuntimeError, match="no such flag"):
-        cpu.build(tmp_path / "other", str(broken))
+        cpu.build(tmp_path / "other", str(broken), target)
 
 
 def test_decode_forward_on_the_kernels_equals_pytorch_to_rounding(demo_dir: Path) -> None:
@@ -217,3 +220,70 @@ def test_a_forked_child_computes_with_helpers_of_its_own() -> None:
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung in a kernel call")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_prefill_projections_run_on_the_kernels_and_training_keeps_pytorch(
+    demo_dir: Path,
+) -> None:
+    lm = load_causal_lm(demo_dir, "bfloat16")
+    q_proj = lm.model.get_decoder().layers[0].self_attn.q_proj
+    torch.manual_seed(7)
+    x = bf(2, 37, q_proj.in_features)  # a prefill chunk: rows of many tokens
+    want = F.linear(x, q_proj.weight, q_proj.bias)
+    layout = KVLayout.for_model(lm.model.config, 4, 64, BF16)
+    fast = FastDecoder(lm.model, SlotCache(layout, torch.device("cpu")))
+    real = fast.kernels
+    assert real is not None
+    calls: list[int] = []
+
+    class Counting:  # the kernels, counting the rows of each product
+        def __getattr__(self, name: str) -> object:
+            if name == "linear":
+                return lambda *args: calls.append(args[5]) or real.linear(*args)
+            return getattr(real, name)
+
+    fast.kernels = Counting()  # type: ignore[assignment]
+    try:
+        with torch.inference_mode():
+            got = q_proj(x)
+        rows = 2 * 37
+        on_kernels = real.max_rows is None or rows <= real.max_rows
+        assert calls == ([rows] if on_kernels else [])
+        assert got.shape == want.shape and close(got, want)
+        calls.clear()
+        with torch.enable_grad():  # training: autograd needs PyTorch's own product
+            trained = q_proj(x.requires_grad_())
+        assert calls == [] and trained.requires_grad and torch.equal(trained, want)
+    finally:
+        fast.kernels = real
+
+
+def test_each_instruction_set_has_its_build() -> None:
+    """The CPU's best instruction set is chosen, and every set's sources compile (the
+    AVX-512 build, too, on a machine that cannot run it)."""
+    have_512, have_avx2 = (needs for needs, _ in cpu.TARGETS)
+    assert cpu.target_flags() is not None
+    cc = cpu.compiler()
+    assert cc is not None
+    for needs, flags in cpu.TARGETS:
+        probe = subprocess.run(
+            [cc, *flags, "-O1", "-fsyntax-only", "-x", "c", str(cpu.SOURCE)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert probe.returncode == 0, (needs, probe.stderr[-2000:])
+    assert cpu.TARGETS[0][0] == have_512 and "avx512_bf16" in have_512
+    assert "avx2" in have_avx2 and "fma" in have_avx2
+
+
+def test_the_row_limit_follows_the_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert K is not None
+    assert K.max_rows == (cpu.KERNEL_ROWS_BF16 if cpu.bf16_dot() else None)
+    for flags, want in (
+        ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"}, cpu.TARGETS[0][1]),
+        ({"avx2", "fma", "avx512f"}, cpu.TARGETS[1][1]),
+        ({"avx", "sse4_2"}, None),
+    ):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert cpu.target_flags() == want

@@ -18,7 +18,10 @@ In bfloat16 on a CPU with cumulo's kernels (`engine/cpu.py`) a step without adap
 runs every operation of a layer as one kernel call on buffers allocated once per batch
 size (norms, projections streaming each weight row once, the rotary embedding with the
 cache write, attention over the cache, the gated activation, the residual adds), and
-the projections of a step with adapters and the output head use the same kernels.
+the projections of a step with adapters and the output head use the same kernels. So
+do the projections of the Hugging Face forward (prefill), up to the number of rows
+where PyTorch's product is as fast (`Kernels.max_rows`: any number on CPUs without
+AVX-512 BF16, where PyTorch's bf16 product is four times slower than the kernels').
 
 `FastDecoder.supports` says which models it handles (the others keep the Hugging Face
 forward). `LoraStep` is the per-step hook of adapter batching: when a step runs with
@@ -28,6 +31,7 @@ one, every projection's output `y` of input `x` becomes `lora.apply(name, x, y)`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -40,12 +44,9 @@ from cumulo.engine.lora import LoraStep
 
 __all__ = ["FastDecoder"]
 
-# Up to this many rows the kernels' products beat PyTorch's general matrix product
-# (measured on the 0.5B-shaped bench model: 1.8x at 1 row, 1.6x at 16, 1.2x at 32; about
-# even at 64, where the work is compute-bound either way).
-KERNEL_ROWS = 32
 _MODEL_TYPES = frozenset({"llama", "qwen2", "mistral"})
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_ATTENTION = frozenset(_PROJECTIONS[:4])
 
 
 @dataclass(slots=True)
@@ -144,6 +145,8 @@ class FastDecoder:
                 )
             )
         self.kernels = self._kernels(model)
+        if self.kernels is not None:
+            self._route_projections(decoder)
         self._buffers: dict[int, _Buffers] = {}
         self._layer_pointers: list[_LayerPointers] | None = None
         self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -165,6 +168,33 @@ class FastDecoder:
         )
         return kernels() if fits else None
 
+    def _route_projections(self, decoder: Any) -> None:
+        """Compute the Hugging Face forward's projections (a prefill's, a step's with
+        adapters on that path) with the kernels too, where they beat PyTorch's product."""
+        for layer in decoder.layers:
+            for name in _PROJECTIONS:
+                module = getattr(layer.self_attn if name in _ATTENTION else layer.mlp, name)
+                module.forward = functools.partial(self._project, module)
+
+    def _project(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = module.weight, module.bias
+        inner = x.shape[-1] if x.dim() else 0
+        rows = x.numel() // inner if inner else 0
+        k = self._kernels_for(rows)
+        if (
+            k is None
+            or rows == 0
+            or torch.is_grad_enabled()
+            or x.dtype != torch.bfloat16
+            or x.device.type != "cpu"
+            or weight.dtype != torch.bfloat16
+            or not weight.is_contiguous()
+            or (bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()))
+        ):
+            return F.linear(x, weight, bias)
+        y = self._linear(k, x.reshape(rows, inner).contiguous(), weight, bias)
+        return y.view(*x.shape[:-1], weight.shape[0])
+
     @staticmethod
     def supports(model: Any) -> bool:
         """Whether `model` has the shape this forward computes (else: the HF forward)."""
@@ -179,13 +209,7 @@ class FastDecoder:
             decoder = model.get_decoder()
             layer = decoder.layers[0]
             modules = [
-                getattr(
-                    layer.self_attn
-                    if p.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))
-                    else layer.mlp,
-                    p,
-                )
-                for p in _PROJECTIONS
+                getattr(layer.self_attn if p in _ATTENTION else layer.mlp, p) for p in _PROJECTIONS
             ]
             plain = all(type(m) is torch.nn.Linear for m in modules)
             return plain and hasattr(decoder, "rotary_emb") and hasattr(decoder, "norm")
@@ -194,7 +218,8 @@ class FastDecoder:
 
     def _kernels_for(self, rows: int) -> Kernels | None:
         """The kernels for a product over `rows` rows (None: PyTorch's is faster there)."""
-        return self.kernels if rows <= KERNEL_ROWS else None
+        k = self.kernels
+        return k if k is not None and (k.max_rows is None or rows <= k.max_rows) else None
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """The logits of final hidden states [B, hidden] with the kernels; None without."""
