@@ -88,6 +88,10 @@ static inline __m256 exp8(__m256 x) {
 
 #define XF_ALIGN 64
 
+/* How far ahead (bytes) each streamed weight row is asked into the cache (1 KiB: 1.15x
+   over 2 KiB here). */
+#define AHEAD 1024
+
 static void widen_rows(const uint16_t *x, float *xf, int64_t M, int64_t K, int64_t kp) {
     for (int64_t m = 0; m < M; m++) {
         const uint16_t *row = x + m * K;
@@ -131,7 +135,7 @@ static void widen_rows(const uint16_t *x, float *xf, int64_t M, int64_t K, int64
             _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++) acc[j][a] = _mm256_setzero_ps(); \
         int64_t k = 0;                                                                   \
         for (; k + 32 <= K; k += 32) {                                                   \
-            _mm_prefetch((const char *)(w + k) + PREFETCH, _MM_HINT_T0);                 \
+            _mm_prefetch((const char *)(w + k) + AHEAD, _MM_HINT_T0);                    \
             DOT_STEP(w + k, MB);                                                         \
         }                                                                                \
         if (k < K) {                                                                     \
@@ -146,9 +150,66 @@ static void widen_rows(const uint16_t *x, float *xf, int64_t M, int64_t K, int64
 DOT_ROWS(1)
 DOT_ROWS(2)
 
+/* Two weight rows `w` and `v` from two places with one widened input row, each row's
+   sums in the order it has alone (dot_rows_1): two streams from memory at once, and each
+   input vector loaded once for both, read a third faster than one stream here. */
+#define TWO_STEP(W, V)                                                                   \
+    do {                                                                                 \
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(W));                     \
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)((W) + 16));              \
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(V));                     \
+        const __m256i v1 = _mm256_loadu_si256((const __m256i *)((V) + 16));              \
+        const __m256 x0 = _mm256_load_ps(xf + k), x1 = _mm256_load_ps(xf + k + 8);       \
+        const __m256 x2 = _mm256_load_ps(xf + k + 16), x3 = _mm256_load_ps(xf + k + 24); \
+        a[0] = _mm256_fmadd_ps(widen_lo(w0), x0, a[0]);                                  \
+        a[1] = _mm256_fmadd_ps(widen_hi(w0), x1, a[1]);                                  \
+        a[2] = _mm256_fmadd_ps(widen_lo(w1), x2, a[2]);                                  \
+        a[3] = _mm256_fmadd_ps(widen_hi(w1), x3, a[3]);                                  \
+        b[0] = _mm256_fmadd_ps(widen_lo(v0), x0, b[0]);                                  \
+        b[1] = _mm256_fmadd_ps(widen_hi(v0), x1, b[1]);                                  \
+        b[2] = _mm256_fmadd_ps(widen_lo(v1), x2, b[2]);                                  \
+        b[3] = _mm256_fmadd_ps(widen_hi(v1), x3, b[3]);                                  \
+    } while (0)
+
+static inline void dot_two(const uint16_t *w, const uint16_t *v, const float *xf, int64_t K,
+                           float out[2]) {
+    __m256 a[4], b[4];
+    for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + AHEAD, _MM_HINT_T0);
+        _mm_prefetch((const char *)(v + k) + AHEAD, _MM_HINT_T0);
+        TWO_STEP(w + k, v + k);
+    }
+    if (k < K) {
+        uint16_t pw[32] = {0}, pv[32] = {0};
+        for (int64_t i = k; i < K; i++) pw[i - k] = w[i], pv[i - k] = v[i];
+        TWO_STEP(pw, pv);
+    }
+    out[0] = hsum8(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+    out[1] = hsum8(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), _mm256_add_ps(b[2], b[3])));
+}
+
 /* Input rows are taken in blocks whose widened copy stays in the L2 cache while each
    weight row of a chunk meets them (a prefill's hundreds of rows do not fit). */
 #define XF_BLOCK_BYTES (192 * 1024)
+
+/* One input row: the chunk's two halves side by side (`dot_two`). */
+static void linear_one(const void *ctx, int64_t begin, int64_t end) {
+    const linear_args *a = ctx;
+    const int64_t K = a->K, half = (end - begin) / 2;
+    for (int64_t n = begin; n < begin + half; n++) {
+        float out[2];
+        dot_two(a->w + n * K, a->w + (n + half) * K, a->xf, K, out);
+        put(a->bias, a->resid, a->y, n, n, out[0]);
+        put(a->bias, a->resid, a->y, n + half, n + half, out[1]);
+    }
+    if ((end - begin) % 2) {
+        float out;
+        dot_rows_1(a->w + (end - 1) * K, a->xf, K, a->kp, &out);
+        put(a->bias, a->resid, a->y, end - 1, end - 1, out);
+    }
+}
 
 static void linear_rows(const void *ctx, int64_t begin, int64_t end) {
     const linear_args *a = ctx;
@@ -175,6 +236,78 @@ static void linear_rows(const void *ctx, int64_t begin, int64_t end) {
     }
 }
 
+/* Four weight rows with MB (1 or 2) widened input rows, for several input rows when not
+   `exact`: each input vector is loaded once for the four weight rows, and the widened
+   weights once for the input rows, one accumulator a pair (compute-bound there). A row's
+   sums then run in another order than alone. */
+#define TILE_STEP(W, STRIDE, MB)                                                             \
+    do {                                                                                 \
+        __m256 xl[MB], xh[MB];                                                           \
+        _Pragma("GCC unroll 2") for (int j = 0; j < MB; j++) {                           \
+            xl[j] = _mm256_load_ps(xf + j * kp + k);                                     \
+            xh[j] = _mm256_load_ps(xf + j * kp + k + 8);                                 \
+        }                                                                                \
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                            \
+            const __m256i v = _mm256_loadu_si256((const __m256i *)((W) + r * (STRIDE))); \
+            const __m256 l = widen_lo(v), h = widen_hi(v);                               \
+            _Pragma("GCC unroll 2") for (int j = 0; j < MB; j++) {                       \
+                acc[j][r] = _mm256_fmadd_ps(l, xl[j], acc[j][r]);                        \
+                acc[j][r] = _mm256_fmadd_ps(h, xh[j], acc[j][r]);                        \
+            }                                                                            \
+        }                                                                                \
+    } while (0)
+
+#define TILE(MB)                                                                         \
+    static inline void tile_4x##MB(const uint16_t *w, int64_t K, const float *xf,        \
+                                    int64_t kp, float out[2][4]) {                       \
+        __m256 acc[MB][4];                                                               \
+        _Pragma("GCC unroll 2") for (int j = 0; j < MB; j++)                             \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) acc[j][r] = _mm256_setzero_ps(); \
+        int64_t k = 0;                                                                   \
+        for (; k + 16 <= K; k += 16) TILE_STEP(w + k, K, MB);                                \
+        if (k < K) {                                                                     \
+            uint16_t pad[4][16] = {{0}};                                                 \
+            for (int r = 0; r < 4; r++)                                                  \
+                for (int64_t i = k; i < K; i++) pad[r][i - k] = w[r * K + i];            \
+            TILE_STEP(&pad[0][0], 16, MB);                                                   \
+        }                                                                                \
+        _Pragma("GCC unroll 2") for (int j = 0; j < MB; j++)                             \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) out[j][r] = hsum8(acc[j][r]); \
+    }
+TILE(1)
+TILE(2)
+
+static void linear_blocks(const void *ctx, int64_t begin, int64_t end) {
+    const linear_args *a = ctx;
+    const int64_t M = a->M, N = a->N, K = a->K, kp = a->kp;
+    int64_t block = XF_BLOCK_BYTES / (kp * (int64_t)sizeof(float)) / 2 * 2;
+    if (block < 2) block = 2;
+    for (int64_t m1 = 0; m1 < M; m1 += block) {
+        const int64_t m2 = m1 + block < M ? m1 + block : M;
+        for (int64_t blk = begin; blk < end; blk++) {
+            const int64_t n0 = blk * 4;
+            if (n0 + 4 > N) { /* the last rows, one at a time */
+                for (int64_t n = n0; n < N; n++)
+                    for (int64_t m = m1; m < m2; m++) {
+                        float v;
+                        dot_rows_1(a->w + n * K, a->xf + m * kp, K, kp, &v);
+                        put(a->bias, a->resid, a->y, m * N + n, n, v);
+                    }
+                continue;
+            }
+            for (int64_t m0 = m1; m0 < m2; m0 += 2) {
+                float out[2][4];
+                const int mb = m2 - m0 >= 2 ? 2 : 1;
+                if (mb == 2) tile_4x2(a->w + n0 * K, K, a->xf + m0 * kp, kp, out);
+                else tile_4x1(a->w + n0 * K, K, a->xf + m0 * kp, kp, out);
+                for (int j = 0; j < mb; j++)
+                    for (int r = 0; r < 4; r++)
+                        put(a->bias, a->resid, a->y, (m0 + j) * N + n0 + r, n0 + r, out[j][r]);
+            }
+        }
+    }
+}
+
 /* The widened input rows live in a buffer of the calling thread, kept between calls (a
    decode step makes a few hundred) and freed with the thread. */
 static pthread_key_t xf_key;
@@ -195,15 +328,17 @@ static float *xf_for(size_t floats) {
     return xf_buf;
 }
 
-/* `exact` changes nothing here: every product streams weight rows in the same order. */
+/* One row streams two places of the weights at once; up to four rows, or any number
+   with `exact`, stream the weight rows (memory-bound there); more take them four at a time (`linear_blocks`: 16 rows 1.4x, 32 rows 1.6x). */
 static void linear_run(linear_args *a, int exact, int threads) {
-    (void)exact;
     a->kp = (a->K + 31) / 32 * 32;
     float *xf = xf_for((size_t)(a->M * a->kp));
-    if (!xf) abort(); /* a few hundred KiB at most */
+    if (!xf) abort(); /* a few MiB at most (a prefill chunk) */
     widen_rows(a->x, xf, a->M, a->K, a->kp);
     a->xf = xf;
-    parallel(a->N, threads, linear_rows, a);
+    if (a->M == 1) parallel(a->N, threads, linear_one, a);
+    else if (exact || a->M <= 4) parallel(a->N, threads, linear_rows, a);
+    else parallel((a->N + 3) / 4, threads, linear_blocks, a);
 }
 
 /* -- the other operations ------------------------------------------------------------- */
