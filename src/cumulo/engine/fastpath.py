@@ -21,7 +21,7 @@ cache write, attention over the cache, the gated activation, the residual adds),
 the projections of a step with adapters and the output head use the same kernels. So
 do the projections of the Hugging Face forward (prefill), up to the number of rows
 where PyTorch's product is as fast (`Kernels.max_rows`: any number on CPUs without
-AVX-512 BF16, where PyTorch's bf16 product is four times slower than the kernels').
+AVX-512 BF16, where PyTorch's bf16 product is several times slower than the kernels').
 
 `FastDecoder.supports` says which models it handles (the others keep the Hugging Face
 forward). `LoraStep` is the per-step hook of adapter batching: when a step runs with
