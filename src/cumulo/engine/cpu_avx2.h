@@ -211,11 +211,16 @@ static void linear_one(const void *ctx, int64_t begin, int64_t end) {
     }
 }
 
+/* How many input rows (an even number) make one block of `kp`-wide widened rows. */
+static inline int64_t block_rows(int64_t kp) {
+    const int64_t rows = XF_BLOCK_BYTES / (kp * (int64_t)sizeof(float)) / 2 * 2;
+    return rows < 2 ? 2 : rows;
+}
+
 static void linear_rows(const void *ctx, int64_t begin, int64_t end) {
     const linear_args *a = ctx;
     const int64_t M = a->M, N = a->N, K = a->K, kp = a->kp;
-    int64_t block = XF_BLOCK_BYTES / (kp * (int64_t)sizeof(float)) / 2 * 2;
-    if (block < 2) block = 2;
+    const int64_t block = block_rows(kp);
     for (int64_t m1 = 0; m1 < M; m1 += block) {
         const int64_t m2 = m1 + block < M ? m1 + block : M;
         for (int64_t n = begin; n < end; n++) {
@@ -280,8 +285,7 @@ TILE(2)
 static void linear_blocks(const void *ctx, int64_t begin, int64_t end) {
     const linear_args *a = ctx;
     const int64_t M = a->M, N = a->N, K = a->K, kp = a->kp;
-    int64_t block = XF_BLOCK_BYTES / (kp * (int64_t)sizeof(float)) / 2 * 2;
-    if (block < 2) block = 2;
+    const int64_t block = block_rows(kp);
     for (int64_t m1 = 0; m1 < M; m1 += block) {
         const int64_t m2 = m1 + block < M ? m1 + block : M;
         for (int64_t blk = begin; blk < end; blk++) {
