@@ -84,7 +84,7 @@ static inline __m256 exp8(__m256 x) {
    64-byte line) at a time: two loads, four unpacks, and per input row four multiply-adds
    into four accumulators, summed (a0 + a1) + (a2 + a3) at the end. The same order for
    one input row or two, so a product is bit for bit the same computed with others or
-   alone. Rows past the last full 32 go through a zero-padded copy. */
+   alone. The values past a row's last full 32 go through a zero-padded copy. */
 
 #define XF_ALIGN 64
 

@@ -1,6 +1,10 @@
 /* The kernels on AVX-512 with BF16 (AMD Zen 4 and later, Intel Cooper Lake, Sapphire
    Rapids and later), for cpu_kernels.c. */
 
+/* How far ahead (bytes) the weights being streamed are asked into the L2 cache: the
+   hardware prefetchers alone leave a fifth of the bandwidth unused here. */
+#define PREFETCH 2048
+
 static inline __mmask32 tail_mask(int64_t left) {
     return left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1u);
 }

@@ -55,9 +55,7 @@ typedef void (*task_fn)(const void *ctx, int64_t begin, int64_t end);
 
 #define MAX_HELPERS 63
 #define SPIN_NS 2000000L
-#ifndef CHUNKS
 #define CHUNKS 8 /* chunks a thread, in a call */
-#endif
 
 static struct {
     atomic_int busy;              /* a caller holds the helpers */
@@ -167,12 +165,6 @@ static void parallel(int64_t n, int threads, task_fn fn, const void *ctx) {
     while (atomic_load(&pool.pending)) _mm_pause();
     atomic_store(&pool.busy, 0);
 }
-
-/* How far ahead (bytes) the weights being streamed are asked into the L2 cache: the
-   hardware prefetchers alone leave a fifth of the bandwidth unused here. */
-#ifndef PREFETCH
-#define PREFETCH 2048
-#endif
 
 static inline void put(const uint16_t *bias, const uint16_t *resid, uint16_t *y, int64_t at,
                        int64_t n, float v) {
